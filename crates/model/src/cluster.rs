@@ -1,0 +1,124 @@
+//! Clusters, instances and gateway nodes as the admin and the agent exchange them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::Revision;
+use crate::validate::{check_id, ValidationErrors, Validator};
+
+/// A cluster registered by an operator: its name and its agent's address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    /// Base URL of the cluster's agent, e.g. `http://127.0.0.1:9190`.
+    pub agent_address: String,
+}
+
+impl Cluster {
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut v = Validator::new();
+        check_id(&mut v, "name", &self.name);
+        let addr = self.agent_address.trim_end_matches('/');
+        let valid = ["http://", "https://"].iter().any(|scheme| {
+            addr.strip_prefix(scheme).is_some_and(|rest| {
+                !rest.is_empty() && !rest.contains(['/', ' ', '?', '#', '@'])
+            })
+        });
+        if !valid {
+            v.error(
+                "agent_address",
+                "must be an http:// or https:// base URL like http://10.0.0.5:9190",
+            );
+        }
+        v.finish()
+    }
+}
+
+/// Whether the admin's last poll of the agent still reported the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceStatus {
+    Online,
+    /// Once reported, no longer reported by its agent; kept with its config.
+    Missing,
+}
+
+/// A gateway instance under management: one name within one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub cluster: String,
+    pub name: String,
+    pub agent_address: String,
+    pub status: InstanceStatus,
+    /// Unix seconds.
+    pub first_seen: i64,
+    pub last_seen: i64,
+    /// The admin's (desired) revision of this instance's config.
+    pub revision: Revision,
+    /// The revision the agent last reported the store to hold, if known.
+    #[serde(default)]
+    pub applied_revision: Option<Revision>,
+}
+
+/// A gateway node's heartbeat, kept in the store under the instance's `nodes/` with a lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHeartbeat {
+    pub node_id: String,
+    /// Address the node serves traffic on.
+    pub address: String,
+    /// Admin revision of the config the node is serving; 0 before the first load.
+    pub applied_revision: Revision,
+    /// Unix milliseconds of this heartbeat.
+    pub updated_at_ms: i64,
+}
+
+/// What an agent reports for one of its instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInstance {
+    pub name: String,
+    /// The admin revision the store holds for this instance (its `meta`), if any.
+    pub revision: Option<Revision>,
+    pub nodes: Vec<NodeHeartbeat>,
+}
+
+/// Body of `GET {agent}/agent/apiserver/v1/instances`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInstances {
+    pub instances: Vec<AgentInstance>,
+}
+
+/// Header an admin push carries: the admin revision this change produces. The agent
+/// applies the change only if the store holds exactly the revision before it.
+pub const REVISION_HEADER: &str = "x-portico-revision";
+
+/// The content of an instance's `meta` key in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceMeta {
+    pub revision: Revision,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_rules() {
+        let ok = Cluster {
+            name: "c1".into(),
+            agent_address: "http://127.0.0.1:9190".into(),
+        };
+        assert!(ok.validate().is_ok());
+        let bad = Cluster {
+            name: "c 1".into(),
+            agent_address: "127.0.0.1:9190".into(),
+        };
+        let fields: Vec<_> = bad
+            .validate()
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["name", "agent_address"]);
+    }
+}
