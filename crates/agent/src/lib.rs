@@ -1,1 +1,85 @@
-//! agent
+//! The cluster agent: the admin's only entry into a cluster.
+//!
+//! It serves `/agent/apiserver/v1/instances…`, reports the instances it manages (named
+//! by `PORTICO_INSTANCES`) with the revision the store holds and the gateway nodes that
+//! heartbeat there, and writes the admin's changes into the config store under each
+//! instance's prefix, every write in one transaction with the instance's `meta` revision.
+//! A write is applied only on top of the revision just before it, so a lost push can
+//! never be hidden by a later one: the admin then sends the full snapshot instead.
+
+mod api;
+mod error;
+mod writer;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use store::keys::Keyspace;
+use store::ConfigStore;
+
+pub use api::app;
+pub use error::AgentError;
+
+/// What the agent needs to serve; cheap to clone (shared by all handlers).
+#[derive(Clone)]
+pub struct AgentState {
+    store: Arc<dyn ConfigStore>,
+    keyspace: Keyspace,
+    instances: Arc<BTreeSet<String>>,
+    /// Bearer token the admin must present; compared in constant time.
+    token: Arc<str>,
+}
+
+impl AgentState {
+    /// Fails when an instance name is not a valid id or the token is empty.
+    pub fn new(
+        store: Arc<dyn ConfigStore>,
+        keyspace: Keyspace,
+        instances: impl IntoIterator<Item = String>,
+        token: &str,
+    ) -> anyhow::Result<Self> {
+        let instances: BTreeSet<String> = instances.into_iter().collect();
+        if instances.is_empty() {
+            anyhow::bail!("the agent needs at least one instance name (PORTICO_INSTANCES)");
+        }
+        for name in &instances {
+            let mut v = model::validate::Validator::new();
+            model::validate::check_id(&mut v, "instance", name);
+            if let Err(e) = v.finish() {
+                anyhow::bail!("invalid instance name {name:?}: {e}");
+            }
+        }
+        if token.trim().is_empty() {
+            anyhow::bail!("the agent token must not be empty (PORTICO_AGENT_TOKEN)");
+        }
+        Ok(Self {
+            store,
+            keyspace,
+            instances: Arc::new(instances),
+            token: token.into(),
+        })
+    }
+}
+
+/// Parses `PORTICO_INSTANCES`-style lists: comma-separated, blanks ignored.
+pub fn parse_instance_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Serves the agent API on `listener` until `shutdown` flips to true.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: AgentState,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await?;
+    Ok(())
+}

@@ -20,9 +20,8 @@ impl Cluster {
         check_id(&mut v, "name", &self.name);
         let addr = self.agent_address.trim_end_matches('/');
         let valid = ["http://", "https://"].iter().any(|scheme| {
-            addr.strip_prefix(scheme).is_some_and(|rest| {
-                !rest.is_empty() && !rest.contains(['/', ' ', '?', '#', '@'])
-            })
+            addr.strip_prefix(scheme)
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', ' ', '?', '#', '@']))
         });
         if !valid {
             v.error(

@@ -82,7 +82,10 @@ impl Route {
             } else if path.len() > 4096 {
                 v.error(&field, "must be at most 4096 characters");
             } else if path.trim_end_matches('*').contains('*') || path.ends_with("**") {
-                v.error(&field, "'*' is allowed only once, as the last character (prefix match)");
+                v.error(
+                    &field,
+                    "'*' is allowed only once, as the last character (prefix match)",
+                );
             } else if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 v.error(&field, "must not contain whitespace or control characters");
             }
@@ -96,8 +99,13 @@ impl Route {
             }
         }
         match (&self.upstream_id, &self.upstream) {
-            (Some(_), Some(_)) => v.error("upstream", "give either upstream_id or upstream, not both"),
-            (None, None) => v.error("upstream_id", "a route needs upstream_id or an inline upstream"),
+            (Some(_), Some(_)) => {
+                v.error("upstream", "give either upstream_id or upstream, not both")
+            }
+            (None, None) => v.error(
+                "upstream_id",
+                "a route needs upstream_id or an inline upstream",
+            ),
             (Some(id), None) => check_id(&mut v, "upstream_id", id),
             (None, Some(up)) => {
                 v.at("upstream", |v| {
@@ -131,7 +139,10 @@ mod tests {
         assert!(r.validate().is_ok());
         assert!(r.enabled);
         assert_eq!(r.priority, 0);
-        assert_eq!(PathPattern::parse(&r.paths[0]), PathPattern::Prefix("/api/"));
+        assert_eq!(
+            PathPattern::parse(&r.paths[0]),
+            PathPattern::Prefix("/api/")
+        );
         assert_eq!(PathPattern::parse("/a"), PathPattern::Exact("/a"));
     }
 
@@ -139,17 +150,47 @@ mod tests {
     fn each_rule_is_reported_with_its_field() {
         let cases: &[(&str, &[&str])] = &[
             (r#"{"id":"r","paths":[],"upstream_id":"u"}"#, &["paths"]),
-            (r#"{"id":"r","paths":["api"],"upstream_id":"u"}"#, &["paths[0]"]),
-            (r#"{"id":"r","paths":["/a*b"],"upstream_id":"u"}"#, &["paths[0]"]),
-            (r#"{"id":"r","paths":["/a**"],"upstream_id":"u"}"#, &["paths[0]"]),
-            (r#"{"id":"r","paths":["/a b"],"upstream_id":"u"}"#, &["paths[0]"]),
-            (r#"{"id":"r","paths":["/"],"methods":["GET","FETCH"],"upstream_id":"u"}"#, &["methods[1]"]),
-            (r#"{"id":"r","paths":["/"],"hosts":["ok.com","bad host"],"upstream_id":"u"}"#, &["hosts[1]"]),
-            (r#"{"id":"r","paths":["/"],"hosts":["*.ok.com"],"upstream_id":"u"}"#, &[]),
+            (
+                r#"{"id":"r","paths":["api"],"upstream_id":"u"}"#,
+                &["paths[0]"],
+            ),
+            (
+                r#"{"id":"r","paths":["/a*b"],"upstream_id":"u"}"#,
+                &["paths[0]"],
+            ),
+            (
+                r#"{"id":"r","paths":["/a**"],"upstream_id":"u"}"#,
+                &["paths[0]"],
+            ),
+            (
+                r#"{"id":"r","paths":["/a b"],"upstream_id":"u"}"#,
+                &["paths[0]"],
+            ),
+            (
+                r#"{"id":"r","paths":["/"],"methods":["GET","FETCH"],"upstream_id":"u"}"#,
+                &["methods[1]"],
+            ),
+            (
+                r#"{"id":"r","paths":["/"],"hosts":["ok.com","bad host"],"upstream_id":"u"}"#,
+                &["hosts[1]"],
+            ),
+            (
+                r#"{"id":"r","paths":["/"],"hosts":["*.ok.com"],"upstream_id":"u"}"#,
+                &[],
+            ),
             (r#"{"id":"r","paths":["/"]}"#, &["upstream_id"]),
-            (r#"{"id":"r","paths":["/"],"upstream_id":"u","upstream":{"nodes":[{"host":"a","port":1}]}}"#, &["upstream"]),
-            (r#"{"id":"r","paths":["/"],"upstream_id":"bad/id"}"#, &["upstream_id"]),
-            (r#"{"id":"r","paths":["/"],"upstream":{"nodes":[{"host":"a","port":0}]}}"#, &["upstream.nodes[0].port"]),
+            (
+                r#"{"id":"r","paths":["/"],"upstream_id":"u","upstream":{"nodes":[{"host":"a","port":1}]}}"#,
+                &["upstream"],
+            ),
+            (
+                r#"{"id":"r","paths":["/"],"upstream_id":"bad/id"}"#,
+                &["upstream_id"],
+            ),
+            (
+                r#"{"id":"r","paths":["/"],"upstream":{"nodes":[{"host":"a","port":0}]}}"#,
+                &["upstream.nodes[0].port"],
+            ),
             (r#"{"id":"","paths":["/"],"upstream_id":"u"}"#, &["id"]),
         ];
         for (json, want) in cases {
@@ -162,7 +203,10 @@ mod tests {
         let got = fields(
             r#"{"id":"","paths":["x","/ok"],"methods":["NOPE"],"upstream":{"nodes":[{"host":"a","port":1},{"host":"b","port":0}]}}"#,
         );
-        assert_eq!(got, ["id", "paths[0]", "methods[0]", "upstream.nodes[1].port"]);
+        assert_eq!(
+            got,
+            ["id", "paths[0]", "methods[0]", "upstream.nodes[1].port"]
+        );
     }
 
     #[test]

@@ -162,12 +162,30 @@ mod tests {
         let cases: &[(&str, &[&str])] = &[
             (r#"{"id":"","nodes":[{"host":"a","port":1}]}"#, &["id"]),
             (r#"{"id":"u","nodes":[]}"#, &["nodes"]),
-            (r#"{"id":"u","nodes":[{"host":"a b","port":1}]}"#, &["nodes[0].host"]),
-            (r#"{"id":"u","nodes":[{"host":"a","port":0}]}"#, &["nodes[0].port"]),
-            (r#"{"id":"u","nodes":[{"host":"a","port":70000}]}"#, &["nodes[0].port"]),
-            (r#"{"id":"u","nodes":[{"host":"a","port":1,"weight":-1}]}"#, &["nodes[0].weight"]),
-            (r#"{"id":"u","nodes":[{"host":"a","port":1,"weight":0}]}"#, &["nodes"]),
-            (r#"{"id":"u","nodes":[{"host":"a","port":1}],"timeout":{"connect":0}}"#, &["timeout.connect"]),
+            (
+                r#"{"id":"u","nodes":[{"host":"a b","port":1}]}"#,
+                &["nodes[0].host"],
+            ),
+            (
+                r#"{"id":"u","nodes":[{"host":"a","port":0}]}"#,
+                &["nodes[0].port"],
+            ),
+            (
+                r#"{"id":"u","nodes":[{"host":"a","port":70000}]}"#,
+                &["nodes[0].port"],
+            ),
+            (
+                r#"{"id":"u","nodes":[{"host":"a","port":1,"weight":-1}]}"#,
+                &["nodes[0].weight"],
+            ),
+            (
+                r#"{"id":"u","nodes":[{"host":"a","port":1,"weight":0}]}"#,
+                &["nodes"],
+            ),
+            (
+                r#"{"id":"u","nodes":[{"host":"a","port":1}],"timeout":{"connect":0}}"#,
+                &["timeout.connect"],
+            ),
         ];
         for (json, want) in cases {
             assert_eq!(fields(json), *want, "{json}");
@@ -181,14 +199,24 @@ mod tests {
         );
         assert_eq!(
             got,
-            ["id", "nodes[1].host", "nodes[1].port", "nodes[1].weight", "timeout.read"]
+            [
+                "id",
+                "nodes[1].host",
+                "nodes[1].port",
+                "nodes[1].weight",
+                "timeout.read"
+            ]
         );
     }
 
     #[test]
     fn unknown_fields_and_bad_enums_are_refused() {
         assert!(serde_json::from_str::<Upstream>(r#"{"id":"u","nodes":[],"colour":1}"#).is_err());
-        assert!(serde_json::from_str::<Upstream>(r#"{"id":"u","nodes":[],"scheme":"ftp"}"#).is_err());
-        assert!(serde_json::from_str::<Upstream>(r#"{"id":"u","nodes":[],"type":"magic"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Upstream>(r#"{"id":"u","nodes":[],"scheme":"ftp"}"#).is_err()
+        );
+        assert!(
+            serde_json::from_str::<Upstream>(r#"{"id":"u","nodes":[],"type":"magic"}"#).is_err()
+        );
     }
 }

@@ -1,1 +1,214 @@
-fn main() {}
+//! `portico`: the one binary. `portico admin|agent|gateway` run one component each;
+//! `portico demo` runs all three in one process on SQLite and the in-process store.
+
+mod demo;
+mod echo;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "portico", version, about = "Multi-cluster API gateway")]
+struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "PORTICO_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The management back end: REST API, database, agent polling and reconcile.
+    Admin {
+        #[arg(long, env = "PORTICO_ADMIN_LISTEN", default_value = "127.0.0.1:9180")]
+        listen: SocketAddr,
+        /// sqlite://FILE, postgres://… or mysql://…
+        #[arg(long, env = "PORTICO_DATABASE", default_value = "sqlite://portico.db")]
+        database: String,
+        /// How often agents are polled and instances reconciled (e.g. 10s, 500ms).
+        #[arg(long, env = "PORTICO_POLL_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+        poll_interval: Duration,
+    },
+    /// The cluster agent: writes the admin's changes into the config store.
+    Agent {
+        #[arg(long, env = "PORTICO_AGENT_LISTEN", default_value = "127.0.0.1:9190")]
+        listen: SocketAddr,
+        /// etcd://host:port[,host:port…][/root] or memory://
+        #[arg(long, env = "PORTICO_STORE", default_value = "etcd://127.0.0.1:2379")]
+        store: String,
+        /// Instance names this agent manages, comma-separated.
+        #[arg(long, env = "PORTICO_INSTANCES")]
+        instances: String,
+    },
+    /// A gateway node: serves the traffic of one instance, config from the store.
+    Gateway {
+        #[arg(long, env = "PORTICO_GATEWAY_LISTEN", default_value = "127.0.0.1:9080")]
+        listen: SocketAddr,
+        #[arg(long, env = "PORTICO_INSTANCE")]
+        instance: String,
+        #[arg(long, env = "PORTICO_STORE", default_value = "etcd://127.0.0.1:2379")]
+        store: String,
+        /// Unique node id; default: host name, process id and a random suffix.
+        #[arg(long, env = "PORTICO_NODE_ID")]
+        node_id: Option<String>,
+        /// Address shown in the heartbeat; default: the listen address.
+        #[arg(long, env = "PORTICO_ADVERTISE_ADDRESS")]
+        advertise_address: Option<String>,
+        #[arg(long, env = "PORTICO_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+        heartbeat_interval: Duration,
+        /// Worker threads; default: one per core.
+        #[arg(long, env = "PORTICO_THREADS")]
+        threads: Option<usize>,
+    },
+    /// Admin + agent + gateway in one process, SQLite and the in-process store, with a
+    /// sample route to a built-in echo upstream.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let threads = match &cli.command {
+        Command::Gateway { threads, .. } => threads.unwrap_or(0),
+        _ => 0,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder.build().context("cannot start the async runtime")?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    match command {
+        Command::Admin {
+            listen,
+            database,
+            poll_interval,
+        } => {
+            let config = admin::AdminConfig {
+                database_url: database,
+                poll_interval,
+                agent_token: env_secret("PORTICO_AGENT_TOKEN"),
+                admin_token: env_secret("PORTICO_ADMIN_TOKEN"),
+            };
+            let (admin, new_token) = admin::Admin::open(config).await?;
+            if let Some(token) = new_token {
+                print_new_admin_token(&token);
+            }
+            let listener = bind(listen).await?;
+            tracing::info!(%listen, "admin listening");
+            admin.run(listener, shutdown).await
+        }
+        Command::Agent {
+            listen,
+            store,
+            instances,
+        } => {
+            let token = env_secret("PORTICO_AGENT_TOKEN")
+                .context("PORTICO_AGENT_TOKEN must be set: the admin authenticates with it")?;
+            let (store, keyspace) = store::open(&store).await?;
+            let names = agent::parse_instance_list(&instances);
+            let state = agent::AgentState::new(store, keyspace, names, &token)?;
+            let listener = bind(listen).await?;
+            tracing::info!(%listen, instances = %instances, "agent listening");
+            agent::run(listener, state, shutdown).await
+        }
+        Command::Gateway {
+            listen,
+            instance,
+            store,
+            node_id,
+            advertise_address,
+            heartbeat_interval,
+            threads: _,
+        } => {
+            let (store, keyspace) = store::open(&store).await?;
+            let config = gateway::GatewayConfig {
+                listen,
+                node_id: node_id.unwrap_or_else(|| default_node_id(&instance)),
+                instance,
+                advertise_address: advertise_address.unwrap_or_else(|| listen.to_string()),
+                heartbeat_interval,
+            };
+            gateway::run(config, store, keyspace, shutdown).await
+        }
+        Command::Demo(args) => demo::run(args, shutdown).await,
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTICO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// A secret from the environment; blank counts as unset.
+fn env_secret(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Printed once, to the terminal only (stdout, not the log), at the first start.
+fn print_new_admin_token(token: &str) {
+    println!("Generated admin token (shown only this once; store it safely):");
+    println!("  {token}");
+    println!("Clients send it as: Authorization: Bearer <token>");
+}
+
+fn default_node_id(instance: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "node".to_owned());
+    format!(
+        "{host}-{instance}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// Flips to true on Ctrl-C or SIGTERM; every component stops when it does.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("cannot install the SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+    rx
+}

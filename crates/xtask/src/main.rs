@@ -1,1 +1,162 @@
-fn main() {}
+//! Project automation: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench`.
+//!
+//! Each command first makes sure the system packages it needs are installed (with
+//! apt-get when running as root on Debian), so both README commands work on a fresh
+//! machine that has only a Rust toolchain.
+
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+/// (command that must exist, Debian package that provides it)
+const BUILD_PACKAGES: &[(&str, &str)] = &[("cmake", "cmake"), ("protoc", "protobuf-compiler")];
+const TEST_PACKAGES: &[(&str, &str)] = &[("etcd", "etcd-server"), ("etcdctl", "etcd-client")];
+const BENCH_PACKAGES: &[(&str, &str)] = &[("nginx", "nginx"), ("wrk", "wrk")];
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (task, rest) = args
+        .split_first()
+        .map_or(("", &[][..]), |(t, r)| (t.as_str(), r));
+    match task {
+        "demo" => {
+            ensure_packages(BUILD_PACKAGES)?;
+            let mut cmd = cargo();
+            cmd.args(["run", "--release", "-p", "portico", "--", "demo"])
+                .args(rest);
+            run(cmd)
+        }
+        "test" => {
+            ensure_packages(BUILD_PACKAGES)?;
+            ensure_packages(TEST_PACKAGES)?;
+            ensure_services();
+            let mut fmt = cargo();
+            fmt.args(["fmt", "--all", "--", "--check"]);
+            run(fmt)?;
+            let mut clippy = cargo();
+            clippy.args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]);
+            run(clippy)?;
+            let mut test = cargo();
+            test.args(["test", "--workspace"]).args(rest);
+            run(test)
+        }
+        "bench" => {
+            ensure_packages(BUILD_PACKAGES)?;
+            ensure_packages(TEST_PACKAGES)?;
+            ensure_packages(BENCH_PACKAGES)?;
+            let mut cmd = Command::new("bash");
+            cmd.arg("bench/run.sh").args(rest);
+            run(cmd)
+        }
+        _ => {
+            eprintln!("usage: cargo xtask <demo|test|bench> [args…]");
+            eprintln!(
+                "  demo   run admin + agent + gateway in one process (SQLite, in-process store)"
+            );
+            eprintln!("  test   install what is missing, then fmt check, clippy and every test");
+            eprintln!("  bench  gateway vs nginx throughput, and config propagation time");
+            bail!("unknown task {task:?}")
+        }
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+}
+
+fn run(mut cmd: Command) -> anyhow::Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn has_command(name: &str) -> bool {
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&paths)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|dir| dir.join(name).is_file())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Installs the Debian packages whose commands are missing.
+fn ensure_packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(command, _)| !has_command(command))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() || !has_command("apt-get") {
+        bail!(
+            "missing system packages: {}; install them (e.g. sudo apt-get install {})",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    let mut update = Command::new("apt-get");
+    update.args(["update", "-qq"]);
+    run(update)?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run(install)?;
+    // Debian starts packaged daemons on install; the tests start their own etcd and
+    // nginx on free ports, so stop the system-wide ones to keep the machine quiet.
+    for service in ["etcd", "nginx"] {
+        let _ = Command::new("service").args([service, "stop"]).status();
+    }
+    Ok(())
+}
+
+/// The PostgreSQL and MariaDB tests expect the machine's servers; start them if they are
+/// installed but stopped (best effort: a test that still cannot connect fails loudly).
+fn ensure_services() {
+    let reachable = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    if !reachable(5432) && has_command("pg_ctlcluster") {
+        if let Ok(dir) = std::fs::read_dir("/etc/postgresql") {
+            for version in dir.flatten() {
+                let _ = Command::new("pg_ctlcluster")
+                    .args(["--skip-systemctl-redirect"])
+                    .arg(version.file_name())
+                    .args(["main", "start"])
+                    .status();
+            }
+        }
+    }
+    if !reachable(3306) && has_command("mariadbd") {
+        let _ = Command::new("start-stop-daemon")
+            .args([
+                "--start",
+                "--oknodo",
+                "--background",
+                "--exec",
+                "/usr/sbin/mariadbd",
+            ])
+            .status();
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
+}

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Gateway benchmarks (run by `cargo xtask bench`):
+#  1. proxy throughput and latency: one Portico gateway node vs nginx `proxy_pass`, same
+#     upstream (an nginx `return 200`), same worker count, same run, measured by wrk;
+#  2. config propagation: admin API call returning -> both gateway nodes serving the
+#     change, p50/p99 over 100 changes (crates/portico/benches/propagation.rs).
+# Loopback only. Results are printed and written to bench/results/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WORKERS=${WORKERS:-1}          # worker threads of the gateway and worker processes of nginx
+DURATION=${DURATION:-15s}
+CONNECTIONS=${CONNECTIONS:-64}
+WRK_THREADS=${WRK_THREADS:-1}
+# On 2 cores: the proxy under test gets core 0, wrk and the upstream share core 1.
+PROXY_CPUS=${PROXY_CPUS:-0}
+LOAD_CPUS=${LOAD_CPUS:-1}
+
+out=bench/results; mkdir -p "$out"
+work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+cargo build --release -q -p portico
+bin=target/release/portico
+
+up_port=$(free_port); ngx_port=$(free_port); gw_port=$(free_port)
+etcd_port=$(free_port); etcd_peer=$(free_port)
+
+# The shared upstream and the reference proxy: one nginx config, two server blocks would
+# share workers, so they run as two nginx processes.
+cat > "$work/upstream.conf" <<NGX
+daemon off; worker_processes 1; pid $work/upstream.pid; error_log $work/upstream.err;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:$up_port; keepalive_requests 1000000;
+  location / { return 200 "ok\n"; } } }
+NGX
+cat > "$work/proxy.conf" <<NGX
+daemon off; worker_processes $WORKERS; pid $work/proxy.pid; error_log $work/proxy.err;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream backend { server 127.0.0.1:$up_port; keepalive 256; }
+  server { listen 127.0.0.1:$ngx_port; keepalive_requests 1000000;
+    location /api/ { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+NGX
+taskset -c "$LOAD_CPUS" nginx -c "$work/upstream.conf" -p "$work" &
+taskset -c "$PROXY_CPUS" nginx -c "$work/proxy.conf" -p "$work" &
+
+etcd --data-dir "$work/etcd" --name bench \
+  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+  --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+  --initial-cluster "bench=http://127.0.0.1:$etcd_peer" > "$work/etcd.log" 2>&1 &
+wait_port "$etcd_port"
+export ETCDCTL_API=3
+ectl() { etcdctl --endpoints "127.0.0.1:$etcd_port" "$@" >/dev/null; }
+ectl put /portico/instances/bench/upstreams/up "{\"id\":\"up\",\"nodes\":[{\"host\":\"127.0.0.1\",\"port\":$up_port,\"weight\":1}]}"
+ectl put /portico/instances/bench/routes/r1 '{"id":"r1","paths":["/api/*"],"upstream_id":"up"}'
+ectl put /portico/instances/bench/meta '{"revision":1}'
+
+PORTICO_LOG=warn taskset -c "$PROXY_CPUS" "$bin" gateway --listen "127.0.0.1:$gw_port" --instance bench \
+  --store "etcd://127.0.0.1:$etcd_port" --threads "$WORKERS" > "$work/gateway.log" 2>&1 &
+wait_port "$up_port"; wait_port "$ngx_port"; wait_port "$gw_port"
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$gw_port/api/x" >/dev/null && break; sleep 0.05; done
+curl -fs "http://127.0.0.1:$gw_port/api/x" >/dev/null || { echo "gateway does not serve the route" >&2; cat "$work/gateway.log" >&2; exit 1; }
+
+run_wrk() { # name port
+  taskset -c "$LOAD_CPUS" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d5s "http://127.0.0.1:$2/api/x" >/dev/null  # warm-up
+  taskset -c "$LOAD_CPUS" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/api/x" > "$out/wrk-$1.txt"
+}
+run_wrk nginx "$ngx_port"
+run_wrk portico "$gw_port"
+
+rps() { awk '/Requests\/sec/ {print $2}' "$out/wrk-$1.txt"; }
+p99() { awk '$1=="99%" {print $2}' "$out/wrk-$1.txt"; }
+errors() { awk '/Non-2xx|Socket errors/ {print}' "$out/wrk-$1.txt"; }
+to_ms() { python3 -c "import sys,re; v=sys.argv[1]; n=float(re.sub('[a-z]+','',v)); u=re.sub('[0-9.]+','',v); print(n*{'us':0.001,'ms':1,'s':1000}[u])" "$1"; }
+n_rps=$(rps nginx); p_rps=$(rps portico)
+n_p99=$(to_ms "$(p99 nginx)"); p_p99=$(to_ms "$(p99 portico)")
+{
+  echo "## proxy throughput ($(date -u +%F), workers=$WORKERS, connections=$CONNECTIONS, duration=$DURATION)"
+  printf '| proxy | requests/s | p99 (ms) |\n|---|---|---|\n'
+  printf '| nginx proxy_pass | %s | %s |\n' "$n_rps" "$n_p99"
+  printf '| portico gateway | %s | %s |\n' "$p_rps" "$p_p99"
+  python3 -c "print(f'ratio portico/nginx: throughput {float($p_rps)/float($n_rps):.2f}x, p99 {float($p_p99)/float($n_p99):.2f}x')"
+  errors nginx; errors portico
+} | tee "$out/throughput.md"
+
+kill $(jobs -p) 2>/dev/null || true
+wait 2>/dev/null || true
+
+echo
+cargo bench -q -p portico --bench propagation 2>/dev/null | tee "$out/propagation.md"

@@ -1,0 +1,235 @@
+//! The agent's HTTP API: `/agent/apiserver/v1/instances…` (see `ARCHITECTURE.md`).
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use model::cluster::{AgentInstance, AgentInstances, REVISION_HEADER};
+use model::resource::{Resource, ResourceKind};
+use model::snapshot::{Revision, Snapshot};
+use model::validate::{FieldError, ValidationErrors};
+use serde_json::json;
+
+use crate::error::{bad_json, AgentError};
+use crate::writer::{singular, Change};
+use crate::AgentState;
+
+/// Largest request body accepted; a snapshot of a big instance fits comfortably.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// The agent's router, authentication included.
+pub fn app(state: AgentState) -> Router {
+    let base = "/agent/apiserver/v1/instances";
+    Router::new()
+        .route(base, get(list_instances))
+        .route(&format!("{base}/{{instance}}/snapshot"), put(put_snapshot))
+        .route(
+            &format!("{base}/{{instance}}/{{kind}}"),
+            get(list_resources).post(create_resource),
+        )
+        .route(
+            &format!("{base}/{{instance}}/{{kind}}/{{id}}"),
+            get(get_resource)
+                .put(upsert_resource)
+                .delete(delete_resource),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}
+
+async fn authenticate(
+    State(state): State<AgentState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, AgentError> {
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(presented.as_bytes(), state.token.as_bytes()) {
+        Ok(next.run(request).await)
+    } else {
+        Err(AgentError::Unauthorized)
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal a token's prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn list_instances(
+    State(state): State<AgentState>,
+) -> Result<Json<AgentInstances>, AgentError> {
+    let mut instances = Vec::new();
+    for name in state.instance_names() {
+        let revision = state.meta_revision(name).await?;
+        instances.push(AgentInstance {
+            name: name.clone(),
+            revision: (revision.0 > 0).then_some(revision),
+            nodes: state.nodes(name).await?,
+        });
+    }
+    Ok(Json(AgentInstances { instances }))
+}
+
+fn parse_kind(kind: &str) -> Result<ResourceKind, AgentError> {
+    kind.parse()
+        .map_err(|e: model::resource::UnknownKind| AgentError::NotFound(e.to_string()))
+}
+
+fn revision_header(headers: &HeaderMap) -> Result<Revision, AgentError> {
+    let bad = |message: &str| AgentError::BadRequest {
+        message: message.to_owned(),
+        details: vec![FieldError {
+            field: REVISION_HEADER.to_owned(),
+            message: message.to_owned(),
+        }],
+    };
+    let value = headers
+        .get(REVISION_HEADER)
+        .ok_or_else(|| bad("the x-portico-revision header is required on writes"))?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|v| *v > 0)
+        .map(Revision)
+        .ok_or_else(|| bad("the x-portico-revision header must be a positive integer"))
+}
+
+/// Parses and validates a resource body of `kind`.
+fn parse_resource(kind: ResourceKind, body: &[u8]) -> Result<Resource, AgentError> {
+    let resource = kind.parse(body).map_err(|e| bad_json(&e))?;
+    resource.validate().map_err(|errors| AgentError::Invalid {
+        what: singular(kind).to_owned(),
+        errors,
+    })?;
+    Ok(resource)
+}
+
+async fn list_resources(
+    State(state): State<AgentState>,
+    Path((instance, kind)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, AgentError> {
+    state.check_instance(&instance)?;
+    let kind = parse_kind(&kind)?;
+    let items: Vec<_> = state
+        .list_resources(&instance, kind)
+        .await?
+        .iter()
+        .map(|r| r.redacted().to_json())
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn get_resource(
+    State(state): State<AgentState>,
+    Path((instance, kind, id)): Path<(String, String, String)>,
+) -> Result<Json<serde_json::Value>, AgentError> {
+    state.check_instance(&instance)?;
+    let kind = parse_kind(&kind)?;
+    match state.get_resource(&instance, kind, &id).await? {
+        Some(r) => Ok(Json(r.redacted().to_json())),
+        None => Err(AgentError::NotFound(format!(
+            "{} {id:?} does not exist",
+            singular(kind)
+        ))),
+    }
+}
+
+async fn create_resource(
+    State(state): State<AgentState>,
+    Path((instance, kind)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AgentError> {
+    state.check_instance(&instance)?;
+    let kind = parse_kind(&kind)?;
+    let revision = revision_header(&headers)?;
+    let resource = parse_resource(kind, &body)?;
+    let shown = resource.redacted().to_json();
+    state
+        .apply(&instance, revision, Change::Create(resource))
+        .await?;
+    Ok((StatusCode::CREATED, Json(shown)).into_response())
+}
+
+async fn upsert_resource(
+    State(state): State<AgentState>,
+    Path((instance, kind, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AgentError> {
+    state.check_instance(&instance)?;
+    let kind = parse_kind(&kind)?;
+    let revision = revision_header(&headers)?;
+    let resource = parse_resource(kind, &body)?;
+    if resource.id() != id {
+        return Err(AgentError::Invalid {
+            what: singular(kind).to_owned(),
+            errors: ValidationErrors(vec![FieldError {
+                field: "id".into(),
+                message: format!("must equal the id in the path ({id:?})"),
+            }]),
+        });
+    }
+    let shown = resource.redacted().to_json();
+    state
+        .apply(&instance, revision, Change::Upsert(resource))
+        .await?;
+    Ok((StatusCode::OK, Json(shown)).into_response())
+}
+
+async fn delete_resource(
+    State(state): State<AgentState>,
+    Path((instance, kind, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, AgentError> {
+    state.check_instance(&instance)?;
+    let kind = parse_kind(&kind)?;
+    let revision = revision_header(&headers)?;
+    state
+        .apply(&instance, revision, Change::Delete { kind, id })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn put_snapshot(
+    State(state): State<AgentState>,
+    Path(instance): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, AgentError> {
+    state.check_instance(&instance)?;
+    let snapshot: Snapshot = serde_json::from_slice(&body).map_err(|e| bad_json(&e))?;
+    let mut errors = Vec::new();
+    for resource in snapshot.resources() {
+        if let Err(e) = resource.validate() {
+            let prefix = format!("{}[{}]", resource.kind(), resource.id());
+            errors.extend(e.0.into_iter().map(|fe| FieldError {
+                field: format!("{prefix}.{}", fe.field),
+                message: fe.message,
+            }));
+        }
+    }
+    if let Err(e) = snapshot.check_references() {
+        errors.extend(e.0);
+    }
+    if !errors.is_empty() {
+        return Err(AgentError::Invalid {
+            what: "snapshot".into(),
+            errors: ValidationErrors(errors),
+        });
+    }
+    state.apply_snapshot(&instance, &snapshot).await?;
+    Ok(Json(json!({ "revision": snapshot.revision })))
+}

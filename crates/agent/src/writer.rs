@@ -1,0 +1,302 @@
+//! Writes an admin change into the store, guarded by the instance's `meta` revision.
+//!
+//! Every write is one store transaction: "meta holds the revision before this change"
+//! (or, for snapshots, "meta is what we just read") plus the resource operations plus
+//! `meta := new revision`. Gateways therefore see the content and its revision move
+//! together, and a change whose predecessor never arrived is refused, not applied on
+//! top of a gap.
+
+use std::collections::BTreeMap;
+
+use model::cluster::{InstanceMeta, NodeHeartbeat};
+use model::resource::{Resource, ResourceKind};
+use model::snapshot::{Revision, Snapshot};
+use store::keys::InstanceKey;
+use store::{Compare, KeyValue, Op, Txn};
+
+use crate::error::AgentError;
+use crate::AgentState;
+
+/// What a change does to one resource.
+pub(crate) enum Change {
+    Create(Resource),
+    Upsert(Resource),
+    Delete { kind: ResourceKind, id: String },
+}
+
+impl AgentState {
+    pub(crate) fn check_instance(&self, instance: &str) -> Result<(), AgentError> {
+        if self.instances.contains(instance) {
+            Ok(())
+        } else {
+            Err(AgentError::NotFound(format!(
+                "instance {instance:?} is not managed by this agent"
+            )))
+        }
+    }
+
+    pub(crate) fn instance_names(&self) -> impl Iterator<Item = &String> {
+        self.instances.iter()
+    }
+
+    /// The admin revision the store holds for `instance` (0 when never written).
+    pub(crate) async fn meta_revision(&self, instance: &str) -> Result<Revision, AgentError> {
+        let kv = self.store.get(&self.keyspace.meta(instance)).await?;
+        Ok(kv.map(|kv| parse_meta(&kv)).unwrap_or_default())
+    }
+
+    pub(crate) async fn nodes(&self, instance: &str) -> Result<Vec<NodeHeartbeat>, AgentError> {
+        let listing = self
+            .store
+            .list(&self.keyspace.nodes_prefix(instance))
+            .await?;
+        Ok(listing
+            .kvs
+            .iter()
+            .filter_map(|kv| match serde_json::from_slice(&kv.value) {
+                Ok(hb) => Some(hb),
+                Err(e) => {
+                    tracing::warn!(key = %kv.key, error = %e, "skipping unreadable node heartbeat");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    pub(crate) async fn get_resource(
+        &self,
+        instance: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> Result<Option<Resource>, AgentError> {
+        let key = self.keyspace.resource(instance, kind, id);
+        Ok(self.store.get(&key).await?.and_then(|kv| decode(kind, &kv)))
+    }
+
+    pub(crate) async fn list_resources(
+        &self,
+        instance: &str,
+        kind: ResourceKind,
+    ) -> Result<Vec<Resource>, AgentError> {
+        let listing = self
+            .store
+            .list(&self.keyspace.kind_prefix(instance, kind))
+            .await?;
+        Ok(listing
+            .kvs
+            .iter()
+            .filter_map(|kv| decode(kind, kv))
+            .collect())
+    }
+
+    /// Applies one change that produces admin revision `revision`.
+    pub(crate) async fn apply(
+        &self,
+        instance: &str,
+        revision: Revision,
+        change: Change,
+    ) -> Result<(), AgentError> {
+        if revision.0 == 0 {
+            return Err(AgentError::BadRequest {
+                message: "the revision header must be at least 1".into(),
+                details: Vec::new(),
+            });
+        }
+        let previous = Revision(revision.0 - 1);
+        let meta_key = self.keyspace.meta(instance);
+        let mut txn = Txn {
+            compares: vec![meta_compare(&meta_key, previous)],
+            ops: Vec::new(),
+        };
+        let (kind, id) = match &change {
+            Change::Create(r) | Change::Upsert(r) => (r.kind(), r.id().to_owned()),
+            Change::Delete { kind, id } => (*kind, id.clone()),
+        };
+        let key = self.keyspace.resource(instance, kind, &id);
+        match change {
+            Change::Create(resource) => {
+                txn.compares.push(Compare::Absent { key: key.clone() });
+                txn.ops.push(put(&key, &resource));
+            }
+            Change::Upsert(resource) => txn.ops.push(put(&key, &resource)),
+            Change::Delete { .. } => {
+                let Some(current) = self.store.get(&key).await? else {
+                    return Err(not_found(kind, &id));
+                };
+                txn.compares.push(Compare::ValueEquals {
+                    key: key.clone(),
+                    value: current.value,
+                });
+                txn.ops.push(Op::Delete { key: key.clone() });
+            }
+        }
+        txn.ops.push(put_meta(&meta_key, revision));
+        if self.store.txn(txn).await?.succeeded {
+            tracing::info!(instance, %revision, %kind, id, "applied change");
+            return Ok(());
+        }
+        // Find out which compare failed, to answer precisely.
+        let held = self.meta_revision(instance).await?;
+        if held != previous {
+            return Err(AgentError::RevisionConflict {
+                held: held.0,
+                needed: previous.0,
+            });
+        }
+        let exists = self.store.get(&key).await?.is_some();
+        Err(if exists {
+            AgentError::AlreadyExists(format!("{} {id:?} already exists", singular(kind)))
+        } else {
+            not_found(kind, &id)
+        })
+    }
+
+    /// Replaces the instance's whole content with `snapshot`, atomically.
+    pub(crate) async fn apply_snapshot(
+        &self,
+        instance: &str,
+        snapshot: &Snapshot,
+    ) -> Result<(), AgentError> {
+        let prefix = self.keyspace.instance_prefix(instance);
+        let listing = self.store.list(&prefix).await?;
+        let meta_key = self.keyspace.meta(instance);
+        let meta_kv = listing.kvs.iter().find(|kv| kv.key == meta_key);
+        let held = meta_kv.map(parse_meta).unwrap_or_default();
+        if held > snapshot.revision {
+            return Err(AgentError::RevisionConflict {
+                held: held.0,
+                needed: snapshot.revision.0,
+            });
+        }
+        if held == snapshot.revision && meta_kv.is_some() {
+            return Ok(());
+        }
+        let mut wanted: BTreeMap<String, Vec<u8>> = snapshot
+            .resources()
+            .map(|r| {
+                let key = self.keyspace.resource(instance, r.kind(), r.id());
+                (
+                    key,
+                    serde_json::to_vec(&r).expect("model types always serialise"),
+                )
+            })
+            .collect();
+        let mut ops = Vec::new();
+        for kv in &listing.kvs {
+            if !matches!(
+                self.keyspace.parse(instance, &kv.key),
+                Some(InstanceKey::Resource { .. })
+            ) {
+                continue;
+            }
+            match wanted.get(&kv.key) {
+                // Unchanged resources are not rewritten: gateways see only real changes.
+                Some(value) if *value == kv.value => {
+                    wanted.remove(&kv.key);
+                }
+                Some(_) => {}
+                None => ops.push(Op::Delete {
+                    key: kv.key.clone(),
+                }),
+            }
+        }
+        ops.extend(wanted.into_iter().map(|(key, value)| Op::Put {
+            key,
+            value,
+            lease: None,
+        }));
+        ops.push(put_meta(&meta_key, snapshot.revision));
+        let compare = match meta_kv {
+            Some(kv) => Compare::ValueEquals {
+                key: meta_key.clone(),
+                value: kv.value.clone(),
+            },
+            None => Compare::Absent {
+                key: meta_key.clone(),
+            },
+        };
+        let outcome = self
+            .store
+            .txn(Txn {
+                compares: vec![compare],
+                ops,
+            })
+            .await?;
+        if !outcome.succeeded {
+            // Another write landed between our read and our transaction.
+            let held = self.meta_revision(instance).await?;
+            return Err(AgentError::RevisionConflict {
+                held: held.0,
+                needed: snapshot.revision.0,
+            });
+        }
+        tracing::info!(instance, revision = %snapshot.revision, "applied snapshot");
+        Ok(())
+    }
+}
+
+pub(crate) fn singular(kind: ResourceKind) -> &'static str {
+    match kind {
+        ResourceKind::Routes => "route",
+        ResourceKind::Upstreams => "upstream",
+        ResourceKind::Certificates => "certificate",
+    }
+}
+
+fn not_found(kind: ResourceKind, id: &str) -> AgentError {
+    AgentError::NotFound(format!("{} {id:?} does not exist", singular(kind)))
+}
+
+fn decode(kind: ResourceKind, kv: &KeyValue) -> Option<Resource> {
+    match kind.parse(&kv.value) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(key = %kv.key, error = %e, "skipping unreadable resource in the store");
+            None
+        }
+    }
+}
+
+fn parse_meta(kv: &KeyValue) -> Revision {
+    match serde_json::from_slice::<InstanceMeta>(&kv.value) {
+        Ok(meta) => meta.revision,
+        Err(e) => {
+            tracing::warn!(key = %kv.key, error = %e, "unreadable meta; treating as revision 0");
+            Revision(0)
+        }
+    }
+}
+
+fn meta_bytes(revision: Revision) -> Vec<u8> {
+    serde_json::to_vec(&InstanceMeta { revision }).expect("meta always serialises")
+}
+
+/// Revision 0 means "never written": the meta key must be absent.
+fn meta_compare(meta_key: &str, revision: Revision) -> Compare {
+    if revision.0 == 0 {
+        Compare::Absent {
+            key: meta_key.to_owned(),
+        }
+    } else {
+        Compare::ValueEquals {
+            key: meta_key.to_owned(),
+            value: meta_bytes(revision),
+        }
+    }
+}
+
+fn put_meta(meta_key: &str, revision: Revision) -> Op {
+    Op::Put {
+        key: meta_key.to_owned(),
+        value: meta_bytes(revision),
+        lease: None,
+    }
+}
+
+fn put(key: &str, resource: &Resource) -> Op {
+    Op::Put {
+        key: key.to_owned(),
+        value: serde_json::to_vec(resource).expect("model types always serialise"),
+        lease: None,
+    }
+}

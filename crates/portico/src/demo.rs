@@ -1,0 +1,194 @@
+//! `portico demo`: admin, agent, gateway and an echo upstream in one process.
+//!
+//! The in-process store starts empty each run; the admin's SQLite file keeps what the
+//! user saved, and the admin's reconcile loop pushes it into the fresh store, exactly
+//! as it would repair a wiped etcd. The sample route is created through the admin API
+//! on the first run, so the demo walks the same config path production does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use tokio::sync::watch;
+
+const CLUSTER: &str = "local";
+const INSTANCE: &str = "demo";
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    #[arg(long, default_value = "127.0.0.1:9180")]
+    admin_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9190")]
+    agent_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9080")]
+    gateway_listen: SocketAddr,
+    /// The built-in echo upstream the sample route points at.
+    #[arg(long, default_value = "127.0.0.1:9081")]
+    echo_listen: SocketAddr,
+    #[arg(
+        long,
+        env = "PORTICO_DATABASE",
+        default_value = "sqlite://portico-demo.db"
+    )]
+    database: String,
+}
+
+pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let store: Arc<dyn store::ConfigStore> = Arc::new(store::memory::MemoryStore::new());
+    let keyspace = store::keys::Keyspace::default();
+    // The agent token never leaves this process: admin and agent share it in memory.
+    let agent_token = random_token();
+
+    let echo_listener = crate::bind(args.echo_listen).await?;
+    let echo = tokio::spawn(crate::echo::serve(echo_listener, shutdown.clone()));
+
+    let agent_state = agent::AgentState::new(
+        store.clone(),
+        keyspace.clone(),
+        [INSTANCE.to_owned()],
+        &agent_token,
+    )?;
+    let agent_listener = crate::bind(args.agent_listen).await?;
+    let agent = tokio::spawn(agent::run(agent_listener, agent_state, shutdown.clone()));
+
+    let env_token = crate::env_secret("PORTICO_ADMIN_TOKEN");
+    let (admin, new_token) = admin::Admin::open(admin::AdminConfig {
+        database_url: args.database.clone(),
+        poll_interval: Duration::from_secs(2),
+        agent_token: Some(agent_token),
+        admin_token: env_token.clone(),
+    })
+    .await?;
+    let token = new_token.clone().or(env_token);
+    let admin_listener = crate::bind(args.admin_listen).await?;
+    let admin = tokio::spawn(admin.run(admin_listener, shutdown.clone()));
+
+    let gateway = tokio::spawn(gateway::run(
+        gateway::GatewayConfig {
+            listen: args.gateway_listen,
+            instance: INSTANCE.to_owned(),
+            node_id: format!("demo-{}", std::process::id()),
+            advertise_address: args.gateway_listen.to_string(),
+            heartbeat_interval: Duration::from_secs(2),
+        },
+        store,
+        keyspace,
+        shutdown.clone(),
+    ));
+
+    let api = format!("http://{}/gateway/apiserver/v1", args.admin_listen);
+    match &token {
+        Some(token) => {
+            let agent_url = format!("http://{}", args.agent_listen);
+            create_sample(&api, token, &agent_url, args.echo_listen).await?;
+        }
+        None => tracing::info!(
+            "admin token not given: keeping the sample config already saved in {}",
+            args.database
+        ),
+    }
+    let sample = format!("http://{}/echo/hello", args.gateway_listen);
+    wait_until_served(&sample).await?;
+
+    println!();
+    println!("Portico demo is running (Ctrl-C to stop).");
+    println!("  Admin API:   {api}");
+    println!("  Console:     http://{}/", args.admin_listen);
+    match &new_token {
+        Some(t) => println!("  Admin token: {t}   (generated now, shown only once)"),
+        None => {
+            println!("  Admin token: the one printed at the first start, or PORTICO_ADMIN_TOKEN")
+        }
+    }
+    println!("  Try:         curl -i {sample}");
+    println!(
+        "  Routes:      curl -H \"Authorization: Bearer $PORTICO_ADMIN_TOKEN\" {api}/clusters/{CLUSTER}/instances/{INSTANCE}/routes"
+    );
+
+    let (echo, agent, admin, gateway) = tokio::join!(echo, agent, admin, gateway);
+    echo??;
+    agent??;
+    admin??;
+    gateway??;
+    Ok(())
+}
+
+fn random_token() -> String {
+    (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+/// Registers the local cluster and creates the sample upstream and route, unless they
+/// exist already (a second run on the same database).
+async fn create_sample(
+    api: &str,
+    token: &str,
+    agent_url: &str,
+    echo: SocketAddr,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let auth = format!("Bearer {token}");
+    let send = |req: reqwest::RequestBuilder| {
+        let auth = auth.clone();
+        async move {
+            let resp = req.header("authorization", auth).send().await?;
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            anyhow::Ok((status, body))
+        }
+    };
+    let (status, body) = send(
+        client
+            .post(format!("{api}/clusters"))
+            .json(&json!({"name": CLUSTER, "agent_address": agent_url})),
+    )
+    .await?;
+    if !status.is_success() && status != reqwest::StatusCode::CONFLICT {
+        bail!("registering the demo cluster failed: {status} {body}");
+    }
+    // The admin polls a newly registered cluster at once; wait for the instance.
+    let instance_url = format!("{api}/clusters/{CLUSTER}/instances/{INSTANCE}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _) = send(client.get(&instance_url)).await?;
+        if status.is_success() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the admin did not discover the demo instance in time");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let upstream = json!({"id": "echo", "name": "built-in echo",
+        "nodes": [{"host": echo.ip().to_string(), "port": echo.port(), "weight": 1}]});
+    let route =
+        json!({"id": "echo", "name": "sample route", "paths": ["/echo/*"], "upstream_id": "echo"});
+    for (kind, body) in [("upstreams", upstream), ("routes", route)] {
+        let (status, text) = send(client.post(format!("{instance_url}/{kind}")).json(&body))
+            .await
+            .with_context(|| format!("creating the sample {kind}"))?;
+        if !status.is_success() && status != reqwest::StatusCode::CONFLICT {
+            bail!("creating the sample {kind} failed: {status} {text}");
+        }
+    }
+    Ok(())
+}
+
+async fn wait_until_served(url: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(resp) = client.get(url).send().await {
+            if resp.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the gateway did not serve the sample route in time");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

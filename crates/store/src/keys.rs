@@ -1,0 +1,120 @@
+//! The one place store keys are spelled (see `ARCHITECTURE.md`, "Key layout").
+//!
+//! `{root}/instances/{instance}/{kind}/{id}` holds a resource's JSON,
+//! `{root}/instances/{instance}/meta` the admin revision the content corresponds to, and
+//! `{root}/instances/{instance}/nodes/{node_id}` a gateway node's heartbeat (leased).
+
+use model::resource::ResourceKind;
+
+/// Root of Portico's keys in a store; `/portico` unless several deployments share it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyspace {
+    root: String,
+}
+
+impl Default for Keyspace {
+    fn default() -> Self {
+        Self {
+            root: "/portico".to_owned(),
+        }
+    }
+}
+
+/// What a key under an instance's prefix names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceKey<'a> {
+    Meta,
+    Resource { kind: ResourceKind, id: &'a str },
+    Node { node_id: &'a str },
+}
+
+impl Keyspace {
+    /// `root` must start with `/` and not end with one, e.g. `/portico-staging`.
+    pub fn new(root: &str) -> Result<Self, String> {
+        if !root.starts_with('/') || root.ends_with('/') || root.contains("//") {
+            return Err("the root must look like /name (no trailing slash)".to_owned());
+        }
+        Ok(Self {
+            root: root.to_owned(),
+        })
+    }
+
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// Everything of one instance; ends with `/` so `a` never matches `ab`.
+    pub fn instance_prefix(&self, instance: &str) -> String {
+        format!("{}/instances/{instance}/", self.root)
+    }
+
+    pub fn meta(&self, instance: &str) -> String {
+        format!("{}meta", self.instance_prefix(instance))
+    }
+
+    pub fn kind_prefix(&self, instance: &str, kind: ResourceKind) -> String {
+        format!("{}{}/", self.instance_prefix(instance), kind.as_str())
+    }
+
+    pub fn resource(&self, instance: &str, kind: ResourceKind, id: &str) -> String {
+        format!("{}{id}", self.kind_prefix(instance, kind))
+    }
+
+    pub fn nodes_prefix(&self, instance: &str) -> String {
+        format!("{}nodes/", self.instance_prefix(instance))
+    }
+
+    pub fn node(&self, instance: &str, node_id: &str) -> String {
+        format!("{}{node_id}", self.nodes_prefix(instance))
+    }
+
+    /// Classifies a key found under `instance_prefix(instance)`; `None` for foreign keys.
+    pub fn parse<'k>(&self, instance: &str, key: &'k str) -> Option<InstanceKey<'k>> {
+        let prefix = self.instance_prefix(instance);
+        let rest = key.strip_prefix(prefix.as_str())?;
+        if rest == "meta" {
+            return Some(InstanceKey::Meta);
+        }
+        let (segment, id) = rest.split_once('/')?;
+        if id.is_empty() || id.contains('/') {
+            return None;
+        }
+        if segment == "nodes" {
+            return Some(InstanceKey::Node { node_id: id });
+        }
+        let kind = ResourceKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == segment)?;
+        Some(InstanceKey::Resource { kind, id })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let ks = Keyspace::default();
+        assert_eq!(
+            ks.resource("instance_a", ResourceKind::Routes, "r1"),
+            "/portico/instances/instance_a/routes/r1"
+        );
+        assert_eq!(ks.meta("i"), "/portico/instances/i/meta");
+        assert_eq!(ks.node("i", "n1"), "/portico/instances/i/nodes/n1");
+        let key = ks.resource("i", ResourceKind::Upstreams, "u");
+        assert_eq!(
+            ks.parse("i", &key),
+            Some(InstanceKey::Resource {
+                kind: ResourceKind::Upstreams,
+                id: "u"
+            })
+        );
+        assert_eq!(ks.parse("i", &ks.meta("i")), Some(InstanceKey::Meta));
+        assert_eq!(ks.parse("i", "/portico/instances/ii/meta"), None);
+        assert_eq!(ks.parse("i", "/portico/instances/i/widgets/x"), None);
+        let custom = Keyspace::new("/staging").unwrap();
+        assert_eq!(custom.meta("i"), "/staging/instances/i/meta");
+        assert!(Keyspace::new("staging/").is_err());
+    }
+}
