@@ -95,7 +95,6 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
     println!();
     println!("Portico demo is running (Ctrl-C to stop).");
     println!("  Admin API:   {api}");
-    println!("  Console:     http://{}/", args.admin_listen);
     match &new_token {
         Some(t) => println!("  Admin token: {t}   (generated now, shown only once)"),
         None => {

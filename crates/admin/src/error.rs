@@ -1,0 +1,171 @@
+//! The admin API's errors and their one mapping to HTTP statuses and JSON bodies.
+//!
+//! Every handler returns [`ApiError`]; nothing else in the crate picks a status code for
+//! a failure. Variants say which side failed: the caller (400/401/404/409/413/422, do
+//! not retry unchanged), a dependency that is down (503, retry later), or the admin
+//! itself (500).
+
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use model::validate::{FieldError, ValidationErrors};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    /// The resource (or cluster) exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Refused because other config depends on the target (routes on an upstream,
+    /// resources on a cluster's instances).
+    #[error("{message}")]
+    InUse {
+        message: String,
+        details: Vec<FieldError>,
+    },
+    /// The body is not the JSON the endpoint takes (syntax, unknown field, wrong type).
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        details: Vec<FieldError>,
+    },
+    /// Well-formed, but breaks rules; every broken rule is listed.
+    #[error("invalid {what}")]
+    Invalid {
+        what: String,
+        errors: ValidationErrors,
+    },
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The database cannot be reached now; retrying later is safe.
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// A bug or an unexpected database answer; logged, never shown in detail.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// A single-field validation failure.
+    pub(crate) fn invalid_field(what: &str, field: &str, message: impl Into<String>) -> Self {
+        ApiError::Invalid {
+            what: what.to_owned(),
+            errors: ValidationErrors(vec![FieldError {
+                field: field.to_owned(),
+                message: message.into(),
+            }]),
+        }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
+            ApiError::InUse { .. } => (StatusCode::CONFLICT, "in_use"),
+            ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                ApiError::Unavailable(e)
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(format!(
+                "the request body is larger than {} bytes",
+                crate::api::MAX_BODY
+            ))
+        } else {
+            ApiError::BadRequest {
+                message: format!("cannot read the request body: {}", e.body_text()),
+                details: Vec::new(),
+            }
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError::BadRequest {
+            message: e.body_text(),
+            details: Vec::new(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        match &self {
+            ApiError::Unavailable(source) => {
+                tracing::warn!(error = %source, "database unavailable");
+            }
+            ApiError::Internal(source) => {
+                tracing::error!(error = format!("{source:#}"), "internal error");
+            }
+            _ => {}
+        }
+        let details = match &self {
+            ApiError::BadRequest { details, .. } | ApiError::InUse { details, .. } => {
+                details.clone()
+            }
+            ApiError::Invalid { errors, .. } => errors.0.clone(),
+            _ => Vec::new(),
+        };
+        let body = json!({ "error": self.to_string(), "code": code, "details": details });
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_variant_has_its_status_and_a_json_body() {
+        let cases = [
+            (ApiError::Unauthorized, 401, "unauthorized"),
+            (ApiError::NotFound("x".into()), 404, "not_found"),
+            (ApiError::AlreadyExists("x".into()), 409, "already_exists"),
+            (ApiError::invalid_field("route", "id", "bad"), 422, "invalid"),
+            (ApiError::PayloadTooLarge("big".into()), 413, "payload_too_large"),
+            (ApiError::Unavailable(sqlx::Error::PoolTimedOut), 503, "unavailable"),
+            (
+                ApiError::Internal(anyhow::anyhow!("secret detail")),
+                500,
+                "internal",
+            ),
+        ];
+        for (error, status, code) in cases {
+            let (s, c) = error.status_and_code();
+            assert_eq!((s.as_u16(), c), (status, code), "{error}");
+        }
+        // Internal errors never show their cause to the caller.
+        assert_eq!(
+            ApiError::Internal(anyhow::anyhow!("secret detail")).to_string(),
+            "internal error"
+        );
+    }
+}
