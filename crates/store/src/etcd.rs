@@ -52,12 +52,13 @@ async fn bounded<T>(
 }
 
 fn map_error(e: etcd_client::Error) -> StoreError {
+    if e.to_string().contains("lease not found") {
+        return StoreError::LeaseNotFound;
+    }
     match &e {
         etcd_client::Error::GRpcStatus(status) => {
             let message = status.message();
-            if message.contains("lease not found") {
-                StoreError::LeaseNotFound
-            } else if message.contains("compacted") {
+            if message.contains("compacted") {
                 StoreError::Compacted {
                     compact_revision: 0,
                 }

@@ -102,9 +102,11 @@ impl WatchEvent {
     }
 }
 
-/// Events of one store revision (one transaction), in order.
+/// Events of one or more store revisions (transactions), in revision order; etcd may
+/// deliver several transactions in one response, the in-process store delivers one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchBatch {
+    /// The store revision when the batch was sent (at least its last event's).
     pub revision: StoreRevision,
     pub events: Vec<WatchEvent>,
 }

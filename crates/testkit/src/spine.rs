@@ -37,7 +37,7 @@ impl Spine {
     /// Starts everything with the `portico` binary at `bin`, the admin on `database`,
     /// logs in `dir`; returns once both clusters' instances are discovered.
     pub async fn start(bin: &Path, dir: &Path, database: &str) -> Self {
-        let etcd = EtcdServer::start();
+        let etcd = EtcdServer::launch();
         let upstreams = [
             NamedUpstream::start("u1").await,
             NamedUpstream::start("u2").await,

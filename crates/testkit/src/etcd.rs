@@ -1,0 +1,146 @@
+//! A real etcd (Debian's `etcd-server`) on free loopback ports with its own data dir,
+//! which a test can stop and start again (same ports, same data) and compact.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// An etcd member; killed on drop, its data dir removed with it.
+pub struct EtcdServer {
+    client_port: u16,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl EtcdServer {
+    /// Starts a new etcd and waits until it answers `/health`.
+    pub fn launch() -> Self {
+        let mut server = Self {
+            client_port: crate::free_port(),
+            peer_port: crate::free_port(),
+            dir: tempfile::tempdir().expect("temp dir for etcd"),
+            child: None,
+        };
+        server.start_again();
+        server
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn client_url(&self) -> String {
+        format!("http://{}", self.endpoint())
+    }
+
+    /// `etcd://127.0.0.1:PORT`, as `portico --store` takes it.
+    pub fn store_url(&self) -> String {
+        format!("etcd://{}", self.endpoint())
+    }
+
+    /// Stops etcd (SIGKILL, as a crash); the data dir is kept for [`EtcdServer::start`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data after [`EtcdServer::stop`].
+    pub fn start(&mut self) {
+        self.start_again();
+    }
+
+    fn start_again(&mut self) {
+        assert!(self.child.is_none(), "etcd is already running");
+        let binary = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or_else(|| {
+                panic!("etcd is not installed: run `cargo xtask test`, which installs etcd-server")
+            });
+        let client = self.client_url();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log");
+        let child = Command::new(binary)
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .arg("--max-txn-ops=10000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start etcd");
+        self.child = Some(child);
+        self.wait_healthy();
+    }
+
+    fn wait_healthy(&mut self) {
+        let start = Instant::now();
+        loop {
+            if self.healthy() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("etcd exited with {status}: {}", self.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "etcd did not become healthy: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A plain HTTP/1.1 GET of `/health`, so the helper needs no async runtime.
+    fn healthy(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(self.endpoint()) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let request = format!(
+            "GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.endpoint()
+        );
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer.contains("\"health\":\"true\"")
+    }
+
+    /// Compacts the history up to `revision` (with the `etcdctl` of `etcd-client`).
+    pub fn compact(&self, revision: i64) {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint(), "compact", &revision.to_string()])
+            .output()
+            .expect("etcdctl is not installed: run `cargo xtask test`");
+        assert!(
+            out.status.success(),
+            "etcdctl compact failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
