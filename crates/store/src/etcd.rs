@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions,
-    PutOptions, TxnOp, WatchOptions,
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions,
+    TxnOp, WatchOptions,
 };
 use futures::StreamExt;
 
 use crate::{
-    Compare, ConfigStore, KeyValue, LeaseId, Listing, Op, RawWatch, StoreError, StoreRevision,
-    Txn, TxnOutcome, WatchBatch, WatchEvent,
+    Compare, ConfigStore, KeyValue, LeaseId, Listing, Op, RawWatch, StoreError, StoreRevision, Txn,
+    TxnOutcome, WatchBatch, WatchEvent,
 };
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -47,7 +47,9 @@ async fn bounded<T>(
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(result) => result.map_err(map_error),
-        Err(_) => Err(StoreError::Unavailable("etcd did not answer in time".into())),
+        Err(_) => Err(StoreError::Unavailable(
+            "etcd did not answer in time".into(),
+        )),
     }
 }
 
@@ -198,13 +200,15 @@ impl ConfigStore for EtcdStore {
         let call = async move {
             let (mut keeper, mut responses) = client.lease_keep_alive(lease.0).await?;
             keeper.keep_alive().await?;
-            Ok::<_, etcd_client::Error>(responses.message().await?)
+            responses.message().await
         };
         match bounded(call).await? {
             // etcd answers an unknown or expired lease with a TTL of 0 or less.
             Some(resp) if resp.ttl() > 0 => Ok(()),
             Some(_) => Err(StoreError::LeaseNotFound),
-            None => Err(StoreError::Unavailable("lease keep-alive stream closed".into())),
+            None => Err(StoreError::Unavailable(
+                "lease keep-alive stream closed".into(),
+            )),
         }
     }
 
@@ -234,9 +238,12 @@ fn convert_response(resp: &etcd_client::WatchResponse) -> Option<WatchBatch> {
     if events.is_empty() {
         return None;
     }
-    let revision = resp
-        .header()
-        .map(|h| h.revision())
-        .unwrap_or_else(|| events.iter().map(WatchEvent::mod_revision).max().unwrap_or(0));
+    let revision = resp.header().map(|h| h.revision()).unwrap_or_else(|| {
+        events
+            .iter()
+            .map(WatchEvent::mod_revision)
+            .max()
+            .unwrap_or(0)
+    });
     Some(WatchBatch { revision, events })
 }

@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use crate::{
-    Compare, ConfigStore, KeyValue, LeaseId, Listing, Op, RawWatch, StoreError, StoreRevision,
-    Txn, TxnOutcome, WatchBatch, WatchEvent,
+    Compare, ConfigStore, KeyValue, LeaseId, Listing, Op, RawWatch, StoreError, StoreRevision, Txn,
+    TxnOutcome, WatchBatch, WatchEvent,
 };
 
 /// How many past revisions a watch can start from.
@@ -179,7 +179,9 @@ impl MemoryStore {
 fn holds(state: &State, compare: &Compare) -> bool {
     match compare {
         Compare::Absent { key } => !state.kvs.contains_key(key),
-        Compare::ValueEquals { key, value } => state.kvs.get(key).is_some_and(|kv| kv.value == *value),
+        Compare::ValueEquals { key, value } => {
+            state.kvs.get(key).is_some_and(|kv| kv.value == *value)
+        }
     }
 }
 
@@ -193,7 +195,7 @@ fn filter(batch: &WatchBatch, prefix: &str, from: StoreRevision) -> Option<Watch
         .filter(|e| e.key().starts_with(prefix))
         .cloned()
         .collect();
-    (!events.is_empty()).then(|| WatchBatch {
+    (!events.is_empty()).then_some(WatchBatch {
         revision: batch.revision,
         events,
     })

@@ -51,9 +51,16 @@ async fn etcd_conforms() {
 async fn conformance(store: Arc<dyn ConfigStore>) {
     let s = store.as_ref();
     assert_eq!(s.get("/t/a").await.unwrap(), None);
-    let r1 = write(s, vec![put("/t/a", "1"), put("/t/b", "2"), put("/u/c", "3")]).await;
+    let r1 = write(
+        s,
+        vec![put("/t/a", "1"), put("/t/b", "2"), put("/u/c", "3")],
+    )
+    .await;
     let kv = s.get("/t/a").await.unwrap().unwrap();
-    assert_eq!((kv.value.as_slice(), kv.mod_revision), (b"1".as_slice(), r1));
+    assert_eq!(
+        (kv.value.as_slice(), kv.mod_revision),
+        (b"1".as_slice(), r1)
+    );
 
     let listing = s.list("/t/").await.unwrap();
     let keys: Vec<&str> = listing.kvs.iter().map(|kv| kv.key.as_str()).collect();
@@ -101,7 +108,11 @@ async fn conformance(store: Arc<dyn ConfigStore>) {
     use futures::StreamExt;
     let mut events = Vec::new();
     while events.len() < 4 {
-        let batch = tokio::time::timeout(WAIT, watch.next()).await.unwrap().unwrap().unwrap();
+        let batch = tokio::time::timeout(WAIT, watch.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         events.extend(batch.events);
     }
     let revisions: Vec<i64> = events.iter().map(WatchEvent::mod_revision).collect();
@@ -112,7 +123,11 @@ async fn conformance(store: Arc<dyn ConfigStore>) {
     let r3 = write(s, vec![put("/u/ignored", "x")]).await;
     let r4 = write(s, vec![put("/t/live", "y")]).await;
     assert!(r4 > r3);
-    let live = tokio::time::timeout(WAIT, watch.next()).await.unwrap().unwrap().unwrap();
+    let live = tokio::time::timeout(WAIT, watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(live.events[0].key(), "/t/live");
     assert_eq!(live.events[0].mod_revision(), r4);
 
@@ -238,9 +253,11 @@ async fn watcher_survives_an_etcd_restart_without_loss_or_duplicates() {
 
     etcd.stop();
     // While etcd is down the watcher waits; it does not invent updates.
-    assert!(tokio::time::timeout(Duration::from_millis(500), watcher.next())
-        .await
-        .is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), watcher.next())
+            .await
+            .is_err()
+    );
     etcd.start();
 
     for i in 0..5 {

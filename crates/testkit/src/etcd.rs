@@ -67,7 +67,10 @@ impl EtcdServer {
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log");
         let child = Command::new(binary)
             .arg("--name=test")
-            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
@@ -124,7 +127,12 @@ impl EtcdServer {
     pub fn compact(&self, revision: i64) {
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.endpoint(), "compact", &revision.to_string()])
+            .args([
+                "--endpoints",
+                &self.endpoint(),
+                "compact",
+                &revision.to_string(),
+            ])
             .output()
             .expect("etcdctl is not installed: run `cargo xtask test`");
         assert!(

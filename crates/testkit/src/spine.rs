@@ -154,7 +154,12 @@ impl Spine {
     }
 
     /// Calls the admin API with the admin token.
-    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let url = format!("{}{path}", self.admin_url);
         let mut req = self
             .http
@@ -166,7 +171,10 @@ impl Spine {
         let resp = req.send().await.expect("admin reachable");
         let status = resp.status();
         let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn admin_raw(&self, method: &str, path: &str, body: &str) -> (StatusCode, Value) {
@@ -230,7 +238,10 @@ impl Spine {
     /// GET through a gateway node: (status, upstream name or error body).
     pub async fn via(&self, gateway: &str, path: &str) -> (u16, String) {
         match self.http.get(format!("{gateway}{path}")).send().await {
-            Ok(resp) => (resp.status().as_u16(), resp.text().await.unwrap_or_default()),
+            Ok(resp) => (
+                resp.status().as_u16(),
+                resp.text().await.unwrap_or_default(),
+            ),
             Err(e) => (0, e.to_string()),
         }
     }
