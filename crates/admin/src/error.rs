@@ -149,9 +149,21 @@ mod tests {
             (ApiError::Unauthorized, 401, "unauthorized"),
             (ApiError::NotFound("x".into()), 404, "not_found"),
             (ApiError::AlreadyExists("x".into()), 409, "already_exists"),
-            (ApiError::invalid_field("route", "id", "bad"), 422, "invalid"),
-            (ApiError::PayloadTooLarge("big".into()), 413, "payload_too_large"),
-            (ApiError::Unavailable(sqlx::Error::PoolTimedOut), 503, "unavailable"),
+            (
+                ApiError::invalid_field("route", "id", "bad"),
+                422,
+                "invalid",
+            ),
+            (
+                ApiError::PayloadTooLarge("big".into()),
+                413,
+                "payload_too_large",
+            ),
+            (
+                ApiError::Unavailable(sqlx::Error::PoolTimedOut),
+                503,
+                "unavailable",
+            ),
             (
                 ApiError::Internal(anyhow::anyhow!("secret detail")),
                 500,

@@ -1,1 +1,127 @@
-//! admin
+//! The admin back end: the management plane's REST API and its database.
+//!
+//! The database is the desired state of every instance of every cluster. A change made
+//! through the API is validated, committed in one transaction with the instance's new
+//! revision and a change-log row, then pushed to the cluster's agent; a loop polls
+//! every agent to discover instances and pushes a full snapshot to any instance whose
+//! store is not at the database's revision (see [`sync`] for the spine).
+//!
+//! Code map: [`api`] (routes and handlers), [`auth`] (admin token), [`db`] (SQL for
+//! SQLite, PostgreSQL and MySQL; migrations in `migrations/`), [`agent_client`] (calls
+//! to agents), [`sync`] (write, push, poll, reconcile), [`error`] (the one error →
+//! status mapping).
+
+mod agent_client;
+mod api;
+mod auth;
+mod db;
+mod error;
+mod state;
+mod sync;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// How the admin is started.
+#[derive(Clone)]
+pub struct AdminConfig {
+    /// `sqlite://portico.db` (created if missing), `postgres://…` or `mysql://…`.
+    pub database_url: String,
+    /// How often agents are polled, which is also the reconcile period.
+    pub poll_interval: Duration,
+    /// Sent to agents as a bearer token (`PORTICO_AGENT_TOKEN`).
+    pub agent_token: Option<String>,
+    /// The admin token (`PORTICO_ADMIN_TOKEN`); when `None`, the stored one is kept or,
+    /// on the first start, one is generated.
+    pub admin_token: Option<String>,
+}
+
+/// Shows whether tokens are set, never their value.
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |token: &Option<String>| if token.is_some() { "<set>" } else { "<unset>" };
+        f.debug_struct("AdminConfig")
+            .field("database_url", &self.database_url)
+            .field("poll_interval", &self.poll_interval)
+            .field("agent_token", &set(&self.agent_token))
+            .field("admin_token", &set(&self.admin_token))
+            .finish()
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            database_url: "sqlite://portico.db".to_owned(),
+            poll_interval: Duration::from_secs(10),
+            agent_token: None,
+            admin_token: None,
+        }
+    }
+}
+
+/// An opened admin: database connected and migrated, token set up.
+pub struct Admin {
+    state: Arc<state::AppState>,
+    poll_interval: Duration,
+}
+
+impl Admin {
+    /// Connects, runs migrations, sets up the admin token. Returns the newly generated
+    /// token (only on the very first start without `PORTICO_ADMIN_TOKEN`) so the binary
+    /// can print it once.
+    pub async fn open(config: AdminConfig) -> anyhow::Result<(Admin, Option<String>)> {
+        anyhow::ensure!(
+            !config.poll_interval.is_zero(),
+            "the poll interval must be above zero"
+        );
+        let db = db::Db::open(&config.database_url).await?;
+        let (token_hash, new_token) = auth::set_up_token(&db, config.admin_token.as_deref())
+            .await
+            .context("cannot set up the admin token")?;
+        if config.agent_token.is_none() {
+            tracing::warn!("PORTICO_AGENT_TOKEN is not set: agents will refuse the admin's calls");
+        }
+        let agents = agent_client::AgentClient::new(config.agent_token)?;
+        let admin = Admin {
+            state: Arc::new(state::AppState::new(db, token_hash, agents)),
+            poll_interval: config.poll_interval,
+        };
+        Ok((admin, new_token))
+    }
+
+    /// The REST API (`/gateway/apiserver/v1/…`), admin token required on every route.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone())
+    }
+
+    /// Serves HTTP on `listener` and runs the poll/reconcile loop until `shutdown`
+    /// flips to true (or its sender is dropped).
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let reconcile = tokio::spawn(sync::run_loop(
+            self.state.clone(),
+            self.poll_interval,
+            shutdown.clone(),
+        ));
+        let mut stop = shutdown;
+        let served = axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if served.is_err() {
+            // Serving failed without a shutdown: the loop would never see one.
+            reconcile.abort();
+        }
+        // Otherwise the loop sees the same signal and ends between two steps.
+        let _ = reconcile.await;
+        self.state.db.close().await;
+        served.context("the admin HTTP server failed")
+    }
+}

@@ -5,11 +5,11 @@
 //! admin reaches every node of the instance and no other; the reconcile loop delivers
 //! changes made while an agent was down; gateways keep serving while etcd is down.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::{json, Value};
-use testkit::spine::{Spine, ADMIN_TOKEN};
+use serde_json::json;
+use testkit::spine::Spine;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spine_on_sqlite() {

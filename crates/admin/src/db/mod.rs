@@ -18,8 +18,8 @@ use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
-pub(crate) use clusters::{InstanceReport, ReportOutcome};
-pub(crate) use resources::{Change, Committed};
+pub(crate) use clusters::InstanceReport;
+pub(crate) use resources::{singular, Change};
 
 /// Migrations embedded at compile time from `crates/admin/migrations`.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -183,7 +183,10 @@ mod tests {
 
     #[test]
     fn database_urls() {
-        assert_eq!(sqlite_url("sqlite://portico.db"), "sqlite://portico.db?mode=rwc");
+        assert_eq!(
+            sqlite_url("sqlite://portico.db"),
+            "sqlite://portico.db?mode=rwc"
+        );
         assert_eq!(
             sqlite_url("sqlite:///tmp/a.db?cache=shared"),
             "sqlite:///tmp/a.db?cache=shared&mode=rwc"

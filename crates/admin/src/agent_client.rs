@@ -1,0 +1,175 @@
+//! The admin's client for cluster agents (`{agent}/agent/apiserver/v1/instances…`).
+//!
+//! Calls are short (a few seconds at most) because the admin never waits on an agent to
+//! accept a change: what does not arrive now is delivered by the reconcile loop. Errors
+//! say whether the agent answered (it refused; retrying the same call will not help) or
+//! not (unreachable or failing; retry later).
+
+use std::time::Duration;
+
+use model::cluster::{AgentInstances, REVISION_HEADER};
+use model::snapshot::{Revision, Snapshot};
+use reqwest::{Method, StatusCode};
+
+use crate::db::Change;
+
+/// How long one agent call may take, connection included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AgentCallError {
+    /// No usable answer: connection refused, timeout, or a 5xx. Safe to retry later.
+    #[error("agent unreachable: {0}")]
+    Unreachable(String),
+    /// The agent answered and refused the call.
+    #[error("agent refused the call with {status} ({code}): {message}")]
+    Refused {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
+}
+
+impl AgentCallError {
+    /// Our token was refused: resending anything will not help until it is fixed.
+    pub(crate) fn is_unauthorized(&self) -> bool {
+        matches!(self, AgentCallError::Refused { status, .. } if *status == StatusCode::UNAUTHORIZED)
+    }
+}
+
+/// Shared by every call; holds the agent token (sent as a bearer token, never logged).
+#[derive(Clone)]
+pub(crate) struct AgentClient {
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl AgentClient {
+    pub(crate) fn new(token: Option<String>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(CALL_TIMEOUT)
+            .connect_timeout(CALL_TIMEOUT)
+            .build()?;
+        Ok(Self { http, token })
+    }
+
+    /// `GET /instances`: the agent's instances, their store revisions and nodes.
+    pub(crate) async fn instances(&self, agent: &str) -> Result<AgentInstances, AgentCallError> {
+        let response = self
+            .request(Method::GET, agent, "", None)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let response = check(response).await?;
+        response
+            .json()
+            .await
+            .map_err(|e| AgentCallError::Unreachable(format!("unreadable instance list: {e}")))
+    }
+
+    /// Sends one change that produces `revision`.
+    pub(crate) async fn push_change(
+        &self,
+        agent: &str,
+        instance: &str,
+        revision: Revision,
+        change: &Change,
+    ) -> Result<(), AgentCallError> {
+        let kind = change.kind();
+        let (method, path, body) = match change {
+            Change::Create(resource) => (
+                Method::POST,
+                format!("/{instance}/{kind}"),
+                Some(resource.to_json()),
+            ),
+            Change::Upsert(resource) => (
+                Method::PUT,
+                format!("/{instance}/{kind}/{}", resource.id()),
+                Some(resource.to_json()),
+            ),
+            Change::Delete { id, .. } => (Method::DELETE, format!("/{instance}/{kind}/{id}"), None),
+        };
+        let response = self
+            .request(method, agent, &path, body.as_ref())
+            .header(REVISION_HEADER, revision.to_string())
+            .send()
+            .await
+            .map_err(unreachable)?;
+        check(response).await.map(drop)
+    }
+
+    /// Replaces the instance's whole content with `snapshot`.
+    pub(crate) async fn push_snapshot(
+        &self,
+        agent: &str,
+        instance: &str,
+        snapshot: &Snapshot,
+    ) -> Result<(), AgentCallError> {
+        let body = serde_json::to_value(snapshot).expect("snapshots always serialise");
+        let response = self
+            .request(
+                Method::PUT,
+                agent,
+                &format!("/{instance}/snapshot"),
+                Some(&body),
+            )
+            .send()
+            .await
+            .map_err(unreachable)?;
+        check(response).await.map(drop)
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        agent: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> reqwest::RequestBuilder {
+        let url = format!(
+            "{}/agent/apiserver/v1/instances{path}",
+            agent.trim_end_matches('/')
+        );
+        let mut request = self.http.request(method, url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request
+    }
+}
+
+/// A transport failure with its causes ("error sending request: … connection refused");
+/// reqwest errors never carry request headers, so the token cannot leak through here.
+fn unreachable(e: reqwest::Error) -> AgentCallError {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    AgentCallError::Unreachable(message)
+}
+
+/// Turns an error status into [`AgentCallError`], reading the agent's JSON error body.
+async fn check(response: reqwest::Response) -> Result<reqwest::Response, AgentCallError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let message = body["error"].as_str().unwrap_or_default().to_owned();
+    if status.is_server_error() {
+        return Err(AgentCallError::Unreachable(format!(
+            "agent answered {status}: {message}"
+        )));
+    }
+    Err(AgentCallError::Refused {
+        status,
+        code: body["code"].as_str().unwrap_or_default().to_owned(),
+        message,
+    })
+}

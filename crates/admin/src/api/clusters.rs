@@ -1,0 +1,146 @@
+//! Handlers for clusters, their instances, the instances' nodes and change logs.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use model::cluster::{Cluster, Instance};
+use serde_json::{json, Value};
+
+use super::{parse_json, ApiPath};
+use crate::db;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::sync;
+
+/// `agent_address` is stored in a VARCHAR(255).
+const MAX_ADDRESS: usize = 255;
+
+pub(super) async fn list_clusters(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Value>, ApiError> {
+    let items = state.db.clusters().await?;
+    Ok(Json(json!({ "items": items })))
+}
+
+pub(super) async fn create_cluster(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let cluster = parse_cluster(&body?)?;
+    if !state.db.insert_cluster(&cluster, db::now()).await? {
+        return Err(ApiError::AlreadyExists(format!(
+            "cluster {:?} already exists",
+            cluster.name
+        )));
+    }
+    tracing::info!(cluster = %cluster.name, agent = %cluster.agent_address, "cluster registered");
+    // Discover its instances now rather than at the next tick; the answer does not wait.
+    tokio::spawn(sync::poll_cluster_now(state, cluster.name.clone()));
+    Ok((StatusCode::CREATED, Json(cluster)).into_response())
+}
+
+pub(super) async fn get_cluster(
+    State(state): State<Arc<AppState>>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Cluster>, ApiError> {
+    Ok(Json(state.db.require_cluster(&name).await?))
+}
+
+/// Changes the agent address; the body is the whole cluster and its name must match.
+pub(super) async fn update_cluster(
+    State(state): State<Arc<AppState>>,
+    ApiPath(name): ApiPath<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Cluster>, ApiError> {
+    state.db.require_cluster(&name).await?;
+    let cluster = parse_cluster(&body?)?;
+    if cluster.name != name {
+        return Err(ApiError::invalid_field(
+            "cluster",
+            "name",
+            format!("must equal the name in the path ({name:?})"),
+        ));
+    }
+    if !state
+        .db
+        .update_cluster_address(&name, &cluster.agent_address)
+        .await?
+    {
+        return Err(ApiError::NotFound(format!(
+            "cluster {name:?} does not exist"
+        )));
+    }
+    tracing::info!(cluster = %name, agent = %cluster.agent_address, "cluster agent address changed");
+    tokio::spawn(sync::poll_cluster_now(state, name));
+    Ok(Json(cluster))
+}
+
+pub(super) async fn delete_cluster(
+    State(state): State<Arc<AppState>>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    state.db.delete_cluster(&name).await?;
+    state.forget_cluster(&name);
+    tracing::info!(cluster = %name, "cluster removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn list_instances(
+    State(state): State<Arc<AppState>>,
+    ApiPath(cluster): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.db.require_cluster(&cluster).await?;
+    let items = state.db.instances(&cluster).await?;
+    Ok(Json(json!({ "items": items })))
+}
+
+pub(super) async fn get_instance(
+    State(state): State<Arc<AppState>>,
+    ApiPath((cluster, instance)): ApiPath<(String, String)>,
+) -> Result<Json<Instance>, ApiError> {
+    Ok(Json(state.db.require_instance(&cluster, &instance).await?))
+}
+
+/// The instance's gateway nodes as its agent last reported them.
+pub(super) async fn list_nodes(
+    State(state): State<Arc<AppState>>,
+    ApiPath((cluster, instance)): ApiPath<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    state.db.require_instance(&cluster, &instance).await?;
+    Ok(Json(json!({ "items": state.nodes(&cluster, &instance) })))
+}
+
+/// The instance's change log, newest first (certificate keys are never in it).
+pub(super) async fn list_changes(
+    State(state): State<Arc<AppState>>,
+    ApiPath((cluster, instance)): ApiPath<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let items = state.db.changes(&cluster, &instance).await?;
+    Ok(Json(json!({ "items": items })))
+}
+
+fn parse_cluster(body: &[u8]) -> Result<Cluster, ApiError> {
+    let cluster: Cluster = parse_json("cluster", body)?;
+    let mut errors = cluster.validate().err().unwrap_or_default();
+    if cluster.agent_address.len() > MAX_ADDRESS {
+        errors.0.push(model::validate::FieldError {
+            field: "agent_address".into(),
+            message: format!("must be at most {MAX_ADDRESS} characters"),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid {
+            what: "cluster".into(),
+            errors,
+        });
+    }
+    Ok(Cluster {
+        agent_address: cluster.agent_address.trim_end_matches('/').to_owned(),
+        ..cluster
+    })
+}

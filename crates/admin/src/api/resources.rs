@@ -1,0 +1,149 @@
+//! Handlers for an instance's resources: routes, upstreams and certificates.
+//!
+//! Each write parses and validates the whole body first (every problem at once), then
+//! hands the change to [`sync::write`]: one transaction, then the push. Answers never
+//! carry a certificate's private key.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use model::cluster::REVISION_HEADER;
+use model::resource::{Resource, ResourceKind};
+use model::validate::FieldError;
+use serde_json::{json, Value};
+
+use super::{parse_json, ApiPath};
+use crate::db::{singular, Change};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::sync::{self, Written};
+
+/// Header saying whether the change reached the store: `applied` or `pending`.
+const SYNC_HEADER: &str = "x-portico-sync";
+
+/// MySQL's TEXT holds 65,535 bytes; one resource's JSON must fit on every database.
+const MAX_RESOURCE_JSON: usize = 65_535;
+
+pub(super) async fn list(
+    State(state): State<Arc<AppState>>,
+    ApiPath((cluster, instance, kind)): ApiPath<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let (items, revision) = state.db.resources(&cluster, &instance, kind).await?;
+    let items: Vec<Value> = items.iter().map(|r| r.redacted().to_json()).collect();
+    Ok(Json(json!({ "items": items, "revision": revision })))
+}
+
+pub(super) async fn get_one(
+    State(state): State<Arc<AppState>>,
+    ApiPath((cluster, instance, kind, id)): ApiPath<(String, String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let resource = state.db.resource(&cluster, &instance, kind, &id).await?;
+    Ok(Json(resource.redacted().to_json()))
+}
+
+pub(super) async fn create(
+    State(state): State<Arc<AppState>>,
+    ApiPath((cluster, instance, kind)): ApiPath<(String, String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let kind = parse_kind(&kind)?;
+    state.db.require_instance(&cluster, &instance).await?;
+    let resource = parse_resource(kind, &body?, None)?;
+    let shown = resource.redacted().to_json();
+    let written = sync::write(&state, &cluster, &instance, Change::Create(resource)).await?;
+    Ok(answer(StatusCode::CREATED, Some(shown), written))
+}
+
+/// Replaces the resource, or creates it when absent (201 then).
+pub(super) async fn put(
+    State(state): State<Arc<AppState>>,
+    ApiPath((cluster, instance, kind, id)): ApiPath<(String, String, String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let kind = parse_kind(&kind)?;
+    state.db.require_instance(&cluster, &instance).await?;
+    let resource = parse_resource(kind, &body?, Some(&id))?;
+    let shown = resource.redacted().to_json();
+    let written = sync::write(&state, &cluster, &instance, Change::Upsert(resource)).await?;
+    let status = if written.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(answer(status, Some(shown), written))
+}
+
+pub(super) async fn delete(
+    State(state): State<Arc<AppState>>,
+    ApiPath((cluster, instance, kind, id)): ApiPath<(String, String, String, String)>,
+) -> Result<Response, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let written = sync::write(&state, &cluster, &instance, Change::Delete { kind, id }).await?;
+    Ok(answer(StatusCode::NO_CONTENT, None, written))
+}
+
+fn parse_kind(kind: &str) -> Result<ResourceKind, ApiError> {
+    kind.parse()
+        .map_err(|e: model::resource::UnknownKind| ApiError::NotFound(e.to_string()))
+}
+
+/// Parses a body of `kind` and checks every rule at once; for a PUT, the body's id must
+/// be the one in the path.
+fn parse_resource(
+    kind: ResourceKind,
+    body: &[u8],
+    path_id: Option<&str>,
+) -> Result<Resource, ApiError> {
+    let what = singular(kind);
+    let resource = match kind {
+        ResourceKind::Routes => Resource::Route(parse_json(what, body)?),
+        ResourceKind::Upstreams => Resource::Upstream(parse_json(what, body)?),
+        ResourceKind::Certificates => Resource::Certificate(parse_json(what, body)?),
+    };
+    let mut errors = resource.validate().err().unwrap_or_default();
+    if let Some(id) = path_id {
+        if resource.id() != id {
+            errors.0.push(FieldError {
+                field: "id".into(),
+                message: format!("must equal the id in the path ({id:?})"),
+            });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid {
+            what: what.to_owned(),
+            errors,
+        });
+    }
+    if resource.to_json().to_string().len() > MAX_RESOURCE_JSON {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "a {what} may take at most {MAX_RESOURCE_JSON} bytes of JSON"
+        )));
+    }
+    Ok(resource)
+}
+
+/// A write's answer: the resource as stored (keys removed) and where the change stands.
+fn answer(status: StatusCode, body: Option<Value>, written: Written) -> Response {
+    let mut response = match body {
+        Some(body) => (status, Json(body)).into_response(),
+        None => status.into_response(),
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        HeaderName::from_static(REVISION_HEADER),
+        HeaderValue::from(written.revision.0),
+    );
+    headers.insert(
+        HeaderName::from_static(SYNC_HEADER),
+        HeaderValue::from_static(written.sync.as_str()),
+    );
+    response
+}

@@ -1,0 +1,364 @@
+//! Clusters (registered by operators) and instances (discovered by polling agents).
+
+use model::cluster::{Cluster, Instance, InstanceStatus};
+use model::snapshot::Revision;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{is_unique_violation, text, Db};
+use crate::error::ApiError;
+
+/// One instance as an agent reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InstanceReport {
+    pub name: String,
+    /// The admin revision the store holds (its `meta`), 0 when never written.
+    pub revision: Revision,
+}
+
+/// What a report changed, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ReportOutcome {
+    pub discovered: Vec<String>,
+    pub back_online: Vec<String>,
+    pub went_missing: Vec<String>,
+}
+
+impl Db {
+    /// Registers a cluster; false when the name is taken.
+    pub(crate) async fn insert_cluster(
+        &self,
+        cluster: &Cluster,
+        now: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let sql =
+            self.sql("INSERT INTO clusters (name, agent_address, created_at) VALUES (?, ?, ?)");
+        match sqlx::query(&sql)
+            .bind(&cluster.name)
+            .bind(&cluster.agent_address)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) async fn clusters(&self) -> Result<Vec<Cluster>, sqlx::Error> {
+        let sql = self.sql("SELECT name, agent_address FROM clusters ORDER BY name");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(cluster_from_row).collect()
+    }
+
+    pub(crate) async fn cluster(&self, name: &str) -> Result<Option<Cluster>, sqlx::Error> {
+        let sql = self.sql("SELECT name, agent_address FROM clusters WHERE name = ?");
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(cluster_from_row).transpose()
+    }
+
+    /// The cluster, or 404.
+    pub(crate) async fn require_cluster(&self, name: &str) -> Result<Cluster, ApiError> {
+        self.cluster(name)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("cluster {name:?} does not exist")))
+    }
+
+    /// Points the cluster (and its instances) at a new agent address; false when absent.
+    pub(crate) async fn update_cluster_address(
+        &self,
+        name: &str,
+        agent_address: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let sql = self.sql("UPDATE clusters SET agent_address = ? WHERE name = ?");
+        let done = sqlx::query(&sql)
+            .bind(agent_address)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let sql = self.sql("UPDATE instances SET agent_address = ? WHERE cluster = ?");
+        sqlx::query(&sql)
+            .bind(agent_address)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Removes a cluster and its instances, refused while any instance holds resources.
+    /// The change log stays, so a re-registered instance continues its revisions.
+    pub(crate) async fn delete_cluster(&self, name: &str) -> Result<(), ApiError> {
+        let mut tx = self.pool.begin().await?;
+        // Lock the cluster row first, in the same order as `record_report`, so a poll
+        // running meanwhile cannot deadlock with us.
+        let sql = self.sql("UPDATE clusters SET agent_address = agent_address WHERE name = ?");
+        let done = sqlx::query(&sql).bind(name).execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::NotFound(format!(
+                "cluster {name:?} does not exist"
+            )));
+        }
+        let sql = self.sql(
+            "DELETE FROM instances WHERE cluster = ? AND NOT EXISTS \
+             (SELECT 1 FROM resources r WHERE r.cluster = instances.cluster AND r.instance = instances.name)",
+        );
+        sqlx::query(&sql).bind(name).execute(&mut *tx).await?;
+        let sql =
+            self.sql("SELECT DISTINCT instance FROM resources WHERE cluster = ? ORDER BY instance");
+        let rows = sqlx::query(&sql).bind(name).fetch_all(&mut *tx).await?;
+        if !rows.is_empty() {
+            let holding = rows
+                .iter()
+                .map(|r| text(r, "instance"))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Err(ApiError::InUse {
+                message: format!(
+                    "cluster {name:?} still has config in instances {}; delete it first",
+                    holding.join(", ")
+                ),
+                details: Vec::new(),
+            });
+        }
+        let sql = self.sql("DELETE FROM clusters WHERE name = ?");
+        let done = sqlx::query(&sql).bind(name).execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::NotFound(format!(
+                "cluster {name:?} does not exist"
+            )));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn instances(&self, cluster: &str) -> Result<Vec<Instance>, sqlx::Error> {
+        let sql = self.sql(
+            "SELECT cluster, name, agent_address, status, first_seen, last_seen, revision, applied_revision \
+             FROM instances WHERE cluster = ? ORDER BY name",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(cluster)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(instance_from_row).collect()
+    }
+
+    pub(crate) async fn instance(
+        &self,
+        cluster: &str,
+        name: &str,
+    ) -> Result<Option<Instance>, sqlx::Error> {
+        let sql = self.sql(
+            "SELECT cluster, name, agent_address, status, first_seen, last_seen, revision, applied_revision \
+             FROM instances WHERE cluster = ? AND name = ?",
+        );
+        let row = sqlx::query(&sql)
+            .bind(cluster)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(instance_from_row).transpose()
+    }
+
+    /// The instance, or 404 naming whichever of cluster and instance is unknown.
+    pub(crate) async fn require_instance(
+        &self,
+        cluster: &str,
+        name: &str,
+    ) -> Result<Instance, ApiError> {
+        if let Some(instance) = self.instance(cluster, name).await? {
+            return Ok(instance);
+        }
+        self.require_cluster(cluster).await?;
+        Err(ApiError::NotFound(format!(
+            "instance {name:?} does not exist in cluster {cluster:?}"
+        )))
+    }
+
+    /// Records an agent's answer: reported instances become (or stay) online with the
+    /// revision their store holds; instances of the cluster it no longer reports become
+    /// missing, keeping their config.
+    pub(crate) async fn record_report(
+        &self,
+        cluster: &str,
+        agent_address: &str,
+        reported: &[InstanceReport],
+        now: i64,
+    ) -> Result<ReportOutcome, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut outcome = ReportOutcome::default();
+        // Write first (see the module doc of `db`): touching the cluster row also locks
+        // it before any instance row, the order every cluster-wide transaction uses.
+        let sql = self.sql("UPDATE clusters SET agent_address = agent_address WHERE name = ?");
+        let done = sqlx::query(&sql).bind(cluster).execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            // Deleted while we polled: nothing to record.
+            return Ok(outcome);
+        }
+        let sql = self.sql("SELECT name, status FROM instances WHERE cluster = ?");
+        let known: Vec<(String, String)> = sqlx::query(&sql)
+            .bind(cluster)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| Ok((text(r, "name")?, text(r, "status")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+
+        for report in reported {
+            let previous = known.iter().find(|(n, _)| n == &report.name);
+            let applied = report.revision.0 as i64;
+            if let Some((_, status)) = previous {
+                let sql = self.sql(
+                    "UPDATE instances SET status = 'online', last_seen = ?, agent_address = ?, applied_revision = ? \
+                     WHERE cluster = ? AND name = ?",
+                );
+                sqlx::query(&sql)
+                    .bind(now)
+                    .bind(agent_address)
+                    .bind(applied)
+                    .bind(cluster)
+                    .bind(&report.name)
+                    .execute(&mut *tx)
+                    .await?;
+                if status != "online" {
+                    outcome.back_online.push(report.name.clone());
+                }
+            } else {
+                let sql = self.sql(
+                    "SELECT COALESCE(MAX(revision), 0) AS revision FROM changes WHERE cluster = ? AND instance = ?",
+                );
+                let revision: i64 = sqlx::query(&sql)
+                    .bind(cluster)
+                    .bind(&report.name)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("revision")?;
+                let sql = self.sql(
+                    "INSERT INTO instances (cluster, name, agent_address, status, first_seen, last_seen, revision, applied_revision) \
+                     VALUES (?, ?, ?, 'online', ?, ?, ?, ?)",
+                );
+                sqlx::query(&sql)
+                    .bind(cluster)
+                    .bind(&report.name)
+                    .bind(agent_address)
+                    .bind(now)
+                    .bind(now)
+                    .bind(revision)
+                    .bind(applied)
+                    .execute(&mut *tx)
+                    .await?;
+                outcome.discovered.push(report.name.clone());
+            }
+        }
+        for (name, status) in &known {
+            if status == "online" && !reported.iter().any(|r| &r.name == name) {
+                let sql = self
+                    .sql("UPDATE instances SET status = 'missing' WHERE cluster = ? AND name = ?");
+                sqlx::query(&sql)
+                    .bind(cluster)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                outcome.went_missing.push(name.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Notes that the instance's store now holds `revision` (a push succeeded).
+    pub(crate) async fn set_applied_revision(
+        &self,
+        cluster: &str,
+        name: &str,
+        revision: Revision,
+    ) -> Result<(), sqlx::Error> {
+        let sql =
+            self.sql("UPDATE instances SET applied_revision = ? WHERE cluster = ? AND name = ?");
+        sqlx::query(&sql)
+            .bind(revision.0 as i64)
+            .bind(cluster)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves the instance's revision past one its store already holds (a restored DB or
+    /// another admin wrote there), logged as a `resync` change, so the DB's config can be
+    /// pushed on top. Returns the new revision, or `None` when the instance is gone.
+    pub(crate) async fn resync_past(
+        &self,
+        cluster: &str,
+        name: &str,
+        held: Revision,
+        now: i64,
+    ) -> Result<Option<Revision>, sqlx::Error> {
+        let target = held.0 as i64 + 1;
+        let mut tx = self.pool.begin().await?;
+        let sql = self.sql(
+            "UPDATE instances SET revision = ? WHERE cluster = ? AND name = ? AND revision < ?",
+        );
+        let done = sqlx::query(&sql)
+            .bind(target)
+            .bind(cluster)
+            .bind(name)
+            .bind(target)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let sql = self.sql(
+            "INSERT INTO changes (cluster, instance, revision, kind, resource_id, op, body, changed_at) \
+             VALUES (?, ?, ?, NULL, NULL, 'resync', NULL, ?)",
+        );
+        sqlx::query(&sql)
+            .bind(cluster)
+            .bind(name)
+            .bind(target)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(Revision(target as u64)))
+    }
+}
+
+fn cluster_from_row(row: &AnyRow) -> Result<Cluster, sqlx::Error> {
+    Ok(Cluster {
+        name: text(row, "name")?,
+        agent_address: text(row, "agent_address")?,
+    })
+}
+
+fn instance_from_row(row: &AnyRow) -> Result<Instance, sqlx::Error> {
+    let status = match text(row, "status")?.as_str() {
+        "online" => InstanceStatus::Online,
+        _ => InstanceStatus::Missing,
+    };
+    let applied: Option<i64> = row.try_get("applied_revision")?;
+    Ok(Instance {
+        cluster: text(row, "cluster")?,
+        name: text(row, "name")?,
+        agent_address: text(row, "agent_address")?,
+        status,
+        first_seen: row.try_get("first_seen")?,
+        last_seen: row.try_get("last_seen")?,
+        revision: revision(row.try_get("revision")?),
+        applied_revision: applied.map(revision),
+    })
+}
+
+/// Revisions are stored as BIGINT and never negative.
+pub(super) fn revision(stored: i64) -> Revision {
+    Revision(stored.max(0) as u64)
+}

@@ -1,0 +1,436 @@
+//! An instance's resources, its revision and its change log.
+//!
+//! [`Db::commit`] is the one write: a transaction that bumps the instance's revision,
+//! checks what involves other rows (duplicate ids, a route's upstream, routes using an
+//! upstream), writes the resource row and appends the change-log row. A refused change
+//! rolls back, revision bump included, so nothing of it is stored.
+
+use model::resource::{Resource, ResourceKind};
+use model::snapshot::{Revision, Snapshot};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use super::clusters::revision;
+use super::{optional_text, text, Db};
+use crate::error::ApiError;
+
+/// One change to one resource, as the API accepted it (parsed and validated).
+#[derive(Debug, Clone)]
+pub(crate) enum Change {
+    Create(Resource),
+    /// Replace, or create when absent (PUT).
+    Upsert(Resource),
+    Delete {
+        kind: ResourceKind,
+        id: String,
+    },
+}
+
+impl Change {
+    pub(crate) fn kind(&self) -> ResourceKind {
+        match self {
+            Change::Create(r) | Change::Upsert(r) => r.kind(),
+            Change::Delete { kind, .. } => *kind,
+        }
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        match self {
+            Change::Create(r) | Change::Upsert(r) => r.id(),
+            Change::Delete { id, .. } => id,
+        }
+    }
+}
+
+/// What a committed change produced.
+#[derive(Debug, Clone)]
+pub(crate) struct Committed {
+    /// The instance's new revision.
+    pub revision: Revision,
+    /// Where the cluster's agent listens, read in the same transaction.
+    pub agent_address: String,
+    /// For an upsert: whether the resource did not exist before.
+    pub created: bool,
+}
+
+/// One row of the change log as the API shows it (certificate keys never stored there).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ChangeEntry {
+    pub revision: Revision,
+    pub op: String,
+    pub kind: Option<String>,
+    pub id: Option<String>,
+    pub body: Option<serde_json::Value>,
+    pub at: i64,
+}
+
+impl Db {
+    /// Applies one change in one transaction and returns the revision it produced.
+    pub(crate) async fn commit(
+        &self,
+        cluster: &str,
+        instance: &str,
+        change: &Change,
+        now: i64,
+    ) -> Result<Committed, ApiError> {
+        let mut tx = self.pool.begin().await?;
+        // The bump comes first: it is the write that locks the instance row (and SQLite's
+        // database), so every later check in this transaction sees a settled state.
+        let sql =
+            self.sql("UPDATE instances SET revision = revision + 1 WHERE cluster = ? AND name = ?");
+        let done = sqlx::query(&sql)
+            .bind(cluster)
+            .bind(instance)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            drop(tx);
+            return Err(self
+                .require_instance(cluster, instance)
+                .await
+                .err()
+                .unwrap_or_else(|| {
+                    ApiError::NotFound(format!("instance {instance:?} does not exist"))
+                }));
+        }
+        let sql = self.sql(
+            "SELECT i.revision AS revision, c.agent_address AS agent_address \
+             FROM instances i JOIN clusters c ON c.name = i.cluster \
+             WHERE i.cluster = ? AND i.name = ?",
+        );
+        let row = sqlx::query(&sql)
+            .bind(cluster)
+            .bind(instance)
+            .fetch_one(&mut *tx)
+            .await?;
+        let new_revision: i64 = row.try_get("revision")?;
+        let agent_address = text(&row, "agent_address")?;
+
+        let kind = change.kind();
+        let id = change.id();
+        let exists = self.exists(&mut tx, cluster, instance, kind, id).await?;
+        let (op, created) = match change {
+            Change::Create(_) if exists => {
+                return Err(ApiError::AlreadyExists(format!(
+                    "{} {id:?} already exists in instance {instance:?}",
+                    singular(kind)
+                )));
+            }
+            Change::Create(_) => ("create", true),
+            Change::Upsert(_) => ("update", !exists),
+            Change::Delete { .. } if !exists => {
+                return Err(ApiError::NotFound(format!(
+                    "{} {id:?} does not exist in instance {instance:?}",
+                    singular(kind)
+                )));
+            }
+            Change::Delete { .. } => ("delete", false),
+        };
+
+        let logged_body = match change {
+            Change::Create(resource) | Change::Upsert(resource) => {
+                self.check_upstream_exists(&mut tx, cluster, instance, resource)
+                    .await?;
+                let body = resource.to_json().to_string();
+                let upstream_ref = match resource {
+                    Resource::Route(route) => route.upstream_id.clone(),
+                    _ => None,
+                };
+                let sql = if exists {
+                    self.sql(
+                        "UPDATE resources SET body = ?, upstream_ref = ?, revision = ?, updated_at = ? \
+                         WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
+                    )
+                } else {
+                    self.sql(
+                        "INSERT INTO resources (body, upstream_ref, revision, updated_at, cluster, instance, kind, id) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    )
+                };
+                sqlx::query(&sql)
+                    .bind(body)
+                    .bind(upstream_ref)
+                    .bind(new_revision)
+                    .bind(now)
+                    .bind(cluster)
+                    .bind(instance)
+                    .bind(kind.as_str())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                // The change log keeps what an operator may see: never a private key.
+                Some(resource.redacted().to_json().to_string())
+            }
+            Change::Delete { .. } => {
+                if kind == ResourceKind::Upstreams {
+                    self.check_upstream_unused(&mut tx, cluster, instance, id)
+                        .await?;
+                }
+                let sql = self.sql(
+                    "DELETE FROM resources WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
+                );
+                sqlx::query(&sql)
+                    .bind(cluster)
+                    .bind(instance)
+                    .bind(kind.as_str())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                None
+            }
+        };
+
+        let sql = self.sql(
+            "INSERT INTO changes (cluster, instance, revision, kind, resource_id, op, body, changed_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        );
+        sqlx::query(&sql)
+            .bind(cluster)
+            .bind(instance)
+            .bind(new_revision)
+            .bind(kind.as_str())
+            .bind(id)
+            .bind(op)
+            .bind(logged_body)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Committed {
+            revision: revision(new_revision),
+            agent_address,
+            created,
+        })
+    }
+
+    async fn exists(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        cluster: &str,
+        instance: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let sql = self.sql(
+            "SELECT id FROM resources WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
+        );
+        Ok(sqlx::query(&sql)
+            .bind(cluster)
+            .bind(instance)
+            .bind(kind.as_str())
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .is_some())
+    }
+
+    /// A route's `upstream_id` must name an upstream of the same instance.
+    async fn check_upstream_exists(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        cluster: &str,
+        instance: &str,
+        resource: &Resource,
+    ) -> Result<(), ApiError> {
+        let Resource::Route(route) = resource else {
+            return Ok(());
+        };
+        let Some(upstream) = &route.upstream_id else {
+            return Ok(());
+        };
+        if self
+            .exists(tx, cluster, instance, ResourceKind::Upstreams, upstream)
+            .await?
+        {
+            return Ok(());
+        }
+        Err(ApiError::invalid_field(
+            "route",
+            "upstream_id",
+            format!("upstream {upstream:?} does not exist in instance {instance:?}"),
+        ))
+    }
+
+    /// An upstream that routes name cannot be deleted; the answer names those routes.
+    async fn check_upstream_unused(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        cluster: &str,
+        instance: &str,
+        upstream: &str,
+    ) -> Result<(), ApiError> {
+        let sql = self.sql(
+            "SELECT id FROM resources WHERE cluster = ? AND instance = ? AND kind = 'routes' AND upstream_ref = ? ORDER BY id",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(cluster)
+            .bind(instance)
+            .bind(upstream)
+            .fetch_all(&mut **tx)
+            .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let routes = rows
+            .iter()
+            .map(|r| text(r, "id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Err(ApiError::InUse {
+            message: format!(
+                "upstream {upstream:?} is used by routes {}; change or delete them first",
+                routes.join(", ")
+            ),
+            details: routes
+                .iter()
+                .map(|r| model::validate::FieldError {
+                    field: format!("routes[{r}].upstream_id"),
+                    message: format!("names upstream {upstream:?}"),
+                })
+                .collect(),
+        })
+    }
+
+    /// The instance's resources of `kind` (sorted by id) and its revision; 404 when the
+    /// cluster or instance is unknown.
+    pub(crate) async fn resources(
+        &self,
+        cluster: &str,
+        instance: &str,
+        kind: ResourceKind,
+    ) -> Result<(Vec<Resource>, Revision), ApiError> {
+        let found = self.require_instance(cluster, instance).await?;
+        let sql = self.sql(
+            "SELECT body FROM resources WHERE cluster = ? AND instance = ? AND kind = ? ORDER BY id",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(cluster)
+            .bind(instance)
+            .bind(kind.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        let items = rows
+            .iter()
+            .map(|row| resource_from_row(kind, row))
+            .collect::<Result<_, _>>()?;
+        Ok((items, found.revision))
+    }
+
+    pub(crate) async fn resource(
+        &self,
+        cluster: &str,
+        instance: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> Result<Resource, ApiError> {
+        self.require_instance(cluster, instance).await?;
+        let sql = self.sql(
+            "SELECT body FROM resources WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
+        );
+        let row = sqlx::query(&sql)
+            .bind(cluster)
+            .bind(instance)
+            .bind(kind.as_str())
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => resource_from_row(kind, &row),
+            None => Err(ApiError::NotFound(format!(
+                "{} {id:?} does not exist in instance {instance:?}",
+                singular(kind)
+            ))),
+        }
+    }
+
+    /// Everything the instance serves at its current revision, read in one transaction.
+    pub(crate) async fn snapshot(
+        &self,
+        cluster: &str,
+        instance: &str,
+    ) -> Result<Option<Snapshot>, ApiError> {
+        let mut tx = self.pool.begin().await?;
+        let sql = self.sql("SELECT revision FROM instances WHERE cluster = ? AND name = ?");
+        let Some(row) = sqlx::query(&sql)
+            .bind(cluster)
+            .bind(instance)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut snapshot = Snapshot {
+            revision: revision(row.try_get("revision")?),
+            ..Snapshot::default()
+        };
+        let sql = self.sql(
+            "SELECT kind, body FROM resources WHERE cluster = ? AND instance = ? ORDER BY kind, id",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(cluster)
+            .bind(instance)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in &rows {
+            let kind: ResourceKind = text(row, "kind")?
+                .parse()
+                .map_err(|e: model::resource::UnknownKind| ApiError::Internal(e.into()))?;
+            snapshot.push(resource_from_row(kind, row)?);
+        }
+        tx.commit().await?;
+        Ok(Some(snapshot))
+    }
+
+    /// The instance's latest changes, newest first.
+    pub(crate) async fn changes(
+        &self,
+        cluster: &str,
+        instance: &str,
+    ) -> Result<Vec<ChangeEntry>, ApiError> {
+        self.require_instance(cluster, instance).await?;
+        let sql = self.sql(
+            "SELECT revision, op, kind, resource_id, body, changed_at FROM changes \
+             WHERE cluster = ? AND instance = ? ORDER BY revision DESC LIMIT 1000",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(cluster)
+            .bind(instance)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let body = optional_text(row, "body")?
+                    .map(|b| serde_json::from_str(&b))
+                    .transpose()
+                    .map_err(|e| ApiError::Internal(e.into()))?;
+                Ok(ChangeEntry {
+                    revision: revision(row.try_get("revision")?),
+                    op: text(row, "op")?,
+                    kind: optional_text(row, "kind")?,
+                    id: optional_text(row, "resource_id")?,
+                    body,
+                    at: row.try_get("changed_at")?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn resource_from_row(kind: ResourceKind, row: &AnyRow) -> Result<Resource, ApiError> {
+    let body = text(row, "body")?;
+    kind.parse(body.as_bytes()).map_err(|e| {
+        ApiError::Internal(anyhow::anyhow!(
+            "a stored {} does not parse: {e}",
+            singular(kind)
+        ))
+    })
+}
+
+/// "route", "upstream", "certificate": how messages name one resource of a kind.
+pub(crate) fn singular(kind: ResourceKind) -> &'static str {
+    match kind {
+        ResourceKind::Routes => "route",
+        ResourceKind::Upstreams => "upstream",
+        ResourceKind::Certificates => "certificate",
+    }
+}

@@ -1,0 +1,131 @@
+//! What every handler and the reconcile loop share: the database, the agent client, and
+//! the little in-memory state that only this process needs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use model::cluster::{AgentInstances, NodeHeartbeat};
+
+use crate::agent_client::{AgentCallError, AgentClient};
+use crate::db::Db;
+
+/// Names one instance: (cluster, instance).
+type InstanceKey = (String, String);
+
+pub(crate) struct AppState {
+    pub db: Db,
+    /// SHA-256 of the admin token; requests are checked against it, never the token.
+    pub token_hash: [u8; 32],
+    pub agents: AgentClient,
+    /// One lock per (cluster, instance). A write commits and pushes under it, and the
+    /// reconcile loop pushes snapshots under it, so pushes leave in revision order and
+    /// a snapshot never overtakes a change.
+    instance_locks: Mutex<HashMap<InstanceKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Last known health of each cluster's agent, so a state change is logged once
+    /// rather than at every poll.
+    agent_health: Mutex<HashMap<String, AgentHealth>>,
+    /// Gateway nodes of each (cluster, instance) from the agent's last answer: observed
+    /// state, refreshed every poll, so it is kept in memory rather than in the DB.
+    nodes: RwLock<HashMap<InstanceKey, Vec<NodeHeartbeat>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AgentHealth {
+    Ok,
+    Unreachable,
+    Unauthorized,
+}
+
+impl AppState {
+    pub(crate) fn new(db: Db, token_hash: [u8; 32], agents: AgentClient) -> Self {
+        Self {
+            db,
+            token_hash,
+            agents,
+            instance_locks: Mutex::default(),
+            agent_health: Mutex::default(),
+            nodes: RwLock::default(),
+        }
+    }
+
+    /// The lock that orders writes and pushes of one instance.
+    pub(crate) fn instance_lock(
+        &self,
+        cluster: &str,
+        instance: &str,
+    ) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.instance_locks.lock().expect("lock map poisoned");
+        locks
+            .entry((cluster.to_owned(), instance.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    /// Records how a call to the cluster's agent went; logs only when that changes.
+    /// Refusals of one request (a conflict, a validation error) say nothing about the
+    /// agent's health and are ignored here.
+    pub(crate) fn note_agent(&self, cluster: &str, outcome: Result<(), &AgentCallError>) {
+        let health = match outcome {
+            Ok(()) => AgentHealth::Ok,
+            Err(e) if e.is_unauthorized() => AgentHealth::Unauthorized,
+            Err(AgentCallError::Unreachable(_)) => AgentHealth::Unreachable,
+            Err(AgentCallError::Refused { .. }) => AgentHealth::Ok,
+        };
+        let previous = self
+            .agent_health
+            .lock()
+            .expect("health map poisoned")
+            .insert(cluster.to_owned(), health);
+        if previous == Some(health) {
+            return;
+        }
+        match (health, outcome) {
+            (AgentHealth::Ok, _) if previous.is_some() => {
+                tracing::info!(cluster, "agent reachable again");
+            }
+            (AgentHealth::Ok, _) => {}
+            (AgentHealth::Unreachable, Err(e)) => {
+                tracing::warn!(cluster, error = %e, "agent unreachable; changes stay pending until it is back");
+            }
+            (AgentHealth::Unauthorized, _) => {
+                tracing::warn!(
+                    cluster,
+                    "agent refused the admin's token; check PORTICO_AGENT_TOKEN on both sides"
+                );
+            }
+            (AgentHealth::Unreachable, Ok(())) => {}
+        }
+    }
+
+    /// Replaces the cluster's nodes with what its agent just reported.
+    pub(crate) fn set_nodes(&self, cluster: &str, report: &AgentInstances) {
+        let mut nodes = self.nodes.write().expect("node map poisoned");
+        nodes.retain(|(c, _), _| c != cluster);
+        for instance in &report.instances {
+            let mut list = instance.nodes.clone();
+            list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+            nodes.insert((cluster.to_owned(), instance.name.clone()), list);
+        }
+    }
+
+    pub(crate) fn nodes(&self, cluster: &str, instance: &str) -> Vec<NodeHeartbeat> {
+        self.nodes
+            .read()
+            .expect("node map poisoned")
+            .get(&(cluster.to_owned(), instance.to_owned()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Forgets what is known of a deleted cluster.
+    pub(crate) fn forget_cluster(&self, cluster: &str) {
+        self.nodes
+            .write()
+            .expect("node map poisoned")
+            .retain(|(c, _), _| c != cluster);
+        self.agent_health
+            .lock()
+            .expect("health map poisoned")
+            .remove(cluster);
+    }
+}

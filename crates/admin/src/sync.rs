@@ -1,0 +1,270 @@
+//! The config spine on the admin's side: commit a change, push it, and keep every
+//! instance's store level with the database.
+//!
+//! ```text
+//! write:     (parsed + validated) → lock instance → DB transaction (revision+1, row,
+//!            change log) → push the change to the agent
+//!              ├ 2xx                 → applied
+//!              ├ refused (409 …)     → push the full snapshot → applied | pending
+//!              └ unreachable / 5xx   → pending (the reconcile loop delivers it)
+//! reconcile: every poll interval, per cluster: GET the agent's instances → record them
+//!            (online / missing) → for each instance whose store revision differs from
+//!            the DB's, push the full snapshot
+//! ```
+//!
+//! The database is the desired state, so nothing here undoes an accepted change: a
+//! failed push only leaves the instance behind until the next reconcile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use model::cluster::Cluster;
+use model::snapshot::Revision;
+use tokio::sync::watch;
+
+use crate::agent_client::AgentCallError;
+use crate::db::{self, Change, InstanceReport};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Whether a change reached the instance's store before the API answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SyncStatus {
+    Applied,
+    Pending,
+}
+
+impl SyncStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            SyncStatus::Applied => "applied",
+            SyncStatus::Pending => "pending",
+        }
+    }
+}
+
+/// The outcome of an accepted change.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Written {
+    pub revision: Revision,
+    pub sync: SyncStatus,
+    /// For an upsert: the resource did not exist before.
+    pub created: bool,
+}
+
+/// Commits `change` (already parsed and validated) and pushes it to the cluster's agent.
+pub(crate) async fn write(
+    state: &AppState,
+    cluster: &str,
+    instance: &str,
+    change: Change,
+) -> Result<Written, ApiError> {
+    let lock = state.instance_lock(cluster, instance);
+    let _in_revision_order = lock.lock().await;
+    let committed = state
+        .db
+        .commit(cluster, instance, &change, db::now())
+        .await?;
+    let agent = committed.agent_address.as_str();
+    let sync = match state
+        .agents
+        .push_change(agent, instance, committed.revision, &change)
+        .await
+    {
+        Ok(()) => {
+            state.note_agent(cluster, Ok(()));
+            record_applied(state, cluster, instance, committed.revision).await;
+            SyncStatus::Applied
+        }
+        Err(e @ AgentCallError::Refused { .. }) if !e.is_unauthorized() => {
+            // The store is not where this change builds on (a lost push, a wiped
+            // store) or disagrees about the resource: the snapshot settles both.
+            tracing::info!(cluster, instance, revision = %committed.revision, error = %e,
+                "agent refused the change; sending the full snapshot");
+            state.note_agent(cluster, Ok(()));
+            push_snapshot(state, cluster, instance, agent).await
+        }
+        Err(e) => {
+            state.note_agent(cluster, Err(&e));
+            tracing::debug!(cluster, instance, revision = %committed.revision, error = %e,
+                "change pending");
+            SyncStatus::Pending
+        }
+    };
+    Ok(Written {
+        revision: committed.revision,
+        sync,
+        created: committed.created,
+    })
+}
+
+/// Polls every cluster's agent and reconciles, every `interval` (the first at once),
+/// until `shutdown` flips to true (or its sender is gone).
+pub(crate) async fn run_loop(
+    state: Arc<AppState>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = async {
+                ticker.tick().await;
+                poll_all(&state).await;
+            } => {}
+        }
+    }
+}
+
+/// One pass over every cluster, concurrently, so a dead agent delays no other.
+pub(crate) async fn poll_all(state: &AppState) {
+    let clusters = match state.db.clusters().await {
+        Ok(clusters) => clusters,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the clusters to poll");
+            return;
+        }
+    };
+    futures::future::join_all(clusters.iter().map(|c| poll_cluster(state, c))).await;
+}
+
+/// Polls one cluster by name now (after it is registered or moved).
+pub(crate) async fn poll_cluster_now(state: Arc<AppState>, name: String) {
+    match state.db.cluster(&name).await {
+        Ok(Some(cluster)) => poll_cluster(&state, &cluster).await,
+        Ok(None) => {}
+        Err(e) => tracing::warn!(cluster = %name, error = %e, "cannot read the cluster to poll"),
+    }
+}
+
+/// Asks the agent for its instances, records them, then reconciles each one.
+async fn poll_cluster(state: &AppState, cluster: &Cluster) {
+    let report = match state.agents.instances(&cluster.agent_address).await {
+        Ok(report) => {
+            state.note_agent(&cluster.name, Ok(()));
+            report
+        }
+        Err(e) => {
+            // Unknown is not missing: instances keep their status until the agent answers.
+            state.note_agent(&cluster.name, Err(&e));
+            return;
+        }
+    };
+    let mut reported = Vec::new();
+    for instance in &report.instances {
+        let mut v = model::validate::Validator::new();
+        model::validate::check_id(&mut v, "name", &instance.name);
+        if let Err(e) = v.finish() {
+            tracing::warn!(cluster = %cluster.name, instance = %instance.name, error = %e,
+                "ignoring an instance with an invalid name");
+            continue;
+        }
+        reported.push(InstanceReport {
+            name: instance.name.clone(),
+            revision: instance.revision.unwrap_or_default(),
+        });
+    }
+    let outcome = match state
+        .db
+        .record_report(&cluster.name, &cluster.agent_address, &reported, db::now())
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            tracing::warn!(cluster = %cluster.name, error = %e, "cannot record the agent's instances");
+            return;
+        }
+    };
+    for name in &outcome.discovered {
+        tracing::info!(cluster = %cluster.name, instance = %name, "instance discovered");
+    }
+    for name in &outcome.back_online {
+        tracing::info!(cluster = %cluster.name, instance = %name, "instance reported again");
+    }
+    for name in &outcome.went_missing {
+        tracing::warn!(cluster = %cluster.name, instance = %name,
+            "instance no longer reported by its agent; marked missing, config kept");
+    }
+    state.set_nodes(&cluster.name, &report);
+    for instance in &reported {
+        reconcile(state, cluster, instance).await;
+    }
+}
+
+/// Level-triggered: whatever happened before, if the store's revision is not the DB's,
+/// send the whole snapshot.
+async fn reconcile(state: &AppState, cluster: &Cluster, report: &InstanceReport) {
+    let lock = state.instance_lock(&cluster.name, &report.name);
+    let _in_revision_order = lock.lock().await;
+    let desired = match state.db.instance(&cluster.name, &report.name).await {
+        Ok(Some(instance)) => instance.revision,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(cluster = %cluster.name, instance = %report.name, error = %e,
+                "cannot read the instance to reconcile");
+            return;
+        }
+    };
+    if report.revision == desired {
+        return;
+    }
+    if report.revision > desired {
+        // The store is ahead of the DB (a restored database, another admin): the DB is
+        // the desired state, so its config is re-asserted at a revision past the store's.
+        tracing::warn!(cluster = %cluster.name, instance = %report.name,
+            store = %report.revision, database = %desired,
+            "the store holds a later revision than the database; re-asserting the database's config");
+        if let Err(e) = state
+            .db
+            .resync_past(&cluster.name, &report.name, report.revision, db::now())
+            .await
+        {
+            tracing::warn!(cluster = %cluster.name, instance = %report.name, error = %e,
+                "cannot move the revision past the store's");
+            return;
+        }
+    }
+    tracing::info!(cluster = %cluster.name, instance = %report.name,
+        store = %report.revision, "store behind the database; sending the full snapshot");
+    push_snapshot(state, &cluster.name, &report.name, &cluster.agent_address).await;
+}
+
+/// Sends the instance's snapshot at the DB's current revision. The caller holds the
+/// instance lock, so that revision is the latest one.
+async fn push_snapshot(state: &AppState, cluster: &str, instance: &str, agent: &str) -> SyncStatus {
+    let snapshot = match state.db.snapshot(cluster, instance).await {
+        Ok(Some(snapshot)) => snapshot,
+        Ok(None) => return SyncStatus::Pending,
+        Err(e) => {
+            tracing::warn!(cluster, instance, error = %e, "cannot read the snapshot to push");
+            return SyncStatus::Pending;
+        }
+    };
+    match state.agents.push_snapshot(agent, instance, &snapshot).await {
+        Ok(()) => {
+            state.note_agent(cluster, Ok(()));
+            record_applied(state, cluster, instance, snapshot.revision).await;
+            SyncStatus::Applied
+        }
+        Err(e) => {
+            state.note_agent(cluster, Err(&e));
+            if let AgentCallError::Refused { .. } = e {
+                tracing::warn!(cluster, instance, revision = %snapshot.revision, error = %e,
+                    "agent refused the snapshot");
+            }
+            SyncStatus::Pending
+        }
+    }
+}
+
+async fn record_applied(state: &AppState, cluster: &str, instance: &str, revision: Revision) {
+    if let Err(e) = state
+        .db
+        .set_applied_revision(cluster, instance, revision)
+        .await
+    {
+        tracing::warn!(cluster, instance, error = %e, "cannot record the applied revision");
+    }
+}

@@ -1,0 +1,247 @@
+//! The admin API's refusals and authentication: each bad request gets the right status
+//! and names the offending field, and neither the DB nor the store changes.
+
+mod common;
+
+use std::time::Duration;
+
+use admin::{Admin, AdminConfig};
+use common::{route, upstream, TestAdmin, TestAgent, ADMIN_TOKEN};
+use reqwest::StatusCode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/admin.db", dir.path().display());
+    let admin = TestAdmin::start(&db, Duration::from_secs(3600)).await;
+    let agent = TestAgent::start(&["instance_a"]).await;
+    admin.register("c1", &agent, &["instance_a"]).await;
+    let base = "/clusters/c1/instances/instance_a";
+    admin
+        .send("POST", &format!("{base}/upstreams"), upstream("up", 8080))
+        .await;
+    admin
+        .send("POST", &format!("{base}/routes"), route("r1", "up"))
+        .await;
+    let before = admin.desired("c1", "instance_a").await;
+    assert_eq!(before.1, 2);
+
+    let too_big = format!(
+        r#"{{"id":"r9","paths":["/x"],"upstream_id":"up","name":"{}"}}"#,
+        "x".repeat(3 * 1024 * 1024)
+    );
+    // (method, path under the instance or absolute, body, status, field or "")
+    let cases: &[(&str, &str, &str, u16, &str)] = &[
+        ("POST", "/routes", "{\"id\": \"r9\", ", 400, ""),
+        ("POST", "/routes", "", 400, ""),
+        (
+            "POST",
+            "/routes",
+            r#"{"id":"r9","paths":["/x"],"upstream_id":"up","colour":"red"}"#,
+            400,
+            "colour",
+        ),
+        (
+            "POST",
+            "/upstreams",
+            r#"{"id":"u9","nodes":[{"host":"127.0.0.1","port":"80"}]}"#,
+            400,
+            "nodes[0].port",
+        ),
+        (
+            "POST",
+            "/upstreams",
+            r#"{"id":"u9","nodes":[{"host":"127.0.0.1","port":70000}]}"#,
+            422,
+            "nodes[0].port",
+        ),
+        (
+            "POST",
+            "/routes",
+            r#"{"id":"r9","paths":["x"],"methods":["FETCH"],"upstream_id":"up"}"#,
+            422,
+            "methods[0]",
+        ),
+        (
+            "POST",
+            "/routes",
+            r#"{"id":"r9","paths":["/x"],"upstream_id":"nope"}"#,
+            422,
+            "upstream_id",
+        ),
+        (
+            "PUT",
+            "/routes/r1",
+            r#"{"id":"r1","paths":["/x"],"upstream_id":"nope"}"#,
+            422,
+            "upstream_id",
+        ),
+        (
+            "POST",
+            "/routes",
+            r#"{"id":"r1","paths":["/x"],"upstream_id":"up"}"#,
+            409,
+            "",
+        ),
+        ("DELETE", "/upstreams/up", "", 409, "routes[r1].upstream_id"),
+        ("DELETE", "/routes/nope", "", 404, ""),
+        (
+            "PUT",
+            "/routes/r1",
+            r#"{"id":"other","paths":["/x"],"upstream_id":"up"}"#,
+            422,
+            "id",
+        ),
+        (
+            "POST",
+            "/certificates",
+            r#"{"id":"c","snis":["example.test"],"cert":"nope","key":"nope"}"#,
+            422,
+            "cert",
+        ),
+        (
+            "POST",
+            "/clusters/nope/instances/instance_a/routes",
+            r#"{"id":"r9","paths":["/x"],"upstream_id":"up"}"#,
+            404,
+            "",
+        ),
+        (
+            "POST",
+            "/clusters/c1/instances/nope/routes",
+            r#"{"id":"r9","paths":["/x"],"upstream_id":"up"}"#,
+            404,
+            "",
+        ),
+        (
+            "POST",
+            "/widgets",
+            r#"{"id":"r9","paths":["/x"],"upstream_id":"up"}"#,
+            404,
+            "",
+        ),
+        ("POST", "/routes", &too_big, 413, ""),
+        ("PATCH", "/routes/r1", "{}", 405, ""),
+    ];
+    for (method, path, body, status, field) in cases {
+        let path = if path.starts_with("/clusters") {
+            path.to_string()
+        } else {
+            format!("{base}{path}")
+        };
+        let body = (!body.is_empty()).then_some(*body);
+        let answer = admin.call(method, &path, body).await;
+        let shown = format!("{method} {path}: {} {}", answer.status, answer.body);
+        assert_eq!(answer.status.as_u16(), *status, "{shown}");
+        assert!(answer.body["error"].is_string(), "{shown}");
+        assert!(answer.body["code"].is_string(), "{shown}");
+        if !field.is_empty() {
+            assert!(answer.fields().iter().any(|f| f == field), "{shown}");
+        }
+        assert_eq!(admin.desired("c1", "instance_a").await, before, "{shown}");
+    }
+
+    // Messages say where malformed JSON breaks and which routes hold an upstream.
+    let answer = admin
+        .call("POST", &format!("{base}/routes"), Some("{\"id\": \"r9\", "))
+        .await;
+    let message = answer.body["error"].as_str().unwrap();
+    assert!(message.contains("line 1 column"), "{message}");
+    let answer = admin
+        .call("DELETE", &format!("{base}/upstreams/up"), None)
+        .await;
+    assert!(answer.body["error"].as_str().unwrap().contains("r1"));
+    // Every rule broken is listed at once.
+    let answer = admin
+        .call(
+            "POST",
+            &format!("{base}/upstreams"),
+            Some(r#"{"id":"bad id","nodes":[{"host":"","port":0}]}"#),
+        )
+        .await;
+    assert_eq!(answer.fields(), ["id", "nodes[0].host", "nodes[0].port"]);
+
+    // The store saw none of it.
+    assert_eq!(agent.meta("instance_a").await, Some(2));
+    admin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_needs_the_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/admin.db", dir.path().display());
+    let admin = TestAdmin::start(&db, Duration::from_secs(3600)).await;
+    for token in [None, Some("wrong"), Some("")] {
+        for (method, path) in [
+            ("GET", "/clusters"),
+            ("POST", "/clusters"),
+            ("GET", "/clusters/c1/instances/i/routes"),
+            ("GET", "/no/such/endpoint"),
+        ] {
+            let answer = admin.call_as(token, method, path, Some("{}")).await;
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+            assert_eq!(answer.body["code"], "unauthorized");
+        }
+    }
+    let answer = admin.get("/no/such/endpoint").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.body["code"], "not_found");
+    admin.stop().await;
+}
+
+/// First start: a token is generated and returned once. Later starts keep it; a token
+/// given by the environment replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_is_generated_once_and_can_be_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/fresh/admin.db", dir.path().display());
+    std::fs::create_dir(dir.path().join("fresh")).unwrap();
+    let config = AdminConfig {
+        database_url: db,
+        poll_interval: Duration::from_secs(3600),
+        agent_token: None,
+        admin_token: None,
+    };
+    let (admin, generated) = Admin::open(config.clone()).await.unwrap();
+    let generated = generated.expect("a token on the first start");
+    let served = TestAdmin::serve(admin).await;
+    let ok = served
+        .call_as(Some(&generated), "GET", "/clusters", None)
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    served.stop().await;
+
+    // The database (and its WAL, if any) keeps only the hash.
+    for file in std::fs::read_dir(dir.path().join("fresh")).unwrap() {
+        let raw = std::fs::read(file.unwrap().path()).unwrap();
+        assert!(!contains(&raw, generated.as_bytes()));
+    }
+
+    let (admin, again) = Admin::open(config.clone()).await.unwrap();
+    assert_eq!(again, None);
+    let served = TestAdmin::serve(admin).await;
+    let ok = served
+        .call_as(Some(&generated), "GET", "/clusters", None)
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    served.stop().await;
+
+    let (admin, given) = Admin::open(AdminConfig {
+        admin_token: Some(ADMIN_TOKEN.to_owned()),
+        ..config.clone()
+    })
+    .await
+    .unwrap();
+    assert_eq!(given, None);
+    let served = TestAdmin::serve(admin).await;
+    let old = served
+        .call_as(Some(&generated), "GET", "/clusters", None)
+        .await;
+    assert_eq!(old.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(served.get("/clusters").await.status, StatusCode::OK);
+    served.stop().await;
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,492 @@
+//! Test harness shared by the admin's integration tests: the real admin and the real
+//! agent (on an in-process store) served on loopback, plus the CRUD + revision flow that
+//! every database must pass.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use admin::{Admin, AdminConfig};
+use model::resource::ResourceKind;
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use store::keys::Keyspace;
+use store::memory::MemoryStore;
+use store::ConfigStore;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub const ADMIN_TOKEN: &str = "admin-test-token-0123456789";
+pub const AGENT_TOKEN: &str = "agent-test-token-0123456789";
+pub const API: &str = "/gateway/apiserver/v1";
+pub const CERT: &str = include_str!("../../../model/tests/fixtures/example.crt");
+pub const KEY: &str = include_str!("../../../model/tests/fixtures/example.key");
+
+/// An admin served on a free loopback port until dropped.
+pub struct TestAdmin {
+    pub url: String,
+    pub http: reqwest::Client,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestAdmin {
+    pub async fn start(database_url: &str, poll_interval: Duration) -> Self {
+        let (admin, _) = Admin::open(AdminConfig {
+            database_url: database_url.to_owned(),
+            poll_interval,
+            agent_token: Some(AGENT_TOKEN.to_owned()),
+            admin_token: Some(ADMIN_TOKEN.to_owned()),
+        })
+        .await
+        .expect("the admin opens");
+        Self::serve(admin).await
+    }
+
+    pub async fn serve(admin: Admin) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}{API}", listener.local_addr().unwrap());
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(admin.run(listener, rx));
+        Self {
+            url,
+            http: reqwest::Client::new(),
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Stops serving and waits until the database is closed.
+    pub async fn stop(mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    /// A call with the admin token and a raw body; the answer's status, headers and JSON.
+    pub async fn call(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
+        self.call_as(Some(ADMIN_TOKEN), method, path, body).await
+    }
+
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Answer {
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+        }
+        let response = request.send().await.expect("the admin answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"))
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn send(&self, method: &str, path: &str, body: Value) -> Answer {
+        self.call(method, path, Some(&body.to_string())).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.call("GET", path, None).await
+    }
+
+    /// Registers `name` with its agent and waits until the agent's instances show up.
+    pub async fn register(&self, name: &str, agent: &TestAgent, instances: &[&str]) {
+        let answer = self
+            .send(
+                "POST",
+                "/clusters",
+                json!({"name": name, "agent_address": agent.url()}),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        let mut want: Vec<String> = instances.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        wait_until(&format!("instances of {name} discovered"), || async {
+            (self.online_instances(name).await == want).then_some(())
+        })
+        .await;
+    }
+
+    pub async fn online_instances(&self, cluster: &str) -> Vec<String> {
+        let answer = self.get(&format!("/clusters/{cluster}/instances")).await;
+        let mut names: Vec<String> = answer.body["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter(|i| i["status"] == "online")
+                    .map(|i| i["name"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    pub async fn instance(&self, cluster: &str, instance: &str) -> Value {
+        let answer = self
+            .get(&format!("/clusters/{cluster}/instances/{instance}"))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer.body
+    }
+
+    /// What the DB holds for an instance: every kind's list and the revision.
+    pub async fn desired(&self, cluster: &str, instance: &str) -> (Vec<Value>, u64) {
+        let mut lists = Vec::new();
+        let mut revision = None;
+        for kind in ResourceKind::ALL {
+            let answer = self
+                .get(&format!("/clusters/{cluster}/instances/{instance}/{kind}"))
+                .await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+            lists.push(answer.body["items"].clone());
+            revision = answer.body["revision"].as_u64();
+        }
+        (lists, revision.expect("lists carry the revision"))
+    }
+}
+
+impl Drop for TestAdmin {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.header("x-portico-revision")
+            .parse()
+            .unwrap_or_else(|_| panic!("no revision header: {self:?}"))
+    }
+
+    /// The `field`s of the error's details.
+    pub fn fields(&self) -> Vec<String> {
+        self.body["details"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .map(|d| d["field"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The real agent on an in-process store, at a fixed address so it can be stopped and
+/// started again "on the same host".
+pub struct TestAgent {
+    pub addr: SocketAddr,
+    pub store: Arc<MemoryStore>,
+    pub keyspace: Keyspace,
+    stop: Option<watch::Sender<bool>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestAgent {
+    pub async fn start(instances: &[&str]) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut agent = Self {
+            addr: listener.local_addr().unwrap(),
+            store: Arc::new(MemoryStore::new()),
+            keyspace: Keyspace::default(),
+            stop: None,
+            task: None,
+        };
+        agent.serve(listener, instances);
+        agent
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener, instances: &[&str]) {
+        let store: Arc<dyn ConfigStore> = self.store.clone();
+        let state = agent::AgentState::new(
+            store,
+            self.keyspace.clone(),
+            instances.iter().map(|s| s.to_string()),
+            AGENT_TOKEN,
+        )
+        .unwrap();
+        let (stop, rx) = watch::channel(false);
+        self.task = Some(tokio::spawn(agent::run(listener, state, rx)));
+        self.stop = Some(stop);
+    }
+
+    /// Stops serving; connections are refused until [`TestAgent::restart`].
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send_replace(true);
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    /// Serves again on the same address and store, managing `instances`.
+    pub async fn restart(&mut self, instances: &[&str]) {
+        self.stop().await;
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener, instances);
+    }
+
+    /// Replaces the store with an empty one (a wiped etcd) and serves again.
+    pub async fn restart_with_empty_store(&mut self, instances: &[&str]) {
+        self.stop().await;
+        self.store = Arc::new(MemoryStore::new());
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener, instances);
+    }
+
+    /// The admin revision the store's meta key holds for `instance`.
+    pub async fn meta(&self, instance: &str) -> Option<u64> {
+        let kv = self
+            .store
+            .get(&self.keyspace.meta(instance))
+            .await
+            .unwrap()?;
+        let meta: Value = serde_json::from_slice(&kv.value).unwrap();
+        meta["revision"].as_u64()
+    }
+
+    /// A resource as stored, key included.
+    pub async fn stored(&self, instance: &str, kind: ResourceKind, id: &str) -> Option<Value> {
+        let kv = self
+            .store
+            .get(&self.keyspace.resource(instance, kind, id))
+            .await
+            .unwrap()?;
+        Some(serde_json::from_slice(&kv.value).unwrap())
+    }
+
+    /// The ids stored for `instance` under `kind`, sorted.
+    pub async fn stored_ids(&self, instance: &str, kind: ResourceKind) -> Vec<String> {
+        let listing = self
+            .store
+            .list(&self.keyspace.kind_prefix(instance, kind))
+            .await
+            .unwrap();
+        listing
+            .kvs
+            .iter()
+            .map(|kv| kv.key.rsplit('/').next().unwrap().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send_replace(true);
+        }
+    }
+}
+
+/// Polls `check` until it yields, for at most 15 s.
+pub async fn wait_until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn upstream(id: &str, port: u16) -> Value {
+    json!({"id": id, "nodes": [{"host": "127.0.0.1", "port": port}]})
+}
+
+pub fn route(id: &str, upstream: &str) -> Value {
+    json!({"id": id, "paths": ["/api/*"], "upstream_id": upstream})
+}
+
+pub fn certificate(id: &str) -> Value {
+    json!({"id": id, "snis": ["example.test"], "cert": CERT, "key": KEY})
+}
+
+/// Create, read, list, update and delete on one instance, checking the revision every
+/// change produces, the store the agent wrote, and that certificate keys never come
+/// back. Runs unchanged on every database. `cluster` must not exist yet.
+pub async fn crud_flow(admin: &TestAdmin, agent: &TestAgent, cluster: &str) {
+    admin.register(cluster, agent, &["instance_a"]).await;
+    let base = format!("/clusters/{cluster}/instances/instance_a");
+    let start = admin.desired(cluster, "instance_a").await.1;
+
+    // Create: 201, revision +1, applied to the store.
+    let answer = admin
+        .send("POST", &format!("{base}/upstreams"), upstream("up", 8080))
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    assert_eq!(answer.revision(), start + 1);
+    assert_eq!(answer.header("x-portico-sync"), "applied");
+    assert_eq!(answer.body["nodes"][0]["port"], 8080);
+    // The singular segment is accepted too.
+    let answer = admin
+        .send("POST", &format!("{base}/route"), route("r1", "up"))
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    assert_eq!(answer.revision(), start + 2);
+
+    // Read and list.
+    let answer = admin.get(&format!("{base}/routes/r1")).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body["upstream_id"], "up");
+    let answer = admin.get(&format!("{base}/routes")).await;
+    assert_eq!(answer.body["revision"], start + 2);
+    assert_eq!(answer.body["items"].as_array().unwrap().len(), 1);
+
+    // Update (200) and create through PUT (201).
+    let answer = admin
+        .send("PUT", &format!("{base}/upstreams/up"), upstream("up", 9090))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.revision(), start + 3);
+    let answer = admin
+        .send("PUT", &format!("{base}/routes/r2"), route("r2", "up"))
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    assert_eq!(answer.revision(), start + 4);
+
+    // Delete: 204, then 404 without a new revision.
+    let answer = admin
+        .call("DELETE", &format!("{base}/routes/r2"), None)
+        .await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT);
+    assert_eq!(answer.revision(), start + 5);
+    assert_eq!(answer.header("x-portico-sync"), "applied");
+    let answer = admin
+        .call("DELETE", &format!("{base}/routes/r2"), None)
+        .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.body);
+    assert_eq!(
+        admin.get(&format!("{base}/routes/r2")).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Certificates: the key reaches the store, never an answer.
+    let answer = admin
+        .send(
+            "POST",
+            &format!("{base}/certificates"),
+            certificate("cert1"),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    assert_eq!(answer.revision(), start + 6);
+    assert_no_key(&answer.body);
+    assert_no_key(&admin.get(&format!("{base}/certificates")).await.body);
+    assert_no_key(&admin.get(&format!("{base}/certificates/cert1")).await.body);
+    let changes = admin.get(&format!("{base}/changes")).await;
+    assert_eq!(changes.status, StatusCode::OK);
+    assert_no_key(&changes.body);
+    let stored = agent
+        .stored("instance_a", ResourceKind::Certificates, "cert1")
+        .await
+        .expect("the certificate reached the store");
+    assert_eq!(stored["key"], KEY);
+
+    // The change log lists every change, newest first.
+    let log: Vec<(u64, String, String)> = changes.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(6)
+        .map(|c| {
+            (
+                c["revision"].as_u64().unwrap(),
+                c["op"].as_str().unwrap().to_owned(),
+                c["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(u64, String, String)> = [
+        (6, "create", "cert1"),
+        (5, "delete", "r2"),
+        (4, "update", "r2"),
+        (3, "update", "up"),
+        (2, "create", "r1"),
+        (1, "create", "up"),
+    ]
+    .iter()
+    .map(|(r, op, id)| (start + r, op.to_string(), id.to_string()))
+    .collect();
+    assert_eq!(log, expected);
+
+    // The store holds what the DB holds, at the same revision.
+    let revision = start + 6;
+    assert_eq!(agent.meta("instance_a").await, Some(revision));
+    assert_eq!(
+        agent.stored_ids("instance_a", ResourceKind::Routes).await,
+        ["r1"]
+    );
+    assert_eq!(
+        agent
+            .stored("instance_a", ResourceKind::Upstreams, "up")
+            .await
+            .unwrap()["nodes"][0]["port"],
+        9090
+    );
+    let instance = admin.instance(cluster, "instance_a").await;
+    assert_eq!(instance["revision"], revision);
+    assert_eq!(instance["applied_revision"], revision);
+    assert_eq!(instance["status"], "online");
+    assert_eq!(instance["agent_address"], agent.url());
+}
+
+/// Fails when a private key (or a `key` field) appears anywhere in `value`.
+pub fn assert_no_key(value: &Value) {
+    let text = value.to_string();
+    assert!(
+        !text.contains("PRIVATE KEY"),
+        "a private key leaked: {text}"
+    );
+    assert!(!text.contains("\"key\""), "a key field leaked: {text}");
+}

@@ -1,0 +1,137 @@
+//! The same CRUD + revision flow on PostgreSQL and on MySQL/MariaDB, each in a uniquely
+//! named database created for the test and dropped afterwards. Both servers are part of
+//! the development machine: a test fails, with a message saying what to start, when
+//! one is not running.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestAdmin, TestAgent};
+use sqlx::{AnyConnection, Connection, Executor};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crud_and_revisions_on_postgres() {
+    let db = TempDatabase::create(Server::Postgres).await;
+    run_flow(&db.url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crud_and_revisions_on_mysql() {
+    let db = TempDatabase::create(Server::MySql).await;
+    run_flow(&db.url).await;
+}
+
+async fn run_flow(url: &str) {
+    let admin = TestAdmin::start(url, Duration::from_secs(3600)).await;
+    let agent = TestAgent::start(&["instance_a"]).await;
+    common::crud_flow(&admin, &agent, "c1").await;
+    admin.stop().await;
+    // A second start on the same database finds its migrations applied and its data.
+    let admin = TestAdmin::start(url, Duration::from_secs(3600)).await;
+    let (lists, revision) = admin.desired("c1", "instance_a").await;
+    assert_eq!(revision, 6);
+    assert_eq!(lists[0][0]["id"], "r1");
+    admin.stop().await;
+}
+
+#[derive(Clone, Copy)]
+enum Server {
+    Postgres,
+    MySql,
+}
+
+impl Server {
+    /// Administrative URLs to try, in order (Debian's PostgreSQL has `postgres`; some
+    /// set-ups trust `root`).
+    fn admin_urls(self) -> &'static [&'static str] {
+        match self {
+            Server::Postgres => &[
+                "postgres://postgres@127.0.0.1:5432/postgres",
+                "postgres://root@127.0.0.1:5432/postgres",
+            ],
+            Server::MySql => &["mysql://root@127.0.0.1:3306/mysql"],
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Server::Postgres => "PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres or root)",
+            Server::MySql => "MySQL/MariaDB at 127.0.0.1:3306 (user root, no password)",
+        }
+    }
+}
+
+/// A database created for one test; dropped when the test ends, even on failure.
+struct TempDatabase {
+    server: Server,
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TempDatabase {
+    async fn create(server: Server) -> Self {
+        sqlx::any::install_default_drivers();
+        let mut errors = Vec::new();
+        for admin_url in server.admin_urls() {
+            match AnyConnection::connect(admin_url).await {
+                Ok(mut conn) => {
+                    let name = format!(
+                        "portico_admin_test_{}_{}",
+                        std::process::id(),
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_nanos()
+                    );
+                    conn.execute(format!("CREATE DATABASE {name}").as_str())
+                        .await
+                        .unwrap_or_else(|e| {
+                            panic!("cannot create a database on {}: {e}", server.what())
+                        });
+                    conn.close().await.ok();
+                    let (base, _) = admin_url.rsplit_once('/').unwrap();
+                    return Self {
+                        server,
+                        admin_url: admin_url.to_string(),
+                        url: format!("{base}/{name}"),
+                        name,
+                    };
+                }
+                Err(e) => errors.push(format!("{admin_url}: {e}")),
+            }
+        }
+        panic!(
+            "{} must be running for this test: {}",
+            server.what(),
+            errors.join("; ")
+        );
+    }
+}
+
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        let sql = match self.server {
+            Server::Postgres => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            Server::MySql => format!("DROP DATABASE IF EXISTS {}", self.name),
+        };
+        let admin_url = self.admin_url.clone();
+        // Drop cannot await; a short-lived runtime on its own thread does the work.
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let mut conn = AnyConnection::connect(&admin_url).await?;
+                    conn.execute(sql.as_str()).await?;
+                    conn.close().await
+                })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
+    }
+}
