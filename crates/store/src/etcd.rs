@@ -33,10 +33,33 @@ impl EtcdStore {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
-        let client = Client::connect(endpoints, Some(options))
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .with_keep_alive_while_idle(true)
+            // A member cut off from its leader cancels our watches instead of letting them
+            // go silent, so the watcher moves to another member.
+            .with_require_leader(true);
+        let joined = endpoints.join(",");
+        // The channel connects lazily, so this only fails on a malformed endpoint; the
+        // timeout is a guard in case a client version starts talking to etcd here.
+        let client =
+            match tokio::time::timeout(CALL_TIMEOUT, Client::connect(endpoints, Some(options)))
+                .await
+            {
+                Ok(Ok(client)) => client,
+                Ok(Err(
+                    e @ (etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_)),
+                )) => {
+                    return Err(StoreError::InvalidUrl {
+                        url: joined,
+                        reason: e.to_string(),
+                    })
+                }
+                Ok(Err(e)) => return Err(map_error(e)),
+                Err(_) => {
+                    return Err(StoreError::Unavailable(
+                        "etcd did not answer in time".into(),
+                    ))
+                }
+            };
         Ok(Self { client })
     }
 }
@@ -54,33 +77,76 @@ async fn bounded<T>(
 }
 
 fn map_error(e: etcd_client::Error) -> StoreError {
-    if e.to_string().contains("lease not found") {
-        return StoreError::LeaseNotFound;
-    }
     match &e {
         etcd_client::Error::GRpcStatus(status) => {
             let message = status.message();
-            if message.contains("compacted") {
+            if message.contains("lease not found") {
+                StoreError::LeaseNotFound
+            } else if message.contains("compacted") {
+                // A read below the compact revision; etcd does not say which one it is.
                 StoreError::Compacted {
                     compact_revision: 0,
                 }
-            } else if matches!(
-                status.code() as i32,
-                GRPC_UNKNOWN | GRPC_DEADLINE_EXCEEDED | GRPC_UNAVAILABLE
-            ) {
+            } else if TRANSIENT_CODES.contains(&(status.code() as i32)) {
                 StoreError::Unavailable(message.to_owned())
             } else {
                 StoreError::Rejected(message.to_owned())
             }
         }
+        // The client's own verdict on a keep-alive answered with a TTL of 0.
+        etcd_client::Error::LeaseKeepAliveError(message) if message.contains("lease not found") => {
+            StoreError::LeaseNotFound
+        }
+        // Transport, I/O and client-side stream failures: the connection, not the request.
         _ => StoreError::Unavailable(e.to_string()),
     }
 }
 
-// gRPC status codes that mean "try again later" (grpc/doc/statuscodes.md).
-const GRPC_UNKNOWN: i32 = 2;
-const GRPC_DEADLINE_EXCEEDED: i32 = 4;
-const GRPC_UNAVAILABLE: i32 = 14;
+/// gRPC status codes that mean "try again later" (grpc/doc/statuscodes.md): cancelled,
+/// unknown, deadline exceeded, resource exhausted, aborted, internal (how tonic reports
+/// a broken HTTP/2 connection) and unavailable (etcd's "leader changed", "no leader").
+const TRANSIENT_CODES: [i32; 7] = [1, 2, 4, 8, 10, 13, 14];
+
+/// Why etcd ended a watch, if this response ends it.
+fn cancellation(resp: &etcd_client::WatchResponse) -> Option<StoreError> {
+    if resp.compact_revision() > 0 {
+        return Some(StoreError::Compacted {
+            compact_revision: resp.compact_revision(),
+        });
+    }
+    resp.canceled().then(|| {
+        StoreError::Unavailable(format!("etcd canceled the watch: {}", resp.cancel_reason()))
+    })
+}
+
+/// The next batch of a watch; after an error (or the end of etcd's stream) it yields one
+/// error and ends, so a consumer never reads past a gap.
+async fn next_batch(
+    stream: Option<etcd_client::WatchStream>,
+) -> Option<(
+    Result<WatchBatch, StoreError>,
+    Option<etcd_client::WatchStream>,
+)> {
+    let mut stream = stream?;
+    loop {
+        let error = match stream.next().await {
+            Some(Ok(resp)) => match cancellation(&resp) {
+                Some(e) => e,
+                None => match convert_response(&resp) {
+                    Some(batch) => return Some((Ok(batch), Some(stream))),
+                    // Progress notifications and empty responses carry nothing to apply.
+                    None => continue,
+                },
+            },
+            Some(Err(e)) => match map_error(e) {
+                compacted @ StoreError::Compacted { .. } => compacted,
+                other => StoreError::Unavailable(format!("etcd watch broke: {other}")),
+            },
+            None => StoreError::Unavailable("etcd ended the watch stream".into()),
+        };
+        return Some((Err(error), None));
+    }
+}
 
 fn convert_kv(kv: &etcd_client::KeyValue) -> KeyValue {
     KeyValue {
@@ -148,45 +214,38 @@ impl ConfigStore for EtcdStore {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(start_revision);
+        // The stream owns the watch's request sender: dropping it cancels the watch.
         let mut stream = bounded(client.watch(prefix, Some(options))).await?;
-        // etcd answers a create first; a compacted start revision shows up there.
-        let first = match tokio::time::timeout(CALL_TIMEOUT, stream.next()).await {
+        // etcd answers the create request first, with the current revision.
+        let created = match tokio::time::timeout(CALL_TIMEOUT, stream.next()).await {
             Ok(Some(Ok(resp))) => resp,
             Ok(Some(Err(e))) => return Err(map_error(e)),
             Ok(None) => return Err(StoreError::Unavailable("watch closed at once".into())),
             Err(_) => return Err(StoreError::Unavailable("watch not created in time".into())),
         };
-        if first.compact_revision() > 0 || first.canceled() {
-            return Err(StoreError::Compacted {
-                compact_revision: first.compact_revision(),
-            });
+        if let Some(e) = cancellation(&created) {
+            return Err(e);
         }
-        let first_batch = convert_response(&first);
-        // The stream owns the watch's request sender: dropping it cancels the watch.
-        let rest = stream.map(|item| match item {
-            Ok(resp) if resp.compact_revision() > 0 => Err(StoreError::Compacted {
-                compact_revision: resp.compact_revision(),
-            }),
-            Ok(resp) if resp.canceled() => Err(StoreError::Unavailable(format!(
-                "watch canceled: {}",
-                resp.cancel_reason()
-            ))),
-            Ok(resp) => Ok(convert_response(&resp)),
-            Err(e) => Err(map_error(e)),
-        });
-        let batches = futures::stream::iter(first_batch.map(Ok))
-            .chain(rest.filter_map(|item| async move {
-                match item {
-                    Ok(Some(batch)) => Some(Ok(batch)),
-                    // Progress notifications and empty responses carry nothing to apply.
-                    Ok(None) => None,
-                    Err(e) => Some(Err(e)),
-                }
-            }))
-            .chain(futures::stream::once(async {
-                Err(StoreError::Unavailable("etcd watch stream ended".into()))
-            }));
-        Ok(batches.boxed())
+        // etcd reports a compacted start revision only later, on the stream; reading at
+        // that revision tells now, so the caller can relist at once.
+        let current = created.header().map(|h| h.revision()).unwrap_or_default();
+        if start_revision > 0 && start_revision <= current {
+            let probe = GetOptions::new()
+                .with_revision(start_revision)
+                .with_count_only();
+            if let Err(StoreError::Compacted { .. }) =
+                bounded(client.get(prefix, Some(probe))).await
+            {
+                // The watch's own cancellation carries the compact revision.
+                let compact_revision = match tokio::time::timeout(CALL_TIMEOUT, stream.next()).await
+                {
+                    Ok(Some(Ok(resp))) => resp.compact_revision(),
+                    _ => 0,
+                };
+                return Err(StoreError::Compacted { compact_revision });
+            }
+        }
+        Ok(futures::stream::unfold(Some(stream), next_batch).boxed())
     }
 
     async fn grant_lease(&self, ttl_secs: i64) -> Result<LeaseId, StoreError> {
@@ -197,19 +256,10 @@ impl ConfigStore for EtcdStore {
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
         let mut client = self.client.clone();
-        let call = async move {
-            let (mut keeper, mut responses) = client.lease_keep_alive(lease.0).await?;
-            keeper.keep_alive().await?;
-            responses.message().await
-        };
-        match bounded(call).await? {
-            // etcd answers an unknown or expired lease with a TTL of 0 or less.
-            Some(resp) if resp.ttl() > 0 => Ok(()),
-            Some(_) => Err(StoreError::LeaseNotFound),
-            None => Err(StoreError::Unavailable(
-                "lease keep-alive stream closed".into(),
-            )),
-        }
+        // Opening the keep-alive stream sends one refresh and reads its answer (an error
+        // when etcd no longer knows the lease); that is exactly one keep-alive.
+        bounded(client.lease_keep_alive(lease.0)).await?;
+        Ok(())
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {

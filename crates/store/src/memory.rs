@@ -4,13 +4,15 @@
 //! One global revision counts applied transactions; every key remembers the revision of
 //! its last change; a bounded history of events lets a watch start at a past revision,
 //! and asking for one older than the history (or than an explicit [`MemoryStore::compact`])
-//! fails with [`StoreError::Compacted`], exactly as etcd does. Leases expire on their own.
+//! fails with [`StoreError::Compacted`], exactly as etcd does. Leases expire on their own
+//! (a background task when a tokio runtime is around, and lazily on every call).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use tokio::sync::broadcast;
 
 use crate::{
@@ -21,6 +23,12 @@ use crate::{
 /// How many past revisions a watch can start from.
 const HISTORY: usize = 10_000;
 
+/// How many batches a live watcher may fall behind before it loses its place.
+const LIVE_BUFFER: usize = 4096;
+
+/// How often the background task looks for expired leases.
+const REAP_INTERVAL: Duration = Duration::from_millis(100);
+
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Mutex<State>>,
@@ -30,9 +38,10 @@ pub struct MemoryStore {
 
 struct State {
     revision: StoreRevision,
-    /// Oldest revision still in `history` (everything before was compacted).
+    /// etcd's compact revision: watches must start at or after it (0 = nothing compacted).
     compacted: StoreRevision,
     kvs: BTreeMap<String, KeyValue>,
+    /// One batch per applied revision, oldest first, every revision from `compacted` on.
     history: VecDeque<Arc<WatchBatch>>,
     leases: HashMap<i64, Lease>,
     next_lease: i64,
@@ -50,8 +59,10 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
+    /// An empty store at revision 1. Outside a tokio runtime leases still expire, but only
+    /// when the store is next used.
     pub fn new() -> Self {
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(LIVE_BUFFER);
         let store = Self {
             inner: Arc::new(Mutex::new(State {
                 revision: 1,
@@ -67,25 +78,27 @@ impl MemoryStore {
         store
     }
 
-    /// Forgets history up to and including `revision`, as `etcdctl compact` does.
+    /// Forgets the history before `revision` (capped at the current one), as
+    /// `etcdctl compact` does: a watch may start at `revision`, not before.
     pub fn compact(&self, revision: StoreRevision) {
         let mut state = self.lock();
+        let revision = revision.min(state.revision);
         state.compacted = state.compacted.max(revision);
-        while state
-            .history
-            .front()
-            .is_some_and(|b| b.revision <= revision)
-        {
+        while state.history.front().is_some_and(|b| b.revision < revision) {
             state.history.pop_front();
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    /// The state, with leases that are due expired first, so an expired lease is never
+    /// observable even between two runs of the reaper.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.expire_leases(&mut state, Instant::now());
+        state
     }
 
-    /// Expires leases in the background; holds only a weak reference so a dropped
-    /// store stops its reaper.
+    /// Expires leases in the background so their keys' deletions reach watchers without
+    /// anyone calling the store; holds only a weak reference so a dropped store stops it.
     fn spawn_lease_reaper(&self) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
@@ -94,46 +107,50 @@ impl MemoryStore {
         let events = self.events.clone();
         handle.spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(REAP_INTERVAL).await;
                 let Some(inner) = weak.upgrade() else { return };
                 let store = MemoryStore {
                     inner,
                     events: events.clone(),
                 };
-                store.expire_leases(Instant::now());
+                drop(store.lock());
             }
         });
     }
 
-    fn expire_leases(&self, now: Instant) {
-        let mut state = self.lock();
-        let expired: Vec<i64> = state
+    fn expire_leases(&self, state: &mut State, now: Instant) {
+        if state.leases.values().all(|l| l.deadline > now) {
+            return;
+        }
+        let mut expired: Vec<i64> = state
             .leases
             .iter()
             .filter(|(_, l)| l.deadline <= now)
             .map(|(id, _)| *id)
             .collect();
+        expired.sort_unstable();
         for id in expired {
-            self.drop_lease(&mut state, id);
+            self.drop_lease(state, id);
         }
     }
 
     /// Removes a lease and deletes its keys in one revision.
     fn drop_lease(&self, state: &mut State, id: i64) {
         state.leases.remove(&id);
-        let keys: Vec<String> = state
+        let ops = state
             .kvs
             .values()
             .filter(|kv| kv.lease == Some(LeaseId(id)))
-            .map(|kv| kv.key.clone())
+            .map(|kv| Op::Delete {
+                key: kv.key.clone(),
+            })
             .collect();
-        if !keys.is_empty() {
-            let ops = keys.into_iter().map(|key| Op::Delete { key }).collect();
-            self.apply(state, ops);
-        }
+        self.apply(state, ops);
     }
 
-    /// Applies `ops` at a new revision and publishes the batch.
+    /// Applies `ops` at a new revision and publishes the batch; a transaction that
+    /// changes nothing (no ops, or only deletes of missing keys) keeps the revision, as
+    /// in etcd.
     fn apply(&self, state: &mut State, ops: Vec<Op>) -> StoreRevision {
         let revision = state.revision + 1;
         let mut events = Vec::new();
@@ -167,7 +184,8 @@ impl MemoryStore {
         state.history.push_back(batch.clone());
         if state.history.len() > HISTORY {
             if let Some(old) = state.history.pop_front() {
-                state.compacted = old.revision;
+                // Every revision has a batch, so the oldest one left is `old + 1`.
+                state.compacted = old.revision + 1;
             }
         }
         // No receiver is fine: nobody is watching.
@@ -185,6 +203,7 @@ fn holds(state: &State, compare: &Compare) -> bool {
     }
 }
 
+/// The part of `batch` a watch of `prefix` from revision `from` sees, if any.
 fn filter(batch: &WatchBatch, prefix: &str, from: StoreRevision) -> Option<WatchBatch> {
     if batch.revision < from {
         return None;
@@ -199,6 +218,31 @@ fn filter(batch: &WatchBatch, prefix: &str, from: StoreRevision) -> Option<Watch
         revision: batch.revision,
         events,
     })
+}
+
+/// What a live watch carries from one batch to the next; `None` once it has ended.
+type LiveState = Option<(broadcast::Receiver<Arc<WatchBatch>>, String, StoreRevision)>;
+
+async fn next_live(state: LiveState) -> Option<(Result<WatchBatch, StoreError>, LiveState)> {
+    let (mut receiver, prefix, from) = state?;
+    loop {
+        match receiver.recv().await {
+            Ok(batch) => {
+                if let Some(b) = filter(&batch, &prefix, from) {
+                    return Some((Ok(b), Some((receiver, prefix, from))));
+                }
+            }
+            // A watcher that fell behind loses its place, as a slow etcd watcher does:
+            // the consumer resumes from its last revision out of the history.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                return Some((
+                    Err(StoreError::Unavailable("watcher fell behind".into())),
+                    None,
+                ))
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
+    }
 }
 
 #[async_trait]
@@ -223,6 +267,7 @@ impl ConfigStore for MemoryStore {
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         let mut state = self.lock();
+        // etcd refuses a put with an unknown lease whether or not the compares hold.
         for op in &txn.ops {
             if let Op::Put {
                 lease: Some(lease), ..
@@ -252,9 +297,15 @@ impl ConfigStore for MemoryStore {
         start_revision: StoreRevision,
     ) -> Result<RawWatch, StoreError> {
         // Subscribe under the lock so no batch falls between the replay and the live feed.
-        let (replay, receiver) = {
+        let (replay, receiver, from) = {
             let state = self.lock();
-            if start_revision <= state.compacted {
+            // As in etcd, 0 (or less) means "from now on".
+            let from = if start_revision > 0 {
+                start_revision
+            } else {
+                state.revision + 1
+            };
+            if from < state.compacted {
                 return Err(StoreError::Compacted {
                     compact_revision: state.compacted,
                 });
@@ -262,35 +313,11 @@ impl ConfigStore for MemoryStore {
             let replay: Vec<WatchBatch> = state
                 .history
                 .iter()
-                .filter_map(|b| filter(b, prefix, start_revision))
+                .filter_map(|b| filter(b, prefix, from))
                 .collect();
-            (replay, self.events.subscribe())
+            (replay, self.events.subscribe(), from)
         };
-        let prefix = prefix.to_owned();
-        let live = futures::stream::unfold(
-            (receiver, prefix, start_revision),
-            |(mut receiver, prefix, from)| async move {
-                loop {
-                    match receiver.recv().await {
-                        Ok(batch) => {
-                            if let Some(b) = filter(&batch, &prefix, from) {
-                                return Some((Ok(b), (receiver, prefix, from)));
-                            }
-                        }
-                        // A watcher that fell behind loses its place, like a slow etcd
-                        // watcher: the consumer resumes from its last revision.
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            return Some((
-                                Err(StoreError::Unavailable("watcher fell behind".into())),
-                                (receiver, prefix, from),
-                            ))
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            },
-        );
-        use futures::StreamExt;
+        let live = futures::stream::unfold(Some((receiver, prefix.to_owned(), from)), next_live);
         Ok(futures::stream::iter(replay.into_iter().map(Ok))
             .chain(live)
             .boxed())
@@ -315,19 +342,14 @@ impl ConfigStore for MemoryStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        // `lock` has already expired the lease if it was due.
         let mut state = self.lock();
-        let now = Instant::now();
-        match state.leases.get_mut(&lease.0) {
-            Some(l) if l.deadline > now => {
-                l.deadline = now + l.ttl;
-                Ok(())
-            }
-            Some(_) => {
-                self.drop_lease(&mut state, lease.0);
-                Err(StoreError::LeaseNotFound)
-            }
-            None => Err(StoreError::LeaseNotFound),
-        }
+        let lease = state
+            .leases
+            .get_mut(&lease.0)
+            .ok_or(StoreError::LeaseNotFound)?;
+        lease.deadline = Instant::now() + lease.ttl;
+        Ok(())
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {

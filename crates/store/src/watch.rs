@@ -56,6 +56,9 @@ impl PrefixWatcher {
     }
 
     /// The next update; waits (retrying with backoff) for as long as it takes.
+    ///
+    /// Cancel-safe (usable in `select!` or under a timeout): state only changes after an
+    /// await completes, so dropping the future loses no update.
     pub async fn next(&mut self) -> Update {
         loop {
             match self.try_next().await {

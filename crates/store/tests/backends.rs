@@ -1,17 +1,93 @@
 //! One conformance suite run against every backend (the in-process store and a real
-//! etcd), plus the resilience of `PrefixWatcher` across an etcd restart and compaction.
+//! etcd), plus what only one backend can show: `PrefixWatcher` across an etcd restart
+//! under concurrent writes, compaction while disconnected, an etcd that is down when the
+//! store is made, and the in-process store's bounded history and slow watchers.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use store::etcd::EtcdStore;
 use store::memory::MemoryStore;
 use store::watch::{PrefixWatcher, Update};
-use store::{Compare, ConfigStore, Op, StoreError, Txn, WatchEvent};
+use store::{
+    Compare, ConfigStore, LeaseId, Op, RawWatch, StoreError, StoreRevision, Txn, WatchBatch,
+    WatchEvent,
+};
 use testkit::etcd::EtcdServer;
 
-const WAIT: Duration = Duration::from_secs(10);
+/// Generous bound for anything that should happen "soon"; only failures wait this long.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A backend under test, with the means to compact it.
+struct Backend {
+    store: Arc<dyn ConfigStore>,
+    compactor: Compactor,
+}
+
+enum Compactor {
+    Memory(Arc<MemoryStore>),
+    Etcd(EtcdServer),
+}
+
+impl Backend {
+    fn memory() -> Self {
+        let memory = Arc::new(MemoryStore::new());
+        Self {
+            store: memory.clone(),
+            compactor: Compactor::Memory(memory),
+        }
+    }
+
+    async fn etcd() -> Self {
+        let etcd = EtcdServer::launch();
+        Self {
+            store: etcd_store(&etcd).await,
+            compactor: Compactor::Etcd(etcd),
+        }
+    }
+
+    fn compact(&self, revision: StoreRevision) {
+        match &self.compactor {
+            Compactor::Memory(memory) => memory.compact(revision),
+            Compactor::Etcd(etcd) => etcd.compact(revision),
+        }
+    }
+}
+
+/// Runs each listed suite function once per backend, as `memory::name` and `etcd::name`.
+macro_rules! conformance {
+    ($($suite:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $suite() {
+                    super::$suite(super::Backend::memory()).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test]
+                async fn $suite() {
+                    super::$suite(super::Backend::etcd().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    kv_and_transactions,
+    watch_replays_then_streams,
+    watch_below_compaction_fails,
+    leases_revoke_and_refuse,
+    lease_expiry_removes_keys,
+    watcher_resets_then_follows,
+    watcher_relists_after_compaction,
+);
 
 fn put(key: &str, value: &str) -> Op {
     Op::Put {
@@ -21,74 +97,143 @@ fn put(key: &str, value: &str) -> Op {
     }
 }
 
-async fn write(store: &dyn ConfigStore, ops: Vec<Op>) -> i64 {
+fn leased(key: &str, lease: LeaseId) -> Op {
+    Op::Put {
+        key: key.to_owned(),
+        value: b"leased".to_vec(),
+        lease: Some(lease),
+    }
+}
+
+fn delete(key: &str) -> Op {
+    Op::Delete {
+        key: key.to_owned(),
+    }
+}
+
+async fn write(store: &dyn ConfigStore, ops: Vec<Op>) -> StoreRevision {
     let outcome = store
         .txn(Txn {
             compares: vec![],
             ops,
         })
         .await
-        .unwrap();
+        .expect("write");
     assert!(outcome.succeeded);
     outcome.revision
+}
+
+/// Writes through an etcd that may still be coming back; a try that timed out may have
+/// been applied, so only idempotent-enough writes (plain puts) go through here.
+async fn write_retrying(store: &dyn ConfigStore, ops: Vec<Op>) -> StoreRevision {
+    let start = Instant::now();
+    loop {
+        let txn = Txn {
+            compares: vec![],
+            ops: ops.clone(),
+        };
+        match store.txn(txn).await {
+            Ok(outcome) => {
+                assert!(outcome.succeeded);
+                return outcome.revision;
+            }
+            Err(StoreError::Unavailable(e)) => {
+                assert!(start.elapsed() < WAIT, "store still unavailable: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
 }
 
 async fn etcd_store(etcd: &EtcdServer) -> Arc<dyn ConfigStore> {
     Arc::new(EtcdStore::connect(vec![etcd.client_url()]).await.unwrap())
 }
 
-#[tokio::test]
-async fn memory_conforms() {
-    conformance(Arc::new(MemoryStore::new())).await;
+async fn next_batch(watch: &mut RawWatch) -> WatchBatch {
+    tokio::time::timeout(WAIT, watch.next())
+        .await
+        .expect("no batch in time")
+        .expect("watch ended")
+        .expect("watch failed")
 }
 
-#[tokio::test]
-async fn etcd_conforms() {
-    let etcd = EtcdServer::launch();
-    conformance(etcd_store(&etcd).await).await;
+/// Reads a watch until it has seen an event of revision `until` or later; every event,
+/// in order. (etcd may send several revisions in one batch when it catches up.)
+async fn events_until(watch: &mut RawWatch, until: StoreRevision) -> Vec<WatchEvent> {
+    let mut events: Vec<WatchEvent> = Vec::new();
+    while events.last().is_none_or(|e| e.mod_revision() < until) {
+        let batch = next_batch(watch).await;
+        assert!(!batch.events.is_empty(), "an empty batch");
+        for event in &batch.events {
+            let previous = events.last().map_or(0, WatchEvent::mod_revision);
+            assert!(event.mod_revision() >= previous, "out of order: {batch:?}");
+            assert!(event.mod_revision() <= batch.revision, "{batch:?}");
+        }
+        events.extend(batch.events);
+    }
+    events
 }
 
-async fn conformance(store: Arc<dyn ConfigStore>) {
-    let s = store.as_ref();
+fn watch_failed(result: Result<RawWatch, StoreError>) -> StoreError {
+    match result {
+        Ok(_) => panic!("the watch was created"),
+        Err(e) => e,
+    }
+}
+
+async fn kv_and_transactions(backend: Backend) {
+    let s = backend.store.as_ref();
+    let fresh = s.list("/").await.unwrap();
+    assert!(fresh.revision >= 1 && fresh.kvs.is_empty(), "{fresh:?}");
     assert_eq!(s.get("/t/a").await.unwrap(), None);
+
     let r1 = write(
         s,
-        vec![put("/t/a", "1"), put("/t/b", "2"), put("/u/c", "3")],
+        vec![put("/t/b", "2"), put("/t/a", "1"), put("/u/c", "3")],
     )
     .await;
-    let kv = s.get("/t/a").await.unwrap().unwrap();
+    assert!(r1 > fresh.revision);
+    let a = s.get("/t/a").await.unwrap().unwrap();
     assert_eq!(
-        (kv.value.as_slice(), kv.mod_revision),
-        (b"1".as_slice(), r1)
+        (a.value.as_slice(), a.mod_revision, a.lease),
+        (&b"1"[..], r1, None)
     );
 
+    // Sorted by key, only under the prefix, at the revision of the last write.
     let listing = s.list("/t/").await.unwrap();
     let keys: Vec<&str> = listing.kvs.iter().map(|kv| kv.key.as_str()).collect();
     assert_eq!(keys, ["/t/a", "/t/b"]);
-    assert!(listing.revision >= r1);
+    assert_eq!(listing.revision, r1);
 
-    // Compares: a failed one changes nothing; passing ones apply all ops at one revision.
-    let failed = s
-        .txn(Txn {
-            compares: vec![Compare::Absent { key: "/t/a".into() }],
-            ops: vec![put("/t/x", "no")],
-        })
-        .await
-        .unwrap();
-    assert!(!failed.succeeded);
+    // Failing compares change nothing and leave the revision where it was.
+    let failing = [
+        Compare::Absent { key: "/t/a".into() },
+        Compare::ValueEquals {
+            key: "/t/a".into(),
+            value: b"9".to_vec(),
+        },
+        Compare::ValueEquals {
+            key: "/t/missing".into(),
+            value: b"1".to_vec(),
+        },
+    ];
+    for compare in failing {
+        let outcome = s
+            .txn(Txn {
+                compares: vec![compare.clone()],
+                ops: vec![put("/t/x", "no"), delete("/t/a")],
+            })
+            .await
+            .unwrap();
+        assert!(!outcome.succeeded, "{compare:?} held");
+        assert_eq!(outcome.revision, r1, "{compare:?} moved the revision");
+    }
     assert_eq!(s.get("/t/x").await.unwrap(), None);
-    let wrong_value = s
-        .txn(Txn {
-            compares: vec![Compare::ValueEquals {
-                key: "/t/a".into(),
-                value: b"9".to_vec(),
-            }],
-            ops: vec![put("/t/x", "no")],
-        })
-        .await
-        .unwrap();
-    assert!(!wrong_value.succeeded);
-    let ok = s
+    assert!(s.get("/t/a").await.unwrap().is_some());
+
+    // Passing compares apply every op at one new revision.
+    let r2 = s
         .txn(Txn {
             compares: vec![
                 Compare::ValueEquals {
@@ -97,98 +242,249 @@ async fn conformance(store: Arc<dyn ConfigStore>) {
                 },
                 Compare::Absent { key: "/t/x".into() },
             ],
-            ops: vec![put("/t/a", "10"), Op::Delete { key: "/t/b".into() }],
+            ops: vec![put("/t/a", "10"), put("/t/x", "yes"), delete("/t/b")],
         })
         .await
         .unwrap();
-    assert!(ok.succeeded && ok.revision > r1);
-
-    // A watch from r1 replays both transactions, in order, and only under the prefix.
-    let mut watch = s.watch("/t/", r1).await.unwrap();
-    use futures::StreamExt;
-    let mut events = Vec::new();
-    while events.len() < 4 {
-        let batch = tokio::time::timeout(WAIT, watch.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        events.extend(batch.events);
+    assert!(r2.succeeded && r2.revision > r1, "{r2:?}");
+    for key in ["/t/a", "/t/x"] {
+        assert_eq!(s.get(key).await.unwrap().unwrap().mod_revision, r2.revision);
     }
-    let revisions: Vec<i64> = events.iter().map(WatchEvent::mod_revision).collect();
-    assert_eq!(revisions, [r1, r1, ok.revision, ok.revision]);
-    assert!(matches!(&events[2], WatchEvent::Put(kv) if kv.value == b"10"));
-    assert!(matches!(&events[3], WatchEvent::Delete { key, .. } if key == "/t/b"));
-    // …then streams live changes.
-    let r3 = write(s, vec![put("/u/ignored", "x")]).await;
-    let r4 = write(s, vec![put("/t/live", "y")]).await;
-    assert!(r4 > r3);
-    let live = tokio::time::timeout(WAIT, watch.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(live.events[0].key(), "/t/live");
-    assert_eq!(live.events[0].mod_revision(), r4);
+    assert_eq!(s.get("/t/b").await.unwrap(), None);
 
-    // Leases: keys vanish when the lease is revoked, and a revoked lease is gone.
-    let lease = s.grant_lease(5).await.unwrap();
-    s.keep_alive(lease).await.unwrap();
-    write(
+    // Every applied write moves the revision forward; one that changes nothing does not.
+    let mut last = r2.revision;
+    for i in 0..3 {
+        let r = write(s, vec![put("/t/a", &i.to_string())]).await;
+        assert!(r > last);
+        last = r;
+    }
+    assert_eq!(write(s, vec![delete("/t/never")]).await, last);
+    assert_eq!(s.list("/t/").await.unwrap().revision, last);
+}
+
+async fn watch_replays_then_streams(backend: Backend) {
+    let s = backend.store.as_ref();
+    let r1 = write(
         s,
-        vec![Op::Put {
-            key: "/t/leased".into(),
-            value: b"hb".to_vec(),
-            lease: Some(lease),
-        }],
+        vec![put("/w/a", "1"), put("/w/b", "2"), put("/x/c", "3")],
     )
     .await;
-    assert!(s.get("/t/leased").await.unwrap().unwrap().lease == Some(lease));
-    s.revoke_lease(lease).await.unwrap();
-    assert_eq!(s.get("/t/leased").await.unwrap(), None);
-    assert_eq!(s.keep_alive(lease).await, Err(StoreError::LeaseNotFound));
+    let r2 = write(s, vec![put("/w/a", "10"), delete("/w/b")]).await;
+    let r_other = write(s, vec![put("/x/c", "4")]).await;
+
+    // A watch from r1 replays both transactions of the prefix, in order, nothing else.
+    let mut watch = s.watch("/w/", r1).await.unwrap();
+    let events = events_until(&mut watch, r2).await;
+    let seen: Vec<(&str, StoreRevision)> =
+        events.iter().map(|e| (e.key(), e.mod_revision())).collect();
+    assert_eq!(
+        seen,
+        [("/w/a", r1), ("/w/b", r1), ("/w/a", r2), ("/w/b", r2)]
+    );
+    assert!(matches!(&events[2], WatchEvent::Put(kv) if kv.value == b"10"));
+    assert!(matches!(&events[3], WatchEvent::Delete { key, .. } if key == "/w/b"));
+
+    // …then streams live changes, still only under the prefix.
+    write(s, vec![put("/x/ignored", "x")]).await;
+    let r3 = write(s, vec![put("/w/live", "y"), put("/x/also-ignored", "z")]).await;
+    let live = next_batch(&mut watch).await;
+    assert_eq!(live.events.len(), 1, "{live:?}");
+    assert_eq!(
+        (live.events[0].key(), live.events[0].mod_revision()),
+        ("/w/live", r3)
+    );
+    let r4 = write(s, vec![delete("/w/live")]).await;
+    let gone = next_batch(&mut watch).await;
+    assert_eq!(
+        gone.events,
+        [WatchEvent::Delete {
+            key: "/w/live".into(),
+            mod_revision: r4
+        }]
+    );
+
+    // A watch from a later revision starts there; one from the future waits for it.
+    assert!(r_other > r2);
+    let mut later = s.watch("/w/", r2 + 1).await.unwrap();
+    let seen: Vec<(String, StoreRevision)> = events_until(&mut later, r4)
+        .await
+        .iter()
+        .map(|e| (e.key().to_owned(), e.mod_revision()))
+        .collect();
+    assert_eq!(
+        seen,
+        [("/w/live".to_owned(), r3), ("/w/live".to_owned(), r4)]
+    );
+    let mut future = s.watch("/w/", r4 + 1).await.unwrap();
+    let r5 = write(s, vec![put("/w/next", "n")]).await;
+    let next = events_until(&mut future, r5).await;
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(next[0].mod_revision(), r5);
 }
 
-#[tokio::test]
-async fn memory_lease_expires_on_its_own() {
-    let s = MemoryStore::new();
-    let lease = s.grant_lease(1).await.unwrap();
-    write(
-        &s,
-        vec![Op::Put {
-            key: "/n/1".into(),
-            value: b"hb".to_vec(),
-            lease: Some(lease),
-        }],
-    )
-    .await;
-    tokio::time::timeout(WAIT, async {
-        while s.get("/n/1").await.unwrap().is_some() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("leased key never expired");
-}
+async fn watch_below_compaction_fails(backend: Backend) {
+    let s = backend.store.as_ref();
+    let r1 = write(s, vec![put("/k/a", "1")]).await;
+    let r2 = write(s, vec![put("/k/a", "2")]).await;
+    let r3 = write(s, vec![put("/k/b", "3")]).await;
+    backend.compact(r2);
 
-#[tokio::test]
-async fn memory_watch_below_history_is_compacted() {
-    let s = MemoryStore::new();
-    let r = write(&s, vec![put("/a", "1")]).await;
-    write(&s, vec![put("/a", "2")]).await;
-    s.compact(r);
-    match s.watch("/", r).await {
-        Err(StoreError::Compacted { compact_revision }) => assert_eq!(compact_revision, r),
-        other => panic!("expected compacted, got {:?}", other.map(|_| ())),
+    // The compact revision itself is still watchable, as in etcd…
+    let mut watch = s.watch("/k/", r2).await.unwrap();
+    let events = events_until(&mut watch, r3).await;
+    let revisions: Vec<StoreRevision> = events.iter().map(WatchEvent::mod_revision).collect();
+    assert_eq!(revisions, [r2, r3]);
+    // …anything before fails when the watch is made, saying where history starts.
+    match watch_failed(s.watch("/k/", r1).await) {
+        StoreError::Compacted { compact_revision } => assert_eq!(compact_revision, r2),
+        other => panic!("expected compacted, got {other}"),
     }
+    // Listing is unaffected.
+    assert_eq!(s.list("/k/").await.unwrap().kvs.len(), 2);
 }
 
-/// Applies updates to a map, as a gateway does, recording every delivered revision.
+async fn leases_revoke_and_refuse(backend: Backend) {
+    let s = backend.store.as_ref();
+    let lease = s.grant_lease(30).await.unwrap();
+    s.keep_alive(lease).await.unwrap();
+    let r = write(s, vec![leased("/l/a", lease), leased("/l/b", lease)]).await;
+    assert_eq!(s.get("/l/a").await.unwrap().unwrap().lease, Some(lease));
+
+    let mut watch = s.watch("/l/", r + 1).await.unwrap();
+    s.revoke_lease(lease).await.unwrap();
+    let batch = next_batch(&mut watch).await;
+    let mut deleted: Vec<&str> = batch
+        .events
+        .iter()
+        .map(|e| match e {
+            WatchEvent::Delete { key, .. } => key.as_str(),
+            other => panic!("expected a delete, got {other:?}"),
+        })
+        .collect();
+    deleted.sort_unstable();
+    assert_eq!(deleted, ["/l/a", "/l/b"]);
+    assert!(s.list("/l/").await.unwrap().kvs.is_empty());
+
+    assert_eq!(s.keep_alive(lease).await, Err(StoreError::LeaseNotFound));
+    assert_eq!(s.revoke_lease(lease).await, Err(StoreError::LeaseNotFound));
+    let refused = s
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![leased("/l/c", lease)],
+        })
+        .await;
+    assert_eq!(refused, Err(StoreError::LeaseNotFound));
+    assert_eq!(s.get("/l/c").await.unwrap(), None);
+}
+
+async fn lease_expiry_removes_keys(backend: Backend) {
+    let s = backend.store.as_ref();
+    // etcd raises a 1 s TTL to its minimum (2 s with default timings).
+    let kept = s.grant_lease(1).await.unwrap();
+    let lapsing = s.grant_lease(1).await.unwrap();
+    let r = write(
+        s,
+        vec![leased("/e/kept", kept), leased("/e/lapsing", lapsing)],
+    )
+    .await;
+    let mut watch = s.watch("/e/", r + 1).await.unwrap();
+
+    // Refresh one lease for longer than either TTL; the other one lapses meanwhile.
+    let start = Instant::now();
+    let mut expiry = None;
+    while start.elapsed() < Duration::from_secs(4) {
+        s.keep_alive(kept).await.unwrap();
+        if let Ok(batch) = tokio::time::timeout(Duration::from_millis(300), watch.next()).await {
+            let batch = batch.expect("watch ended").expect("watch failed");
+            assert!(expiry.is_none(), "a second expiry: {batch:?}");
+            expiry = Some(batch);
+        }
+    }
+    let expiry = expiry.expect("the unrefreshed lease never expired");
+    assert!(
+        matches!(&expiry.events[..], [WatchEvent::Delete { key, .. }] if key == "/e/lapsing"),
+        "{expiry:?}"
+    );
+    assert_eq!(s.keep_alive(lapsing).await, Err(StoreError::LeaseNotFound));
+    assert!(s.get("/e/kept").await.unwrap().is_some());
+
+    // Without refreshes the other one goes too.
+    let batch = next_batch(&mut watch).await;
+    assert!(
+        matches!(&batch.events[..], [WatchEvent::Delete { key, .. }] if key == "/e/kept"),
+        "{batch:?}"
+    );
+    assert!(s.list("/e/").await.unwrap().kvs.is_empty());
+}
+
+async fn watcher_resets_then_follows(backend: Backend) {
+    let store = backend.store.clone();
+    write(store.as_ref(), vec![put("/p/a", "1"), put("/q/z", "0")]).await;
+    let mut watcher = PrefixWatcher::new(store.clone(), "/p/");
+    let mut mirror = Mirror::default();
+    let first = tokio::time::timeout(WAIT, watcher.next()).await.unwrap();
+    assert!(
+        matches!(&first, Update::Reset(l) if l.kvs.len() == 1),
+        "{first:?}"
+    );
+    mirror.apply(first);
+    assert!(!watcher.is_disconnected());
+
+    let r1 = write(store.as_ref(), vec![put("/p/b", "2"), put("/q/z", "1")]).await;
+    write(store.as_ref(), vec![put("/q/z", "2")]).await;
+    let r2 = write(store.as_ref(), vec![delete("/p/a")]).await;
+    while mirror.last() != Some(r2) {
+        let update = tokio::time::timeout(WAIT, watcher.next()).await.unwrap();
+        assert!(matches!(update, Update::Changes(_)), "{update:?}");
+        mirror.apply(update);
+    }
+    assert_eq!(mirror.delivered, [r1, r2]);
+    assert_eq!(mirror.resets, 1);
+    assert_mirrors(store.as_ref(), &mirror, "/p/").await;
+}
+
+async fn watcher_relists_after_compaction(backend: Backend) {
+    compaction_relists(backend.store.clone(), |rev| backend.compact(rev)).await;
+}
+
+/// The watcher has delivered a listing at revision R and not yet opened its stream (as
+/// after a disconnect); history is compacted past R; it must come back with a full
+/// listing that reflects every change, not an error and not a partial replay.
+async fn compaction_relists(store: Arc<dyn ConfigStore>, compact: impl Fn(StoreRevision)) {
+    write(store.as_ref(), vec![put("/c/a", "1")]).await;
+    let mut watcher = PrefixWatcher::new(store.clone(), "/c/");
+    let mut mirror = Mirror::default();
+    mirror.apply(watcher.next().await);
+    for i in 0..5 {
+        write(store.as_ref(), vec![put(&format!("/c/{i}"), "x")]).await;
+    }
+    let last = write(store.as_ref(), vec![delete("/c/a")]).await;
+    compact(last);
+    let update = tokio::time::timeout(WAIT, watcher.next()).await.unwrap();
+    assert!(
+        matches!(&update, Update::Reset(l) if l.revision >= last),
+        "{update:?}"
+    );
+    mirror.apply(update);
+    assert_eq!(mirror.resets, 2);
+    assert_mirrors(store.as_ref(), &mirror, "/c/").await;
+    // And it keeps following changes after the relist.
+    let rev = write(store.as_ref(), vec![put("/c/new", "y")]).await;
+    mirror.apply(tokio::time::timeout(WAIT, watcher.next()).await.unwrap());
+    assert_eq!(mirror.last(), Some(rev));
+    assert_mirrors(store.as_ref(), &mirror, "/c/").await;
+}
+
+/// Applies updates to a map, as a gateway does, checking that no revision arrives twice
+/// or out of order, and recording every delivered revision.
 #[derive(Default)]
 struct Mirror {
     map: BTreeMap<String, Vec<u8>>,
-    delivered: Vec<i64>,
+    delivered: Vec<StoreRevision>,
     resets: usize,
+    /// Revision of the last listing or event; the next batch must start after it.
+    position: StoreRevision,
 }
 
 impl Mirror {
@@ -196,6 +492,7 @@ impl Mirror {
         match update {
             Update::Reset(listing) => {
                 self.resets += 1;
+                self.position = listing.revision;
                 self.map = listing
                     .kvs
                     .into_iter()
@@ -203,14 +500,18 @@ impl Mirror {
                     .collect();
             }
             Update::Changes(batch) => {
+                let first = batch.events.first().expect("an empty batch").mod_revision();
+                assert!(
+                    first > self.position,
+                    "revision {first} delivered again (position {})",
+                    self.position
+                );
                 for event in batch.events {
                     let rev = event.mod_revision();
-                    assert!(
-                        self.delivered.last().is_none_or(|last| *last <= rev),
-                        "revision {rev} delivered out of order"
-                    );
-                    if self.delivered.last() != Some(&rev) {
+                    assert!(rev >= self.position, "revision {rev} out of order");
+                    if rev > self.position {
                         self.delivered.push(rev);
+                        self.position = rev;
                     }
                     match event {
                         WatchEvent::Put(kv) => {
@@ -224,6 +525,10 @@ impl Mirror {
             }
         }
     }
+
+    fn last(&self) -> Option<StoreRevision> {
+        self.delivered.last().copied()
+    }
 }
 
 async fn assert_mirrors(store: &dyn ConfigStore, mirror: &Mirror, prefix: &str) {
@@ -236,85 +541,262 @@ async fn assert_mirrors(store: &dyn ConfigStore, mirror: &Mirror, prefix: &str) 
     assert_eq!(mirror.map, want);
 }
 
-#[tokio::test]
-async fn watcher_survives_an_etcd_restart_without_loss_or_duplicates() {
+/// Polls `check` until it holds; fails after [`WAIT`].
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_watcher_survives_a_restart_under_concurrent_writes() {
     let mut etcd = EtcdServer::launch();
     let store = etcd_store(&etcd).await;
-    let mut watcher = PrefixWatcher::new(store.clone(), "/w/");
+    write(store.as_ref(), vec![put("/r/seed", "0")]).await;
+
+    let mirror = Arc::new(Mutex::new(Mirror::default()));
+    let consumer = tokio::spawn({
+        let mut watcher = PrefixWatcher::new(store.clone(), "/r/");
+        let mirror = mirror.clone();
+        async move {
+            loop {
+                let update = watcher.next().await;
+                mirror.lock().unwrap().apply(update);
+            }
+        }
+    });
+    eventually("the first listing", || mirror.lock().unwrap().resets == 1).await;
+    let listed_at = mirror.lock().unwrap().position;
+
+    // A writer that keeps going through the outage, retrying what etcd did not take.
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn({
+        let store = store.clone();
+        let written = written.clone();
+        async move {
+            for i in 0..60 {
+                let mut ops = vec![put(&format!("/r/{}", i % 7), &i.to_string())];
+                if i % 3 == 0 {
+                    ops.push(delete(&format!("/r/{}", (i + 3) % 7)));
+                }
+                write_retrying(store.as_ref(), ops).await;
+                written.store(i + 1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    eventually("writes before the restart", || {
+        written.load(Ordering::SeqCst) >= 20
+    })
+    .await;
+    tokio::task::block_in_place(|| etcd.stop());
+    let during = written.load(Ordering::SeqCst);
+    // Keep etcd down long enough for the watcher and the writer to notice.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| etcd.start());
+    tokio::time::timeout(Duration::from_secs(60), writer)
+        .await
+        .expect("the writer finished after the restart")
+        .unwrap();
+    assert!(during < 60, "the writer finished before the restart");
+
+    let end = store.list("/r/").await.unwrap();
+    eventually("the watcher caught up", || {
+        mirror.lock().unwrap().last() == Some(end.revision)
+    })
+    .await;
+    consumer.abort();
+
+    // Nothing lost, nothing twice: exactly the revisions that touched the prefix after
+    // the first listing, as etcd's own history tells them.
+    let mut history = store.watch("/r/", listed_at + 1).await.unwrap();
+    let mut truth: Vec<StoreRevision> = events_until(&mut history, end.revision)
+        .await
+        .iter()
+        .map(WatchEvent::mod_revision)
+        .collect();
+    truth.dedup();
+    let mirror = std::mem::take(&mut *mirror.lock().unwrap());
+    assert_eq!(mirror.delivered, truth, "events lost or duplicated");
+    assert_eq!(mirror.resets, 1, "a restart must resume, not relist");
+    assert_mirrors(store.as_ref(), &mirror, "/r/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_watcher_relists_when_compacted_while_disconnected() {
+    let mut etcd = EtcdServer::launch();
+    let store = etcd_store(&etcd).await;
+    write(store.as_ref(), vec![put("/d/a", "1")]).await;
+    let mut watcher = PrefixWatcher::new(store.clone(), "/d/");
     let mut mirror = Mirror::default();
     mirror.apply(watcher.next().await);
-    let mut revisions = Vec::new();
-    for i in 0..5 {
-        revisions.push(write(store.as_ref(), vec![put(&format!("/w/{i}"), "before")]).await);
-    }
-    while mirror.delivered.last() != revisions.last() {
+    let r = write(store.as_ref(), vec![put("/d/b", "2")]).await;
+    mirror.apply(tokio::time::timeout(WAIT, watcher.next()).await.unwrap());
+    assert_eq!(mirror.last(), Some(r));
+
+    // The watcher sees its stream break and starts retrying…
+    tokio::task::block_in_place(|| etcd.stop());
+    let idle = tokio::time::timeout(Duration::from_secs(1), watcher.next()).await;
+    assert!(idle.is_err(), "an update while etcd is down: {idle:?}");
+    assert!(watcher.is_disconnected());
+    // …and while it is not reading, etcd comes back, moves on and compacts.
+    tokio::task::block_in_place(|| etcd.start());
+    write_retrying(store.as_ref(), vec![put("/d/c", "3")]).await;
+    write(store.as_ref(), vec![delete("/d/a")]).await;
+    let last = write(store.as_ref(), vec![put("/d/b", "22")]).await;
+    etcd.compact(last);
+
+    let update = tokio::time::timeout(WAIT, watcher.next()).await.unwrap();
+    assert!(
+        matches!(&update, Update::Reset(l) if l.revision >= last),
+        "{update:?}"
+    );
+    mirror.apply(update);
+    assert!(!watcher.is_disconnected());
+    assert_mirrors(store.as_ref(), &mirror, "/d/").await;
+    let next = write(store.as_ref(), vec![put("/d/d", "4")]).await;
+    mirror.apply(tokio::time::timeout(WAIT, watcher.next()).await.unwrap());
+    assert_eq!(mirror.last(), Some(next));
+    assert_mirrors(store.as_ref(), &mirror, "/d/").await;
+}
+
+/// Every kind of call fails with `Unavailable` within a few seconds while etcd is down.
+async fn assert_all_unavailable(store: &dyn ConfigStore) {
+    let bound = Duration::from_secs(6);
+    let calls = async {
+        let txn = Txn {
+            compares: vec![],
+            ops: vec![put("/o/x", "1")],
+        };
+        futures::join!(
+            store.get("/o/x"),
+            store.list("/o/"),
+            store.txn(txn),
+            store.watch("/o/", 1),
+            store.grant_lease(5),
+            store.keep_alive(LeaseId(1)),
+        )
+    };
+    let (get, list, txn, watch, grant, keep) = tokio::time::timeout(bound, calls)
+        .await
+        .expect("a call blocked while etcd is down");
+    let unavailable = |e: &StoreError| matches!(e, StoreError::Unavailable(_));
+    assert!(get.as_ref().is_err_and(unavailable), "get: {get:?}");
+    assert!(list.as_ref().is_err_and(unavailable), "list: {list:?}");
+    assert!(txn.as_ref().is_err_and(unavailable), "txn: {txn:?}");
+    assert!(unavailable(&watch_failed(watch)), "watch");
+    assert!(grant.as_ref().is_err_and(unavailable), "grant: {grant:?}");
+    assert!(
+        keep.as_ref().is_err_and(unavailable),
+        "keep alive: {keep:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_store_made_while_etcd_is_down_works_once_it_is_up() {
+    let mut etcd = EtcdServer::launch();
+    etcd.stop();
+    let store: Arc<dyn ConfigStore> = Arc::new(
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            EtcdStore::connect(vec![etcd.client_url()]),
+        )
+        .await
+        .expect("connect must not wait for etcd")
+        .expect("connect must not fail while etcd is down"),
+    );
+    assert_all_unavailable(store.as_ref()).await;
+
+    // A watcher started now waits for etcd rather than failing.
+    let watching = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut watcher = PrefixWatcher::new(store, "/o/");
+            let first = watcher.next().await;
+            (watcher, first)
+        }
+    });
+    tokio::task::block_in_place(|| etcd.start());
+    let r = write_retrying(store.as_ref(), vec![put("/o/k", "v")]).await;
+    let (mut watcher, first) = tokio::time::timeout(WAIT, watching)
+        .await
+        .expect("the watcher listed once etcd was up")
+        .unwrap();
+    let mut mirror = Mirror::default();
+    mirror.apply(first);
+    while !mirror.map.contains_key("/o/k") {
         mirror.apply(tokio::time::timeout(WAIT, watcher.next()).await.unwrap());
     }
+    assert!(mirror.position >= r);
 
-    etcd.stop();
-    // While etcd is down the watcher waits; it does not invent updates.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), watcher.next())
-            .await
-            .is_err()
-    );
-    etcd.start();
-
-    for i in 0..5 {
-        let ops = vec![
-            put(&format!("/w/{i}"), "after"),
-            Op::Delete {
-                key: format!("/w/{}", (i + 1) % 5),
-            },
-        ];
-        revisions.push(write(store.as_ref(), ops).await);
+    // The same store fails fast again during a second outage and recovers after it.
+    tokio::task::block_in_place(|| etcd.stop());
+    assert_all_unavailable(store.as_ref()).await;
+    tokio::task::block_in_place(|| etcd.start());
+    let r2 = write_retrying(store.as_ref(), vec![put("/o/k", "w")]).await;
+    assert_eq!(store.get("/o/k").await.unwrap().unwrap().mod_revision, r2);
+    while mirror.last() != Some(r2) {
+        mirror.apply(tokio::time::timeout(WAIT, watcher.next()).await.unwrap());
     }
-    while mirror.delivered.last() != revisions.last() {
-        let update = tokio::time::timeout(WAIT, watcher.next())
-            .await
-            .expect("watcher resumed after the restart");
-        mirror.apply(update);
-    }
-    assert_eq!(mirror.delivered, revisions, "events lost or duplicated");
-    assert_eq!(mirror.resets, 1, "a restart must resume, not relist");
-    assert_mirrors(store.as_ref(), &mirror, "/w/").await;
+    assert_mirrors(store.as_ref(), &mirror, "/o/").await;
 }
 
 #[tokio::test]
-async fn watcher_relists_after_compaction() {
-    let etcd = EtcdServer::launch();
-    let store = etcd_store(&etcd).await;
-    compaction_relists(store, |rev| etcd.compact(rev)).await;
-}
-
-#[tokio::test]
-async fn memory_watcher_relists_after_compaction() {
-    let memory = Arc::new(MemoryStore::new());
-    let store: Arc<dyn ConfigStore> = memory.clone();
-    compaction_relists(store, |rev| memory.compact(rev)).await;
-}
-
-/// The watcher has delivered a listing at revision R and not yet opened its stream (as
-/// after a disconnect); history is compacted past R; it must come back with a full
-/// listing that reflects every change, not an error and not a partial replay.
-async fn compaction_relists(store: Arc<dyn ConfigStore>, compact: impl Fn(i64)) {
-    write(store.as_ref(), vec![put("/c/a", "1")]).await;
-    let mut watcher = PrefixWatcher::new(store.clone(), "/c/");
+async fn memory_slow_watcher_resumes_from_history() {
+    let store: Arc<dyn ConfigStore> = Arc::new(MemoryStore::new());
+    let mut watcher = PrefixWatcher::new(store.clone(), "/s/");
     let mut mirror = Mirror::default();
     mirror.apply(watcher.next().await);
-    for i in 0..5 {
-        write(store.as_ref(), vec![put(&format!("/c/{i}"), "x")]).await;
+    let first = write(store.as_ref(), vec![put("/s/0", "0")]).await;
+    mirror.apply(watcher.next().await);
+    assert_eq!(mirror.last(), Some(first));
+
+    // More batches than a live watcher may fall behind by, while it is not reading.
+    let mut revisions = vec![first];
+    for i in 0..5_000 {
+        let key = format!("/s/{}", i % 13);
+        revisions.push(write(store.as_ref(), vec![put(&key, &i.to_string())]).await);
     }
-    let last = write(store.as_ref(), vec![Op::Delete { key: "/c/a".into() }]).await;
-    compact(last);
-    let update = tokio::time::timeout(WAIT, watcher.next()).await.unwrap();
-    assert!(matches!(update, Update::Reset(_)), "{update:?}");
-    mirror.apply(update);
-    assert_eq!(mirror.resets, 2);
-    assert_mirrors(store.as_ref(), &mirror, "/c/").await;
-    // And it keeps following changes after the relist.
-    let rev = write(store.as_ref(), vec![put("/c/new", "y")]).await;
-    mirror.apply(tokio::time::timeout(WAIT, watcher.next()).await.unwrap());
-    assert_eq!(mirror.delivered.last(), Some(&rev));
-    assert_mirrors(store.as_ref(), &mirror, "/c/").await;
+    while mirror.last() != revisions.last().copied() {
+        mirror.apply(tokio::time::timeout(WAIT, watcher.next()).await.unwrap());
+    }
+    assert_eq!(mirror.delivered, revisions);
+    assert_eq!(mirror.resets, 1, "history covers the gap; no relist");
+    assert_mirrors(store.as_ref(), &mirror, "/s/").await;
+}
+
+#[tokio::test]
+async fn memory_history_is_bounded() {
+    let store = MemoryStore::new();
+    let mut last = 0;
+    for i in 0..10_050 {
+        last = write(&store, vec![put("/h/k", &i.to_string())]).await;
+    }
+    // The last 10 000 revisions are kept, the ones before are compacted.
+    let oldest = last - 9_999;
+    let mut watch = store.watch("/h/", oldest).await.unwrap();
+    assert_eq!(next_batch(&mut watch).await.revision, oldest);
+    match watch_failed(store.watch("/h/", oldest - 1).await) {
+        StoreError::Compacted { compact_revision } => assert_eq!(compact_revision, oldest),
+        other => panic!("expected compacted, got {other}"),
+    }
+}
+
+/// Without a tokio runtime there is no background reaper; expiry is checked on use.
+#[test]
+fn memory_lease_expires_without_a_runtime() {
+    let store = MemoryStore::new();
+    futures::executor::block_on(async {
+        let lease = store.grant_lease(1).await.unwrap();
+        write(&store, vec![leased("/n/1", lease)]).await;
+        // The TTL itself is what is tested, so time has to pass.
+        std::thread::sleep(Duration::from_millis(1_100));
+        assert_eq!(store.get("/n/1").await.unwrap(), None);
+        assert_eq!(
+            store.keep_alive(lease).await,
+            Err(StoreError::LeaseNotFound)
+        );
+    });
 }

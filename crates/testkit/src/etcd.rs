@@ -1,7 +1,7 @@
 //! A real etcd (Debian's `etcd-server`) on free loopback ports with its own data dir,
 //! which a test can stop and start again (same ports, same data) and compact.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,16 +14,28 @@ pub struct EtcdServer {
 }
 
 impl EtcdServer {
-    /// Starts a new etcd and waits until it answers `/health`.
+    /// Starts a new etcd and waits until it answers `/health`; panics if it cannot.
     pub fn launch() -> Self {
-        let mut server = Self {
-            client_port: crate::free_port(),
-            peer_port: crate::free_port(),
-            dir: tempfile::tempdir().expect("temp dir for etcd"),
-            child: None,
-        };
-        server.start_again();
-        server
+        // A free port can be taken by someone else before etcd binds it; then etcd exits
+        // at once and a fresh pair of ports is tried.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut server = Self {
+                client_port: crate::free_port(),
+                peer_port: crate::free_port(),
+                dir: tempfile::tempdir().expect("temp dir for etcd"),
+                child: None,
+            };
+            if server.client_port == server.peer_port {
+                continue;
+            }
+            match server.spawn_and_wait() {
+                Ok(()) => return server,
+                Err(e) if attempt < 3 => eprintln!("etcd did not start, retrying: {e}"),
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     /// `127.0.0.1:PORT`
@@ -49,22 +61,29 @@ impl EtcdServer {
         }
     }
 
-    /// Starts etcd again on the same ports and data after [`EtcdServer::stop`].
+    /// Starts etcd again on the same ports and data after [`EtcdServer::stop`]; waits
+    /// until it answers `/health`.
     pub fn start(&mut self) {
-        self.start_again();
+        if let Err(e) = self.spawn_and_wait() {
+            panic!("{e}");
+        }
     }
 
-    fn start_again(&mut self) {
+    /// Whether the etcd process is alive (it may not answer yet).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "etcd is already running");
-        let binary = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .unwrap_or_else(|| {
-                panic!("etcd is not installed: run `cargo xtask test`, which installs etcd-server")
-            });
+        let binary = etcd_binary();
         let client = self.client_url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("etcd log");
         let child = Command::new(binary)
             .arg("--name=test")
             .arg(format!(
@@ -76,6 +95,7 @@ impl EtcdServer {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=test={peer}"))
+            // Portico replaces an instance's whole content in one transaction.
             .arg("--max-txn-ops=10000")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -83,23 +103,19 @@ impl EtcdServer {
             .spawn()
             .expect("cannot start etcd");
         self.child = Some(child);
-        self.wait_healthy();
-    }
-
-    fn wait_healthy(&mut self) {
         let start = Instant::now();
         loop {
             if self.healthy() {
-                return;
+                return Ok(());
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("etcd exited with {status}: {}", self.log());
+                self.child = None;
+                return Err(format!("etcd exited with {status}: {}", self.log()));
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "etcd did not become healthy: {}",
-                self.log()
-            );
+            if start.elapsed() > Duration::from_secs(20) {
+                self.stop();
+                return Err(format!("etcd did not become healthy: {}", self.log()));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -145,6 +161,21 @@ impl EtcdServer {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
+}
+
+/// Debian's `etcd-server` puts etcd in `/usr/bin`; anything else on `PATH` works too.
+fn etcd_binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
+        .map(|dir| dir.join("etcd"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("etcd is not installed: run `cargo xtask test`, which installs etcd-server")
+        })
 }
 
 impl Drop for EtcdServer {
