@@ -14,7 +14,7 @@ use model::validate::{FieldError, ValidationErrors};
 use serde_json::json;
 
 use crate::error::{bad_json, AgentError};
-use crate::writer::{singular, Change};
+use crate::writer::Change;
 use crate::AgentState;
 
 /// Largest request body accepted; a snapshot of a big instance fits comfortably.
@@ -109,9 +109,11 @@ fn revision_header(headers: &HeaderMap) -> Result<Revision, AgentError> {
 
 /// Parses and validates a resource body of `kind`.
 fn parse_resource(kind: ResourceKind, body: &[u8]) -> Result<Resource, AgentError> {
-    let resource = kind.parse(body).map_err(|e| bad_json(&e))?;
+    let resource = kind
+        .parse(body)
+        .map_err(|e| bad_json(kind.singular(), &e))?;
     resource.validate().map_err(|errors| AgentError::Invalid {
-        what: singular(kind).to_owned(),
+        what: kind.singular().to_owned(),
         errors,
     })?;
     Ok(resource)
@@ -142,7 +144,7 @@ async fn get_resource(
         Some(r) => Ok(Json(r.redacted().to_json())),
         None => Err(AgentError::NotFound(format!(
             "{} {id:?} does not exist",
-            singular(kind)
+            kind.singular()
         ))),
     }
 }
@@ -176,7 +178,7 @@ async fn upsert_resource(
     let resource = parse_resource(kind, &body)?;
     if resource.id() != id {
         return Err(AgentError::Invalid {
-            what: singular(kind).to_owned(),
+            what: kind.singular().to_owned(),
             errors: ValidationErrors(vec![FieldError {
                 field: "id".into(),
                 message: format!("must equal the id in the path ({id:?})"),
@@ -210,7 +212,7 @@ async fn put_snapshot(
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, AgentError> {
     state.check_instance(&instance)?;
-    let snapshot: Snapshot = serde_json::from_slice(&body).map_err(|e| bad_json(&e))?;
+    let snapshot: Snapshot = model::json::parse(&body).map_err(|e| bad_json("snapshot", &e))?;
     let mut errors = Vec::new();
     for resource in snapshot.resources() {
         if let Err(e) = resource.validate() {

@@ -68,25 +68,10 @@ impl IntoResponse for AgentError {
     }
 }
 
-/// Turns a serde error into a 400 that names the field when serde says which one.
-pub(crate) fn bad_json(e: &serde_json::Error) -> AgentError {
-    let message = e.to_string();
-    let field = message
-        .split('`')
-        .nth(1)
-        .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"))
-        .unwrap_or("")
-        .to_owned();
-    let details = if field.is_empty() {
-        Vec::new()
-    } else {
-        vec![FieldError {
-            field,
-            message: message.clone(),
-        }]
-    };
+/// A body that is not the JSON expected: 400, naming the field when known.
+pub(crate) fn bad_json(what: &str, e: &model::json::JsonError) -> AgentError {
     AgentError::BadRequest {
-        message: format!("invalid JSON body: {message}"),
-        details,
+        message: e.message(what),
+        details: e.details().to_vec(),
     }
 }

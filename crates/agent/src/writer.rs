@@ -145,7 +145,7 @@ impl AgentState {
         }
         let exists = self.store.get(&key).await?.is_some();
         Err(if exists {
-            AgentError::AlreadyExists(format!("{} {id:?} already exists", singular(kind)))
+            AgentError::AlreadyExists(format!("{} {id:?} already exists", kind.singular()))
         } else {
             not_found(kind, &id)
         })
@@ -235,16 +235,8 @@ impl AgentState {
     }
 }
 
-pub(crate) fn singular(kind: ResourceKind) -> &'static str {
-    match kind {
-        ResourceKind::Routes => "route",
-        ResourceKind::Upstreams => "upstream",
-        ResourceKind::Certificates => "certificate",
-    }
-}
-
 fn not_found(kind: ResourceKind, id: &str) -> AgentError {
-    AgentError::NotFound(format!("{} {id:?} does not exist", singular(kind)))
+    AgentError::NotFound(format!("{} {id:?} does not exist", kind.singular()))
 }
 
 fn decode(kind: ResourceKind, kv: &KeyValue) -> Option<Resource> {

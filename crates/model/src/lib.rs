@@ -8,6 +8,7 @@
 
 pub mod certificate;
 pub mod cluster;
+pub mod json;
 pub mod resource;
 pub mod route;
 pub mod snapshot;

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::certificate::Certificate;
+use crate::json::JsonError;
 use crate::route::Route;
 use crate::upstream::Upstream;
 use crate::validate::ValidationErrors;
@@ -31,12 +32,21 @@ impl ResourceKind {
         }
     }
 
+    /// The singular noun, for messages ("route \"r1\" does not exist").
+    pub fn singular(self) -> &'static str {
+        match self {
+            Self::Routes => "route",
+            Self::Upstreams => "upstream",
+            Self::Certificates => "certificate",
+        }
+    }
+
     /// Parses a value of this kind from JSON, refusing unknown fields.
-    pub fn parse(self, json: &[u8]) -> Result<Resource, serde_json::Error> {
+    pub fn parse(self, json: &[u8]) -> Result<Resource, JsonError> {
         Ok(match self {
-            Self::Routes => Resource::Route(serde_json::from_slice(json)?),
-            Self::Upstreams => Resource::Upstream(serde_json::from_slice(json)?),
-            Self::Certificates => Resource::Certificate(serde_json::from_slice(json)?),
+            Self::Routes => Resource::Route(crate::json::parse(json)?),
+            Self::Upstreams => Resource::Upstream(crate::json::parse(json)?),
+            Self::Certificates => Resource::Certificate(crate::json::parse(json)?),
         })
     }
 }

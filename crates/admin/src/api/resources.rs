@@ -17,8 +17,8 @@ use model::resource::{Resource, ResourceKind};
 use model::validate::FieldError;
 use serde_json::{json, Value};
 
-use super::{parse_json, ApiPath};
-use crate::db::{singular, Change};
+use super::ApiPath;
+use crate::db::Change;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::sync::{self, Written};
@@ -101,12 +101,11 @@ fn parse_resource(
     body: &[u8],
     path_id: Option<&str>,
 ) -> Result<Resource, ApiError> {
-    let what = singular(kind);
-    let resource = match kind {
-        ResourceKind::Routes => Resource::Route(parse_json(what, body)?),
-        ResourceKind::Upstreams => Resource::Upstream(parse_json(what, body)?),
-        ResourceKind::Certificates => Resource::Certificate(parse_json(what, body)?),
-    };
+    let what = kind.singular();
+    let resource = kind.parse(body).map_err(|e| ApiError::BadRequest {
+        message: e.message(what),
+        details: e.details().to_vec(),
+    })?;
     let mut errors = resource.validate().err().unwrap_or_default();
     if let Some(id) = path_id {
         if resource.id() != id {

@@ -19,7 +19,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 pub(crate) use clusters::InstanceReport;
-pub(crate) use resources::{singular, Change};
+pub(crate) use resources::Change;
 
 /// Migrations embedded at compile time from `crates/admin/migrations`.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -114,7 +114,7 @@ impl Db {
             Change::Create(_) if exists => {
                 return Err(ApiError::AlreadyExists(format!(
                     "{} {id:?} already exists in instance {instance:?}",
-                    singular(kind)
+                    kind.singular()
                 )));
             }
             Change::Create(_) => ("create", true),
@@ -122,7 +122,7 @@ impl Db {
             Change::Delete { .. } if !exists => {
                 return Err(ApiError::NotFound(format!(
                     "{} {id:?} does not exist in instance {instance:?}",
-                    singular(kind)
+                    kind.singular()
                 )));
             }
             Change::Delete { .. } => ("delete", false),
@@ -338,7 +338,7 @@ impl Db {
             Some(row) => resource_from_row(kind, &row),
             None => Err(ApiError::NotFound(format!(
                 "{} {id:?} does not exist in instance {instance:?}",
-                singular(kind)
+                kind.singular()
             ))),
         }
     }
@@ -421,16 +421,7 @@ fn resource_from_row(kind: ResourceKind, row: &AnyRow) -> Result<Resource, ApiEr
     kind.parse(body.as_bytes()).map_err(|e| {
         ApiError::Internal(anyhow::anyhow!(
             "a stored {} does not parse: {e}",
-            singular(kind)
+            kind.singular()
         ))
     })
-}
-
-/// "route", "upstream", "certificate": how messages name one resource of a kind.
-pub(crate) fn singular(kind: ResourceKind) -> &'static str {
-    match kind {
-        ResourceKind::Routes => "route",
-        ResourceKind::Upstreams => "upstream",
-        ResourceKind::Certificates => "certificate",
-    }
 }
