@@ -160,8 +160,8 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response, AgentCa
     if status.is_success() {
         return Ok(response);
     }
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    let message = body["error"].as_str().unwrap_or_default().to_owned();
+    let body: model::validate::ErrorBody = response.json().await.unwrap_or_default();
+    let message = body.error;
     if status.is_server_error() {
         return Err(AgentCallError::Unreachable(format!(
             "agent answered {status}: {message}"
@@ -169,7 +169,7 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response, AgentCa
     }
     Err(AgentCallError::Refused {
         status,
-        code: body["code"].as_str().unwrap_or_default().to_owned(),
+        code: body.code,
         message,
     })
 }

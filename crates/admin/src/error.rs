@@ -9,7 +9,6 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use model::validate::{FieldError, ValidationErrors};
-use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -134,7 +133,11 @@ impl IntoResponse for ApiError {
             ApiError::Invalid { errors, .. } => errors.0.clone(),
             _ => Vec::new(),
         };
-        let body = json!({ "error": self.to_string(), "code": code, "details": details });
+        let body = model::validate::ErrorBody {
+            error: self.to_string(),
+            code: code.to_owned(),
+            details,
+        };
         (status, axum::Json(body)).into_response()
     }
 }

@@ -3,7 +3,6 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use model::validate::{FieldError, ValidationErrors};
-use serde_json::json;
 
 use store::StoreError;
 
@@ -63,7 +62,11 @@ impl IntoResponse for AgentError {
             AgentError::Invalid { errors, .. } => errors.0.clone(),
             _ => Vec::new(),
         };
-        let body = json!({ "error": self.to_string(), "code": code, "details": details });
+        let body = model::validate::ErrorBody {
+            error: self.to_string(),
+            code: code.to_owned(),
+            details,
+        };
         (status, axum::Json(body)).into_response()
     }
 }

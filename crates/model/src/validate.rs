@@ -42,6 +42,18 @@ impl ValidationErrors {
     }
 }
 
+/// The JSON body of every error answer of the admin and agent APIs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Lowercase message for people; never quotes a secret.
+    pub error: String,
+    /// Stable machine code (`not_found`, `revision_conflict`, …).
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub details: Vec<FieldError>,
+}
+
 /// Collects problems while walking a value; `at` nests field paths.
 #[derive(Debug, Default)]
 pub struct Validator {
