@@ -88,9 +88,15 @@ fn main() -> anyhow::Result<()> {
         Command::Gateway { threads, .. } => threads.unwrap_or(0),
         _ => 0,
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime, so no task ever wakes another thread (the
+    // way nginx runs one event loop per worker process).
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     builder.enable_all();
-    if threads > 0 {
+    if threads > 1 {
         builder.worker_threads(threads);
     }
     let runtime = builder.build().context("cannot start the async runtime")?;
