@@ -155,15 +155,7 @@ async fn create_resource(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AgentError> {
-    state.check_instance(&instance)?;
-    let kind = parse_kind(&kind)?;
-    let revision = revision_header(&headers)?;
-    let resource = parse_resource(kind, &body)?;
-    let shown = resource.redacted().to_json();
-    state
-        .apply(&instance, revision, Change::Create(resource))
-        .await?;
-    Ok((StatusCode::CREATED, Json(shown)).into_response())
+    write_resource(&state, &instance, &kind, None, &headers, &body).await
 }
 
 async fn upsert_resource(
@@ -172,11 +164,24 @@ async fn upsert_resource(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AgentError> {
-    state.check_instance(&instance)?;
-    let kind = parse_kind(&kind)?;
-    let revision = revision_header(&headers)?;
-    let resource = parse_resource(kind, &body)?;
-    if resource.id() != id {
+    write_resource(&state, &instance, &kind, Some(&id), &headers, &body).await
+}
+
+/// POST (no `path_id`: create, 201) or PUT (`path_id`: create or replace, 200); the body's
+/// id must equal the path's.
+async fn write_resource(
+    state: &AgentState,
+    instance: &str,
+    kind: &str,
+    path_id: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, AgentError> {
+    state.check_instance(instance)?;
+    let kind = parse_kind(kind)?;
+    let revision = revision_header(headers)?;
+    let resource = parse_resource(kind, body)?;
+    if let Some(id) = path_id.filter(|id| *id != resource.id()) {
         return Err(AgentError::Invalid {
             what: kind.singular().to_owned(),
             errors: ValidationErrors(vec![FieldError {
@@ -186,10 +191,12 @@ async fn upsert_resource(
         });
     }
     let shown = resource.redacted().to_json();
-    state
-        .apply(&instance, revision, Change::Upsert(resource))
-        .await?;
-    Ok((StatusCode::OK, Json(shown)).into_response())
+    let (status, change) = match path_id {
+        None => (StatusCode::CREATED, Change::Create(resource)),
+        Some(_) => (StatusCode::OK, Change::Upsert(resource)),
+    };
+    state.apply(instance, revision, change).await?;
+    Ok((status, Json(shown)).into_response())
 }
 
 async fn delete_resource(

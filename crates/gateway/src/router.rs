@@ -124,12 +124,9 @@ impl Router {
                         PathPattern::Exact(p) => {
                             table.exact.entry(p.to_owned()).or_default().push(entry)
                         }
-                        PathPattern::Prefix(p) => {
-                            match table.prefixes.iter_mut().find(|(q, _)| q == p) {
-                                Some((_, entries)) => entries.push(entry),
-                                None => table.prefixes.push((p.to_owned(), vec![entry])),
-                            }
-                        }
+                        // Merged with equal prefixes after sorting, so the build stays
+                        // O(n log n) however many prefixes a host has.
+                        PathPattern::Prefix(p) => table.prefixes.push((p.to_owned(), vec![entry])),
                     }
                 }
             }
@@ -142,6 +139,13 @@ impl Router {
             table
                 .prefixes
                 .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+            table.prefixes.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same {
+                    kept.1.append(&mut later.1);
+                }
+                same
+            });
             let lists = table
                 .exact
                 .values_mut()

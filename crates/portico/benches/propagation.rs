@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use testkit::spine::Spine;
 
 const CHANGES: usize = 100;
@@ -24,17 +23,7 @@ async fn measure() {
     let db = format!("sqlite://{}/admin.db", dir.path().display());
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_portico"));
     let spine = Spine::start(bin, dir.path(), &db).await;
-    spine
-        .put("c1", "instance_a", "upstreams", spine.upstream(0))
-        .await;
-    spine
-        .put(
-            "c1",
-            "instance_a",
-            "routes",
-            json!({"id": "r1", "paths": ["/api/*"], "upstream_id": "up"}),
-        )
-        .await;
+    spine.serve_api_from("c1", "instance_a", 0).await;
     let nodes: Vec<&str> = spine.gw_1a.iter().map(String::as_str).collect();
     spine.all_serve(&nodes, "/api/x", (200, "u1")).await;
 

@@ -54,17 +54,7 @@ async fn full_flow(spine: &mut Spine) {
     assert_eq!(spine.via(&spine.gw_2a, "/api/x").await.0, 404);
 
     // The same instance name in cluster 2 is configured on its own.
-    spine
-        .put("c2", "instance_a", "upstreams", spine.upstream(1))
-        .await;
-    spine
-        .put(
-            "c2",
-            "instance_a",
-            "routes",
-            json!({"id": "r1", "paths": ["/api/*"], "upstream_id": "up"}),
-        )
-        .await;
+    spine.serve_api_from("c2", "instance_a", 1).await;
     spine
         .all_serve(&[&spine.gw_2a], "/api/x", (200, "u2"))
         .await;

@@ -273,6 +273,20 @@ impl Spine {
         }
     }
 
+    /// Configures `cluster`/`instance` through the admin: upstream `up` at test upstream
+    /// `i` and route `r1` for `/api/*` to it.
+    pub async fn serve_api_from(&self, cluster: &str, instance: &str, i: usize) {
+        self.put(cluster, instance, "upstreams", self.upstream(i))
+            .await;
+        self.put(
+            cluster,
+            instance,
+            "routes",
+            json!({"id": "r1", "paths": ["/api/*"], "upstream_id": "up"}),
+        )
+        .await;
+    }
+
     /// The upstream `up` pointing at test upstream `i` (named `u{i+1}`).
     pub fn upstream(&self, i: usize) -> Value {
         json!({"id": "up", "nodes": [{"host": "127.0.0.1", "port": self.upstreams[i].port(), "weight": 1}]})
