@@ -15,31 +15,17 @@ impl Db {
     /// Stores `content` under `name`, replacing what was there.
     pub(crate) async fn put_setting(&self, name: &str, content: &str) -> Result<(), sqlx::Error> {
         let update = self.sql("UPDATE settings SET content = ? WHERE name = ?");
-        let done = sqlx::query(&update)
-            .bind(content)
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() > 0 {
-            return Ok(());
-        }
-        let insert = self.sql("INSERT INTO settings (name, content) VALUES (?, ?)");
-        match sqlx::query(&insert)
-            .bind(name)
-            .bind(content)
-            .execute(&self.pool)
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Another admin process inserted it between our two statements: update theirs.
-            Err(e) if is_unique_violation(&e) => sqlx::query(&update)
+        let run_update = || {
+            sqlx::query(&update)
                 .bind(content)
                 .bind(name)
                 .execute(&self.pool)
-                .await
-                .map(drop),
-            Err(e) => Err(e),
+        };
+        if run_update().await?.rows_affected() > 0 || self.insert_setting(name, content).await? {
+            return Ok(());
         }
+        // Another admin process inserted it between our two statements: update theirs.
+        run_update().await.map(drop)
     }
 
     /// Stores `content` under `name` only if nothing is there; false when something was.
