@@ -315,8 +315,13 @@ async fn nodes_come_from_the_agents_report() {
     let dir = tempfile::tempdir().unwrap();
     let admin = TestAdmin::start(&sqlite_url(&dir), Duration::from_millis(200)).await;
     let agent = TestAgent::start(&["instance_a"]).await;
+    // Upstream health (M7) travels from the heartbeat to the console unchanged.
     let heartbeat = json!({"node_id": "n1", "address": "127.0.0.1:9080",
-        "applied_revision": 0, "updated_at_ms": 1});
+        "applied_revision": 0, "updated_at_ms": 1, "config_source": "store",
+        "upstreams": [{"upstream_id": "u1", "nodes": [
+            {"address": "10.0.0.1:80", "healthy": true},
+            {"address": "10.0.0.2:80", "healthy": false,
+             "reason": "active: 3 failures in a row, last: status 500"}]}]});
     agent
         .store
         .txn(Txn {

@@ -339,6 +339,15 @@ async fn instances_report_revision_and_node_heartbeats() {
         address: "127.0.0.1:9080".into(),
         applied_revision: Revision(1),
         updated_at_ms: 1,
+        config_source: model::cluster::ConfigSource::Store,
+        upstreams: vec![model::cluster::UpstreamHealth {
+            upstream_id: "u".into(),
+            nodes: vec![model::cluster::NodeHealth {
+                address: "10.0.0.1:80".into(),
+                healthy: false,
+                reason: Some("active: 3 failures".into()),
+            }],
+        }],
     };
     agent
         .store

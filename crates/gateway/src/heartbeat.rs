@@ -9,10 +9,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use model::cluster::NodeHeartbeat;
-use model::snapshot::Revision;
 use store::{ConfigStore, LeaseId, Op, StoreError, Txn};
 use tokio::sync::watch;
+
+use crate::runtime::{upstream_health, RuntimeConfig};
+use crate::NodeStatus;
 
 /// How long revoking the lease may take on the way out; the lease expires anyway.
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -23,6 +26,8 @@ pub(crate) struct Heartbeat {
     pub node_id: String,
     pub address: String,
     pub interval: Duration,
+    /// Read at every beat for the upstream health report.
+    pub config: Arc<ArcSwap<RuntimeConfig>>,
 }
 
 impl Heartbeat {
@@ -42,7 +47,7 @@ impl Heartbeat {
 /// Beats until `stop` flips to true, then revokes the lease.
 pub(crate) async fn run(
     hb: Heartbeat,
-    mut applied: watch::Receiver<Revision>,
+    mut applied: watch::Receiver<NodeStatus>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut lease: Option<LeaseId> = None;
@@ -56,9 +61,9 @@ pub(crate) async fn run(
             Ok(()) = applied.changed() => {}
             _ = stop.wait_for(|stop| *stop) => break,
         }
-        let revision = *applied.borrow_and_update();
+        let status = *applied.borrow_and_update();
         let result = tokio::select! {
-            result = tokio::time::timeout(hb.beat_timeout(), beat(&hb, &mut lease, revision)) => {
+            result = tokio::time::timeout(hb.beat_timeout(), beat(&hb, &mut lease, status)) => {
                 result.unwrap_or_else(|_| Err(StoreError::Unavailable("heartbeat timed out".into())))
             }
             _ = stop.wait_for(|stop| *stop) => break,
@@ -84,7 +89,7 @@ pub(crate) async fn run(
 async fn beat(
     hb: &Heartbeat,
     lease: &mut Option<LeaseId>,
-    revision: Revision,
+    status: NodeStatus,
 ) -> Result<(), StoreError> {
     let id = match *lease {
         Some(id) => match hb.store.keep_alive(id).await {
@@ -102,8 +107,10 @@ async fn beat(
     let beat = NodeHeartbeat {
         node_id: hb.node_id.clone(),
         address: hb.address.clone(),
-        applied_revision: revision,
+        applied_revision: status.revision,
         updated_at_ms: now_ms(),
+        config_source: status.source,
+        upstreams: upstream_health(&hb.config.load()),
     };
     let value = serde_json::to_vec(&beat).map_err(|e| StoreError::Rejected(e.to_string()))?;
     let put = Txn {
@@ -135,7 +142,16 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use model::cluster::ConfigSource;
+    use model::snapshot::Revision;
     use store::memory::MemoryStore;
+
+    fn at(revision: u64) -> NodeStatus {
+        NodeStatus {
+            revision: Revision(revision),
+            source: ConfigSource::Store,
+        }
+    }
 
     fn heartbeat(store: Arc<dyn ConfigStore>, interval: Duration) -> Heartbeat {
         Heartbeat {
@@ -144,6 +160,7 @@ mod tests {
             node_id: "n1".into(),
             address: "10.0.0.1:80".into(),
             interval,
+            config: Arc::default(),
         }
     }
 
@@ -184,26 +201,27 @@ mod tests {
         let store: Arc<dyn ConfigStore> = Arc::new(MemoryStore::new());
         let hb = heartbeat(store.clone(), Duration::from_secs(3600));
         let key = hb.key.clone();
-        let (applied_tx, applied_rx) = watch::channel(Revision(0));
+        let (applied_tx, applied_rx) = watch::channel(NodeStatus::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(hb, applied_rx, stop_rx));
 
         // The first beat is immediate; a revision change is written without waiting
         // for the (hour-long) interval.
         let first = wait_for(&store, &key, Revision(0)).await;
-        applied_tx.send_replace(Revision(3));
+        applied_tx.send_replace(at(3));
         assert_eq!(wait_for(&store, &key, Revision(3)).await, first);
 
         // The store loses the lease (and with it the key): a new one is granted.
         store.revoke_lease(first).await.unwrap();
         assert!(store.get(&key).await.unwrap().is_none());
-        applied_tx.send_replace(Revision(4));
+        applied_tx.send_replace(at(4));
         let second = wait_for(&store, &key, Revision(4)).await;
         assert_ne!(second, first);
         let (beat, _) = read(&store, &key).await.unwrap();
         assert_eq!(beat.node_id, "n1");
         assert_eq!(beat.address, "10.0.0.1:80");
         assert!(beat.updated_at_ms > 0);
+        assert_eq!(beat.config_source, ConfigSource::Store);
 
         // Stopping revokes the lease, which removes the key.
         stop_tx.send_replace(true);

@@ -1,46 +1,73 @@
 //! The data plane: a gateway node serving one instance's config, built on Pingora.
 //!
-//! [`run`] wires the three loops of a node:
+//! [`run`] wires the loops of a node:
 //!
 //! ```text
-//! proxy      Pingora HTTP/1.1 service; each request reads one RuntimeConfig snapshot (proxy.rs)
-//! config     PrefixWatcher(instance) → ConfigObjects → runtime::build → ArcSwap::store
-//!            → applied revision → heartbeat
-//! heartbeat  nodes/{node_id} = {address, applied revision} on a lease (heartbeat.rs)
+//! proxy      Pingora HTTP service; each request reads one RuntimeConfig snapshot (proxy.rs)
+//! config     PrefixWatcher(instance) → ConfigObjects → Compiler::build (changed objects
+//!            only) → ArcSwap swap → NodeStatus → heartbeat; snapshot file every ≤ 1 s
+//! tls        certificates changed → CertTable (ArcSwap) read by every TLS handshake (tls.rs)
+//! heartbeat  nodes/{node_id} = {address, revision, source, upstream health} on a lease
+//! status     optional /healthz, /readyz, /status listener (status.rs)
 //! ```
 //!
-//! The store is the gateway's only input: when it is unreachable the last good config
-//! keeps serving and the watch resumes by itself. Startup is a reload from the empty
-//! config: until the first listing arrives every request gets a 404.
+//! The store is the gateway's only input (besides its own snapshot file): when it is
+//! unreachable the last good config keeps serving and the watch resumes by itself.
+//! Startup is a reload from the empty config: until the first listing (or, when the
+//! store does not answer within 2 s, the local snapshot) arrives every request gets a
+//! 404 and every TLS handshake fails (no certificate yet).
 
 pub mod balancer;
+pub mod health;
 mod heartbeat;
+pub mod normalize;
 mod proxy;
 pub mod router;
 pub mod runtime;
+pub mod settings;
+pub mod snapshot;
+mod status;
+pub mod tls;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use model::cluster::ConfigSource;
 use model::snapshot::Revision;
 use pingora_core::server::configuration::ServerConf;
 use store::keys::Keyspace;
-use store::watch::PrefixWatcher;
+use store::watch::{PrefixWatcher, Update};
 use store::ConfigStore;
 use tokio::sync::watch;
 
 use crate::proxy::{InFlight, Proxy};
-use crate::runtime::{ConfigObjects, RuntimeConfig};
+use crate::runtime::{Compiler, ConfigObjects, RuntimeConfig};
+pub use crate::settings::HttpSettings;
+use crate::snapshot::SnapshotFile;
 
 /// How long shutdown waits for requests in flight before giving up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// With a snapshot file, how long the node waits for the store's first listing
+/// before it serves the snapshot instead.
+const COLD_START_GRACE: Duration = Duration::from_secs(2);
+
+/// The snapshot file is rewritten at most this often.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+
 pub struct GatewayConfig {
-    /// Where to serve traffic.
+    /// Where to serve plaintext traffic: HTTP/1.1, and HTTP/2 with prior knowledge (h2c).
     pub listen: SocketAddr,
+    /// Where to serve TLS (1.2 and 1.3; ALPN `h2`, `http/1.1`) with the instance's
+    /// certificates, picked by SNI; no listener when `None`.
+    pub tls_listen: Option<SocketAddr>,
+    /// A PEM bundle of CAs; when set, the TLS listener requires every client to present
+    /// a certificate signed by one of them (mTLS).
+    pub client_ca: Option<PathBuf>,
     /// The instance whose config this node serves.
     pub instance: String,
     /// Unique per node; names the heartbeat key.
@@ -49,6 +76,20 @@ pub struct GatewayConfig {
     pub advertise_address: String,
     /// How often the heartbeat is written; its lease lives max(3 × this, 5 s).
     pub heartbeat_interval: Duration,
+    /// Request limits and the trusted-proxy rules for the client's address.
+    pub http: HttpSettings,
+    /// Where the node keeps its last good config; read at start when the store does not
+    /// answer within 2 s.
+    pub snapshot_file: Option<PathBuf>,
+    /// Where to serve `/healthz`, `/readyz` and `/status` (keep it off the public side).
+    pub status_listen: Option<SocketAddr>,
+}
+
+/// What the node serves, as the heartbeat and the status endpoint report it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub revision: Revision,
+    pub source: ConfigSource,
 }
 
 /// Runs the node until `shutdown` flips to true; then stops accepting, lets requests in
@@ -66,22 +107,54 @@ pub async fn run(
     // Pingora panics when it cannot bind; find out first and say why.
     std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    if let Some(addr) = config.tls_listen {
+        std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr} for TLS"))?;
+    }
+    let status_listener = match config.status_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for status"))?,
+        ),
+        None => None,
+    };
 
     let current = Arc::new(ArcSwap::from_pointee(RuntimeConfig::default()));
+    // Read by every TLS handshake, replaced by the config loop when certificates change.
+    let cert_table = Arc::new(ArcSwap::from_pointee(tls::CertTable::default()));
+    let tls_settings = match config.tls_listen {
+        Some(_) => Some(tls::listener_settings(
+            tls::CertResolver::new(cert_table.clone()),
+            config.client_ca.as_deref(),
+        )?),
+        None => None,
+    };
     let in_flight = Arc::new(InFlight::default());
-    let (applied_tx, applied_rx) = watch::channel(Revision(0));
+    let (status_tx, status_rx) = watch::channel(NodeStatus::default());
     // The config loop and the heartbeat outlive the listener: they stop only once the
     // requests in flight are done, so those keep a current config and the node stays
     // visible while it drains.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
-    let config_loop = tokio::spawn(config_loop(
-        PrefixWatcher::new(store.clone(), keyspace.instance_prefix(&config.instance)),
-        ConfigObjects::new(keyspace.clone(), config.instance.clone()),
-        current.clone(),
-        applied_tx,
-        stop_rx.clone(),
-    ));
+    let config_loop = tokio::spawn(
+        ConfigLoop {
+            watcher: PrefixWatcher::new(store.clone(), keyspace.instance_prefix(&config.instance)),
+            compiler: Some(Compiler::new(ConfigObjects::new(
+                keyspace.clone(),
+                config.instance.clone(),
+            ))),
+            current: current.clone(),
+            certs: tls::CertReloader::default(),
+            cert_table,
+            status: status_tx,
+            snapshot: config.snapshot_file.clone().map(SnapshotFile::new),
+            instance: config.instance.clone(),
+            next_save: None,
+        }
+        .run(stop_rx.clone()),
+    );
     let heartbeat = tokio::spawn(heartbeat::run(
         heartbeat::Heartbeat {
             store,
@@ -89,10 +162,25 @@ pub async fn run(
             node_id: config.node_id.clone(),
             address: config.advertise_address.clone(),
             interval: config.heartbeat_interval,
+            config: current.clone(),
         },
-        applied_rx,
-        stop_rx,
+        status_rx.clone(),
+        stop_rx.clone(),
     ));
+    let status_server = status_listener.map(|listener| {
+        tokio::spawn(status::serve(
+            listener,
+            status::StatusState {
+                node_id: config.node_id.clone(),
+                instance: config.instance.clone(),
+                config: current.clone(),
+                status: status_rx,
+                in_flight: in_flight.clone(),
+                draining: draining.clone(),
+            },
+            stop_rx,
+        ))
+    });
 
     let server_conf = Arc::new(ServerConf::default());
     let mut service = pingora_proxy::http_proxy_service(
@@ -100,9 +188,20 @@ pub async fn run(
         Proxy {
             config: current,
             in_flight: in_flight.clone(),
+            settings: Arc::new(config.http.clone()),
         },
     );
+    if let Some(proxy) = service.app_logic_mut() {
+        let mut options = pingora_core::apps::HttpServerOptions::default();
+        // Only plaintext connections look for the HTTP/2 preface; TLS ones use ALPN.
+        options.h2c = true;
+        proxy.server_options = Some(options);
+    }
     service.add_tcp(&config.listen.to_string());
+    if let (Some(addr), Some(settings)) = (config.tls_listen, tls_settings) {
+        service.add_tls_with_settings(&addr.to_string(), None, settings);
+        tracing::info!(tls_listen = %addr, mtls = config.client_ca.is_some(), "gateway serving TLS");
+    }
     tracing::info!(listen = %config.listen, instance = %config.instance, node = %config.node_id, "gateway serving");
     // Returns once the accept loops have seen `shutdown`; connections already accepted
     // go on in their own tasks. Spawned so a panic in Pingora becomes an error here.
@@ -111,6 +210,7 @@ pub async fn run(
     })
     .await;
 
+    draining.store(true, std::sync::atomic::Ordering::Release);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, in_flight.idle()).await;
     if drained.is_err() {
         tracing::warn!(
@@ -121,49 +221,237 @@ pub async fn run(
     stop_tx.send_replace(true);
     let _ = config_loop.await;
     let _ = heartbeat.await;
+    if let Some(server) = status_server {
+        let _ = server.await;
+    }
     served.context("the proxy service failed")?;
     tracing::info!(node = %config.node_id, "gateway stopped");
     Ok(())
 }
 
-/// Follows the instance's prefix and swaps in a new runtime config after every change.
-async fn config_loop(
-    mut watcher: PrefixWatcher,
-    mut objects: ConfigObjects,
+/// Follows the instance's prefix and swaps in a new runtime config after every change;
+/// keeps the snapshot file and serves it when the store is unreachable at start.
+struct ConfigLoop {
+    watcher: PrefixWatcher,
+    /// Moved to a blocking thread for each build and back; `None` only meanwhile.
+    compiler: Option<Compiler>,
     current: Arc<ArcSwap<RuntimeConfig>>,
-    applied: watch::Sender<Revision>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let update = tokio::select! {
-            update = watcher.next() => update,
-            _ = stop.wait_for(|stop| *stop) => return,
+    /// Rebuilds the TLS listener's certificates when a certificate object changed.
+    certs: tls::CertReloader,
+    /// Read by every TLS handshake; replaced after a rebuild.
+    cert_table: Arc<ArcSwap<tls::CertTable>>,
+    status: watch::Sender<NodeStatus>,
+    snapshot: Option<SnapshotFile>,
+    instance: String,
+    /// When the snapshot file is due to be rewritten; `None` when it is up to date.
+    next_save: Option<tokio::time::Instant>,
+}
+
+impl ConfigLoop {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        if self.snapshot.is_some() {
+            let first = tokio::select! {
+                update = self.watcher.next() => Some(update),
+                _ = tokio::time::sleep(COLD_START_GRACE) => None,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            let applied = match first {
+                Some(update) => self.apply(update, ConfigSource::Store).await,
+                None => self.cold_start().await,
+            };
+            if !applied {
+                return;
+            }
+        }
+        enum Event {
+            Update(Update),
+            Save,
+            Stop,
+        }
+        loop {
+            let next_save = self.next_save;
+            let event = tokio::select! {
+                update = self.watcher.next() => Event::Update(update),
+                _ = sleep_until(next_save), if next_save.is_some() => Event::Save,
+                _ = stop.wait_for(|stop| *stop) => Event::Stop,
+            };
+            let go_on = match event {
+                Event::Update(update) => self.apply(update, ConfigSource::Store).await,
+                Event::Save => self.save().await,
+                Event::Stop => {
+                    if self.next_save.is_some() {
+                        self.save().await;
+                    }
+                    false
+                }
+            };
+            if !go_on {
+                return;
+            }
+        }
+    }
+
+    /// The store did not answer in time: serve the snapshot file, if there is one.
+    async fn cold_start(&mut self) -> bool {
+        let Some(file) = self.snapshot.clone() else {
+            return true;
         };
-        if !objects.apply(update) {
-            continue;
+        let instance = self.instance.clone();
+        let loaded = tokio::task::spawn_blocking(move || file.load(&instance)).await;
+        match loaded {
+            Ok(Ok(Some(loaded))) => {
+                tracing::warn!(
+                    revision = loaded.revision,
+                    saved_at_ms = loaded.saved_at_ms,
+                    keys = loaded.kvs.len(),
+                    "the store did not answer at start; serving the local snapshot until it does"
+                );
+                let reset = Update::Reset(store::Listing {
+                    revision: 0,
+                    kvs: loaded.kvs,
+                });
+                self.apply(reset, ConfigSource::LocalSnapshot).await
+            }
+            Ok(Ok(None)) => {
+                tracing::warn!("the store did not answer at start and there is no local snapshot yet; waiting for the store");
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the store did not answer at start and the local snapshot is unusable; waiting for the store");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the local snapshot failed");
+                true
+            }
+        }
+    }
+
+    /// Applies an update and, when it changed config, builds and swaps in the new one.
+    /// False when the loop cannot go on.
+    async fn apply(&mut self, update: Update, source: ConfigSource) -> bool {
+        let Some(mut compiler) = self.compiler.take() else {
+            return false;
+        };
+        if !compiler.objects.apply(update) {
+            self.compiler = Some(compiler);
+            return true;
         }
         // Building resolves host names, which blocks: keep it off the async workers.
-        let input = objects.clone();
-        let built = tokio::task::spawn_blocking(move || runtime::build(&input)).await;
-        let (config, problems) = match built {
-            Ok(built) => built,
+        let built = tokio::task::spawn_blocking(move || {
+            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compiler.build()));
+            (compiler, built)
+        })
+        .await;
+        let built = match built {
+            Ok((compiler, built)) => {
+                self.compiler = Some(compiler);
+                match built {
+                    Ok(built) => built,
+                    Err(_) => {
+                        tracing::error!("building the config panicked; keeping the current one");
+                        return true;
+                    }
+                }
+            }
             Err(e) => {
-                tracing::error!(error = %e, "building the config failed; keeping the current one");
-                continue;
+                tracing::error!(error = %e, "the config build was lost; the node keeps its current config and stops following the store");
+                return false;
             }
         };
+        let runtime::Built {
+            config,
+            problems,
+            new_pools,
+        } = built;
+        // Each task ends by itself once its pool is no longer in any config.
+        for pool in new_pools {
+            health::spawn_active_checks(pool);
+        }
         for p in &problems {
             tracing::warn!(key = %p.key, reason = %p.reason, "config object not served");
         }
         tracing::info!(
             revision = %config.revision,
+            source = ?source,
             routes = config.router.len(),
             upstreams = config.upstreams,
             problems = problems.len(),
             "config applied"
         );
+        let certs = self
+            .compiler
+            .as_ref()
+            .and_then(|compiler| self.certs.changed(&compiler.objects));
+        if let Some(certs) = certs {
+            reload_certificates(certs, &self.cert_table).await;
+        }
         let revision = config.revision;
-        current.store(Arc::new(config));
-        applied.send_replace(revision);
+        let old = self.current.swap(Arc::new(config));
+        // Freeing a large table takes milliseconds: not on an async worker.
+        tokio::task::spawn_blocking(move || drop(old));
+        self.status.send_replace(NodeStatus { revision, source });
+        if source == ConfigSource::Store && self.snapshot.is_some() && self.next_save.is_none() {
+            self.next_save = Some(tokio::time::Instant::now() + SNAPSHOT_INTERVAL);
+        }
+        true
+    }
+
+    /// Writes the snapshot file; false when the loop cannot go on.
+    async fn save(&mut self) -> bool {
+        self.next_save = None;
+        let (Some(compiler), Some(file)) = (self.compiler.take(), self.snapshot.clone()) else {
+            return self.compiler.is_some();
+        };
+        let revision = self.status.borrow().revision.0;
+        let instance = self.instance.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            let result = file.save(&instance, revision, compiler.objects.entries());
+            (compiler, result)
+        })
+        .await;
+        match saved {
+            Ok((compiler, result)) => {
+                self.compiler = Some(compiler);
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "could not write the local snapshot");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "writing the local snapshot failed");
+                false
+            }
+        }
+    }
+}
+
+/// Builds the certificate table and swaps it in; the next TLS handshake uses it,
+/// established connections keep theirs.
+async fn reload_certificates(certs: tls::CertObjects, cert_table: &ArcSwap<tls::CertTable>) {
+    // Parsing keys takes about a millisecond each: not on an async worker.
+    let built = tokio::task::spawn_blocking(move || certs.build()).await;
+    let (table, problems) = match built {
+        Ok(built) => built,
+        Err(e) => {
+            tracing::error!(error = %e, "building the certificate table failed; keeping the current one");
+            return;
+        }
+    };
+    for (key, reason) in &problems {
+        tracing::warn!(key = %key, reason = %reason, "certificate not served");
+    }
+    tracing::info!(
+        server_names = table.len(),
+        problems = problems.len(),
+        "certificates applied"
+    );
+    cert_table.store(Arc::new(table));
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

@@ -2,16 +2,25 @@
 //!
 //! ```text
 //! new_ctx            count the request in flight (shutdown waits for it)
-//! request_filter     load ONE runtime-config snapshot → match route → 404 / 405 here
-//! upstream_peer      pick a node of the route's pool → peer with the pool's timeouts
-//! upstream_request   append the client to X-Forwarded-For; Host passes unchanged
+//! request_filter     limits (414 / 431 / 413 / 400) → normalise the path (used for routing
+//!                    and forwarding alike) → client address → load ONE runtime-config
+//!                    snapshot → match route and predicates → 404 / 405 here
+//! upstream_peer      pick a node of the route's pool (not one this request already
+//!                    failed on) → peer with the pool's scheme, TLS and timeouts
+//! upstream_request   append the client to X-Forwarded-For; Host by `pass_host`
+//! upstream_response  report the status to the pool (passive checks, ewma); a status
+//!                    in `retry_on_statuses` is retried on another node when safe
+//! fail_to_connect    report the failure; retry on another node while the budget lasts
+//! error_while_proxy  retry only when nothing of the body was sent and the method is
+//!                    idempotent
 //! fail_to_proxy      any failure → Refusal → JSON error (the one error → status mapping)
 //! ```
-
-use std::borrow::Cow;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+//!
+//! Retries: a request gets at most `1 + retries` attempts on distinct nodes. A connect
+//! failure is always retried (nothing reached the node). Once the request was sent, it
+//! is retried only if its method is idempotent and it had no body, so a request with a
+//! body is never replayed; a pooled connection the node had closed is retried on a new
+//! one under the same rule without using the budget (the request never reached it).
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -20,19 +29,22 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::sync::Notify;
 
-use crate::balancer::UpstreamPool;
-use crate::router::Match;
+use crate::balancer::{HashInput, Outcome, Pick, UpstreamPool};
+use crate::normalize::normalize;
+use crate::router::{Match, RequestInfo};
 use crate::runtime::RuntimeConfig;
-
-/// How long an idle pooled connection to a node is kept for reuse.
-const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::settings::HttpSettings;
 
 pub struct Proxy {
     /// Swapped by the config loop; each request loads it once.
     pub config: Arc<ArcSwap<RuntimeConfig>>,
     pub in_flight: Arc<InFlight>,
+    pub settings: Arc<HttpSettings>,
 }
 
 /// Per-request state.
@@ -40,6 +52,21 @@ pub struct RequestCtx {
     /// The pool of the matched route, taken from the request's config snapshot so a
     /// reload in the middle of the request does not change where it goes.
     upstream: Option<Arc<UpstreamPool>>,
+    /// The client's address after the trusted-proxy rules (routing and chash use it).
+    client_ip: Option<std::net::IpAddr>,
+    /// The node of the current attempt; held until the request ends, so the node counts
+    /// it as in flight (least_conn, ewma) for the whole exchange.
+    pick: Option<Pick>,
+    /// Whether the current pick's outcome went to the pool already.
+    reported: bool,
+    /// Attempts made (upstream_peer calls that picked a node).
+    attempts: u32,
+    /// Nodes an earlier attempt failed on; empty (no allocation) unless retrying.
+    tried: Vec<usize>,
+    /// Set when the upstream's status is being retried (see upstream_response_filter).
+    status_retry: bool,
+    /// Request body bytes seen so far.
+    body_bytes: u64,
     /// Held for the request's whole life (Pingora drops the context last).
     _in_flight: InFlightGuard,
 }
@@ -48,6 +75,9 @@ pub struct RequestCtx {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     NoRoute,
+    UriTooLong,
+    HeadersTooLarge,
+    BodyTooLarge,
     MethodNotAllowed(Vec<&'static str>),
     /// The client sent something that could not be read as a request.
     BadRequest,
@@ -84,6 +114,9 @@ impl Refusal {
     pub fn status(&self) -> u16 {
         match self {
             Refusal::NoRoute => 404,
+            Refusal::UriTooLong => 414,
+            Refusal::HeadersTooLarge => 431,
+            Refusal::BodyTooLarge => 413,
             Refusal::MethodNotAllowed(_) => 405,
             Refusal::BadRequest => 400,
             Refusal::RequestTimeout => 408,
@@ -98,6 +131,12 @@ impl Refusal {
     fn describe(&self) -> (&'static str, &'static str) {
         match self {
             Refusal::NoRoute => ("no route matches the request", "route_not_found"),
+            Refusal::UriTooLong => ("the request target is too long", "uri_too_long"),
+            Refusal::HeadersTooLarge => (
+                "the request header fields are too large",
+                "request_header_fields_too_large",
+            ),
+            Refusal::BodyTooLarge => ("the request body is too large", "payload_too_large"),
             Refusal::MethodNotAllowed(_) => ("method not allowed", "method_not_allowed"),
             Refusal::BadRequest => ("the request could not be read", "bad_request"),
             Refusal::RequestTimeout => ("the request was not received in time", "request_timeout"),
@@ -122,6 +161,149 @@ impl Refusal {
     }
 }
 
+impl Proxy {
+    /// Checks the request's limits, normalises its path (rewriting the request when the
+    /// normal form differs, so the upstream sees what routing saw) and matches it.
+    fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+        let settings = &self.settings;
+        let req = session.req_header();
+        check_limits(req, settings)?;
+        let client_ip = settings.client_ip(
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            &req.headers,
+        );
+        let normal = normalize(req.uri.path()).map_err(|_| Refusal::BadRequest)?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        // One snapshot for the whole request, whatever reloads happen meanwhile.
+        let config = self.config.load();
+        let host = request_host(req);
+        let info = RequestInfo {
+            host: &host,
+            path: &normal,
+            method: req.method.as_str(),
+            headers: &req.headers,
+            query: req.uri.query(),
+            client_ip,
+            now_ms,
+        };
+        let target = match config.router.lookup(&info) {
+            Match::Found(target) => target.clone(),
+            Match::MethodNotAllowed { allow } => return Err(Refusal::MethodNotAllowed(allow)),
+            Match::NotFound => return Err(Refusal::NoRoute),
+        };
+        if let std::borrow::Cow::Owned(normal) = normal {
+            let uri = match req.uri.query() {
+                Some(q) => format!("{normal}?{q}"),
+                None => normal,
+            };
+            let uri = http::Uri::builder()
+                .path_and_query(uri)
+                .build()
+                .map_err(|_| Refusal::BadRequest)?;
+            session.req_header_mut().set_uri(uri);
+        }
+        ctx.upstream = Some(target.upstream.clone());
+        ctx.client_ip = client_ip;
+        Ok(())
+    }
+
+    /// Reports the current pick's outcome to its pool, once.
+    fn report(ctx: &mut RequestCtx, outcome: Outcome) {
+        if let Some(pick) = &ctx.pick {
+            if !ctx.reported {
+                pick.record(outcome);
+                ctx.reported = true;
+            }
+        }
+    }
+
+    /// Whether another attempt on another node is allowed: budget left and a node not
+    /// yet tried. `failed` is the index of the node that just failed.
+    fn may_try_another(ctx: &RequestCtx, failed: usize) -> bool {
+        let Some(pool) = &ctx.upstream else {
+            return false;
+        };
+        let tried = ctx.tried.len() + usize::from(!ctx.tried.contains(&failed));
+        ctx.attempts <= pool.upstream.retries && tried < pool.len()
+    }
+
+    /// Whether the request may be sent again once it reached a node: an idempotent
+    /// method and no body bytes read from the client.
+    fn replay_is_safe(session: &Session, ctx: &RequestCtx) -> bool {
+        ctx.body_bytes == 0
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+    }
+}
+
+/// The Host header `pass_host` asks for; `None` keeps the client's.
+fn upstream_host(pool: &UpstreamPool, pick: &Pick) -> Option<String> {
+    use model::upstream::PassHost;
+    match pool.upstream.pass_host {
+        PassHost::Pass => None,
+        PassHost::Rewrite => pool.upstream.upstream_host.clone(),
+        PassHost::Node => {
+            let node = pick.node();
+            let default_port = match pool.upstream.scheme {
+                model::upstream::Scheme::Http | model::upstream::Scheme::Grpc => 80,
+                model::upstream::Scheme::Https | model::upstream::Scheme::Grpcs => 443,
+            };
+            let port = pick.addr.port();
+            let host = if node.host.contains(':') {
+                format!("[{}]", node.host)
+            } else {
+                node.host.clone()
+            };
+            Some(if port == default_port {
+                host
+            } else {
+                format!("{host}:{port}")
+            })
+        }
+    }
+}
+
+/// The node's limits on the request head, and on a body of declared length.
+fn check_limits(req: &RequestHeader, settings: &HttpSettings) -> Result<(), Refusal> {
+    let target_len = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > settings.max_uri_bytes {
+        return Err(Refusal::UriTooLong);
+    }
+    let header_bytes: usize = req
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > settings.max_header_bytes {
+        return Err(Refusal::HeadersTooLarge);
+    }
+    let headers = &req.headers;
+    let transfer_encoding = headers.contains_key(http::header::TRANSFER_ENCODING);
+    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    match (lengths.next(), lengths.next(), transfer_encoding) {
+        (None, _, _) => {}
+        // Both framings, or two lengths: a smuggling attempt or a broken client.
+        (Some(_), Some(_), _) | (Some(_), None, true) => return Err(Refusal::BadRequest),
+        (Some(length), None, false) => {
+            let length: u64 = length
+                .to_str()
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse().ok())
+                .ok_or(Refusal::BadRequest)?;
+            if length > settings.max_body_bytes {
+                return Err(Refusal::BodyTooLarge);
+            }
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
@@ -129,28 +311,29 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx {
             upstream: None,
+            client_ip: None,
+            pick: None,
+            reported: false,
+            attempts: 0,
+            tried: Vec::new(),
+            status_retry: false,
+            body_bytes: 0,
             _in_flight: self.in_flight.enter(),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        // One snapshot for the whole request, whatever reloads happen meanwhile.
-        let config = self.config.load();
-        let req = session.req_header();
-        let refusal =
-            match config
-                .router
-                .lookup(&request_host(req), req.uri.path(), req.method.as_str())
-            {
-                Match::Found(target) => {
-                    ctx.upstream = Some(target.upstream.clone());
-                    return Ok(false);
-                }
-                Match::MethodNotAllowed { allow } => Refusal::MethodNotAllowed(allow),
-                Match::NotFound => Refusal::NoRoute,
-            };
-        // Routing refusals keep the connection open, unlike failures (below).
+        let refusal = match self.route(session, ctx) {
+            Ok(()) => return Ok(false),
+            Err(refusal) => refusal,
+        };
+        // Refusals of a well-formed request keep the connection open; a request whose
+        // framing is in doubt (or that is too big to skip) closes it.
+        let keep_alive = matches!(refusal, Refusal::NoRoute | Refusal::MethodNotAllowed(_));
         let (header, body) = refusal.response()?;
+        if !keep_alive {
+            session.set_keepalive(None);
+        }
         session
             .write_response_header(Box::new(header), false)
             .await?;
@@ -158,18 +341,49 @@ impl ProxyHttp for Proxy {
         Ok(true)
     }
 
-    async fn upstream_peer(
+    async fn request_body_filter(
         &self,
         _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > self.settings.max_body_bytes {
+                // A chunked body that outgrew the limit on the way; Content-Length ones
+                // were refused before anything was sent.
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "the request body is over the limit",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        let Some(pool) = &ctx.upstream else {
+        let Some(pool) = ctx.upstream.clone() else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no route was matched before choosing a peer",
             ));
         };
-        let Some(addr) = pool.pick() else {
+        // The previous attempt's pick (if any) is done with before the next is made.
+        ctx.pick = None;
+        ctx.reported = false;
+        let req = session.req_header();
+        let input = HashInput {
+            client_ip: ctx.client_ip,
+            path: req.uri.path(),
+            headers: &req.headers,
+            query: req.uri.query(),
+        };
+        let Some(pick) = pool.pick(&input, &ctx.tried) else {
             let mut e = Error::explain(
                 ErrorType::ConnectNoRoute,
                 format!("upstream {:?} has no node with a known address", pool.id),
@@ -177,19 +391,84 @@ impl ProxyHttp for Proxy {
             e.as_up();
             return Err(e);
         };
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        ctx.attempts += 1;
+        let mut peer = HttpPeer::new(pick.addr, false, String::new());
+        crate::tls::configure_peer(
+            &mut peer,
+            pool.upstream.scheme,
+            pool.upstream.tls.as_ref(),
+            &pick.node().host,
+        );
         peer.options.connection_timeout = Some(pool.timeouts.connect);
         peer.options.read_timeout = Some(pool.timeouts.read);
         peer.options.write_timeout = Some(pool.timeouts.write);
-        peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        peer.options.idle_timeout = Some(pool.timeouts.idle);
+        ctx.pick = Some(pick);
         Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        Self::report(ctx, Outcome::Failed);
+        if let Some(index) = ctx.pick.as_ref().map(|p| p.index) {
+            // Nothing reached the node: always safe to try another.
+            e.set_retry(Self::may_try_another(ctx, index));
+            if !ctx.tried.contains(&index) {
+                ctx.tried.push(index);
+            }
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.status_retry) {
+            // Decided in upstream_response_filter, which checked everything below.
+            e.set_retry(true);
+            return e;
+        }
+        if !Self::replay_is_safe(session, ctx) {
+            e.set_retry(false);
+            Self::report(ctx, Outcome::Failed);
+            return e;
+        }
+        // A pooled connection the node had closed: the request never reached it, so a
+        // new connection to the same node is tried (Pingora marks such errors
+        // ReusedOnly). Anything else counts against the node and the budget.
+        e.retry.decide_reuse(client_reused);
+        if client_reused && e.retry() {
+            ctx.attempts = ctx.attempts.saturating_sub(1);
+            return e;
+        }
+        Self::report(ctx, Outcome::Failed);
+        let Some(index) = ctx.pick.as_ref().map(|p| p.index) else {
+            e.set_retry(false);
+            return e;
+        };
+        e.set_retry(Self::may_try_another(ctx, index));
+        if !ctx.tried.contains(&index) {
+            ctx.tried.push(index);
+        }
+        e
     }
 
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             let ip = addr.ip().to_string();
@@ -203,7 +482,49 @@ impl ProxyHttp for Proxy {
             };
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
         }
+        if let (Some(pool), Some(pick)) = (&ctx.upstream, &ctx.pick) {
+            if let Some(host) = upstream_host(pool, pick) {
+                upstream_request.insert_header(http::header::HOST, host)?;
+            }
+        }
         Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        // 1xx are interim; 101 (an upgrade) is the final answer.
+        if status < 200 && status != 101 {
+            return Ok(());
+        }
+        let Some(pick) = &ctx.pick else {
+            return Ok(());
+        };
+        let index = pick.index;
+        let latency = pick.elapsed();
+        Self::report(ctx, Outcome::Status(status, latency));
+        let retry = ctx
+            .upstream
+            .as_ref()
+            .is_some_and(|pool| pool.upstream.retry_on_statuses.contains(&status))
+            && Self::may_try_another(ctx, index)
+            && Self::replay_is_safe(session, ctx);
+        if !retry {
+            return Ok(());
+        }
+        // Nothing of this response reached the client: drop it and try another node.
+        ctx.tried.push(index);
+        ctx.status_retry = true;
+        let mut e = Error::explain(
+            ErrorType::HTTPStatus(status),
+            "the upstream answered with a status configured for retry",
+        );
+        e.as_up();
+        Err(e)
     }
 
     async fn fail_to_proxy(
@@ -312,6 +633,8 @@ impl Drop for InFlightGuard {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

@@ -1,31 +1,327 @@
-//! The route table: host → path (exact, then longest prefix) → method.
+//! The route table: host → path index → predicates → method.
 //!
-//! Built once per config revision, read by every request. Precedence, most specific
-//! first: an exact path beats a prefix and a longer prefix beats a shorter one; at equal
-//! path specificity an exact host beats a wildcard host (longer suffix first), which
-//! beats a route without hosts; then the higher `priority`; then the smaller route id.
-//! A route whose host and path match but whose methods do not is skipped in favour of
-//! less specific routes; only when nothing at all accepts the method is it a 405.
+//! Built off the request path once per config revision and swapped in whole; read by
+//! every request. A lookup costs a hash lookup per candidate host table plus one walk
+//! down a radix tree as deep as the request path, whatever the number of routes.
+//!
+//! Per host table, routes are indexed by the literal text their paths start with:
+//! exact paths in a hash map; prefix, template (`/users/{id}`) and regex (`~…`) paths in
+//! a radix tree keyed by their literal prefix (`/users/` for `/users/{id}`, `/api/v` for
+//! `~/api/v[0-9]+`), so only routes whose literal prefix is a prefix of the request path
+//! are ever looked at.
+//!
+//! Precedence, most specific first:
+//! 1. path: an exact path beats everything; then the longer literal prefix; at equal
+//!    literal prefix a prefix path beats a template, which beats a regex;
+//! 2. host: an exact host beats a wildcard (longer suffix first), which beats a route
+//!    without hosts;
+//! 3. the higher `priority`;
+//! 4. the smaller route id.
+//!
+//! A candidate is taken only when its path matches, its predicates (headers, query,
+//! cookies, remote address, time window) hold and it accepts the method. Candidates whose
+//! predicates fail are skipped as if their path did not match (404 when nothing else
+//! matches, as in APISIX); candidates that only refuse the method are skipped in favour
+//! of less specific ones, and when nothing accepts the method the answer is 405 with the
+//! methods that would have been accepted.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use model::route::{PathPattern, Route, METHODS};
+use http::HeaderMap;
+use ipnet::IpNet;
+use model::route::{
+    compile_regex, parse_cidr, MatchOp, Matcher, PathPattern, Route, TemplatePart, METHODS,
+};
+use regex::Regex;
 
 use crate::balancer::UpstreamPool;
+
+/// What a lookup needs to know of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestInfo<'a> {
+    /// Lowercase, without port.
+    pub host: &'a str,
+    /// Normalised (see `normalize`), without the query.
+    pub path: &'a str,
+    pub method: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The raw query string, without `?`.
+    pub query: Option<&'a str>,
+    /// The client's address after the trusted-proxy rules.
+    pub client_ip: Option<IpAddr>,
+    /// Now, in milliseconds since the Unix epoch (time windows).
+    pub now_ms: i64,
+}
+
+/// A route compiled for matching; built once per version of the route.
+#[derive(Debug)]
+pub struct CompiledRoute {
+    pub route: Route,
+    /// Lowercase, deduplicated; empty for any host.
+    hosts: Vec<Option<Arc<str>>>,
+    /// Bit i set = `METHODS[i]` accepted; [`ANY_METHOD`] when the route lists none.
+    methods: u16,
+    paths: Vec<CompiledPath>,
+    /// `None` when the route has no predicates, the common case.
+    predicates: Option<Predicates>,
+}
+
+#[derive(Debug)]
+enum CompiledPath {
+    Exact(Arc<str>),
+    Prefix(Arc<str>),
+    Template {
+        literal: Arc<str>,
+        parts: Vec<Part>,
+        tail: bool,
+    },
+    Regex {
+        literal: Arc<str>,
+        regex: Regex,
+    },
+}
+
+#[derive(Debug)]
+enum Part {
+    Literal(String),
+    Param,
+}
+
+#[derive(Debug, Default)]
+struct Predicates {
+    headers: Vec<(http::HeaderName, Test)>,
+    query: Vec<(String, Test)>,
+    cookies: Vec<(String, Test)>,
+    remote: Vec<IpNet>,
+    after_ms: Option<i64>,
+    before_ms: Option<i64>,
+}
+
+#[derive(Debug)]
+struct Test {
+    op: TestOp,
+    not: bool,
+}
+
+#[derive(Debug)]
+enum TestOp {
+    Equals(String),
+    Regex(Regex),
+    Present,
+    Absent,
+}
+
+impl CompiledRoute {
+    /// Compiles a valid route; `Err` says why a route that passed validation still
+    /// cannot be served (it should not happen: validation runs the same parsers).
+    pub fn compile(route: Route) -> Result<Self, String> {
+        let methods = match route.methods.as_slice() {
+            [] => ANY_METHOD,
+            listed => listed.iter().fold(0, |acc, m| acc | method_bit(m)),
+        };
+        let mut paths = Vec::with_capacity(route.paths.len());
+        for (i, path) in route.paths.iter().enumerate() {
+            let pattern = PathPattern::parse(path).map_err(|e| format!("paths[{i}]: {e}"))?;
+            let literal: Arc<str> = pattern.literal_prefix().into();
+            paths.push(match pattern {
+                PathPattern::Exact(_) => CompiledPath::Exact(literal),
+                PathPattern::Prefix(_) => CompiledPath::Prefix(literal),
+                PathPattern::Template { parts, tail } => CompiledPath::Template {
+                    literal,
+                    parts: parts
+                        .into_iter()
+                        .map(|p| match p {
+                            TemplatePart::Literal(l) => Part::Literal(l.to_owned()),
+                            TemplatePart::Param(_) => Part::Param,
+                        })
+                        .collect(),
+                    tail,
+                },
+                PathPattern::Regex(pattern) => CompiledPath::Regex {
+                    literal,
+                    regex: compile_regex(&format!("^(?:{pattern})$"))
+                        .map_err(|e| format!("paths[{i}]: {e}"))?,
+                },
+            });
+        }
+        let predicates = Predicates::compile(&route)?;
+        let mut hosts: Vec<Option<Arc<str>>> = route
+            .hosts
+            .iter()
+            .map(|h| Some(h.to_ascii_lowercase().into()))
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        Ok(Self {
+            hosts,
+            methods,
+            paths,
+            predicates,
+            route,
+        })
+    }
+
+    fn accepts(&self, req: &RequestInfo<'_>) -> bool {
+        self.predicates.as_ref().is_none_or(|p| p.hold(req))
+    }
+}
+
+impl Predicates {
+    fn compile(route: &Route) -> Result<Option<Self>, String> {
+        fn test(field: &str, m: &Matcher) -> Result<Test, String> {
+            let op = match (m.op, &m.value) {
+                (MatchOp::Equals, Some(v)) => TestOp::Equals(v.clone()),
+                (MatchOp::Regex, Some(v)) => {
+                    TestOp::Regex(compile_regex(v).map_err(|e| format!("{field}.value: {e}"))?)
+                }
+                (MatchOp::Present, _) => TestOp::Present,
+                (MatchOp::Absent, _) => TestOp::Absent,
+                (_, None) => return Err(format!("{field}.value: missing")),
+            };
+            Ok(Test { op, not: m.not })
+        }
+        let mut p = Predicates::default();
+        for (i, m) in route.headers.iter().enumerate() {
+            let field = format!("headers[{i}]");
+            let name = http::HeaderName::from_bytes(m.name.as_bytes())
+                .map_err(|e| format!("{field}.name: {e}"))?;
+            p.headers.push((name, test(&field, m)?));
+        }
+        for (i, m) in route.query.iter().enumerate() {
+            p.query
+                .push((m.name.clone(), test(&format!("query[{i}]"), m)?));
+        }
+        for (i, m) in route.cookies.iter().enumerate() {
+            p.cookies
+                .push((m.name.clone(), test(&format!("cookies[{i}]"), m)?));
+        }
+        for (i, addr) in route.remote_addrs.iter().enumerate() {
+            p.remote
+                .push(parse_cidr(addr).ok_or_else(|| format!("remote_addrs[{i}]: not a CIDR"))?);
+        }
+        if let Some(window) = &route.time_window {
+            let (after, before) = window
+                .bounds_ms()
+                .map_err(|(field, why)| format!("time_window.{field}: {why}"))?;
+            p.after_ms = after;
+            p.before_ms = before;
+        }
+        let none = p.headers.is_empty()
+            && p.query.is_empty()
+            && p.cookies.is_empty()
+            && p.remote.is_empty()
+            && p.after_ms.is_none()
+            && p.before_ms.is_none();
+        Ok((!none).then_some(p))
+    }
+
+    fn hold(&self, req: &RequestInfo<'_>) -> bool {
+        if self.after_ms.is_some_and(|after| req.now_ms < after)
+            || self.before_ms.is_some_and(|before| req.now_ms >= before)
+        {
+            return false;
+        }
+        if !self.remote.is_empty()
+            && !req
+                .client_ip
+                .is_some_and(|ip| self.remote.iter().any(|net| net.contains(&ip)))
+        {
+            return false;
+        }
+        let headers = self.headers.iter().all(|(name, test)| {
+            test.holds(
+                req.headers
+                    .get_all(name)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes())),
+            )
+        });
+        let query = self.query.iter().all(|(name, test)| {
+            test.holds(
+                form_urlencoded::parse(req.query.unwrap_or("").as_bytes())
+                    .filter(|(k, _)| k == name)
+                    .map(|(_, v)| v),
+            )
+        });
+        let cookies = self.cookies.iter().all(|(name, test)| {
+            test.holds(
+                req.headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .filter_map(|pair| pair.trim().split_once('='))
+                    .filter(|(k, _)| k == name)
+                    .map(|(_, v)| std::borrow::Cow::Borrowed(v)),
+            )
+        });
+        headers && query && cookies
+    }
+}
+
+impl Test {
+    /// `values`: every value the request has under the name (none when absent).
+    fn holds<'v>(&self, mut values: impl Iterator<Item = std::borrow::Cow<'v, str>>) -> bool {
+        let result = match &self.op {
+            TestOp::Present => values.next().is_some(),
+            TestOp::Absent => values.next().is_none(),
+            TestOp::Equals(want) => values.any(|v| v == want.as_str()),
+            TestOp::Regex(regex) => values.any(|v| regex.is_match(&v)),
+        };
+        result != self.not
+    }
+}
+
+impl CompiledPath {
+    /// Whether `path` matches, given that it starts with the literal prefix.
+    fn matches_rest(&self, path: &str) -> bool {
+        match self {
+            CompiledPath::Exact(p) => path == &**p,
+            CompiledPath::Prefix(_) => true,
+            CompiledPath::Template { parts, tail, .. } => {
+                let mut rest = path;
+                for part in parts {
+                    match part {
+                        Part::Literal(l) => match rest.strip_prefix(l.as_str()) {
+                            Some(r) => rest = r,
+                            None => return false,
+                        },
+                        Part::Param => {
+                            let end = rest.find('/').unwrap_or(rest.len());
+                            if end == 0 {
+                                return false;
+                            }
+                            rest = &rest[end..];
+                        }
+                    }
+                }
+                *tail || rest.is_empty()
+            }
+            CompiledPath::Regex { regex, .. } => regex.is_match(path),
+        }
+    }
+}
 
 /// What a request is sent to when it matches a route.
 #[derive(Debug)]
 pub struct RouteTarget {
-    pub route_id: String,
+    pub route: Arc<CompiledRoute>,
     pub upstream: Arc<UpstreamPool>,
+}
+
+impl RouteTarget {
+    pub fn route_id(&self) -> &str {
+        &self.route.route.id
+    }
 }
 
 /// The outcome of a lookup.
 #[derive(Debug)]
 pub enum Match<'a> {
-    Found(&'a RouteTarget),
-    /// Routes match host and path but not the method; `allow` lists what they accept.
+    Found(&'a Arc<RouteTarget>),
+    /// Routes match the request but not its method; `allow` lists what they accept.
     MethodNotAllowed {
         allow: Vec<&'static str>,
     },
@@ -35,9 +331,9 @@ pub enum Match<'a> {
 #[derive(Debug, Default)]
 pub struct Router {
     /// Routes listing the exact host.
-    by_host: HashMap<String, PathTable>,
+    by_host: HashMap<Arc<str>, PathTable>,
     /// Routes listing `*.example.com`, keyed by the suffix with its dot: `.example.com`.
-    by_wildcard: HashMap<String, PathTable>,
+    by_wildcard: HashMap<Box<str>, PathTable>,
     /// Routes without hosts.
     any_host: PathTable,
     len: usize,
@@ -46,30 +342,43 @@ pub struct Router {
 /// Routes of one host, indexed by path.
 #[derive(Debug, Default)]
 struct PathTable {
-    exact: HashMap<String, Vec<Entry>>,
-    /// Longest prefix first, so the first prefix that matches is the most specific.
-    prefixes: Vec<(String, Vec<Entry>)>,
+    exact: HashMap<Arc<str>, Vec<Entry>>,
+    tree: Node,
 }
 
-/// One route under one (host, path); lists are sorted by priority, then route id.
+/// A radix tree node: `label` is the text from its parent; the key of a node is the
+/// concatenation of the labels from the root.
+#[derive(Debug, Default)]
+struct Node {
+    label: Box<[u8]>,
+    /// Sorted by the first byte of their labels, which differ.
+    children: Vec<Node>,
+    /// Routes whose literal prefix is this node's key, in the order they are tried:
+    /// prefixes, then templates, then regexes; each by priority, then route id.
+    entries: Vec<Entry>,
+}
+
+/// One path of one route under one host.
 #[derive(Debug)]
 struct Entry {
+    kind: Kind,
     priority: i32,
-    /// Bit i set = `METHODS[i]` accepted; [`ANY_METHOD`] when the route lists none.
     methods: u16,
+    /// Index into the route's compiled paths.
+    path: u16,
     target: Arc<RouteTarget>,
 }
 
-const ANY_METHOD: u16 = u16::MAX;
-
-/// How specific a candidate is; compared field by field, the greater wins.
+/// Path kinds at equal literal prefix, most specific first when sorted descending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Rank {
-    /// Exact paths rank above every prefix: `usize::MAX`; a prefix ranks by its length.
-    path: usize,
-    /// Exact host `usize::MAX`; wildcard by suffix length; no host 0.
-    host: usize,
+enum Kind {
+    Regex = 0,
+    Template = 1,
+    Prefix = 2,
+    Exact = 3,
 }
+
+const ANY_METHOD: u16 = u16::MAX;
 
 /// A method no route can list (WebDAV's, say); only routes without methods accept it.
 const OTHER_METHOD: u16 = 1 << 15;
@@ -81,52 +390,64 @@ fn method_bit(method: &str) -> u16 {
         .map_or(OTHER_METHOD, |i| 1 << i)
 }
 
+/// How specific a candidate is; compared field by field, the greater wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    /// Exact paths rank above everything: `u64::MAX`; others literal length × 4 + kind.
+    path: u64,
+    /// Exact host `usize::MAX`; wildcard by suffix length; no host 0.
+    host: usize,
+}
+
+fn path_rank(kind: Kind, literal_len: usize) -> u64 {
+    match kind {
+        Kind::Exact => u64::MAX,
+        _ => (literal_len as u64) * 4 + kind as u64,
+    }
+}
+
 impl Router {
-    /// Builds the table from valid, enabled routes (the caller has skipped the rest).
-    pub fn build(routes: Vec<(Route, Arc<UpstreamPool>)>) -> Self {
+    /// Builds the table from compiled, enabled routes and their upstream pools.
+    pub fn build(routes: Vec<(Arc<CompiledRoute>, Arc<UpstreamPool>)>) -> Self {
         let mut router = Router::default();
-        for (route, upstream) in routes {
+        for (compiled, upstream) in routes {
+            let route = &compiled.route;
             let target = Arc::new(RouteTarget {
-                route_id: route.id.clone(),
+                route: compiled.clone(),
                 upstream,
             });
-            let methods = match route.methods.as_slice() {
-                [] => ANY_METHOD,
-                listed => listed.iter().fold(0, |acc, m| acc | method_bit(m)),
-            };
-            let hosts: Vec<Option<String>> = if route.hosts.is_empty() {
-                vec![None]
+            let any_host = [None];
+            let hosts: &[Option<Arc<str>>] = if compiled.hosts.is_empty() {
+                &any_host
             } else {
-                let mut hosts: Vec<_> = route
-                    .hosts
-                    .iter()
-                    .map(|h| Some(h.to_ascii_lowercase()))
-                    .collect();
-                hosts.sort();
-                hosts.dedup();
-                hosts
+                &compiled.hosts
             };
             for host in hosts {
                 let table = match host {
                     None => &mut router.any_host,
                     Some(h) => match h.strip_prefix('*') {
-                        Some(suffix) => router.by_wildcard.entry(suffix.to_owned()).or_default(),
-                        None => router.by_host.entry(h).or_default(),
+                        Some(suffix) => router.by_wildcard.entry(suffix.into()).or_default(),
+                        None => router.by_host.entry(h.clone()).or_default(),
                     },
                 };
-                for path in &route.paths {
+                for (i, path) in compiled.paths.iter().enumerate() {
+                    let (kind, key) = match path {
+                        CompiledPath::Exact(p) => (Kind::Exact, p),
+                        CompiledPath::Prefix(p) => (Kind::Prefix, p),
+                        CompiledPath::Template { literal, .. } => (Kind::Template, literal),
+                        CompiledPath::Regex { literal, .. } => (Kind::Regex, literal),
+                    };
                     let entry = Entry {
+                        kind,
                         priority: route.priority,
-                        methods,
+                        methods: compiled.methods,
+                        // Validation caps a route's paths far below u16::MAX.
+                        path: u16::try_from(i).unwrap_or(u16::MAX),
                         target: target.clone(),
                     };
-                    match PathPattern::parse(path) {
-                        PathPattern::Exact(p) => {
-                            table.exact.entry(p.to_owned()).or_default().push(entry)
-                        }
-                        // Merged with equal prefixes after sorting, so the build stays
-                        // O(n log n) however many prefixes a host has.
-                        PathPattern::Prefix(p) => table.prefixes.push((p.to_owned(), vec![entry])),
+                    match kind {
+                        Kind::Exact => table.exact.entry(key.clone()).or_default().push(entry),
+                        _ => table.tree.insert(key.as_bytes(), entry),
                     }
                 }
             }
@@ -136,29 +457,10 @@ impl Router {
             .chain(router.by_host.values_mut())
             .chain(router.by_wildcard.values_mut());
         for table in tables {
-            table
-                .prefixes
-                .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-            table.prefixes.dedup_by(|later, kept| {
-                let same = later.0 == kept.0;
-                if same {
-                    kept.1.append(&mut later.1);
-                }
-                same
-            });
-            let lists = table
-                .exact
-                .values_mut()
-                .chain(table.prefixes.iter_mut().map(|(_, e)| e));
-            for entries in lists {
-                entries.sort_by(|a, b| {
-                    b.priority
-                        .cmp(&a.priority)
-                        .then_with(|| a.target.route_id.cmp(&b.target.route_id))
-                });
-                // A route listing two paths that normalise alike appears once.
-                entries.dedup_by(|a, b| Arc::ptr_eq(&a.target, &b.target));
+            for entries in table.exact.values_mut() {
+                sort_entries(entries);
             }
+            table.tree.sort_entries();
         }
         router
     }
@@ -172,55 +474,30 @@ impl Router {
         self.len == 0
     }
 
-    /// `host` lowercase without port; `path` as received, without the query.
-    pub fn lookup(&self, host: &str, path: &str, method: &str) -> Match<'_> {
-        let method = method_bit(method);
-        let mut best: Option<(Rank, &RouteTarget)> = None;
-        // Methods of routes whose host and path matched, for the `Allow` of a 405.
-        let mut matched_methods: Option<u16> = None;
-
+    pub fn lookup(&self, req: &RequestInfo<'_>) -> Match<'_> {
+        let method = method_bit(req.method);
+        let host = req.host;
+        let mut search = Search {
+            req,
+            method,
+            best: None,
+            allowed: None,
+        };
+        if let Some(table) = self.by_host.get(host) {
+            search.table(table, usize::MAX);
+        }
         // Wildcards: every suffix of the host that starts at a dot, longest first, so
         // `a.b.example.com` tries `.b.example.com`, `.example.com`, `.com`.
-        let wildcards = host.match_indices('.').filter_map(|(i, _)| {
-            let suffix = &host[i..];
-            (i > 0)
-                .then(|| self.by_wildcard.get(suffix))
-                .flatten()
-                .map(|t| (suffix.len(), t))
-        });
-        let tables = self
-            .by_host
-            .get(host)
-            .map(|t| (usize::MAX, t))
-            .into_iter()
-            .chain(wildcards)
-            .chain(std::iter::once((0, &self.any_host)));
-
-        for (host_rank, table) in tables {
-            let exact = table.exact.get(path).map(|e| (usize::MAX, e));
-            let prefixes = table
-                .prefixes
-                .iter()
-                .filter(|(p, _)| path.starts_with(p.as_str()))
-                .map(|(p, e)| (p.len(), e));
-            for (path_rank, entries) in exact.into_iter().chain(prefixes) {
-                let rank = Rank {
-                    path: path_rank,
-                    host: host_rank,
-                };
-                if best.is_some_and(|(b, _)| b >= rank) {
-                    // Candidates come most specific first: nothing later here can win.
-                    break;
+        if !self.by_wildcard.is_empty() {
+            for (i, _) in host.match_indices('.').filter(|(i, _)| *i > 0) {
+                let suffix = &host[i..];
+                if let Some(table) = self.by_wildcard.get(suffix) {
+                    search.table(table, suffix.len());
                 }
-                if let Some(entry) = entries.iter().find(|e| e.methods & method != 0) {
-                    best = Some((rank, &entry.target));
-                    break;
-                }
-                let seen = entries.iter().fold(0, |acc, e| acc | e.methods);
-                matched_methods = Some(matched_methods.unwrap_or(0) | seen);
             }
         }
-        match (best, matched_methods) {
+        search.table(&self.any_host, 0);
+        match (search.best, search.allowed) {
             (Some((_, target)), _) => Match::Found(target),
             (None, Some(methods)) => Match::MethodNotAllowed {
                 allow: METHODS
@@ -235,28 +512,210 @@ impl Router {
     }
 }
 
+fn sort_entries(entries: &mut Vec<Entry>) {
+    entries.sort_by(|a, b| {
+        b.kind
+            .cmp(&a.kind)
+            .then_with(|| b.priority.cmp(&a.priority))
+            .then_with(|| a.target.route_id().cmp(b.target.route_id()))
+            .then_with(|| a.path.cmp(&b.path))
+    });
+    // A route listing two paths that index alike (`/a*` twice, or `/a` and `/a`)
+    // appears once; templates and regexes with the same literal prefix differ.
+    entries.dedup_by(|a, b| {
+        Arc::ptr_eq(&a.target, &b.target)
+            && a.kind == b.kind
+            && matches!(a.kind, Kind::Exact | Kind::Prefix)
+    });
+}
+
+/// The state of one lookup across host tables.
+struct Search<'r, 'q> {
+    req: &'q RequestInfo<'q>,
+    method: u16,
+    best: Option<(Rank, &'r Arc<RouteTarget>)>,
+    /// Methods of candidates that matched all but the method, for the `Allow` of a 405.
+    allowed: Option<u16>,
+}
+
+impl<'r> Search<'r, '_> {
+    fn table(&mut self, table: &'r PathTable, host: usize) {
+        let path = self.req.path;
+        if let Some(entries) = table.exact.get(path) {
+            if self.entries(entries, path.len(), host) {
+                return;
+            }
+        }
+        // Deepest node first: the longer literal prefix is the more specific.
+        let mut walk = table.tree.walk(path.as_bytes());
+        while let Some((depth, node)) = walk.pop() {
+            if self.entries(&node.entries, depth, host) {
+                return;
+            }
+        }
+    }
+
+    /// Tries candidates in order; true when nothing later in this table can win.
+    fn entries(&mut self, entries: &'r [Entry], depth: usize, host: usize) -> bool {
+        for entry in entries {
+            let rank = Rank {
+                path: path_rank(entry.kind, depth),
+                host,
+            };
+            if self.best.is_some_and(|(best, _)| best >= rank) {
+                // Candidates come most specific first: nothing later here can win.
+                return true;
+            }
+            let route = &entry.target.route;
+            let path_matches = match entry.kind {
+                Kind::Exact | Kind::Prefix => true,
+                Kind::Template | Kind::Regex => route
+                    .paths
+                    .get(usize::from(entry.path))
+                    .is_some_and(|p| p.matches_rest(self.req.path)),
+            };
+            if !path_matches || !route.accepts(self.req) {
+                continue;
+            }
+            if entry.methods & self.method != 0 {
+                self.best = Some((rank, &entry.target));
+                return true;
+            }
+            self.allowed = Some(self.allowed.unwrap_or(0) | entry.methods);
+        }
+        false
+    }
+}
+
+impl Node {
+    fn insert(&mut self, key: &[u8], entry: Entry) {
+        let mut node = self;
+        let mut key = key;
+        loop {
+            if key.is_empty() {
+                node.entries.push(entry);
+                return;
+            }
+            let first = key[0];
+            let found = node.children.binary_search_by(|c| c.label[0].cmp(&first));
+            let i = match found {
+                Err(i) => {
+                    node.children.insert(
+                        i,
+                        Node {
+                            label: key.into(),
+                            children: Vec::new(),
+                            entries: vec![entry],
+                        },
+                    );
+                    return;
+                }
+                Ok(i) => i,
+            };
+            let child = &mut node.children[i];
+            let common = child
+                .label
+                .iter()
+                .zip(key)
+                .take_while(|(a, b)| a == b)
+                .count();
+            if common < child.label.len() {
+                // Split: the child keeps the common part, its old self moves below.
+                let tail = Node {
+                    label: child.label[common..].into(),
+                    children: std::mem::take(&mut child.children),
+                    entries: std::mem::take(&mut child.entries),
+                };
+                child.label = child.label[..common].into();
+                child.children = vec![tail];
+            }
+            key = &key[common..];
+            node = &mut node.children[i];
+        }
+    }
+
+    fn sort_entries(&mut self) {
+        sort_entries(&mut self.entries);
+        for child in &mut self.children {
+            child.sort_entries();
+        }
+    }
+
+    /// The nodes whose keys are prefixes of `path`, shallowest first, with their depth
+    /// (key length). Only nodes holding entries are returned.
+    fn walk(&self, path: &[u8]) -> Vec<(usize, &Node)> {
+        let mut found = Vec::new();
+        let mut node = self;
+        let mut depth = 0;
+        loop {
+            if !node.entries.is_empty() {
+                found.push((depth, node));
+            }
+            let rest = &path[depth..];
+            let Some(&first) = rest.first() else {
+                return found;
+            };
+            let Ok(i) = node.children.binary_search_by(|c| c.label[0].cmp(&first)) else {
+                return found;
+            };
+            let child = &node.children[i];
+            if !rest.starts_with(&child.label) {
+                return found;
+            }
+            depth += child.label.len();
+            node = child;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use model::upstream::Upstream;
     use serde_json::json;
 
-    fn route(mut json: serde_json::Value) -> (Route, Arc<UpstreamPool>) {
+    fn pool() -> Arc<UpstreamPool> {
+        static POOL: std::sync::OnceLock<Arc<UpstreamPool>> = std::sync::OnceLock::new();
+        POOL.get_or_init(|| {
+            let up: Upstream = serde_json::from_value(
+                json!({"id": "u", "nodes": [{"host": "127.0.0.1", "port": 1}]}),
+            )
+            .unwrap();
+            Arc::new(UpstreamPool::build(&up).unwrap().pool)
+        })
+        .clone()
+    }
+
+    fn route(mut json: serde_json::Value) -> (Arc<CompiledRoute>, Arc<UpstreamPool>) {
         json["upstream_id"] = "u".into();
         let route: Route = serde_json::from_value(json).unwrap();
         route.validate().unwrap();
-        let up: Upstream =
-            serde_json::from_value(json!({"id": "u", "nodes": [{"host": "127.0.0.1", "port": 1}]}))
-                .unwrap();
-        (route, Arc::new(UpstreamPool::build(&up).unwrap().pool))
+        (Arc::new(CompiledRoute::compile(route).unwrap()), pool())
     }
 
-    fn outcome(router: &Router, host: &str, path: &str, method: &str) -> String {
-        match router.lookup(host, path, method) {
-            Match::Found(t) => t.route_id.clone(),
+    fn request<'a>(host: &'a str, path: &'a str, method: &'a str) -> RequestInfo<'a> {
+        static NO_HEADERS: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
+        RequestInfo {
+            host,
+            path,
+            method,
+            headers: NO_HEADERS.get_or_init(HeaderMap::new),
+            query: None,
+            client_ip: None,
+            now_ms: 0,
+        }
+    }
+
+    fn describe(m: Match<'_>) -> String {
+        match m {
+            Match::Found(t) => t.route_id().to_owned(),
             Match::MethodNotAllowed { allow } => format!("405 {}", allow.join(",")),
             Match::NotFound => "404".into(),
         }
+    }
+
+    fn outcome(router: &Router, host: &str, path: &str, method: &str) -> String {
+        describe(router.lookup(&request(host, path, method)))
     }
 
     fn check(routes: Vec<serde_json::Value>, cases: &[(&str, &str, &str, &str)]) {
@@ -394,9 +853,412 @@ mod tests {
         assert_eq!(router.len(), 2);
         assert!(!router.is_empty());
         assert!(Router::default().is_empty());
-        assert!(matches!(router.lookup("x.io", "/a", "GET"), Match::Found(t) if t.route_id == "r"));
-        assert!(
-            matches!(router.lookup("z.y.io", "/bb", "GET"), Match::Found(t) if t.route_id == "r")
+        assert_eq!(outcome(&router, "x.io", "/a", "GET"), "r");
+        assert_eq!(outcome(&router, "z.y.io", "/bb", "GET"), "r");
+    }
+
+    #[test]
+    fn templates_and_regexes_rank_below_prefixes_of_equal_literal() {
+        check(
+            vec![
+                json!({"id": "root", "paths": ["/*"]}),
+                json!({"id": "user", "paths": ["/users/{id}"]}),
+                json!({"id": "user-posts", "paths": ["/users/{id}/posts/*"]}),
+                json!({"id": "me", "paths": ["/users/me"]}),
+                json!({"id": "files", "paths": ["/files/*"]}),
+                json!({"id": "file-id", "paths": ["/files/{id}"]}),
+                json!({"id": "versioned", "paths": ["~/api/v[0-9]+/.*"]}),
+                json!({"id": "api-tpl", "paths": ["/api/{version}/items"]}),
+                json!({"id": "api-re", "paths": ["~/api/[a-z]+[0-9]/items"]}),
+                json!({"id": "v2", "paths": ["/api/v2/*"]}),
+                json!({"id": "any-segment", "paths": ["/{a}/{b}/leaf"]}),
+            ],
+            &[
+                ("h", "/users/7", "GET", "user"),
+                ("h", "/users/me", "GET", "me"),
+                // A parameter is one non-empty segment.
+                ("h", "/users/", "GET", "root"),
+                ("h", "/users/7/x", "GET", "root"),
+                ("h", "/users/7/posts/1", "GET", "user-posts"),
+                ("h", "/users/7/posts", "GET", "root"),
+                // Prefix beats template at the same literal prefix.
+                ("h", "/files/9", "GET", "files"),
+                // Template beats regex at the same literal prefix (`/api/`) ...
+                ("h", "/api/ab1/items", "GET", "api-tpl"),
+                ("h", "/api/x/items", "GET", "api-tpl"),
+                // ... but a longer literal prefix wins: `~/api/v[0-9]+/.*` has `/api/v`.
+                ("h", "/api/v1/items", "GET", "versioned"),
+                ("h", "/api/v1/other", "GET", "versioned"),
+                ("h", "/api/vx/other", "GET", "root"),
+                // The longer literal prefix wins: `/api/v2/` over `/api/v`.
+                ("h", "/api/v2/items", "GET", "v2"),
+                // Equal literal prefix `/`: the prefix `/*` beats the template, even
+                // for a host-specific template (path before host).
+                ("h", "/x/y/leaf", "GET", "root"),
+            ],
         );
+    }
+
+    fn router_of(routes: Vec<serde_json::Value>) -> Router {
+        Router::build(routes.into_iter().map(route).collect())
+    }
+
+    #[test]
+    fn predicates_each_kind() {
+        let router = router_of(vec![
+            json!({"id": "fallback", "paths": ["/*"]}),
+            json!({"id": "hdr-eq", "paths": ["/h"], "headers": [{"name": "X-Env", "op": "equals", "value": "canary"}]}),
+            json!({"id": "hdr-re", "paths": ["/h"], "headers": [{"name": "x-env", "op": "regex", "value": "^stag"}], "priority": -1}),
+            json!({"id": "hdr-absent", "paths": ["/ha"], "headers": [{"name": "x-debug", "op": "absent"}]}),
+            json!({"id": "hdr-not", "paths": ["/hn"], "headers": [{"name": "x-env", "op": "equals", "value": "prod", "not": true}]}),
+            json!({"id": "q-present", "paths": ["/q"], "query": [{"name": "debug", "op": "present"}]}),
+            json!({"id": "q-eq", "paths": ["/qe"], "query": [{"name": "v", "op": "equals", "value": "a b"}]}),
+            json!({"id": "cookie", "paths": ["/c"], "cookies": [{"name": "beta", "op": "regex", "value": "^(1|yes)$"}]}),
+            json!({"id": "cidr", "paths": ["/ip"], "remote_addrs": ["10.0.0.0/8", "2001:db8::/32"]}),
+            json!({"id": "window", "paths": ["/t"], "time_window": {"after": "2026-01-01T00:00:00+01:00", "before": "2026-01-02T00:00:00+01:00"}}),
+            json!({"id": "after", "paths": ["/ta"], "time_window": {"after": "2026-01-01T00:00:00Z"}}),
+            json!({"id": "all", "paths": ["/all"], "methods": ["POST"], "headers": [{"name": "x-a", "op": "present"}], "query": [{"name": "b", "op": "absent"}]}),
+        ]);
+        let jan1_noon_utc = 1_767_268_800_000; // 2026-01-01T12:00:00Z
+        struct Case {
+            path: &'static str,
+            headers: &'static [(&'static str, &'static str)],
+            query: Option<&'static str>,
+            ip: Option<&'static str>,
+            now: i64,
+            method: &'static str,
+            want: &'static str,
+        }
+        let case = |path, headers, query, want| Case {
+            path,
+            headers,
+            query,
+            ip: None,
+            now: jan1_noon_utc,
+            method: "GET",
+            want,
+        };
+        let cases = [
+            case("/h", &[("x-env", "canary")], None, "hdr-eq"),
+            case(
+                "/h",
+                &[("x-env", "other"), ("x-env", "canary")],
+                None,
+                "hdr-eq",
+            ),
+            case("/h", &[("x-env", "staging")], None, "hdr-re"),
+            case("/h", &[("x-env", "Canary")], None, "fallback"),
+            case("/h", &[], None, "fallback"),
+            case("/ha", &[], None, "hdr-absent"),
+            case("/ha", &[("x-debug", "")], None, "fallback"),
+            case("/hn", &[("x-env", "dev")], None, "hdr-not"),
+            case("/hn", &[], None, "hdr-not"),
+            case("/hn", &[("x-env", "prod")], None, "fallback"),
+            case("/q", &[], Some("debug"), "q-present"),
+            case("/q", &[], Some("a=1&debug=&b"), "q-present"),
+            case("/q", &[], Some("debugx=1"), "fallback"),
+            case("/q", &[], None, "fallback"),
+            case("/qe", &[], Some("v=a+b"), "q-eq"),
+            case("/qe", &[], Some("v=a%20b"), "q-eq"),
+            case("/qe", &[], Some("v=ab"), "fallback"),
+            case("/c", &[("cookie", "a=1; beta=yes")], None, "cookie"),
+            case(
+                "/c",
+                &[("cookie", "a=1"), ("cookie", "beta=1")],
+                None,
+                "cookie",
+            ),
+            case("/c", &[("cookie", "beta=no")], None, "fallback"),
+            case("/c", &[("cookie", "xbeta=1")], None, "fallback"),
+            Case {
+                ip: Some("10.1.2.3"),
+                ..case("/ip", &[], None, "cidr")
+            },
+            Case {
+                ip: Some("2001:db8::1"),
+                ..case("/ip", &[], None, "cidr")
+            },
+            Case {
+                ip: Some("11.0.0.1"),
+                ..case("/ip", &[], None, "fallback")
+            },
+            case("/ip", &[], None, "fallback"),
+            case("/t", &[], None, "window"),
+            // The window is in +01:00: it began at 2025-12-31T23:00Z.
+            Case {
+                now: 1_767_222_000_000,
+                ..case("/t", &[], None, "window")
+            },
+            Case {
+                now: 1_767_221_999_999,
+                ..case("/t", &[], None, "fallback")
+            },
+            // `before` is exclusive: 2026-01-01T23:00:00Z.
+            Case {
+                now: 1_767_308_400_000,
+                ..case("/t", &[], None, "fallback")
+            },
+            case("/ta", &[], None, "after"),
+            Case {
+                now: 1_767_225_599_999,
+                ..case("/ta", &[], None, "fallback")
+            },
+            Case {
+                method: "POST",
+                ..case("/all", &[("x-a", "1")], None, "all")
+            },
+            Case {
+                method: "POST",
+                ..case("/all", &[("x-a", "1")], Some("b=2"), "fallback")
+            },
+            // Predicates hold but the method does not: the fallback takes it.
+            case("/all", &[("x-a", "1")], None, "fallback"),
+        ];
+        for c in cases {
+            let mut headers = HeaderMap::new();
+            for (k, v) in c.headers {
+                headers.append(
+                    http::HeaderName::from_static(k),
+                    http::HeaderValue::from_static(v),
+                );
+            }
+            let req = RequestInfo {
+                host: "h",
+                path: c.path,
+                method: c.method,
+                headers: &headers,
+                query: c.query,
+                client_ip: c.ip.map(|ip| ip.parse().unwrap()),
+                now_ms: c.now,
+            };
+            assert_eq!(
+                describe(router.lookup(&req)),
+                c.want,
+                "{} {:?} {:?} {:?}",
+                c.path,
+                c.headers,
+                c.query,
+                c.ip
+            );
+        }
+    }
+
+    #[test]
+    fn failed_predicates_are_404_and_method_is_405() {
+        let router = router_of(vec![
+            json!({"id": "canary", "paths": ["/p"], "methods": ["GET"], "headers": [{"name": "x-env", "op": "equals", "value": "canary"}]}),
+            json!({"id": "post-only", "paths": ["/m"], "methods": ["POST"]}),
+        ]);
+        // Predicates fail: as if the path did not match.
+        assert_eq!(outcome(&router, "h", "/p", "GET"), "404");
+        // Predicates would fail too: no 405 advertises a method that would not work.
+        assert_eq!(outcome(&router, "h", "/p", "POST"), "404");
+        assert_eq!(outcome(&router, "h", "/m", "GET"), "405 POST");
+    }
+
+    /// A deliberately simple matcher: every route, every host and path, compared by the
+    /// documented precedence. The indexed router must agree with it.
+    fn reference(
+        routes: &[(Arc<CompiledRoute>, Arc<UpstreamPool>)],
+        req: &RequestInfo<'_>,
+    ) -> String {
+        // (path rank, host rank, priority, reversed id) → the greatest wins.
+        type Key<'a> = (u64, usize, i32, std::cmp::Reverse<&'a str>);
+        let mut best: Option<(Key<'_>, &str)> = None;
+        let mut allowed: Option<u16> = None;
+        for (compiled, _) in routes {
+            let r = &compiled.route;
+            let host_ranks: Vec<usize> = if r.hosts.is_empty() {
+                vec![0]
+            } else {
+                r.hosts
+                    .iter()
+                    .filter_map(|h| {
+                        let h = h.to_ascii_lowercase();
+                        match h.strip_prefix('*') {
+                            Some(suffix) => (req.host.ends_with(suffix)
+                                && req.host.len() > suffix.len())
+                            .then_some(suffix.len()),
+                            None => (h == req.host).then_some(usize::MAX),
+                        }
+                    })
+                    .collect()
+            };
+            let Some(&host) = host_ranks.iter().max() else {
+                continue;
+            };
+            let mut path_best = None;
+            for p in &r.paths {
+                let pattern = PathPattern::parse(p).unwrap();
+                let literal = pattern.literal_prefix();
+                let (kind, ok) = match &pattern {
+                    PathPattern::Exact(e) => (Kind::Exact, req.path == *e),
+                    PathPattern::Prefix(pre) => (Kind::Prefix, req.path.starts_with(pre)),
+                    PathPattern::Template { parts, tail } => {
+                        let mut re = String::from("^");
+                        for part in parts {
+                            match part {
+                                TemplatePart::Literal(l) => re.push_str(&regex::escape(l)),
+                                TemplatePart::Param(_) => re.push_str("[^/]+"),
+                            }
+                        }
+                        if *tail {
+                            re.push_str(".*");
+                        }
+                        re.push('$');
+                        (Kind::Template, Regex::new(&re).unwrap().is_match(req.path))
+                    }
+                    PathPattern::Regex(re) => (
+                        Kind::Regex,
+                        req.path.starts_with(literal)
+                            && Regex::new(&format!("^(?:{re})$"))
+                                .unwrap()
+                                .is_match(req.path),
+                    ),
+                };
+                if ok {
+                    let rank = path_rank(kind, literal.len());
+                    path_best = path_best.max(Some(rank));
+                }
+            }
+            let Some(path) = path_best else { continue };
+            if !compiled.accepts(req) {
+                continue;
+            }
+            if compiled.methods & method_bit(req.method) == 0 {
+                allowed = Some(allowed.unwrap_or(0) | compiled.methods);
+                continue;
+            }
+            let key = (path, host, r.priority, std::cmp::Reverse(r.id.as_str()));
+            if best.as_ref().is_none_or(|(b, _)| key > *b) {
+                best = Some((key, r.id.as_str()));
+            }
+        }
+        match (best, allowed) {
+            (Some((_, id)), _) => id.to_owned(),
+            (None, Some(methods)) => format!(
+                "405 {}",
+                METHODS
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| methods & (1 << i) != 0)
+                    .map(|(_, m)| *m)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            (None, None) => "404".into(),
+        }
+    }
+
+    mod property {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn segment() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec!["a", "b", "ab", "v1", "x"])
+        }
+
+        fn path_of(segments: &[&str]) -> String {
+            format!("/{}", segments.join("/"))
+        }
+
+        fn route_path() -> impl Strategy<Value = String> {
+            (
+                prop::collection::vec(segment(), 0..4),
+                0..6u8,
+                any::<prop::sample::Index>(),
+            )
+                .prop_map(|(segments, kind, at)| {
+                    let base = path_of(&segments);
+                    match kind {
+                        0 | 1 => base,
+                        2 => format!("{base}*"),
+                        3 if !segments.is_empty() => {
+                            let mut s: Vec<String> =
+                                segments.iter().map(|s| s.to_string()).collect();
+                            let i = at.index(s.len());
+                            s[i] = "{p}".into();
+                            path_of(&s.iter().map(String::as_str).collect::<Vec<_>>())
+                        }
+                        4 => format!("{base}/{{p}}*"),
+                        _ => format!("~{}(/[ab]+)?", base.trim_end_matches('/')),
+                    }
+                })
+        }
+
+        fn route_json() -> impl Strategy<Value = serde_json::Value> {
+            (
+                prop::collection::vec(route_path(), 1..3),
+                prop::sample::select(vec![
+                    vec![],
+                    vec!["x.io"],
+                    vec!["*.x.io"],
+                    vec!["a.x.io", "*.io"],
+                ]),
+                prop::sample::subsequence(vec!["GET", "POST", "PUT"], 0..3),
+                -1..2i32,
+                any::<bool>(),
+            )
+                .prop_map(|(paths, hosts, methods, priority, header)| {
+                    let mut r = json!({
+                        "paths": paths, "hosts": hosts, "methods": methods, "priority": priority,
+                    });
+                    if header {
+                        r["headers"] = json!([{"name": "x-v", "op": "equals", "value": "1"}]);
+                    }
+                    r
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+            #[test]
+            fn indexed_router_agrees_with_linear_reference(
+                routes in prop::collection::vec(route_json(), 1..25),
+                requests in prop::collection::vec(
+                    (
+                        prop::collection::vec(segment(), 0..5),
+                        any::<bool>(),
+                        prop::sample::select(vec!["x.io", "a.x.io", "b.a.x.io", "y.io", "other"]),
+                        prop::sample::select(vec!["GET", "POST", "DELETE"]),
+                        any::<bool>(),
+                    ),
+                    1..30,
+                ),
+            ) {
+                let routes: Vec<_> = routes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, mut r)| {
+                        r["id"] = format!("r{i:02}").into();
+                        route(r)
+                    })
+                    .collect();
+                let router = Router::build(routes.clone());
+                let mut with_header = HeaderMap::new();
+                with_header.insert("x-v", http::HeaderValue::from_static("1"));
+                let without = HeaderMap::new();
+                for (segments, slash, host, method, header) in requests {
+                    let mut path = path_of(&segments);
+                    if slash && !path.ends_with('/') {
+                        path.push('/');
+                    }
+                    let req = RequestInfo {
+                        host,
+                        path: &path,
+                        method,
+                        headers: if header { &with_header } else { &without },
+                        query: None,
+                        client_ip: None,
+                        now_ms: 0,
+                    };
+                    prop_assert_eq!(
+                        describe(router.lookup(&req)),
+                        reference(&routes, &req),
+                        "{} {}{}", method, host, path
+                    );
+                }
+            }
+        }
     }
 }

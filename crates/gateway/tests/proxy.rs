@@ -9,158 +9,17 @@ use futures::StreamExt;
 use model::cluster::NodeHeartbeat;
 use model::snapshot::Revision;
 use serde_json::{json, Value};
-use store::keys::Keyspace;
 use store::memory::MemoryStore;
 use store::{
-    ConfigStore, KeyValue, LeaseId, Listing, Op, RawWatch, StoreError, StoreRevision, Txn,
-    TxnOutcome,
+    ConfigStore, KeyValue, LeaseId, Listing, RawWatch, StoreError, StoreRevision, Txn, TxnOutcome,
 };
 use testkit::upstream::NamedUpstream;
+
+mod common;
+use common::{upstream, Node, Options, INSTANCE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-
-const INSTANCE: &str = "instance_a";
-
-struct Node {
-    url: String,
-    store: Arc<dyn ConfigStore>,
-    keyspace: Keyspace,
-    revision: u64,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    http: reqwest::Client,
-}
-
-impl Node {
-    async fn start() -> Self {
-        let store: Arc<dyn ConfigStore> = Arc::new(MemoryStore::new());
-        Self::start_on(store.clone(), store).await
-    }
-
-    /// The gateway reads `gateway_store`; the test writes (as the agent) and reads
-    /// heartbeats through `store`.
-    async fn start_on(gateway_store: Arc<dyn ConfigStore>, store: Arc<dyn ConfigStore>) -> Self {
-        let keyspace = Keyspace::default();
-        let listen = format!("127.0.0.1:{}", testkit::free_port())
-            .parse()
-            .unwrap();
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(gateway::run(
-            gateway::GatewayConfig {
-                listen,
-                instance: INSTANCE.into(),
-                node_id: "node-1".into(),
-                advertise_address: listen.to_string(),
-                heartbeat_interval: Duration::from_millis(200),
-            },
-            gateway_store,
-            keyspace.clone(),
-            rx,
-        ));
-        testkit::wait_for_tcp(&listen.to_string(), Duration::from_secs(10)).await;
-        Self {
-            url: format!("http://{listen}"),
-            store,
-            keyspace,
-            revision: 0,
-            stop,
-            task,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    /// Writes `key` (relative to the instance) and bumps meta, as the agent does.
-    async fn put(&mut self, key: &str, value: Value) {
-        self.write(vec![Op::Put {
-            key: format!("{}{key}", self.keyspace.instance_prefix(INSTANCE)),
-            value: value.to_string().into_bytes(),
-            lease: None,
-        }])
-        .await;
-    }
-
-    async fn put_raw(&mut self, key: &str, raw: &str) {
-        self.write(vec![Op::Put {
-            key: format!("{}{key}", self.keyspace.instance_prefix(INSTANCE)),
-            value: raw.as_bytes().to_vec(),
-            lease: None,
-        }])
-        .await;
-    }
-
-    async fn delete(&mut self, key: &str) {
-        self.write(vec![Op::Delete {
-            key: format!("{}{key}", self.keyspace.instance_prefix(INSTANCE)),
-        }])
-        .await;
-    }
-
-    async fn write(&mut self, mut ops: Vec<Op>) {
-        self.revision += 1;
-        ops.push(Op::Put {
-            key: self.keyspace.meta(INSTANCE),
-            value: json!({"revision": self.revision}).to_string().into_bytes(),
-            lease: None,
-        });
-        let outcome = self
-            .store
-            .txn(Txn {
-                compares: vec![],
-                ops,
-            })
-            .await
-            .unwrap();
-        assert!(outcome.succeeded);
-    }
-
-    async fn get(&self, method: &str, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
-        self.send(
-            self.http
-                .request(method.parse().unwrap(), format!("{}{path}", self.url)),
-        )
-        .await
-    }
-
-    async fn send(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> (u16, String, reqwest::header::HeaderMap) {
-        let resp = request
-            .header("host", "api.example.com:8080")
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        (status, resp.text().await.unwrap(), headers)
-    }
-
-    async fn stop(self) {
-        self.stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("gateway stops")
-            .unwrap()
-            .unwrap();
-    }
-
-    /// Waits until `path` answers `status` with `body` (empty = any body).
-    async fn until(&self, path: &str, status: u16, body: &str) {
-        let start = Instant::now();
-        loop {
-            let (s, b, _) = self.get("GET", path).await;
-            if s == status && (body.is_empty() || b == body) {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "{path}: wanted {status} {body:?}, last {s} {b:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
 
 /// A store the gateway can lose: while `down`, every call fails as unreachable and
 /// open watches end, as with a partitioned etcd.
@@ -256,14 +115,6 @@ async fn raw_upstream(gate: Arc<Semaphore>) -> (u16, tokio::sync::mpsc::Unbounde
         }
     });
     (port, seen_rx)
-}
-
-fn upstream(id: &str, nodes: &[&NamedUpstream]) -> Value {
-    let nodes: Vec<Value> = nodes
-        .iter()
-        .map(|n| json!({"host": "127.0.0.1", "port": n.port(), "weight": 1}))
-        .collect();
-    json!({"id": id, "nodes": nodes})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -503,4 +354,405 @@ async fn shutdown_lets_requests_in_flight_finish() {
         .unwrap()
         .expect("the request in flight completes");
     assert_eq!(response.status(), 200);
+}
+
+/// Sends raw bytes on a new connection and reads until the gateway closes it or
+/// `timeout` passes; returns what came back.
+async fn raw_exchange(url: &str, request: &[u8], timeout: Duration) -> String {
+    let addr = url.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(timeout, conn.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+}
+
+fn header_of<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    response.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_normalised_once_for_routing_and_forwarding() {
+    let admin = NamedUpstream::start("admin").await;
+    let public = NamedUpstream::start("public").await;
+    let mut node = Node::start().await;
+    node.put("upstreams/admin", upstream("admin", &[&admin]))
+        .await;
+    node.put("upstreams/public", upstream("public", &[&public]))
+        .await;
+    node.put(
+        "routes/admin",
+        json!({"id": "admin", "paths": ["/admin/*"], "upstream_id": "admin", "remote_addrs": ["10.0.0.0/8"]}),
+    )
+    .await;
+    node.put(
+        "routes/public",
+        json!({"id": "public", "paths": ["/public/*"], "upstream_id": "public"}),
+    )
+    .await;
+    node.until("/public/x", 200, "public").await;
+
+    // (request target, status, upstream, path the upstream saw). reqwest would clean
+    // dot segments itself, so these go over a raw connection.
+    let cases = [
+        ("/public/a", 200, Some("public"), "/public/a"),
+        ("/public//a/./b", 200, Some("public"), "/public/a/b"),
+        (
+            "/public/%61?q=%2e%2e",
+            200,
+            Some("public"),
+            "/public/a?q=%2e%2e",
+        ),
+        ("/%70ublic/x", 200, Some("public"), "/public/x"),
+        ("/admin/../public/x", 200, Some("public"), "/public/x"),
+        // Escaping the public tree lands on the guarded route, which refuses the
+        // loopback client: its remote_addrs only take 10.0.0.0/8.
+        ("/public/../admin/secret", 404, None, ""),
+        ("/public/%2e%2e/admin/secret", 404, None, ""),
+        ("/public/.%2E/admin/secret", 404, None, ""),
+        ("//admin/secret", 404, None, ""),
+        // An encoded slash is not a separator: this stays under /public.
+        (
+            "/public/..%2Fadmin/secret",
+            200,
+            Some("public"),
+            "/public/..%2Fadmin/secret",
+        ),
+        ("/public/%zz", 400, None, ""),
+    ];
+    for (target, status, upstream, path) in cases {
+        let request = format!("GET {target} HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n");
+        let response = raw_exchange(&node.url, request.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(status_of(&response), status, "{target}: {response}");
+        assert_eq!(header_of(&response, "x-upstream"), upstream, "{target}");
+        if upstream.is_some() {
+            assert_eq!(header_of(&response, "x-path"), Some(path), "{target}");
+        }
+    }
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predicates_pick_routes_over_http() {
+    let stable = NamedUpstream::start("stable").await;
+    let canary = NamedUpstream::start("canary").await;
+    let user = NamedUpstream::start("user").await;
+    let mut node = Node::start().await;
+    node.put("upstreams/stable", upstream("stable", &[&stable]))
+        .await;
+    node.put("upstreams/canary", upstream("canary", &[&canary]))
+        .await;
+    node.put("upstreams/user", upstream("user", &[&user])).await;
+    node.put(
+        "routes/stable",
+        json!({"id": "stable", "paths": ["/app/*"], "upstream_id": "stable"}),
+    )
+    .await;
+    node.put(
+        "routes/canary",
+        json!({"id": "canary", "paths": ["/app/*"], "upstream_id": "canary",
+               "headers": [{"name": "x-canary", "op": "equals", "value": "1"}]}),
+    )
+    .await;
+    node.put(
+        "routes/beta-cookie",
+        json!({"id": "beta-cookie", "paths": ["/app/*"], "upstream_id": "canary",
+               "cookies": [{"name": "beta", "op": "present"}], "query": [{"name": "off", "op": "absent"}]}),
+    )
+    .await;
+    node.put(
+        "routes/user",
+        json!({"id": "user", "paths": ["/users/{id}"], "methods": ["GET"], "upstream_id": "user"}),
+    )
+    .await;
+    node.put(
+        "routes/expired",
+        json!({"id": "expired", "paths": ["/old"], "upstream_id": "user",
+               "time_window": {"before": "2020-01-01T00:00:00Z"}}),
+    )
+    .await;
+    node.until("/users/1", 200, "user").await;
+
+    let url = |p: &str| format!("{}{p}", node.url);
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (node.http.get(url("/app/x")), 200, "stable"),
+        (
+            node.http.get(url("/app/x")).header("x-canary", "1"),
+            200,
+            "canary",
+        ),
+        (
+            node.http.get(url("/app/x")).header("x-canary", "2"),
+            200,
+            "stable",
+        ),
+        (
+            node.http
+                .get(url("/app/x"))
+                .header("cookie", "a=1; beta=on"),
+            200,
+            "canary",
+        ),
+        (
+            node.http
+                .get(url("/app/x?off=1"))
+                .header("cookie", "beta=on"),
+            200,
+            "stable",
+        ),
+        (node.http.get(url("/users/42")), 200, "user"),
+        (node.http.get(url("/users/42/more")), 404, ""),
+        (node.http.delete(url("/users/42")), 405, ""),
+        (node.http.get(url("/old")), 404, ""),
+    ];
+    for (request, status, body) in cases {
+        let (s, b, headers) = node.send(request).await;
+        assert_eq!(s, status, "{b}");
+        if status == 200 {
+            assert_eq!(b, body);
+        }
+        if status == 405 {
+            assert_eq!(headers["allow"], "GET");
+        }
+    }
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_smuggling_probes_are_refused() {
+    let (port, mut seen) = raw_upstream(Arc::new(Semaphore::new(1000))).await;
+    let mut node = Node::start_with(gateway::HttpSettings {
+        max_uri_bytes: 1024,
+        max_header_bytes: 4096,
+        max_body_bytes: 1000,
+        ..gateway::HttpSettings::default()
+    })
+    .await;
+    node.put(
+        "upstreams/raw",
+        json!({"id": "raw", "nodes": [{"host": "127.0.0.1", "port": port}]}),
+    )
+    .await;
+    node.put(
+        "routes/all",
+        json!({"id": "all", "paths": ["/*"], "upstream_id": "raw"}),
+    )
+    .await;
+    node.until("/ok", 200, "").await;
+    while seen.try_recv().is_ok() {}
+
+    let long_uri = format!("/{}", "a".repeat(1100));
+    let big_header = "v".repeat(5000);
+    let cases: Vec<(&str, String, u16)> = vec![
+        (
+            "URI over the limit",
+            format!("GET {long_uri} HTTP/1.1\r\nhost: h\r\n\r\n"),
+            414,
+        ),
+        (
+            "header over the limit",
+            format!("GET / HTTP/1.1\r\nhost: h\r\nx-big: {big_header}\r\n\r\n"),
+            431,
+        ),
+        (
+            "declared body over the limit",
+            "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 5000\r\n\r\n".to_owned(),
+            413,
+        ),
+        (
+            "two different Content-Lengths",
+            "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\nabcde".to_owned(),
+            400,
+        ),
+        (
+            "a signed Content-Length",
+            "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: +4\r\n\r\nabcd".to_owned(),
+            400,
+        ),
+        (
+            "obs-fold",
+            "GET / HTTP/1.1\r\nhost: h\r\nx-a: 1\r\n  folded\r\n\r\n".to_owned(),
+            400,
+        ),
+        (
+            "a bad chunk size",
+            "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".to_owned(),
+            400,
+        ),
+    ];
+    for (what, request, status) in cases {
+        let response = raw_exchange(&node.url, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(!response.is_empty(), "{what}: no response");
+        assert_eq!(status_of(&response), status, "{what}: {response}");
+        // One response and the connection closed: nothing smuggled behind it.
+        assert_eq!(
+            response.matches("HTTP/1.1 ").count(),
+            1,
+            "{what}: {response}"
+        );
+        // Refused before anything went upstream. A bad chunk is found only when the
+        // body streams, after the head went out: the upstream connection is then
+        // cut before a complete request reached it.
+        if what != "a bad chunk size" {
+            assert!(seen.try_recv().is_err(), "{what}: forwarded");
+        }
+        while seen.try_recv().is_ok() {}
+    }
+
+    // Both framings (RFC 9112 §6.3): Transfer-Encoding wins and the connection closes
+    // after the response, so whatever hides behind the body is never read as a request.
+    let smuggle = "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 44\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: h\r\n\r\n";
+    let response = raw_exchange(&node.url, smuggle.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(response.matches("HTTP/1.1 ").count(), 1, "{response}");
+    assert!(!response.contains("/smuggled"), "{response}");
+    assert!(
+        seen.try_recv().is_ok(),
+        "the chunked request itself is served"
+    );
+    assert!(
+        seen.try_recv().is_err(),
+        "the smuggled request reached the upstream"
+    );
+
+    // A chunked body that grows past the limit is cut off.
+    let mut request = b"POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        request.extend_from_slice(format!("{:x}\r\n{}\r\n", 600, "b".repeat(600)).as_bytes());
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let response = raw_exchange(&node.url, &request, Duration::from_secs(5)).await;
+    assert!(
+        response.is_empty() || status_of(&response) == 413,
+        "chunked body over the limit: {response}"
+    );
+
+    // Within the limits everything passes.
+    assert_eq!(node.get("GET", "/a").await.0, 200);
+    let (status, body, _) = node
+        .send(node.http.post(format!("{}/b", node.url)).body("abc"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    node.stop().await;
+}
+
+async fn status_of_node(http: &reqwest::Client, status: std::net::SocketAddr) -> (u16, u16, Value) {
+    let ready = http
+        .get(format!("http://{status}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    let healthz = http
+        .get(format!("http://{status}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    let body = http
+        .get(format!("http://{status}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (healthz, ready, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_serves_the_local_snapshot_while_the_store_is_down() {
+    let a = NamedUpstream::start("a").await;
+    let b = NamedUpstream::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("node.snapshot.json");
+    let store: Arc<dyn ConfigStore> = Arc::new(MemoryStore::new());
+    let (down, _) = tokio::sync::watch::channel(false);
+    let partitionable: Arc<dyn ConfigStore> = Arc::new(Partitionable {
+        inner: store.clone(),
+        down: down.clone(),
+    });
+    let status = format!("127.0.0.1:{}", testkit::free_port())
+        .parse()
+        .unwrap();
+    let options = || Options {
+        snapshot_file: Some(snapshot.clone()),
+        status_listen: Some(status),
+        ..Options::default()
+    };
+
+    // A first life: config from the store, written to the snapshot file.
+    let mut node = Node::start_on_with(partitionable.clone(), store.clone(), options()).await;
+    node.put("upstreams/up", upstream("up", &[&a])).await;
+    node.put(
+        "routes/r",
+        json!({"id": "r", "paths": ["/r"], "upstream_id": "up"}),
+    )
+    .await;
+    node.until("/r", 200, "a").await;
+    let (healthz, ready, body) = status_of_node(&node.http, status).await;
+    assert_eq!((healthz, ready), (200, 200));
+    assert_eq!(body["config_source"], "store");
+    assert_eq!(body["routes"], 1);
+    let start = Instant::now();
+    while !snapshot.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no snapshot written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let revision = node.revision;
+    node.stop().await;
+
+    // The store is unreachable when the node starts again: it serves the snapshot
+    // and says so; the heartbeat cannot be written meanwhile.
+    down.send_replace(true);
+    let mut node = Node::start_on_with(partitionable, store, options()).await;
+    node.revision = revision;
+    let (_, ready, _) = status_of_node(&node.http, status).await;
+    assert_eq!(ready, 503, "ready before any config");
+    node.until("/r", 200, "a").await;
+    let (_, ready, body) = status_of_node(&node.http, status).await;
+    assert_eq!(ready, 200);
+    assert_eq!(body["config_source"], "local_snapshot");
+    assert_eq!(body["applied_revision"], revision);
+
+    // The store comes back: its content replaces the snapshot's.
+    node.put("upstreams/up", upstream("up", &[&b])).await;
+    down.send_replace(false);
+    node.until("/r", 200, "b").await;
+    let (_, _, body) = status_of_node(&node.http, status).await;
+    assert_eq!(body["config_source"], "store");
+    let key = node.keyspace.node(INSTANCE, "node-1");
+    let start = Instant::now();
+    loop {
+        let beat = node.store.get(&key).await.unwrap();
+        let beat = beat.map(|kv| serde_json::from_slice::<NodeHeartbeat>(&kv.value).unwrap());
+        if beat.as_ref().is_some_and(|b| {
+            b.applied_revision == Revision(node.revision)
+                && b.config_source == model::cluster::ConfigSource::Store
+        }) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{beat:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The file names its instance (a node of another instance refuses it).
+    node.stop().await;
+    let text = std::fs::read_to_string(&snapshot).unwrap();
+    assert!(text.contains("\"instance\":\"instance_a\""));
 }

@@ -69,6 +69,43 @@ pub struct NodeHeartbeat {
     pub applied_revision: Revision,
     /// Unix milliseconds of this heartbeat.
     pub updated_at_ms: i64,
+    /// Where the served config came from.
+    #[serde(default)]
+    pub config_source: ConfigSource,
+    /// Health of the nodes of upstreams with health checks, and of any node currently
+    /// considered down.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<UpstreamHealth>,
+}
+
+/// Where a gateway node's config came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigSource {
+    /// Nothing loaded yet: every request gets 404.
+    #[default]
+    None,
+    /// The config store, followed live.
+    Store,
+    /// The node's local snapshot file: the store was unreachable at start.
+    LocalSnapshot,
+}
+
+/// The health of one upstream's nodes as one gateway node sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamHealth {
+    pub upstream_id: String,
+    pub nodes: Vec<NodeHealth>,
+}
+
+/// One upstream node's health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHealth {
+    pub address: String,
+    pub healthy: bool,
+    /// Why it is down (`active: 3 failures`, `passive: ejected …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What an agent reports for one of its instances.

@@ -77,6 +77,9 @@ impl FromStr for ResourceKind {
 }
 
 /// One resource of any kind.
+// Values are short-lived (one request body, one snapshot entry): boxing the larger
+// variants would only add indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Resource {

@@ -10,7 +10,13 @@ pub const METHODS: &[&str] = &[
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
 ];
 
-/// A routing rule. Paths ending in `*` match by prefix (as in APISIX); others exactly.
+/// A routing rule: which requests it takes (host, path, method and predicates) and
+/// where they go.
+///
+/// Paths: `/exact`, `/prefix/*` (trailing `*`), `/users/{id}` (a named parameter is a
+/// whole segment; a template may end in `*` too) and `~regex` (matched against the
+/// whole normalised path, as in Kong). Precedence is documented in the gateway's
+/// router and in `docs/routing.md`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
@@ -24,6 +30,22 @@ pub struct Route {
     /// Empty means any method.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
+    /// Request headers that must (not) match; all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<Matcher>,
+    /// Query arguments that must (not) match; all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<Matcher>,
+    /// Cookies that must (not) match; all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cookies: Vec<Matcher>,
+    /// Client addresses (IPs or CIDRs) the route accepts; empty means any. The client
+    /// address honours the node's trusted-proxy setting.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_addrs: Vec<String>,
+    /// When the route is in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_window: Option<TimeWindow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,21 +61,194 @@ fn enabled_default() -> bool {
     true
 }
 
+/// A test on one header, query argument or cookie.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Matcher {
+    pub name: String,
+    pub op: MatchOp,
+    /// The value to compare with (`equals`) or the pattern (`regex`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Inverts the test.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not: bool,
+}
+
+/// How a [`Matcher`] tests its value. A header sent several times matches when any of
+/// its values does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchOp {
+    Equals,
+    /// Unanchored, like `grep`: use `^…$` for a whole-value match.
+    Regex,
+    Present,
+    Absent,
+}
+
+/// A period in which a route is in force: after and/or before an instant, each an RFC
+/// 3339 timestamp with its offset (`2026-12-24T18:00:00+01:00`); both make a window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeWindow {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+}
+
+/// `(after, before)` in milliseconds since the Unix epoch.
+pub type WindowBounds = (Option<i64>, Option<i64>);
+
+impl TimeWindow {
+    /// The window's bounds; `Err` names the field and says what is wrong with it.
+    pub fn bounds_ms(&self) -> Result<WindowBounds, (&'static str, String)> {
+        let parse = |field: &'static str, value: &Option<String>| {
+            match value {
+            None => Ok(None),
+            Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+                .map(|t| Some(t.timestamp_millis()))
+                .map_err(|e| {
+                    (
+                        field,
+                        format!("must be an RFC 3339 timestamp with offset, like 2026-12-24T18:00:00+01:00 ({e})"),
+                    )
+                }),
+        }
+        };
+        Ok((parse("after", &self.after)?, parse("before", &self.before)?))
+    }
+}
+
 /// How one entry of `paths` matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathPattern<'a> {
     Exact(&'a str),
     /// The literal prefix before the trailing `*`.
     Prefix(&'a str),
+    /// Literal parts and `{name}` segments; `tail` when it ends in `*`.
+    Template {
+        parts: Vec<TemplatePart<'a>>,
+        tail: bool,
+    },
+    /// The pattern after the leading `~`.
+    Regex(&'a str),
+}
+
+/// A piece of a path template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplatePart<'a> {
+    Literal(&'a str),
+    /// A named parameter: one whole, non-empty segment.
+    Param(&'a str),
 }
 
 impl<'a> PathPattern<'a> {
-    pub fn parse(path: &'a str) -> Self {
-        match path.strip_suffix('*') {
-            Some(prefix) => PathPattern::Prefix(prefix),
-            None => PathPattern::Exact(path),
+    /// Reads one `paths` entry; `Err` says what is wrong with it.
+    pub fn parse(path: &'a str) -> Result<Self, String> {
+        if let Some(pattern) = path.strip_prefix('~') {
+            if pattern.is_empty() {
+                return Err("a regex path needs a pattern after '~'".into());
+            }
+            return Ok(PathPattern::Regex(pattern));
+        }
+        if !path.starts_with('/') {
+            return Err("must start with '/' (or '~' for a regex)".into());
+        }
+        if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("must not contain whitespace or control characters".into());
+        }
+        let (body, tail) = match path.strip_suffix('*') {
+            Some(body) => (body, true),
+            None => (path, false),
+        };
+        if body.contains('*') {
+            return Err("'*' is allowed only once, as the last character (prefix match)".into());
+        }
+        if !body.contains('{') && !body.contains('}') {
+            return Ok(if tail {
+                PathPattern::Prefix(body)
+            } else {
+                PathPattern::Exact(body)
+            });
+        }
+        let mut parts = Vec::new();
+        let mut names = Vec::new();
+        let mut literal_start = 0;
+        let mut offset = 0;
+        for segment in body.split('/') {
+            let end = offset + segment.len();
+            if segment.starts_with('{') || segment.ends_with('}') {
+                let name = segment
+                    .strip_prefix('{')
+                    .and_then(|s| s.strip_suffix('}'))
+                    .filter(|n| is_param_name(n))
+                    .ok_or_else(|| {
+                        format!("{segment:?}: a parameter is a whole segment like {{id}}, its name letters, digits and '_'")
+                    })?;
+                if names.contains(&name) {
+                    return Err(format!("parameter {{{name}}} appears twice"));
+                }
+                names.push(name);
+                parts.push(TemplatePart::Literal(&body[literal_start..offset]));
+                parts.push(TemplatePart::Param(name));
+                literal_start = end;
+            } else if segment.contains('{') || segment.contains('}') {
+                return Err(format!(
+                    "{segment:?}: '{{' and '}}' only enclose a whole segment parameter"
+                ));
+            }
+            offset = end + 1;
+        }
+        if literal_start < body.len() {
+            parts.push(TemplatePart::Literal(&body[literal_start..]));
+        }
+        Ok(PathPattern::Template { parts, tail })
+    }
+
+    /// The literal text every matching path starts with; the router indexes by it.
+    pub fn literal_prefix(&self) -> &'a str {
+        match self {
+            PathPattern::Exact(p) | PathPattern::Prefix(p) => p,
+            PathPattern::Template { parts, .. } => match parts.first() {
+                Some(TemplatePart::Literal(l)) => l,
+                _ => "",
+            },
+            PathPattern::Regex(pattern) => regex_literal_prefix(pattern),
         }
     }
+}
+
+fn is_param_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The literal text a regex's every match starts with (it is anchored at the start of
+/// the path): the characters before the first special one, minus the last when a
+/// quantifier follows it; empty when the pattern has an alternation or flags anywhere,
+/// which could make the prefix optional.
+pub fn regex_literal_prefix(pattern: &str) -> &str {
+    let pattern = pattern.strip_prefix('^').unwrap_or(pattern);
+    if pattern.contains('|') {
+        return "";
+    }
+    const SPECIAL: &[u8] = b"\\.+*?()|[]{}^$";
+    let bytes = pattern.as_bytes();
+    let mut end = bytes
+        .iter()
+        .position(|b| SPECIAL.contains(b))
+        .unwrap_or(bytes.len());
+    if matches!(bytes.get(end), Some(b'?' | b'*' | b'{')) {
+        // `ab?`: the `b` is optional. Step back over a whole UTF-8 character.
+        end = pattern[..end]
+            .char_indices()
+            .next_back()
+            .map_or(0, |(i, _)| i);
+    }
+    &pattern[..end]
 }
 
 impl Route {
@@ -77,17 +272,18 @@ impl Route {
         }
         for (i, path) in self.paths.iter().enumerate() {
             let field = format!("paths[{i}]");
-            if !path.starts_with('/') {
-                v.error(&field, "must start with '/'");
-            } else if path.len() > 4096 {
+            if path.len() > 4096 {
                 v.error(&field, "must be at most 4096 characters");
-            } else if path.trim_end_matches('*').contains('*') || path.ends_with("**") {
-                v.error(
-                    &field,
-                    "'*' is allowed only once, as the last character (prefix match)",
-                );
-            } else if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                v.error(&field, "must not contain whitespace or control characters");
+                continue;
+            }
+            match PathPattern::parse(path) {
+                Err(why) => v.error(&field, why),
+                Ok(PathPattern::Regex(pattern)) => {
+                    if let Err(e) = compile_regex(&format!("^(?:{pattern})$")) {
+                        v.error(&field, format!("is not a valid regex: {e}"));
+                    }
+                }
+                Ok(_) => {}
             }
         }
         for (i, method) in self.methods.iter().enumerate() {
@@ -97,6 +293,39 @@ impl Route {
                     format!("must be one of {}", METHODS.join(", ")),
                 );
             }
+        }
+        for (list, matchers) in [
+            ("headers", &self.headers),
+            ("query", &self.query),
+            ("cookies", &self.cookies),
+        ] {
+            for (i, m) in matchers.iter().enumerate() {
+                v.at(&format!("{list}[{i}]"), |v| {
+                    m.validate(v, list == "headers")
+                });
+            }
+        }
+        for (i, addr) in self.remote_addrs.iter().enumerate() {
+            if parse_cidr(addr).is_none() {
+                v.error(
+                    &format!("remote_addrs[{i}]"),
+                    "must be an IP address or a CIDR like 10.0.0.0/8 or 2001:db8::/32",
+                );
+            }
+        }
+        if let Some(window) = &self.time_window {
+            v.at("time_window", |v| {
+                if window.after.is_none() && window.before.is_none() {
+                    v.error("", "give after, before or both");
+                }
+                match window.bounds_ms() {
+                    Err((field, why)) => v.error(field, why),
+                    Ok((Some(after), Some(before))) if after >= before => {
+                        v.error("before", "must be later than after")
+                    }
+                    Ok(_) => {}
+                }
+            });
         }
         match (&self.upstream_id, &self.upstream) {
             (Some(_), Some(_)) => {
@@ -120,6 +349,68 @@ impl Route {
     }
 }
 
+impl Matcher {
+    fn validate(&self, v: &mut Validator, is_header: bool) {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 256
+            && if is_header {
+                http_token(&self.name)
+            } else {
+                !self
+                    .name
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == ';' || c == '=')
+            };
+        if !name_ok {
+            v.error(
+                "name",
+                "must be a non-empty name without spaces, control characters, ';' or '='",
+            );
+        }
+        match (self.op, &self.value) {
+            (MatchOp::Equals, None) | (MatchOp::Regex, None) => {
+                v.error("value", "is required for equals and regex")
+            }
+            (MatchOp::Present | MatchOp::Absent, Some(_)) => {
+                v.error("value", "must be left out for present and absent")
+            }
+            (MatchOp::Regex, Some(pattern)) => {
+                if let Err(e) = compile_regex(pattern) {
+                    v.error("value", format!("is not a valid regex: {e}"));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// An HTTP header name: a token (RFC 9110 §5.6.2).
+fn http_token(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Compiles a regex with the size limits every regex of a route gets (the gateway
+/// uses this too, so what validates is what runs).
+pub fn compile_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(1 << 20)
+        .dfa_size_limit(1 << 20)
+        .build()
+}
+
+/// An IP address or a CIDR block; a bare address is a /32 or /128.
+pub fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>()
+        .ok()
+        .map(|net| net.trunc())
+        .or_else(|| {
+            text.parse::<std::net::IpAddr>()
+                .ok()
+                .map(ipnet::IpNet::from)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,9 +432,86 @@ mod tests {
         assert_eq!(r.priority, 0);
         assert_eq!(
             PathPattern::parse(&r.paths[0]),
-            PathPattern::Prefix("/api/")
+            Ok(PathPattern::Prefix("/api/"))
         );
-        assert_eq!(PathPattern::parse("/a"), PathPattern::Exact("/a"));
+    }
+
+    #[test]
+    fn path_patterns_parse() {
+        use TemplatePart::{Literal, Param};
+        let cases: &[(&str, Result<PathPattern, &str>)] = &[
+            ("/a", Ok(PathPattern::Exact("/a"))),
+            ("/", Ok(PathPattern::Exact("/"))),
+            ("/a/*", Ok(PathPattern::Prefix("/a/"))),
+            ("/*", Ok(PathPattern::Prefix("/"))),
+            ("~^/v[0-9]+/", Ok(PathPattern::Regex("^/v[0-9]+/"))),
+            (
+                "/users/{id}",
+                Ok(PathPattern::Template {
+                    parts: vec![Literal("/users/"), Param("id")],
+                    tail: false,
+                }),
+            ),
+            (
+                "/u/{id}/posts/{post_id}/*",
+                Ok(PathPattern::Template {
+                    parts: vec![
+                        Literal("/u/"),
+                        Param("id"),
+                        Literal("/posts/"),
+                        Param("post_id"),
+                        Literal("/"),
+                    ],
+                    tail: true,
+                }),
+            ),
+            (
+                "/{a}",
+                Ok(PathPattern::Template {
+                    parts: vec![Literal("/"), Param("a")],
+                    tail: false,
+                }),
+            ),
+            ("/u/{id}x", Err("whole segment")),
+            ("/u/x{id}", Err("whole segment")),
+            ("/u/{}", Err("whole segment")),
+            ("/u/{a-b}", Err("whole segment")),
+            ("/u/{a}/{a}", Err("twice")),
+            ("/a*b", Err("'*' is allowed only once")),
+            ("/a**", Err("'*' is allowed only once")),
+            ("a", Err("must start with '/'")),
+            ("~", Err("needs a pattern")),
+        ];
+        for (path, want) in cases {
+            match (PathPattern::parse(path), want) {
+                (Ok(got), Ok(want)) => assert_eq!(&got, want, "{path}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{path}: {got}"),
+                (got, want) => panic!("{path}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn literal_prefixes_index_patterns_safely() {
+        let cases = [
+            ("/users/{id}", "/users/"),
+            ("/{a}/x", "/"),
+            ("~/api/v[0-9]+", "/api/v"),
+            ("~^/api/v1/.*", "/api/v1/"),
+            ("~/files?", "/file"),
+            ("~/ab*c", "/a"),
+            ("~/a{2}", "/"),
+            ("~/a|/b", ""),
+            ("~(?i)/api", ""),
+            ("~/é?", "/"),
+            ("~\\/x", ""),
+            ("/exact", "/exact"),
+            ("/p/*", "/p/"),
+        ];
+        for (path, want) in cases {
+            let pattern = PathPattern::parse(path).unwrap();
+            assert_eq!(pattern.literal_prefix(), want, "{path}");
+        }
     }
 
     #[test]
@@ -192,6 +560,54 @@ mod tests {
                 &["upstream.nodes[0].port"],
             ),
             (r#"{"id":"","paths":["/"],"upstream_id":"u"}"#, &["id"]),
+            (
+                r#"{"id":"r","paths":["~/a(","/u/{x}y"],"upstream_id":"u"}"#,
+                &["paths[0]", "paths[1]"],
+            ),
+            (
+                r#"{"id":"r","paths":["/"],"upstream_id":"u","headers":[{"name":"x a","op":"present"}]}"#,
+                &["headers[0].name"],
+            ),
+            (
+                r#"{"id":"r","paths":["/"],"upstream_id":"u","query":[{"name":"q","op":"equals"}]}"#,
+                &["query[0].value"],
+            ),
+            (
+                r#"{"id":"r","paths":["/"],"upstream_id":"u","cookies":[{"name":"c","op":"absent","value":"v"}]}"#,
+                &["cookies[0].value"],
+            ),
+            (
+                r#"{"id":"r","paths":["/"],"upstream_id":"u","headers":[{"name":"x","op":"regex","value":"(("}]}"#,
+                &["headers[0].value"],
+            ),
+            (
+                r#"{"id":"r","paths":["/"],"upstream_id":"u","headers":[{"name":"x","op":"regex","value":"^a+$","not":true}],"query":[{"name":"a b","op":"present"}]}"#,
+                &["query[0].name"],
+            ),
+            (
+                r#"{"id":"r","paths":["/"],"upstream_id":"u","remote_addrs":["10.0.0.0/8","::1","192.168.1.7","10.0.0.0/33","nope"]}"#,
+                &["remote_addrs[3]", "remote_addrs[4]"],
+            ),
+            (
+                r#"{"id":"r","paths":["/"],"upstream_id":"u","time_window":{}}"#,
+                &["time_window"],
+            ),
+            (
+                r#"{"id":"r","paths":["/"],"upstream_id":"u","time_window":{"after":"tomorrow"}}"#,
+                &["time_window.after"],
+            ),
+            (
+                r#"{"id":"r","paths":["/"],"upstream_id":"u","time_window":{"after":"2026-01-02T00:00:00Z","before":"2026-01-01T23:00:00+02:00"}}"#,
+                &["time_window.before"],
+            ),
+            (
+                r#"{"id":"r","paths":["/"],"upstream_id":"u","time_window":{"after":"2026-01-02T00:00:00Z","before":"2026-01-01T23:00:00-02:00:00"}}"#,
+                &["time_window.before"],
+            ),
+            (
+                r#"{"id":"r","paths":["/"],"upstream_id":"u","time_window":{"after":"2026-01-02T00:00:00+01:00","before":"2026-01-02T00:00:00Z"}}"#,
+                &[],
+            ),
         ];
         for (json, want) in cases {
             assert_eq!(fields(json), *want, "{json}");

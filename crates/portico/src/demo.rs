@@ -68,10 +68,16 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
     let gateway = tokio::spawn(gateway::run(
         gateway::GatewayConfig {
             listen: args.gateway_listen,
+            tls_listen: None,
+            client_ca: None,
             instance: INSTANCE.to_owned(),
             node_id: format!("demo-{}", std::process::id()),
             advertise_address: args.gateway_listen.to_string(),
             heartbeat_interval: Duration::from_secs(2),
+            http: gateway::HttpSettings::default(),
+            // The demo's store is in-process: there is nothing to survive.
+            snapshot_file: None,
+            status_listen: None,
         },
         store,
         keyspace,

@@ -58,8 +58,17 @@ enum Command {
     },
     /// A gateway node: serves the traffic of one instance, config from the store.
     Gateway {
+        /// Plaintext traffic: HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
         #[arg(long, env = "PORTICO_GATEWAY_LISTEN", default_value = "127.0.0.1:9080")]
         listen: SocketAddr,
+        /// TLS traffic (ALPN h2, http/1.1) with the instance's certificates, picked by
+        /// SNI; off by default.
+        #[arg(long, env = "PORTICO_GATEWAY_TLS_LISTEN")]
+        tls_listen: Option<SocketAddr>,
+        /// A PEM bundle of CAs: the TLS listener then requires a client certificate
+        /// signed by one of them (mTLS).
+        #[arg(long, env = "PORTICO_TLS_CLIENT_CA", requires = "tls_listen")]
+        tls_client_ca: Option<std::path::PathBuf>,
         #[arg(long, env = "PORTICO_INSTANCE")]
         instance: String,
         #[arg(long, env = "PORTICO_STORE", default_value = "etcd://127.0.0.1:2379")]
@@ -75,10 +84,75 @@ enum Command {
         /// Worker threads; default: one per core.
         #[arg(long, env = "PORTICO_THREADS")]
         threads: Option<usize>,
+        #[command(flatten)]
+        http: HttpArgs,
+        /// The node's copy of its last good config, served when the store does not
+        /// answer at start; default: portico-<instance>.snapshot.json in the working
+        /// directory. Holds certificate keys: keep it on a private disk.
+        #[arg(long, env = "PORTICO_SNAPSHOT_FILE")]
+        snapshot_file: Option<std::path::PathBuf>,
+        /// Keep no snapshot file.
+        #[arg(long, env = "PORTICO_NO_SNAPSHOT", conflicts_with = "snapshot_file")]
+        no_snapshot: bool,
+        /// Where to serve /healthz, /readyz and /status; off by default.
+        #[arg(long, env = "PORTICO_STATUS_LISTEN")]
+        status_listen: Option<SocketAddr>,
     },
     /// Admin + agent + gateway in one process, SQLite and the in-process store, with a
     /// sample route to a built-in echo upstream.
     Demo(demo::DemoArgs),
+}
+
+/// The gateway's request limits and trusted proxies.
+#[derive(clap::Args)]
+struct HttpArgs {
+    /// Longest request target (path + query) in bytes; longer is refused with 414.
+    #[arg(long, env = "PORTICO_MAX_URI_BYTES", default_value_t = 8 * 1024)]
+    max_uri_bytes: usize,
+    /// Largest request head in bytes; larger is refused with 431.
+    #[arg(long, env = "PORTICO_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    max_header_bytes: usize,
+    /// Largest request body in bytes; larger is refused with 413.
+    #[arg(long, env = "PORTICO_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    max_body_bytes: u64,
+    /// Comma-separated CIDRs of proxies whose real-IP header is believed.
+    #[arg(long, env = "PORTICO_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<String>,
+    /// The header trusted proxies put the client address in.
+    #[arg(
+        long,
+        env = "PORTICO_REAL_IP_HEADER",
+        default_value = "x-forwarded-for"
+    )]
+    real_ip_header: String,
+}
+
+impl HttpArgs {
+    fn settings(self) -> anyhow::Result<gateway::HttpSettings> {
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| {
+                model::route::parse_cidr(s.trim())
+                    .with_context(|| format!("--trusted-proxies: {s:?} is not an IP or CIDR"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let real_ip_header = http::HeaderName::from_bytes(self.real_ip_header.as_bytes())
+            .with_context(|| {
+                format!(
+                    "--real-ip-header: {:?} is not a header name",
+                    self.real_ip_header
+                )
+            })?;
+        Ok(gateway::HttpSettings {
+            max_uri_bytes: self.max_uri_bytes,
+            max_header_bytes: self.max_header_bytes,
+            max_body_bytes: self.max_body_bytes,
+            trusted_proxies,
+            real_ip_header,
+        })
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -141,20 +215,36 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Gateway {
             listen,
+            tls_listen,
+            tls_client_ca,
             instance,
             store,
             node_id,
             advertise_address,
             heartbeat_interval,
             threads: _,
+            http,
+            snapshot_file,
+            no_snapshot,
+            status_listen,
         } => {
             let (store, keyspace) = store::open(&store).await?;
+            let snapshot_file = match (no_snapshot, snapshot_file) {
+                (true, _) => None,
+                (false, Some(path)) => Some(path),
+                (false, None) => Some(format!("portico-{instance}.snapshot.json").into()),
+            };
             let config = gateway::GatewayConfig {
                 listen,
+                tls_listen,
+                client_ca: tls_client_ca,
                 node_id: node_id.unwrap_or_else(|| default_node_id(&instance)),
                 instance,
                 advertise_address: advertise_address.unwrap_or_else(|| listen.to_string()),
                 heartbeat_interval,
+                http: http.settings()?,
+                snapshot_file,
+                status_listen,
             };
             gateway::run(config, store, keyspace, shutdown).await
         }

@@ -1,8 +1,10 @@
 //! Test helpers shared by Portico's crates (dev-only): a real etcd on free ports, child
-//! processes of the `portico` binary, named upstream servers and a whole deployment.
+//! processes of the `portico` binary, named upstream servers, a whole deployment and
+//! synthetic route tables for benchmarks.
 
 pub mod etcd;
 pub mod process;
+pub mod routes;
 pub mod spine;
 pub mod upstream;
 

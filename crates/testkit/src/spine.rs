@@ -89,6 +89,9 @@ impl Spine {
         let mut gateway = |name: &str, prefix: &str, instance: &str| {
             let listen = format!("127.0.0.1:{}", crate::free_port());
             let store = format!("{}{prefix}", etcd.store_url());
+            // Each node keeps its own snapshot file, as separate machines would.
+            let snapshot = dir.join(format!("{name}.snapshot.json"));
+            let snapshot = snapshot.to_string_lossy();
             gateways.push(Process::start(
                 name,
                 bin,
@@ -106,6 +109,8 @@ impl Spine {
                     "500ms",
                     "--threads",
                     "1",
+                    "--snapshot-file",
+                    &snapshot,
                 ],
                 &[],
                 dir,

@@ -70,3 +70,184 @@ impl Drop for NamedUpstream {
         }
     }
 }
+
+/// What a [`ScriptedUpstream`] received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    /// Path and query as sent.
+    pub target: String,
+    /// Header names lowercase, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How a [`ScriptedUpstream`] answers one request.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    /// Wait this long before answering (timeouts).
+    pub delay: std::time::Duration,
+}
+
+impl Answer {
+    pub fn new(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: body.into(),
+            delay: std::time::Duration::ZERO,
+        }
+    }
+}
+
+type Script = dyn Fn(&Received) -> Answer + Send + Sync;
+
+#[derive(Default)]
+struct Recorded {
+    received: std::sync::Mutex<Vec<Received>>,
+    connections: std::sync::atomic::AtomicUsize,
+}
+
+/// A minimal HTTP/1.1 server written on the socket (keep-alive, `Content-Length`
+/// bodies), so a test sees exactly what reached it and over how many connections; its
+/// answers come from a closure.
+pub struct ScriptedUpstream {
+    pub addr: SocketAddr,
+    recorded: std::sync::Arc<Recorded>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedUpstream {
+    pub async fn start(script: impl Fn(&Received) -> Answer + Send + Sync + 'static) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let recorded = std::sync::Arc::new(Recorded::default());
+        let script: std::sync::Arc<Script> = std::sync::Arc::new(script);
+        let task = tokio::spawn({
+            let recorded = recorded.clone();
+            async move {
+                // Dropped with the accept loop, which aborts every connection.
+                let mut connections = tokio::task::JoinSet::new();
+                while let Ok((stream, _)) = listener.accept().await {
+                    recorded
+                        .connections
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    connections.spawn(serve_connection(stream, script.clone(), recorded.clone()));
+                }
+            }
+        });
+        Self {
+            addr,
+            recorded,
+            task,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Every request received so far, in order.
+    pub fn received(&self) -> Vec<Received> {
+        self.recorded
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.recorded
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for ScriptedUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    script: std::sync::Arc<Script>,
+    recorded: std::sync::Arc<Recorded>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::io::BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let (method, target) = (method.to_owned(), target.to_owned());
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+            }
+        }
+        let length = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        if stream.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let received = Received {
+            method,
+            target,
+            headers,
+            body,
+        };
+        let answer = script(&received);
+        recorded
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(received);
+        tokio::time::sleep(answer.delay).await;
+        let response = format!(
+            "HTTP/1.1 {} Scripted\r\ncontent-length: {}\r\n\r\n{}",
+            answer.status,
+            answer.body.len(),
+            answer.body
+        );
+        if stream
+            .get_mut()
+            .write_all(response.as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}

@@ -10,7 +10,12 @@ use anyhow::{bail, Context};
 
 /// (command that must exist, Debian package that provides it)
 const BUILD_PACKAGES: &[(&str, &str)] = &[("cmake", "cmake"), ("protoc", "protobuf-compiler")];
-const TEST_PACKAGES: &[(&str, &str)] = &[("etcd", "etcd-server"), ("etcdctl", "etcd-client")];
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
+    ("h2load", "nghttp2-client"),
+    ("openssl", "openssl"),
+];
 const BENCH_PACKAGES: &[(&str, &str)] = &[("nginx", "nginx"), ("wrk", "wrk")];
 
 fn main() -> anyhow::Result<()> {

@@ -1,0 +1,74 @@
+//! Route lookup and table build at 1k, 10k and 100k routes (criterion).
+//!
+//! The routes (`testkit::routes`) mix what real tables hold: exact paths, prefixes,
+//! templates and a few regexes, spread over a handful of hosts and wildcard hosts. The
+//! request looked up is for the route inserted last, so a table that scanned in
+//! insertion order would show it. Run: `cargo bench -p gateway --bench router`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use gateway::balancer::UpstreamPool;
+use gateway::router::{CompiledRoute, Match, RequestInfo, Router};
+use model::route::Route;
+use model::upstream::Upstream;
+use serde_json::json;
+
+fn routes(n: usize) -> Vec<(Arc<CompiledRoute>, Arc<UpstreamPool>)> {
+    let upstream: Upstream =
+        serde_json::from_value(json!({"id": "u", "nodes": [{"host": "127.0.0.1", "port": 1}]}))
+            .expect("upstream");
+    let pool = Arc::new(UpstreamPool::build(&upstream).expect("pool").pool);
+    (0..n)
+        .map(|i| {
+            let route: Route =
+                serde_json::from_value(testkit::routes::route(i, "u")).expect("route");
+            (
+                Arc::new(CompiledRoute::compile(route).expect("compiles")),
+                pool.clone(),
+            )
+        })
+        .collect()
+}
+
+fn lookup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_lookup");
+    let headers = http::HeaderMap::new();
+    for n in [1_000, 10_000, 100_000] {
+        let router = Router::build(routes(n));
+        let (host, path) = testkit::routes::request(n - 1);
+        let req = RequestInfo {
+            host: &host,
+            path: &path,
+            method: "GET",
+            headers: &headers,
+            query: None,
+            client_ip: None,
+            now_ms: 0,
+        };
+        match router.lookup(&req) {
+            Match::Found(t) => assert_eq!(t.route_id(), format!("r{}", n - 1)),
+            other => panic!("{n}: {host}{path} → {other:?}"),
+        }
+        group.bench_with_input(BenchmarkId::from_parameter(n), &req, |b, req| {
+            b.iter(|| matches!(black_box(&router).lookup(black_box(req)), Match::Found(_)))
+        });
+    }
+    group.finish();
+}
+
+fn build(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_table_build");
+    group.sample_size(10);
+    for n in [10_000, 100_000] {
+        let input = routes(n);
+        group.bench_with_input(BenchmarkId::from_parameter(n), &input, |b, input| {
+            b.iter_with_large_drop(|| Router::build(black_box(input.clone())))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, lookup, build);
+criterion_main!(benches);

@@ -1,0 +1,216 @@
+//! Request path normalisation, done once per request before anything looks at the path.
+//!
+//! Routing, plugins and the request sent upstream all see the same normalised path, so
+//! `/admin/../public`, `/public/%2e%2e/admin` or `//admin` can never reach a route
+//! other than the one their normal form names. The steps, in order:
+//!
+//! 1. percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`, RFC 3986 §2.3) are
+//!    decoded; other escapes stay encoded with uppercase hex (`%2f` → `%2F`), so an
+//!    encoded `/` never becomes a segment separator;
+//! 2. runs of `/` become one;
+//! 3. `.` and `..` segments are resolved (RFC 3986 §5.2.4); `..` at the root stays at
+//!    the root.
+//!
+//! A malformed escape (`%zz`, `%4`) is refused: the request gets a 400.
+
+use std::borrow::Cow;
+
+/// Why a path could not be normalised.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("malformed percent-encoding in the path")]
+    BadEscape,
+    #[error("the path must start with '/'")]
+    NotAbsolute,
+}
+
+/// The normal form of `path` (no query); borrowed when it is normal already, which is
+/// the common case and costs one scan.
+pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+    if !path.starts_with('/') {
+        // `*` (OPTIONS) and authority-form targets have no path to route on.
+        return Err(PathError::NotAbsolute);
+    }
+    if is_normal(path.as_bytes()) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_unreserved(path)?;
+    Ok(Cow::Owned(remove_dot_segments(&decoded)))
+}
+
+/// True when no step would change the path: no `%`, no `//`, no `.` or `..` segment.
+fn is_normal(path: &[u8]) -> bool {
+    let mut previous_slash = false;
+    for (i, &b) in path.iter().enumerate() {
+        match b {
+            b'%' => return false,
+            b'/' if previous_slash => return false,
+            b'.' if previous_slash => {
+                // `/.` followed by end, `/` or `.` starts a dot segment (or `/..x`,
+                // rare enough to take the slow path).
+                if matches!(path.get(i + 1), None | Some(b'/' | b'.')) {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        previous_slash = b == b'/';
+    }
+    true
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Step 1: decodes escaped unreserved characters, uppercases the hex of the rest.
+fn decode_unreserved(text: &str) -> Result<String, PathError> {
+    let path = text.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        if path[i] != b'%' {
+            // Runs between escapes are copied as they are; `%` is ASCII, so the run
+            // ends on a character boundary.
+            let start = i;
+            while i < path.len() && path[i] != b'%' {
+                i += 1;
+            }
+            out.push_str(&text[start..i]);
+            continue;
+        }
+        let (Some(hi), Some(lo)) = (
+            path.get(i + 1).copied().and_then(hex),
+            path.get(i + 2).copied().and_then(hex),
+        ) else {
+            return Err(PathError::BadEscape);
+        };
+        let value = hi << 4 | lo;
+        if is_unreserved(value) {
+            out.push(char::from(value));
+        } else {
+            out.push('%');
+            out.push(char::from(path[i + 1].to_ascii_uppercase()));
+            out.push(char::from(path[i + 2].to_ascii_uppercase()));
+        }
+        i += 3;
+    }
+    Ok(out)
+}
+
+/// Steps 2 and 3 on an absolute path.
+fn remove_dot_segments(path: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    let mut parts = path.split('/').skip(1).peekable();
+    // Whether the result ends in `/`: a trailing empty segment, `.` or `..`.
+    let mut trailing_slash = false;
+    while let Some(segment) = parts.next() {
+        let last = parts.peek().is_none();
+        match segment {
+            "" => {
+                trailing_slash = last;
+                continue;
+            }
+            "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => {
+                segments.push(other);
+                trailing_slash = false;
+                continue;
+            }
+        }
+        trailing_slash = last;
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if trailing_slash || segments.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_forms() {
+        let cases = [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/a/b/", "/a/b/"),
+            ("//a///b//", "/a/b/"),
+            ("/a/./b", "/a/b"),
+            ("/a/b/.", "/a/b/"),
+            ("/a/b/..", "/a/"),
+            ("/a/../b", "/b"),
+            ("/admin/../public", "/public"),
+            ("/../../etc/passwd", "/etc/passwd"),
+            ("/..", "/"),
+            ("/.", "/"),
+            ("/a/..b/.c", "/a/..b/.c"),
+            ("/a/...", "/a/..."),
+            ("/public/%2e%2e/admin", "/admin"),
+            ("/public/%2E%2e/admin", "/admin"),
+            ("/public/.%2e/admin", "/admin"),
+            ("/%61dmin", "/admin"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a%2F..%2Fb", "/a%2F..%2Fb"),
+            ("/%7euser", "/~user"),
+            ("/a%20b", "/a%20b"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/café/./x", "/café/x"),
+            ("/a/%2e/b", "/a/b"),
+            ("/a//../b", "/b"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(normalize(input).unwrap(), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn normal_paths_are_borrowed() {
+        for path in ["/", "/a/b", "/a/b/", "/a.b/c.d", "/a/.b", "/.well-known/x"] {
+            assert!(
+                matches!(normalize(path), Ok(Cow::Borrowed(_))),
+                "{path} should need no work"
+            );
+        }
+    }
+
+    #[test]
+    fn the_result_is_a_fixed_point() {
+        for path in [
+            "//a/%2e%2E/./b//",
+            "/%2e",
+            "/x/%2e%2e/%2e%2e/y/",
+            "/a%2fb/../c",
+        ] {
+            let once = normalize(path).unwrap().into_owned();
+            assert_eq!(normalize(&once).unwrap(), once, "{path}");
+        }
+    }
+
+    #[test]
+    fn bad_escapes_are_refused() {
+        for path in ["/a%", "/a%4", "/a%zz", "/%g0/x"] {
+            assert_eq!(normalize(path), Err(PathError::BadEscape), "{path}");
+        }
+        assert_eq!(normalize("*"), Err(PathError::NotAbsolute));
+        assert_eq!(normalize(""), Err(PathError::NotAbsolute));
+    }
+}

@@ -1,0 +1,116 @@
+//! Node-level HTTP settings: request limits and how the client's address is found.
+//!
+//! These belong to the node (its command line), not to the instance's config: they
+//! protect the node itself and depend on what stands in front of it.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName};
+use ipnet::IpNet;
+
+/// Limits and client-address rules applied to every request.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Longest request target (path and query) in bytes; longer gets 414.
+    pub max_uri_bytes: usize,
+    /// Largest request head (names + values) in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Largest request body in bytes; larger gets 413 (before anything is sent
+    /// upstream when the length is declared).
+    pub max_body_bytes: u64,
+    /// Peers whose `real_ip_header` is believed (load balancers, CDNs). Empty: the
+    /// client is always the peer.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The header trusted peers put the client's address in.
+    pub real_ip_header: HeaderName,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            // nginx's large_client_header_buffers is 4 × 8k; one line may be 8k.
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 32 * 1024,
+            max_body_bytes: 64 * 1024 * 1024,
+            trusted_proxies: Vec::new(),
+            real_ip_header: HeaderName::from_static("x-forwarded-for"),
+        }
+    }
+}
+
+impl HttpSettings {
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client's address: the peer, unless the peer is a trusted proxy; then the
+    /// right-most address in the real-IP header that is not itself trusted (nginx's
+    /// `real_ip_recursive on`). An unparsable entry ends the walk: the last address
+    /// read before it is the client.
+    pub fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        let peer = peer?;
+        if !self.trusts(peer) {
+            return Some(peer);
+        }
+        let mut client = peer;
+        let values: Vec<&str> = headers
+            .get_all(&self.real_ip_header)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+            let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+                break;
+            };
+            client = ip;
+            if !self.trusts(ip) {
+                break;
+            }
+        }
+        Some(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_address_honours_trusted_proxies_only() {
+        let settings = HttpSettings {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+            ..HttpSettings::default()
+        };
+        let cases: &[(&str, &[&str], &str)] = &[
+            // An untrusted peer cannot claim another address.
+            ("203.0.113.9", &["1.2.3.4"], "203.0.113.9"),
+            ("10.0.0.1", &[], "10.0.0.1"),
+            ("10.0.0.1", &["1.2.3.4"], "1.2.3.4"),
+            // The right-most untrusted entry: a client may prepend anything it likes.
+            ("10.0.0.1", &["6.6.6.6, 1.2.3.4, 10.0.0.7"], "1.2.3.4"),
+            ("10.0.0.1", &["6.6.6.6", "1.2.3.4"], "1.2.3.4"),
+            ("10.0.0.1", &["10.0.0.8, 10.0.0.7"], "10.0.0.8"),
+            ("10.0.0.1", &["junk, 10.0.0.7"], "10.0.0.7"),
+            ("::1", &["2001:db8::5"], "2001:db8::5"),
+        ];
+        for (peer, header, want) in cases {
+            let mut headers = HeaderMap::new();
+            for h in *header {
+                headers.append("x-forwarded-for", h.parse().unwrap());
+            }
+            assert_eq!(
+                settings.client_ip(Some(peer.parse().unwrap()), &headers),
+                Some(want.parse().unwrap()),
+                "{peer} {header:?}"
+            );
+        }
+        let plain = HttpSettings::default();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
+        assert_eq!(
+            plain.client_ip(Some("10.0.0.1".parse().unwrap()), &headers),
+            Some("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(plain.client_ip(None, &headers), None);
+    }
+}
