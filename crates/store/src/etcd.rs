@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions,
-    TxnOp, WatchOptions,
+    SortOrder, SortTarget, TxnOp, WatchOptions,
 };
 use futures::StreamExt;
 
@@ -20,6 +20,23 @@ use crate::{
 };
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Keys per page of a listing: well under gRPC's 4 MiB answer limit even for large
+/// objects (certificates are a few KiB).
+const LIST_PAGE: i64 = 500;
+
+/// The first key after every key that starts with `prefix` (etcd's range end for a
+/// prefix); `\0` (to the end of the keyspace) when no such key exists.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
 
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -165,12 +182,36 @@ impl ConfigStore for EtcdStore {
         Ok(resp.kvs().first().map(convert_kv))
     }
 
+    /// Reads the prefix in pages of [`LIST_PAGE`] keys, every page at the first page's
+    /// revision, so the listing is one consistent snapshot however large it is (one
+    /// answer for 100k routes would pass gRPC's 4 MiB message limit).
     async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
         let mut client = self.client.clone();
-        let resp = bounded(client.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        let mut kvs: Vec<KeyValue> = resp.kvs().iter().map(convert_kv).collect();
-        kvs.sort_by(|a, b| a.key.cmp(&b.key));
+        let range_end = prefix_end(prefix.as_bytes());
+        let mut start = prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut kvs: Vec<KeyValue> = Vec::new();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(range_end.clone())
+                .with_limit(LIST_PAGE)
+                .with_sort(SortTarget::Key, SortOrder::Ascend);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let resp = bounded(client.get(start.clone(), Some(options))).await?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            }
+            kvs.extend(resp.kvs().iter().map(convert_kv));
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
         Ok(Listing { revision, kvs })
     }
 

@@ -87,6 +87,7 @@ conformance!(
     lease_expiry_removes_keys,
     watcher_resets_then_follows,
     watcher_relists_after_compaction,
+    large_listings_are_one_snapshot,
 );
 
 fn put(key: &str, value: &str) -> Op {
@@ -180,6 +181,48 @@ fn watch_failed(result: Result<RawWatch, StoreError>) -> StoreError {
         Ok(_) => panic!("the watch was created"),
         Err(e) => e,
     }
+}
+
+/// A listing bigger than one gRPC answer may carry (4 MiB) comes back whole, sorted, and
+/// as of one revision even while the prefix changes during the listing.
+async fn large_listings_are_one_snapshot(backend: Backend) {
+    let s = backend.store.clone();
+    let value = "v".repeat(4 * 1024);
+    // 1 300 keys of 4 KiB: 5.2 MiB; etcd takes at most 128 operations per transaction.
+    for chunk in (0..1300).collect::<Vec<_>>().chunks(100) {
+        let ops = chunk
+            .iter()
+            .map(|i| put(&format!("/big/{i:05}"), &value))
+            .collect();
+        write(s.as_ref(), ops).await;
+    }
+    let writer = tokio::spawn({
+        let s = s.clone();
+        async move {
+            for i in 0..50 {
+                write(s.as_ref(), vec![put(&format!("/big/{i:05}"), "changed")]).await;
+            }
+        }
+    });
+    let listing = s.list("/big/").await.unwrap();
+    writer.await.unwrap();
+    assert_eq!(listing.kvs.len(), 1300);
+    let keys: Vec<&str> = listing.kvs.iter().map(|kv| kv.key.as_str()).collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    assert_eq!(keys, sorted);
+    // Every value is as of the listing's revision: none newer than it.
+    assert!(listing
+        .kvs
+        .iter()
+        .all(|kv| kv.mod_revision <= listing.revision));
+    assert!(listing
+        .kvs
+        .iter()
+        .all(|kv| kv.value.len() == value.len() || kv.value == b"changed"));
+    // A key that sorts right after the prefix is not part of it.
+    write(s.as_ref(), vec![put("/big0", "outside")]).await;
+    assert_eq!(s.list("/big/").await.unwrap().kvs.len(), 1300);
 }
 
 async fn kv_and_transactions(backend: Backend) {
