@@ -70,5 +70,46 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lookup, build);
+/// What a node does when one route of a large config changes: the watch delivers one
+/// key, the compiler re-parses that route and assembles a new config (route index
+/// included). This is the cost a change pays, as opposed to the full build above.
+fn one_change(c: &mut Criterion) {
+    use gateway::runtime::{Compiler, ConfigObjects};
+    use store::keys::Keyspace;
+    let mut group = c.benchmark_group("one_route_changed");
+    group.sample_size(10);
+    for n in [10_000, 100_000] {
+        let keyspace = Keyspace::default();
+        let mut objects = ConfigObjects::new(keyspace.clone(), "bench");
+        let prefix = keyspace.instance_prefix("bench");
+        let upstream = json!({"id": "u", "nodes": [{"host": "127.0.0.1", "port": 1}]});
+        objects.put(
+            format!("{prefix}upstreams/u"),
+            upstream.to_string().into_bytes(),
+        );
+        for i in 0..n {
+            let route = testkit::routes::route(i, "u").to_string().into_bytes();
+            objects.put(format!("{prefix}routes/r{i}"), route);
+        }
+        let mut compiler = Compiler::new(objects);
+        let first = compiler.build();
+        assert_eq!(first.config.router.len(), n);
+        let mut flip = 0u64;
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter_with_large_drop(|| {
+                flip += 1;
+                let mut route = testkit::routes::route(n / 2, "u");
+                route["priority"] = json!(flip % 2);
+                compiler.objects.put(
+                    format!("{prefix}routes/r{}", n / 2),
+                    route.to_string().into_bytes(),
+                );
+                compiler.build()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, lookup, build, one_change);
 criterion_main!(benches);

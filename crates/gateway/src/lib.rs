@@ -18,6 +18,7 @@
 //! 404 and every TLS handshake fails (no certificate yet).
 
 pub mod balancer;
+pub mod deadline;
 pub mod health;
 mod heartbeat;
 pub mod normalize;
@@ -183,7 +184,7 @@ pub async fn run(
     });
 
     let server_conf = Arc::new(ServerConf::default());
-    let mut service = pingora_proxy::http_proxy_service(
+    let mut proxy = pingora_proxy::http_proxy(
         &server_conf,
         Proxy {
             config: current,
@@ -191,12 +192,15 @@ pub async fn run(
             settings: Arc::new(config.http.clone()),
         },
     );
-    if let Some(proxy) = service.app_logic_mut() {
-        let mut options = pingora_core::apps::HttpServerOptions::default();
-        // Only plaintext connections look for the HTTP/2 preface; TLS ones use ALPN.
-        options.h2c = true;
-        proxy.server_options = Some(options);
-    }
+    let mut options = pingora_core::apps::HttpServerOptions::default();
+    // Only plaintext connections look for the HTTP/2 preface; TLS ones use ALPN.
+    options.h2c = true;
+    proxy.server_options = Some(options);
+    // Every HTTP/1.x request head must arrive in full within the timeout (slowloris).
+    let mut service = pingora_core::services::listening::Service::new(
+        "Pingora HTTP Proxy Service".to_string(),
+        deadline::HeadDeadline::new(proxy, config.http.header_read_timeout),
+    );
     service.add_tcp(&config.listen.to_string());
     if let (Some(addr), Some(settings)) = (config.tls_listen, tls_settings) {
         service.add_tls_with_settings(&addr.to_string(), None, settings);

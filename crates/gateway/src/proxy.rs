@@ -166,6 +166,9 @@ impl Proxy {
     /// normal form differs, so the upstream sees what routing saw) and matches it.
     fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
         let settings = &self.settings;
+        if sent_both_framings(session) {
+            return Err(Refusal::BadRequest);
+        }
         let req = session.req_header();
         check_limits(req, settings)?;
         let client_ip = settings.client_ip(
@@ -266,6 +269,27 @@ fn upstream_host(pool: &UpstreamPool, pick: &Pick) -> Option<String> {
             })
         }
     }
+}
+
+/// Whether an HTTP/1 client sent both Content-Length and Transfer-Encoding, a classic
+/// smuggling probe. Pingora drops Content-Length in that case (RFC 9112 §6.3) before the
+/// request reaches us, so the raw head is read, only when Transfer-Encoding is present.
+fn sent_both_framings(session: &Session) -> bool {
+    const NAME: &[u8] = b"content-length:";
+    if !session
+        .req_header()
+        .headers
+        .contains_key(http::header::TRANSFER_ENCODING)
+    {
+        return false;
+    }
+    let Some(h1) = session.as_downstream().as_http1() else {
+        return false;
+    };
+    h1.get_headers_raw_bytes()
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| line.len() >= NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME))
 }
 
 /// The node's limits on the request head, and on a body of declared length.

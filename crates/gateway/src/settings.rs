@@ -4,6 +4,7 @@
 //! protect the node itself and depend on what stands in front of it.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
@@ -18,6 +19,10 @@ pub struct HttpSettings {
     /// Largest request body in bytes; larger gets 413 (before anything is sent
     /// upstream when the length is declared).
     pub max_body_bytes: u64,
+    /// Total time to receive an HTTP/1.x request head, from its first byte (for the
+    /// first request of a plaintext connection: from the connection); the connection is
+    /// closed when it runs out. nginx's `client_header_timeout`. 0 is refused by the CLI.
+    pub header_read_timeout: Duration,
     /// Peers whose `real_ip_header` is believed (load balancers, CDNs). Empty: the
     /// client is always the peer.
     pub trusted_proxies: Vec<IpNet>,
@@ -32,6 +37,8 @@ impl Default for HttpSettings {
             max_uri_bytes: 8 * 1024,
             max_header_bytes: 32 * 1024,
             max_body_bytes: 64 * 1024 * 1024,
+            // nginx's client_header_timeout default.
+            header_read_timeout: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
             real_ip_header: HeaderName::from_static("x-forwarded-for"),
         }

@@ -84,8 +84,9 @@ enum Command {
         /// Worker threads; default: one per core.
         #[arg(long, env = "PORTICO_THREADS")]
         threads: Option<usize>,
+        // Boxed: inline it would make `Command` large for its other variants.
         #[command(flatten)]
-        http: HttpArgs,
+        http: Box<HttpArgs>,
         /// The node's copy of its last good config, served when the store does not
         /// answer at start; default: portico-<instance>.snapshot.json in the working
         /// directory. Holds certificate keys: keep it on a private disk.
@@ -115,6 +116,16 @@ struct HttpArgs {
     /// Largest request body in bytes; larger is refused with 413.
     #[arg(long, env = "PORTICO_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: u64,
+    /// Longest time a client may take to send a request head, from its first byte (from
+    /// the connection for the first one); the connection is then closed. nginx's
+    /// client_header_timeout. E.g. 60s, 500ms.
+    #[arg(
+        long,
+        env = "PORTICO_HEADER_READ_TIMEOUT",
+        default_value = "60s",
+        value_parser = positive_duration
+    )]
+    header_read_timeout: Duration,
     /// Comma-separated CIDRs of proxies whose real-IP header is believed.
     #[arg(long, env = "PORTICO_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<String>,
@@ -149,10 +160,20 @@ impl HttpArgs {
             max_uri_bytes: self.max_uri_bytes,
             max_header_bytes: self.max_header_bytes,
             max_body_bytes: self.max_body_bytes,
+            header_read_timeout: self.header_read_timeout,
             trusted_proxies,
             real_ip_header,
         })
     }
+}
+
+/// A duration such as `60s` or `500ms` that is more than zero.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -307,4 +328,20 @@ fn shutdown_signal() -> watch::Receiver<bool> {
         let _ = tx.send(true);
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_must_be_more_than_zero() {
+        assert_eq!(positive_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(positive_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(
+            positive_duration("0s"),
+            Err("must be more than zero".to_owned())
+        );
+        assert!(positive_duration("soon").is_err());
+    }
 }
