@@ -25,7 +25,6 @@
 //! of less specific ones, and when nothing accepts the method the answer is 405 with the
 //! methods that would have been accepted.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -328,6 +327,10 @@ pub enum Match<'a> {
     NotFound,
 }
 
+/// Hash maps of the route table: hosts and paths come from clients, so the hasher is
+/// seeded per process; foldhash is several times faster than SipHash on short keys.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 pub struct Router {
     /// Routes listing the exact host.
@@ -344,6 +347,8 @@ pub struct Router {
 struct PathTable {
     exact: HashMap<Arc<str>, Vec<Entry>>,
     tree: Node,
+    /// Tree entries gathered during a build, before the tree is made from them at once.
+    pending: Vec<(Arc<str>, Entry)>,
 }
 
 /// A radix tree node: `label` is the text from its parent; the key of a node is the
@@ -447,7 +452,7 @@ impl Router {
                     };
                     match kind {
                         Kind::Exact => table.exact.entry(key.clone()).or_default().push(entry),
-                        _ => table.tree.insert(key.as_bytes(), entry),
+                        _ => table.pending.push((key.clone(), entry)),
                     }
                 }
             }
@@ -460,7 +465,11 @@ impl Router {
             for entries in table.exact.values_mut() {
                 sort_entries(entries);
             }
-            table.tree.sort_entries();
+            let mut pending = std::mem::take(&mut table.pending);
+            pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let (keys, entries): (Vec<Arc<str>>, Vec<Entry>) = pending.into_iter().unzip();
+            let mut entries: Vec<Option<Entry>> = entries.into_iter().map(Some).collect();
+            table.tree = Node::from_sorted(&keys, &mut entries, 0, Box::default());
         }
         router
     }
@@ -588,57 +597,47 @@ impl<'r> Search<'r, '_> {
 }
 
 impl Node {
-    fn insert(&mut self, key: &[u8], entry: Entry) {
-        let mut node = self;
-        let mut key = key;
-        loop {
-            if key.is_empty() {
-                node.entries.push(entry);
-                return;
-            }
-            let first = key[0];
-            let found = node.children.binary_search_by(|c| c.label[0].cmp(&first));
-            let i = match found {
-                Err(i) => {
-                    node.children.insert(
-                        i,
-                        Node {
-                            label: key.into(),
-                            children: Vec::new(),
-                            entries: vec![entry],
-                        },
-                    );
-                    return;
-                }
-                Ok(i) => i,
-            };
-            let child = &mut node.children[i];
-            let common = child
-                .label
+    /// The subtree holding `keys` (sorted; all sharing their first `depth` bytes, the
+    /// new node's key) with their entries, built bottom-up in one pass: children are
+    /// the runs of keys with the same next byte, each labelled with the run's longest
+    /// common prefix (that of its first and last key, since the keys are sorted).
+    fn from_sorted(
+        keys: &[Arc<str>],
+        entries: &mut [Option<Entry>],
+        depth: usize,
+        label: Box<[u8]>,
+    ) -> Node {
+        let mut node = Node {
+            label,
+            children: Vec::new(),
+            entries: Vec::new(),
+        };
+        // Keys ending here sort first.
+        let here = keys.partition_point(|k| k.len() == depth);
+        node.entries = entries[..here]
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        sort_entries(&mut node.entries);
+        let mut i = here;
+        while i < keys.len() {
+            let first = keys[i].as_bytes()[depth];
+            let end = i + keys[i..].partition_point(|k| k.as_bytes()[depth] == first);
+            let (a, b) = (keys[i].as_bytes(), keys[end - 1].as_bytes());
+            let common = a[depth..]
                 .iter()
-                .zip(key)
-                .take_while(|(a, b)| a == b)
+                .zip(&b[depth..])
+                .take_while(|(x, y)| x == y)
                 .count();
-            if common < child.label.len() {
-                // Split: the child keeps the common part, its old self moves below.
-                let tail = Node {
-                    label: child.label[common..].into(),
-                    children: std::mem::take(&mut child.children),
-                    entries: std::mem::take(&mut child.entries),
-                };
-                child.label = child.label[..common].into();
-                child.children = vec![tail];
-            }
-            key = &key[common..];
-            node = &mut node.children[i];
+            node.children.push(Node::from_sorted(
+                &keys[i..end],
+                &mut entries[i..end],
+                depth + common,
+                a[depth..depth + common].into(),
+            ));
+            i = end;
         }
-    }
-
-    fn sort_entries(&mut self) {
-        sort_entries(&mut self.entries);
-        for child in &mut self.children {
-            child.sort_entries();
-        }
+        node
     }
 
     /// The nodes whose keys are prefixes of `path`, shallowest first, with their depth

@@ -10,7 +10,7 @@
 //! An object that does not parse or validate, or a route whose upstream is missing or
 //! unusable, is left out and reported as a [`Problem`]; the rest is served.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use model::certificate::Certificate;
@@ -25,6 +25,9 @@ use store::WatchEvent;
 
 use crate::balancer::UpstreamPool;
 use crate::router::{CompiledRoute, Router};
+
+/// Keyed by store keys and ids; foldhash is several times faster than SipHash on them.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// What requests read; never mutated after it is built.
 #[derive(Debug, Default)]
@@ -207,9 +210,9 @@ impl Compiler {
     pub fn new(objects: ConfigObjects) -> Self {
         Self {
             objects,
-            routes: HashMap::new(),
-            upstreams: HashMap::new(),
-            certificates: HashMap::new(),
+            routes: HashMap::default(),
+            upstreams: HashMap::default(),
+            certificates: HashMap::default(),
         }
     }
 
@@ -282,7 +285,7 @@ impl Compiler {
             },
         };
 
-        let mut by_id: HashMap<&str, &Arc<UpstreamPool>> = HashMap::new();
+        let mut by_id: HashMap<&str, &Arc<UpstreamPool>> = HashMap::default();
         let mut pools = Vec::new();
         for (key, state) in &self.upstreams {
             match state {
