@@ -3,7 +3,10 @@
 #  1. proxy throughput and latency: one Portico gateway node vs nginx `proxy_pass`, same
 #     upstream (an nginx `return 200`), same worker count, same run, measured by wrk;
 #  2. config propagation: admin API call returning -> both gateway nodes serving the
-#     change, p50/p99 over 100 changes (crates/portico/benches/propagation.rs).
+#     change, p50/p99 over 100 changes (crates/portico/benches/propagation.rs);
+#  3. the gateway with 1, 10k and 100k routes, and 10k routes replaced under load
+#     (crates/portico/benches/dataplane.rs).
+# The route table micro-benchmarks: cargo bench -p gateway --bench router.
 # Loopback only. Results are printed and written to bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,7 +64,7 @@ ectl put /portico/instances/bench/routes/r1 '{"id":"r1","paths":["/api/*"],"upst
 ectl put /portico/instances/bench/meta '{"revision":1}'
 
 PORTICO_LOG=warn taskset -c "$PROXY_CPUS" "$bin" gateway --listen "127.0.0.1:$gw_port" --instance bench \
-  --store "etcd://127.0.0.1:$etcd_port" --threads "$WORKERS" > "$work/gateway.log" 2>&1 &
+  --store "etcd://127.0.0.1:$etcd_port" --threads "$WORKERS" --no-snapshot > "$work/gateway.log" 2>&1 &
 wait_port "$up_port"; wait_port "$ngx_port"; wait_port "$gw_port"
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$gw_port/api/x" >/dev/null && break; sleep 0.05; done
 curl -fs "http://127.0.0.1:$gw_port/api/x" >/dev/null || { echo "gateway does not serve the route" >&2; cat "$work/gateway.log" >&2; exit 1; }
@@ -93,3 +96,6 @@ wait 2>/dev/null || true
 
 echo
 cargo bench -q -p portico --bench propagation 2>/dev/null | tee "$out/propagation.md"
+
+echo
+cargo bench -q -p portico --bench dataplane 2>/dev/null | tee "$out/dataplane.md"
