@@ -108,7 +108,7 @@ async fn beat(
         node_id: hb.node_id.clone(),
         address: hb.address.clone(),
         applied_revision: status.revision,
-        updated_at_ms: now_ms(),
+        updated_at_ms: crate::now_ms(),
         config_source: status.source,
         upstreams: upstream_health(&hb.config.load()),
     };
@@ -131,12 +131,6 @@ async fn beat(
             Err(e)
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

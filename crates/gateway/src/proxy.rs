@@ -179,9 +179,7 @@ impl Proxy {
             &req.headers,
         );
         let normal = normalize(req.uri.path()).map_err(|_| Refusal::BadRequest)?;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let now_ms = crate::now_ms();
         // One snapshot for the whole request, whatever reloads happen meanwhile.
         let config = self.config.load();
         let host = request_host(req);

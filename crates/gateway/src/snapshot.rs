@@ -91,7 +91,7 @@ impl SnapshotFile {
         let stored = Stored {
             instance: instance.to_owned(),
             revision,
-            saved_at_ms: now_ms(),
+            saved_at_ms: crate::now_ms(),
             keys: keys
                 .map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned()))
                 .collect(),
@@ -110,12 +110,6 @@ impl SnapshotFile {
             .map_err(|e| anyhow::anyhow!("cannot replace {}: {e}", self.path.display()))?;
         Ok(())
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

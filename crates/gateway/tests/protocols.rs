@@ -5,7 +5,6 @@
 //! towards upstreams. Certificates are generated per run by a test CA; none is on disk.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,15 +13,13 @@ use model::certificate::Certificate;
 use model::upstream::{Scheme, UpstreamTls};
 use pingora_core::upstreams::peer::HttpPeer;
 use serde_json::{json, Value};
-use store::keys::Keyspace;
-use store::memory::MemoryStore;
-use store::{ConfigStore, Op, Txn};
 use testkit::upstream::NamedUpstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
-const INSTANCE: &str = "instance_a";
+mod common;
+use common::Node;
 
 /// How long a test waits for the gateway to apply a change.
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -123,129 +120,6 @@ fn peer_cn(response: &reqwest::Response) -> String {
     cn
 }
 
-// ---------------------------------------------------------------------------------------
-// A gateway node
-// ---------------------------------------------------------------------------------------
-
-struct Node {
-    listen: SocketAddr,
-    tls_listen: SocketAddr,
-    store: Arc<dyn ConfigStore>,
-    keyspace: Keyspace,
-    revision: u64,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    /// Keeps the client CA bundle on disk while the node runs.
-    _client_ca: Option<tempfile::NamedTempFile>,
-}
-
-impl Node {
-    async fn start() -> Self {
-        Self::start_with(None).await
-    }
-
-    /// With `client_ca` (PEM), the TLS listener requires client certificates.
-    async fn start_with(client_ca: Option<&str>) -> Self {
-        let store: Arc<dyn ConfigStore> = Arc::new(MemoryStore::new());
-        let keyspace = Keyspace::default();
-        let listen: SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
-            .parse()
-            .unwrap();
-        let tls_listen: SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
-            .parse()
-            .unwrap();
-        let ca_file = client_ca.map(|pem| {
-            let mut file = tempfile::NamedTempFile::new().unwrap();
-            std::io::Write::write_all(&mut file, pem.as_bytes()).unwrap();
-            file
-        });
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(gateway::run(
-            gateway::GatewayConfig {
-                listen,
-                tls_listen: Some(tls_listen),
-                client_ca: ca_file.as_ref().map(|f| PathBuf::from(f.path())),
-                instance: INSTANCE.into(),
-                node_id: "node-1".into(),
-                advertise_address: listen.to_string(),
-                heartbeat_interval: Duration::from_millis(500),
-                http: gateway::HttpSettings::default(),
-                snapshot_file: None,
-                status_listen: None,
-            },
-            store.clone(),
-            keyspace.clone(),
-            rx,
-        ));
-        testkit::wait_for_tcp(&listen.to_string(), CONVERGE).await;
-        testkit::wait_for_tcp(&tls_listen.to_string(), CONVERGE).await;
-        Self {
-            listen,
-            tls_listen,
-            store,
-            keyspace,
-            revision: 0,
-            stop,
-            task,
-            _client_ca: ca_file,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.listen)
-    }
-
-    /// `https://{name}:{tls port}{path}`; clients resolve `name` to loopback.
-    fn tls_url(&self, name: &str, path: &str) -> String {
-        format!("https://{name}:{}{path}", self.tls_listen.port())
-    }
-
-    /// Writes `key` (relative to the instance) and bumps meta, as the agent does.
-    async fn put(&mut self, key: &str, value: Value) {
-        self.revision += 1;
-        let ops = vec![
-            Op::Put {
-                key: format!("{}{key}", self.keyspace.instance_prefix(INSTANCE)),
-                value: value.to_string().into_bytes(),
-                lease: None,
-            },
-            Op::Put {
-                key: self.keyspace.meta(INSTANCE),
-                value: json!({"revision": self.revision}).to_string().into_bytes(),
-                lease: None,
-            },
-        ];
-        let outcome = self
-            .store
-            .txn(Txn {
-                compares: vec![],
-                ops,
-            })
-            .await
-            .unwrap();
-        assert!(outcome.succeeded);
-    }
-
-    /// An upstream `id` with one node, and a route `id` for `path` to it.
-    async fn route(&mut self, id: &str, path: &str, upstream: Value) {
-        self.put(&format!("upstreams/{id}"), upstream).await;
-        self.put(
-            &format!("routes/{id}"),
-            json!({"id": id, "paths": [path], "upstream_id": id}),
-        )
-        .await;
-    }
-
-    async fn stop(self) {
-        self.stop.send_replace(true);
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("the node stops")
-            .unwrap()
-            .unwrap();
-    }
-}
-
 fn node_json(id: &str, addr: SocketAddr) -> Value {
     json!({"id": id, "nodes": [{"host": addr.ip().to_string(), "port": addr.port(), "weight": 1}]})
 }
@@ -281,7 +155,7 @@ fn tls_client(ca: &Ca, names: &[&str]) -> reqwest::ClientBuilder {
 /// `a.test` (common name `cn_a`) and `*.wild.test`.
 async fn tls_node(ca: &Ca, cn_a: &str) -> (Node, NamedUpstream) {
     let backend = NamedUpstream::start("backend").await;
-    let mut node = Node::start().await;
+    let mut node = Node::start_tls(None).await;
     node.route("r", "/*", node_json("r", backend.addr)).await;
     node.put("certificates/a", ca.certificate("a", cn_a, &["a.test"]))
         .await;
@@ -373,7 +247,7 @@ async fn tls_versions_are_1_2_and_1_3() {
         "/usr/bin/openssl is missing: install Debian's openssl (`cargo xtask test` does)"
     );
     let s_client = |version: &'static str| {
-        let addr = node.tls_listen.to_string();
+        let addr = node.tls_addr().to_string();
         tokio::process::Command::new("/usr/bin/openssl")
             .args(["s_client", "-connect", &addr, "-servername", "a.test"])
             .args([version, "-cipher", "DEFAULT@SECLEVEL=0"])
@@ -432,7 +306,7 @@ async fn mtls_requires_a_client_certificate_from_the_ca() {
     let client_ca = Ca::new("client ca");
     let stranger_ca = Ca::new("stranger ca");
     let backend = NamedUpstream::start("backend").await;
-    let mut node = Node::start_with(Some(&client_ca.pem())).await;
+    let mut node = Node::start_tls(Some(&client_ca.pem())).await;
     node.route("r", "/*", node_json("r", backend.addr)).await;
     node.put(
         "certificates/a",
@@ -493,11 +367,11 @@ async fn http2_over_tls_by_alpn_and_h2c_by_prior_knowledge() {
         .http2_prior_knowledge()
         .build()
         .unwrap();
-    let response = h2c.get(node.url("/y?q=1")).send().await.unwrap();
+    let response = h2c.get(node.at("/y?q=1")).send().await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.headers()["x-path"], "/y?q=1");
     assert_eq!(response.text().await.unwrap(), "backend");
-    let response = reqwest::get(node.url("/y")).await.unwrap();
+    let response = reqwest::get(node.at("/y")).await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_11);
     assert_eq!(response.text().await.unwrap(), "backend");
     node.stop().await;
@@ -511,9 +385,9 @@ async fn h2load_through_h2c() {
         "{H2LOAD} is missing: install Debian's nghttp2-client (`cargo xtask test` does)"
     );
     let backend = NamedUpstream::start("backend").await;
-    let mut node = Node::start().await;
+    let mut node = Node::start_tls(None).await;
     node.route("r", "/*", node_json("r", backend.addr)).await;
-    let url = node.url("/load");
+    let url = node.at("/load");
     until("the route serves", || async {
         matches!(reqwest::get(&url).await, Ok(r) if r.status() == 200)
     })
@@ -579,7 +453,7 @@ where
 async fn websocket_upgrades_and_survives_a_config_change() {
     let echo = websocket_echo().await;
     let other = NamedUpstream::start("other").await;
-    let mut node = Node::start().await;
+    let mut node = Node::start_tls(None).await;
     node.route("ws", "/ws/*", node_json("ws", echo)).await;
     let url = format!("ws://{}/ws/chat", node.listen);
     let start = Instant::now();
@@ -610,7 +484,7 @@ async fn websocket_upgrades_and_survives_a_config_change() {
     // A new, unrelated route: the config is rebuilt and swapped under the open socket.
     node.route("other", "/other", node_json("other", other.addr))
         .await;
-    let other_url = node.url("/other");
+    let other_url = node.at("/other");
     until("the new route serves", || async {
         matches!(reqwest::get(&other_url).await, Ok(r) if r.status() == 200)
     })
@@ -654,12 +528,12 @@ async fn grpc_through_h2c_keeps_statuses_and_trailers() {
     use tonic_health::pb::HealthCheckRequest;
 
     let grpc = grpc_health_server().await;
-    let mut node = Node::start().await;
+    let mut node = Node::start_tls(None).await;
     let mut upstream = node_json("g", grpc);
     upstream["scheme"] = json!("grpc");
     node.route("g", "/grpc.health.v1.Health/*", upstream).await;
 
-    let channel = tonic::transport::Channel::from_shared(node.url(""))
+    let channel = tonic::transport::Channel::from_shared(node.at(""))
         .unwrap()
         .connect()
         .await
@@ -754,7 +628,7 @@ async fn https_upstream(leaf: &Leaf, body: &'static str) -> SocketAddr {
 async fn https_upstream_is_reached_and_verified() {
     let ca = Ca::new("upstream ca");
     let secure = https_upstream(&ca.server("upstream", &["upstream.test"]), "secure").await;
-    let mut node = Node::start().await;
+    let mut node = Node::start_tls(None).await;
     let mut unverified = node_json("s", secure);
     unverified["scheme"] = json!("https");
     unverified["tls"] = json!({"verify": false});
@@ -765,7 +639,7 @@ async fn https_upstream_is_reached_and_verified() {
     verified["tls"] = json!({"verify": true, "sni": "upstream.test"});
     node.route("v", "/v", verified).await;
 
-    let url = node.url("/s");
+    let url = node.at("/s");
     until("the https upstream answers", || async {
         match reqwest::get(&url).await {
             Ok(r) if r.status() == 200 => r.text().await.unwrap() == "secure",
@@ -773,7 +647,7 @@ async fn https_upstream_is_reached_and_verified() {
         }
     })
     .await;
-    let response = reqwest::get(node.url("/v")).await.unwrap();
+    let response = reqwest::get(node.at("/v")).await.unwrap();
     assert_eq!(
         response.status(),
         502,

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of it
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,16 +21,25 @@ pub struct Options {
     pub http: gateway::HttpSettings,
     pub snapshot_file: Option<std::path::PathBuf>,
     pub status_listen: Option<std::net::SocketAddr>,
+    /// Serve TLS too, on a second port.
+    pub tls: bool,
+    /// With `tls`: a PEM CA bundle every TLS client must present a certificate of.
+    pub client_ca: Option<String>,
 }
 
 pub struct Node {
+    /// `http://{listen}`.
     pub url: String,
+    pub listen: SocketAddr,
+    pub tls_listen: Option<SocketAddr>,
     pub store: Arc<dyn ConfigStore>,
     pub keyspace: Keyspace,
     pub revision: u64,
     pub stop: tokio::sync::watch::Sender<bool>,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub http: reqwest::Client,
+    /// Keeps the client CA bundle on disk while the node runs.
+    _client_ca: Option<tempfile::NamedTempFile>,
 }
 
 impl Node {
@@ -41,6 +51,18 @@ impl Node {
         let store: Arc<dyn ConfigStore> = Arc::new(MemoryStore::new());
         let options = Options {
             http,
+            ..Options::default()
+        };
+        Self::start_on_with(store.clone(), store, options).await
+    }
+
+    /// A node with a TLS listener too; with `client_ca` (PEM) it requires client
+    /// certificates signed by it.
+    pub async fn start_tls(client_ca: Option<&str>) -> Self {
+        let store: Arc<dyn ConfigStore> = Arc::new(MemoryStore::new());
+        let options = Options {
+            tls: true,
+            client_ca: client_ca.map(str::to_owned),
             ..Options::default()
         };
         Self::start_on_with(store.clone(), store, options).await
@@ -61,15 +83,24 @@ impl Node {
         options: Options,
     ) -> Self {
         let keyspace = Keyspace::default();
-        let listen = format!("127.0.0.1:{}", testkit::free_port())
-            .parse()
-            .unwrap();
+        let loopback = || -> SocketAddr {
+            format!("127.0.0.1:{}", testkit::free_port())
+                .parse()
+                .unwrap()
+        };
+        let listen = loopback();
+        let tls_listen = options.tls.then(loopback);
+        let ca_file = options.client_ca.map(|pem| {
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            std::io::Write::write_all(&mut file, pem.as_bytes()).unwrap();
+            file
+        });
         let (stop, rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(gateway::run(
             gateway::GatewayConfig {
                 listen,
-                tls_listen: None,
-                client_ca: None,
+                tls_listen,
+                client_ca: ca_file.as_ref().map(|f| f.path().to_path_buf()),
                 instance: INSTANCE.into(),
                 node_id: "node-1".into(),
                 advertise_address: listen.to_string(),
@@ -83,8 +114,14 @@ impl Node {
             rx,
         ));
         testkit::wait_for_tcp(&listen.to_string(), Duration::from_secs(10)).await;
+        if let Some(addr) = tls_listen {
+            testkit::wait_for_tcp(&addr.to_string(), Duration::from_secs(10)).await;
+        }
         Self {
             url: format!("http://{listen}"),
+            listen,
+            tls_listen,
+            _client_ca: ca_file,
             store,
             keyspace,
             revision: 0,
@@ -92,6 +129,31 @@ impl Node {
             task,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// `http://{listen}{path}`.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// The TLS listener; the node must have been started with one.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls_listen.expect("the node has no TLS listener")
+    }
+
+    /// `https://{name}:{tls port}{path}`; clients resolve `name` to loopback.
+    pub fn tls_url(&self, name: &str, path: &str) -> String {
+        format!("https://{name}:{}{path}", self.tls_addr().port())
+    }
+
+    /// An upstream `id` and a route `id` for `path` to it.
+    pub async fn route(&mut self, id: &str, path: &str, upstream: Value) {
+        self.put(&format!("upstreams/{id}"), upstream).await;
+        self.put(
+            &format!("routes/{id}"),
+            json!({"id": id, "paths": [path], "upstream_id": id}),
+        )
+        .await;
     }
 
     /// Writes `key` (relative to the instance) and bumps meta, as the agent does.
