@@ -50,9 +50,6 @@ use crate::runtime::{Compiler, ConfigObjects, RuntimeConfig};
 pub use crate::settings::HttpSettings;
 use crate::snapshot::SnapshotFile;
 
-/// How long shutdown waits for requests in flight before giving up on them.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// With a snapshot file, how long the node waits for the store's first listing
 /// before it serves the snapshot instead.
 const COLD_START_GRACE: Duration = Duration::from_secs(2);
@@ -84,6 +81,9 @@ pub struct GatewayConfig {
     pub snapshot_file: Option<PathBuf>,
     /// Where to serve `/healthz`, `/readyz` and `/status` (keep it off the public side).
     pub status_listen: Option<SocketAddr>,
+    /// How long shutdown lets requests in flight (WebSockets included) finish before it
+    /// stops anyway.
+    pub drain_timeout: Duration,
 }
 
 /// What the node serves, as the heartbeat and the status endpoint report it.
@@ -94,7 +94,7 @@ pub struct NodeStatus {
 }
 
 /// Runs the node until `shutdown` flips to true; then stops accepting, lets requests in
-/// flight finish (for up to 10 s), revokes the heartbeat lease and returns.
+/// flight finish (for up to `drain_timeout`), revokes the heartbeat lease and returns.
 pub async fn run(
     config: GatewayConfig,
     store: Arc<dyn ConfigStore>,
@@ -215,11 +215,12 @@ pub async fn run(
     .await;
 
     draining.store(true, std::sync::atomic::Ordering::Release);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, in_flight.idle()).await;
+    let drain_timeout = config.drain_timeout;
+    let drained = tokio::time::timeout(drain_timeout, in_flight.idle()).await;
     if drained.is_err() {
         tracing::warn!(
             in_flight = in_flight.count(),
-            "requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway"
+            "requests still in flight after {drain_timeout:?}; stopping anyway"
         );
     }
     stop_tx.send_replace(true);

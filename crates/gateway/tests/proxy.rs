@@ -356,6 +356,41 @@ async fn shutdown_lets_requests_in_flight_finish() {
     assert_eq!(response.status(), 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_waiting_at_the_drain_timeout() {
+    let gate = Arc::new(Semaphore::new(0));
+    let (port, mut seen) = raw_upstream(gate.clone()).await;
+    let store: Arc<dyn ConfigStore> = Arc::new(MemoryStore::new());
+    let options = Options {
+        drain_timeout: Some(Duration::from_millis(500)),
+        ..Options::default()
+    };
+    let mut node = Node::start_on_with(store.clone(), store, options).await;
+    node.put(
+        "routes/held",
+        json!({"id": "held", "paths": ["/held"], "upstream": {"nodes": [{"host": "127.0.0.1", "port": port}]}}),
+    )
+    .await;
+    // The upstream never answers: a request that would outlive any drain.
+    let request = tokio::spawn({
+        let http = node.http.clone();
+        let url = format!("{}/held", node.url);
+        async move {
+            loop {
+                let _ = http.get(&url).send().await;
+            }
+        }
+    });
+    seen.recv().await.unwrap();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), node.stop())
+        .await
+        .expect("shutdown gives up on the request after the drain timeout");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(450), "stopped after {took:?}");
+    request.abort();
+}
+
 /// Sends raw bytes on a new connection and reads until the gateway closes it or
 /// `timeout` passes; returns what came back.
 async fn raw_exchange(url: &str, request: &[u8], timeout: Duration) -> String {

@@ -78,6 +78,7 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
             // The demo's store is in-process: there is nothing to survive.
             snapshot_file: None,
             status_listen: None,
+            drain_timeout: std::time::Duration::from_secs(10),
         },
         store,
         keyspace,

@@ -98,6 +98,10 @@ enum Command {
         /// Where to serve /healthz, /readyz and /status; off by default.
         #[arg(long, env = "PORTICO_STATUS_LISTEN")]
         status_listen: Option<SocketAddr>,
+        /// On SIGTERM, how long requests in flight (WebSockets included) may go on
+        /// before the node stops anyway.
+        #[arg(long, env = "PORTICO_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+        drain_timeout: Duration,
     },
     /// Admin + agent + gateway in one process, SQLite and the in-process store, with a
     /// sample route to a built-in echo upstream.
@@ -248,6 +252,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             snapshot_file,
             no_snapshot,
             status_listen,
+            drain_timeout,
         } => {
             let (store, keyspace) = store::open(&store).await?;
             let snapshot_file = match (no_snapshot, snapshot_file) {
@@ -266,6 +271,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 http: http.settings()?,
                 snapshot_file,
                 status_listen,
+                drain_timeout,
             };
             gateway::run(config, store, keyspace, shutdown).await
         }

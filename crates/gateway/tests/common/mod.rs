@@ -25,6 +25,8 @@ pub struct Options {
     pub tls: bool,
     /// With `tls`: a PEM CA bundle every TLS client must present a certificate of.
     pub client_ca: Option<String>,
+    /// Default 10 s.
+    pub drain_timeout: Option<Duration>,
 }
 
 pub struct Node {
@@ -108,6 +110,7 @@ impl Node {
                 http: options.http,
                 snapshot_file: options.snapshot_file,
                 status_listen: options.status_listen,
+                drain_timeout: options.drain_timeout.unwrap_or(Duration::from_secs(10)),
             },
             gateway_store,
             keyspace.clone(),
