@@ -42,6 +42,8 @@ pub struct UpstreamPool {
     /// The definition, for the proxy: scheme, tls, pass_host, retries.
     pub upstream: Upstream,
     pub timeouts: PoolTimeouts,
+    /// `tls.ca`, parsed once for every request to the pool.
+    pub ca: Option<crate::tls::PeerCa>,
     /// Nodes with a weight above 0 whose address is known; a pick's `index` points here.
     nodes: Vec<Node>,
     balancer: Balancer,
@@ -78,6 +80,9 @@ pub enum PoolError {
     /// Validation keeps durations in range; this guards pools built from unchecked input.
     #[error("{field} must be a number of seconds above 0, not {value}")]
     BadDuration { field: &'static str, value: f64 },
+    /// Validation checks the CA bundle too; kept for unchecked input.
+    #[error("tls.ca {0}")]
+    BadCa(String),
 }
 
 /// A pool and what was left out of it (nodes whose host does not resolve).
@@ -215,10 +220,18 @@ impl UpstreamPool {
             }
         }
         let balancer = Balancer::new(upstream, &nodes);
+        let ca = upstream
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.ca.as_deref())
+            .map(crate::tls::PeerCa::from_pem)
+            .transpose()
+            .map_err(PoolError::BadCa)?;
         let pool = Self {
             id: upstream.id.clone(),
             upstream: upstream.clone(),
             timeouts,
+            ca,
             nodes,
             balancer,
             active,

@@ -421,6 +421,9 @@ impl ProxyHttp for Proxy {
             pool.upstream.tls.as_ref(),
             &pick.node().host,
         );
+        if let Some(ca) = &pool.ca {
+            crate::tls::set_peer_ca(&mut peer, ca);
+        }
         peer.options.connection_timeout = Some(pool.timeouts.connect);
         peer.options.read_timeout = Some(pool.timeouts.read);
         peer.options.write_timeout = Some(pool.timeouts.write);

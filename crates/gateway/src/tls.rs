@@ -34,6 +34,7 @@ use model::upstream::{Scheme, UpstreamTls};
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::protocols::tls::CaType;
 use pingora_core::upstreams::peer::{self, HttpPeer};
+use pingora_core::utils::tls::{parse_x509, WrappedX509};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -409,18 +410,50 @@ pub fn configure_peer(peer: &mut HttpPeer, scheme: Scheme, tls: Option<&Upstream
     }
 }
 
+/// An upstream's `tls.ca`: the CAs its nodes' certificates must chain to, parsed once
+/// when the pool is built.
+#[derive(Clone)]
+pub struct PeerCa {
+    certs: Arc<CaType>,
+    /// A hash of the certificates, for the connection-reuse key.
+    key: u64,
+}
+
+impl PeerCa {
+    /// `Err` says what is wrong with the bundle, without quoting it.
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        let ders = model::upstream::ca_certificates(pem)?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        ders.hash(&mut hasher);
+        let certs: Vec<WrappedX509> = ders
+            .into_iter()
+            .map(|der| WrappedX509::new(der, parse_x509))
+            .collect();
+        Ok(Self {
+            certs: Arc::from(certs),
+            key: hasher.finish(),
+        })
+    }
+}
+
+impl fmt::Debug for PeerCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerCa")
+            .field("certificates", &self.certs.len())
+            .finish()
+    }
+}
+
 /// Verifies the node's certificate against `ca` instead of the system roots. Pingora
-/// does not count the CA in its connection-reuse key, so the CA's certificates are
-/// hashed into the peer's group key: a connection verified against one CA is never
-/// reused for a peer that trusts another.
-pub fn set_peer_ca(peer: &mut HttpPeer, ca: Arc<CaType>) {
+/// does not count the CA in its connection-reuse key, so the CA's hash is mixed into
+/// the peer's group key: a connection verified against one CA is never reused for a
+/// peer that trusts another.
+pub fn set_peer_ca(peer: &mut HttpPeer, ca: &PeerCa) {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     peer.group_key.hash(&mut hasher);
-    for cert in ca.iter() {
-        cert.borrow_raw_cert().hash(&mut hasher);
-    }
+    ca.key.hash(&mut hasher);
     peer.group_key = hasher.finish();
-    peer.options.ca = Some(ca);
+    peer.options.ca = Some(ca.certs.clone());
 }
 
 #[cfg(test)]
@@ -621,6 +654,7 @@ mod tests {
         let tls = UpstreamTls {
             verify: false,
             sni: Some("named.test".into()),
+            ca: None,
         };
         configure_peer(&mut p, Scheme::Grpcs, Some(&tls), "10.0.0.1");
         assert!(p.is_tls());

@@ -638,6 +638,17 @@ async fn https_upstream_is_reached_and_verified() {
     verified["scheme"] = json!("https");
     verified["tls"] = json!({"verify": true, "sni": "upstream.test"});
     node.route("v", "/v", verified).await;
+    // Verification against the upstream's own CA (`tls.ca`).
+    let mut private_ca = node_json("c", secure);
+    private_ca["scheme"] = json!("https");
+    private_ca["tls"] = json!({"verify": true, "sni": "upstream.test", "ca": ca.pem()});
+    node.route("c", "/c", private_ca).await;
+    // Another CA's bundle: refused like the system roots.
+    let other = Ca::new("other ca");
+    let mut wrong_ca = node_json("w", secure);
+    wrong_ca["scheme"] = json!("https");
+    wrong_ca["tls"] = json!({"verify": true, "sni": "upstream.test", "ca": other.pem()});
+    node.route("w", "/w", wrong_ca).await;
 
     let url = node.at("/s");
     until("the https upstream answers", || async {
@@ -653,6 +664,19 @@ async fn https_upstream_is_reached_and_verified() {
         502,
         "an unverifiable upstream is a bad gateway"
     );
+    let url = node.at("/c");
+    until("the upstream verified by its CA answers", || async {
+        match reqwest::get(&url).await {
+            Ok(r) if r.status() == 200 => r.text().await.unwrap() == "secure",
+            _ => false,
+        }
+    })
+    .await;
+    let url = node.at("/w");
+    until("a CA that did not sign the node gets 502", || async {
+        matches!(reqwest::get(&url).await, Ok(r) if r.status() == 502)
+    })
+    .await;
     node.stop().await;
 }
 
@@ -663,12 +687,6 @@ async fn upstream_verification_uses_the_peer_ca_and_sni() {
     let ca = Ca::new("upstream ca");
     let other_ca = Ca::new("other ca");
     let addr = https_upstream(&ca.server("upstream", &["upstream.test"]), "secure").await;
-    let der = |ca: &Ca| {
-        use rustls_pki_types::pem::PemObject;
-        rustls_pki_types::CertificateDer::from_pem_slice(ca.pem().as_bytes())
-            .unwrap()
-            .to_vec()
-    };
     let connector = pingora_core::connectors::http::Connector::new(None);
     let peer = |sni: Option<&str>, verify: bool, ca: Option<&Ca>| {
         let mut peer = HttpPeer::new(addr, false, String::new());
@@ -676,14 +694,12 @@ async fn upstream_verification_uses_the_peer_ca_and_sni() {
         let tls = UpstreamTls {
             verify,
             sni: sni.map(str::to_owned),
+            ca: None,
         };
         gateway::tls::configure_peer(&mut peer, Scheme::Https, Some(&tls), "127.0.0.1");
         if let Some(ca) = ca {
-            let roots: Vec<_> = vec![pingora_core::utils::tls::WrappedX509::new(
-                der(ca),
-                pingora_core::utils::tls::parse_x509,
-            )];
-            gateway::tls::set_peer_ca(&mut peer, Arc::from(roots));
+            let ca = gateway::tls::PeerCa::from_pem(&ca.pem()).unwrap();
+            gateway::tls::set_peer_ca(&mut peer, &ca);
         }
         peer
     };
