@@ -48,8 +48,9 @@ pub struct Route {
     pub time_window: Option<TimeWindow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_id: Option<String>,
+    /// Boxed: most routes name an upstream instead, and an inline one is large.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<Upstream>,
+    pub upstream: Option<Box<Upstream>>,
     /// Higher wins among routes that match equally specifically.
     #[serde(default)]
     pub priority: i32,
