@@ -2,6 +2,8 @@
 # Gateway benchmarks (run by `cargo xtask bench`):
 #  1. proxy throughput and latency: one Portico gateway node vs nginx `proxy_pass`, same
 #     upstream (an nginx `return 200`), same worker count, same run, measured by wrk;
+#     plus a bare Pingora proxy (crates/gateway/examples/bare_pingora.rs, one worker) to
+#     separate the engine's cost from Portico's;
 #  2. config propagation: admin API call returning -> both gateway nodes serving the
 #     change, p50/p99 over 100 changes (crates/portico/benches/propagation.rs);
 #  3. the gateway with 1, 10k and 100k routes, and 10k routes replaced under load
@@ -28,9 +30,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 cargo build --release -q -p portico
+cargo build --release -q -p gateway --example bare_pingora
 bin=target/release/portico
 
-up_port=$(free_port); ngx_port=$(free_port); gw_port=$(free_port)
+up_port=$(free_port); ngx_port=$(free_port); gw_port=$(free_port); bare_port=$(free_port)
 etcd_port=$(free_port); etcd_peer=$(free_port)
 
 # The shared upstream and the reference proxy: one nginx config, two server blocks would
@@ -65,7 +68,9 @@ ectl put /portico/instances/bench/meta '{"revision":1}'
 
 PORTICO_LOG=warn taskset -c "$PROXY_CPUS" "$bin" gateway --listen "127.0.0.1:$gw_port" --instance bench \
   --store "etcd://127.0.0.1:$etcd_port" --threads "$WORKERS" --no-snapshot > "$work/gateway.log" 2>&1 &
-wait_port "$up_port"; wait_port "$ngx_port"; wait_port "$gw_port"
+taskset -c "$PROXY_CPUS" target/release/examples/bare_pingora "127.0.0.1:$bare_port" "127.0.0.1:$up_port" \
+  > "$work/bare.log" 2>&1 &
+wait_port "$up_port"; wait_port "$ngx_port"; wait_port "$gw_port"; wait_port "$bare_port"
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$gw_port/api/x" >/dev/null && break; sleep 0.05; done
 curl -fs "http://127.0.0.1:$gw_port/api/x" >/dev/null || { echo "gateway does not serve the route" >&2; cat "$work/gateway.log" >&2; exit 1; }
 
@@ -75,20 +80,23 @@ run_wrk() { # name port
 }
 run_wrk nginx "$ngx_port"
 run_wrk portico "$gw_port"
+run_wrk bare-pingora "$bare_port"
 
 rps() { awk '/Requests\/sec/ {print $2}' "$out/wrk-$1.txt"; }
 p99() { awk '$1=="99%" {print $2}' "$out/wrk-$1.txt"; }
 errors() { awk '/Non-2xx|Socket errors/ {print}' "$out/wrk-$1.txt"; }
 to_ms() { python3 -c "import sys,re; v=sys.argv[1]; n=float(re.sub('[a-z]+','',v)); u=re.sub('[0-9.]+','',v); print(n*{'us':0.001,'ms':1,'s':1000}[u])" "$1"; }
-n_rps=$(rps nginx); p_rps=$(rps portico)
-n_p99=$(to_ms "$(p99 nginx)"); p_p99=$(to_ms "$(p99 portico)")
+n_rps=$(rps nginx); p_rps=$(rps portico); b_rps=$(rps bare-pingora)
+n_p99=$(to_ms "$(p99 nginx)"); p_p99=$(to_ms "$(p99 portico)"); b_p99=$(to_ms "$(p99 bare-pingora)")
 {
   echo "## proxy throughput ($(date -u +%F), workers=$WORKERS, connections=$CONNECTIONS, duration=$DURATION)"
   printf '| proxy | requests/s | p99 (ms) |\n|---|---|---|\n'
   printf '| nginx proxy_pass | %s | %s |\n' "$n_rps" "$n_p99"
   printf '| portico gateway | %s | %s |\n' "$p_rps" "$p_p99"
+  printf '| bare Pingora (reference, WORKERS ignored: 1) | %s | %s |\n' "$b_rps" "$b_p99"
   python3 -c "print(f'ratio portico/nginx: throughput {float($p_rps)/float($n_rps):.2f}x, p99 {float($p_p99)/float($n_p99):.2f}x')"
-  errors nginx; errors portico
+  python3 -c "print(f'ratio bare pingora/nginx: throughput {float($b_rps)/float($n_rps):.2f}x; portico/bare pingora: {float($p_rps)/float($b_rps):.2f}x')"
+  errors nginx; errors portico; errors bare-pingora
 } | tee "$out/throughput.md"
 
 kill $(jobs -p) 2>/dev/null || true
