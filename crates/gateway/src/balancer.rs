@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use model::upstream::{CheckKind, HashOn, LoadBalancing, Upstream};
+use model::upstream::{CheckKind, HashOn, LoadBalancing, Scheme, Upstream};
 use rand::Rng;
 
 /// Connection and I/O timeouts for requests to this pool's nodes.
@@ -57,8 +57,11 @@ pub struct UpstreamPool {
 #[derive(Debug)]
 pub struct Node {
     pub addr: SocketAddr,
-    /// The host as configured (a name or an address), for `pass_host: node`.
+    /// The host as configured (a name or an address): TLS server name, probe Host.
     pub host: String,
+    /// The Host header for `pass_host: node`: `host`, with `:port` unless the port is
+    /// the scheme's default; made once here rather than per request.
+    pub host_header: String,
     pub weight: i64,
     /// Picks of this node not yet dropped: least_conn and ewma read it.
     in_flight: AtomicUsize,
@@ -212,7 +215,13 @@ impl UpstreamPool {
                 continue;
             };
             match resolve(&node.host, port) {
-                Some(addr) => nodes.push(Node::new(addr, node.host.clone(), node.weight, epoch)),
+                Some(addr) => nodes.push(Node::new(
+                    addr,
+                    node.host.clone(),
+                    node.weight,
+                    upstream.scheme,
+                    epoch,
+                )),
                 None => warnings.push(format!(
                     "nodes[{i}].host {:?} does not resolve; node left out",
                     node.host
@@ -439,10 +448,22 @@ impl UpstreamPool {
 }
 
 impl Node {
-    fn new(addr: SocketAddr, host: String, weight: i64, epoch: Instant) -> Self {
+    fn new(addr: SocketAddr, host: String, weight: i64, scheme: Scheme, epoch: Instant) -> Self {
+        let default_port = if scheme.is_tls() { 443 } else { 80 };
+        let bracketed = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let host_header = if addr.port() == default_port {
+            bracketed
+        } else {
+            format!("{bracketed}:{}", addr.port())
+        };
         Self {
             addr,
             host,
+            host_header,
             weight,
             in_flight: AtomicUsize::new(0),
             ewma: Mutex::new(Ewma::new(epoch)),
@@ -937,6 +958,31 @@ mod tests {
     }
 
     /// A valid pool of nodes 127.0.0.1:1000+i with these weights, plus `extra` fields.
+    #[test]
+    fn the_node_host_header_omits_only_the_scheme_default_port() {
+        let headers = |scheme: &str, nodes: Value| {
+            let up = upstream(json!({"id": "u", "scheme": scheme, "nodes": nodes}));
+            let pool = UpstreamPool::build(&up).unwrap().pool;
+            pool.nodes()
+                .iter()
+                .map(|n| n.host_header.clone())
+                .collect::<Vec<_>>()
+        };
+        let nodes = json!([
+            {"host": "127.0.0.1", "port": 80, "weight": 1},
+            {"host": "127.0.0.1", "port": 443, "weight": 1},
+            {"host": "::1", "port": 8080, "weight": 1},
+        ]);
+        assert_eq!(
+            headers("http", nodes.clone()),
+            ["127.0.0.1", "127.0.0.1:443", "[::1]:8080"]
+        );
+        assert_eq!(
+            headers("https", nodes),
+            ["127.0.0.1:80", "127.0.0.1", "[::1]:8080"]
+        );
+    }
+
     fn pool_with(weights: &[i64], extra: Value) -> Arc<UpstreamPool> {
         let nodes: Vec<_> = weights
             .iter()

@@ -248,24 +248,7 @@ fn upstream_host(pool: &UpstreamPool, pick: &Pick) -> Option<String> {
     match pool.upstream.pass_host {
         PassHost::Pass => None,
         PassHost::Rewrite => pool.upstream.upstream_host.clone(),
-        PassHost::Node => {
-            let node = pick.node();
-            let default_port = match pool.upstream.scheme {
-                model::upstream::Scheme::Http | model::upstream::Scheme::Grpc => 80,
-                model::upstream::Scheme::Https | model::upstream::Scheme::Grpcs => 443,
-            };
-            let port = pick.addr.port();
-            let host = if node.host.contains(':') {
-                format!("[{}]", node.host)
-            } else {
-                node.host.clone()
-            };
-            Some(if port == default_port {
-                host
-            } else {
-                format!("{host}:{port}")
-            })
-        }
+        PassHost::Node => Some(pick.node().host_header.clone()),
     }
 }
 
