@@ -6,7 +6,8 @@
 //! proxy      Pingora HTTP service; each request reads one RuntimeConfig snapshot (proxy.rs)
 //! config     PrefixWatcher(instance) → ConfigObjects → Compiler::build (changed objects
 //!            only) → ArcSwap swap → NodeStatus → heartbeat; snapshot file every ≤ 1 s
-//! tls        certificates changed → CertTable (ArcSwap) read by every TLS handshake (tls.rs)
+//! tls        a certificate changed → the build makes a CertTable → ArcSwap, read by
+//!            every TLS handshake (tls.rs)
 //! heartbeat  nodes/{node_id} = {address, revision, source, upstream health} on a lease
 //! status     optional /healthz, /readyz, /status listener (status.rs)
 //! ```
@@ -147,7 +148,6 @@ pub async fn run(
                 config.instance.clone(),
             ))),
             current: current.clone(),
-            certs: tls::CertReloader::default(),
             cert_table,
             status: status_tx,
             snapshot: config.snapshot_file.clone().map(SnapshotFile::new),
@@ -241,8 +241,6 @@ struct ConfigLoop {
     /// Moved to a blocking thread for each build and back; `None` only meanwhile.
     compiler: Option<Compiler>,
     current: Arc<ArcSwap<RuntimeConfig>>,
-    /// Rebuilds the TLS listener's certificates when a certificate object changed.
-    certs: tls::CertReloader,
     /// Read by every TLS handshake; replaced after a rebuild.
     cert_table: Arc<ArcSwap<tls::CertTable>>,
     status: watch::Sender<NodeStatus>,
@@ -368,6 +366,7 @@ impl ConfigLoop {
             config,
             problems,
             new_pools,
+            certificates,
         } = built;
         // Each task ends by itself once its pool is no longer in any config.
         for pool in new_pools {
@@ -384,12 +383,10 @@ impl ConfigLoop {
             problems = problems.len(),
             "config applied"
         );
-        let certs = self
-            .compiler
-            .as_ref()
-            .and_then(|compiler| self.certs.changed(&compiler.objects));
-        if let Some(certs) = certs {
-            reload_certificates(certs, &self.cert_table).await;
+        if let Some(table) = certificates {
+            // The next TLS handshake uses it; established connections keep theirs.
+            tracing::info!(server_names = table.len(), "certificates applied");
+            self.cert_table.store(Arc::new(table));
         }
         let revision = config.revision;
         let old = self.current.swap(Arc::new(config));
@@ -429,29 +426,6 @@ impl ConfigLoop {
             }
         }
     }
-}
-
-/// Builds the certificate table and swaps it in; the next TLS handshake uses it,
-/// established connections keep theirs.
-async fn reload_certificates(certs: tls::CertObjects, cert_table: &ArcSwap<tls::CertTable>) {
-    // Parsing keys takes about a millisecond each: not on an async worker.
-    let built = tokio::task::spawn_blocking(move || certs.build()).await;
-    let (table, problems) = match built {
-        Ok(built) => built,
-        Err(e) => {
-            tracing::error!(error = %e, "building the certificate table failed; keeping the current one");
-            return;
-        }
-    };
-    for (key, reason) in &problems {
-        tracing::warn!(key = %key, reason = %reason, "certificate not served");
-    }
-    tracing::info!(
-        server_names = table.len(),
-        problems = problems.len(),
-        "certificates applied"
-    );
-    cert_table.store(Arc::new(table));
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

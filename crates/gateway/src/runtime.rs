@@ -25,6 +25,7 @@ use store::WatchEvent;
 
 use crate::balancer::UpstreamPool;
 use crate::router::{CompiledRoute, Router};
+use crate::tls::CertTable;
 
 /// Keyed by store keys and ids; foldhash is several times faster than SipHash on them.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
@@ -192,6 +193,9 @@ pub struct Built {
     /// Pools created by this build (not reused from the previous one): their active
     /// health checks need starting.
     pub new_pools: Vec<Arc<UpstreamPool>>,
+    /// The TLS listener's new table when a certificate object changed; `None` when
+    /// the current one stays.
+    pub certificates: Option<CertTable>,
 }
 
 /// Keeps every object's compiled form between builds; see the module doc.
@@ -202,8 +206,9 @@ pub struct Compiler {
     routes: HashMap<String, Result<RouteState, String>>,
     /// Store key → pool, or why it cannot be served.
     upstreams: HashMap<String, Result<PoolState, String>>,
-    /// Store key → `Ok` when the certificate is valid.
-    certificates: HashMap<String, Result<(), String>>,
+    /// Store key → the parsed certificate, or why it cannot be served; in key order,
+    /// which decides who keeps a server name two certificates claim.
+    certificates: BTreeMap<String, Result<Certificate, String>>,
 }
 
 impl Compiler {
@@ -212,7 +217,7 @@ impl Compiler {
             objects,
             routes: HashMap::default(),
             upstreams: HashMap::default(),
-            certificates: HashMap::default(),
+            certificates: BTreeMap::new(),
         }
     }
 
@@ -220,10 +225,11 @@ impl Compiler {
     /// Resolves upstream host names, so it may block: call it off the async workers.
     pub fn build(&mut self) -> Built {
         let mut new_pools = Vec::new();
+        let mut certificates_changed = false;
         for key in std::mem::take(&mut self.objects.dirty) {
             self.routes.remove(&key);
             self.upstreams.remove(&key);
-            self.certificates.remove(&key);
+            certificates_changed |= self.certificates.remove(&key).is_some();
             let Some((kind, id, value)) = self.objects.resources.get(&key) else {
                 continue;
             };
@@ -253,13 +259,30 @@ impl Compiler {
                         |c| &c.id,
                         Certificate::validate,
                         unreadable_secret,
-                    )
-                    .map(|_| ());
+                    );
+                    certificates_changed = true;
                     self.certificates.insert(key, state);
                 }
             }
         }
-        self.assemble(new_pools)
+        let mut built = self.assemble(new_pools);
+        if certificates_changed {
+            let valid: Vec<(String, Certificate)> = self
+                .certificates
+                .iter()
+                .filter_map(|(key, state)| Some((key.clone(), state.as_ref().ok()?.clone())))
+                .collect();
+            // Loading keys takes about a millisecond each: done here, off the workers.
+            let (table, problems) = CertTable::from_objects(&valid);
+            built.problems.extend(
+                problems
+                    .into_iter()
+                    .map(|(key, reason)| Problem { key, reason }),
+            );
+            built.problems.sort_by(|a, b| a.key.cmp(&b.key));
+            built.certificates = Some(table);
+        }
+        built
     }
 
     fn assemble(&self, new_pools: Vec<Arc<UpstreamPool>>) -> Built {
@@ -345,7 +368,7 @@ impl Compiler {
         let mut certificates = 0;
         for (key, state) in &self.certificates {
             match state {
-                Ok(()) => certificates += 1,
+                Ok(_) => certificates += 1,
                 Err(reason) => report(key, reason.clone()),
             }
         }
@@ -361,6 +384,7 @@ impl Compiler {
             },
             problems,
             new_pools,
+            certificates: None,
         }
     }
 }
@@ -469,6 +493,58 @@ mod tests {
             objects.put(format!("{PREFIX}{k}"), v.as_bytes().to_vec());
         }
         objects
+    }
+
+    /// A self-signed certificate object for `name`.
+    fn self_signed(id: &str, name: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        serde_json::json!({"id": id, "snis": [name], "cert": cert.pem(), "key": key.serialize_pem()})
+            .to_string()
+    }
+
+    #[test]
+    fn the_certificate_table_is_rebuilt_only_when_certificates_change() {
+        let mut compiler = Compiler::new(objects(&[]));
+        // No certificates at all: the empty table the listener starts with stays.
+        assert!(compiler.build().certificates.is_none());
+
+        compiler.objects.put(
+            format!("{PREFIX}certificates/c1"),
+            self_signed("c1", "a.test").into_bytes(),
+        );
+        compiler.objects.put(
+            format!("{PREFIX}certificates/c2"),
+            self_signed("c2", "a.test").into_bytes(),
+        );
+        let built = compiler.build();
+        let table = built.certificates.unwrap();
+        assert_eq!(table.certificate_id("a.test"), Some("c1"));
+        // The name claimed twice is reported once, under the store key of the loser.
+        let reported: Vec<&str> = built.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(reported, [format!("{PREFIX}certificates/c2")]);
+        assert!(
+            built.problems[0].reason.contains("already served"),
+            "{:?}",
+            built.problems
+        );
+
+        // A route is not a certificate: nothing to rebuild.
+        compiler.objects.put(
+            format!("{PREFIX}routes/r1"),
+            br#"{"id":"r1","paths":["/*"],"upstream":{"nodes":[{"host":"127.0.0.1","port":1}]}}"#
+                .to_vec(),
+        );
+        assert!(compiler.build().certificates.is_none());
+
+        compiler.objects.delete(&format!("{PREFIX}certificates/c1"));
+        let table = compiler.build().certificates.unwrap();
+        assert_eq!(table.certificate_id("a.test"), Some("c2"));
+        compiler.objects.delete(&format!("{PREFIX}certificates/c2"));
+        assert!(compiler.build().certificates.unwrap().is_empty());
     }
 
     fn routed(config: &RuntimeConfig, path: &str) -> Option<String> {

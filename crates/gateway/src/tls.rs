@@ -3,7 +3,8 @@
 //!
 //! Downstream, every handshake asks [`CertResolver`] for a certificate; it reads the
 //! current [`CertTable`] from an `ArcSwap` that the config loop replaces whenever a
-//! `certificates` object changes ([`CertReloader`]), so the next handshake uses the new
+//! `certificates` object changes (the compiler hands the parsed certificates over only
+//! then, `runtime::Built::certificates`), so the next handshake uses the new
 //! certificate without a restart while established connections keep theirs. Lookup is
 //! by the client's SNI, lowercased: the exact name first, then the wildcard covering
 //! exactly one more label (`*.example.com` answers `a.example.com`, neither
@@ -29,7 +30,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use model::certificate::Certificate;
-use model::resource::ResourceKind;
 use model::upstream::{Scheme, UpstreamTls};
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::protocols::tls::CaType;
@@ -41,8 +41,6 @@ use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
-use crate::runtime::ConfigObjects;
 
 /// Concurrent requests multiplexed on one HTTP/2 connection to a node before another
 /// connection is opened (Pingora's default is 1, one connection per request in flight).
@@ -227,99 +225,23 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// The instance's certificate objects that parse and validate, in store-key order;
-/// the others reported as (store key, reason). Reasons name the fields at fault and
-/// never quote a value, so no key material leaks through them.
-pub fn certificates_from(objects: &ConfigObjects) -> (Vec<Certificate>, Vec<(String, String)>) {
-    let (parsed, problems) = parse_certificates(certificate_objects(objects));
-    (parsed.into_iter().map(|(_, cert)| cert).collect(), problems)
-}
-
-/// The `certificates` objects of `objects` as (store key, value).
-fn certificate_objects(objects: &ConfigObjects) -> impl Iterator<Item = (&str, &[u8])> {
-    objects
-        .resources
-        .iter()
-        .filter(|(_, (kind, _, _))| *kind == ResourceKind::Certificates)
-        .map(|(key, (_, _, value))| (key.as_str(), value.as_slice()))
-}
-
-/// (store key, certificate) for the good objects, (store key, reason) for the others.
-type Parsed = (Vec<(String, Certificate)>, Vec<(String, String)>);
-
-/// Parses and validates each (store key, value).
-fn parse_certificates<'a>(objects: impl Iterator<Item = (&'a str, &'a [u8])>) -> Parsed {
-    let mut certs = Vec::new();
-    let mut problems = Vec::new();
-    for (key, value) in objects {
-        match parse_certificate(value) {
-            Ok(cert) => certs.push((key.to_owned(), cert)),
-            Err(reason) => problems.push((key.to_owned(), reason)),
-        }
-    }
-    (certs, problems)
-}
-
-fn parse_certificate(value: &[u8]) -> Result<Certificate, String> {
-    // serde_json's message may quote the offending value (a key pasted in the wrong
-    // field): report only where and what kind of error it is.
-    let cert: Certificate = serde_json::from_slice(value).map_err(|e| {
-        format!(
-            "is not a certificate object ({:?} error at line {} column {})",
-            e.classify(),
-            e.line(),
-            e.column()
-        )
-    })?;
-    cert.validate().map_err(|e| e.to_string())?;
-    Ok(cert)
-}
-
-/// Tells when the certificate objects changed, so route and upstream changes do not
-/// re-parse every key. Cheap to call after every config change; the parsing itself is
-/// left to [`CertObjects::build`], which belongs on a blocking thread.
-#[derive(Default)]
-pub struct CertReloader {
-    /// Store key → value of the certificate objects of the last change seen.
-    seen: BTreeMap<String, Vec<u8>>,
-}
-
-/// A copy of the certificate objects (store key → value) to build a table from.
-pub struct CertObjects(BTreeMap<String, Vec<u8>>);
-
-impl CertReloader {
-    /// The certificate objects when they differ from the last call; `None` when they
-    /// are the same (the first call compares with no certificates, the empty table a
-    /// listener starts with).
-    pub fn changed(&mut self, objects: &ConfigObjects) -> Option<CertObjects> {
-        let seen = self.seen.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
-        if certificate_objects(objects).eq(seen) {
-            return None;
-        }
-        self.seen = certificate_objects(objects)
-            .map(|(key, value)| (key.to_owned(), value.to_vec()))
-            .collect();
-        Some(CertObjects(self.seen.clone()))
-    }
-}
-
-impl CertObjects {
-    /// The table and every problem as (store key, reason): objects that do not parse or
-    /// validate, certificates that cannot be served, names claimed twice.
-    pub fn build(&self) -> (CertTable, Vec<(String, String)>) {
-        let entries = self.0.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
-        let (parsed, mut problems) = parse_certificates(entries);
-        let (keys, certs): (Vec<String>, Vec<Certificate>) = parsed.into_iter().unzip();
-        let key_of: HashMap<&str, &str> = certs
+impl CertTable {
+    /// [`CertTable::build`] from the compiler's valid certificates (store key,
+    /// certificate), with each problem reported by store key.
+    pub fn from_objects(objects: &[(String, Certificate)]) -> (CertTable, Vec<(String, String)>) {
+        let certs: Vec<Certificate> = objects.iter().map(|(_, cert)| cert.clone()).collect();
+        let (table, problems) = CertTable::build(&certs);
+        let key_of: HashMap<&str, &str> = objects
             .iter()
-            .zip(&keys)
-            .map(|(cert, key)| (cert.id.as_str(), key.as_str()))
+            .map(|(key, cert)| (cert.id.as_str(), key.as_str()))
             .collect();
-        let (table, built) = CertTable::build(&certs);
-        problems.extend(built.into_iter().map(|(id, reason)| {
-            let key = key_of.get(id.as_str()).map_or(id, |key| (*key).to_owned());
-            (key, reason)
-        }));
+        let problems = problems
+            .into_iter()
+            .map(|(id, reason)| {
+                let key = key_of.get(id.as_str()).map_or(id, |key| (*key).to_owned());
+                (key, reason)
+            })
+            .collect();
         (table, problems)
     }
 }
@@ -588,43 +510,6 @@ mod tests {
         // The good certificate still serves; its name was not taken by the bad ones.
         assert_eq!(table.certificate_id("good.test"), Some("good"));
         assert!(!format!("{table:?}").contains("PRIVATE"));
-    }
-
-    #[test]
-    fn reloader_rebuilds_only_when_certificates_change() {
-        let ca = Ca::new();
-        let keyspace = store::keys::Keyspace::default();
-        let mut objects = ConfigObjects::new(keyspace.clone(), "i");
-        let prefix = keyspace.instance_prefix("i");
-        let mut reloader = CertReloader::default();
-        let mut reload = |objects: &ConfigObjects| reloader.changed(objects).map(|c| c.build());
-        // No certificates at all: the empty table the listener starts with stays.
-        assert!(reload(&objects).is_none());
-
-        let cert = ca.cert("c1", &["a.test"]);
-        objects.put(
-            format!("{prefix}certificates/c1"),
-            serde_json::to_vec(&cert).unwrap(),
-        );
-        objects.put(
-            format!("{prefix}certificates/bad"),
-            b"{\"id\":\"bad\",\"cert\":\"x".to_vec(),
-        );
-        let (table, problems) = reload(&objects).unwrap();
-        assert_eq!(table.certificate_id("a.test"), Some("c1"));
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert_eq!(problems[0].0, format!("{prefix}certificates/bad"));
-
-        // A route is not a certificate: nothing to rebuild.
-        objects.put(
-            format!("{prefix}routes/r1"),
-            br#"{"id":"r1","paths":["/*"],"upstream_id":"u"}"#.to_vec(),
-        );
-        assert!(reload(&objects).is_none());
-
-        objects.delete(&format!("{prefix}certificates/c1"));
-        let (table, _) = reload(&objects).unwrap();
-        assert_eq!(table.lookup("a.test").map(|_| ()), None);
     }
 
     #[test]

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::validate::{check_id, is_valid_host, ValidationErrors, Validator};
 
 /// A certificate resource. The `key` travels to the store (gateways need it) but is
-/// never returned by an API's list or get: call [`Certificate::redacted`] first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// never returned by an API's list or get: call [`Certificate::redacted`] first. Its
+/// `Debug` output leaves the key out, so no log line or panic message can carry it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
     pub id: String,
@@ -19,6 +20,24 @@ pub struct Certificate {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
+}
+
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("id", &self.id)
+            .field("snis", &self.snis)
+            .field("cert", &self.cert)
+            .field(
+                "key",
+                &if self.key.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
 }
 
 impl Certificate {
@@ -131,6 +150,20 @@ mod tests {
             Ok(()) => vec![],
             Err(e) => e.0.into_iter().map(|e| e.field).collect(),
         }
+    }
+
+    #[test]
+    fn debug_output_leaves_the_key_out() {
+        let c = Certificate {
+            key: "-----BEGIN PRIVATE KEY-----secret".into(),
+            ..cert()
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains(&c.id),
+            "{shown}"
+        );
     }
 
     #[test]
