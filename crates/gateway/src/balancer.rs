@@ -8,7 +8,7 @@
 //! ```text
 //! pick(request, tried) → healthy node not tried (policy: roundrobin | random |
 //!     least_conn | chash | ewma); none healthy → any node not tried; none → None
-//! Pick (held by the request: counts as in flight) → finish(outcome) → ewma latency,
+//! Pick (held by the request: counts as in flight) → record(outcome) → ewma latency,
 //!     passive health (consecutive failures eject the node for `eject_for`)
 //! active probes (health.rs) → record_probe → node up/down
 //! ```
@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use model::upstream::{CheckKind, HashOn, LoadBalancing, Scheme, Upstream};
+use model::upstream::{CheckKind, HashOn, LoadBalancing, Upstream};
+use pingora_core::upstreams::peer::HttpPeer;
 use rand::Rng;
 
 /// Connection and I/O timeouts for requests to this pool's nodes.
@@ -42,8 +43,6 @@ pub struct UpstreamPool {
     /// The definition, for the proxy: scheme, tls, pass_host, retries.
     pub upstream: Upstream,
     pub timeouts: PoolTimeouts,
-    /// `tls.ca`, parsed once for every request to the pool.
-    pub ca: Option<crate::tls::PeerCa>,
     /// Nodes with a weight above 0 whose address is known; a pick's `index` points here.
     nodes: Vec<Node>,
     balancer: Balancer,
@@ -62,6 +61,9 @@ pub struct Node {
     /// The Host header for `pass_host: node`: `host`, with `:port` unless the port is
     /// the scheme's default; made once here rather than per request.
     pub host_header: String,
+    /// The Pingora peer requests to this node use (scheme, TLS, CA, timeouts), set up
+    /// once with the pool; each request clones it.
+    pub peer: HttpPeer,
     pub weight: i64,
     /// Picks of this node not yet dropped: least_conn and ewma read it.
     in_flight: AtomicUsize,
@@ -107,7 +109,7 @@ pub struct HashInput<'a> {
 
 /// One chosen node. The request holds it until the upstream response is over: while it
 /// lives it counts as in flight on its node (least_conn, ewma). Report the outcome with
-/// [`Pick::finish`]; dropping it without that only releases the in-flight count.
+/// [`Pick::record`]; dropping it releases the in-flight count.
 pub struct Pick {
     pub index: usize,
     pub addr: SocketAddr,
@@ -202,6 +204,25 @@ impl UpstreamPool {
             None => None,
         };
 
+        let ca = upstream
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.ca.as_deref())
+            .map(crate::tls::PeerCa::from_pem)
+            .transpose()
+            .map_err(PoolError::BadCa)?;
+        let peer = |addr: SocketAddr, host: &str| {
+            let mut peer = HttpPeer::new(addr, false, String::new());
+            crate::tls::configure_peer(&mut peer, upstream.scheme, upstream.tls.as_ref(), host);
+            if let Some(ca) = &ca {
+                crate::tls::set_peer_ca(&mut peer, ca);
+            }
+            peer.options.connection_timeout = Some(timeouts.connect);
+            peer.options.read_timeout = Some(timeouts.read);
+            peer.options.write_timeout = Some(timeouts.write);
+            peer.options.idle_timeout = Some(timeouts.idle);
+            peer
+        };
         let epoch = Instant::now();
         let mut nodes = Vec::with_capacity(upstream.nodes.len());
         let mut warnings = Vec::new();
@@ -219,7 +240,7 @@ impl UpstreamPool {
                     addr,
                     node.host.clone(),
                     node.weight,
-                    upstream.scheme,
+                    peer(addr, &node.host),
                     epoch,
                 )),
                 None => warnings.push(format!(
@@ -229,18 +250,10 @@ impl UpstreamPool {
             }
         }
         let balancer = Balancer::new(upstream, &nodes);
-        let ca = upstream
-            .tls
-            .as_ref()
-            .and_then(|tls| tls.ca.as_deref())
-            .map(crate::tls::PeerCa::from_pem)
-            .transpose()
-            .map_err(PoolError::BadCa)?;
         let pool = Self {
             id: upstream.id.clone(),
             upstream: upstream.clone(),
             timeouts,
-            ca,
             nodes,
             balancer,
             active,
@@ -448,8 +461,9 @@ impl UpstreamPool {
 }
 
 impl Node {
-    fn new(addr: SocketAddr, host: String, weight: i64, scheme: Scheme, epoch: Instant) -> Self {
-        let default_port = if scheme.is_tls() { 443 } else { 80 };
+    fn new(addr: SocketAddr, host: String, weight: i64, peer: HttpPeer, epoch: Instant) -> Self {
+        // The scheme's default port: 443 with TLS (https, grpcs), else 80.
+        let default_port = if peer.is_tls() { 443 } else { 80 };
         let bracketed = if host.contains(':') {
             format!("[{host}]")
         } else {
@@ -464,6 +478,7 @@ impl Node {
             addr,
             host,
             host_header,
+            peer,
             weight,
             in_flight: AtomicUsize::new(0),
             ewma: Mutex::new(Ewma::new(epoch)),
@@ -492,21 +507,10 @@ impl Pick {
         &self.pool.nodes[self.index]
     }
 
-    /// The pool the node belongs to.
-    pub fn pool(&self) -> &Arc<UpstreamPool> {
-        &self.pool
-    }
-
     /// Reports the outcome; feeds ewma (latency) and passive health (a failing status
     /// or `Failed` counts towards an ejection, anything else resets the count). The
-    /// in-flight count is released as the pick is dropped.
-    pub fn finish(self, outcome: Outcome) {
-        self.record(outcome);
-    }
-
-    /// Like [`Pick::finish`] but keeps the pick, so the node still counts the request
-    /// as in flight until the pick is dropped (a streamed or upgraded response). Call it
-    /// once per pick.
+    /// node counts the request as in flight until the pick is dropped (a streamed or
+    /// upgraded response goes on after its status). Call it once per pick.
     pub fn record(&self, outcome: Outcome) {
         self.pool.record(self.index, outcome, self.started);
     }
@@ -1331,7 +1335,7 @@ mod tests {
             } else {
                 Duration::from_millis(1)
             };
-            pick.finish(Outcome::Status(200, latency));
+            pick.record(Outcome::Status(200, latency));
         }
         assert!(slow < 100, "the 100 ms node got {slow} of 1000 picks");
 
@@ -1394,7 +1398,7 @@ mod tests {
     }
 
     fn fail(pool: &Arc<UpstreamPool>, node: usize, status: u16) {
-        pick_node(pool, node).finish(Outcome::Status(status, Duration::from_millis(1)));
+        pick_node(pool, node).record(Outcome::Status(status, Duration::from_millis(1)));
     }
 
     fn picked(pool: &Arc<UpstreamPool>, node: usize) -> bool {
@@ -1439,7 +1443,7 @@ mod tests {
             fail(&pool, 0, status);
         }
         assert!(picked(&pool, 0), "no three failures in a row");
-        pick_node(&pool, 0).finish(Outcome::Failed);
+        pick_node(&pool, 0).record(Outcome::Failed);
         assert!(!picked(&pool, 0), "a connect error counts too");
         // Dropped without an outcome: not counted either way.
         let pool = passive(10.0);
@@ -1513,12 +1517,15 @@ mod tests {
     }
 
     #[test]
-    fn a_pick_counts_as_in_flight_until_dropped_or_finished() {
+    fn a_pick_counts_as_in_flight_until_dropped() {
         let pool = pool(&[1]);
         let a = pick_node(&pool, 0);
         let b = pick_node(&pool, 0);
         assert_eq!(pool.nodes()[0].in_flight(), 2);
-        a.finish(Outcome::Failed);
+        // Recording the outcome does not end the exchange (the body may still stream).
+        a.record(Outcome::Failed);
+        assert_eq!(pool.nodes()[0].in_flight(), 2);
+        drop(a);
         assert_eq!(pool.nodes()[0].in_flight(), 1);
         drop(b);
         assert_eq!(pool.nodes()[0].in_flight(), 0);

@@ -6,7 +6,8 @@
 //!                    and forwarding alike) → client address → load ONE runtime-config
 //!                    snapshot → match route and predicates → 404 / 405 here
 //! upstream_peer      pick a node of the route's pool (not one this request already
-//!                    failed on) → peer with the pool's scheme, TLS and timeouts
+//!                    failed on) → its peer, set up with the pool (scheme, TLS,
+//!                    timeouts)
 //! upstream_request   append the client to X-Forwarded-For; Host by `pass_host`
 //! upstream_response  report the status to the pool (passive checks, ewma); a status
 //!                    in `retry_on_statuses` is retried on another node when safe
@@ -22,6 +23,10 @@
 //! body is never replayed; a pooled connection the node had closed is retried on a new
 //! one under the same rule without using the budget (the request never reached it).
 
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -29,9 +34,6 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use std::borrow::Cow;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::balancer::{HashInput, Outcome, Pick, UpstreamPool};
@@ -166,11 +168,8 @@ impl Proxy {
     /// normal form differs, so the upstream sees what routing saw) and matches it.
     fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
         let settings = &self.settings;
-        if sent_both_framings(session) {
-            return Err(Refusal::BadRequest);
-        }
+        check_limits(session, settings)?;
         let req = session.req_header();
-        check_limits(req, settings)?;
         let client_ip = settings.client_ip(
             session
                 .client_addr()
@@ -252,18 +251,11 @@ fn upstream_host(pool: &UpstreamPool, pick: &Pick) -> Option<String> {
     }
 }
 
-/// Whether an HTTP/1 client sent both Content-Length and Transfer-Encoding, a classic
-/// smuggling probe. Pingora drops Content-Length in that case (RFC 9112 §6.3) before the
-/// request reaches us, so the raw head is read, only when Transfer-Encoding is present.
-fn sent_both_framings(session: &Session) -> bool {
+/// Whether the raw HTTP/1 head holds a Content-Length line. Pingora drops that header
+/// when Transfer-Encoding is present too (RFC 9112 §6.3), before the request reaches
+/// us; the raw head still shows what the client sent.
+fn raw_head_has_content_length(session: &Session) -> bool {
     const NAME: &[u8] = b"content-length:";
-    if !session
-        .req_header()
-        .headers
-        .contains_key(http::header::TRANSFER_ENCODING)
-    {
-        return false;
-    }
     let Some(h1) = session.as_downstream().as_http1() else {
         return false;
     };
@@ -273,8 +265,10 @@ fn sent_both_framings(session: &Session) -> bool {
         .any(|line| line.len() >= NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME))
 }
 
-/// The node's limits on the request head, and on a body of declared length.
-fn check_limits(req: &RequestHeader, settings: &HttpSettings) -> Result<(), Refusal> {
+/// The node's limits on the request head, and on a body of declared length; both
+/// framings, or two lengths, are a smuggling attempt or a broken client (400).
+fn check_limits(session: &Session, settings: &HttpSettings) -> Result<(), Refusal> {
+    let req = session.req_header();
     let target_len = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > settings.max_uri_bytes {
         return Err(Refusal::UriTooLong);
@@ -289,10 +283,13 @@ fn check_limits(req: &RequestHeader, settings: &HttpSettings) -> Result<(), Refu
     }
     let headers = &req.headers;
     let transfer_encoding = headers.contains_key(http::header::TRANSFER_ENCODING);
+    // Read only when Transfer-Encoding is there, which is rare.
+    if transfer_encoding && raw_head_has_content_length(session) {
+        return Err(Refusal::BadRequest);
+    }
     let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
     match (lengths.next(), lengths.next(), transfer_encoding) {
         (None, _, _) => {}
-        // Both framings, or two lengths: a smuggling attempt or a broken client.
         (Some(_), Some(_), _) | (Some(_), None, true) => return Err(Refusal::BadRequest),
         (Some(length), None, false) => {
             let length: u64 = length
@@ -397,22 +394,10 @@ impl ProxyHttp for Proxy {
             return Err(e);
         };
         ctx.attempts += 1;
-        let mut peer = HttpPeer::new(pick.addr, false, String::new());
-        crate::tls::configure_peer(
-            &mut peer,
-            pool.upstream.scheme,
-            pool.upstream.tls.as_ref(),
-            &pick.node().host,
-        );
-        if let Some(ca) = &pool.ca {
-            crate::tls::set_peer_ca(&mut peer, ca);
-        }
-        peer.options.connection_timeout = Some(pool.timeouts.connect);
-        peer.options.read_timeout = Some(pool.timeouts.read);
-        peer.options.write_timeout = Some(pool.timeouts.write);
-        peer.options.idle_timeout = Some(pool.timeouts.idle);
+        // Scheme, TLS, CA and timeouts were set up with the pool.
+        let peer = Box::new(pick.node().peer.clone());
         ctx.pick = Some(pick);
-        Ok(Box::new(peer))
+        Ok(peer)
     }
 
     fn fail_to_connect(

@@ -809,28 +809,10 @@ async fn request_heads_must_arrive_within_the_header_read_timeout() {
 }
 
 async fn status_of_node(http: &reqwest::Client, status: std::net::SocketAddr) -> (u16, u16, Value) {
-    let ready = http
-        .get(format!("http://{status}/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16();
-    let healthz = http
-        .get(format!("http://{status}/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16();
-    let body = http
-        .get(format!("http://{status}/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let get = |path: &str| http.get(format!("http://{status}{path}")).send();
+    let healthz = get("/healthz").await.unwrap().status().as_u16();
+    let ready = get("/readyz").await.unwrap().status().as_u16();
+    let body = get("/status").await.unwrap().json().await.unwrap();
     (healthz, ready, body)
 }
 
