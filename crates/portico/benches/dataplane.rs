@@ -9,13 +9,14 @@
 //! Run with `cargo bench -p portico --bench dataplane` (`bench/run.sh` runs it too);
 //! needs etcd, nginx, wrk and taskset. `ROUTE_COUNTS=1,10000` limits the sizes.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use store::{ConfigStore, Op, Txn};
 use testkit::etcd::EtcdServer;
+use testkit::process::Process;
 
 const PROXY_CPU: &str = "0";
 const LOAD_CPU: &str = "1";
@@ -31,17 +32,8 @@ fn main() {
     runtime.block_on(run());
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// An nginx answering `200 ok` on a free port, on the load core.
-fn nginx_upstream(dir: &std::path::Path) -> (Killed, u16) {
+fn nginx_upstream(dir: &std::path::Path) -> (Process, u16) {
     let port = testkit::free_port();
     let conf = dir.join("upstream.conf");
     std::fs::write(
@@ -55,16 +47,10 @@ fn nginx_upstream(dir: &std::path::Path) -> (Killed, u16) {
         ),
     )
     .expect("nginx conf");
-    let child = Command::new("taskset")
-        .args(["-c", LOAD_CPU, "nginx", "-c"])
-        .arg(&conf)
-        .arg("-p")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx");
-    (Killed(child), port)
+    let conf = conf.to_string_lossy();
+    let prefix = dir.to_string_lossy();
+    let args = ["-c", LOAD_CPU, "nginx", "-c", &conf, "-p", &prefix];
+    (Process::start("upstream", "taskset", &args, &[], dir), port)
 }
 
 async fn write_routes(
@@ -108,26 +94,31 @@ async fn write_routes(
         .expect("write meta");
 }
 
-fn gateway(bin: &str, port: u16, instance: &str, store_url: &str, dir: &std::path::Path) -> Killed {
-    let log = std::fs::File::create(dir.join(format!("{instance}.log"))).expect("log");
-    let child = Command::new("taskset")
-        .args(["-c", PROXY_CPU, bin, "gateway", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args([
-            "--instance",
-            instance,
-            "--store",
-            store_url,
-            "--threads",
-            "1",
-            "--no-snapshot",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("gateway");
-    Killed(child)
+fn gateway(
+    bin: &str,
+    port: u16,
+    instance: &str,
+    store_url: &str,
+    dir: &std::path::Path,
+) -> Process {
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "-c",
+        PROXY_CPU,
+        bin,
+        "gateway",
+        "--listen",
+        &listen,
+        "--instance",
+        instance,
+        "--store",
+        store_url,
+        "--threads",
+        "1",
+        "--no-snapshot",
+    ];
+    // taskset execs the gateway: the child's pid is the gateway's.
+    Process::start(instance, "taskset", &args, &[("PORTICO_LOG", "warn")], dir)
 }
 
 async fn wait_served(client: &reqwest::Client, port: u16, i: usize) {
@@ -253,7 +244,7 @@ async fn run() {
         wait_served(&client, port, n - 1).await;
         let (host, path) = testkit::routes::request(n - 1);
         let (rps, p99, errors) = wrk(port, &host, &path);
-        let rss = rss_kib(gw.0.id()) as f64 / 1024.0;
+        let rss = rss_kib(gw.pid().expect("the gateway runs")) as f64 / 1024.0;
         let base_rps = *base.get_or_insert(rps);
         println!(
             "| {n} | {rps:.0} | {p99:.2} | {:.2}x | {rss:.1} | {errors} |",

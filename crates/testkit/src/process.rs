@@ -92,6 +92,11 @@ impl Process {
         &self.log
     }
 
+    /// The running process's id (for `/proc/{pid}`), `None` once stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
     }
