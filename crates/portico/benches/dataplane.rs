@@ -210,7 +210,7 @@ async fn run() {
     let bin = env!("CARGO_BIN_EXE_portico");
     let etcd = EtcdServer::launch();
     let (store, _) = store::open(&etcd.store_url()).await.expect("store");
-    let (_upstream, up_port) = nginx_upstream(dir.path());
+    let (mut upstream, up_port) = nginx_upstream(dir.path());
     testkit::wait_for_tcp(&format!("127.0.0.1:{up_port}"), Duration::from_secs(10)).await;
     let client = reqwest::Client::new();
     let counts: Vec<usize> = std::env::var("ROUTE_COUNTS")
@@ -254,6 +254,8 @@ async fn run() {
     }
 
     swap_under_load(&store, &etcd, bin, dir.path(), up_port).await;
+    // SIGTERM: nginx's master takes its worker down too (a SIGKILL would orphan it).
+    upstream.stop();
 }
 
 /// Replaces 10 000 routes while 2 000 requests/s run over 16 keep-alive connections.
