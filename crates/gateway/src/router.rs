@@ -556,12 +556,11 @@ impl<'r> Search<'r, '_> {
             }
         }
         // Deepest node first: the longer literal prefix is the more specific.
-        let mut walk = table.tree.walk(path.as_bytes());
-        while let Some((depth, node)) = walk.pop() {
-            if self.entries(&node.entries, depth, host) {
-                return;
-            }
-        }
+        table
+            .tree
+            .deepest_first(path.as_bytes(), 0, &mut |depth, node| {
+                self.entries(&node.entries, depth, host)
+            });
     }
 
     /// Tries candidates in order; true when nothing later in this table can win.
@@ -640,30 +639,27 @@ impl Node {
         node
     }
 
-    /// The nodes whose keys are prefixes of `path`, shallowest first, with their depth
-    /// (key length). Only nodes holding entries are returned.
-    fn walk(&self, path: &[u8]) -> Vec<(usize, &Node)> {
-        let mut found = Vec::new();
-        let mut node = self;
-        let mut depth = 0;
-        loop {
-            if !node.entries.is_empty() {
-                found.push((depth, node));
+    /// Offers `visit` each node holding entries whose key is a prefix of `path`, with
+    /// its depth (key length), deepest first, until `visit` returns true. This node's
+    /// key is `path[..depth]`. Recursion as deep as the tree, so no allocation.
+    fn deepest_first<'n>(
+        &'n self,
+        path: &[u8],
+        depth: usize,
+        visit: &mut impl FnMut(usize, &'n Node) -> bool,
+    ) -> bool {
+        let rest = &path[depth..];
+        if let Some(&first) = rest.first() {
+            if let Ok(i) = self.children.binary_search_by(|c| c.label[0].cmp(&first)) {
+                let child = &self.children[i];
+                if rest.starts_with(&child.label)
+                    && child.deepest_first(path, depth + child.label.len(), visit)
+                {
+                    return true;
+                }
             }
-            let rest = &path[depth..];
-            let Some(&first) = rest.first() else {
-                return found;
-            };
-            let Ok(i) = node.children.binary_search_by(|c| c.label[0].cmp(&first)) else {
-                return found;
-            };
-            let child = &node.children[i];
-            if !rest.starts_with(&child.label) {
-                return found;
-            }
-            depth += child.label.len();
-            node = child;
         }
+        !self.entries.is_empty() && visit(depth, self)
     }
 }
 
