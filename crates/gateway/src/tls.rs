@@ -344,12 +344,14 @@ pub struct PeerCa {
 impl PeerCa {
     /// `Err` says what is wrong with the bundle, without quoting it.
     pub fn from_pem(pem: &str) -> Result<Self, String> {
-        let ders = model::upstream::ca_certificates(pem)?;
+        let ders = model::certificate::pem_certificates(pem).map_err(|p| p.join("; "))?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        ders.hash(&mut hasher);
         let certs: Vec<WrappedX509> = ders
             .into_iter()
-            .map(|der| WrappedX509::new(der, parse_x509))
+            .map(|der| {
+                der.as_ref().hash(&mut hasher);
+                WrappedX509::new(der.to_vec(), parse_x509)
+            })
             .collect();
         Ok(Self {
             certs: Arc::from(certs),

@@ -70,41 +70,55 @@ impl Certificate {
     }
 }
 
-/// Parses the chain; returns it when every certificate is valid X.509.
-fn check_cert_chain(v: &mut Validator, pem: &str) -> Option<Vec<CertificateDer<'static>>> {
+/// The certificates of a PEM bundle (a chain, or CAs to trust), each checked to parse
+/// as X.509; otherwise every problem found. Used for `cert` here and an upstream's
+/// `tls.ca`.
+pub fn pem_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, Vec<String>> {
     let certs: Result<Vec<CertificateDer<'static>>, _> =
         CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
     let certs = match certs {
         Ok(certs) if !certs.is_empty() => certs,
-        Ok(_) => {
-            v.error("cert", "must hold at least one PEM certificate");
-            return None;
-        }
-        Err(e) => {
-            v.error("cert", format!("is not valid PEM: {e}"));
+        Ok(_) => return Err(vec!["must hold at least one PEM certificate".to_owned()]),
+        Err(e) => return Err(vec![format!("is not valid PEM: {e}")]),
+    };
+    let problems: Vec<String> = certs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, der)| {
+            let e = x509_parser::parse_x509_certificate(der).err()?;
+            Some(format!("certificate {i} is not valid X.509: {e}"))
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(certs)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Parses the chain; returns it when every certificate is valid X.509. The leaf must
+/// be valid now.
+fn check_cert_chain(v: &mut Validator, pem: &str) -> Option<Vec<CertificateDer<'static>>> {
+    let certs = match pem_certificates(pem) {
+        Ok(certs) => certs,
+        Err(problems) => {
+            for problem in problems {
+                v.error("cert", problem);
+            }
             return None;
         }
     };
-    let mut ok = true;
-    for (i, der) in certs.iter().enumerate() {
-        match x509_parser::parse_x509_certificate(der) {
-            Ok((_, cert)) => {
-                if !cert.validity().is_valid() && i == 0 {
-                    let not_after = cert.validity().not_after;
-                    let not_before = cert.validity().not_before;
-                    v.error(
-                        "cert",
-                        format!("is not valid now (valid from {not_before} to {not_after})"),
-                    );
-                }
-            }
-            Err(e) => {
-                ok = false;
-                v.error("cert", format!("certificate {i} is not valid X.509: {e}"));
-            }
+    if let Ok((_, leaf)) = x509_parser::parse_x509_certificate(&certs[0]) {
+        if !leaf.validity().is_valid() {
+            let not_after = leaf.validity().not_after;
+            let not_before = leaf.validity().not_before;
+            v.error(
+                "cert",
+                format!("is not valid now (valid from {not_before} to {not_after})"),
+            );
         }
     }
-    ok.then_some(certs)
+    Some(certs)
 }
 
 /// Loads the key as a TLS server would and, when the chain parsed, checks that it

@@ -157,24 +157,6 @@ pub struct UpstreamTls {
     pub ca: Option<String>,
 }
 
-/// The DER certificates of a PEM CA bundle (`tls.ca`), each checked to parse as X.509;
-/// `Err` says what is wrong without quoting the input.
-pub fn ca_certificates(pem: &str) -> Result<Vec<Vec<u8>>, String> {
-    use rustls_pki_types::pem::PemObject;
-    let certs: Result<Vec<_>, _> =
-        rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
-    let certs = certs.map_err(|_| "must hold PEM certificates only".to_owned())?;
-    if certs.is_empty() {
-        return Err("must hold at least one PEM certificate".to_owned());
-    }
-    for (i, der) in certs.iter().enumerate() {
-        if x509_parser::parse_x509_certificate(der).is_err() {
-            return Err(format!("certificate {i} is not a valid X.509 certificate"));
-        }
-    }
-    Ok(certs.into_iter().map(|c| c.to_vec()).collect())
-}
-
 fn default_true() -> bool {
     true
 }
@@ -456,8 +438,10 @@ impl Upstream {
             if let Some(ca) = &tls.ca {
                 if !tls.verify {
                     v.error("tls.ca", "is only used when verify is true");
-                } else if let Err(why) = ca_certificates(ca) {
-                    v.error("tls.ca", why);
+                } else if let Err(problems) = crate::certificate::pem_certificates(ca) {
+                    for problem in problems {
+                        v.error("tls.ca", problem);
+                    }
                 }
             }
         }
