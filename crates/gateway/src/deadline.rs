@@ -44,6 +44,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
@@ -52,7 +53,7 @@ use pingora_core::protocols::{
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
 use pingora_core::server::ShutdownWatch;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 /// The start of the HTTP/2 connection preface (RFC 9113 §3.4): the first bytes of an
@@ -74,6 +75,24 @@ impl<A> HeadDeadline<A> {
             inner: Arc::new(inner),
             timeout,
         }
+    }
+
+    /// Serves a connection whose first bytes, `prefix`, were read already (by the
+    /// fast path, which hands over what it does not serve): they are read again, and
+    /// scanned like any other bytes, before the rest of the stream. The head deadline
+    /// starts again at the hand-over.
+    pub async fn process_with_prefix(
+        self: &Arc<Self>,
+        stream: Stream,
+        prefix: BytesMut,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream>
+    where
+        A: ServerApp + Send + Sync + 'static,
+    {
+        let mut stream = DeadlineStream::new(stream, self.timeout);
+        stream.prefix = prefix;
+        self.inner.process_new(Box::new(stream), shutdown).await
     }
 
     /// The application this one hands connections to.
@@ -210,6 +229,9 @@ struct DeadlineStream {
     /// How much of [`H2_PREFACE_START`] the connection's first bytes matched; `None`
     /// once they did not, or once the first head is complete.
     preface: Option<usize>,
+    /// Bytes read from `inner` before this stream was made (or by a peek), served
+    /// before anything else.
+    prefix: BytesMut,
 }
 
 impl DeadlineStream {
@@ -221,6 +243,7 @@ impl DeadlineStream {
             deadline: None,
             scan: HeadScan::default(),
             preface: Some(0),
+            prefix: BytesMut::new(),
         }
     }
 
@@ -309,7 +332,12 @@ impl AsyncRead for DeadlineStream {
             }
         }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+        } else {
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        }
         let read = &buf.filled()[before..];
         if !read.is_empty() && this.state != State::Tunnel {
             this.on_read(read);
@@ -436,14 +464,39 @@ impl Peek for DeadlineStream {
     /// (the bytes are read again), but at the start of a connection it is bounded by
     /// the head deadline, which then keeps running for the first head.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        if self.state != State::Idle {
+        if self.prefix.is_empty() && self.state != State::Idle {
             return self.inner.try_peek(buf).await;
         }
-        self.arm();
+        if self.state == State::Idle {
+            self.arm();
+        }
         let timeout = self.timeout;
         let Self {
-            inner, deadline, ..
+            inner,
+            deadline,
+            prefix,
+            ..
         } = self;
+        if !prefix.is_empty() {
+            // Read what is missing into the prefix, where the next reads find it.
+            let fill = async {
+                while prefix.len() < buf.len() {
+                    if inner.read_buf(prefix).await? == 0 {
+                        return Ok(false);
+                    }
+                }
+                buf.copy_from_slice(&prefix[..buf.len()]);
+                Ok(true)
+            };
+            return match deadline.as_mut() {
+                Some(deadline) => tokio::select! {
+                    biased;
+                    peeked = fill => peeked,
+                    () = deadline.as_mut() => Err(timed_out(timeout)),
+                },
+                None => fill.await,
+            };
+        }
         let Some(deadline) = deadline.as_mut() else {
             return inner.try_peek(buf).await;
         };

@@ -20,6 +20,7 @@
 
 pub mod balancer;
 pub mod deadline;
+mod fastpath;
 pub mod health;
 mod heartbeat;
 pub mod normalize;
@@ -184,12 +185,13 @@ pub async fn run(
     });
 
     let server_conf = Arc::new(ServerConf::default());
+    let settings = Arc::new(config.http.clone());
     let mut proxy = pingora_proxy::http_proxy(
         &server_conf,
         Proxy {
-            config: current,
+            config: current.clone(),
             in_flight: in_flight.clone(),
-            settings: Arc::new(config.http.clone()),
+            settings: settings.clone(),
         },
     );
     let mut options = pingora_core::apps::HttpServerOptions::default();
@@ -197,9 +199,12 @@ pub async fn run(
     options.h2c = true;
     proxy.server_options = Some(options);
     // Every HTTP/1.x request head must arrive in full within the timeout (slowloris).
+    let pingora = deadline::HeadDeadline::new(proxy, config.http.header_read_timeout);
+    // Plain HTTP/1.1 requests take the fast path, which hands the rest to Pingora.
+    let app = fastpath::FastPath::new(pingora, current, in_flight.clone(), settings);
     let mut service = pingora_core::services::listening::Service::new(
         "Pingora HTTP Proxy Service".to_string(),
-        deadline::HeadDeadline::new(proxy, config.http.header_read_timeout),
+        app,
     );
     service.add_tcp(&config.listen.to_string());
     if let (Some(addr), Some(settings)) = (config.tls_listen, tls_settings) {

@@ -61,10 +61,8 @@ pub struct RequestCtx {
     pick: Option<Pick>,
     /// Whether the current pick's outcome went to the pool already.
     reported: bool,
-    /// Attempts made (upstream_peer calls that picked a node).
-    attempts: u32,
-    /// Nodes an earlier attempt failed on; empty (no allocation) unless retrying.
-    tried: Vec<usize>,
+    /// Attempts made (upstream_peer calls that picked a node) and nodes that failed.
+    attempts: Attempts,
     /// Set when the upstream's status is being retried (see upstream_response_filter).
     status_retry: bool,
     /// Request body bytes seen so far.
@@ -149,10 +147,15 @@ impl Refusal {
         }
     }
 
+    /// The JSON body of the error response.
+    pub fn body(&self) -> Bytes {
+        let (message, code) = self.describe();
+        Bytes::from(serde_json::json!({ "error": message, "code": code }).to_string())
+    }
+
     /// The complete error response.
     pub fn response(&self) -> Result<(ResponseHeader, Bytes)> {
-        let (message, code) = self.describe();
-        let body = Bytes::from(serde_json::json!({ "error": message, "code": code }).to_string());
+        let body = self.body();
         let mut header = ResponseHeader::build(self.status(), Some(4))?;
         header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
@@ -170,33 +173,32 @@ impl Proxy {
         let settings = &self.settings;
         check_limits(session, settings)?;
         let req = session.req_header();
-        let client_ip = settings.client_ip(
-            session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-            &req.headers,
-        );
-        let normal = normalize(req.uri.path()).map_err(|_| Refusal::BadRequest)?;
-        let now_ms = crate::now_ms();
-        // One snapshot for the whole request, whatever reloads happen meanwhile.
-        let config = self.config.load();
         let host = request_host(req);
-        let info = RequestInfo {
-            host: &host,
-            path: &normal,
-            method: req.method.as_str(),
-            headers: &req.headers,
-            query: req.uri.query(),
+        let routed = route_request(
+            &self.config.load(),
+            settings,
+            &Incoming {
+                host: &host,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                query: req.uri.query(),
+                headers: &req.headers,
+                peer: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+            },
+        )?;
+        let Routed {
+            upstream,
             client_ip,
-            now_ms,
+            path,
+        } = routed;
+        let normal = match path {
+            Cow::Owned(normal) => Some(normal),
+            Cow::Borrowed(_) => None,
         };
-        let target = match config.router.lookup(&info) {
-            Match::Found(target) => target.clone(),
-            Match::MethodNotAllowed { allow } => return Err(Refusal::MethodNotAllowed(allow)),
-            Match::NotFound => return Err(Refusal::NoRoute),
-        };
-        if let std::borrow::Cow::Owned(normal) = normal {
+        if let Some(normal) = normal {
             let uri = match req.uri.query() {
                 Some(q) => format!("{normal}?{q}"),
                 None => normal,
@@ -207,7 +209,7 @@ impl Proxy {
                 .map_err(|_| Refusal::BadRequest)?;
             session.req_header_mut().set_uri(uri);
         }
-        ctx.upstream = Some(target.upstream.clone());
+        ctx.upstream = Some(upstream);
         ctx.client_ip = client_ip;
         Ok(())
     }
@@ -222,14 +224,11 @@ impl Proxy {
         }
     }
 
-    /// Whether another attempt on another node is allowed: budget left and a node not
-    /// yet tried. `failed` is the index of the node that just failed.
+    /// Whether another attempt on another node is allowed (see [`Attempts`]).
     fn may_try_another(ctx: &RequestCtx, failed: usize) -> bool {
-        let Some(pool) = &ctx.upstream else {
-            return false;
-        };
-        let tried = ctx.tried.len() + usize::from(!ctx.tried.contains(&failed));
-        ctx.attempts <= pool.upstream.retries && tried < pool.len()
+        ctx.upstream
+            .as_ref()
+            .is_some_and(|pool| ctx.attempts.may_try_another(pool, failed))
     }
 
     /// Whether the request may be sent again once it reached a node: an idempotent
@@ -241,8 +240,88 @@ impl Proxy {
     }
 }
 
+/// What routing needs of a request, whichever HTTP/1 path (Pingora's or the fast
+/// path) read it.
+pub(crate) struct Incoming<'a> {
+    /// Lowercase, without port (see [`host_of`]).
+    pub host: &'a str,
+    pub method: &'a str,
+    /// As received, without the query.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a http::HeaderMap,
+    /// The connection's peer.
+    pub peer: Option<std::net::IpAddr>,
+}
+
+/// Where a request goes.
+pub(crate) struct Routed<'a> {
+    /// The matched route's pool, from the request's one config snapshot.
+    pub upstream: Arc<UpstreamPool>,
+    /// The client's address after the trusted-proxy rules.
+    pub client_ip: Option<std::net::IpAddr>,
+    /// The normalised path, used for routing and forwarding alike; `Owned` when it
+    /// differs from the path received.
+    pub path: Cow<'a, str>,
+}
+
+/// Normalises the path and matches the request against one config snapshot: the
+/// routing both HTTP/1 paths share. Limits are checked by the caller.
+pub(crate) fn route_request<'a>(
+    config: &RuntimeConfig,
+    settings: &HttpSettings,
+    req: &Incoming<'a>,
+) -> Result<Routed<'a>, Refusal> {
+    let client_ip = settings.client_ip(req.peer, req.headers);
+    let path = normalize(req.path).map_err(|_| Refusal::BadRequest)?;
+    let info = RequestInfo {
+        host: req.host,
+        path: &path,
+        method: req.method,
+        headers: req.headers,
+        query: req.query,
+        client_ip,
+        now_ms: crate::now_ms(),
+    };
+    let upstream = match config.router.lookup(&info) {
+        Match::Found(target) => target.upstream.clone(),
+        Match::MethodNotAllowed { allow } => return Err(Refusal::MethodNotAllowed(allow)),
+        Match::NotFound => return Err(Refusal::NoRoute),
+    };
+    Ok(Routed {
+        upstream,
+        client_ip,
+        path,
+    })
+}
+
+/// The attempts a request made: at most `1 + retries`, on distinct nodes.
+#[derive(Debug, Default)]
+pub(crate) struct Attempts {
+    /// Attempts made (nodes picked).
+    pub made: u32,
+    /// Nodes an earlier attempt failed on; empty (no allocation) unless retrying.
+    pub tried: Vec<usize>,
+}
+
+impl Attempts {
+    /// Whether another attempt on another node is allowed after the node `failed`
+    /// failed: budget left and a node not yet tried.
+    pub fn may_try_another(&self, pool: &UpstreamPool, failed: usize) -> bool {
+        let tried = self.tried.len() + usize::from(!self.tried.contains(&failed));
+        self.made <= pool.upstream.retries && tried < pool.len()
+    }
+
+    /// Remembers that `node` failed, so no later attempt picks it.
+    pub fn failed_on(&mut self, node: usize) {
+        if !self.tried.contains(&node) {
+            self.tried.push(node);
+        }
+    }
+}
+
 /// The Host header `pass_host` asks for; `None` keeps the client's.
-fn upstream_host(pool: &UpstreamPool, pick: &Pick) -> Option<String> {
+pub(crate) fn upstream_host(pool: &UpstreamPool, pick: &Pick) -> Option<String> {
     use model::upstream::PassHost;
     match pool.upstream.pass_host {
         PassHost::Pass => None,
@@ -316,8 +395,7 @@ impl ProxyHttp for Proxy {
             client_ip: None,
             pick: None,
             reported: false,
-            attempts: 0,
-            tried: Vec::new(),
+            attempts: Attempts::default(),
             status_retry: false,
             body_bytes: 0,
             _in_flight: self.in_flight.enter(),
@@ -385,7 +463,7 @@ impl ProxyHttp for Proxy {
             headers: &req.headers,
             query: req.uri.query(),
         };
-        let Some(pick) = pool.pick(&input, &ctx.tried) else {
+        let Some(pick) = pool.pick(&input, &ctx.attempts.tried) else {
             let mut e = Error::explain(
                 ErrorType::ConnectNoRoute,
                 format!("upstream {:?} has no node with a known address", pool.id),
@@ -393,7 +471,7 @@ impl ProxyHttp for Proxy {
             e.as_up();
             return Err(e);
         };
-        ctx.attempts += 1;
+        ctx.attempts.made += 1;
         // Scheme, TLS, CA and timeouts were set up with the pool.
         let peer = Box::new(pick.node().peer.clone());
         ctx.pick = Some(pick);
@@ -411,9 +489,7 @@ impl ProxyHttp for Proxy {
         if let Some(index) = ctx.pick.as_ref().map(|p| p.index) {
             // Nothing reached the node: always safe to try another.
             e.set_retry(Self::may_try_another(ctx, index));
-            if !ctx.tried.contains(&index) {
-                ctx.tried.push(index);
-            }
+            ctx.attempts.failed_on(index);
         }
         e
     }
@@ -442,7 +518,7 @@ impl ProxyHttp for Proxy {
         // ReusedOnly). Anything else counts against the node and the budget.
         e.retry.decide_reuse(client_reused);
         if client_reused && e.retry() {
-            ctx.attempts = ctx.attempts.saturating_sub(1);
+            ctx.attempts.made = ctx.attempts.made.saturating_sub(1);
             return e;
         }
         Self::report(ctx, Outcome::Failed);
@@ -451,9 +527,7 @@ impl ProxyHttp for Proxy {
             return e;
         };
         e.set_retry(Self::may_try_another(ctx, index));
-        if !ctx.tried.contains(&index) {
-            ctx.tried.push(index);
-        }
+        ctx.attempts.failed_on(index);
         e
     }
 
@@ -510,7 +584,7 @@ impl ProxyHttp for Proxy {
             return Ok(());
         }
         // Nothing of this response reached the client: drop it and try another node.
-        ctx.tried.push(index);
+        ctx.attempts.failed_on(index);
         ctx.status_retry = true;
         let mut e = Error::explain(
             ErrorType::HTTPStatus(status),
@@ -557,18 +631,23 @@ impl ProxyHttp for Proxy {
 }
 
 /// Host without port, lowercase: from an absolute-form target (which takes precedence,
-/// RFC 9112 §3.2.2), else the Host header. Borrows when the host is already lowercase,
-/// which is the common case.
+/// RFC 9112 §3.2.2), else the Host header.
 fn request_host(req: &RequestHeader) -> Cow<'_, str> {
-    let raw = req
-        .uri
-        .host()
-        .or_else(|| {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
-        })
-        .unwrap_or("");
+    host_of(
+        req.uri
+            .host()
+            .or_else(|| {
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+            })
+            .unwrap_or(""),
+    )
+}
+
+/// A Host value without port, lowercase. Borrows when the host is already lowercase,
+/// which is the common case.
+pub(crate) fn host_of(raw: &str) -> Cow<'_, str> {
     let host = match raw.strip_prefix('[') {
         // An IPv6 literal: `[::1]:8080`.
         Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
