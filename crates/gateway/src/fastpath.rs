@@ -766,13 +766,16 @@ fn rewrite_response(
     let framing = if is_head || status < 200 || status == 204 || status == 304 {
         Framing::Empty
     } else {
+        // Transfer-Encoding overrides Content-Length, which is not forwarded (RFC 9112
+        // §6.3); the connection is not reused after such a message.
         match (chunked, length) {
-            (Some(_), Some(_)) => return Err(Failure::BadResponse("both framings")),
-            (Some(true), None) => Framing::Chunked,
-            (Some(false), None) | (None, None) => Framing::Close,
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) | (None, None) => Framing::Close,
             (None, Some(n)) => Framing::Length(n),
         }
     };
+    let both = chunked.is_some() && length.is_some();
+    keep_alive &= !both;
     out.clear();
     {
         use std::io::Write;
@@ -785,6 +788,7 @@ fn rewrite_response(
         if is_hop_by_hop(name) && !name.eq_ignore_ascii_case(b"transfer-encoding")
             || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
             || (framing == Framing::Close && name.eq_ignore_ascii_case(b"transfer-encoding"))
+            || (both && name.eq_ignore_ascii_case(b"content-length"))
         {
             continue;
         }
@@ -1163,7 +1167,14 @@ mod tests {
 
     #[test]
     fn responses_are_framed_and_cleaned() {
-        let cases: &[(&[u8], bool, Result<(Framing, bool), ()>, &str)] = &[
+        /// Response head, HEAD request, framing and keep-alive (or an error), head sent.
+        type Case = (
+            &'static [u8],
+            bool,
+            Result<(Framing, bool), ()>,
+            &'static str,
+        );
+        let cases: &[Case] = &[
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n",
                 false,
@@ -1197,8 +1208,8 @@ mod tests {
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
                 false,
-                Err(()),
-                "",
+                Ok((Framing::Chunked, false)),
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
             ),
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",

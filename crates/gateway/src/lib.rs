@@ -59,6 +59,9 @@ const COLD_START_GRACE: Duration = Duration::from_secs(2);
 /// The snapshot file is rewritten at most this often.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The name of the listening service in Pingora's logs.
+const SERVICE: &str = "Pingora HTTP Proxy Service";
+
 pub struct GatewayConfig {
     /// Where to serve plaintext traffic: HTTP/1.1, and HTTP/2 with prior knowledge (h2c).
     pub listen: SocketAddr,
@@ -200,24 +203,14 @@ pub async fn run(
     proxy.server_options = Some(options);
     // Every HTTP/1.x request head must arrive in full within the timeout (slowloris).
     let pingora = deadline::HeadDeadline::new(proxy, config.http.header_read_timeout);
-    // Plain HTTP/1.1 requests take the fast path, which hands the rest to Pingora.
-    let app = fastpath::FastPath::new(pingora, current, in_flight.clone(), settings);
-    let mut service = pingora_core::services::listening::Service::new(
-        "Pingora HTTP Proxy Service".to_string(),
-        app,
-    );
-    service.add_tcp(&config.listen.to_string());
-    if let (Some(addr), Some(settings)) = (config.tls_listen, tls_settings) {
-        service.add_tls_with_settings(&addr.to_string(), None, settings);
-        tracing::info!(tls_listen = %addr, mtls = config.client_ca.is_some(), "gateway serving TLS");
-    }
-    tracing::info!(listen = %config.listen, instance = %config.instance, node = %config.node_id, "gateway serving");
-    // Returns once the accept loops have seen `shutdown`; connections already accepted
-    // go on in their own tasks. Spawned so a panic in Pingora becomes an error here.
-    let served = tokio::spawn(async move {
-        pingora_core::services::Service::start_service(&mut service, None, shutdown, 1).await;
-    })
-    .await;
+    tracing::info!(listen = %config.listen, instance = %config.instance, node = %config.node_id, fast_path = config.http.fast_path, "gateway serving");
+    let served = if config.http.fast_path {
+        // Plain HTTP/1.1 requests take the fast path, which hands the rest to Pingora.
+        let app = fastpath::FastPath::new(pingora, current, in_flight.clone(), settings);
+        serve_listeners(app, &config, tls_settings, shutdown).await
+    } else {
+        serve_listeners(pingora, &config, tls_settings, shutdown).await
+    };
 
     draining.store(true, std::sync::atomic::Ordering::Release);
     let drain_timeout = config.drain_timeout;
@@ -445,4 +438,28 @@ pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Serves `app` on the node's listeners until `shutdown`. Returns once the accept loops
+/// have seen it; connections already accepted go on in their own tasks. Spawned so a
+/// panic in Pingora becomes an error here.
+async fn serve_listeners<A>(
+    app: A,
+    config: &GatewayConfig,
+    tls_settings: Option<pingora_core::listeners::tls::TlsSettings>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), tokio::task::JoinError>
+where
+    A: pingora_core::apps::ServerApp + Send + Sync + 'static,
+{
+    let mut service = pingora_core::services::listening::Service::new(SERVICE.into(), app);
+    service.add_tcp(&config.listen.to_string());
+    if let (Some(addr), Some(settings)) = (config.tls_listen, tls_settings) {
+        service.add_tls_with_settings(&addr.to_string(), None, settings);
+        tracing::info!(tls_listen = %addr, mtls = config.client_ca.is_some(), "gateway serving TLS");
+    }
+    tokio::spawn(async move {
+        pingora_core::services::Service::start_service(&mut service, None, shutdown, 1).await;
+    })
+    .await
 }

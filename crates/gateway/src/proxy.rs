@@ -330,6 +330,31 @@ pub(crate) fn upstream_host(pool: &UpstreamPool, pick: &Pick) -> Option<String> 
     }
 }
 
+/// Hop-by-hop headers Pingora leaves in place: those a Connection header names (RFC
+/// 9110 §7.6.1), Keep-Alive and Proxy-Connection. (It handles Connection,
+/// Transfer-Encoding and Upgrade itself.)
+fn connection_listed(headers: &http::HeaderMap) -> Vec<http::HeaderName> {
+    const ALWAYS: [&str; 2] = ["keep-alive", "proxy-connection"];
+    let listed = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|t| t.trim_ascii())
+        // Upgrade stays for Pingora, which proxies upgrades (WebSocket).
+        .filter(|t| {
+            ![&b"close"[..], b"keep-alive", b"upgrade"]
+                .iter()
+                .any(|keep| t.eq_ignore_ascii_case(keep))
+        })
+        .filter_map(|t| http::HeaderName::from_bytes(t).ok());
+    ALWAYS
+        .iter()
+        .filter(|name| headers.contains_key(**name))
+        .map(|name| http::HeaderName::from_static(name))
+        .chain(listed)
+        .collect()
+}
+
 /// Whether the raw HTTP/1 head holds a Content-Length line. Pingora drops that header
 /// when Transfer-Encoding is present too (RFC 9112 §6.3), before the request reaches
 /// us; the raw head still shows what the client sent.
@@ -537,6 +562,9 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        for name in connection_listed(&upstream_request.headers) {
+            upstream_request.remove_header(&name);
+        }
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             let ip = addr.ip().to_string();
             let forwarded = match upstream_request
@@ -563,6 +591,9 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        for name in connection_listed(&upstream_response.headers) {
+            upstream_response.remove_header(&name);
+        }
         let status = upstream_response.status.as_u16();
         // 1xx are interim; 101 (an upgrade) is the final answer.
         if status < 200 && status != 101 {

@@ -28,6 +28,9 @@ pub struct HttpSettings {
     pub trusted_proxies: Vec<IpNet>,
     /// The header trusted peers put the client's address in.
     pub real_ip_header: HeaderName,
+    /// Serve plain HTTP/1.1 requests on the fast path (`fastpath.rs`); off, every
+    /// request goes through Pingora's proxy.
+    pub fast_path: bool,
 }
 
 impl Default for HttpSettings {
@@ -41,6 +44,7 @@ impl Default for HttpSettings {
             header_read_timeout: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
             real_ip_header: HeaderName::from_static("x-forwarded-for"),
+            fast_path: true,
         }
     }
 }

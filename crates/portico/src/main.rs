@@ -140,6 +140,10 @@ struct HttpArgs {
         default_value = "x-forwarded-for"
     )]
     real_ip_header: String,
+    /// Send every request through Pingora's proxy instead of serving plain HTTP/1.1
+    /// requests on the gateway's fast path (for comparison, or to rule it out).
+    #[arg(long, env = "PORTICO_NO_FAST_PATH")]
+    no_fast_path: bool,
 }
 
 impl HttpArgs {
@@ -167,6 +171,7 @@ impl HttpArgs {
             header_read_timeout: self.header_read_timeout,
             trusted_proxies,
             real_ip_header,
+            fast_path: !self.no_fast_path,
         })
     }
 }

@@ -50,7 +50,23 @@ fn main() -> anyhow::Result<()> {
             run(clippy)?;
             let mut test = cargo();
             test.args(["test", "--workspace"]).args(rest);
-            run(test)
+            run(test)?;
+            // The gateway's proxy suites again with the fast path off: what they check
+            // must hold on Pingora's path too (tests/common/mod.rs reads the variable).
+            let mut pingora = cargo();
+            pingora
+                .args(["test", "-p", "gateway"])
+                .args([
+                    "--test",
+                    "proxy",
+                    "--test",
+                    "upstreams",
+                    "--test",
+                    "protocols",
+                ])
+                .env("PORTICO_TEST_PINGORA_ONLY", "1")
+                .args(rest);
+            run(pingora)
         }
         "bench" => {
             ensure_packages(BUILD_PACKAGES)?;

@@ -15,6 +15,9 @@ use testkit::upstream::NamedUpstream;
 
 pub const INSTANCE: &str = "instance_a";
 
+/// Set: nodes serve every request through Pingora's proxy (no fast path).
+pub const PINGORA_ONLY: &str = "PORTICO_TEST_PINGORA_ONLY";
+
 /// How a test node is set up beyond the defaults.
 #[derive(Default)]
 pub struct Options {
@@ -82,8 +85,13 @@ impl Node {
     pub async fn start_on_with(
         gateway_store: Arc<dyn ConfigStore>,
         store: Arc<dyn ConfigStore>,
-        options: Options,
+        mut options: Options,
     ) -> Self {
+        // `cargo xtask test` runs the proxy suites a second time with this set, so the
+        // behaviour they check holds on Pingora's path as well as on the fast path.
+        if std::env::var_os(PINGORA_ONLY).is_some() {
+            options.http.fast_path = false;
+        }
         let keyspace = Keyspace::default();
         let loopback = || -> SocketAddr {
             format!("127.0.0.1:{}", testkit::free_port())
