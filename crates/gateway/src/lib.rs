@@ -89,6 +89,8 @@ pub struct GatewayConfig {
     /// How long shutdown lets requests in flight (WebSockets included) finish before it
     /// stops anyway.
     pub drain_timeout: Duration,
+    /// Worker threads of the data plane (listeners and connections); 0: one per core.
+    pub threads: usize,
 }
 
 /// What the node serves, as the heartbeat and the status endpoint report it.
@@ -204,13 +206,16 @@ pub async fn run(
     // Every HTTP/1.x request head must arrive in full within the timeout (slowloris).
     let pingora = deadline::HeadDeadline::new(proxy, config.http.header_read_timeout);
     tracing::info!(listen = %config.listen, instance = %config.instance, node = %config.node_id, fast_path = config.http.fast_path, "gateway serving");
-    let served = if config.http.fast_path {
+    let data_plane = if config.http.fast_path {
         // Plain HTTP/1.1 requests take the fast path, which hands the rest to Pingora.
         let app = fastpath::FastPath::new(pingora, current, in_flight.clone(), settings);
-        serve_listeners(app, &config, tls_settings, shutdown).await
+        DataPlane::start(app, &config, tls_settings, shutdown)?
     } else {
-        serve_listeners(pingora, &config, tls_settings, shutdown).await
+        DataPlane::start(pingora, &config, tls_settings, shutdown)?
     };
+    // Returns once the accept loops have seen `shutdown`; connections already accepted
+    // go on in the data plane's tasks until released below.
+    let served = data_plane.accepting.await;
 
     draining.store(true, std::sync::atomic::Ordering::Release);
     let drain_timeout = config.drain_timeout;
@@ -227,7 +232,11 @@ pub async fn run(
     if let Some(server) = status_server {
         let _ = server.await;
     }
-    served.context("the proxy service failed")?;
+    // Connections still open (idle keep-alive ones, or past the drain timeout) end
+    // with the data plane's runtime.
+    let _ = data_plane.release.send(());
+    let _ = tokio::task::spawn_blocking(move || data_plane.thread.join()).await;
+    served.map_err(|_| anyhow::anyhow!("the proxy service failed"))?;
     tracing::info!(node = %config.node_id, "gateway stopped");
     Ok(())
 }
@@ -440,26 +449,69 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Serves `app` on the node's listeners until `shutdown`. Returns once the accept loops
-/// have seen it; connections already accepted go on in their own tasks. Spawned so a
-/// panic in Pingora becomes an error here.
-async fn serve_listeners<A>(
-    app: A,
-    config: &GatewayConfig,
-    tls_settings: Option<pingora_core::listeners::tls::TlsSettings>,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(), tokio::task::JoinError>
-where
-    A: pingora_core::apps::ServerApp + Send + Sync + 'static,
-{
-    let mut service = pingora_core::services::listening::Service::new(SERVICE.into(), app);
-    service.add_tcp(&config.listen.to_string());
-    if let (Some(addr), Some(settings)) = (config.tls_listen, tls_settings) {
-        service.add_tls_with_settings(&addr.to_string(), None, settings);
-        tracing::info!(tls_listen = %addr, mtls = config.client_ca.is_some(), "gateway serving TLS");
+/// The listeners and their connections, on a runtime of their own: the config loop,
+/// the store client, the heartbeat and the status server run on the caller's runtime,
+/// so none of their work ever waits in line with a request.
+struct DataPlane {
+    /// Resolves when the accept loops have seen `shutdown` (an error: they panicked).
+    accepting: tokio::sync::oneshot::Receiver<()>,
+    /// Ends the runtime, and with it every connection still open.
+    release: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl DataPlane {
+    /// Serves `app` on the node's listeners until `shutdown`, on `config.threads`
+    /// worker threads (one: a current-thread runtime, the way nginx runs one event
+    /// loop per worker process).
+    fn start<A>(
+        app: A,
+        config: &GatewayConfig,
+        tls_settings: Option<pingora_core::listeners::tls::TlsSettings>,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<Self>
+    where
+        A: pingora_core::apps::ServerApp + Send + Sync + 'static,
+    {
+        let mut service = pingora_core::services::listening::Service::new(SERVICE.into(), app);
+        service.add_tcp(&config.listen.to_string());
+        if let (Some(addr), Some(settings)) = (config.tls_listen, tls_settings) {
+            service.add_tls_with_settings(&addr.to_string(), None, settings);
+            tracing::info!(tls_listen = %addr, mtls = config.client_ca.is_some(), "gateway serving TLS");
+        }
+        let threads = match config.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let mut builder = if threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        };
+        let runtime = builder
+            .enable_all()
+            .thread_name("portico-proxy")
+            .build()
+            .context("cannot start the data plane's runtime")?;
+        let (accepting_tx, accepting) = tokio::sync::oneshot::channel();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("portico-proxy".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    pingora_core::services::Service::start_service(&mut service, None, shutdown, 1)
+                        .await;
+                    let _ = accepting_tx.send(());
+                    let _ = released.await;
+                });
+            })
+            .context("cannot start the data plane's thread")?;
+        Ok(Self {
+            accepting,
+            release,
+            thread,
+        })
     }
-    tokio::spawn(async move {
-        pingora_core::services::Service::start_service(&mut service, None, shutdown, 1).await;
-    })
-    .await
 }

@@ -79,6 +79,7 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
             snapshot_file: None,
             status_listen: None,
             drain_timeout: std::time::Duration::from_secs(10),
+            threads: 1,
         },
         store,
         keyspace,

@@ -81,7 +81,8 @@ enum Command {
         advertise_address: Option<String>,
         #[arg(long, env = "PORTICO_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
         heartbeat_interval: Duration,
-        /// Worker threads; default: one per core.
+        /// Worker threads of the data plane (listeners and connections; control work has
+        /// a thread of its own); default: one per core.
         #[arg(long, env = "PORTICO_THREADS")]
         threads: Option<usize>,
         // Boxed: inline it would make `Command` large for its other variants.
@@ -188,22 +189,17 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let threads = match &cli.command {
-        Command::Gateway { threads, .. } => threads.unwrap_or(0),
-        _ => 0,
-    };
-    // One worker: a current-thread runtime, so no task ever wakes another thread (the
-    // way nginx runs one event loop per worker process).
-    let mut builder = if threads == 1 {
+    // A gateway's data plane has a runtime of its own (`--threads`); its control work
+    // (store, heartbeat, status) needs one thread.
+    let mut builder = if matches!(cli.command, Command::Gateway { .. }) {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    builder.enable_all();
-    if threads > 1 {
-        builder.worker_threads(threads);
-    }
-    let runtime = builder.build().context("cannot start the async runtime")?;
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(run(cli.command))
 }
 
@@ -252,7 +248,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             node_id,
             advertise_address,
             heartbeat_interval,
-            threads: _,
+            threads,
             http,
             snapshot_file,
             no_snapshot,
@@ -277,6 +273,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 snapshot_file,
                 status_listen,
                 drain_timeout,
+                threads: threads.unwrap_or(0),
             };
             gateway::run(config, store, keyspace, shutdown).await
         }

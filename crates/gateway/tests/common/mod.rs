@@ -119,6 +119,7 @@ impl Node {
                 snapshot_file: options.snapshot_file,
                 status_listen: options.status_listen,
                 drain_timeout: options.drain_timeout.unwrap_or(Duration::from_secs(10)),
+                threads: 1,
             },
             gateway_store,
             keyspace.clone(),
