@@ -31,6 +31,7 @@ wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/nul
 
 cargo build --release -q -p portico
 cargo build --release -q -p gateway --example bare_pingora
+cargo build --release -q -p testkit --example paced_load
 bin=target/release/portico
 
 up_port=$(free_port); ngx_port=$(free_port); gw_port=$(free_port); bare_port=$(free_port)
@@ -98,6 +99,26 @@ n_p99=$(to_ms "$(p99 nginx)"); p_p99=$(to_ms "$(p99 portico)"); b_p99=$(to_ms "$
   python3 -c "print(f'ratio bare pingora/nginx: throughput {float($b_rps)/float($n_rps):.2f}x; portico/bare pingora: {float($p_rps)/float($b_rps):.2f}x')"
   errors nginx; errors portico; errors bare-pingora
 } | tee "$out/throughput.md"
+
+# Latency at the same offered rate for both: wrk's closed loop runs each proxy as fast
+# as the load core allows, so the faster one also gets the load core's queueing in its
+# p99. An open loop at a fixed share of nginx's maximum compares like with like.
+RATE_SHARE=${RATE_SHARE:-0.8}
+rate=$(python3 -c "print(int(float($n_rps) * $RATE_SHARE))")
+paced() { taskset -c "$LOAD_CPUS" target/release/examples/paced_load "http://127.0.0.1:$1/api/x" "$rate" "$CONNECTIONS" 15 > "$out/paced-$2.txt"; }
+field() { tr ' ' '\n' < "$out/paced-$1.txt" | awk -F= -v k="$2" '$1==k {print $2}'; }
+paced "$ngx_port" nginx
+paced "$gw_port" portico
+{
+  echo
+  echo "## latency at a fixed offered rate ($rate req/s = $RATE_SHARE x nginx's maximum, $CONNECTIONS connections, open loop, 15 s)"
+  printf '| proxy | achieved req/s | p50 (ms) | p90 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | errors |\n|---|---|---|---|---|---|---|---|\n'
+  for p in nginx portico; do
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$p" "$(field $p rate)" "$(field $p p50_ms)" \
+      "$(field $p p90_ms)" "$(field $p p99_ms)" "$(field $p p999_ms)" "$(field $p max_ms)" "$(field $p errors)"
+  done
+  python3 -c "print(f'ratio portico/nginx at the same rate: p99 {float($(field portico p99_ms))/float($(field nginx p99_ms)):.2f}x, p50 {float($(field portico p50_ms))/float($(field nginx p50_ms)):.2f}x')"
+} | tee -a "$out/throughput.md"
 
 kill $(jobs -p) 2>/dev/null || true
 wait 2>/dev/null || true
