@@ -2,7 +2,9 @@
 //! `portico gateway --threads 1` pinned to core 0, load on core 1):
 //!
 //! 1. throughput and p99 with 1, 10 000 and 100 000 routes loaded, the requested route
-//!    inserted last (wrk, keep-alive), and the gateway's resident memory at each size;
+//!    inserted last (wrk, keep-alive), and the gateway's resident memory at each size:
+//!    one gateway per size, all running, measured in `ROUNDS` (3) alternating rounds,
+//!    medians reported;
 //! 2. replacing all 10 000 routes while a fixed load of 2 000 requests/s runs: failed
 //!    requests and the latency percentiles during the swap.
 //!
@@ -142,6 +144,11 @@ async fn wait_served(client: &reqwest::Client, port: u16, i: usize) {
     }
 }
 
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -218,10 +225,13 @@ async fn run() {
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 10_000, 100_000]);
 
-    println!("## routes loaded (1 gateway worker, wrk 64 connections, 10 s; last-inserted route)");
-    println!("| routes | requests/s | p99 (ms) | vs 1 route | RSS (MiB) | errors |");
-    println!("|---|---|---|---|---|---|");
-    let mut base = None;
+    // One gateway per table size, all running; measured in alternating rounds so that
+    // this shared machine's drift hits every size alike; medians reported.
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mut gateways = Vec::new();
     for &n in &counts {
         let instance = format!("bench{n}");
         let upstream =
@@ -242,16 +252,42 @@ async fn run() {
         let gw = gateway(bin, port, &instance, &etcd.store_url(), dir.path());
         testkit::wait_for_tcp(&format!("127.0.0.1:{port}"), Duration::from_secs(30)).await;
         wait_served(&client, port, n - 1).await;
-        let (host, path) = testkit::routes::request(n - 1);
-        let (rps, p99, errors) = wrk(port, &host, &path);
+        gateways.push((n, gw, port, Vec::new()));
+    }
+    for _ in 0..rounds {
+        for (n, _, port, runs) in gateways.iter_mut() {
+            let (host, path) = testkit::routes::request(*n - 1);
+            runs.push(wrk(*port, &host, &path));
+        }
+    }
+
+    println!(
+        "## routes loaded (1 gateway worker, wrk 64 connections, 10 s; last-inserted route; median of {rounds} alternating rounds)"
+    );
+    println!(
+        "| routes | requests/s | p99 (ms) | vs 1 route | RSS (MiB) | all rounds (req/s) | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut base = None;
+    for (n, gw, _, runs) in &gateways {
+        let rps = median(runs.iter().map(|r| r.0).collect());
+        let p99 = median(runs.iter().map(|r| r.1).collect());
+        let all: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.0)).collect();
+        let errors: Vec<&str> = runs
+            .iter()
+            .map(|r| r.2.as_str())
+            .filter(|e| !e.is_empty())
+            .collect();
         let rss = rss_kib(gw.pid().expect("the gateway runs")) as f64 / 1024.0;
         let base_rps = *base.get_or_insert(rps);
         println!(
-            "| {n} | {rps:.0} | {p99:.2} | {:.2}x | {rss:.1} | {errors} |",
-            rps / base_rps
+            "| {n} | {rps:.0} | {p99:.2} | {:.2}x | {rss:.1} | {} | {} |",
+            rps / base_rps,
+            all.join(" / "),
+            errors.join("; ")
         );
-        drop(gw);
     }
+    drop(gateways);
 
     swap_under_load(&store, &etcd, bin, dir.path(), up_port).await;
     // SIGTERM: nginx's master takes its worker down too (a SIGKILL would orphan it).
