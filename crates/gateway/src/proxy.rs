@@ -1,4 +1,6 @@
-//! The request spine on Pingora.
+//! The request spine on Pingora, and the routing, retry and Host rules the fast path
+//! (`fastpath.rs`) shares with it: that path serves plain HTTP/1.1 requests and hands
+//! everything else (HTTP/2, upgrades, chunked request bodies, refusals…) to this one.
 //!
 //! ```text
 //! new_ctx            count the request in flight (shutdown waits for it)
@@ -8,7 +10,9 @@
 //! upstream_peer      pick a node of the route's pool (not one this request already
 //!                    failed on) → its peer, set up with the pool (scheme, TLS,
 //!                    timeouts)
-//! upstream_request   append the client to X-Forwarded-For; Host by `pass_host`
+//! upstream_request   drop the headers Connection names (and Keep-Alive,
+//!                    Proxy-Connection); append the client to X-Forwarded-For; Host by
+//!                    `pass_host`
 //! upstream_response  report the status to the pool (passive checks, ewma); a status
 //!                    in `retry_on_statuses` is retried on another node when safe
 //! fail_to_connect    report the failure; retry on another node while the budget lasts
