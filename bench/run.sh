@@ -14,7 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WORKERS=${WORKERS:-1}          # worker threads of the gateway and worker processes of nginx
-DURATION=${DURATION:-15s}
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}            # alternating rounds of the wrk comparison (medians reported)
 CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-1}
 # On 2 cores: the proxy under test gets core 0, wrk and the upstream share core 1.
@@ -75,27 +76,44 @@ wait_port "$up_port"; wait_port "$ngx_port"; wait_port "$gw_port"; wait_port "$b
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$gw_port/api/x" >/dev/null && break; sleep 0.05; done
 curl -fs "http://127.0.0.1:$gw_port/api/x" >/dev/null || { echo "gateway does not serve the route" >&2; cat "$work/gateway.log" >&2; exit 1; }
 
-run_wrk() { # name port
-  taskset -c "$LOAD_CPUS" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d5s "http://127.0.0.1:$2/api/x" >/dev/null  # warm-up
-  taskset -c "$LOAD_CPUS" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/api/x" > "$out/wrk-$1.txt"
+run_wrk() { # name port round
+  taskset -c "$LOAD_CPUS" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d3s "http://127.0.0.1:$2/api/x" >/dev/null  # warm-up
+  taskset -c "$LOAD_CPUS" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/api/x" > "$out/wrk-$1-$3.txt"
 }
-run_wrk nginx "$ngx_port"
-run_wrk portico "$gw_port"
-run_wrk bare-pingora "$bare_port"
+# Rounds alternate between the proxies, so that this shared machine's drift from one
+# minute to the next hits each of them alike; medians are reported.
+for round in $(seq "$ROUNDS"); do
+  run_wrk nginx "$ngx_port" "$round"
+  run_wrk portico "$gw_port" "$round"
+  run_wrk bare-pingora "$bare_port" "$round"
+done
 
-rps() { awk '/Requests\/sec/ {print $2}' "$out/wrk-$1.txt"; }
-p99() { awk '$1=="99%" {print $2}' "$out/wrk-$1.txt"; }
-errors() { awk '/Non-2xx|Socket errors/ {print}' "$out/wrk-$1.txt"; }
-to_ms() { python3 -c "import sys,re; v=sys.argv[1]; n=float(re.sub('[a-z]+','',v)); u=re.sub('[0-9.]+','',v); print(n*{'us':0.001,'ms':1,'s':1000}[u])" "$1"; }
-n_rps=$(rps nginx); p_rps=$(rps portico); b_rps=$(rps bare-pingora)
-n_p99=$(to_ms "$(p99 nginx)"); p_p99=$(to_ms "$(p99 portico)"); b_p99=$(to_ms "$(p99 bare-pingora)")
+# name -> "rps p99_ms" per round, one line each
+rounds_of() {
+  for round in $(seq "$ROUNDS"); do
+    python3 - "$out/wrk-$1-$round.txt" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", text).group(1))
+v = re.search(r"^\s*99%\s+(\S+)", text, re.M).group(1)
+n, unit = float(re.sub("[a-z]+", "", v)), re.sub("[0-9.]+", "", v)
+print(rps, n * {"us": 0.001, "ms": 1, "s": 1000}[unit])
+PY
+  done
+}
+median() { python3 -c "import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
+for p in nginx portico bare-pingora; do rounds_of "$p" > "$out/rounds-$p.txt"; done
+col() { awk -v c="$2" '{print $c}' "$out/rounds-$1.txt" | tr '\n' ' '; }
+n_rps=$(median $(col nginx 1)); p_rps=$(median $(col portico 1)); b_rps=$(median $(col bare-pingora 1))
+n_p99=$(median $(col nginx 2)); p_p99=$(median $(col portico 2)); b_p99=$(median $(col bare-pingora 2))
+errors() { cat "$out"/wrk-"$1"-*.txt | awk -v p="$1" '/Non-2xx|Socket errors/ {print p": "$0}'; }
 {
-  echo "## proxy throughput ($(date -u +%F), workers=$WORKERS, connections=$CONNECTIONS, duration=$DURATION)"
-  printf '| proxy | requests/s | p99 (ms) |\n|---|---|---|\n'
-  printf '| nginx proxy_pass | %s | %s |\n' "$n_rps" "$n_p99"
-  printf '| portico gateway | %s | %s |\n' "$p_rps" "$p_p99"
-  printf '| bare Pingora (reference, WORKERS ignored: 1) | %s | %s |\n' "$b_rps" "$b_p99"
-  python3 -c "print(f'ratio portico/nginx: throughput {float($p_rps)/float($n_rps):.2f}x, p99 {float($p_p99)/float($n_p99):.2f}x')"
+  echo "## proxy throughput ($(date -u +%F), workers=$WORKERS, connections=$CONNECTIONS, $ROUNDS alternating rounds of $DURATION, medians)"
+  printf '| proxy | requests/s | p99 (ms) | rounds: requests/s | rounds: p99 (ms) |\n|---|---|---|---|---|\n'
+  printf '| nginx proxy_pass | %.0f | %.2f | %s | %s |\n' "$n_rps" "$n_p99" "$(col nginx 1)" "$(col nginx 2)"
+  printf '| portico gateway | %.0f | %.2f | %s | %s |\n' "$p_rps" "$p_p99" "$(col portico 1)" "$(col portico 2)"
+  printf '| bare Pingora (reference, WORKERS ignored: 1) | %.0f | %.2f | %s | %s |\n' "$b_rps" "$b_p99" "$(col bare-pingora 1)" "$(col bare-pingora 2)"
+  python3 -c "print(f'ratio portico/nginx (medians): throughput {float($p_rps)/float($n_rps):.2f}x, p99 {float($p_p99)/float($n_p99):.2f}x')"
   python3 -c "print(f'ratio bare pingora/nginx: throughput {float($b_rps)/float($n_rps):.2f}x; portico/bare pingora: {float($p_rps)/float($b_rps):.2f}x')"
   errors nginx; errors portico; errors bare-pingora
 } | tee "$out/throughput.md"
@@ -103,7 +121,7 @@ n_p99=$(to_ms "$(p99 nginx)"); p_p99=$(to_ms "$(p99 portico)"); b_p99=$(to_ms "$
 # Latency at the same offered rate for both: wrk's closed loop runs each proxy as fast
 # as the load core allows, so the faster one also gets the load core's queueing in its
 # p99. An open loop at a fixed share of nginx's maximum compares like with like.
-RATE_SHARE=${RATE_SHARE:-0.8}
+RATE_SHARE=${RATE_SHARE:-0.5}
 rate=$(python3 -c "print(int(float($n_rps) * $RATE_SHARE))")
 paced() { taskset -c "$LOAD_CPUS" target/release/examples/paced_load "http://127.0.0.1:$1/api/x" "$rate" "$CONNECTIONS" 15 > "$out/paced-$2.txt"; }
 field() { tr ' ' '\n' < "$out/paced-$1.txt" | awk -F= -v k="$2" '$1==k {print $2}'; }
@@ -122,6 +140,9 @@ paced "$gw_port" portico
 
 kill $(jobs -p) 2>/dev/null || true
 wait 2>/dev/null || true
+
+# ONLY=proxy stops here (the comparison with nginx alone).
+[ "${ONLY:-}" = proxy ] && exit 0
 
 echo
 cargo bench -q -p portico --bench propagation 2>/dev/null | tee "$out/propagation.md"
