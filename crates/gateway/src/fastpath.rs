@@ -435,9 +435,12 @@ where
             let out = &mut scratch.out;
             out.clear();
             out.extend_from_slice(&scratch.line);
-            let rewritten = upstream_host(&pool, &pick);
             out.extend_from_slice(b"Host: ");
-            out.extend_from_slice(rewritten.as_deref().unwrap_or(request.host).as_bytes());
+            out.extend_from_slice(
+                upstream_host(&pool, &pick)
+                    .unwrap_or(request.host)
+                    .as_bytes(),
+            );
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(&scratch.rest);
             out.extend_from_slice(&buf[head_len..used]);

@@ -325,12 +325,12 @@ impl Attempts {
 }
 
 /// The Host header `pass_host` asks for; `None` keeps the client's.
-pub(crate) fn upstream_host(pool: &UpstreamPool, pick: &Pick) -> Option<String> {
+pub(crate) fn upstream_host<'a>(pool: &'a UpstreamPool, pick: &'a Pick) -> Option<&'a str> {
     use model::upstream::PassHost;
     match pool.upstream.pass_host {
         PassHost::Pass => None,
-        PassHost::Rewrite => pool.upstream.upstream_host.clone(),
-        PassHost::Node => Some(pick.node().host_header.clone()),
+        PassHost::Rewrite => pool.upstream.upstream_host.as_deref(),
+        PassHost::Node => Some(&pick.node().host_header),
     }
 }
 
