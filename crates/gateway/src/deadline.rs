@@ -541,6 +541,13 @@ mod tests {
     }
 
     /// Sends `bytes` one at a time, `gap` apart.
+    /// `err` is the deadline's, and came `TIMEOUT` (plus at most `slack`) after `start`.
+    fn assert_cut_at_deadline(err: &io::Error, start: tokio::time::Instant, slack: Duration) {
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        let took = start.elapsed();
+        assert!(took >= TIMEOUT && took < TIMEOUT + slack, "{took:?}");
+    }
+
     fn dribble(mut client: DuplexStream, bytes: &'static [u8], gap: Duration) {
         tokio::spawn(async move {
             for b in bytes {
@@ -627,14 +634,9 @@ mod tests {
             Duration::from_millis(20),
         );
         let err = read_head(&mut stream).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(err.to_string().contains("request head"), "{err}");
         // The deadline counts from the first byte.
-        let took = start.elapsed();
-        assert!(
-            took >= TIMEOUT && took < TIMEOUT + Duration::from_millis(25),
-            "{took:?}"
-        );
+        assert_cut_at_deadline(&err, start, Duration::from_millis(25));
     }
 
     #[tokio::test]
@@ -645,12 +647,7 @@ mod tests {
         let start = tokio::time::Instant::now();
         // The read is pending on the client; only the deadline can end it.
         let err = read_head(&mut stream).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        let took = start.elapsed();
-        assert!(
-            took >= TIMEOUT && took < TIMEOUT + Duration::from_millis(5),
-            "{took:?}"
-        );
+        assert_cut_at_deadline(&err, start, Duration::from_millis(5));
         drop(client);
     }
 
@@ -692,12 +689,7 @@ mod tests {
         client.write_all(b"GET /3 HTTP/1.1\r\n").await.unwrap();
         let start = tokio::time::Instant::now();
         let err = read_head(&mut stream).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        let took = start.elapsed();
-        assert!(
-            took >= TIMEOUT && took < TIMEOUT + Duration::from_millis(5),
-            "{took:?}"
-        );
+        assert_cut_at_deadline(&err, start, Duration::from_millis(5));
     }
 
     #[tokio::test]

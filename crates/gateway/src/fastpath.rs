@@ -45,7 +45,9 @@ use tokio::time::timeout;
 
 use crate::balancer::{HashInput, Outcome, UpstreamPool};
 use crate::deadline::HeadDeadline;
-use crate::proxy::{host_of, route_request, upstream_host, Attempts, InFlight, Incoming, Refusal};
+use crate::proxy::{
+    host_of, route_request, tokens, upstream_host, Attempts, InFlight, Incoming, Refusal,
+};
 use crate::runtime::RuntimeConfig;
 use crate::settings::HttpSettings;
 
@@ -975,14 +977,6 @@ fn after_size(value: u64) -> ChunkState {
     } else {
         ChunkState::Data(value)
     }
-}
-
-/// The comma-separated tokens of a header value, trimmed.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
 }
 
 /// Headers that concern one connection only (RFC 9110 §7.6.1), plus the

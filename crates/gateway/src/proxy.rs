@@ -334,6 +334,15 @@ pub(crate) fn upstream_host<'a>(pool: &'a UpstreamPool, pick: &'a Pick) -> Optio
     }
 }
 
+/// The comma-separated tokens of a header value (Connection, Transfer-Encoding),
+/// trimmed, empty ones skipped.
+pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
 /// Hop-by-hop headers Pingora leaves in place: those a Connection header names (RFC
 /// 9110 §7.6.1), Keep-Alive and Proxy-Connection. (It handles Connection,
 /// Transfer-Encoding and Upgrade itself.)
@@ -342,8 +351,7 @@ fn connection_listed(headers: &http::HeaderMap) -> Vec<http::HeaderName> {
     let listed = headers
         .get_all(http::header::CONNECTION)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(|t| t.trim_ascii())
+        .flat_map(|v| tokens(v.as_bytes()))
         // Upgrade stays for Pingora, which proxies upgrades (WebSocket).
         .filter(|t| {
             ![&b"close"[..], b"keep-alive", b"upgrade"]
