@@ -386,6 +386,13 @@ impl UpstreamPool {
         }
     }
 
+    /// Whether picking a node reads request headers (consistent hashing on a header or
+    /// a cookie).
+    pub fn reads_headers(&self) -> bool {
+        matches!(self.balancer, Balancer::Chash(_))
+            && matches!(self.upstream.hash_on, HashOn::Header | HashOn::Cookie)
+    }
+
     /// Feeds an outcome to ewma and to passive health.
     fn record(&self, index: usize, outcome: Outcome, started: Instant) {
         let Some(node) = self.nodes.get(index) else {

@@ -105,7 +105,10 @@ where
         let mut conn = Conn {
             stream,
             buf: BytesMut::with_capacity(4096),
-            peer,
+            peer: Peer {
+                ip: peer,
+                text: peer.map(|ip| ip.to_string()),
+            },
             first: true,
         };
         let mut scratch = Scratch::default();
@@ -133,9 +136,16 @@ struct Conn {
     stream: Stream,
     /// Bytes read from the client and not yet used: the next head, or part of it.
     buf: BytesMut,
-    peer: Option<IpAddr>,
+    peer: Peer,
     /// Before the connection's first request (the head deadline runs from the start).
     first: bool,
+}
+
+/// The client connection's peer address.
+struct Peer {
+    ip: Option<IpAddr>,
+    /// As written in X-Forwarded-For, formatted once per connection.
+    text: Option<String>,
 }
 
 /// Buffers a connection reuses from request to request.
@@ -246,7 +256,7 @@ where
                 match req.parse(&buf[..]) {
                     Ok(Status::Complete(head_len)) => {
                         let (step, used) = self
-                            .serve(stream, &buf[..], &req, head_len, *peer, scratch, shutdown)
+                            .serve(stream, &buf[..], &req, head_len, peer, scratch, shutdown)
                             .await;
                         if !matches!(step, Step::Fallback) {
                             buf.advance(used);
@@ -272,7 +282,9 @@ where
     }
 
     /// Checks that the request is one for the fast path; `None` hands it to Pingora.
-    fn admit<'a>(&self, req: &httparse::Request<'_, 'a>) -> Option<Request<'a>> {
+    /// Its headers are collected for routing and balancing only when they `collect`
+    /// (a map of a browser's dozen headers costs as much as the rest of the parsing).
+    fn admit<'a>(&self, req: &httparse::Request<'_, 'a>, collect: bool) -> Option<Request<'a>> {
         let settings = &self.settings;
         if req.version != Some(1) {
             return None;
@@ -287,45 +299,60 @@ where
         let mut length = None;
         let mut close = false;
         let mut size = 0;
-        let mut headers = HeaderMap::with_capacity(req.headers.len());
+        let mut headers = if collect {
+            HeaderMap::with_capacity(req.headers.len())
+        } else {
+            HeaderMap::new()
+        };
         for h in req.headers.iter() {
             size += h.name.len() + h.value.len() + 4;
-            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-            match name {
-                http::header::HOST => {
-                    if host.is_some() {
+            let name = h.name.as_bytes();
+            let is = |known: &HeaderName| name.eq_ignore_ascii_case(known.as_str().as_bytes());
+            if is(&http::header::HOST) {
+                if host.is_some() {
+                    return None;
+                }
+                host = Some(std::str::from_utf8(h.value).ok()?);
+            } else if is(&http::header::CONTENT_LENGTH) {
+                if length.is_some() || h.value.is_empty() || h.value.len() > 19 {
+                    return None;
+                }
+                if !h.value.iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                let n: u64 = std::str::from_utf8(h.value).ok()?.parse().ok()?;
+                if n > settings.max_body_bytes {
+                    return None;
+                }
+                length = Some(n);
+            } else if is(&http::header::TRANSFER_ENCODING)
+                || is(&http::header::UPGRADE)
+                || is(&http::header::EXPECT)
+            {
+                return None;
+            } else if is(&http::header::CONNECTION) {
+                for token in tokens(h.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
                         return None;
                     }
-                    host = Some(std::str::from_utf8(h.value).ok()?);
                 }
-                http::header::CONTENT_LENGTH => {
-                    if length.is_some() || h.value.is_empty() || h.value.len() > 19 {
-                        return None;
-                    }
-                    if !h.value.iter().all(u8::is_ascii_digit) {
-                        return None;
-                    }
-                    let n: u64 = std::str::from_utf8(h.value).ok()?.parse().ok()?;
-                    if n > settings.max_body_bytes {
-                        return None;
-                    }
-                    length = Some(n);
-                }
-                http::header::TRANSFER_ENCODING | http::header::UPGRADE | http::header::EXPECT => {
-                    return None
-                }
-                http::header::CONNECTION => {
-                    for token in tokens(h.value) {
-                        if token.eq_ignore_ascii_case(b"close") {
-                            close = true;
-                        } else if token.eq_ignore_ascii_case(b"upgrade") {
-                            return None;
-                        }
-                    }
-                }
-                _ => {}
             }
-            headers.append(name, HeaderValue::from_bytes(h.value).ok()?);
+            if collect {
+                headers.append(
+                    HeaderName::from_bytes(name).ok()?,
+                    HeaderValue::from_bytes(h.value).ok()?,
+                );
+            } else if !h
+                .value
+                .iter()
+                .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+            {
+                // What a header map would refuse (httparse lets none of it through
+                // today) still goes to Pingora's path.
+                return None;
+            }
         }
         if size > settings.max_header_bytes {
             return None;
@@ -349,11 +376,13 @@ where
         buf: &[u8],
         req: &httparse::Request<'_, '_>,
         head_len: usize,
-        peer: Option<IpAddr>,
+        peer: &Peer,
         scratch: &mut Scratch,
         shutdown: &ShutdownWatch,
     ) -> (Step, usize) {
-        let Some(request) = self.admit(req) else {
+        let config = self.config.load();
+        let collect = config.reads_headers || self.settings.reads_headers();
+        let Some(request) = self.admit(req, collect) else {
             return (Step::Fallback, 0);
         };
         let (path, query) = match request.target.split_once('?') {
@@ -361,7 +390,6 @@ where
             None => (request.target, None),
         };
         let host = host_of(request.host);
-        let config = self.config.load();
         let Ok(routed) = route_request(
             &config,
             &self.settings,
@@ -371,7 +399,7 @@ where
                 path,
                 query,
                 headers: &request.headers,
-                peer,
+                peer: peer.ip,
             },
         ) else {
             return (Step::Fallback, 0);
@@ -393,7 +421,7 @@ where
             line.extend_from_slice(query.as_bytes());
         }
         line.extend_from_slice(b" HTTP/1.1\r\n");
-        write_request_headers(&mut scratch.rest, &*req.headers, peer);
+        write_request_headers(&mut scratch.rest, &*req.headers, peer.text.as_deref());
 
         let body_len = request.body_len;
         // The part of the body that came with the head.
@@ -997,11 +1025,7 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
 /// The request's header lines as sent upstream, after the Host line: the client's,
 /// minus Host, hop-by-hop headers and those its Connection header lists, with the
 /// client's address appended to X-Forwarded-For (one line).
-fn write_request_headers(
-    out: &mut Vec<u8>,
-    headers: &[httparse::Header<'_>],
-    peer: Option<IpAddr>,
-) {
+fn write_request_headers(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], peer: Option<&str>) {
     out.clear();
     let mut listed: Vec<&[u8]> = Vec::new();
     for h in headers {
@@ -1030,8 +1054,8 @@ fn write_request_headers(
             out.extend_from_slice(b"X-Forwarded-For: ");
             out.extend_from_slice(h.value);
             if let Some(ip) = peer {
-                use std::io::Write;
-                let _ = write!(out, ", {ip}");
+                out.extend_from_slice(b", ");
+                out.extend_from_slice(ip.as_bytes());
             }
             out.extend_from_slice(b"\r\n");
             continue;
@@ -1043,8 +1067,9 @@ fn write_request_headers(
     }
     if !forwarded {
         if let Some(ip) = peer {
-            use std::io::Write;
-            let _ = write!(out, "X-Forwarded-For: {ip}\r\n");
+            out.extend_from_slice(b"X-Forwarded-For: ");
+            out.extend_from_slice(ip.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
     }
     out.extend_from_slice(b"\r\n");
@@ -1138,7 +1163,7 @@ mod tests {
         let raw = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Forwarded-For: 1.2.3.4\r\nx-forwarded-for: 5.6.7.8\r\nAccept: */*\r\n\r\n";
         req.parse(raw).unwrap();
         let mut out = Vec::new();
-        write_request_headers(&mut out, req.headers, Some("10.0.0.1".parse().unwrap()));
+        write_request_headers(&mut out, req.headers, Some("10.0.0.1"));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "X-Forwarded-For: 1.2.3.4, 10.0.0.1\r\nAccept: */*\r\n\r\n"
@@ -1147,7 +1172,7 @@ mod tests {
         let mut req = httparse::Request::new(&mut headers);
         req.parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
         let mut out = Vec::new();
-        write_request_headers(&mut out, req.headers, Some("::1".parse().unwrap()));
+        write_request_headers(&mut out, req.headers, Some("::1"));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "X-Forwarded-For: ::1\r\n\r\n"

@@ -162,6 +162,13 @@ impl CompiledRoute {
         })
     }
 
+    /// Whether matching this route reads request headers (header or cookie predicates).
+    fn reads_headers(&self) -> bool {
+        self.predicates
+            .as_ref()
+            .is_some_and(|p| !p.headers.is_empty() || !p.cookies.is_empty())
+    }
+
     fn accepts(&self, req: &RequestInfo<'_>) -> bool {
         self.predicates.as_ref().is_none_or(|p| p.hold(req))
     }
@@ -340,6 +347,8 @@ pub struct Router {
     /// Routes without hosts.
     any_host: PathTable,
     len: usize,
+    /// Some route's predicates read request headers or cookies.
+    reads_headers: bool,
 }
 
 /// Routes of one host, indexed by path.
@@ -457,6 +466,7 @@ impl Router {
                 }
             }
             router.len += 1;
+            router.reads_headers |= compiled.reads_headers();
         }
         let tables = std::iter::once(&mut router.any_host)
             .chain(router.by_host.values_mut())
@@ -472,6 +482,11 @@ impl Router {
             table.tree = Node::from_sorted(&keys, &mut entries, 0, Box::default());
         }
         router
+    }
+
+    /// Whether a lookup may read the request's headers; when not, callers may pass none.
+    pub fn reads_headers(&self) -> bool {
+        self.reads_headers
     }
 
     /// Number of routes in the table.

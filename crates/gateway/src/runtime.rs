@@ -42,6 +42,9 @@ pub struct RuntimeConfig {
     pub upstreams: usize,
     /// Number of valid certificates.
     pub certificates: usize,
+    /// Routing or balancing reads request headers (header/cookie predicates, hashing
+    /// on a header or cookie); when not, the fast path does not collect them.
+    pub reads_headers: bool,
 }
 
 /// Something in the store that is not served as written, and why.
@@ -325,6 +328,7 @@ impl Compiler {
         let upstreams = pools.len();
 
         let mut table = Vec::with_capacity(self.routes.len());
+        let mut reads_headers = false;
         for (key, state) in &self.routes {
             let state = match state {
                 Ok(state) => state,
@@ -363,6 +367,7 @@ impl Compiler {
                     continue;
                 }
             };
+            reads_headers |= pool.reads_headers();
             table.push((state.route.clone(), pool));
         }
         let mut certificates = 0;
@@ -374,13 +379,16 @@ impl Compiler {
         }
         problems.sort_by(|a, b| a.key.cmp(&b.key));
 
+        let router = Router::build(table);
+        reads_headers |= router.reads_headers();
         Built {
             config: RuntimeConfig {
                 revision,
-                router: Router::build(table),
+                router,
                 pools,
                 upstreams,
                 certificates,
+                reads_headers,
             },
             problems,
             new_pools,
@@ -747,5 +755,30 @@ mod tests {
         // A reset replaces everything, even with nothing.
         assert!(objects.apply(Update::Reset(Listing::default())));
         assert!(objects.is_empty());
+    }
+
+    #[test]
+    fn headers_are_read_only_when_a_route_or_upstream_asks_for_them() {
+        let up = r#"{"id":"up","nodes":[{"host":"127.0.0.1","port":8080}]}"#;
+        let reads = |items: &[(&str, &str)]| build(&objects(items)).0.reads_headers;
+        let plain = r#"{"id":"r","paths":["/r"],"upstream_id":"up","query":[{"name":"q","op":"present"}],"remote_addrs":["10.0.0.0/8"]}"#;
+        assert!(!reads(&[("upstreams/up", up), ("routes/r", plain)]));
+        let header = r#"{"id":"h","paths":["/h"],"upstream_id":"up","headers":[{"name":"x-a","op":"present"}]}"#;
+        assert!(reads(&[("upstreams/up", up), ("routes/h", header)]));
+        let cookie = r#"{"id":"c","paths":["/c"],"upstream_id":"up","cookies":[{"name":"a","op":"present"}]}"#;
+        assert!(reads(&[("upstreams/up", up), ("routes/c", cookie)]));
+        let by_ip = r#"{"id":"up","type":"chash","hash_on":"ip","nodes":[{"host":"127.0.0.1","port":8080}]}"#;
+        let by_cookie = r#"{"id":"up","type":"chash","hash_on":"cookie","key":"sid","nodes":[{"host":"127.0.0.1","port":8080}]}"#;
+        assert!(!reads(&[("upstreams/up", by_ip), ("routes/r", plain)]));
+        assert!(reads(&[("upstreams/up", by_cookie), ("routes/r", plain)]));
+        // An upstream no route uses is never picked from.
+        assert!(!reads(&[
+            ("upstreams/up", up),
+            ("upstreams/other", &by_cookie.replace("\"up\"", "\"other\"")),
+            ("routes/r", plain)
+        ]));
+        // Inline upstreams count too.
+        let inline = r#"{"id":"i","paths":["/i"],"upstream":{"type":"chash","hash_on":"header","key":"x-user","nodes":[{"host":"127.0.0.1","port":1}]}}"#;
+        assert!(reads(&[("routes/i", inline)]));
     }
 }

@@ -50,6 +50,11 @@ impl Default for HttpSettings {
 }
 
 impl HttpSettings {
+    /// Whether [`client_ip`](Self::client_ip) may read the request's headers.
+    pub fn reads_headers(&self) -> bool {
+        !self.trusted_proxies.is_empty()
+    }
+
     fn trusts(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }

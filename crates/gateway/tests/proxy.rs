@@ -564,6 +564,64 @@ async fn predicates_pick_routes_over_http() {
     node.stop().await;
 }
 
+/// The client address behind a trusted proxy is read from X-Forwarded-For, on a node
+/// whose routes read no header themselves (the fast path collects headers only when
+/// something reads them); from an untrusted peer the header is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_addresses_come_from_trusted_proxies_only() {
+    let inner = NamedUpstream::start("inner").await;
+    let outer = NamedUpstream::start("outer").await;
+    for (trusted, behind_proxy) in [(true, "inner"), (false, "outer")] {
+        let mut node = Node::start_with(gateway::HttpSettings {
+            trusted_proxies: if trusted {
+                vec!["127.0.0.0/8".parse().unwrap()]
+            } else {
+                Vec::new()
+            },
+            ..gateway::HttpSettings::default()
+        })
+        .await;
+        node.put("upstreams/inner", upstream("inner", &[&inner]))
+            .await;
+        node.put("upstreams/outer", upstream("outer", &[&outer]))
+            .await;
+        node.put(
+            "routes/inner",
+            json!({"id": "inner", "paths": ["/p"], "upstream_id": "inner", "remote_addrs": ["10.0.0.0/8"]}),
+        )
+        .await;
+        node.put(
+            "routes/outer",
+            json!({"id": "outer", "paths": ["/p"], "upstream_id": "outer", "priority": -1}),
+        )
+        .await;
+        node.until("/p", 200, "outer").await;
+        let url = format!("{}/p", node.url);
+        // Spoofed entries left of the last untrusted one are the client's own claim.
+        let via_proxy = node
+            .http
+            .get(&url)
+            .header("x-forwarded-for", "192.0.2.9, 10.1.2.3");
+        let (status, body, _) = node.send(via_proxy).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, behind_proxy),
+            "trusted: {trusted}"
+        );
+        let spoofed = node
+            .http
+            .get(&url)
+            .header("x-forwarded-for", "10.1.2.3, 192.0.2.9");
+        let (status, body, _) = node.send(spoofed).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "outer"),
+            "trusted: {trusted}"
+        );
+        node.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_smuggling_probes_are_refused() {
     let (port, mut seen) = raw_upstream(Arc::new(Semaphore::new(1000))).await;
