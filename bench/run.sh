@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 WORKERS=${WORKERS:-1}          # worker threads of the gateway and worker processes of nginx
 DURATION=${DURATION:-10s}
-ROUNDS=${ROUNDS:-3}            # alternating rounds of the wrk comparison (medians reported)
+ROUNDS=${ROUNDS:-5}            # alternating rounds of the wrk comparison (medians reported)
 CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-1}
 # On 2 cores: the proxy under test gets core 0, wrk and the upstream share core 1.
@@ -56,6 +56,7 @@ http { access_log off;
 NGX
 taskset -c "$LOAD_CPUS" nginx -c "$work/upstream.conf" -p "$work" &
 taskset -c "$PROXY_CPUS" nginx -c "$work/proxy.conf" -p "$work" &
+ngx_pid=$!
 
 etcd --data-dir "$work/etcd" --name bench \
   --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
@@ -70,15 +71,23 @@ ectl put /portico/instances/bench/meta '{"revision":1}'
 
 PORTICO_LOG=warn taskset -c "$PROXY_CPUS" "$bin" gateway --listen "127.0.0.1:$gw_port" --instance bench \
   --store "etcd://127.0.0.1:$etcd_port" --threads "$WORKERS" --no-snapshot > "$work/gateway.log" 2>&1 &
+gw_pid=$!
 taskset -c "$PROXY_CPUS" target/release/examples/bare_pingora "127.0.0.1:$bare_port" "127.0.0.1:$up_port" \
   > "$work/bare.log" 2>&1 &
+bare_pid=$!
 wait_port "$up_port"; wait_port "$ngx_port"; wait_port "$gw_port"; wait_port "$bare_port"
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$gw_port/api/x" >/dev/null && break; sleep 0.05; done
 curl -fs "http://127.0.0.1:$gw_port/api/x" >/dev/null || { echo "gateway does not serve the route" >&2; cat "$work/gateway.log" >&2; exit 1; }
 
+# CPU time (ns) of a proxy's processes, all threads: the master and workers of nginx.
+cpu_ns() { for pid in "$1" $(pgrep -P "$1"); do cat /proc/"$pid"/task/*/schedstat; done | awk '{s+=$1} END {print s}'; }
+pid_of() { case $1 in nginx) echo "$ngx_pid";; portico) echo "$gw_pid";; *) echo "$bare_pid";; esac; }
 run_wrk() { # name port round
   taskset -c "$LOAD_CPUS" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d3s "http://127.0.0.1:$2/api/x" >/dev/null  # warm-up
+  local before; before=$(cpu_ns "$(pid_of "$1")")
   taskset -c "$LOAD_CPUS" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/api/x" > "$out/wrk-$1-$3.txt"
+  # The proxy's own CPU per request: what the load core's saturation cannot blur.
+  echo "cpu_ns $(( $(cpu_ns "$(pid_of "$1")") - before ))" >> "$out/wrk-$1-$3.txt"
 }
 # Rounds alternate between the proxies, so that this shared machine's drift from one
 # minute to the next hits each of them alike; medians are reported.
@@ -88,7 +97,7 @@ for round in $(seq "$ROUNDS"); do
   run_wrk bare-pingora "$bare_port" "$round"
 done
 
-# name -> "rps p99_ms" per round, one line each
+# name -> "rps p99_ms cpu_us_per_request" per round, one line each
 rounds_of() {
   for round in $(seq "$ROUNDS"); do
     python3 - "$out/wrk-$1-$round.txt" <<'PY'
@@ -97,7 +106,9 @@ text = open(sys.argv[1]).read()
 rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", text).group(1))
 v = re.search(r"^\s*99%\s+(\S+)", text, re.M).group(1)
 n, unit = float(re.sub("[a-z]+", "", v)), re.sub("[0-9.]+", "", v)
-print(rps, n * {"us": 0.001, "ms": 1, "s": 1000}[unit])
+requests = int(re.search(r"(\d+) requests in", text).group(1))
+cpu_us = int(re.search(r"^cpu_ns (\d+)", text, re.M).group(1)) / 1000 / requests
+print(rps, n * {"us": 0.001, "ms": 1, "s": 1000}[unit], round(cpu_us, 2))
 PY
   done
 }
@@ -106,37 +117,46 @@ for p in nginx portico bare-pingora; do rounds_of "$p" > "$out/rounds-$p.txt"; d
 col() { awk -v c="$2" '{print $c}' "$out/rounds-$1.txt" | tr '\n' ' '; }
 n_rps=$(median $(col nginx 1)); p_rps=$(median $(col portico 1)); b_rps=$(median $(col bare-pingora 1))
 n_p99=$(median $(col nginx 2)); p_p99=$(median $(col portico 2)); b_p99=$(median $(col bare-pingora 2))
+n_cpu=$(median $(col nginx 3)); p_cpu=$(median $(col portico 3)); b_cpu=$(median $(col bare-pingora 3))
 errors() { cat "$out"/wrk-"$1"-*.txt | awk -v p="$1" '/Non-2xx|Socket errors/ {print p": "$0}'; }
 {
   echo "## proxy throughput ($(date -u +%F), workers=$WORKERS, connections=$CONNECTIONS, $ROUNDS alternating rounds of $DURATION, medians)"
-  printf '| proxy | requests/s | p99 (ms) | rounds: requests/s | rounds: p99 (ms) |\n|---|---|---|---|---|\n'
-  printf '| nginx proxy_pass | %.0f | %.2f | %s | %s |\n' "$n_rps" "$n_p99" "$(col nginx 1)" "$(col nginx 2)"
-  printf '| portico gateway | %.0f | %.2f | %s | %s |\n' "$p_rps" "$p_p99" "$(col portico 1)" "$(col portico 2)"
-  printf '| bare Pingora (reference, WORKERS ignored: 1) | %.0f | %.2f | %s | %s |\n' "$b_rps" "$b_p99" "$(col bare-pingora 1)" "$(col bare-pingora 2)"
-  python3 -c "print(f'ratio portico/nginx (medians): throughput {float($p_rps)/float($n_rps):.2f}x, p99 {float($p_p99)/float($n_p99):.2f}x')"
+  printf '| proxy | requests/s | p99 (ms) | proxy CPU µs/request | rounds: requests/s | rounds: p99 (ms) | rounds: CPU µs/request |\n|---|---|---|---|---|---|---|\n'
+  printf '| nginx proxy_pass | %.0f | %.2f | %.2f | %s | %s | %s |\n' "$n_rps" "$n_p99" "$n_cpu" "$(col nginx 1)" "$(col nginx 2)" "$(col nginx 3)"
+  printf '| portico gateway | %.0f | %.2f | %.2f | %s | %s | %s |\n' "$p_rps" "$p_p99" "$p_cpu" "$(col portico 1)" "$(col portico 2)" "$(col portico 3)"
+  printf '| bare Pingora (reference, WORKERS ignored: 1) | %.0f | %.2f | %.2f | %s | %s | %s |\n' "$b_rps" "$b_p99" "$b_cpu" "$(col bare-pingora 1)" "$(col bare-pingora 2)" "$(col bare-pingora 3)"
+  python3 -c "print(f'ratio portico/nginx (medians): throughput {float($p_rps)/float($n_rps):.2f}x, p99 {float($p_p99)/float($n_p99):.2f}x, CPU per request {float($p_cpu)/float($n_cpu):.2f}x')"
   python3 -c "print(f'ratio bare pingora/nginx: throughput {float($b_rps)/float($n_rps):.2f}x; portico/bare pingora: {float($p_rps)/float($b_rps):.2f}x')"
   errors nginx; errors portico; errors bare-pingora
 } | tee "$out/throughput.md"
 
 # Latency at the same offered rate for both: wrk's closed loop runs each proxy as fast
 # as the load core allows, so the faster one also gets the load core's queueing in its
-# p99. An open loop at a fixed share of nginx's maximum compares like with like.
-RATE_SHARE=${RATE_SHARE:-0.5}
-rate=$(python3 -c "print(int(float($n_rps) * $RATE_SHARE))")
-paced() { taskset -c "$LOAD_CPUS" target/release/examples/paced_load "http://127.0.0.1:$1/api/x" "$rate" "$CONNECTIONS" 15 > "$out/paced-$2.txt"; }
+# p99. An open loop at fixed shares of nginx's maximum compares like with like; the
+# proxies alternate at each rate. Above about 0.6 x the generator and the upstream
+# saturate the load core themselves (p99s of 10-500 ms for either proxy, run to run).
+RATE_SHARES=${RATE_SHARES:-0.25 0.5}
+PACED_SECONDS=${PACED_SECONDS:-15}
+paced() { taskset -c "$LOAD_CPUS" target/release/examples/paced_load "http://127.0.0.1:$1/api/x" "$2" "$CONNECTIONS" "$PACED_SECONDS" > "$out/paced-$3.txt"; }
 field() { tr ' ' '\n' < "$out/paced-$1.txt" | awk -F= -v k="$2" '$1==k {print $2}'; }
-paced "$ngx_port" nginx
-paced "$gw_port" portico
 {
   echo
-  echo "## latency at a fixed offered rate ($rate req/s = $RATE_SHARE x nginx's maximum, $CONNECTIONS connections, open loop, 15 s)"
-  printf '| proxy | achieved req/s | p50 (ms) | p90 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | errors |\n|---|---|---|---|---|---|---|---|\n'
-  for p in nginx portico; do
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$p" "$(field $p rate)" "$(field $p p50_ms)" \
-      "$(field $p p90_ms)" "$(field $p p99_ms)" "$(field $p p999_ms)" "$(field $p max_ms)" "$(field $p errors)"
-  done
-  python3 -c "print(f'ratio portico/nginx at the same rate: p99 {float($(field portico p99_ms))/float($(field nginx p99_ms)):.2f}x, p50 {float($(field portico p50_ms))/float($(field nginx p50_ms)):.2f}x')"
+  echo "## latency at fixed offered rates (shares of nginx's maximum, $CONNECTIONS connections, open loop, $PACED_SECONDS s each)"
+  printf '| rate (req/s) | proxy | achieved req/s | p50 (ms) | p90 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | errors |\n|---|---|---|---|---|---|---|---|---|\n'
 } | tee -a "$out/throughput.md"
+ratios=""
+for share in $RATE_SHARES; do
+  rate=$(python3 -c "print(int(float($n_rps) * $share))")
+  paced "$ngx_port" "$rate" "nginx-$share"
+  paced "$gw_port" "$rate" "portico-$share"
+  for p in nginx portico; do
+    printf '| %s (%s x) | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$rate" "$share" "$p" "$(field "$p-$share" rate)" \
+      "$(field "$p-$share" p50_ms)" "$(field "$p-$share" p90_ms)" "$(field "$p-$share" p99_ms)" \
+      "$(field "$p-$share" p999_ms)" "$(field "$p-$share" max_ms)" "$(field "$p-$share" errors)" | tee -a "$out/throughput.md"
+  done
+  ratios+=$(python3 -c "print(f' {$share} x: p99 {float($(field "portico-$share" p99_ms))/float($(field "nginx-$share" p99_ms)):.2f}x, p50 {float($(field "portico-$share" p50_ms))/float($(field "nginx-$share" p50_ms)):.2f}x;')")
+done
+echo "ratio portico/nginx at the same rate:$ratios" | tee -a "$out/throughput.md"
 
 kill $(jobs -p) 2>/dev/null || true
 wait 2>/dev/null || true
