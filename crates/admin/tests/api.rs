@@ -70,6 +70,13 @@ async fn bad_input_is_refused_and_changes_nothing() {
             "upstream_id",
         ),
         (
+            "POST",
+            "/routes",
+            r#"{"id":"r9","paths":["/x"],"upstream_id":"up","plugins":{"ip-restriction":{"denylist":["10.0.0.300"]}}}"#,
+            422,
+            "plugins.ip-restriction.denylist[0]",
+        ),
+        (
             "PUT",
             "/routes/r1",
             r#"{"id":"r1","paths":["/x"],"upstream_id":"nope"}"#,

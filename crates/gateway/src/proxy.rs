@@ -83,6 +83,8 @@ pub enum Refusal {
     HeadersTooLarge,
     BodyTooLarge,
     MethodNotAllowed(Vec<&'static str>),
+    /// A filter of the matched route refused the request; the filter's message.
+    Forbidden(Arc<str>),
     /// The client sent something that could not be read as a request.
     BadRequest,
     RequestTimeout,
@@ -122,6 +124,7 @@ impl Refusal {
             Refusal::HeadersTooLarge => 431,
             Refusal::BodyTooLarge => 413,
             Refusal::MethodNotAllowed(_) => 405,
+            Refusal::Forbidden(_) => 403,
             Refusal::BadRequest => 400,
             Refusal::RequestTimeout => 408,
             Refusal::BadGateway => 502,
@@ -132,7 +135,7 @@ impl Refusal {
     }
 
     /// `(message, machine code)` of the JSON body.
-    fn describe(&self) -> (&'static str, &'static str) {
+    fn describe(&self) -> (&str, &'static str) {
         match self {
             Refusal::NoRoute => ("no route matches the request", "route_not_found"),
             Refusal::UriTooLong => ("the request target is too long", "uri_too_long"),
@@ -142,6 +145,7 @@ impl Refusal {
             ),
             Refusal::BodyTooLarge => ("the request body is too large", "payload_too_large"),
             Refusal::MethodNotAllowed(_) => ("method not allowed", "method_not_allowed"),
+            Refusal::Forbidden(message) => (message, "forbidden"),
             Refusal::BadRequest => ("the request could not be read", "bad_request"),
             Refusal::RequestTimeout => ("the request was not received in time", "request_timeout"),
             Refusal::BadGateway => ("the upstream could not be reached", "bad_gateway"),
@@ -288,7 +292,13 @@ pub(crate) fn route_request<'a>(
         now_ms: crate::now_ms(),
     };
     let upstream = match config.router.lookup(&info) {
-        Match::Found(target) => target.upstream.clone(),
+        Match::Found(target) => {
+            target
+                .route
+                .filter(client_ip)
+                .map_err(|message| Refusal::Forbidden(message.clone()))?;
+            target.upstream.clone()
+        }
         Match::MethodNotAllowed { allow } => return Err(Refusal::MethodNotAllowed(allow)),
         Match::NotFound => return Err(Refusal::NoRoute),
     };

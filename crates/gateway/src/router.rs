@@ -65,6 +65,52 @@ pub struct CompiledRoute {
     paths: Vec<CompiledPath>,
     /// `None` when the route has no predicates, the common case.
     predicates: Option<Predicates>,
+    /// The `ip-restriction` filter, run once the route matched.
+    ip_restriction: Option<IpFilter>,
+}
+
+/// A compiled `ip-restriction`: refuses a client on `deny`, or not on a non-empty
+/// `allow`.
+#[derive(Debug)]
+struct IpFilter {
+    allow: Vec<IpNet>,
+    deny: Vec<IpNet>,
+    message: Arc<str>,
+}
+
+impl IpFilter {
+    fn compile(config: &model::route::IpRestriction) -> Result<Self, String> {
+        let nets = |list: &str, entries: &[String]| {
+            entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    parse_cidr(e)
+                        .ok_or_else(|| format!("plugins.ip-restriction.{list}[{i}]: not a CIDR"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Self {
+            allow: nets("allowlist", &config.allowlist)?,
+            deny: nets("denylist", &config.denylist)?,
+            message: config
+                .message
+                .as_deref()
+                .unwrap_or(model::route::IpRestriction::DEFAULT_MESSAGE)
+                .into(),
+        })
+    }
+
+    /// Whether the client may pass; an unknown address passes a deny list only.
+    fn admits(&self, client: Option<IpAddr>) -> bool {
+        match client {
+            Some(ip) => {
+                !self.deny.iter().any(|net| net.contains(&ip))
+                    && (self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&ip)))
+            }
+            None => self.allow.is_empty(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -146,6 +192,12 @@ impl CompiledRoute {
             });
         }
         let predicates = Predicates::compile(&route)?;
+        let ip_restriction = route
+            .plugins
+            .ip_restriction
+            .as_ref()
+            .map(IpFilter::compile)
+            .transpose()?;
         let mut hosts: Vec<Option<Arc<str>>> = route
             .hosts
             .iter()
@@ -158,8 +210,18 @@ impl CompiledRoute {
             methods,
             paths,
             predicates,
+            ip_restriction,
             route,
         })
+    }
+
+    /// Runs the route's filters (D2: after the path and the predicates matched);
+    /// `Err` carries the message of the one that refuses the request (403).
+    pub fn filter(&self, client: Option<IpAddr>) -> Result<(), &Arc<str>> {
+        match &self.ip_restriction {
+            Some(ip) if !ip.admits(client) => Err(&ip.message),
+            _ => Ok(()),
+        }
     }
 
     /// Whether matching this route reads request headers (header or cookie predicates).
@@ -701,6 +763,39 @@ mod tests {
         let route: Route = serde_json::from_value(json).unwrap();
         route.validate().unwrap();
         (Arc::new(CompiledRoute::compile(route).unwrap()), pool())
+    }
+
+    #[test]
+    fn ip_restriction_denies_first_then_allows_only_its_list() {
+        let filtered = |plugin: serde_json::Value| {
+            route(json!({"id": "r", "paths": ["/"], "plugins": {"ip-restriction": plugin}})).0
+        };
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let both = filtered(
+            json!({"allowlist": ["10.0.0.0/8", "2001:db8::/32"], "denylist": ["10.9.0.0/16"], "message": "m"}),
+        );
+        let deny = filtered(json!({"denylist": ["192.0.2.1"]}));
+        let cases = [
+            (&both, ip("10.1.1.1"), true),
+            (&both, ip("10.9.1.1"), false),
+            (&both, ip("2001:db8::5"), true),
+            (&both, ip("192.0.2.1"), false),
+            (&both, None, false),
+            (&deny, ip("192.0.2.1"), false),
+            (&deny, ip("192.0.2.2"), true),
+            (&deny, None, true),
+        ];
+        for (i, (route, client, admitted)) in cases.into_iter().enumerate() {
+            assert_eq!(route.filter(client).is_ok(), admitted, "case {i}");
+        }
+        assert_eq!(&**both.filter(ip("10.9.1.1")).unwrap_err(), "m");
+        assert_eq!(
+            &**deny.filter(ip("192.0.2.1")).unwrap_err(),
+            model::route::IpRestriction::DEFAULT_MESSAGE
+        );
+        // No filter, nothing refused.
+        let plain = route(json!({"id": "p", "paths": ["/"]})).0;
+        assert!(plain.filter(None).is_ok());
     }
 
     fn request<'a>(host: &'a str, path: &'a str, method: &'a str) -> RequestInfo<'a> {

@@ -564,6 +564,109 @@ async fn predicates_pick_routes_over_http() {
     node.stop().await;
 }
 
+/// D2's pipeline: the path must hit a route (404), the method must be one it takes
+/// (405), then the route's filters may refuse (403, with the filter's message): a
+/// refusal, not a predicate that lets another route take the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_say_which_stage_refused() {
+    let app = NamedUpstream::start("app").await;
+    let mut node = Node::start_with(gateway::HttpSettings {
+        trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
+        ..gateway::HttpSettings::default()
+    })
+    .await;
+    node.put("upstreams/app", upstream("app", &[&app])).await;
+    node.put(
+        "routes/open",
+        json!({"id": "open", "paths": ["/x"], "upstream_id": "app"}),
+    )
+    .await;
+    node.put(
+        "routes/internal",
+        json!({"id": "internal", "paths": ["/internal/*"], "methods": ["GET"], "upstream_id": "app",
+               "plugins": {"ip-restriction": {"allowlist": ["10.0.0.0/8"], "denylist": ["10.9.0.0/16"],
+                                              "message": "internal clients only"}}}),
+    )
+    .await;
+    node.put(
+        "routes/blocked",
+        json!({"id": "blocked", "hosts": ["blocked.test"], "paths": ["/*"], "upstream_id": "app",
+               "plugins": {"ip-restriction": {"denylist": ["127.0.0.1"]}}}),
+    )
+    .await;
+    node.until("/x", 200, "app").await;
+
+    let base = node.url.clone();
+    let url = |p: &str| format!("{base}{p}");
+    let xff = |ip: &str| {
+        node.http
+            .get(url("/internal/a"))
+            .header("x-forwarded-for", ip.to_owned())
+    };
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (node.http.get(url("/x")), 200, ""),
+        (
+            node.http.get(url("/nowhere")),
+            404,
+            "no route matches the request",
+        ),
+        (
+            node.http.get(url("/internal/a")),
+            403,
+            "internal clients only",
+        ),
+        (xff("10.1.2.3"), 200, ""),
+        (xff("10.9.1.1"), 403, "internal clients only"),
+        (
+            node.http.post(url("/internal/a")),
+            405,
+            "method not allowed",
+        ),
+    ];
+    for (i, (request, status, message)) in cases.into_iter().enumerate() {
+        let (s, body, headers) = node.send(request).await;
+        assert_eq!(s, status, "case {i}: {body}");
+        if status == 200 {
+            assert_eq!(body, "app", "case {i}");
+        } else {
+            assert_eq!(headers["content-type"], "application/json", "case {i}");
+            let body: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["error"], message, "case {i}");
+            let code = match status {
+                403 => "forbidden",
+                404 => "route_not_found",
+                _ => "method_not_allowed",
+            };
+            assert_eq!(body["code"], code, "case {i}");
+        }
+    }
+    // The default message; reqwest would add a Host of its own, so a raw request.
+    let blocked = b"GET /y HTTP/1.1\r\nhost: blocked.test\r\nconnection: close\r\n\r\n";
+    let response = raw_exchange(&node.url, blocked, Duration::from_secs(5)).await;
+    assert_eq!(status_of(&response), 403, "{response}");
+    assert!(
+        response.ends_with(r#"{"code":"forbidden","error":"Your IP address is not allowed"}"#),
+        "{response}"
+    );
+    // Without the filter the request passes: a change takes it away without a restart.
+    node.put(
+        "routes/blocked",
+        json!({"id": "blocked", "hosts": ["blocked.test"], "paths": ["/*"], "upstream_id": "app"}),
+    )
+    .await;
+    let mut served = false;
+    for _ in 0..100 {
+        let response = raw_exchange(&node.url, blocked, Duration::from_secs(5)).await;
+        if status_of(&response) == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "the filter stayed after the change");
+    node.stop().await;
+}
+
 /// The client address behind a trusted proxy is read from X-Forwarded-For, on a node
 /// whose routes read no header themselves (the fast path collects headers only when
 /// something reads them); from an untrusted peer the header is ignored.
