@@ -4,7 +4,10 @@
 //! (or, for snapshots, "meta is what we just read") plus the resource operations plus
 //! `meta := new revision`. Gateways therefore see the content and its revision move
 //! together, and a change whose predecessor never arrived is refused, not applied on
-//! top of a gap.
+//! top of a gap. A snapshot too large for one transaction (more than
+//! [`store::TXN_MAX_OPS`] operations, etcd's default limit) is written in several, each
+//! guarded by the same meta and ordered so that no route ever names a missing
+//! upstream; meta moves in the last one.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +15,7 @@ use model::cluster::{InstanceMeta, NodeHeartbeat};
 use model::resource::{Resource, ResourceKind};
 use model::snapshot::{Revision, Snapshot};
 use store::keys::InstanceKey;
-use store::{Compare, KeyValue, Op, Txn};
+use store::{Compare, KeyValue, Op, Txn, TXN_MAX_BYTES, TXN_MAX_OPS};
 
 use crate::error::AgentError;
 use crate::AgentState;
@@ -151,7 +154,8 @@ impl AgentState {
         })
     }
 
-    /// Replaces the instance's whole content with `snapshot`, atomically.
+    /// Replaces the instance's whole content with `snapshot`: atomically when it fits in
+    /// one transaction, else in several (see the module's doc).
     pub(crate) async fn apply_snapshot(
         &self,
         instance: &str,
@@ -181,30 +185,39 @@ impl AgentState {
                 )
             })
             .collect();
-        let mut ops = Vec::new();
+        let mut deletes = Vec::new();
         for kv in &listing.kvs {
-            if !matches!(
-                self.keyspace.parse(instance, &kv.key),
-                Some(InstanceKey::Resource { .. })
-            ) {
+            let Some(InstanceKey::Resource { kind, .. }) = self.keyspace.parse(instance, &kv.key)
+            else {
                 continue;
-            }
+            };
             match wanted.get(&kv.key) {
                 // Unchanged resources are not rewritten: gateways see only real changes.
                 Some(value) if *value == kv.value => {
                     wanted.remove(&kv.key);
                 }
                 Some(_) => {}
-                None => ops.push(Op::Delete {
-                    key: kv.key.clone(),
-                }),
+                None => deletes.push((kind, kv.key.clone())),
             }
         }
-        ops.extend(wanted.into_iter().map(|(key, value)| Op::Put {
-            key,
-            value,
-            lease: None,
-        }));
+        let kind_of = |key: &str| match self.keyspace.parse(instance, key) {
+            Some(InstanceKey::Resource { kind, .. }) => Some(kind),
+            _ => None,
+        };
+        // Should the snapshot need several transactions: what routes use is written
+        // before the routes, and routes go before what they used.
+        let mut puts: Vec<(String, Vec<u8>)> = wanted.into_iter().collect();
+        puts.sort_by_key(|(key, _)| kind_of(key) == Some(ResourceKind::Routes));
+        deletes.sort_by_key(|(kind, _)| *kind != ResourceKind::Routes);
+        let mut ops: Vec<Op> = puts
+            .into_iter()
+            .map(|(key, value)| Op::Put {
+                key,
+                value,
+                lease: None,
+            })
+            .chain(deletes.into_iter().map(|(_, key)| Op::Delete { key }))
+            .collect();
         ops.push(put_meta(&meta_key, snapshot.revision));
         let compare = match meta_kv {
             Some(kv) => Compare::ValueEquals {
@@ -215,24 +228,54 @@ impl AgentState {
                 key: meta_key.clone(),
             },
         };
-        let outcome = self
-            .store
-            .txn(Txn {
-                compares: vec![compare],
-                ops,
-            })
-            .await?;
-        if !outcome.succeeded {
-            // Another write landed between our read and our transaction.
-            let held = self.meta_revision(instance).await?;
-            return Err(AgentError::RevisionConflict {
-                held: held.0,
-                needed: snapshot.revision.0,
-            });
+        let batches = split_ops(ops, &compare);
+        let count = batches.len();
+        for (i, ops) in batches.into_iter().enumerate() {
+            let outcome = self
+                .store
+                .txn(Txn {
+                    compares: vec![compare.clone()],
+                    ops,
+                })
+                .await?;
+            if !outcome.succeeded {
+                // Another write landed between our read and this transaction. Meta
+                // still names the revision before the snapshot, so the admin sends it
+                // again and the store converges.
+                if i > 0 {
+                    tracing::warn!(instance, revision = %snapshot.revision, written = i, of = count,
+                        "snapshot interrupted by another write after some of its transactions");
+                }
+                let held = self.meta_revision(instance).await?;
+                return Err(AgentError::RevisionConflict {
+                    held: held.0,
+                    needed: snapshot.revision.0,
+                });
+            }
         }
-        tracing::info!(instance, revision = %snapshot.revision, "applied snapshot");
+        tracing::info!(instance, revision = %snapshot.revision, transactions = count, "applied snapshot");
         Ok(())
     }
+}
+
+/// Splits `ops` into transactions the store takes (each also carries `compare`),
+/// keeping their order.
+fn split_ops(ops: Vec<Op>, compare: &Compare) -> Vec<Vec<Op>> {
+    let fixed = compare.bytes();
+    let mut batches = Vec::new();
+    let mut batch: Vec<Op> = Vec::new();
+    let mut bytes = fixed;
+    for op in ops {
+        let size = op.bytes();
+        if !batch.is_empty() && (batch.len() == TXN_MAX_OPS || bytes + size > TXN_MAX_BYTES) {
+            batches.push(std::mem::take(&mut batch));
+            bytes = fixed;
+        }
+        bytes += size;
+        batch.push(op);
+    }
+    batches.push(batch);
+    batches
 }
 
 fn not_found(kind: ResourceKind, id: &str) -> AgentError {

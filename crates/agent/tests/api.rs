@@ -323,6 +323,100 @@ async fn snapshot_replaces_everything_and_rewrites_only_what_changed() {
     assert_eq!(agent.meta("instance_a").await, Some(7));
 }
 
+/// A snapshot larger than one store transaction (128 operations, etcd's default) is
+/// written in several; after each one every route still finds its upstream, and meta
+/// moves only with the last.
+#[tokio::test]
+async fn snapshots_larger_than_a_transaction_are_written_in_consistent_steps() {
+    use futures::StreamExt;
+    let agent = Agent::start().await;
+    let prefix = agent.keyspace.instance_prefix("instance_a");
+    let start = agent.store.list(&prefix).await.unwrap().revision + 1;
+    let mut watch = agent.store.watch(&prefix, start).await.unwrap();
+    let snapshot = |revision: u64, upstreams: usize, routes: usize, salt: usize| {
+        let upstreams: Vec<Value> = (0..upstreams)
+            .map(|u| json!({"id": format!("u{u}"), "nodes": [{"host": "127.0.0.1", "port": 8000 + u}]}))
+            .collect();
+        let routes: Vec<Value> = (0..routes)
+            .map(|r| {
+                json!({"id": format!("r{r}"), "paths": [format!("/r{r}")],
+                       "upstream_id": format!("u{}", (r + salt) % upstreams.len())})
+            })
+            .collect();
+        json!({"revision": revision, "upstreams": upstreams, "routes": routes})
+    };
+
+    // The store the gateways would see, replayed batch by batch.
+    let mut seen: std::collections::BTreeMap<String, Value> = Default::default();
+    let replay = |batch: store::WatchBatch,
+                  seen: &mut std::collections::BTreeMap<String, Value>| {
+        for event in batch.events {
+            match event {
+                store::WatchEvent::Put(kv) => {
+                    seen.insert(kv.key, serde_json::from_slice(&kv.value).unwrap());
+                }
+                store::WatchEvent::Delete { key, .. } => {
+                    seen.remove(&key);
+                }
+            }
+        }
+        let upstream = |id: &str| format!("{prefix}upstreams/{id}");
+        for (key, value) in seen.iter() {
+            if key.starts_with(&format!("{prefix}routes/")) {
+                let id = value["upstream_id"].as_str().unwrap();
+                assert!(
+                    seen.contains_key(&upstream(id)),
+                    "{key} names {id}, not in the store"
+                );
+            }
+        }
+        seen.get(&format!("{prefix}meta"))
+            .map(|m| m["revision"].as_u64().unwrap())
+    };
+
+    for (revision, upstreams, routes, salt) in [(1, 10, 300, 0), (2, 4, 200, 1)] {
+        let (s, body) = agent
+            .call(
+                "PUT",
+                "/instance_a/snapshot",
+                None,
+                Some(snapshot(revision, upstreams, routes, salt)),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let mut batches = 0;
+        loop {
+            let batch = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next())
+                .await
+                .expect("the snapshot's writes")
+                .unwrap()
+                .unwrap();
+            batches += 1;
+            let meta = replay(batch, &mut seen);
+            if meta == Some(revision) {
+                break;
+            }
+            assert_eq!(
+                meta,
+                (revision > 1).then_some(revision - 1),
+                "meta moved early"
+            );
+        }
+        assert!(batches >= 3, "{batches} transactions");
+        let (_, listed) = agent.call("GET", "/instance_a/routes", None, None).await;
+        assert_eq!(listed["items"].as_array().unwrap().len(), routes);
+        let (_, listed) = agent.call("GET", "/instance_a/upstreams", None, None).await;
+        assert_eq!(listed["items"].as_array().unwrap().len(), upstreams);
+        assert_eq!(seen.len(), routes + upstreams + 1);
+    }
+    // Nothing more was written after meta.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(200), watch.next())
+            .await
+            .is_err()
+    );
+}
+
 #[tokio::test]
 async fn instances_report_revision_and_node_heartbeats() {
     let agent = Agent::start().await;

@@ -216,6 +216,8 @@ impl ConfigStore for EtcdStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        // etcd would refuse it too, with a less telling message.
+        txn.check_size()?;
         let compares: Vec<EtcdCompare> = txn
             .compares
             .into_iter()

@@ -69,6 +69,62 @@ pub struct Txn {
     pub ops: Vec<Op>,
 }
 
+/// The most operations (and compares) one transaction may carry: etcd's default
+/// `--max-txn-ops`, which a store started the usual way enforces. Every backend refuses
+/// more, so a writer that works on one works on all; larger writes are split (see the
+/// agent's snapshots).
+pub const TXN_MAX_OPS: usize = 128;
+
+/// The most key and value bytes one transaction may carry: well under etcd's default
+/// `--max-request-bytes` (1.5 MiB), leaving room for the request's framing.
+pub const TXN_MAX_BYTES: usize = 1024 * 1024;
+
+impl Compare {
+    /// Bytes of keys and values it sends.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Compare::Absent { key } => key.len(),
+            Compare::ValueEquals { key, value } => key.len() + value.len(),
+        }
+    }
+}
+
+impl Op {
+    /// Bytes of keys and values it sends.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Op::Put { key, value, .. } => key.len() + value.len(),
+            Op::Delete { key } => key.len(),
+        }
+    }
+}
+
+impl Txn {
+    /// Bytes of keys and values the transaction sends.
+    pub fn bytes(&self) -> usize {
+        self.compares.iter().map(Compare::bytes).sum::<usize>()
+            + self.ops.iter().map(Op::bytes).sum::<usize>()
+    }
+
+    /// `Err` when the transaction is larger than [`TXN_MAX_OPS`] or [`TXN_MAX_BYTES`].
+    pub fn check_size(&self) -> Result<(), StoreError> {
+        if self.ops.len() > TXN_MAX_OPS || self.compares.len() > TXN_MAX_OPS {
+            return Err(StoreError::Rejected(format!(
+                "a transaction takes at most {TXN_MAX_OPS} operations and compares, this one has {} and {}",
+                self.ops.len(),
+                self.compares.len()
+            )));
+        }
+        let bytes = self.bytes();
+        if bytes > TXN_MAX_BYTES {
+            return Err(StoreError::Rejected(format!(
+                "a transaction carries at most {TXN_MAX_BYTES} bytes of keys and values, this one {bytes}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxnOutcome {
     /// False when a compare failed; nothing was changed then.

@@ -266,6 +266,7 @@ impl ConfigStore for MemoryStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        txn.check_size()?;
         let mut state = self.lock();
         // etcd refuses a put with an unknown lease whether or not the compares hold.
         for op in &txn.ops {

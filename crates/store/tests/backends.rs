@@ -88,6 +88,7 @@ conformance!(
     watcher_resets_then_follows,
     watcher_relists_after_compaction,
     large_listings_are_one_snapshot,
+    transactions_up_to_the_limits_apply_larger_are_refused,
 );
 
 fn put(key: &str, value: &str) -> Op {
@@ -181,6 +182,45 @@ fn watch_failed(result: Result<RawWatch, StoreError>) -> StoreError {
         Ok(_) => panic!("the watch was created"),
         Err(e) => e,
     }
+}
+
+/// The largest transaction (`TXN_MAX_OPS` operations, `TXN_MAX_BYTES` of keys and
+/// values) applies, on an etcd started with its default limits too; one operation or
+/// one byte more is refused and changes nothing.
+async fn transactions_up_to_the_limits_apply_larger_are_refused(backend: Backend) {
+    let s = backend.store.as_ref();
+    let key = |i: usize| format!("/limits/{i:03}");
+    let value_len = (store::TXN_MAX_BYTES - store::TXN_MAX_OPS * key(0).len()) / store::TXN_MAX_OPS;
+    let value = "v".repeat(value_len);
+    let full: Vec<Op> = (0..store::TXN_MAX_OPS)
+        .map(|i| put(&key(i), &value))
+        .collect();
+    let full = Txn {
+        compares: vec![],
+        ops: full,
+    };
+    assert!(full.bytes() <= store::TXN_MAX_BYTES);
+    let outcome = s.txn(full.clone()).await.expect("the largest transaction");
+    assert!(outcome.succeeded);
+    assert_eq!(
+        s.list("/limits/").await.unwrap().kvs.len(),
+        store::TXN_MAX_OPS
+    );
+
+    let mut too_many = Txn {
+        compares: vec![],
+        ops: (0..=store::TXN_MAX_OPS).map(|i| delete(&key(i))).collect(),
+    };
+    let refused = s.txn(too_many.clone()).await.unwrap_err();
+    assert!(matches!(refused, StoreError::Rejected(_)), "{refused:?}");
+    too_many.ops.truncate(2);
+    too_many.ops[0] = put(&key(0), &"w".repeat(store::TXN_MAX_BYTES));
+    let refused = s.txn(too_many).await.unwrap_err();
+    assert!(matches!(refused, StoreError::Rejected(_)), "{refused:?}");
+    // Nothing of either applied.
+    let listing = s.list("/limits/").await.unwrap();
+    assert_eq!(listing.kvs.len(), store::TXN_MAX_OPS);
+    assert!(listing.kvs.iter().all(|kv| kv.value == value.as_bytes()));
 }
 
 /// A listing bigger than one gRPC answer may carry (4 MiB) comes back whole, sorted, and

@@ -95,8 +95,6 @@ impl EtcdServer {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=test={peer}"))
-            // Portico replaces an instance's whole content in one transaction.
-            .arg("--max-txn-ops=10000")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
