@@ -282,8 +282,8 @@ where
     }
 
     /// Checks that the request is one for the fast path; `None` hands it to Pingora.
-    /// Its headers are collected for routing and balancing only when they `collect`
-    /// (a map of a browser's dozen headers costs as much as the rest of the parsing).
+    /// The headers go into a map (for routing and balancing) only when `collect`: the
+    /// map copies every name and value, and most configurations never read it.
     fn admit<'a>(&self, req: &httparse::Request<'_, 'a>, collect: bool) -> Option<Request<'a>> {
         let settings = &self.settings;
         if req.version != Some(1) {
