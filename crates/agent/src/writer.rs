@@ -175,14 +175,12 @@ impl AgentState {
         if held == snapshot.revision && meta_kv.is_some() {
             return Ok(());
         }
-        let mut wanted: BTreeMap<String, Vec<u8>> = snapshot
+        let mut wanted: BTreeMap<String, (ResourceKind, Vec<u8>)> = snapshot
             .resources()
             .map(|r| {
                 let key = self.keyspace.resource(instance, r.kind(), r.id());
-                (
-                    key,
-                    serde_json::to_vec(&r).expect("model types always serialise"),
-                )
+                let value = serde_json::to_vec(&r).expect("model types always serialise");
+                (key, (r.kind(), value))
             })
             .collect();
         let mut deletes = Vec::new();
@@ -193,25 +191,21 @@ impl AgentState {
             };
             match wanted.get(&kv.key) {
                 // Unchanged resources are not rewritten: gateways see only real changes.
-                Some(value) if *value == kv.value => {
+                Some((_, value)) if *value == kv.value => {
                     wanted.remove(&kv.key);
                 }
                 Some(_) => {}
                 None => deletes.push((kind, kv.key.clone())),
             }
         }
-        let kind_of = |key: &str| match self.keyspace.parse(instance, key) {
-            Some(InstanceKey::Resource { kind, .. }) => Some(kind),
-            _ => None,
-        };
         // Should the snapshot need several transactions: what routes use is written
         // before the routes, and routes go before what they used.
-        let mut puts: Vec<(String, Vec<u8>)> = wanted.into_iter().collect();
-        puts.sort_by_key(|(key, _)| kind_of(key) == Some(ResourceKind::Routes));
+        let mut puts: Vec<(String, (ResourceKind, Vec<u8>))> = wanted.into_iter().collect();
+        puts.sort_by_key(|(_, (kind, _))| *kind == ResourceKind::Routes);
         deletes.sort_by_key(|(kind, _)| *kind != ResourceKind::Routes);
         let mut ops: Vec<Op> = puts
             .into_iter()
-            .map(|(key, value)| Op::Put {
+            .map(|(key, (_, value))| Op::Put {
                 key,
                 value,
                 lease: None,

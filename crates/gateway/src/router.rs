@@ -78,21 +78,21 @@ struct IpFilter {
     message: Arc<str>,
 }
 
+/// A validated list of IPs or CIDRs; `Err` names the entry (validation runs the same
+/// parser, so it should not happen).
+fn cidrs(field: &str, entries: &[String]) -> Result<Vec<IpNet>, String> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| parse_cidr(e).ok_or_else(|| format!("{field}[{i}]: not a CIDR")))
+        .collect()
+}
+
 impl IpFilter {
     fn compile(config: &model::route::IpRestriction) -> Result<Self, String> {
-        let nets = |list: &str, entries: &[String]| {
-            entries
-                .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    parse_cidr(e)
-                        .ok_or_else(|| format!("plugins.ip-restriction.{list}[{i}]: not a CIDR"))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        };
         Ok(Self {
-            allow: nets("allowlist", &config.allowlist)?,
-            deny: nets("denylist", &config.denylist)?,
+            allow: cidrs("plugins.ip-restriction.allowlist", &config.allowlist)?,
+            deny: cidrs("plugins.ip-restriction.denylist", &config.denylist)?,
             message: config
                 .message
                 .as_deref()
@@ -265,10 +265,7 @@ impl Predicates {
             p.cookies
                 .push((m.name.clone(), test(&format!("cookies[{i}]"), m)?));
         }
-        for (i, addr) in route.remote_addrs.iter().enumerate() {
-            p.remote
-                .push(parse_cidr(addr).ok_or_else(|| format!("remote_addrs[{i}]: not a CIDR"))?);
-        }
+        p.remote = cidrs("remote_addrs", &route.remote_addrs)?;
         if let Some(window) = &route.time_window {
             let (after, before) = window
                 .bounds_ms()
