@@ -1,10 +1,12 @@
 //! The admin API's errors and their one mapping to HTTP statuses and JSON bodies.
 //!
 //! Every handler returns [`ApiError`]; nothing else in the crate picks a status code for
-//! a failure. Variants say which side failed: the caller (400/401/404/409/413/422, do
-//! not retry unchanged), a dependency that is down (503, retry later), or the admin
-//! itself (500).
+//! a failure, and the body is rendered by `apikit::error`, shared with the agent.
+//! Variants say which side failed: the caller (400/404/408/409/413/422, do not retry
+//! unchanged; 401 is answered by `apikit::auth`), a dependency that is down (503, retry
+//! later), or the admin itself (500).
 
+use apikit::error::BodyFailure;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -12,8 +14,6 @@ use model::validate::{FieldError, ValidationErrors};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("missing or wrong bearer token")]
-    Unauthorized,
     #[error("{0}")]
     NotFound(String),
     /// The resource (or cluster) exists already.
@@ -40,6 +40,9 @@ pub enum ApiError {
     },
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The body did not arrive within the body deadline (`apikit::limits`).
+    #[error("the request body did not arrive in time")]
+    BodyTimedOut,
     #[error("method not allowed")]
     MethodNotAllowed,
     /// The database cannot be reached now; retrying later is safe.
@@ -64,13 +67,13 @@ impl ApiError {
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
             ApiError::InUse { .. } => (StatusCode::CONFLICT, "in_use"),
             ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::BodyTimedOut => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -91,16 +94,16 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<BytesRejection> for ApiError {
     fn from(e: BytesRejection) -> Self {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(format!(
+        match BodyFailure::of(&e) {
+            BodyFailure::TooLarge => ApiError::PayloadTooLarge(format!(
                 "the request body is larger than {} bytes",
                 crate::api::MAX_BODY
-            ))
-        } else {
-            ApiError::BadRequest {
-                message: format!("cannot read the request body: {}", e.body_text()),
+            )),
+            BodyFailure::TimedOut => ApiError::BodyTimedOut,
+            BodyFailure::Other(message) => ApiError::BadRequest {
+                message,
                 details: Vec::new(),
-            }
+            },
         }
     }
 }
@@ -116,6 +119,10 @@ impl From<PathRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::BodyTimedOut = self {
+            // Also closes the connection: the rest of the body is never read.
+            return apikit::error::request_timeout();
+        }
         let (status, code) = self.status_and_code();
         match &self {
             ApiError::Unavailable(source) => {
@@ -133,12 +140,7 @@ impl IntoResponse for ApiError {
             ApiError::Invalid { errors, .. } => errors.0.clone(),
             _ => Vec::new(),
         };
-        let body = model::validate::ErrorBody {
-            error: self.to_string(),
-            code: code.to_owned(),
-            details,
-        };
-        (status, axum::Json(body)).into_response()
+        apikit::error::response(status, code, self.to_string(), details)
     }
 }
 
@@ -149,7 +151,6 @@ mod tests {
     #[test]
     fn each_variant_has_its_status_and_a_json_body() {
         let cases = [
-            (ApiError::Unauthorized, 401, "unauthorized"),
             (ApiError::NotFound("x".into()), 404, "not_found"),
             (ApiError::AlreadyExists("x".into()), 409, "already_exists"),
             (

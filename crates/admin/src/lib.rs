@@ -6,7 +6,8 @@
 //! every agent to discover instances and pushes a full snapshot to any instance whose
 //! store is not at the database's revision (see [`sync`] for the spine).
 //!
-//! Code map: [`api`] (routes and handlers), [`auth`] (admin token), [`db`] (SQL for
+//! Code map: [`api`] (routes and handlers), [`auth`] (admin token; the HTTP plumbing,
+//! token check and error body included, is the `apikit` crate's), [`db`] (SQL for
 //! SQLite, PostgreSQL and MySQL; migrations in `migrations/`), [`agent_client`] (calls
 //! to agents), [`sync`] (write, push, poll, reconcile), [`error`] (the one error →
 //! status mapping).
@@ -36,7 +37,14 @@ pub struct AdminConfig {
     /// The admin token (`PORTICO_ADMIN_TOKEN`); when `None`, the stored one is kept or,
     /// on the first start, one is generated.
     pub admin_token: Option<String>,
+    /// How long clients may take to send a request head and body (the body limit is
+    /// the API's own, [`MAX_BODY`]).
+    pub header_read_timeout: Duration,
+    pub body_timeout: Duration,
 }
+
+/// Largest request body the admin API takes.
+pub const MAX_BODY: usize = api::MAX_BODY;
 
 /// Shows whether tokens are set, never their value.
 impl std::fmt::Debug for AdminConfig {
@@ -47,13 +55,18 @@ impl std::fmt::Debug for AdminConfig {
             .field("poll_interval", &self.poll_interval)
             .field("agent_token", &set(&self.agent_token))
             .field("admin_token", &set(&self.admin_token))
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("body_timeout", &self.body_timeout)
             .finish()
     }
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
+        let limits = apikit::Limits::with_max_body(MAX_BODY);
         Self {
+            header_read_timeout: limits.header_read_timeout,
+            body_timeout: limits.body_timeout,
             database_url: "sqlite://portico.db".to_owned(),
             poll_interval: Duration::from_secs(10),
             agent_token: None,
@@ -66,6 +79,7 @@ impl Default for AdminConfig {
 pub struct Admin {
     state: Arc<state::AppState>,
     poll_interval: Duration,
+    limits: apikit::Limits,
 }
 
 impl Admin {
@@ -76,6 +90,10 @@ impl Admin {
         anyhow::ensure!(
             !config.poll_interval.is_zero(),
             "the poll interval must be above zero"
+        );
+        anyhow::ensure!(
+            !config.header_read_timeout.is_zero() && !config.body_timeout.is_zero(),
+            "the header-read and body timeouts must be above zero"
         );
         let db = db::Db::open(&config.database_url).await?;
         let (token_hash, new_token) = auth::set_up_token(&db, config.admin_token.as_deref())
@@ -88,6 +106,11 @@ impl Admin {
         let admin = Admin {
             state: Arc::new(state::AppState::new(db, token_hash, agents)),
             poll_interval: config.poll_interval,
+            limits: apikit::Limits {
+                max_body: MAX_BODY,
+                header_read_timeout: config.header_read_timeout,
+                body_timeout: config.body_timeout,
+            },
         };
         Ok((admin, new_token))
     }
@@ -97,8 +120,9 @@ impl Admin {
         api::router(self.state.clone())
     }
 
-    /// Serves HTTP on `listener` and runs the poll/reconcile loop until `shutdown`
-    /// flips to true (or its sender is dropped).
+    /// Serves HTTP on `listener` (through `apikit::serve`: early 413, header-read and
+    /// body timeouts) and runs the poll/reconcile loop until `shutdown` flips to true
+    /// (or its sender is dropped).
     pub async fn run(
         self,
         listener: tokio::net::TcpListener,
@@ -109,12 +133,7 @@ impl Admin {
             self.poll_interval,
             shutdown.clone(),
         ));
-        let mut stop = shutdown;
-        let served = axum::serve(listener, self.router())
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stop| *stop).await;
-            })
-            .await;
+        let served = apikit::serve(listener, self.router(), self.limits, shutdown).await;
         if served.is_err() {
             // Serving failed without a shutdown: the loop would never see one.
             reconcile.abort();

@@ -8,6 +8,8 @@ use std::time::Duration;
 use admin::{Admin, AdminConfig};
 use common::{route, upstream, TestAdmin, TestAgent, ADMIN_TOKEN};
 use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_changes_nothing() {
@@ -208,6 +210,7 @@ async fn the_admin_token_is_generated_once_and_can_be_replaced() {
         poll_interval: Duration::from_secs(3600),
         agent_token: None,
         admin_token: None,
+        ..AdminConfig::default()
     };
     let (admin, generated) = Admin::open(config.clone()).await.unwrap();
     let generated = generated.expect("a token on the first start");
@@ -247,6 +250,88 @@ async fn the_admin_token_is_generated_once_and_can_be_replaced() {
     assert_eq!(old.status, StatusCode::UNAUTHORIZED);
     assert_eq!(served.get("/clusters").await.status, StatusCode::OK);
     served.stop().await;
+}
+
+/// Clients that announce too much or send too slowly are cut: a 13 MB Content-Length
+/// gets 413 before any of it is read, half a head is closed after the header-read
+/// timeout, a trickling body gets 408 at the body deadline; nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_slow_clients_are_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, _) = Admin::open(AdminConfig {
+        database_url: format!("sqlite://{}/admin.db", dir.path().display()),
+        poll_interval: Duration::from_secs(3600),
+        admin_token: Some(ADMIN_TOKEN.to_owned()),
+        header_read_timeout: Duration::from_millis(500),
+        body_timeout: Duration::from_millis(700),
+        ..AdminConfig::default()
+    })
+    .await
+    .unwrap();
+    let admin = TestAdmin::serve(admin).await;
+    let addr = admin
+        .url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let head = |length: u64| {
+        format!(
+            "POST {}/clusters HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n",
+            common::API
+        )
+    };
+
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    stream.write_all(head(13_000_000).as_bytes()).await.unwrap();
+    let (answer, took) = read_until_closed(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    assert!(took < Duration::from_millis(400), "413 after {took:?}");
+
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(b"GET /gateway/apiserver/v1/clusters HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let (answer, took) = read_until_closed(&mut stream).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+
+    let body = r#"{"name":"slow","agent_address":"http://127.0.0.1:1"}"#;
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(head(body.len() as u64).as_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&body.as_bytes()[..10]).await.unwrap();
+    let (answer, took) = read_until_closed(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(took < Duration::from_secs(3), "408 after {took:?}");
+
+    let clusters = admin.get("/clusters").await;
+    assert_eq!(clusters.body["items"], serde_json::json!([]));
+    admin.stop().await;
+}
+
+/// Reads until the server closes the connection (at most 5 s): the text and the time.
+async fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

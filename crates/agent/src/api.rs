@@ -1,9 +1,10 @@
 //! The agent's HTTP API: `/agent/apiserver/v1/instances…` (see `ARCHITECTURE.md`).
 
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
@@ -18,7 +19,7 @@ use crate::writer::Change;
 use crate::AgentState;
 
 /// Largest request body accepted; a snapshot of a big instance fits comfortably.
-const MAX_BODY: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// The agent's router, authentication included.
 pub fn app(state: AgentState) -> Router {
@@ -36,35 +37,11 @@ pub fn app(state: AgentState) -> Router {
                 .put(upsert_resource)
                 .delete(delete_resource),
         )
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route_layer(middleware::from_fn_with_state(
+            state.token.clone(),
+            apikit::auth::require_bearer,
+        ))
         .with_state(state)
-}
-
-async fn authenticate(
-    State(state): State<AgentState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, AgentError> {
-    let presented = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(presented.as_bytes(), state.token.as_bytes()) {
-        Ok(next.run(request).await)
-    } else {
-        Err(AgentError::Unauthorized)
-    }
-}
-
-/// Compares without an early exit, so timing does not reveal a token's prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn list_instances(
@@ -153,18 +130,18 @@ async fn create_resource(
     State(state): State<AgentState>,
     Path((instance, kind)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AgentError> {
-    write_resource(&state, &instance, &kind, None, &headers, &body).await
+    write_resource(&state, &instance, &kind, None, &headers, &body?).await
 }
 
 async fn upsert_resource(
     State(state): State<AgentState>,
     Path((instance, kind, id)): Path<(String, String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AgentError> {
-    write_resource(&state, &instance, &kind, Some(&id), &headers, &body).await
+    write_resource(&state, &instance, &kind, Some(&id), &headers, &body?).await
 }
 
 /// POST (no `path_id`: create, 201) or PUT (`path_id`: create or replace, 200); the body's
@@ -216,8 +193,9 @@ async fn delete_resource(
 async fn put_snapshot(
     State(state): State<AgentState>,
     Path(instance): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, AgentError> {
+    let body = body?;
     state.check_instance(&instance)?;
     let snapshot: Snapshot = model::json::parse(&body).map_err(|e| bad_json("snapshot", &e))?;
     let mut errors = Vec::new();

@@ -1,5 +1,8 @@
-//! Agent errors and their one mapping to HTTP statuses and JSON bodies.
+//! Agent errors and their one mapping to HTTP statuses; the JSON body is rendered by
+//! `apikit::error`, shared with the admin.
 
+use apikit::error::BodyFailure;
+use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use model::validate::{FieldError, ValidationErrors};
@@ -8,8 +11,6 @@ use store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("missing or wrong bearer token")]
-    Unauthorized,
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -27,6 +28,11 @@ pub enum AgentError {
         what: String,
         errors: ValidationErrors,
     },
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The body did not arrive within the body deadline (`apikit::limits`).
+    #[error("the request body did not arrive in time")]
+    BodyTimedOut,
     #[error("config store unavailable")]
     Unavailable(#[source] StoreError),
     #[error("config store refused the change")]
@@ -42,10 +48,28 @@ impl From<StoreError> for AgentError {
     }
 }
 
+impl From<BytesRejection> for AgentError {
+    fn from(e: BytesRejection) -> Self {
+        match BodyFailure::of(&e) {
+            BodyFailure::TooLarge => AgentError::PayloadTooLarge(crate::api::MAX_BODY),
+            BodyFailure::TimedOut => AgentError::BodyTimedOut,
+            BodyFailure::Other(message) => AgentError::BadRequest {
+                message,
+                details: Vec::new(),
+            },
+        }
+    }
+}
+
 impl IntoResponse for AgentError {
     fn into_response(self) -> Response {
+        match self {
+            // Both close the connection: the rest of the body is never read.
+            AgentError::PayloadTooLarge(limit) => return apikit::error::payload_too_large(limit),
+            AgentError::BodyTimedOut => return apikit::error::request_timeout(),
+            _ => {}
+        }
         let (status, code) = match &self {
-            AgentError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             AgentError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AgentError::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
             AgentError::RevisionConflict { .. } => (StatusCode::CONFLICT, "revision_conflict"),
@@ -53,6 +77,8 @@ impl IntoResponse for AgentError {
             AgentError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             AgentError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             AgentError::Store(_) => (StatusCode::BAD_GATEWAY, "store_error"),
+            AgentError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            AgentError::BodyTimedOut => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
         };
         if let AgentError::Unavailable(source) | AgentError::Store(source) = &self {
             tracing::warn!(error = %source, "store request failed");
@@ -62,12 +88,7 @@ impl IntoResponse for AgentError {
             AgentError::Invalid { errors, .. } => errors.0.clone(),
             _ => Vec::new(),
         };
-        let body = model::validate::ErrorBody {
-            error: self.to_string(),
-            code: code.to_owned(),
-            details,
-        };
-        (status, axum::Json(body)).into_response()
+        apikit::error::response(status, code, self.to_string(), details)
     }
 }
 

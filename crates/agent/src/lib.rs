@@ -26,8 +26,10 @@ pub struct AgentState {
     store: Arc<dyn ConfigStore>,
     keyspace: Keyspace,
     instances: Arc<BTreeSet<String>>,
-    /// Bearer token the admin must present; compared in constant time.
-    token: Arc<str>,
+    /// Hash of the bearer token the admin must present (checked by `apikit::auth`).
+    token: Arc<apikit::TokenHash>,
+    /// Body limit and client timeouts of the API.
+    limits: apikit::Limits,
 }
 
 impl AgentState {
@@ -56,8 +58,20 @@ impl AgentState {
             store,
             keyspace,
             instances: Arc::new(instances),
-            token: token.into(),
+            token: Arc::new(apikit::TokenHash::of(token)),
+            limits: apikit::Limits::with_max_body(api::MAX_BODY),
         })
+    }
+
+    /// Other client timeouts than the defaults (10 s for a head, 30 s for a body).
+    pub fn with_timeouts(
+        mut self,
+        header_read_timeout: std::time::Duration,
+        body_timeout: std::time::Duration,
+    ) -> Self {
+        self.limits.header_read_timeout = header_read_timeout;
+        self.limits.body_timeout = body_timeout;
+        self
     }
 }
 
@@ -70,16 +84,14 @@ pub fn parse_instance_list(list: &str) -> Vec<String> {
         .collect()
 }
 
-/// Serves the agent API on `listener` until `shutdown` flips to true.
+/// Serves the agent API on `listener` until `shutdown` flips to true, through
+/// `apikit::serve` (early 413, header-read and body timeouts).
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: AgentState,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await?;
+    let limits = state.limits;
+    apikit::serve(listener, app(state), limits, shutdown).await?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The agent's REST API against an in-process store, over real HTTP on loopback.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use model::cluster::{AgentInstances, NodeHeartbeat};
 use model::resource::ResourceKind;
@@ -10,6 +11,8 @@ use serde_json::{json, Value};
 use store::keys::Keyspace;
 use store::memory::MemoryStore;
 use store::{ConfigStore, Op, Txn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const TOKEN: &str = "agent-test-token";
 
@@ -88,7 +91,7 @@ fn upstream(port: u16) -> Value {
 #[tokio::test]
 async fn requests_without_the_token_are_refused() {
     let agent = Agent::start().await;
-    for token in [None, Some("wrong")] {
+    for token in [None, Some("wrong"), Some("agent-test-token-but-longer")] {
         let mut req = agent.http.get(&agent.url);
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -98,6 +101,88 @@ async fn requests_without_the_token_are_refused() {
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["code"], "unauthorized");
     }
+}
+
+/// A body announced over the 16 MiB limit gets 413 before any of it is
+/// read; half a head is closed after the header-read timeout; a trickling snapshot gets
+/// 408 at the body deadline; the store sees none of it.
+#[tokio::test]
+async fn oversized_and_slow_clients_are_cut() {
+    let store: Arc<dyn ConfigStore> = Arc::new(MemoryStore::new());
+    let keyspace = Keyspace::default();
+    let state = agent::AgentState::new(
+        store.clone(),
+        keyspace.clone(),
+        ["instance_a".to_owned()],
+        TOKEN,
+    )
+    .unwrap()
+    .with_timeouts(Duration::from_millis(500), Duration::from_millis(700));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(agent::run(listener, state, rx));
+    let head = |length: u64| {
+        format!(
+            "PUT /agent/apiserver/v1/instances/instance_a/snapshot HTTP/1.1\r\nHost: a\r\n\
+             Authorization: Bearer {TOKEN}\r\nContent-Length: {length}\r\n\r\n"
+        )
+    };
+
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(head(17 * 1024 * 1024).as_bytes())
+        .await
+        .unwrap();
+    let (answer, took) = read_until_closed(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    assert!(took < Duration::from_millis(400), "413 after {took:?}");
+
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /agent/apiserver/v1/instances HTTP/1.1\r\nAuthoriz")
+        .await
+        .unwrap();
+    let (answer, took) = read_until_closed(&mut stream).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+
+    let body =
+        json!({"revision": 1, "routes": [], "upstreams": [], "certificates": []}).to_string();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(head(body.len() as u64).as_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&body.as_bytes()[..10]).await.unwrap();
+    let (answer, took) = read_until_closed(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(took < Duration::from_secs(3), "408 after {took:?}");
+
+    assert!(store
+        .get(&keyspace.meta("instance_a"))
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// Reads until the server closes the connection (at most 5 s): the text and the time.
+async fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
 }
 
 #[tokio::test]

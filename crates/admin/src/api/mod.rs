@@ -9,7 +9,7 @@ mod resources;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::routing::get;
 use axum::Router;
 use serde::de::DeserializeOwned;
@@ -18,7 +18,8 @@ use tower_http::trace::TraceLayer;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Largest request body accepted (2 MiB); larger ones get 413.
+/// Largest request body accepted (2 MiB); larger ones get 413 (`apikit::limits`, applied
+/// by the server, refuses one announced larger before reading it).
 pub(crate) const MAX_BODY: usize = 2 * 1024 * 1024;
 
 /// The admin's router, authentication included: every route, known or not, needs the
@@ -57,10 +58,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .nest("/gateway/apiserver/v1", api)
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::auth::require_token,
+            state.token_hash.clone(),
+            apikit::auth::require_bearer,
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

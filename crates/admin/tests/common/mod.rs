@@ -40,6 +40,7 @@ impl TestAdmin {
             poll_interval,
             agent_token: Some(AGENT_TOKEN.to_owned()),
             admin_token: Some(ADMIN_TOKEN.to_owned()),
+            ..AdminConfig::default()
         })
         .await
         .expect("the admin opens");
