@@ -1,7 +1,8 @@
 //! The admin's client for cluster agents (`{agent}/agent/apiserver/v1/instances…`).
 //!
 //! Calls are short (a few seconds at most) because the admin never waits on an agent to
-//! accept a change: what does not arrive now is delivered by the reconcile loop. Errors
+//! accept a change: what does not arrive now is delivered by the reconcile loop.
+//! Redirects are never followed: a call goes to the registered address or nowhere. Errors
 //! say whether the agent answered (it refused; retrying the same call will not help) or
 //! not (unreachable or failing; retry later).
 
@@ -49,6 +50,9 @@ impl AgentClient {
         let http = reqwest::Client::builder()
             .timeout(CALL_TIMEOUT)
             .connect_timeout(CALL_TIMEOUT)
+            // A redirect would carry the agent token and the snapshot (certificate keys
+            // included) to an address nobody registered: never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self { http, token })
     }
@@ -159,6 +163,13 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response, AgentCa
     let status = response.status();
     if status.is_success() {
         return Ok(response);
+    }
+    if status.is_redirection() {
+        // Not an agent answering: whatever is at that address is not trusted with a
+        // retry elsewhere. Treated as unreachable, so no snapshot follows.
+        return Err(AgentCallError::Unreachable(format!(
+            "the agent address answered a redirect ({status}); redirects are never followed"
+        )));
     }
     let body: model::validate::ErrorBody = response.json().await.unwrap_or_default();
     let message = body.error;
