@@ -44,15 +44,22 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::balancer::{HashInput, Outcome, UpstreamPool};
-use crate::deadline::HeadDeadline;
-use crate::proxy::{
-    host_of, route_request, tokens, upstream_host, Attempts, InFlight, Incoming, Refusal,
+use crate::core::chunked::ChunkedScanner;
+use crate::core::guard::Guard;
+use crate::core::head::{self, BodyFraming, Head, Limits, TargetForm, MAX_RESPONSE_HEAD_BYTES};
+use crate::core::headers::{
+    append_forwarded_for, forwarded, forwarded_back, nominated, tokens, upstream_host,
 };
+use crate::core::rate::{too_slow, Meter};
+use crate::core::refusal::Refusal;
+use crate::core::retry::{replay_is_safe, Attempts};
+use crate::core::route::{route_request, Incoming};
+use crate::proxy::InFlight;
 use crate::runtime::RuntimeConfig;
 use crate::settings::HttpSettings;
 
-/// Header lines parsed per head; a head with more goes to Pingora.
-const MAX_HEADERS: usize = 64;
+/// The start of an h2c connection with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long a kept-alive client connection may wait for its next request (Pingora's).
 const KEEPALIVE: Duration = Duration::from_secs(60);
 /// Idle connections kept per upstream address (Pingora's pool size).
@@ -62,7 +69,7 @@ const COALESCE: usize = 16 * 1024;
 
 /// Serves HTTP/1.1 connections, handing what it does not serve to `fallback`.
 pub struct FastPath<A> {
-    fallback: Arc<HeadDeadline<A>>,
+    fallback: Arc<Guard<A>>,
     config: Arc<ArcSwap<RuntimeConfig>>,
     in_flight: Arc<InFlight>,
     settings: Arc<HttpSettings>,
@@ -71,7 +78,7 @@ pub struct FastPath<A> {
 
 impl<A> FastPath<A> {
     pub fn new(
-        fallback: HeadDeadline<A>,
+        fallback: Guard<A>,
         config: Arc<ArcSwap<RuntimeConfig>>,
         in_flight: Arc<InFlight>,
         settings: Arc<HttpSettings>,
@@ -107,7 +114,7 @@ where
             buf: BytesMut::with_capacity(4096),
             peer: Peer {
                 ip: peer,
-                text: peer.map(|ip| ip.to_string()),
+                text: peer.map(|ip| ip.to_canonical().to_string()),
             },
             first: true,
         };
@@ -163,6 +170,8 @@ struct Scratch {
     up_buf: BytesMut,
     /// Request body bytes on their way upstream.
     body: BytesMut,
+    /// X-Forwarded-For as sent upstream.
+    forwarded_for: Vec<u8>,
 }
 
 /// What the connection does after a request.
@@ -208,17 +217,6 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// The request as read from the client, checked for the fast path.
-struct Request<'a> {
-    method: &'a str,
-    target: &'a str,
-    host: &'a str,
-    headers: HeaderMap,
-    body_len: u64,
-    /// The client asked to close after this request.
-    close: bool,
-}
-
 /// How a response body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -244,28 +242,39 @@ where
         let mut deadline = conn
             .first
             .then(|| tokio::time::Instant::now() + head_timeout);
-        // Heads larger than this are refused by Pingora's path (431 / 414).
-        let cap = self.settings.max_uri_bytes + self.settings.max_header_bytes + 4096;
+        let limits = Limits {
+            max_uri_bytes: self.settings.max_uri_bytes,
+            max_header_bytes: self.settings.max_header_bytes,
+        };
         let Conn {
-            stream, buf, peer, ..
+            stream,
+            buf,
+            peer,
+            first,
         } = conn;
         loop {
             if !buf.is_empty() {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
-                match req.parse(&buf[..]) {
-                    Ok(Status::Complete(head_len)) => {
+                let n = buf.len().min(H2_PREFACE.len());
+                if *first && buf[..n] == H2_PREFACE[..n] {
+                    // h2c with prior knowledge (or the start of it): Pingora's.
+                    return Step::Fallback;
+                }
+                let mut storage = head::header_storage();
+                match head::parse(&buf[..], &mut storage, limits) {
+                    Ok(Some((head, headers))) => {
                         let (step, used) = self
-                            .serve(stream, &buf[..], &req, head_len, peer, scratch, shutdown)
+                            .serve(stream, &buf[..], head, headers, peer, scratch, shutdown)
                             .await;
                         if !matches!(step, Step::Fallback) {
                             buf.advance(used);
                         }
                         return step;
                     }
-                    Ok(Status::Partial) if buf.len() < cap => {}
-                    // Errors, too many headers, a head too large: Pingora's answer.
-                    _ => return Step::Fallback,
+                    Ok(None) => {}
+                    Err(refusal) => {
+                        let mut meter = self.settings.send_rate.meter();
+                        return reply_refusal(stream, &refusal, &mut meter).await;
+                    }
                 }
             }
             let read = match deadline {
@@ -281,127 +290,78 @@ where
         }
     }
 
-    /// Checks that the request is one for the fast path; `None` hands it to Pingora.
-    /// The headers go into a map (for routing and balancing) only when `collect`: the
-    /// map copies every name and value, and most configurations never read it.
-    fn admit<'a>(&self, req: &httparse::Request<'_, 'a>, collect: bool) -> Option<Request<'a>> {
-        let settings = &self.settings;
-        if req.version != Some(1) {
-            return None;
-        }
-        let method = req.method?;
-        let target = req.path?;
-        if method == "CONNECT" || !target.starts_with('/') || target.len() > settings.max_uri_bytes
+    /// Whether a checked request is one for the fast path: HTTP/1.1 in origin form
+    /// with a Content-Length body (or none), no upgrade, no Expect. The headers go
+    /// into a map (for routing and balancing) only when `collect`: the map copies
+    /// every name and value, and most configurations never read it.
+    fn admit(
+        head: &Head<'_>,
+        headers: &[httparse::Header<'_>],
+        collect: bool,
+    ) -> Option<HeaderMap> {
+        if head.minor != 1
+            || head.form != TargetForm::Origin
+            || head.upgrade
+            || head.expect
+            || matches!(head.framing, BodyFraming::Chunked)
         {
             return None;
         }
-        let mut host = None;
-        let mut length = None;
-        let mut close = false;
-        let mut size = 0;
-        let mut headers = if collect {
-            HeaderMap::with_capacity(req.headers.len())
-        } else {
-            HeaderMap::new()
-        };
-        for h in req.headers.iter() {
-            size += h.name.len() + h.value.len() + 4;
-            let name = h.name.as_bytes();
-            let is = |known: &HeaderName| name.eq_ignore_ascii_case(known.as_str().as_bytes());
-            if is(&http::header::HOST) {
-                if host.is_some() {
-                    return None;
-                }
-                host = Some(std::str::from_utf8(h.value).ok()?);
-            } else if is(&http::header::CONTENT_LENGTH) {
-                if length.is_some() || h.value.is_empty() || h.value.len() > 19 {
-                    return None;
-                }
-                if !h.value.iter().all(u8::is_ascii_digit) {
-                    return None;
-                }
-                let n: u64 = std::str::from_utf8(h.value).ok()?.parse().ok()?;
-                if n > settings.max_body_bytes {
-                    return None;
-                }
-                length = Some(n);
-            } else if is(&http::header::TRANSFER_ENCODING)
-                || is(&http::header::UPGRADE)
-                || is(&http::header::EXPECT)
-            {
-                return None;
-            } else if is(&http::header::CONNECTION) {
-                for token in tokens(h.value) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if token.eq_ignore_ascii_case(b"upgrade") {
-                        return None;
-                    }
-                }
-            }
-            if collect {
-                headers.append(
-                    HeaderName::from_bytes(name).ok()?,
-                    HeaderValue::from_bytes(h.value).ok()?,
-                );
-            } else if !h
-                .value
-                .iter()
-                .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
-            {
-                // What a header map would refuse (httparse lets none of it through
-                // today) still goes to Pingora's path.
-                return None;
-            }
+        if !collect {
+            return Some(HeaderMap::new());
         }
-        if size > settings.max_header_bytes {
-            return None;
+        let mut map = HeaderMap::with_capacity(headers.len());
+        for h in headers {
+            map.append(
+                HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+                HeaderValue::from_bytes(h.value).ok()?,
+            );
         }
-        Some(Request {
-            method,
-            target,
-            host: host?,
-            headers,
-            body_len: length.unwrap_or(0),
-            close,
-        })
+        Some(map)
     }
 
-    /// Serves one request whose head is `buf[..head_len]`. Returns what the connection
-    /// does next and how many bytes of `buf` the request used.
+    /// Serves one request whose head, `head`, starts `buf`. Returns what the
+    /// connection does next and how many bytes of `buf` the request used.
     #[allow(clippy::too_many_arguments)]
     async fn serve(
         &self,
         stream: &mut Stream,
         buf: &[u8],
-        req: &httparse::Request<'_, '_>,
-        head_len: usize,
+        head: Head<'_>,
+        headers: &[httparse::Header<'_>],
         peer: &Peer,
         scratch: &mut Scratch,
         shutdown: &ShutdownWatch,
     ) -> (Step, usize) {
-        let config = self.config.load();
-        let collect = config.reads_headers || self.settings.reads_headers();
-        let Some(request) = self.admit(req, collect) else {
+        let mut send_meter = self.settings.send_rate.meter();
+        let BodyFraming::Length(body_len) = head.framing else {
             return (Step::Fallback, 0);
         };
-        let (path, query) = match request.target.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (request.target, None),
+        if body_len > self.settings.max_body_bytes {
+            let step = reply_refusal(stream, &Refusal::BodyTooLarge, &mut send_meter).await;
+            return (step, 0);
+        }
+        let config = self.config.load();
+        let collect = config.reads_headers || self.settings.reads_headers();
+        let Some(header_map) = Self::admit(&head, headers, collect) else {
+            return (Step::Fallback, 0);
         };
-        let host = host_of(request.host);
+        let head_len = head.len;
+        let close = head.close;
         let Ok(routed) = route_request(
             &config,
             &self.settings,
             &Incoming {
-                host: &host,
-                method: request.method,
-                path,
-                query,
-                headers: &request.headers,
+                host: &head.host,
+                method: head.method,
+                path: head.path,
+                query: head.query,
+                headers: &header_map,
                 peer: peer.ip,
             },
         ) else {
+            // 404 / 405 / 403: Pingora's adapter answers with the same renderer and
+            // keeps the connection, as a refusal of a well-formed request does.
             return (Step::Fallback, 0);
         };
         let pool = routed.upstream;
@@ -413,28 +373,32 @@ where
         // The request head without Host, which depends on the node.
         scratch.line.clear();
         let line = &mut scratch.line;
-        line.extend_from_slice(request.method.as_bytes());
+        line.extend_from_slice(head.method.as_bytes());
         line.push(b' ');
         line.extend_from_slice(routed.path.as_bytes());
-        if let Some(query) = query {
+        if let Some(query) = head.query {
             line.push(b'?');
             line.extend_from_slice(query.as_bytes());
         }
         line.extend_from_slice(b" HTTP/1.1\r\n");
-        write_request_headers(&mut scratch.rest, &*req.headers, peer.text.as_deref());
+        write_request_headers(
+            &mut scratch.rest,
+            &mut scratch.forwarded_for,
+            headers,
+            head.nominates,
+            peer.text.as_deref(),
+        );
 
-        let body_len = request.body_len;
         // The part of the body that came with the head.
         let body_in_buf = (body_len.min((buf.len() - head_len) as u64)) as usize;
         let used = head_len + body_in_buf;
-        let replay_safe = body_len == 0
-            && http::Method::from_bytes(request.method.as_bytes()).is_ok_and(|m| m.is_idempotent());
-        let is_head = request.method == "HEAD";
+        let replay_safe = replay_is_safe(head.method, body_len);
+        let is_head = head.method == "HEAD";
         let input = HashInput {
             client_ip: routed.client_ip,
             path: &routed.path,
-            headers: &request.headers,
-            query,
+            headers: &header_map,
+            query: head.query,
         };
 
         let mut attempts = Attempts::default();
@@ -443,7 +407,10 @@ where
         loop {
             let Some(pick) = pool.pick(&input, &attempts.tried) else {
                 tracing::warn!(upstream = %pool.id, "no node with a known address");
-                return (reply_refusal(stream, &Refusal::BadGateway).await, used);
+                return (
+                    reply_refusal(stream, &Refusal::BadGateway, &mut send_meter).await,
+                    used,
+                );
             };
             attempts.made += 1;
             let node = pick.node();
@@ -456,7 +423,10 @@ where
                         attempts.failed_on(pick.index);
                         continue;
                     }
-                    return (reply_refusal(stream, &failure.refusal()).await, used);
+                    return (
+                        reply_refusal(stream, &failure.refusal(), &mut send_meter).await,
+                        used,
+                    );
                 }
             };
             fresh = false;
@@ -468,7 +438,8 @@ where
             out.extend_from_slice(b"Host: ");
             out.extend_from_slice(
                 upstream_host(&pool, &pick)
-                    .unwrap_or(request.host)
+                    .or(head.host_header)
+                    .unwrap_or("")
                     .as_bytes(),
             );
             out.extend_from_slice(b"\r\n");
@@ -499,13 +470,16 @@ where
                         attempts.failed_on(pick.index);
                         continue;
                     }
-                    return (reply_refusal(stream, &failure.refusal()).await, used);
+                    return (
+                        reply_refusal(stream, &failure.refusal(), &mut send_meter).await,
+                        used,
+                    );
                 }
             }
 
             // The response head (1xx ones are passed on as they come).
             scratch.up_buf.clear();
-            let head = loop {
+            let response = loop {
                 match read_response_head(
                     &mut up,
                     &mut scratch.up_buf,
@@ -515,17 +489,20 @@ where
                 )
                 .await
                 {
-                    Ok(head) if head.status < 200 => {
-                        if write_all(stream, &scratch.head).await.is_err() {
+                    Ok(interim) if interim.status < 200 => {
+                        if write_all(stream, &scratch.head, &mut send_meter)
+                            .await
+                            .is_err()
+                        {
                             return (Step::Close, used);
                         }
-                        scratch.up_buf.advance(head.len);
+                        scratch.up_buf.advance(interim.len);
                     }
                     other => break other,
                 }
             };
-            let head = match head {
-                Ok(head) => head,
+            let response = match response {
+                Ok(response) => response,
                 Err(failure) => {
                     if reused && replay_safe && matches!(failure, Failure::Closed | Failure::Io(_))
                     {
@@ -539,11 +516,14 @@ where
                         attempts.failed_on(pick.index);
                         continue;
                     }
-                    return (reply_refusal(stream, &failure.refusal()).await, used);
+                    return (
+                        reply_refusal(stream, &failure.refusal(), &mut send_meter).await,
+                        used,
+                    );
                 }
             };
-            pick.record(Outcome::Status(head.status, pick.elapsed()));
-            if pool.upstream.retry_on_statuses.contains(&head.status)
+            pick.record(Outcome::Status(response.status, pick.elapsed()));
+            if pool.upstream.retry_on_statuses.contains(&response.status)
                 && replay_safe
                 && attempts.may_try_another(&pool, pick.index)
             {
@@ -551,12 +531,11 @@ where
                 attempts.failed_on(pick.index);
                 continue;
             }
-            scratch.up_buf.advance(head.len);
+            scratch.up_buf.advance(response.len);
 
             // The client's connection stays open unless it or the body framing says
             // otherwise, or the node is shutting down.
-            let keep_client =
-                !request.close && head.framing != Framing::Close && !*shutdown.borrow();
+            let keep_client = !close && response.framing != Framing::Close && !*shutdown.borrow();
             if !keep_client {
                 // The blank line ending the head is the last two bytes.
                 let end = scratch.head.len() - 2;
@@ -568,14 +547,15 @@ where
                 &mut up,
                 &mut scratch.up_buf,
                 &mut scratch.head,
-                head.framing,
+                response.framing,
                 &pool,
+                &mut send_meter,
             )
             .await;
             return match relayed {
                 Ok(()) => {
-                    if head.keep_alive
-                        && head.framing != Framing::Close
+                    if response.keep_alive
+                        && response.framing != Framing::Close
                         && scratch.up_buf.is_empty()
                     {
                         self.idle.put(node.addr, up, pool.timeouts.idle);
@@ -632,16 +612,24 @@ where
     ) -> Result<(), SendError> {
         let write = pool.timeouts.write;
         upstream_write(up, head, write).await?;
+        // Only the time spent waiting on the client counts (core::rate).
+        let mut meter = self.settings.body_rate.meter();
         while remaining > 0 {
             body.clear();
             body.reserve(COALESCE);
             // Never past the body: what follows is the next request.
             let mut limited = (&mut *client).take(remaining);
             let read = limited.read_buf(body);
-            let n = match timeout(self.settings.header_read_timeout, read).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(SendError::Client),
+            let until = meter.wait(tokio::time::Instant::now());
+            let n = match tokio::time::timeout_at(until, read).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(SendError::Client),
+                Err(_) => {
+                    tracing::debug!(error = %too_slow("sent the request body"), "request cut");
+                    return Err(SendError::Client);
+                }
                 Ok(Ok(n)) => n,
             };
+            meter.moved(n, tokio::time::Instant::now());
             upstream_write(up, &body[..n], write).await?;
             remaining -= n as u64;
         }
@@ -684,25 +672,25 @@ async fn upstream_read(
     }
 }
 
-async fn write_all(stream: &mut Stream, data: &[u8]) -> io::Result<()> {
-    stream.write_all(data).await?;
-    stream.flush().await
+/// Writes to the client, held to the send rate (core::rate): only the time the write
+/// waits on the client counts.
+async fn write_all(stream: &mut Stream, data: &[u8], meter: &mut Meter) -> io::Result<()> {
+    let until = meter.wait(tokio::time::Instant::now());
+    let written = tokio::time::timeout_at(until, async {
+        stream.write_all(data).await?;
+        stream.flush().await
+    })
+    .await;
+    meter.moved(data.len(), tokio::time::Instant::now());
+    match written {
+        Ok(result) => result,
+        Err(_) => Err(too_slow("took the response")),
+    }
 }
 
-/// Writes a refusal and ends the connection.
-async fn reply_refusal(stream: &mut Stream, refusal: &Refusal) -> Step {
-    let body = refusal.body();
-    let status =
-        http::StatusCode::from_u16(refusal.status()).unwrap_or(http::StatusCode::BAD_GATEWAY);
-    let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        status.as_str(),
-        status.canonical_reason().unwrap_or(""),
-        body.len()
-    );
-    let mut out = head.into_bytes();
-    out.extend_from_slice(&body);
-    let _ = write_all(stream, &out).await;
+/// Writes a refusal (the core's renderer) and ends the connection.
+async fn reply_refusal(stream: &mut Stream, refusal: &Refusal, meter: &mut Meter) -> Step {
+    let _ = write_all(stream, &refusal.to_h1(), meter).await;
     Step::Close
 }
 
@@ -727,11 +715,19 @@ async fn read_response_head(
 ) -> Result<ResponseHead, Failure> {
     loop {
         if !buf.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(buf) {
+            let mut storage = head::header_storage();
+            let mut resp = httparse::Response::new(&mut []);
+            match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut resp,
+                buf,
+                &mut storage,
+            ) {
                 Ok(Status::Complete(len)) => return rewrite_response(&resp, len, is_head, out),
-                Ok(Status::Partial) => {}
+                Ok(Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD_BYTES => {}
+                Ok(Status::Partial) => return Err(Failure::BadResponse("head too large")),
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(Failure::BadResponse("too many header lines"))
+                }
                 Err(_) => return Err(Failure::BadResponse("unparsable head")),
             }
         }
@@ -758,7 +754,12 @@ fn rewrite_response(
     let mut keep_alive = resp.version == Some(1);
     let mut length: Option<u64> = None;
     let mut chunked = None;
-    let mut listed: Vec<&[u8]> = Vec::new();
+    let listed = nominated(
+        resp.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .map(|h| h.value),
+    );
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -778,14 +779,10 @@ fn rewrite_response(
                     .last()
                     .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
             );
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in tokens(h.value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
-                    listed.push(token);
-                }
-            }
+        } else if name.eq_ignore_ascii_case(b"connection")
+            && tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close"))
+        {
+            keep_alive = false;
         }
     }
     let framing = if is_head || status < 200 || status == 204 || status == 304 {
@@ -810,8 +807,7 @@ fn rewrite_response(
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
-        if is_hop_by_hop(name) && !name.eq_ignore_ascii_case(b"transfer-encoding")
-            || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+        if !forwarded_back(name, &listed)
             || (framing == Framing::Close && name.eq_ignore_ascii_case(b"transfer-encoding"))
             || (both && name.eq_ignore_ascii_case(b"content-length"))
         {
@@ -840,8 +836,9 @@ async fn relay_body(
     head: &mut Vec<u8>,
     framing: Framing,
     pool: &UpstreamPool,
+    meter: &mut Meter,
 ) -> Result<(), RelayError> {
-    let mut chunks = ChunkedEnd::default();
+    let mut chunks = ChunkedScanner::default();
     let mut remaining = match framing {
         Framing::Length(n) => n,
         _ => 0,
@@ -860,20 +857,20 @@ async fn relay_body(
             Framing::Chunked => match chunks.feed(buf) {
                 Ok(Some(end)) => (end, true),
                 Ok(None) => (buf.len(), false),
-                Err(()) => return Err(RelayError::Upstream(Failure::BadResponse("bad chunk"))),
+                Err(_) => return Err(RelayError::Upstream(Failure::BadResponse("bad chunk"))),
             },
             Framing::Close => (buf.len(), false),
         };
         let sent = if head_sent {
-            write_all(client, &buf[..take]).await
+            write_all(client, &buf[..take], meter).await
         } else {
             head_sent = true;
             if head.len() + take <= COALESCE {
                 head.extend_from_slice(&buf[..take]);
-                write_all(client, head).await
+                write_all(client, head, meter).await
             } else {
-                match client.write_all(head).await {
-                    Ok(()) => write_all(client, &buf[..take]).await,
+                match write_all(client, head, meter).await {
+                    Ok(()) => write_all(client, &buf[..take], meter).await,
                     Err(e) => Err(e),
                 }
             }
@@ -892,172 +889,30 @@ async fn relay_body(
     }
 }
 
-/// Finds where a chunked body ends (RFC 9112 §7.1), across reads, without changing
-/// a byte: the chunks, the last chunk and the trailer section go through as sent.
-#[derive(Debug, Default)]
-struct ChunkedEnd {
-    state: ChunkState,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    /// Reading the chunk size (hex digits so far, their value).
-    #[default]
-    SizeStart,
-    Size {
-        digits: u8,
-        value: u64,
-    },
-    /// Chunk extensions, up to the line end.
-    Extension {
-        value: u64,
-    },
-    SizeLf {
-        value: u64,
-    },
-    Data(u64),
-    DataCr,
-    DataLf,
-    /// At the start of a trailer line (or the final blank line).
-    TrailerStart,
-    TrailerLine,
-    FinalLf,
-}
-
-impl ChunkedEnd {
-    /// Feeds the next bytes; `Some(n)`: the body ends after `data[..n]`.
-    fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
-        use ChunkState::*;
-        let mut i = 0;
-        while i < data.len() {
-            let b = data[i];
-            self.state = match self.state {
-                SizeStart | Size { .. } => {
-                    let (digits, value) = match self.state {
-                        Size { digits, value } => (digits, value),
-                        _ => (0, 0),
-                    };
-                    match b {
-                        b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                            if digits == 15 {
-                                return Err(());
-                            }
-                            let d = (b as char).to_digit(16).unwrap_or(0) as u64;
-                            Size {
-                                digits: digits + 1,
-                                value: value * 16 + d,
-                            }
-                        }
-                        b';' | b' ' | b'\t' if digits > 0 => Extension { value },
-                        b'\r' if digits > 0 => SizeLf { value },
-                        b'\n' if digits > 0 => after_size(value),
-                        _ => return Err(()),
-                    }
-                }
-                Extension { value } => match b {
-                    b'\r' => SizeLf { value },
-                    b'\n' => after_size(value),
-                    _ => Extension { value },
-                },
-                SizeLf { value } => match b {
-                    b'\n' => after_size(value),
-                    _ => return Err(()),
-                },
-                Data(left) => {
-                    let n = (left.min((data.len() - i) as u64)) as usize;
-                    i += n;
-                    let left = left - n as u64;
-                    self.state = if left == 0 { DataCr } else { Data(left) };
-                    continue;
-                }
-                DataCr => match b {
-                    b'\r' => DataLf,
-                    b'\n' => SizeStart,
-                    _ => return Err(()),
-                },
-                DataLf => match b {
-                    b'\n' => SizeStart,
-                    _ => return Err(()),
-                },
-                TrailerStart => match b {
-                    b'\r' => FinalLf,
-                    b'\n' => return Ok(Some(i + 1)),
-                    _ => TrailerLine,
-                },
-                TrailerLine => match b {
-                    b'\n' => TrailerStart,
-                    _ => TrailerLine,
-                },
-                FinalLf => match b {
-                    b'\n' => return Ok(Some(i + 1)),
-                    _ => return Err(()),
-                },
-            };
-            i += 1;
-        }
-        Ok(None)
-    }
-}
-
-fn after_size(value: u64) -> ChunkState {
-    if value == 0 {
-        ChunkState::TrailerStart
-    } else {
-        ChunkState::Data(value)
-    }
-}
-
-/// Headers that concern one connection only (RFC 9110 §7.6.1), plus the
-/// non-standard Keep-Alive and Proxy-Connection.
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 7] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"transfer-encoding",
-        b"upgrade",
-        b"trailer",
-    ];
-    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
-}
-
-/// The request's header lines as sent upstream, after the Host line: the client's,
-/// minus Host, hop-by-hop headers and those its Connection header lists, with the
-/// client's address appended to X-Forwarded-For (one line).
-fn write_request_headers(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], peer: Option<&str>) {
+/// The request's header lines after Host, as sent upstream, with the blank line: the
+/// core's header policy (hop-by-hop and nominated headers dropped, X-Forwarded-For
+/// with the client appended).
+fn write_request_headers(
+    out: &mut Vec<u8>,
+    forwarded_for: &mut Vec<u8>,
+    headers: &[httparse::Header<'_>],
+    nominates: bool,
+    peer: Option<&str>,
+) {
     out.clear();
-    let mut listed: Vec<&[u8]> = Vec::new();
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("connection") {
-            listed.extend(tokens(h.value).filter(|t| {
-                !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
-            }));
-        }
-    }
-    let mut forwarded = false;
+    let listed = if nominates {
+        nominated(
+            headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+                .map(|h| h.value),
+        )
+    } else {
+        Vec::new()
+    };
     for h in headers {
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"host")
-            || (is_hop_by_hop(name) && !name.eq_ignore_ascii_case(b"trailer"))
-            || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
-        {
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            if forwarded {
-                // One line: the first one's addresses, then the peer (as Pingora's
-                // path does).
-                continue;
-            }
-            forwarded = true;
-            out.extend_from_slice(b"X-Forwarded-For: ");
-            out.extend_from_slice(h.value);
-            if let Some(ip) = peer {
-                out.extend_from_slice(b", ");
-                out.extend_from_slice(ip.as_bytes());
-            }
-            out.extend_from_slice(b"\r\n");
+        if !forwarded(name, &listed, false) {
             continue;
         }
         out.extend_from_slice(name);
@@ -1065,18 +920,22 @@ fn write_request_headers(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], pe
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
-    if !forwarded {
-        if let Some(ip) = peer {
-            out.extend_from_slice(b"X-Forwarded-For: ");
-            out.extend_from_slice(ip.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
+    append_forwarded_for(
+        forwarded_for,
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+            .map(|h| h.value),
+        peer,
+    );
+    if !forwarded_for.is_empty() {
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        out.extend_from_slice(forwarded_for);
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
 
-/// Idle upstream connections by address, newest last; each kept until the idle
-/// timeout of the pool that put it there.
 #[derive(Default)]
 struct IdleConnections {
     by_addr: Mutex<HashMap<SocketAddr, VecDeque<(TcpStream, Instant)>>>,
@@ -1122,57 +981,23 @@ impl IdleConnections {
 mod tests {
     use super::*;
 
-    fn end_of(chunks: &[&[u8]]) -> Result<Option<usize>, ()> {
-        let mut end = ChunkedEnd::default();
-        let mut offset = 0;
-        for part in chunks {
-            if let Some(n) = end.feed(part)? {
-                return Ok(Some(offset + n));
-            }
-            offset += part.len();
-        }
-        Ok(None)
-    }
-
-    #[test]
-    fn chunked_bodies_end_where_the_last_chunk_and_trailers_end() {
-        let body = b"5\r\nhello\r\n0\r\n\r\nNEXT";
-        assert_eq!(end_of(&[body]), Ok(Some(body.len() - 4)));
-        // Split at every position.
-        for split in 0..body.len() {
-            let (a, b) = body.split_at(split);
-            assert_eq!(
-                end_of(&[a, b]),
-                Ok(Some(body.len() - 4)),
-                "split at {split}"
-            );
-        }
-        let trailers = b"A;ext=1\r\n0123456789\r\n0\r\ngrpc-status: 0\r\n\r\n";
-        assert_eq!(end_of(&[trailers]), Ok(Some(trailers.len())));
-        assert_eq!(end_of(&[b"5\r\nhel"]), Ok(None));
-        assert_eq!(end_of(&[b"zz\r\n"]), Err(()));
-        assert_eq!(end_of(&[b"5\r\nhelloXX"]), Err(()));
-        assert_eq!(end_of(&[b"ffffffffffffffff\r\n"]), Err(()));
-        assert_eq!(end_of(&[b"\r\n"]), Err(()));
-    }
-
     #[test]
     fn request_headers_lose_hop_by_hop_ones_and_gain_the_client() {
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut req = httparse::Request::new(&mut headers);
         let raw = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Forwarded-For: 1.2.3.4\r\nx-forwarded-for: 5.6.7.8\r\nAccept: */*\r\n\r\n";
         req.parse(raw).unwrap();
-        let mut out = Vec::new();
-        write_request_headers(&mut out, req.headers, Some("10.0.0.1"));
+        let (mut out, mut xff) = (Vec::new(), Vec::new());
+        write_request_headers(&mut out, &mut xff, req.headers, true, Some("10.0.0.1"));
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "X-Forwarded-For: 1.2.3.4, 10.0.0.1\r\nAccept: */*\r\n\r\n"
+            "Accept: */*\r\nX-Forwarded-For: 1.2.3.4, 5.6.7.8, 10.0.0.1\r\n\r\n"
         );
         let mut headers = [httparse::EMPTY_HEADER; 4];
         let mut req = httparse::Request::new(&mut headers);
         req.parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-        let mut out = Vec::new();
-        write_request_headers(&mut out, req.headers, Some("::1"));
+        let (mut out, mut xff) = (Vec::new(), Vec::new());
+        write_request_headers(&mut out, &mut xff, req.headers, false, Some("::1"));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "X-Forwarded-For: ::1\r\n\r\n"

@@ -19,7 +19,7 @@
 //! 404 and every TLS handshake fails (no certificate yet).
 
 pub mod balancer;
-pub mod deadline;
+pub mod core;
 mod fastpath;
 pub mod health;
 mod heartbeat;
@@ -47,6 +47,7 @@ use store::watch::{PrefixWatcher, Update};
 use store::ConfigStore;
 use tokio::sync::watch;
 
+pub use crate::core::rate::MinRate;
 use crate::proxy::{InFlight, Proxy};
 use crate::runtime::{Compiler, ConfigObjects, RuntimeConfig};
 pub use crate::settings::HttpSettings;
@@ -202,9 +203,11 @@ pub async fn run(
     let mut options = pingora_core::apps::HttpServerOptions::default();
     // Only plaintext connections look for the HTTP/2 preface; TLS ones use ALPN.
     options.h2c = true;
+    // An HTTP/2 connection with no stream open ends after this long.
+    options.h2_idle_timeout = Some(config.http.h2_idle_timeout);
     proxy.server_options = Some(options);
-    // Every HTTP/1.x request head must arrive in full within the timeout (slowloris).
-    let pingora = deadline::HeadDeadline::new(proxy, config.http.header_read_timeout);
+    // The core's admission rules and time limits on every byte Pingora reads.
+    let pingora = core::guard::Guard::new(proxy, &config.http);
     tracing::info!(listen = %config.listen, instance = %config.instance, node = %config.node_id, fast_path = config.http.fast_path, "gateway serving");
     let data_plane = if config.http.fast_path {
         // Plain HTTP/1.1 requests take the fast path, which hands the rest to Pingora.

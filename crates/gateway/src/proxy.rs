@@ -35,14 +35,17 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tokio::sync::Notify;
 
 use crate::balancer::{HashInput, Outcome, Pick, UpstreamPool};
-use crate::normalize::normalize;
-use crate::router::{Match, RequestInfo};
+use crate::core::head::canonical_host;
+use crate::core::headers::{append_forwarded_for, nominated, upstream_host};
+use crate::core::refusal::Refusal;
+use crate::core::retry::{replay_is_safe, Attempts};
+use crate::core::route::{route_request, Incoming, Routed};
 use crate::runtime::RuntimeConfig;
 use crate::settings::HttpSettings;
 
@@ -73,105 +76,6 @@ pub struct RequestCtx {
     body_bytes: u64,
     /// Held for the request's whole life (Pingora drops the context last).
     _in_flight: InFlightGuard,
-}
-
-/// Why a request gets an error response instead of the upstream's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    NoRoute,
-    UriTooLong,
-    HeadersTooLarge,
-    BodyTooLarge,
-    MethodNotAllowed(Vec<&'static str>),
-    /// A filter of the matched route refused the request; the filter's message.
-    Forbidden(Arc<str>),
-    /// The client sent something that could not be read as a request.
-    BadRequest,
-    RequestTimeout,
-    /// The upstream could not be reached, or failed mid-response.
-    BadGateway,
-    GatewayTimeout,
-    Internal,
-    /// A status raised explicitly as `ErrorType::HTTPStatus`.
-    Status(u16),
-}
-
-impl Refusal {
-    /// The one place an error becomes a status: Pingora's error classification (which
-    /// side failed, what failed) → refusal. `None` when the client is gone.
-    pub fn from_error(e: &Error) -> Option<Refusal> {
-        use ErrorType::*;
-        if let HTTPStatus(status) = e.etype() {
-            return Some(Refusal::Status(*status));
-        }
-        Some(match (e.esource(), e.etype()) {
-            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => return None,
-            (ErrorSource::Downstream, ReadTimedout) => Refusal::RequestTimeout,
-            (ErrorSource::Downstream, _) => Refusal::BadRequest,
-            (
-                ErrorSource::Upstream,
-                ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout,
-            ) => Refusal::GatewayTimeout,
-            (ErrorSource::Upstream, _) => Refusal::BadGateway,
-            (ErrorSource::Internal | ErrorSource::Unset, _) => Refusal::Internal,
-        })
-    }
-
-    pub fn status(&self) -> u16 {
-        match self {
-            Refusal::NoRoute => 404,
-            Refusal::UriTooLong => 414,
-            Refusal::HeadersTooLarge => 431,
-            Refusal::BodyTooLarge => 413,
-            Refusal::MethodNotAllowed(_) => 405,
-            Refusal::Forbidden(_) => 403,
-            Refusal::BadRequest => 400,
-            Refusal::RequestTimeout => 408,
-            Refusal::BadGateway => 502,
-            Refusal::GatewayTimeout => 504,
-            Refusal::Internal => 500,
-            Refusal::Status(status) => *status,
-        }
-    }
-
-    /// `(message, machine code)` of the JSON body.
-    fn describe(&self) -> (&str, &'static str) {
-        match self {
-            Refusal::NoRoute => ("no route matches the request", "route_not_found"),
-            Refusal::UriTooLong => ("the request target is too long", "uri_too_long"),
-            Refusal::HeadersTooLarge => (
-                "the request header fields are too large",
-                "request_header_fields_too_large",
-            ),
-            Refusal::BodyTooLarge => ("the request body is too large", "payload_too_large"),
-            Refusal::MethodNotAllowed(_) => ("method not allowed", "method_not_allowed"),
-            Refusal::Forbidden(message) => (message, "forbidden"),
-            Refusal::BadRequest => ("the request could not be read", "bad_request"),
-            Refusal::RequestTimeout => ("the request was not received in time", "request_timeout"),
-            Refusal::BadGateway => ("the upstream could not be reached", "bad_gateway"),
-            Refusal::GatewayTimeout => ("the upstream did not answer in time", "gateway_timeout"),
-            Refusal::Internal => ("internal gateway error", "internal_error"),
-            Refusal::Status(_) => ("the request was refused", "refused"),
-        }
-    }
-
-    /// The JSON body of the error response.
-    pub fn body(&self) -> Bytes {
-        let (message, code) = self.describe();
-        Bytes::from(serde_json::json!({ "error": message, "code": code }).to_string())
-    }
-
-    /// The complete error response.
-    pub fn response(&self) -> Result<(ResponseHeader, Bytes)> {
-        let body = self.body();
-        let mut header = ResponseHeader::build(self.status(), Some(4))?;
-        header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        if let Refusal::MethodNotAllowed(allow) = self {
-            header.insert_header(http::header::ALLOW, allow.join(", "))?;
-        }
-        Ok((header, body))
-    }
 }
 
 impl Proxy {
@@ -242,115 +146,9 @@ impl Proxy {
     /// Whether the request may be sent again once it reached a node: an idempotent
     /// method and no body bytes read from the client.
     fn replay_is_safe(session: &Session, ctx: &RequestCtx) -> bool {
-        ctx.body_bytes == 0
-            && session.req_header().method.is_idempotent()
+        replay_is_safe(session.req_header().method.as_str(), ctx.body_bytes)
             && !session.as_ref().retry_buffer_truncated()
     }
-}
-
-/// What routing needs of a request, whichever HTTP/1 path (Pingora's or the fast
-/// path) read it.
-pub(crate) struct Incoming<'a> {
-    /// Lowercase, without port (see [`host_of`]).
-    pub host: &'a str,
-    pub method: &'a str,
-    /// As received, without the query.
-    pub path: &'a str,
-    pub query: Option<&'a str>,
-    pub headers: &'a http::HeaderMap,
-    /// The connection's peer.
-    pub peer: Option<std::net::IpAddr>,
-}
-
-/// Where a request goes.
-pub(crate) struct Routed<'a> {
-    /// The matched route's pool, from the request's one config snapshot.
-    pub upstream: Arc<UpstreamPool>,
-    /// The client's address after the trusted-proxy rules.
-    pub client_ip: Option<std::net::IpAddr>,
-    /// The normalised path, used for routing and forwarding alike; `Owned` when it
-    /// differs from the path received.
-    pub path: Cow<'a, str>,
-}
-
-/// Normalises the path and matches the request against one config snapshot: the
-/// routing both HTTP/1 paths share. Limits are checked by the caller.
-pub(crate) fn route_request<'a>(
-    config: &RuntimeConfig,
-    settings: &HttpSettings,
-    req: &Incoming<'a>,
-) -> Result<Routed<'a>, Refusal> {
-    let client_ip = settings.client_ip(req.peer, req.headers);
-    let path = normalize(req.path).map_err(|_| Refusal::BadRequest)?;
-    let info = RequestInfo {
-        host: req.host,
-        path: &path,
-        method: req.method,
-        headers: req.headers,
-        query: req.query,
-        client_ip,
-        now_ms: crate::now_ms(),
-    };
-    let upstream = match config.router.lookup(&info) {
-        Match::Found(target) => {
-            target
-                .route
-                .filter(client_ip)
-                .map_err(|message| Refusal::Forbidden(message.clone()))?;
-            target.upstream.clone()
-        }
-        Match::MethodNotAllowed { allow } => return Err(Refusal::MethodNotAllowed(allow)),
-        Match::NotFound => return Err(Refusal::NoRoute),
-    };
-    Ok(Routed {
-        upstream,
-        client_ip,
-        path,
-    })
-}
-
-/// The attempts a request made: at most `1 + retries`, on distinct nodes.
-#[derive(Debug, Default)]
-pub(crate) struct Attempts {
-    /// Attempts made (nodes picked).
-    pub made: u32,
-    /// Nodes an earlier attempt failed on; empty (no allocation) unless retrying.
-    pub tried: Vec<usize>,
-}
-
-impl Attempts {
-    /// Whether another attempt on another node is allowed after the node `failed`
-    /// failed: budget left and a node not yet tried.
-    pub fn may_try_another(&self, pool: &UpstreamPool, failed: usize) -> bool {
-        let tried = self.tried.len() + usize::from(!self.tried.contains(&failed));
-        self.made <= pool.upstream.retries && tried < pool.len()
-    }
-
-    /// Remembers that `node` failed, so no later attempt picks it.
-    pub fn failed_on(&mut self, node: usize) {
-        if !self.tried.contains(&node) {
-            self.tried.push(node);
-        }
-    }
-}
-
-/// The Host header `pass_host` asks for; `None` keeps the client's.
-pub(crate) fn upstream_host<'a>(pool: &'a UpstreamPool, pick: &'a Pick) -> Option<&'a str> {
-    use model::upstream::PassHost;
-    match pool.upstream.pass_host {
-        PassHost::Pass => None,
-        PassHost::Rewrite => pool.upstream.upstream_host.as_deref(),
-        PassHost::Node => Some(&pick.node().host_header),
-    }
-}
-
-/// The comma-separated tokens of a header value (Connection, Transfer-Encoding),
-/// trimmed, empty ones skipped.
-pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
 }
 
 /// Hop-by-hop headers Pingora leaves in place: those a Connection header names (RFC
@@ -358,17 +156,14 @@ pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// Transfer-Encoding and Upgrade itself.)
 fn connection_listed(headers: &http::HeaderMap) -> Vec<http::HeaderName> {
     const ALWAYS: [&str; 2] = ["keep-alive", "proxy-connection"];
-    let listed = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .flat_map(|v| tokens(v.as_bytes()))
-        // Upgrade stays for Pingora, which proxies upgrades (WebSocket).
-        .filter(|t| {
-            ![&b"close"[..], b"keep-alive", b"upgrade"]
-                .iter()
-                .any(|keep| t.eq_ignore_ascii_case(keep))
-        })
-        .filter_map(|t| http::HeaderName::from_bytes(t).ok());
+    let listed = nominated(
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes()),
+    )
+    .into_iter()
+    .filter_map(|t| http::HeaderName::from_bytes(t).ok());
     ALWAYS
         .iter()
         .filter(|name| headers.contains_key(**name))
@@ -456,7 +251,7 @@ impl ProxyHttp for Proxy {
         };
         // Refusals of a well-formed request keep the connection open; a request whose
         // framing is in doubt (or that is too big to skip) closes it.
-        let keep_alive = matches!(refusal, Refusal::NoRoute | Refusal::MethodNotAllowed(_));
+        let keep_alive = refusal.keeps_connection();
         let (header, body) = refusal.response()?;
         if !keep_alive {
             session.set_keepalive(None);
@@ -588,16 +383,20 @@ impl ProxyHttp for Proxy {
             upstream_request.remove_header(&name);
         }
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-            let ip = addr.ip().to_string();
-            let forwarded = match upstream_request
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prior) => format!("{prior}, {ip}"),
-                None => ip,
-            };
-            upstream_request.insert_header("x-forwarded-for", forwarded)?;
+            let ip = addr.ip().to_canonical().to_string();
+            let mut forwarded = Vec::new();
+            append_forwarded_for(
+                &mut forwarded,
+                upstream_request
+                    .headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .map(|v| v.as_bytes()),
+                Some(&ip),
+            );
+            let value = http::HeaderValue::from_bytes(&forwarded)
+                .map_err(|_| Error::explain(ErrorType::InternalError, "X-Forwarded-For"))?;
+            upstream_request.insert_header("x-forwarded-for", value)?;
         }
         if let (Some(pool), Some(pick)) = (&ctx.upstream, &ctx.pick) {
             if let Some(host) = upstream_host(pool, pick) {
@@ -683,10 +482,10 @@ impl ProxyHttp for Proxy {
     }
 }
 
-/// Host without port, lowercase: from an absolute-form target (which takes precedence,
-/// RFC 9112 §3.2.2), else the Host header.
+/// The canonical host (see [`canonical_host`]): from an absolute-form target (which
+/// takes precedence, RFC 9112 §3.2.2), else the Host header (`:authority` in HTTP/2).
 fn request_host(req: &RequestHeader) -> Cow<'_, str> {
-    host_of(
+    canonical_host(
         req.uri
             .host()
             .or_else(|| {
@@ -696,21 +495,6 @@ fn request_host(req: &RequestHeader) -> Cow<'_, str> {
             })
             .unwrap_or(""),
     )
-}
-
-/// A Host value without port, lowercase. Borrows when the host is already lowercase,
-/// which is the common case.
-pub(crate) fn host_of(raw: &str) -> Cow<'_, str> {
-    let host = match raw.strip_prefix('[') {
-        // An IPv6 literal: `[::1]:8080`.
-        Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
-        None => raw.split_once(':').map_or(raw, |(h, _)| h),
-    };
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
-    }
 }
 
 /// Counts requests in flight, so shutdown can wait for them.
@@ -783,56 +567,6 @@ mod tests {
         req.set_uri("http://Absolute.io:81/x".parse().unwrap());
         req.insert_header("host", "ignored.io").unwrap();
         assert_eq!(request_host(&req), "absolute.io");
-    }
-
-    #[test]
-    fn errors_map_to_statuses() {
-        use ErrorType::*;
-        let cases = [
-            (ErrorSource::Upstream, ConnectRefused, Some(502)),
-            (ErrorSource::Upstream, ConnectNoRoute, Some(502)),
-            (ErrorSource::Upstream, ConnectionClosed, Some(502)),
-            (ErrorSource::Upstream, ConnectTimedout, Some(504)),
-            (ErrorSource::Upstream, ReadTimedout, Some(504)),
-            (ErrorSource::Upstream, WriteTimedout, Some(504)),
-            (ErrorSource::Downstream, ReadTimedout, Some(408)),
-            (ErrorSource::Downstream, InvalidHTTPHeader, Some(400)),
-            (ErrorSource::Downstream, ConnectionClosed, None),
-            (ErrorSource::Downstream, WriteError, None),
-            (ErrorSource::Internal, InternalError, Some(500)),
-            (ErrorSource::Unset, HTTPStatus(429), Some(429)),
-        ];
-        for (source, etype, want) in cases {
-            let mut e = Error::new(etype.clone());
-            e.esource = source.clone();
-            assert_eq!(
-                Refusal::from_error(&e).map(|r| r.status()),
-                want,
-                "{source:?} {etype:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn refusals_are_json_with_a_code() {
-        let (header, body) = Refusal::MethodNotAllowed(vec!["GET", "HEAD"])
-            .response()
-            .unwrap();
-        assert_eq!(header.status, 405);
-        assert_eq!(header.headers["allow"], "GET, HEAD");
-        assert_eq!(header.headers["content-type"], "application/json");
-        assert_eq!(header.headers["content-length"], body.len().to_string());
-        assert_eq!(
-            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
-            serde_json::json!({"error": "method not allowed", "code": "method_not_allowed"})
-        );
-        let (header, body) = Refusal::NoRoute.response().unwrap();
-        assert_eq!(header.status, 404);
-        assert!(header.headers.get("allow").is_none());
-        assert_eq!(
-            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
-            serde_json::json!({"error": "no route matches the request", "code": "route_not_found"})
-        );
     }
 
     #[tokio::test]

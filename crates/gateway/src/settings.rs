@@ -9,6 +9,9 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 
+use crate::core::rate::MinRate;
+use crate::normalize::PathPolicy;
+
 /// Limits and client-address rules applied to every request.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
@@ -28,6 +31,14 @@ pub struct HttpSettings {
     pub trusted_proxies: Vec<IpNet>,
     /// The header trusted peers put the client's address in.
     pub real_ip_header: HeaderName,
+    /// What happens to escaped slashes, backslashes and `;params` in paths.
+    pub path: PathPolicy,
+    /// How slowly a client may send a request body (Apache's mod_reqtimeout `body`).
+    pub body_rate: MinRate,
+    /// How slowly a client may take a response (bytes written to it).
+    pub send_rate: MinRate,
+    /// An HTTP/2 connection with no stream open is closed after this long.
+    pub h2_idle_timeout: Duration,
     /// Serve plain HTTP/1.1 requests on the fast path (`fastpath.rs`); off, every
     /// request goes through Pingora's proxy.
     pub fast_path: bool,
@@ -44,6 +55,11 @@ impl Default for HttpSettings {
             header_read_timeout: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
             real_ip_header: HeaderName::from_static("x-forwarded-for"),
+            path: PathPolicy::default(),
+            body_rate: MinRate::BODY,
+            send_rate: MinRate::SEND,
+            // nginx's keepalive_timeout, which also ends idle HTTP/2 connections.
+            h2_idle_timeout: Duration::from_secs(75),
             fast_path: true,
         }
     }
@@ -62,9 +78,11 @@ impl HttpSettings {
     /// The client's address: the peer, unless the peer is a trusted proxy; then the
     /// right-most address in the real-IP header that is not itself trusted (nginx's
     /// `real_ip_recursive on`). An unparsable entry ends the walk: the last address
-    /// read before it is the client.
+    /// read before it is the client. Every address is canonical: an IPv4 client on a
+    /// dual-stack listener (`::ffff:a.b.c.d`) is `a.b.c.d`, so IPv4 CIDRs (deny lists,
+    /// trusted proxies, `remote_addrs`) match it.
     pub fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
-        let peer = peer?;
+        let peer = peer?.to_canonical();
         if !self.trusts(peer) {
             return Some(peer);
         }
@@ -78,6 +96,7 @@ impl HttpSettings {
             let Ok(ip) = entry.trim().parse::<IpAddr>() else {
                 break;
             };
+            let ip = ip.to_canonical();
             client = ip;
             if !self.trusts(ip) {
                 break;
@@ -108,6 +127,9 @@ mod tests {
             ("10.0.0.1", &["10.0.0.8, 10.0.0.7"], "10.0.0.8"),
             ("10.0.0.1", &["junk, 10.0.0.7"], "10.0.0.7"),
             ("::1", &["2001:db8::5"], "2001:db8::5"),
+            // IPv4 clients of a dual-stack listener, and mapped forms in the header.
+            ("::ffff:203.0.113.9", &["1.2.3.4"], "203.0.113.9"),
+            ("::ffff:10.0.0.1", &["::ffff:1.2.3.4"], "1.2.3.4"),
         ];
         for (peer, header, want) in cases {
             let mut headers = HeaderMap::new();

@@ -457,13 +457,12 @@ async fn paths_are_normalised_once_for_routing_and_forwarding() {
         ("/public/%2e%2e/admin/secret", 404, None, ""),
         ("/public/.%2E/admin/secret", 404, None, ""),
         ("//admin/secret", 404, None, ""),
-        // An encoded slash is not a separator: this stays under /public.
-        (
-            "/public/..%2Fadmin/secret",
-            200,
-            Some("public"),
-            "/public/..%2Fadmin/secret",
-        ),
+        // Encoded slashes and backslashes are decoded before dot segments (the
+        // default policy), so they cannot climb out of /public either.
+        ("/public/..%2Fadmin/secret", 404, None, ""),
+        ("/public/..%2fadmin/secret", 404, None, ""),
+        ("/public/..%5Cadmin/secret", 404, None, ""),
+        ("/public/a%2Fb", 200, Some("public"), "/public/a/b"),
         ("/public/%zz", 400, None, ""),
     ];
     for (target, status, upstream, path) in cases {

@@ -141,6 +141,32 @@ struct HttpArgs {
         default_value = "x-forwarded-for"
     )]
     real_ip_header: String,
+    /// Escaped slashes and backslashes in paths (%2F, %5C, \\): decode (to `/`, then
+    /// normalise), reject (400) or keep (as sent; for backends that give %2F a meaning).
+    #[arg(long, env = "PORTICO_ESCAPED_SLASHES", default_value = "decode")]
+    escaped_slashes: gateway::normalize::EscapedSlashes,
+    /// `;params` in path segments: keep, or strip before routing and forwarding (for
+    /// Java servlet backends, which ignore them: `/public/..;/admin` is `/admin`).
+    #[arg(long, env = "PORTICO_PATH_SEMICOLONS", default_value = "keep")]
+    path_semicolons: gateway::normalize::Semicolons,
+    /// A request body may make the gateway wait on its client this long, plus one
+    /// second per --min-body-rate bytes received, and never this long in one wait
+    /// (Apache mod_reqtimeout's body=20,MinRate=500).
+    #[arg(long, env = "PORTICO_BODY_TIMEOUT", default_value = "20s", value_parser = positive_duration)]
+    body_timeout: Duration,
+    /// Bytes per second a request body must keep up (see --body-timeout).
+    #[arg(long, env = "PORTICO_MIN_BODY_RATE", default_value_t = 500)]
+    min_body_rate: u64,
+    /// Writes to a client may wait this long, plus one second per --min-send-rate bytes
+    /// taken, and never this long in one write (nginx's send_timeout).
+    #[arg(long, env = "PORTICO_SEND_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    send_timeout: Duration,
+    /// Bytes per second a client must take a response at (see --send-timeout).
+    #[arg(long, env = "PORTICO_MIN_SEND_RATE", default_value_t = 500)]
+    min_send_rate: u64,
+    /// An HTTP/2 connection with no stream open is closed after this long.
+    #[arg(long, env = "PORTICO_H2_IDLE_TIMEOUT", default_value = "75s", value_parser = positive_duration)]
+    h2_idle_timeout: Duration,
     /// Send every request through Pingora's proxy instead of serving plain HTTP/1.1
     /// requests on the gateway's fast path (for comparison, or to rule it out).
     #[arg(long, env = "PORTICO_NO_FAST_PATH")]
@@ -172,6 +198,19 @@ impl HttpArgs {
             header_read_timeout: self.header_read_timeout,
             trusted_proxies,
             real_ip_header,
+            path: gateway::normalize::PathPolicy {
+                escaped_slashes: self.escaped_slashes,
+                semicolons: self.path_semicolons,
+            },
+            body_rate: gateway::MinRate {
+                grace: self.body_timeout,
+                bytes_per_sec: self.min_body_rate,
+            },
+            send_rate: gateway::MinRate {
+                grace: self.send_timeout,
+                bytes_per_sec: self.min_send_rate,
+            },
+            h2_idle_timeout: self.h2_idle_timeout,
             fast_path: !self.no_fast_path,
         })
     }

@@ -8,8 +8,18 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-/// (command that must exist, Debian package that provides it)
-const BUILD_PACKAGES: &[(&str, &str)] = &[("cmake", "cmake"), ("protoc", "protobuf-compiler")];
+/// (what must exist: a command on PATH, or an absolute file path; the Debian package
+/// that provides it). `etcd-client`'s build compiles etcd's protos, which import the
+/// protobuf well-known types: `protoc` alone (protobuf-compiler without its recommends)
+/// does not bring them.
+const BUILD_PACKAGES: &[(&str, &str)] = &[
+    ("cmake", "cmake"),
+    ("protoc", "protobuf-compiler"),
+    (
+        "/usr/include/google/protobuf/timestamp.proto",
+        "libprotobuf-dev",
+    ),
+];
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("etcd", "etcd-server"),
     ("etcdctl", "etcd-client"),
@@ -104,6 +114,9 @@ fn run(mut cmd: Command) -> anyhow::Result<()> {
 }
 
 fn has_command(name: &str) -> bool {
+    if name.starts_with('/') {
+        return std::path::Path::new(name).is_file();
+    }
     let paths = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&paths)
         .chain(["/usr/sbin".into(), "/sbin".into()])
