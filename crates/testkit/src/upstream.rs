@@ -77,8 +77,11 @@ pub struct Received {
     pub method: String,
     /// Path and query as sent.
     pub target: String,
+    /// The request line's version (`HTTP/1.1`).
+    pub version: String,
     /// Header names lowercase, in order.
     pub headers: Vec<(String, String)>,
+    /// The body, de-chunked when it came chunked.
     pub body: Vec<u8>,
 }
 
@@ -118,8 +121,9 @@ struct Recorded {
     connections: std::sync::atomic::AtomicUsize,
 }
 
-/// A minimal HTTP/1.1 server written on the socket (keep-alive, `Content-Length`
-/// bodies), so a test sees exactly what reached it and over how many connections; its
+/// A minimal HTTP/1.1 server written on the socket (keep-alive, `Content-Length` and
+/// chunked bodies, parsed as leniently as a typical backend: a request smuggled into
+/// a body shows up as a request of its own), so a test sees exactly what reached it and over how many connections; its
 /// answers come from a closure.
 pub struct ScriptedUpstream {
     pub addr: SocketAddr,
@@ -198,6 +202,7 @@ async fn serve_connection(
         let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
             return;
         };
+        let version = parts.next().unwrap_or("").to_owned();
         let (method, target) = (method.to_owned(), target.to_owned());
         let mut headers = Vec::new();
         loop {
@@ -213,18 +218,55 @@ async fn serve_connection(
                 headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
             }
         }
-        let length = headers
+        let chunked = headers
             .iter()
-            .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| v.parse::<usize>().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; length];
-        if stream.read_exact(&mut body).await.is_err() {
-            return;
-        }
+            .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+        let body = if chunked {
+            let mut body = Vec::new();
+            loop {
+                let mut size = String::new();
+                if stream.read_line(&mut size).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let size = size.trim_end().split(';').next().unwrap_or("").trim();
+                let Ok(size) = usize::from_str_radix(size, 16) else {
+                    return;
+                };
+                if size == 0 {
+                    // Trailers, up to the blank line.
+                    loop {
+                        let mut line = String::new();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line.trim_end().is_empty() {
+                            break;
+                        }
+                    }
+                    break body;
+                }
+                let mut chunk = vec![0; size + 2];
+                if stream.read_exact(&mut chunk).await.is_err() {
+                    return;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else {
+            let length = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .and_then(|(_, v)| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; length];
+            if stream.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            body
+        };
         let received = Received {
             method,
             target,
+            version,
             headers,
             body,
         };

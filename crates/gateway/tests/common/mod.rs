@@ -30,6 +30,8 @@ pub struct Options {
     pub client_ca: Option<String>,
     /// Default 10 s.
     pub drain_timeout: Option<Duration>,
+    /// Where to listen; default a free loopback port.
+    pub listen: Option<SocketAddr>,
 }
 
 pub struct Node {
@@ -53,11 +55,16 @@ impl Node {
     }
 
     pub async fn start_with(http: gateway::HttpSettings) -> Self {
-        let store: Arc<dyn ConfigStore> = Arc::new(MemoryStore::new());
-        let options = Options {
+        Self::start_with_options(Options {
             http,
             ..Options::default()
-        };
+        })
+        .await
+    }
+
+    /// A node on its own in-process store.
+    pub async fn start_with_options(options: Options) -> Self {
+        let store: Arc<dyn ConfigStore> = Arc::new(MemoryStore::new());
         Self::start_on_with(store.clone(), store, options).await
     }
 
@@ -98,7 +105,7 @@ impl Node {
                 .parse()
                 .unwrap()
         };
-        let listen = loopback();
+        let listen = options.listen.unwrap_or_else(loopback);
         let tls_listen = options.tls.then(loopback);
         let ca_file = options.client_ca.map(|pem| {
             let mut file = tempfile::NamedTempFile::new().unwrap();
@@ -125,12 +132,17 @@ impl Node {
             keyspace.clone(),
             rx,
         ));
-        testkit::wait_for_tcp(&listen.to_string(), Duration::from_secs(10)).await;
+        let reach = if listen.ip().is_unspecified() {
+            format!("127.0.0.1:{}", listen.port())
+        } else {
+            listen.to_string()
+        };
+        testkit::wait_for_tcp(&reach, Duration::from_secs(10)).await;
         if let Some(addr) = tls_listen {
             testkit::wait_for_tcp(&addr.to_string(), Duration::from_secs(10)).await;
         }
         Self {
-            url: format!("http://{listen}"),
+            url: format!("http://{reach}"),
             listen,
             tls_listen,
             _client_ca: ca_file,
