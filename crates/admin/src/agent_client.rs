@@ -38,15 +38,34 @@ impl AgentCallError {
     }
 }
 
-/// Shared by every call; holds the agent token (sent as a bearer token, never logged).
+/// One cluster's agent: where it is and the token it accepts (the cluster's own; when
+/// `None`, the admin's shared token of earlier versions, if any). `Debug` leaves the
+/// token out.
+#[derive(Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub address: &'a str,
+    pub token: Option<&'a str>,
+}
+
+impl std::fmt::Debug for Target<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("address", &self.address)
+            .field("token", &self.token.map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Shared by every call. Tokens are sent as bearer tokens, never logged.
 #[derive(Clone)]
 pub(crate) struct AgentClient {
     http: reqwest::Client,
-    token: Option<String>,
+    /// The shared token of earlier versions, for clusters without a token of their own.
+    shared_token: Option<String>,
 }
 
 impl AgentClient {
-    pub(crate) fn new(token: Option<String>) -> anyhow::Result<Self> {
+    pub(crate) fn new(shared_token: Option<String>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(CALL_TIMEOUT)
             .connect_timeout(CALL_TIMEOUT)
@@ -54,11 +73,19 @@ impl AgentClient {
             // included) to an address nobody registered: never followed.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Self { http, token })
+        Ok(Self { http, shared_token })
+    }
+
+    /// Whether the shared token of earlier versions is configured.
+    pub(crate) fn has_shared_token(&self) -> bool {
+        self.shared_token.is_some()
     }
 
     /// `GET /instances`: the agent's instances, their store revisions and nodes.
-    pub(crate) async fn instances(&self, agent: &str) -> Result<AgentInstances, AgentCallError> {
+    pub(crate) async fn instances(
+        &self,
+        agent: Target<'_>,
+    ) -> Result<AgentInstances, AgentCallError> {
         let response = self
             .request(Method::GET, agent, "", None)
             .send()
@@ -74,7 +101,7 @@ impl AgentClient {
     /// Sends one change that produces `revision`.
     pub(crate) async fn push_change(
         &self,
-        agent: &str,
+        agent: Target<'_>,
         instance: &str,
         revision: Revision,
         change: &Change,
@@ -105,7 +132,7 @@ impl AgentClient {
     /// Replaces the instance's whole content with `snapshot`.
     pub(crate) async fn push_snapshot(
         &self,
-        agent: &str,
+        agent: Target<'_>,
         instance: &str,
         snapshot: &Snapshot,
     ) -> Result<(), AgentCallError> {
@@ -126,16 +153,16 @@ impl AgentClient {
     fn request(
         &self,
         method: Method,
-        agent: &str,
+        agent: Target<'_>,
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> reqwest::RequestBuilder {
         let url = format!(
             "{}/agent/apiserver/v1/instances{path}",
-            agent.trim_end_matches('/')
+            agent.address.trim_end_matches('/')
         );
         let mut request = self.http.request(method, url);
-        if let Some(token) = &self.token {
+        if let Some(token) = agent.token.or(self.shared_token.as_deref()) {
             request = request.bearer_auth(token);
         }
         if let Some(body) = body {

@@ -57,8 +57,8 @@ fn parse_hash(stored: &str) -> anyhow::Result<TokenHash> {
     Ok(TokenHash::from_bytes(bytes))
 }
 
-/// 32 random bytes from the thread's CSPRNG, hex-encoded.
-fn generate_token() -> String {
+/// 32 random bytes from the thread's CSPRNG, hex-encoded (admin and agent tokens).
+pub(crate) fn generate_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     hex::encode(bytes)

@@ -45,6 +45,9 @@ pub enum ApiError {
     BodyTimedOut,
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A secret (`field`) cannot be stored: the admin has no data key to seal it with.
+    #[error("{field} cannot be stored: the admin has no data key to encrypt it with; start the admin with --data-key-file (PORTICO_DATA_KEY_FILE) or PORTICO_DATA_KEY")]
+    NoDataKey { field: String },
     /// The database cannot be reached now; retrying later is safe.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -75,6 +78,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::BodyTimedOut => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::NoDataKey { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_data_key"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -138,6 +142,10 @@ impl IntoResponse for ApiError {
                 details.clone()
             }
             ApiError::Invalid { errors, .. } => errors.0.clone(),
+            ApiError::NoDataKey { field } => vec![FieldError {
+                field: field.clone(),
+                message: "is a secret and is never stored unencrypted".to_owned(),
+            }],
             _ => Vec::new(),
         };
         apikit::error::response(status, code, self.to_string(), details)

@@ -17,8 +17,11 @@ mod api;
 mod auth;
 mod db;
 mod error;
+mod secrets;
 mod state;
 mod sync;
+
+pub use secrets::DataKey;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +35,15 @@ pub struct AdminConfig {
     pub database_url: String,
     /// How often agents are polled, which is also the reconcile period.
     pub poll_interval: Duration,
-    /// Sent to agents as a bearer token (`PORTICO_AGENT_TOKEN`).
+    /// The shared agent token of earlier versions (`PORTICO_AGENT_TOKEN`): sent only to
+    /// the agents of clusters registered without a token of their own.
     pub agent_token: Option<String>,
+    /// Seals certificate keys and agent tokens in the database (`--data-key-file`,
+    /// `PORTICO_DATA_KEY`). Without it the admin refuses to store either.
+    pub data_key: Option<DataKey>,
+    /// Earlier data keys, still accepted for reading; what they sealed is sealed again
+    /// with `data_key` at start (`--data-key-old-file`).
+    pub old_data_keys: Vec<DataKey>,
     /// The admin token (`PORTICO_ADMIN_TOKEN`); when `None`, the stored one is kept or,
     /// on the first start, one is generated.
     pub admin_token: Option<String>,
@@ -54,6 +64,8 @@ impl std::fmt::Debug for AdminConfig {
             .field("database_url", &self.database_url)
             .field("poll_interval", &self.poll_interval)
             .field("agent_token", &set(&self.agent_token))
+            .field("data_key", &self.data_key)
+            .field("old_data_keys", &self.old_data_keys)
             .field("admin_token", &set(&self.admin_token))
             .field("header_read_timeout", &self.header_read_timeout)
             .field("body_timeout", &self.body_timeout)
@@ -71,6 +83,8 @@ impl Default for AdminConfig {
             poll_interval: Duration::from_secs(10),
             agent_token: None,
             admin_token: None,
+            data_key: None,
+            old_data_keys: Vec::new(),
         }
     }
 }
@@ -95,12 +109,36 @@ impl Admin {
             !config.header_read_timeout.is_zero() && !config.body_timeout.is_zero(),
             "the header-read and body timeouts must be above zero"
         );
-        let db = db::Db::open(&config.database_url).await?;
+        anyhow::ensure!(
+            config.old_data_keys.is_empty() || config.data_key.is_some(),
+            "old data keys (--data-key-old-file) need a primary data key (--data-key-file or PORTICO_DATA_KEY) to re-encrypt with"
+        );
+        let keyring = secrets::Keyring::new(config.data_key.clone(), config.old_data_keys.clone());
+        let db = db::Db::open(&config.database_url, keyring).await?;
+        let sealed = db
+            .seal_at_start()
+            .await
+            .context("cannot read the secrets stored in the database")?;
+        if sealed.sealed > 0 {
+            tracing::info!(
+                count = sealed.sealed,
+                key = config.data_key.as_ref().map(|k| k.id().to_owned()),
+                "secrets (re-)encrypted with the primary data key"
+            );
+        }
+        if sealed.clear > 0 {
+            tracing::warn!(
+                count = sealed.clear,
+                "secrets stored in clear by an earlier version; set a data key (--data-key-file or PORTICO_DATA_KEY) to encrypt them"
+            );
+        }
         let (token_hash, new_token) = auth::set_up_token(&db, config.admin_token.as_deref())
             .await
             .context("cannot set up the admin token")?;
-        if config.agent_token.is_none() {
-            tracing::warn!("PORTICO_AGENT_TOKEN is not set: agents will refuse the admin's calls");
+        if config.data_key.is_none() {
+            tracing::warn!(
+                "no data key (--data-key-file or PORTICO_DATA_KEY): certificates with keys and agent tokens will be refused"
+            );
         }
         let agents = agent_client::AgentClient::new(config.agent_token)?;
         let admin = Admin {

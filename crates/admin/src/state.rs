@@ -90,7 +90,7 @@ impl AppState {
             (AgentHealth::Unauthorized, _) => {
                 tracing::warn!(
                     cluster,
-                    "agent refused the admin's token; check PORTICO_AGENT_TOKEN on both sides"
+                    "agent refused the admin's token; the agent's PORTICO_AGENT_TOKEN must be the cluster's agent token"
                 );
             }
             (AgentHealth::Unreachable, Ok(())) => {}

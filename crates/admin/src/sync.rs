@@ -22,7 +22,7 @@ use model::cluster::Cluster;
 use model::snapshot::Revision;
 use tokio::sync::watch;
 
-use crate::agent_client::AgentCallError;
+use crate::agent_client::{AgentCallError, Target};
 use crate::db::{self, Change, InstanceReport};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -65,7 +65,10 @@ pub(crate) async fn write(
         .db
         .commit(cluster, instance, &change, db::now())
         .await?;
-    let agent = committed.agent_address.as_str();
+    let agent = Target {
+        address: &committed.agent_address,
+        token: committed.agent_token.as_deref(),
+    };
     let sync = match state
         .agents
         .push_change(agent, instance, committed.revision, &change)
@@ -120,28 +123,37 @@ pub(crate) async fn run_loop(
 
 /// One pass over every cluster, concurrently, so a dead agent delays no other.
 pub(crate) async fn poll_all(state: &AppState) {
-    let clusters = match state.db.clusters().await {
+    let clusters = match state.db.clusters_with_tokens().await {
         Ok(clusters) => clusters,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read the clusters to poll");
+            tracing::warn!(error = ?e, "cannot read the clusters to poll");
             return;
         }
     };
-    futures::future::join_all(clusters.iter().map(|c| poll_cluster(state, c))).await;
+    futures::future::join_all(
+        clusters
+            .iter()
+            .map(|(cluster, token)| poll_cluster(state, cluster, token.as_deref())),
+    )
+    .await;
 }
 
 /// Polls one cluster by name now (after it is registered or moved).
 pub(crate) async fn poll_cluster_now(state: Arc<AppState>, name: String) {
-    match state.db.cluster(&name).await {
-        Ok(Some(cluster)) => poll_cluster(&state, &cluster).await,
+    match state.db.cluster_with_token(&name).await {
+        Ok(Some((cluster, token))) => poll_cluster(&state, &cluster, token.as_deref()).await,
         Ok(None) => {}
-        Err(e) => tracing::warn!(cluster = %name, error = %e, "cannot read the cluster to poll"),
+        Err(e) => tracing::warn!(cluster = %name, error = ?e, "cannot read the cluster to poll"),
     }
 }
 
 /// Asks the agent for its instances, records them, then reconciles each one.
-async fn poll_cluster(state: &AppState, cluster: &Cluster) {
-    let report = match state.agents.instances(&cluster.agent_address).await {
+async fn poll_cluster(state: &AppState, cluster: &Cluster, token: Option<&str>) {
+    let agent = Target {
+        address: &cluster.agent_address,
+        token,
+    };
+    let report = match state.agents.instances(agent).await {
         Ok(report) => {
             state.note_agent(&cluster.name, Ok(()));
             report
@@ -189,13 +201,18 @@ async fn poll_cluster(state: &AppState, cluster: &Cluster) {
     }
     state.set_nodes(&cluster.name, &report);
     for instance in &reported {
-        reconcile(state, cluster, instance).await;
+        reconcile(state, cluster, agent, instance).await;
     }
 }
 
 /// Level-triggered: whatever happened before, if the store's revision is not the DB's,
 /// send the whole snapshot.
-async fn reconcile(state: &AppState, cluster: &Cluster, report: &InstanceReport) {
+async fn reconcile(
+    state: &AppState,
+    cluster: &Cluster,
+    agent: Target<'_>,
+    report: &InstanceReport,
+) {
     let lock = state.instance_lock(&cluster.name, &report.name);
     let _in_revision_order = lock.lock().await;
     let desired = match state.db.instance(&cluster.name, &report.name).await {
@@ -228,12 +245,17 @@ async fn reconcile(state: &AppState, cluster: &Cluster, report: &InstanceReport)
     }
     tracing::info!(cluster = %cluster.name, instance = %report.name,
         store = %report.revision, "store behind the database; sending the full snapshot");
-    push_snapshot(state, &cluster.name, &report.name, &cluster.agent_address).await;
+    push_snapshot(state, &cluster.name, &report.name, agent).await;
 }
 
 /// Sends the instance's snapshot at the DB's current revision. The caller holds the
 /// instance lock, so that revision is the latest one.
-async fn push_snapshot(state: &AppState, cluster: &str, instance: &str, agent: &str) -> SyncStatus {
+async fn push_snapshot(
+    state: &AppState,
+    cluster: &str,
+    instance: &str,
+    agent: Target<'_>,
+) -> SyncStatus {
     let snapshot = match state.db.snapshot(cluster, instance).await {
         Ok(Some(snapshot)) => snapshot,
         Ok(None) => return SyncStatus::Pending,

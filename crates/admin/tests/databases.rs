@@ -1,4 +1,5 @@
-//! The same CRUD + revision flow on PostgreSQL and on MySQL/MariaDB, each in a uniquely
+//! The same CRUD + revision flow, and the encryption-at-rest flow
+//! (`common::secrets_flow`), on PostgreSQL and on MySQL/MariaDB, each in a uniquely
 //! named database created for the test and dropped afterwards. Both servers are part of
 //! the development machine: a test fails, with a message saying what to start, when
 //! one is not running.
@@ -20,6 +21,18 @@ async fn crud_and_revisions_on_postgres() {
 async fn crud_and_revisions_on_mysql() {
     let db = TempDatabase::create(Server::MySql).await;
     run_flow(&db.url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_sealed_and_rotated_on_postgres() {
+    let db = TempDatabase::create(Server::Postgres).await;
+    common::secrets_flow(&db.url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_sealed_and_rotated_on_mysql() {
+    let db = TempDatabase::create(Server::MySql).await;
+    common::secrets_flow(&db.url).await;
 }
 
 async fn run_flow(url: &str) {

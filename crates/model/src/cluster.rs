@@ -5,14 +5,37 @@ use serde::{Deserialize, Serialize};
 use crate::snapshot::Revision;
 use crate::validate::{check_id, ValidationErrors, Validator};
 
-/// A cluster registered by an operator: its name and its agent's address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A cluster registered by an operator: its name, its agent's address and, when
+/// written, the token the admin presents to that agent only.
+///
+/// `agent_token` is write-only: an API answer carries it once, when the admin generated
+/// it at registration, and never otherwise. `Debug` leaves it out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub name: String,
     /// Base URL of the cluster's agent, e.g. `http://127.0.0.1:9190`.
     pub agent_address: String,
+    /// The bearer token this cluster's agent accepts (its `PORTICO_AGENT_TOKEN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_token: Option<String>,
 }
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.name)
+            .field("agent_address", &self.agent_address)
+            .field(
+                "agent_token",
+                &self.agent_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Shortest and longest agent token accepted.
+pub const AGENT_TOKEN_LENGTH: std::ops::RangeInclusive<usize> = 16..=256;
 
 impl Cluster {
     pub fn validate(&self) -> Result<(), ValidationErrors> {
@@ -28,6 +51,24 @@ impl Cluster {
                 "agent_address",
                 "must be an http:// or https:// base URL like http://10.0.0.5:9190",
             );
+        }
+        if let Some(token) = &self.agent_token {
+            // Never quoted back: the message says what is wrong, not what was sent.
+            if !AGENT_TOKEN_LENGTH.contains(&token.len()) {
+                v.error(
+                    "agent_token",
+                    format!(
+                        "must be {} to {} characters long",
+                        AGENT_TOKEN_LENGTH.start(),
+                        AGENT_TOKEN_LENGTH.end()
+                    ),
+                );
+            } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                v.error(
+                    "agent_token",
+                    "must be printable ASCII without spaces (it is sent in an HTTP header)",
+                );
+            }
         }
         v.finish()
     }
@@ -142,19 +183,23 @@ mod tests {
         let ok = Cluster {
             name: "c1".into(),
             agent_address: "http://127.0.0.1:9190".into(),
+            agent_token: Some("a-token-of-twenty-chars".into()),
         };
         assert!(ok.validate().is_ok());
+        assert!(!format!("{ok:?}").contains("twenty"));
         let bad = Cluster {
             name: "c 1".into(),
             agent_address: "127.0.0.1:9190".into(),
+            agent_token: Some("short".into()),
         };
-        let fields: Vec<_> = bad
-            .validate()
-            .unwrap_err()
-            .0
-            .into_iter()
-            .map(|e| e.field)
-            .collect();
-        assert_eq!(fields, ["name", "agent_address"]);
+        let errors = bad.validate().unwrap_err().0;
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["name", "agent_address", "agent_token"]);
+        assert!(!errors[2].message.contains("short"));
+        let spaced = Cluster {
+            agent_token: Some("a token with spaces in it".into()),
+            ..ok
+        };
+        assert_eq!(spaced.validate().unwrap_err().0[0].field, "agent_token");
     }
 }

@@ -33,13 +33,19 @@ pub struct DemoArgs {
         default_value = "sqlite://portico-demo.db"
     )]
     database: String,
+    /// The admin's data key (certificate keys and the agent token are encrypted with
+    /// it in the database); created on the first run, readable by its owner only.
+    #[arg(long, default_value = "portico-demo.data-key")]
+    data_key_file: std::path::PathBuf,
 }
 
 pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let store: Arc<dyn store::ConfigStore> = Arc::new(store::memory::MemoryStore::new());
     let keyspace = store::keys::Keyspace::default();
-    // The agent token never leaves this process: admin and agent share it in memory.
-    let agent_token = random_token();
+    let data_key = data_key(&args.data_key_file)?;
+    // The cluster's agent token, derived from the data key so it is the same on every
+    // run without a file of its own; it never leaves this process.
+    let agent_token = data_key.derive("portico demo agent token");
 
     let echo_listener = crate::bind(args.echo_listen).await?;
     let echo = tokio::spawn(crate::echo::serve(echo_listener, shutdown.clone()));
@@ -57,8 +63,12 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
     let (admin, new_token) = admin::Admin::open(admin::AdminConfig {
         database_url: args.database.clone(),
         poll_interval: Duration::from_secs(2),
-        agent_token: Some(agent_token),
+        // Also the shared token, for a demo database whose cluster was registered by
+        // an earlier version without a token of its own.
+        agent_token: Some(agent_token.clone()),
         admin_token: env_token.clone(),
+        data_key: Some(data_key),
+        ..admin::AdminConfig::default()
     })
     .await?;
     let token = new_token.clone().or(env_token);
@@ -90,7 +100,7 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
     match &token {
         Some(token) => {
             let agent_url = format!("http://{}", args.agent_listen);
-            create_sample(&api, token, &agent_url, args.echo_listen).await?;
+            create_sample(&api, token, &agent_url, &agent_token, args.echo_listen).await?;
         }
         None => tracing::info!(
             "admin token not given: keeping the sample config already saved in {}",
@@ -122,10 +132,22 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
     Ok(())
 }
 
-fn random_token() -> String {
-    (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect()
+/// The data key in `path`, or a new one written there (mode 0600) on the first run.
+fn data_key(path: &std::path::Path) -> anyhow::Result<admin::DataKey> {
+    if path.exists() {
+        return admin::DataKey::from_file(path);
+    }
+    let key = admin::DataKey::generate();
+    let mut file = std::fs::OpenOptions::new();
+    file.write(true).create_new(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+    let mut file = file
+        .open(path)
+        .with_context(|| format!("cannot create the data key file {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{}\n", key.to_base64()).as_bytes())
+        .with_context(|| format!("cannot write the data key file {}", path.display()))?;
+    tracing::info!(file = %path.display(), key = key.id(), "data key created");
+    Ok(key)
 }
 
 /// Registers the local cluster and creates the sample upstream and route, unless they
@@ -134,6 +156,7 @@ async fn create_sample(
     api: &str,
     token: &str,
     agent_url: &str,
+    agent_token: &str,
     echo: SocketAddr,
 ) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
@@ -147,12 +170,11 @@ async fn create_sample(
             anyhow::Ok((status, body))
         }
     };
-    let (status, body) = send(
-        client
-            .post(format!("{api}/clusters"))
-            .json(&json!({"name": CLUSTER, "agent_address": agent_url})),
-    )
-    .await?;
+    let (status, body) =
+        send(client.post(format!("{api}/clusters")).json(
+            &json!({"name": CLUSTER, "agent_address": agent_url, "agent_token": agent_token}),
+        ))
+        .await?;
     if !status.is_success() && status != reqwest::StatusCode::CONFLICT {
         bail!("registering the demo cluster failed: {status} {body}");
     }

@@ -44,6 +44,8 @@ enum Command {
         /// How often agents are polled and instances reconciled (e.g. 10s, 500ms).
         #[arg(long, env = "PORTICO_POLL_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
         poll_interval: Duration,
+        #[command(flatten)]
+        data_keys: DataKeyArgs,
     },
     /// The cluster agent: writes the admin's changes into the config store.
     Agent {
@@ -107,6 +109,42 @@ enum Command {
     /// Admin + agent + gateway in one process, SQLite and the in-process store, with a
     /// sample route to a built-in echo upstream.
     Demo(demo::DemoArgs),
+}
+
+/// The admin's data keys: certificate keys and agent tokens are encrypted with them in
+/// its database (README, "Rotating the data key").
+#[derive(clap::Args)]
+struct DataKeyArgs {
+    /// A file holding the data key: 32 random bytes in base64 (head -c 32 /dev/urandom
+    /// | base64). Or give the base64 itself in PORTICO_DATA_KEY.
+    #[arg(long, env = "PORTICO_DATA_KEY_FILE")]
+    data_key_file: Option<std::path::PathBuf>,
+    /// Files of earlier data keys, still accepted for reading; what they encrypted is
+    /// encrypted again with the data key at start. Comma-separated in the environment.
+    #[arg(long, env = "PORTICO_DATA_KEY_OLD_FILES", value_delimiter = ',')]
+    data_key_old_file: Vec<std::path::PathBuf>,
+}
+
+impl DataKeyArgs {
+    /// The primary key (from the file or `PORTICO_DATA_KEY`) and the old ones.
+    fn load(&self) -> anyhow::Result<(Option<admin::DataKey>, Vec<admin::DataKey>)> {
+        let from_env = env_secret("PORTICO_DATA_KEY")
+            .map(|text| admin::DataKey::from_base64(&text).context("PORTICO_DATA_KEY"))
+            .transpose()?;
+        let primary = match (&self.data_key_file, from_env) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "give the data key once: --data-key-file (PORTICO_DATA_KEY_FILE) or PORTICO_DATA_KEY, not both"
+            ),
+            (Some(path), None) => Some(admin::DataKey::from_file(path)?),
+            (None, key) => key,
+        };
+        let old = self
+            .data_key_old_file
+            .iter()
+            .map(|path| admin::DataKey::from_file(path).context("--data-key-old-file"))
+            .collect::<anyhow::Result<_>>()?;
+        Ok((primary, old))
+    }
 }
 
 /// The gateway's request limits and trusted proxies.
@@ -249,12 +287,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             listen,
             database,
             poll_interval,
+            data_keys,
         } => {
+            let (data_key, old_data_keys) = data_keys.load()?;
             let config = admin::AdminConfig {
                 database_url: database,
                 poll_interval,
+                // The shared token of earlier versions, for clusters registered without
+                // a token of their own.
                 agent_token: env_secret("PORTICO_AGENT_TOKEN"),
                 admin_token: env_secret("PORTICO_ADMIN_TOKEN"),
+                data_key,
+                old_data_keys,
+                ..admin::AdminConfig::default()
             };
             let (admin, new_token) = admin::Admin::open(config).await?;
             if let Some(token) = new_token {
@@ -269,8 +314,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             store,
             instances,
         } => {
-            let token = env_secret("PORTICO_AGENT_TOKEN")
-                .context("PORTICO_AGENT_TOKEN must be set: the admin authenticates with it")?;
+            let token = env_secret("PORTICO_AGENT_TOKEN").context(
+                "PORTICO_AGENT_TOKEN must be set: the cluster's agent token, which the admin presents",
+            )?;
             let (store, keyspace) = store::open(&store).await?;
             let names = agent::parse_instance_list(&instances);
             let state = agent::AgentState::new(store, keyspace, names, &token)?;

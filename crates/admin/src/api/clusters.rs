@@ -1,4 +1,7 @@
 //! Handlers for clusters, their instances, the instances' nodes and change logs.
+//!
+//! A cluster's agent token is write-only: given at registration (or generated then and
+//! answered once), replaced by a PUT that carries one, never shown otherwise.
 
 use std::sync::Arc;
 
@@ -31,16 +34,27 @@ pub(super) async fn create_cluster(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let cluster = parse_cluster(&body?)?;
+    let mut cluster = parse_cluster(&body?)?;
+    // Without a token of its own, a cluster gets a generated one, answered this once;
+    // unless the shared token of earlier versions is configured, which it then uses.
+    let generated = cluster.agent_token.is_none() && !state.agents.has_shared_token();
+    if generated {
+        cluster.agent_token = Some(crate::auth::generate_token());
+    }
     if !state.db.insert_cluster(&cluster, db::now()).await? {
         return Err(ApiError::AlreadyExists(format!(
             "cluster {:?} already exists",
             cluster.name
         )));
     }
-    tracing::info!(cluster = %cluster.name, agent = %cluster.agent_address, "cluster registered");
+    tracing::info!(cluster = %cluster.name, agent = %cluster.agent_address,
+        token = if generated { "generated" } else if cluster.agent_token.is_some() { "given" } else { "shared" },
+        "cluster registered");
     // Discover its instances now rather than at the next tick; the answer does not wait.
     tokio::spawn(sync::poll_cluster_now(state, cluster.name.clone()));
+    if !generated {
+        cluster.agent_token = None;
+    }
     Ok((StatusCode::CREATED, Json(cluster)).into_response())
 }
 
@@ -66,18 +80,18 @@ pub(super) async fn update_cluster(
             format!("must equal the name in the path ({name:?})"),
         ));
     }
-    if !state
-        .db
-        .update_cluster_address(&name, &cluster.agent_address)
-        .await?
-    {
+    if !state.db.update_cluster(&cluster).await? {
         return Err(ApiError::NotFound(format!(
             "cluster {name:?} does not exist"
         )));
     }
-    tracing::info!(cluster = %name, agent = %cluster.agent_address, "cluster agent address changed");
+    tracing::info!(cluster = %name, agent = %cluster.agent_address,
+        token_replaced = cluster.agent_token.is_some(), "cluster changed");
     tokio::spawn(sync::poll_cluster_now(state, name));
-    Ok(Json(cluster))
+    Ok(Json(Cluster {
+        agent_token: None,
+        ..cluster
+    }))
 }
 
 pub(super) async fn delete_cluster(

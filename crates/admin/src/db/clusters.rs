@@ -1,11 +1,14 @@
 //! Clusters (registered by operators) and instances (discovered by polling agents).
+//!
+//! A cluster's agent token is sealed with the data key before it reaches its row and is
+//! read back only for calls to that cluster's agent, never into an API answer.
 
 use model::cluster::{Cluster, Instance, InstanceStatus};
 use model::snapshot::Revision;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{is_unique_violation, text, Db};
+use super::{is_unique_violation, optional_text, secret_error, text, token_context, Db};
 use crate::error::ApiError;
 
 /// One instance as an agent reported it.
@@ -25,25 +28,73 @@ pub(crate) struct ReportOutcome {
 }
 
 impl Db {
-    /// Registers a cluster; false when the name is taken.
+    /// Registers a cluster, its agent token (if any) sealed; false when the name is taken.
     pub(crate) async fn insert_cluster(
         &self,
         cluster: &Cluster,
         now: i64,
-    ) -> Result<bool, sqlx::Error> {
-        let sql =
-            self.sql("INSERT INTO clusters (name, agent_address, created_at) VALUES (?, ?, ?)");
+    ) -> Result<bool, ApiError> {
+        let token = self.seal_token(cluster)?;
+        let sql = self.sql(
+            "INSERT INTO clusters (name, agent_address, agent_token, created_at) VALUES (?, ?, ?, ?)",
+        );
         match sqlx::query(&sql)
             .bind(&cluster.name)
             .bind(&cluster.agent_address)
+            .bind(token)
             .bind(now)
             .execute(&self.pool)
             .await
         {
             Ok(_) => Ok(true),
             Err(e) if is_unique_violation(&e) => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    fn seal_token(&self, cluster: &Cluster) -> Result<Option<String>, ApiError> {
+        cluster
+            .agent_token
+            .as_deref()
+            .map(|token| {
+                self.keyring
+                    .seal(&token_context(&cluster.name), token)
+                    .map_err(|e| secret_error("agent_token", "sealing an agent token", e))
+            })
+            .transpose()
+    }
+
+    /// Every cluster with its agent token opened, for polling.
+    pub(crate) async fn clusters_with_tokens(
+        &self,
+    ) -> Result<Vec<(Cluster, Option<String>)>, ApiError> {
+        let sql = self.sql("SELECT name, agent_address, agent_token FROM clusters ORDER BY name");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let cluster = cluster_from_row(row)?;
+                let token = self.open_token(&cluster.name, optional_text(row, "agent_token")?)?;
+                Ok((cluster, token))
+            })
+            .collect()
+    }
+
+    /// One cluster with its agent token opened.
+    pub(crate) async fn cluster_with_token(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Cluster, Option<String>)>, ApiError> {
+        let sql = self.sql("SELECT name, agent_address, agent_token FROM clusters WHERE name = ?");
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let cluster = cluster_from_row(&row)?;
+        let token = self.open_token(name, optional_text(&row, "agent_token")?)?;
+        Ok(Some((cluster, token)))
     }
 
     pub(crate) async fn clusters(&self) -> Result<Vec<Cluster>, sqlx::Error> {
@@ -68,19 +119,33 @@ impl Db {
             .ok_or_else(|| ApiError::NotFound(format!("cluster {name:?} does not exist")))
     }
 
-    /// Points the cluster (and its instances) at a new agent address; false when absent.
-    pub(crate) async fn update_cluster_address(
-        &self,
-        name: &str,
-        agent_address: &str,
-    ) -> Result<bool, sqlx::Error> {
+    /// Points the cluster (and its instances) at a new agent address and, when the
+    /// cluster carries one, a new agent token; false when absent.
+    pub(crate) async fn update_cluster(&self, cluster: &Cluster) -> Result<bool, ApiError> {
+        let name = cluster.name.as_str();
+        let agent_address = cluster.agent_address.as_str();
+        let token = self.seal_token(cluster)?;
         let mut tx = self.pool.begin().await?;
-        let sql = self.sql("UPDATE clusters SET agent_address = ? WHERE name = ?");
-        let done = sqlx::query(&sql)
-            .bind(agent_address)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        let done = match token {
+            Some(token) => {
+                let sql = self
+                    .sql("UPDATE clusters SET agent_address = ?, agent_token = ? WHERE name = ?");
+                sqlx::query(&sql)
+                    .bind(agent_address)
+                    .bind(token)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?
+            }
+            None => {
+                let sql = self.sql("UPDATE clusters SET agent_address = ? WHERE name = ?");
+                sqlx::query(&sql)
+                    .bind(agent_address)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?
+            }
+        };
         if done.rows_affected() == 0 {
             return Ok(false);
         }
@@ -333,10 +398,12 @@ impl Db {
     }
 }
 
+/// The cluster as the API shows it: never its token.
 fn cluster_from_row(row: &AnyRow) -> Result<Cluster, sqlx::Error> {
     Ok(Cluster {
         name: text(row, "name")?,
         agent_address: text(row, "agent_address")?,
+        agent_token: None,
     })
 }
 

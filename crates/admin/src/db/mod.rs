@@ -9,6 +9,7 @@
 
 mod clusters;
 mod resources;
+mod sealing;
 mod settings;
 
 use std::borrow::Cow;
@@ -17,6 +18,9 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
+
+use crate::error::ApiError;
+use crate::secrets::{Keyring, SecretError};
 
 pub(crate) use clusters::InstanceReport;
 pub(crate) use resources::Change;
@@ -46,16 +50,18 @@ impl Dialect {
     }
 }
 
-/// The connection pool and the dialect its SQL is rewritten for.
+/// The connection pool, the dialect its SQL is rewritten for, and the keys secrets are
+/// sealed with (certificate keys and agent tokens never reach a row in clear).
 pub(crate) struct Db {
     pool: AnyPool,
     dialect: Dialect,
+    keyring: Keyring,
 }
 
 impl Db {
     /// Connects and runs the migrations. SQLite files are created when missing and use
     /// WAL, so readers never wait for the writer.
-    pub(crate) async fn open(url: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn open(url: &str, keyring: Keyring) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let dialect = Dialect::from_url(url)?;
         let (url, options) = match dialect {
@@ -84,7 +90,11 @@ impl Db {
             .run(&pool)
             .await
             .context("cannot run the database migrations")?;
-        Ok(Self { pool, dialect })
+        Ok(Self {
+            pool,
+            dialect,
+            keyring,
+        })
     }
 
     /// Waits for the connections to finish and closes them.
@@ -151,6 +161,27 @@ fn optional_text(row: &AnyRow, column: &str) -> Result<Option<String>, sqlx::Err
                 .transpose()
                 .map_err(|e| sqlx::Error::Decode(Box::new(e)))
         }
+    }
+}
+
+/// The row a certificate's key is sealed for.
+fn certificate_context(cluster: &str, instance: &str, id: &str) -> String {
+    format!("certificate/{cluster}/{instance}/{id}")
+}
+
+/// The row a cluster's agent token is sealed for.
+fn token_context(cluster: &str) -> String {
+    format!("agent_token/{cluster}")
+}
+
+/// A secret that cannot be sealed for lack of a key: 503 naming the field and the flag;
+/// any other failure is a stored value that does not open: 500, logged.
+fn secret_error(field: &str, what: &str, e: SecretError) -> ApiError {
+    match e {
+        SecretError::NoKey => ApiError::NoDataKey {
+            field: field.to_owned(),
+        },
+        other => ApiError::Internal(anyhow::anyhow!("{what}: {other}")),
     }
 }
 

@@ -4,6 +4,10 @@
 //! checks what involves other rows (duplicate ids, a route's upstream, routes using an
 //! upstream), writes the resource row and appends the change-log row. A refused change
 //! rolls back, revision bump included, so nothing of it is stored.
+//!
+//! A certificate's private key is sealed with the data key before it reaches a row
+//! (`secrets`) and opened when read back; a key written in clear by an earlier version
+//! is read as it is until the start-up pass (`sealing`) seals it.
 
 use model::resource::{Resource, ResourceKind};
 use model::snapshot::{Revision, Snapshot};
@@ -12,8 +16,13 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::clusters::revision;
-use super::{optional_text, text, Db};
+use super::{certificate_context, optional_text, secret_error, text, token_context, Db};
 use crate::error::ApiError;
+use crate::secrets::Keyring;
+
+/// MySQL's TEXT holds 65,535 bytes; a stored resource (a sealed key is longer than the
+/// key) must fit on every database.
+const MAX_STORED_JSON: usize = 65_535;
 
 /// One change to one resource, as the API accepted it (parsed and validated).
 #[derive(Debug, Clone)]
@@ -50,6 +59,9 @@ pub(crate) struct Committed {
     pub revision: Revision,
     /// Where the cluster's agent listens, read in the same transaction.
     pub agent_address: String,
+    /// The cluster's own agent token, opened; `None` for a cluster registered without
+    /// one (the admin's shared token then applies).
+    pub agent_token: Option<String>,
     /// For an upsert: whether the resource did not exist before.
     pub created: bool,
 }
@@ -95,7 +107,7 @@ impl Db {
                 }));
         }
         let sql = self.sql(
-            "SELECT i.revision AS revision, c.agent_address AS agent_address \
+            "SELECT i.revision AS revision, c.agent_address AS agent_address, c.agent_token AS agent_token \
              FROM instances i JOIN clusters c ON c.name = i.cluster \
              WHERE i.cluster = ? AND i.name = ?",
         );
@@ -106,6 +118,7 @@ impl Db {
             .await?;
         let new_revision: i64 = row.try_get("revision")?;
         let agent_address = text(&row, "agent_address")?;
+        let agent_token = self.open_token(cluster, optional_text(&row, "agent_token")?)?;
 
         let kind = change.kind();
         let id = change.id();
@@ -132,7 +145,13 @@ impl Db {
             Change::Create(resource) | Change::Upsert(resource) => {
                 self.check_upstream_exists(&mut tx, cluster, instance, resource)
                     .await?;
-                let body = resource.to_json().to_string();
+                let body = self.stored_body(cluster, instance, resource)?;
+                if body.len() > MAX_STORED_JSON {
+                    return Err(ApiError::PayloadTooLarge(format!(
+                        "a {} may take at most {MAX_STORED_JSON} bytes of JSON as stored",
+                        kind.singular()
+                    )));
+                }
                 let upstream_ref = match resource {
                     Resource::Route(route) => route.upstream_id.clone(),
                     _ => None,
@@ -200,8 +219,80 @@ impl Db {
         Ok(Committed {
             revision: revision(new_revision),
             agent_address,
+            agent_token,
             created,
         })
+    }
+
+    /// The resource's JSON as stored: a certificate's key sealed, anything else as is.
+    fn stored_body(
+        &self,
+        cluster: &str,
+        instance: &str,
+        resource: &Resource,
+    ) -> Result<String, ApiError> {
+        let Resource::Certificate(certificate) = resource else {
+            return Ok(resource.to_json().to_string());
+        };
+        if certificate.key.is_empty() {
+            return Ok(resource.to_json().to_string());
+        }
+        let context = certificate_context(cluster, instance, &certificate.id);
+        let sealed = self
+            .keyring
+            .seal(&context, &certificate.key)
+            .map_err(|e| secret_error("key", "sealing a certificate key", e))?;
+        let mut stored = certificate.clone();
+        stored.key = sealed;
+        Ok(Resource::Certificate(stored).to_json().to_string())
+    }
+
+    /// A stored resource row, a certificate's key opened.
+    fn resource_from_row(
+        &self,
+        cluster: &str,
+        instance: &str,
+        kind: ResourceKind,
+        row: &AnyRow,
+    ) -> Result<Resource, ApiError> {
+        let body = text(row, "body")?;
+        let resource = kind.parse(body.as_bytes()).map_err(|e| {
+            ApiError::Internal(anyhow::anyhow!(
+                "a stored {} does not parse: {e}",
+                kind.singular()
+            ))
+        })?;
+        let Resource::Certificate(mut certificate) = resource else {
+            return Ok(resource);
+        };
+        if Keyring::is_sealed(&certificate.key) {
+            let context = certificate_context(cluster, instance, &certificate.id);
+            certificate.key = self.keyring.open(&context, &certificate.key).map_err(|e| {
+                ApiError::Internal(anyhow::anyhow!("the key of certificate {context}: {e}"))
+            })?;
+        }
+        Ok(Resource::Certificate(certificate))
+    }
+
+    /// Opens a cluster's stored agent token.
+    pub(crate) fn open_token(
+        &self,
+        cluster: &str,
+        stored: Option<String>,
+    ) -> Result<Option<String>, ApiError> {
+        stored
+            .map(|stored| {
+                self.keyring
+                    .open(&token_context(cluster), &stored)
+                    .map_err(|e| {
+                        secret_error(
+                            "agent_token",
+                            &format!("the agent token of cluster {cluster:?}"),
+                            e,
+                        )
+                    })
+            })
+            .transpose()
     }
 
     async fn exists(
@@ -311,7 +402,7 @@ impl Db {
             .await?;
         let items = rows
             .iter()
-            .map(|row| resource_from_row(kind, row))
+            .map(|row| self.resource_from_row(cluster, instance, kind, row))
             .collect::<Result<_, _>>()?;
         Ok((items, found.revision))
     }
@@ -335,7 +426,7 @@ impl Db {
             .fetch_optional(&self.pool)
             .await?;
         match row {
-            Some(row) => resource_from_row(kind, &row),
+            Some(row) => self.resource_from_row(cluster, instance, kind, &row),
             None => Err(ApiError::NotFound(format!(
                 "{} {id:?} does not exist in instance {instance:?}",
                 kind.singular()
@@ -375,7 +466,7 @@ impl Db {
             let kind: ResourceKind = text(row, "kind")?
                 .parse()
                 .map_err(|e: model::resource::UnknownKind| ApiError::Internal(e.into()))?;
-            snapshot.push(resource_from_row(kind, row)?);
+            snapshot.push(self.resource_from_row(cluster, instance, kind, row)?);
         }
         tx.commit().await?;
         Ok(Some(snapshot))
@@ -414,14 +505,4 @@ impl Db {
             })
             .collect()
     }
-}
-
-fn resource_from_row(kind: ResourceKind, row: &AnyRow) -> Result<Resource, ApiError> {
-    let body = text(row, "body")?;
-    kind.parse(body.as_bytes()).map_err(|e| {
-        ApiError::Internal(anyhow::anyhow!(
-            "a stored {} does not parse: {e}",
-            kind.singular()
-        ))
-    })
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use admin::{Admin, AdminConfig};
 use model::resource::ResourceKind;
+
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -24,6 +25,12 @@ pub const AGENT_TOKEN: &str = "agent-test-token-0123456789";
 pub const API: &str = "/gateway/apiserver/v1";
 pub const CERT: &str = include_str!("../../../model/tests/fixtures/example.crt");
 pub const KEY: &str = include_str!("../../../model/tests/fixtures/example.key");
+/// The data key test admins seal secrets with (base64 of 32 bytes of 7).
+pub const DATA_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+
+pub fn data_key() -> admin::DataKey {
+    admin::DataKey::from_base64(DATA_KEY).unwrap()
+}
 
 /// An admin served on a free loopback port until dropped.
 pub struct TestAdmin {
@@ -34,16 +41,22 @@ pub struct TestAdmin {
 }
 
 impl TestAdmin {
+    /// An admin with the test data key and, for clusters registered without a token
+    /// of their own, the shared token of earlier versions (`AGENT_TOKEN`).
     pub async fn start(database_url: &str, poll_interval: Duration) -> Self {
-        let (admin, _) = Admin::open(AdminConfig {
+        Self::start_with(AdminConfig {
             database_url: database_url.to_owned(),
             poll_interval,
             agent_token: Some(AGENT_TOKEN.to_owned()),
             admin_token: Some(ADMIN_TOKEN.to_owned()),
+            data_key: Some(data_key()),
             ..AdminConfig::default()
         })
         .await
-        .expect("the admin opens");
+    }
+
+    pub async fn start_with(config: AdminConfig) -> Self {
+        let (admin, _) = Admin::open(config).await.expect("the admin opens");
         Self::serve(admin).await
     }
 
@@ -116,16 +129,21 @@ impl TestAdmin {
         self.call("GET", path, None).await
     }
 
-    /// Registers `name` with its agent and waits until the agent's instances show up.
+    /// Registers `name` with its agent and the agent's token, and waits until the
+    /// agent's instances show up.
     pub async fn register(&self, name: &str, agent: &TestAgent, instances: &[&str]) {
         let answer = self
             .send(
                 "POST",
                 "/clusters",
-                json!({"name": name, "agent_address": agent.url()}),
+                json!({"name": name, "agent_address": agent.url(), "agent_token": agent.token}),
             )
             .await;
         assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        assert!(
+            answer.body.get("agent_token").is_none(),
+            "a given token is never answered"
+        );
         let mut want: Vec<String> = instances.iter().map(|s| s.to_string()).collect();
         want.sort();
         wait_until(&format!("instances of {name} discovered"), || async {
@@ -218,6 +236,8 @@ impl Answer {
 /// started again "on the same host".
 pub struct TestAgent {
     pub addr: SocketAddr,
+    /// The agent's `PORTICO_AGENT_TOKEN`.
+    pub token: String,
     pub store: Arc<MemoryStore>,
     pub keyspace: Keyspace,
     stop: Option<watch::Sender<bool>>,
@@ -226,9 +246,14 @@ pub struct TestAgent {
 
 impl TestAgent {
     pub async fn start(instances: &[&str]) -> Self {
+        Self::start_with_token(instances, AGENT_TOKEN).await
+    }
+
+    pub async fn start_with_token(instances: &[&str], token: &str) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut agent = Self {
             addr: listener.local_addr().unwrap(),
+            token: token.to_owned(),
             store: Arc::new(MemoryStore::new()),
             keyspace: Keyspace::default(),
             stop: None,
@@ -248,7 +273,7 @@ impl TestAgent {
             store,
             self.keyspace.clone(),
             instances.iter().map(|s| s.to_string()),
-            AGENT_TOKEN,
+            &self.token,
         )
         .unwrap();
         let (stop, rx) = watch::channel(false);
@@ -490,4 +515,216 @@ pub fn assert_no_key(value: &Value) {
         "a private key leaked: {text}"
     );
     assert!(!text.contains("\"key\""), "a key field leaked: {text}");
+}
+
+/// A database opened beside the admin, to look at rows as stored.
+pub struct RawDb {
+    conn: sqlx::AnyConnection,
+    postgres: bool,
+}
+
+impl RawDb {
+    pub async fn connect(url: &str) -> Self {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let url = if url.starts_with("sqlite:") && !url.contains('?') {
+            format!("{url}?mode=rw")
+        } else {
+            url.to_owned()
+        };
+        Self {
+            conn: sqlx::AnyConnection::connect(&url).await.unwrap(),
+            postgres: url.starts_with("postgres"),
+        }
+    }
+
+    /// `sql` with `?` placeholders, numbered for PostgreSQL.
+    fn sql(&self, sql: &str) -> String {
+        if !self.postgres {
+            return sql.to_owned();
+        }
+        let mut n = 0;
+        sql.chars()
+            .map(|c| {
+                if c == '?' {
+                    n += 1;
+                    format!("${n}")
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    }
+
+    /// The one text value `sql` selects with `args` bound, or `None`.
+    pub async fn text(&mut self, sql: &str, args: &[&str]) -> Option<String> {
+        use sqlx::Row;
+        let sql = self.sql(sql);
+        let mut query = sqlx::query(&sql);
+        for arg in args {
+            query = query.bind(arg.to_string());
+        }
+        let row = query.fetch_optional(&mut self.conn).await.unwrap()?;
+        match row.try_get::<Option<String>, _>(0) {
+            Ok(value) => value,
+            Err(_) => row
+                .try_get::<Option<Vec<u8>>, _>(0)
+                .unwrap()
+                .map(|b| String::from_utf8(b).unwrap()),
+        }
+    }
+
+    pub async fn execute(&mut self, sql: &str, args: &[&str]) {
+        let sql = self.sql(sql);
+        let mut query = sqlx::query(&sql);
+        for arg in args {
+            query = query.bind(arg.to_string());
+        }
+        query.execute(&mut self.conn).await.unwrap();
+    }
+
+    pub async fn certificate_body(&mut self, id: &str) -> String {
+        self.text(
+            "SELECT body FROM resources WHERE kind = 'certificates' AND id = ?",
+            &[id],
+        )
+        .await
+        .expect("the certificate row exists")
+    }
+
+    pub async fn agent_token(&mut self, cluster: &str) -> Option<String> {
+        self.text(
+            "SELECT agent_token FROM clusters WHERE name = ?",
+            &[cluster],
+        )
+        .await
+    }
+}
+
+/// Encryption at rest on one database: secrets are refused without a data key; sealed
+/// under the key with its id; a row written in clear by an earlier version is sealed at
+/// start; rotation re-seals everything with the new key while the old one still opens;
+/// a missing or wrong key stops the admin with a clear error. `url` names an empty
+/// database.
+pub async fn secrets_flow(url: &str) {
+    const TOKEN: &str = "secrets-agent-token-0123456789";
+    let k1 = data_key();
+    let k2 = admin::DataKey::generate();
+    let config = |primary: Option<admin::DataKey>, old: Vec<admin::DataKey>| AdminConfig {
+        database_url: url.to_owned(),
+        poll_interval: Duration::from_millis(200),
+        admin_token: Some(ADMIN_TOKEN.to_owned()),
+        data_key: primary,
+        old_data_keys: old,
+        ..AdminConfig::default()
+    };
+    let mut agent = TestAgent::start_with_token(&["instance_a"], TOKEN).await;
+
+    // Without a data key, neither a given nor a generated token is stored.
+    let admin = TestAdmin::start_with(config(None, vec![])).await;
+    for body in [
+        json!({"name": "c1", "agent_address": agent.url(), "agent_token": TOKEN}),
+        json!({"name": "c1", "agent_address": agent.url()}),
+    ] {
+        let answer = admin.send("POST", "/clusters", body).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            answer.body
+        );
+        assert_eq!(answer.body["code"], "no_data_key");
+        assert_eq!(answer.fields(), ["agent_token"]);
+        assert!(answer.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("--data-key-file"));
+    }
+    assert_eq!(admin.get("/clusters").await.body["items"], json!([]));
+    admin.stop().await;
+
+    // With k1: the token and the certificate key are sealed under it.
+    let admin = TestAdmin::start_with(config(Some(k1.clone()), vec![])).await;
+    admin.register("c1", &agent, &["instance_a"]).await;
+    let base = "/clusters/c1/instances/instance_a";
+    let answer = admin
+        .send(
+            "POST",
+            &format!("{base}/certificates"),
+            certificate("cert1"),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    admin.stop().await;
+    let mut raw = RawDb::connect(url).await;
+    let body = raw.certificate_body("cert1").await;
+    assert!(!body.contains("PRIVATE KEY"), "{body}");
+    assert!(body.contains(&format!("enc:v1:{}:", k1.id())), "{body}");
+    let token = raw.agent_token("c1").await.unwrap();
+    assert!(token.starts_with(&format!("enc:v1:{}:", k1.id())) && !token.contains(TOKEN));
+
+    // A row as an earlier version wrote it, key in clear: readable, sealed at start.
+    let clear = certificate("cert1").to_string();
+    raw.execute(
+        "UPDATE resources SET body = ? WHERE kind = 'certificates' AND id = 'cert1'",
+        &[&clear],
+    )
+    .await;
+    let admin = TestAdmin::start_with(config(Some(k1.clone()), vec![])).await;
+    let body = raw.certificate_body("cert1").await;
+    assert!(
+        !body.contains("PRIVATE KEY") && body.contains(k1.id()),
+        "{body}"
+    );
+    admin.stop().await;
+
+    // Rotation: k2 primary, k1 old: every secret is sealed again under k2, and both
+    // still open: a wiped store gets the certificate's real key through the agent's
+    // token.
+    let admin = TestAdmin::start_with(config(Some(k2.clone()), vec![k1.clone()])).await;
+    assert!(raw.certificate_body("cert1").await.contains(k2.id()));
+    assert!(raw.agent_token("c1").await.unwrap().contains(k2.id()));
+    agent.restart_with_empty_store(&["instance_a"]).await;
+    let stored = wait_until("the snapshot reaches the wiped store", || async {
+        agent
+            .stored("instance_a", ResourceKind::Certificates, "cert1")
+            .await
+    })
+    .await;
+    assert_eq!(stored["key"], KEY);
+    admin.stop().await;
+
+    // k2 alone is enough now; k1 alone or no key at all is refused with the key's id.
+    TestAdmin::start_with(config(Some(k2.clone()), vec![]))
+        .await
+        .stop()
+        .await;
+    for (primary, old) in [(Some(k1.clone()), vec![]), (None, vec![])] {
+        let error = Admin::open(config(primary, old)).await.err().unwrap();
+        let message = format!("{error:#}");
+        assert!(
+            message.contains(k2.id()) && message.contains("--data-key-old-file"),
+            "{message}"
+        );
+    }
+
+    // An altered value does not open: refused, never garbage.
+    let token = raw.agent_token("c1").await.unwrap();
+    // A character of the ciphertext (not the padding) changed.
+    let at = token.len() - 10;
+    let changed = if &token[at..at + 1] == "A" { "B" } else { "A" };
+    let altered = format!("{}{changed}{}", &token[..at], &token[at + 1..]);
+    raw.execute(
+        "UPDATE clusters SET agent_token = ? WHERE name = 'c1'",
+        &[&altered],
+    )
+    .await;
+    let error = Admin::open(config(Some(k2.clone()), vec![]))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        format!("{error:#}").contains("does not decrypt"),
+        "{error:#}"
+    );
 }

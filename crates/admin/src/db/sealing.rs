@@ -1,0 +1,165 @@
+//! The start-up pass over every stored secret: each must open with the keys given
+//! (else the admin refuses to start, naming the row and the key id it needs), and each
+//! not sealed with the primary key is sealed with it: values written in clear by
+//! earlier versions, and values sealed with an old key after a rotation.
+//!
+//! Every rewrite is a compare-and-set on the value read, so two admins starting on one
+//! database at once cannot overwrite each other's work with stale content. Nothing but
+//! the secret changes: revisions and the change log stay as they are.
+
+use super::{certificate_context, optional_text, text, token_context, Db};
+use crate::secrets::{Keyring, SecretError};
+
+/// What the pass found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct SealReport {
+    /// Secrets (re)sealed with the primary key.
+    pub sealed: usize,
+    /// Secrets left in clear because no data key is configured.
+    pub clear: usize,
+}
+
+/// One stored secret: where it is, the value as stored, and how its row is rewritten.
+struct Stored {
+    /// Names the row in messages and is the sealing context.
+    context: String,
+    value: String,
+    place: Place,
+}
+
+/// Which row holds a secret.
+enum Place {
+    Certificate {
+        cluster: String,
+        instance: String,
+        id: String,
+        body: serde_json::Value,
+        raw: String,
+    },
+    Token {
+        cluster: String,
+    },
+}
+
+impl Db {
+    /// Checks every secret opens and seals what is not sealed with the primary key.
+    pub(crate) async fn seal_at_start(&self) -> anyhow::Result<SealReport> {
+        let mut report = SealReport::default();
+        for stored in self.stored_secrets().await? {
+            let sealed = Keyring::is_sealed(&stored.value);
+            let plain = if sealed {
+                self.keyring
+                    .open(&stored.context, &stored.value)
+                    .map_err(|e| anyhow::anyhow!("the secret of {}: {e}", stored.context))?
+            } else {
+                stored.value.clone()
+            };
+            if self.keyring.is_current(&stored.value) {
+                continue;
+            }
+            let resealed = match self.keyring.seal(&stored.context, &plain) {
+                Ok(resealed) => resealed,
+                Err(SecretError::NoKey) => {
+                    report.clear += 1;
+                    continue;
+                }
+                Err(e) => anyhow::bail!("cannot seal the secret of {}: {e}", stored.context),
+            };
+            if self.rewrite(&stored, resealed).await? {
+                report.sealed += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn stored_secrets(&self) -> anyhow::Result<Vec<Stored>> {
+        let mut found = Vec::new();
+        let sql = self.sql(
+            "SELECT cluster, instance, id, body FROM resources WHERE kind = 'certificates' \
+             ORDER BY cluster, instance, id",
+        );
+        for row in sqlx::query(&sql).fetch_all(&self.pool).await? {
+            let (cluster, instance, id) = (
+                text(&row, "cluster")?,
+                text(&row, "instance")?,
+                text(&row, "id")?,
+            );
+            let raw = text(&row, "body")?;
+            let body: serde_json::Value = serde_json::from_str(&raw).map_err(|e| {
+                anyhow::anyhow!("certificate {cluster}/{instance}/{id} is not JSON: {e}")
+            })?;
+            let Some(key) = body
+                .get("key")
+                .and_then(|k| k.as_str())
+                .filter(|k| !k.is_empty())
+            else {
+                continue;
+            };
+            found.push(Stored {
+                context: certificate_context(&cluster, &instance, &id),
+                value: key.to_owned(),
+                place: Place::Certificate {
+                    cluster,
+                    instance,
+                    id,
+                    body,
+                    raw,
+                },
+            });
+        }
+        let sql = self.sql(
+            "SELECT name, agent_token FROM clusters WHERE agent_token IS NOT NULL ORDER BY name",
+        );
+        for row in sqlx::query(&sql).fetch_all(&self.pool).await? {
+            let cluster = text(&row, "name")?;
+            let Some(token) = optional_text(&row, "agent_token")? else {
+                continue;
+            };
+            found.push(Stored {
+                context: token_context(&cluster),
+                value: token,
+                place: Place::Token { cluster },
+            });
+        }
+        Ok(found)
+    }
+
+    /// Replaces the secret if the row still holds what was read; false when it changed.
+    async fn rewrite(&self, stored: &Stored, resealed: String) -> anyhow::Result<bool> {
+        let done = match &stored.place {
+            Place::Certificate {
+                cluster,
+                instance,
+                id,
+                body,
+                raw,
+            } => {
+                let mut body = body.clone();
+                body["key"] = serde_json::Value::String(resealed);
+                let sql = self.sql(
+                    "UPDATE resources SET body = ? WHERE cluster = ? AND instance = ? \
+                     AND kind = 'certificates' AND id = ? AND body = ?",
+                );
+                sqlx::query(&sql)
+                    .bind(body.to_string())
+                    .bind(cluster)
+                    .bind(instance)
+                    .bind(id)
+                    .bind(raw)
+                    .execute(&self.pool)
+                    .await?
+            }
+            Place::Token { cluster } => {
+                let sql = self
+                    .sql("UPDATE clusters SET agent_token = ? WHERE name = ? AND agent_token = ?");
+                sqlx::query(&sql)
+                    .bind(resealed)
+                    .bind(cluster)
+                    .bind(&stored.value)
+                    .execute(&self.pool)
+                    .await?
+            }
+        };
+        Ok(done.rows_affected() > 0)
+    }
+}
