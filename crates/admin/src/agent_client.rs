@@ -62,18 +62,43 @@ pub(crate) struct AgentClient {
     http: reqwest::Client,
     /// The shared token of earlier versions, for clusters without a token of their own.
     shared_token: Option<String>,
+    tls_configured: bool,
 }
 
 impl AgentClient {
-    pub(crate) fn new(shared_token: Option<String>) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+    pub(crate) fn new(
+        shared_token: Option<String>,
+        tls: Option<&crate::AgentTls>,
+    ) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder().tls_built_in_root_certs(false);
+        if let Some(tls) = tls {
+            let identity = match (&tls.client_cert, &tls.client_key) {
+                (Some(cert), Some(key)) => Some((cert.as_slice(), key.as_slice())),
+                (None, None) => None,
+                _ => anyhow::bail!(
+                    "a client certificate for agents needs both its certificate and its key"
+                ),
+            };
+            builder = builder.use_preconfigured_tls(apikit::tls::client_config(&tls.ca, identity)?);
+        }
+        let tls_configured = tls.is_some();
+        let http = builder
             .timeout(CALL_TIMEOUT)
             .connect_timeout(CALL_TIMEOUT)
             // A redirect would carry the agent token and the snapshot (certificate keys
             // included) to an address nobody registered: never followed.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Self { http, shared_token })
+        Ok(Self {
+            http,
+            shared_token,
+            tls_configured,
+        })
+    }
+
+    /// Whether `https://` agents can be verified (the admin was given their CA).
+    pub(crate) fn tls_configured(&self) -> bool {
+        self.tls_configured
     }
 
     /// Whether the shared token of earlier versions is configured.

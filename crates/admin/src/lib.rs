@@ -47,10 +47,32 @@ pub struct AdminConfig {
     /// The admin token (`PORTICO_ADMIN_TOKEN`); when `None`, the stored one is kept or,
     /// on the first start, one is generated.
     pub admin_token: Option<String>,
+    /// TLS towards agents at `https://` addresses; without it such addresses are
+    /// refused.
+    pub agent_tls: Option<AgentTls>,
     /// How long clients may take to send a request head and body (the body limit is
     /// the API's own, [`MAX_BODY`]).
     pub header_read_timeout: Duration,
     pub body_timeout: Duration,
+}
+
+/// How the admin verifies agents served over HTTPS, and the client certificate it
+/// presents to those requiring one (mTLS). PEM contents. `Debug` leaves the key out.
+#[derive(Clone, Default)]
+pub struct AgentTls {
+    /// CAs agent certificates must chain to; no other roots are trusted.
+    pub ca: Vec<u8>,
+    /// Client certificate chain and its key, both or neither.
+    pub client_cert: Option<Vec<u8>>,
+    pub client_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for AgentTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentTls")
+            .field("client_certificate", &self.client_cert.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Largest request body the admin API takes.
@@ -66,6 +88,7 @@ impl std::fmt::Debug for AdminConfig {
             .field("agent_token", &set(&self.agent_token))
             .field("data_key", &self.data_key)
             .field("old_data_keys", &self.old_data_keys)
+            .field("agent_tls", &self.agent_tls)
             .field("admin_token", &set(&self.admin_token))
             .field("header_read_timeout", &self.header_read_timeout)
             .field("body_timeout", &self.body_timeout)
@@ -85,6 +108,7 @@ impl Default for AdminConfig {
             admin_token: None,
             data_key: None,
             old_data_keys: Vec::new(),
+            agent_tls: None,
         }
     }
 }
@@ -140,7 +164,7 @@ impl Admin {
                 "no data key (--data-key-file or PORTICO_DATA_KEY): certificates with keys and agent tokens will be refused"
             );
         }
-        let agents = agent_client::AgentClient::new(config.agent_token)?;
+        let agents = agent_client::AgentClient::new(config.agent_token, config.agent_tls.as_ref())?;
         let admin = Admin {
             state: Arc::new(state::AppState::new(db, token_hash, agents)),
             poll_interval: config.poll_interval,

@@ -30,6 +30,8 @@ pub struct AgentState {
     token: Arc<apikit::TokenHash>,
     /// Body limit and client timeouts of the API.
     limits: apikit::Limits,
+    /// Serve HTTPS with this configuration (`apikit::tls::server_config`).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl AgentState {
@@ -60,7 +62,15 @@ impl AgentState {
             instances: Arc::new(instances),
             token: Arc::new(apikit::TokenHash::of(token)),
             limits: apikit::Limits::with_max_body(api::MAX_BODY),
+            tls: None,
         })
+    }
+
+    /// Serves HTTPS instead of HTTP (see `apikit::tls::server_config`: a certificate
+    /// and key, optionally a CA whose client certificates alone are served).
+    pub fn with_tls(mut self, tls: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Other client timeouts than the defaults (10 s for a head, 30 s for a body).
@@ -84,14 +94,14 @@ pub fn parse_instance_list(list: &str) -> Vec<String> {
         .collect()
 }
 
-/// Serves the agent API on `listener` until `shutdown` flips to true, through
-/// `apikit::serve` (early 413, header-read and body timeouts).
+/// Serves the agent API on `listener` (HTTPS when configured) until `shutdown` flips to
+/// true, through `apikit::serve_with` (early 413, header-read and body timeouts).
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: AgentState,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let limits = state.limits;
-    apikit::serve(listener, app(state), limits, shutdown).await?;
+    let (limits, tls) = (state.limits, state.tls.clone());
+    apikit::serve_with(listener, app(state), limits, tls, shutdown).await?;
     Ok(())
 }

@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::limits::{self, Limits};
@@ -37,14 +38,27 @@ pub const LINGER_TIME: Duration = Duration::from_secs(3);
 /// How much a closing connection reads (and throws away) at most.
 pub const LINGER_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Serves `app`, guarded by `limits` (see [`crate::limits`]), on `listener` until
-/// `shutdown` flips to true or its sender is dropped.
+/// Serves `app` over plain HTTP, guarded by `limits` (see [`crate::limits`]), on
+/// `listener` until `shutdown` flips to true or its sender is dropped.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    serve_with(listener, app, limits, None, shutdown).await
+}
+
+/// [`serve`], over HTTPS when `tls` is given (see [`crate::tls::server_config`]). The
+/// TLS handshake must end within the header-read timeout.
+pub async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let service = TowerToHyperService::new(limits::apply(app, limits));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -64,10 +78,31 @@ pub async fn serve(
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(Lingering::new(stream));
-        let connection = graceful.watch(http.serve_connection(io, service.clone()));
+        let (http, service, watcher) = (http.clone(), service.clone(), graceful.watcher());
+        let Some(tls) = tls.clone() else {
+            tokio::spawn(async move {
+                let io = TokioIo::new(Lingering::new(stream));
+                if let Err(e) = watcher.watch(http.serve_connection(io, service)).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+            continue;
+        };
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let stream = match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake not done within the header-read timeout");
+                    return;
+                }
+            };
+            let io = TokioIo::new(Lingering::new(stream));
+            if let Err(e) = watcher.watch(http.serve_connection(io, service)).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -87,15 +122,16 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// A TCP stream whose shutdown is a lingering close (see the module doc).
-struct Lingering {
-    stream: TcpStream,
+/// A stream (TCP, or TLS over TCP) whose shutdown is a lingering close (see the module
+/// doc).
+struct Lingering<S> {
+    stream: S,
     /// Set once our side is shut down: the deadline and the bytes read since.
     draining: Option<(Pin<Box<tokio::time::Sleep>>, u64)>,
 }
 
-impl Lingering {
-    fn new(stream: TcpStream) -> Self {
+impl<S> Lingering<S> {
+    fn new(stream: S) -> Self {
         Self {
             stream,
             draining: None,
@@ -103,7 +139,7 @@ impl Lingering {
     }
 }
 
-impl AsyncRead for Lingering {
+impl<S: AsyncRead + Unpin> AsyncRead for Lingering<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -113,7 +149,7 @@ impl AsyncRead for Lingering {
     }
 }
 
-impl AsyncWrite for Lingering {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -46,6 +46,16 @@ enum Command {
         poll_interval: Duration,
         #[command(flatten)]
         data_keys: DataKeyArgs,
+        /// A PEM bundle of the CAs agents' certificates chain to; needed for https://
+        /// agent addresses (no other roots are trusted).
+        #[arg(long, env = "PORTICO_AGENT_CA")]
+        agent_ca: Option<std::path::PathBuf>,
+        /// A client certificate (PEM chain) to present to agents that require one.
+        #[arg(long, env = "PORTICO_AGENT_CLIENT_CERT", requires_all = ["agent_client_key", "agent_ca"])]
+        agent_client_cert: Option<std::path::PathBuf>,
+        /// The client certificate's private key (PEM).
+        #[arg(long, env = "PORTICO_AGENT_CLIENT_KEY", requires = "agent_client_cert")]
+        agent_client_key: Option<std::path::PathBuf>,
     },
     /// The cluster agent: writes the admin's changes into the config store.
     Agent {
@@ -57,6 +67,16 @@ enum Command {
         /// Instance names this agent manages, comma-separated.
         #[arg(long, env = "PORTICO_INSTANCES")]
         instances: String,
+        /// Serve HTTPS with this certificate (PEM chain, leaf first).
+        #[arg(long, env = "PORTICO_AGENT_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, env = "PORTICO_AGENT_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<std::path::PathBuf>,
+        /// A PEM bundle of CAs: only clients (admins) presenting a certificate signed by
+        /// one of them are served (mTLS).
+        #[arg(long, env = "PORTICO_AGENT_TLS_CLIENT_CA", requires = "tls_cert")]
+        tls_client_ca: Option<std::path::PathBuf>,
     },
     /// A gateway node: serves the traffic of one instance, config from the store.
     Gateway {
@@ -288,8 +308,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
             database,
             poll_interval,
             data_keys,
+            agent_ca,
+            agent_client_cert,
+            agent_client_key,
         } => {
             let (data_key, old_data_keys) = data_keys.load()?;
+            let agent_tls = agent_ca
+                .map(|ca| {
+                    anyhow::Ok(admin::AgentTls {
+                        ca: read_file(&ca, "--agent-ca")?,
+                        client_cert: agent_client_cert
+                            .map(|p| read_file(&p, "--agent-client-cert"))
+                            .transpose()?,
+                        client_key: agent_client_key
+                            .map(|p| read_file(&p, "--agent-client-key"))
+                            .transpose()?,
+                    })
+                })
+                .transpose()?;
             let config = admin::AdminConfig {
                 database_url: database,
                 poll_interval,
@@ -299,6 +335,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 admin_token: env_secret("PORTICO_ADMIN_TOKEN"),
                 data_key,
                 old_data_keys,
+                agent_tls,
                 ..admin::AdminConfig::default()
             };
             let (admin, new_token) = admin::Admin::open(config).await?;
@@ -313,15 +350,28 @@ async fn run(command: Command) -> anyhow::Result<()> {
             listen,
             store,
             instances,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
         } => {
             let token = env_secret("PORTICO_AGENT_TOKEN").context(
                 "PORTICO_AGENT_TOKEN must be set: the cluster's agent token, which the admin presents",
             )?;
             let (store, keyspace) = store::open(&store).await?;
             let names = agent::parse_instance_list(&instances);
-            let state = agent::AgentState::new(store, keyspace, names, &token)?;
+            let mut state = agent::AgentState::new(store, keyspace, names, &token)?;
+            if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
+                let client_ca = tls_client_ca
+                    .map(|p| read_file(&p, "--tls-client-ca"))
+                    .transpose()?;
+                state = state.with_tls(apikit::tls::server_config(
+                    &read_file(cert, "--tls-cert")?,
+                    &read_file(key, "--tls-key")?,
+                    client_ca.as_deref(),
+                )?);
+            }
             let listener = bind(listen).await?;
-            tracing::info!(%listen, instances = %instances, "agent listening");
+            tracing::info!(%listen, instances = %instances, https = tls_cert.is_some(), "agent listening");
             agent::run(listener, state, shutdown).await
         }
         Command::Gateway {
@@ -376,6 +426,11 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// A file named by `flag`, read whole.
+fn read_file(path: &std::path::Path, flag: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{flag}: cannot read {}", path.display()))
 }
 
 /// A secret from the environment; blank counts as unset.

@@ -34,7 +34,7 @@ pub(super) async fn create_cluster(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let mut cluster = parse_cluster(&body?)?;
+    let mut cluster = parse_cluster(&state, &body?)?;
     // Without a token of its own, a cluster gets a generated one, answered this once;
     // unless the shared token of earlier versions is configured, which it then uses.
     let generated = cluster.agent_token.is_none() && !state.agents.has_shared_token();
@@ -72,7 +72,7 @@ pub(super) async fn update_cluster(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Cluster>, ApiError> {
     state.db.require_cluster(&name).await?;
-    let cluster = parse_cluster(&body?)?;
+    let cluster = parse_cluster(&state, &body?)?;
     if cluster.name != name {
         return Err(ApiError::invalid_field(
             "cluster",
@@ -138,9 +138,15 @@ pub(super) async fn list_changes(
     Ok(Json(json!({ "items": items })))
 }
 
-fn parse_cluster(body: &[u8]) -> Result<Cluster, ApiError> {
+fn parse_cluster(state: &AppState, body: &[u8]) -> Result<Cluster, ApiError> {
     let cluster: Cluster = parse_json("cluster", body)?;
     let mut errors = cluster.validate().err().unwrap_or_default();
+    if cluster.agent_address.starts_with("https://") && !state.agents.tls_configured() {
+        errors.0.push(model::validate::FieldError {
+            field: "agent_address".into(),
+            message: "https:// agents need the admin started with --agent-ca (the CA their certificates chain to)".into(),
+        });
+    }
     if cluster.agent_address.len() > MAX_ADDRESS {
         errors.0.push(model::validate::FieldError {
             field: "agent_address".into(),

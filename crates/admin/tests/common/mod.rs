@@ -236,6 +236,8 @@ impl Answer {
 /// started again "on the same host".
 pub struct TestAgent {
     pub addr: SocketAddr,
+    /// Served over HTTPS with this configuration when set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The agent's `PORTICO_AGENT_TOKEN`.
     pub token: String,
     pub store: Arc<MemoryStore>,
@@ -250,9 +252,18 @@ impl TestAgent {
     }
 
     pub async fn start_with_token(instances: &[&str], token: &str) -> Self {
+        Self::start_with(instances, token, None).await
+    }
+
+    pub async fn start_with(
+        instances: &[&str],
+        token: &str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut agent = Self {
             addr: listener.local_addr().unwrap(),
+            tls,
             token: token.to_owned(),
             store: Arc::new(MemoryStore::new()),
             keyspace: Keyspace::default(),
@@ -264,7 +275,8 @@ impl TestAgent {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     fn serve(&mut self, listener: tokio::net::TcpListener, instances: &[&str]) {
@@ -276,6 +288,10 @@ impl TestAgent {
             &self.token,
         )
         .unwrap();
+        let state = match &self.tls {
+            Some(tls) => state.with_tls(tls.clone()),
+            None => state,
+        };
         let (stop, rx) = watch::channel(false);
         self.task = Some(tokio::spawn(agent::run(listener, state, rx)));
         self.stop = Some(stop);
@@ -727,4 +743,60 @@ pub async fn secrets_flow(url: &str) {
         format!("{error:#}").contains("does not decrypt"),
         "{error:#}"
     );
+}
+
+/// A test certificate authority (rcgen) and the certificates it signs, PEM.
+pub struct Ca {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate chain and its key, PEM.
+pub struct Leaf {
+    pub cert: String,
+    pub key: String,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        Self {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+        }
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses).
+    pub fn server(&self, names: &[&str]) -> Leaf {
+        self.leaf(names, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    pub fn client(&self) -> Leaf {
+        self.leaf(&[], rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn leaf(&self, names: &[&str], usage: rcgen::ExtendedKeyUsagePurpose) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "portico test");
+        params.extended_key_usages = vec![usage];
+        let key = rcgen::KeyPair::generate().unwrap();
+        Leaf {
+            cert: params.signed_by(&key, &self.issuer).unwrap().pem(),
+            key: key.serialize_pem(),
+        }
+    }
 }
