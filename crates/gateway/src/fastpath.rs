@@ -717,7 +717,7 @@ async fn read_response_head(
         if !buf.is_empty() {
             let mut storage = head::header_storage();
             let mut resp = httparse::Response::new(&mut []);
-            match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            match head::response_parser().parse_response_with_uninit_headers(
                 &mut resp,
                 buf,
                 &mut storage,
@@ -748,6 +748,10 @@ fn rewrite_response(
     out: &mut Vec<u8>,
 ) -> Result<ResponseHead, Failure> {
     let status = resp.code.ok_or(Failure::BadResponse("no status"))?;
+    // Three digits from 100 (http's StatusCode, which Pingora's path parses into).
+    if status < 100 {
+        return Err(Failure::BadResponse("status below 100"));
+    }
     if status == 101 {
         return Err(Failure::BadResponse("an upgrade nobody asked for"));
     }
@@ -815,7 +819,16 @@ fn rewrite_response(
         }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
+        if h.value.iter().any(|&b| b == b'\r' || b == b'\n') {
+            // obs-fold: line breaks become spaces (RFC 9112 §5.2).
+            out.extend(
+                h.value
+                    .iter()
+                    .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+            );
+        } else {
+            out.extend_from_slice(h.value);
+        }
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -857,7 +870,16 @@ async fn relay_body(
             Framing::Chunked => match chunks.feed(buf) {
                 Ok(Some(end)) => (end, true),
                 Ok(None) => (buf.len(), false),
-                Err(_) => return Err(RelayError::Upstream(Failure::BadResponse("bad chunk"))),
+                Err(_) => {
+                    // As on Pingora's path: the client gets the head the node sent,
+                    // then the connection ends where the body went wrong.
+                    if !head_sent {
+                        write_all(client, head, meter)
+                            .await
+                            .map_err(|_| RelayError::Client)?;
+                    }
+                    return Err(RelayError::Upstream(Failure::BadResponse("bad chunk")));
+                }
             },
             Framing::Close => (buf.len(), false),
         };

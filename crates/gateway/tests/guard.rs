@@ -77,16 +77,32 @@ async fn client_reads(client: &mut DuplexStream) -> String {
 }
 
 #[tokio::test]
-async fn admitted_heads_bodies_and_pipelined_requests_pass_unchanged() {
+async fn admitted_requests_pass_unchanged_one_at_a_time() {
     let (mut stream, mut client) = connect(settings()).await;
-    let bytes: &[u8] = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
-GET /b HTTP/1.1\r\nHost: a\r\n\r\n\
-POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\n\r\n";
-    // In pieces, so heads and chunks are split across reads.
-    for piece in bytes.chunks(7) {
+    let requests: [&[u8]; 3] = [
+        b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+        b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\n\r\n",
+    ];
+    // Pipelined, in pieces, so heads and chunks are split across reads.
+    for piece in requests.concat().chunks(7) {
         client.write_all(piece).await.unwrap();
     }
-    assert_eq!(read_n(&mut stream, bytes.len()).await.unwrap(), bytes);
+    for (i, request) in requests.iter().enumerate() {
+        assert_eq!(read_n(&mut stream, request.len()).await.unwrap(), *request);
+        // The next request waits for this one's response (Pingora serves one at a
+        // time): nothing more can be read until then.
+        let mut more = [0u8; 1];
+        let early = tokio::time::timeout(Duration::from_millis(50), stream.read(&mut more)).await;
+        assert!(
+            early.is_err(),
+            "request {i}: the next one came before the response"
+        );
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+    }
 }
 
 #[tokio::test]
@@ -95,7 +111,10 @@ async fn a_refused_head_is_answered_by_the_core_and_never_reaches_the_engine() {
         (&b"GET /p /q HTTP/1.1\r\nHost: a\r\n\r\n"[..], 400),
         (b"GET /admin#x HTTP/1.0\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost: x@evil\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: host\r\n\r\n", 400),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: host\r\n\r\n",
+            400,
+        ),
         (b"GET / HTTP/1.1\nHost: a\n\n", 400),
         (
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
@@ -139,7 +158,11 @@ async fn a_bad_chunk_stops_the_body_where_it_goes_wrong() {
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     // At most the head went through (read together with the bad line, not even
     // that); nothing of the broken chunk line did.
-    assert!(head.starts_with(&seen), "{}", String::from_utf8_lossy(&seen));
+    assert!(
+        head.starts_with(&seen),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
     assert!(client_reads(&mut client).await.starts_with("HTTP/1.1 400 "));
 }
 
@@ -202,7 +225,10 @@ async fn a_trickling_body_is_cut_and_a_steady_one_is_not() {
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
     // 2 s of grace, 2 ms earned per byte: cut after about two seconds of waiting.
     let took = start.elapsed();
-    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
 
     let (mut stream, mut client) = connect(settings()).await;
     let head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1048576\r\n\r\n";
@@ -299,7 +325,6 @@ async fn the_http2_preface_and_first_settings_are_bounded_then_tunnelled() {
 #[tokio::test]
 async fn the_engine_s_preface_probe_is_bounded_and_its_bytes_are_read_again() {
     tokio::time::pause();
-    use pingora_core::protocols::Peek;
     let (mut stream, mut client) = connect(settings()).await;
     client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
     let mut peeked = [0u8; 24];

@@ -88,7 +88,11 @@ async fn connection_nominations_cannot_smuggle_a_request_or_poison_the_pool() {
         "Connection: a, b, c, d, e, f, g, h, i",
     ] {
         let request = format!("GET /public HTTP/1.1\r\nHost: h\r\n{other}\r\n\r\n");
-        assert_eq!(status(&exchange(&node, request.as_bytes()).await), 400, "{other}");
+        assert_eq!(
+            status(&exchange(&node, request.as_bytes()).await),
+            400,
+            "{other}"
+        );
     }
     // The next client is served alone: nothing of the attacks reached the upstream.
     let response = exchange(
@@ -198,7 +202,10 @@ async fn http2_connections_without_a_stream_end() {
     for (what, sent) in [
         ("half a preface", PREFACE[..10].to_vec()),
         ("the preface alone", PREFACE.to_vec()),
-        ("preface and SETTINGS, then nothing", [PREFACE, &settings].concat()),
+        (
+            "preface and SETTINGS, then nothing",
+            [PREFACE, &settings].concat(),
+        ),
     ] {
         let started = std::time::Instant::now();
         let addr = node.url.trim_start_matches("http://");
@@ -206,9 +213,15 @@ async fn http2_connections_without_a_stream_end() {
         conn.write_all(&sent).await.unwrap();
         let mut sink = Vec::new();
         let ended = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut sink)).await;
-        assert!(ended.is_ok(), "{what}: the connection is still open after 5 s");
+        assert!(
+            ended.is_ok(),
+            "{what}: the connection is still open after 5 s"
+        );
         let took = started.elapsed();
-        assert!(took >= Duration::from_millis(400), "{what}: closed after {took:?}");
+        assert!(
+            took >= Duration::from_millis(400),
+            "{what}: closed after {took:?}"
+        );
     }
     node.stop().await;
 }
@@ -240,8 +253,13 @@ async fn a_trickling_body_is_cut_and_frees_its_upstream_connection() {
             break;
         }
         let mut probe = [0u8; 512];
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), conn.read(&mut probe)).await {
-            if n == 0 || probe[..n].starts_with(b"HTTP/1.1 4") || probe[..n].starts_with(b"HTTP/1.1 5") {
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(1), conn.read(&mut probe)).await
+        {
+            if n == 0
+                || probe[..n].starts_with(b"HTTP/1.1 4")
+                || probe[..n].starts_with(b"HTTP/1.1 5")
+            {
                 cut = true;
                 break;
             }
@@ -279,7 +297,9 @@ async fn upstream_heads_may_carry_pingora_s_256_lines_on_every_engine() {
                 let mut buf = vec![0u8; 8192];
                 let mut got = Vec::new();
                 while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let Ok(n) = conn.read(&mut buf).await else { return };
+                    let Ok(n) = conn.read(&mut buf).await else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }
@@ -291,7 +311,8 @@ async fn upstream_heads_may_carry_pingora_s_256_lines_on_every_engine() {
                     .nth(1)
                     .and_then(|t| t.trim_start_matches('/').parse().ok())
                     .unwrap_or(0);
-                let mut head = String::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n");
+                let mut head =
+                    String::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n");
                 for i in 0..n {
                     head.push_str(&format!("x-h{i}: {i}\r\n"));
                 }
@@ -306,16 +327,27 @@ async fn upstream_heads_may_carry_pingora_s_256_lines_on_every_engine() {
         json!({"id": "many", "nodes": [{"host": "127.0.0.1", "port": port, "weight": 1}]}),
     )
     .await;
-    node.put("routes/many", json!({"id": "many", "paths": ["/*"], "upstream_id": "many"}))
-        .await;
+    node.put(
+        "routes/many",
+        json!({"id": "many", "paths": ["/*"], "upstream_id": "many"}),
+    )
+    .await;
     node.until("/1", 200, "ok").await;
     for _ in 0..3 {
         // 200 lines: more than the fast path took before (64); never a node failure.
-        let response = exchange(&node, b"GET /200 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
+        let response = exchange(
+            &node,
+            b"GET /200 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        )
+        .await;
         assert_eq!(status(&response), 200, "{response}");
         assert!(response.ends_with("ok") && response.contains("x-h199: 199"));
     }
-    let response = exchange(&node, b"GET /300 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
+    let response = exchange(
+        &node,
+        b"GET /300 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(status(&response), 502, "{response}");
     node.stop().await;
 }

@@ -73,6 +73,8 @@ fn main() -> anyhow::Result<()> {
                     "upstreams",
                     "--test",
                     "protocols",
+                    "--test",
+                    "hardening",
                 ])
                 .env("PORTICO_TEST_PINGORA_ONLY", "1")
                 .args(rest);

@@ -11,7 +11,9 @@
 //!   by head::parse (the fast path's own parser): refused → the core's error response
 //!   is written, the connection closed, Pingora sees nothing of the head; admitted →
 //!   released to Pingora, and the body followed by its framing:
-//! Body(n) / Chunked (head::parse's framing; chunks checked by chunked.rs) --end--> Idle
+//! Body(n) / Chunked (head::parse's framing; chunks checked by chunked.rs) --end-->
+//! AwaitResponse: bytes of a next (pipelined) request are held back until the final
+//!   response head is written (Pingora serves one request at a time) --> Idle
 //! a head asking for Upgrade --> UpgradePending: "HTTP/1.1 101" written --> Tunnel;
 //!   another final response --> Idle (or closed, when bytes came meanwhile unchecked)
 //! first bytes are the HTTP/2 preface --> H2 until the client's first SETTINGS frame
@@ -155,6 +157,8 @@ enum State {
     Body(u64),
     /// A chunked body (see `chunks`).
     Chunked,
+    /// The request is read; what follows waits for the response head.
+    AwaitResponse,
     /// An upgrade was asked for; bytes pass unchecked until the response says.
     UpgradePending,
     /// The HTTP/2 preface and first frame are being read (held back).
@@ -378,6 +382,11 @@ impl GuardStream {
                     }
                     Err(_) => return Err(Some(Refusal::BadRequest)),
                 },
+                State::AwaitResponse => {
+                    // Kept for after the response (see poll_read).
+                    self.raw.extend_from_slice(data);
+                    return Ok(());
+                }
                 State::UpgradePending => {
                     self.unchecked = true;
                     self.out.extend_from_slice(data);
@@ -433,7 +442,7 @@ impl GuardStream {
         self.state = if self.upgrade {
             State::UpgradePending
         } else {
-            State::Idle
+            State::AwaitResponse
         };
     }
 
@@ -487,6 +496,12 @@ impl GuardStream {
 
     /// `head` is the start of what is being written.
     fn on_write(&mut self, head: &[u8]) {
+        if self.state == State::AwaitResponse {
+            if response_status(head).is_some_and(|s| s >= 200) {
+                self.state = State::Idle;
+            }
+            return;
+        }
         if self.state != State::UpgradePending {
             return;
         }
@@ -566,6 +581,7 @@ impl AsyncRead for GuardStream {
             match this.state {
                 State::Refused => return this.poll_refusal(cx),
                 State::Done => return Poll::Ready(Ok(())),
+                State::AwaitResponse => return this.poll_await_response(cx),
                 // Nothing to check: straight from the socket.
                 State::Tunnel if this.raw.is_empty() => {
                     return Pin::new(&mut this.inner).poll_read(cx, buf)
@@ -636,7 +652,7 @@ impl AsyncWrite for GuardStream {
             Poll::Pending => return this.write_pending(cx),
         };
         this.write_done(written);
-        if written > 0 && this.state == State::UpgradePending {
+        if written > 0 && matches!(this.state, State::UpgradePending | State::AwaitResponse) {
             // Enough of the start to see a status line.
             let mut head = [0u8; 12];
             let mut len = 0;
@@ -674,6 +690,25 @@ impl AsyncWrite for GuardStream {
 }
 
 impl GuardStream {
+    /// A read while the response is awaited (Pingora watches for the client going
+    /// away): the end of the stream is passed on; bytes of a next request are kept
+    /// for after the response, and the read stays pending.
+    fn poll_await_response(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.raw.is_empty() {
+            return Poll::Pending;
+        }
+        if self.scratch.is_empty() {
+            self.scratch = vec![0; 16 * 1024];
+        }
+        let mut read = ReadBuf::new(&mut self.scratch);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
+        if read.filled().is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        self.raw.extend_from_slice(read.filled());
+        Poll::Pending
+    }
+
     /// A write waits on the client: fails once the send rate's budget is spent.
     fn write_pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         let until = self.send_meter.wait(Instant::now());

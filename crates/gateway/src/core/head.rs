@@ -282,7 +282,7 @@ fn check<'b>(
 }
 
 /// tchar (RFC 9110 §5.6.2).
-pub(crate) fn is_token_byte(b: u8) -> bool {
+pub fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
@@ -377,6 +377,17 @@ pub fn canonical_host(raw: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(host)
     }
+}
+
+/// How an upstream's response head is read, on both engines: Pingora's own parser
+/// configuration (spaces after a header name and obs-fold are taken from upstreams),
+/// so the two engines agree on which responses they relay. An engine that forwards a
+/// folded value replaces its line breaks with spaces (RFC 9112 §5.2).
+pub fn response_parser() -> httparse::ParserConfig {
+    let mut parser = httparse::ParserConfig::default();
+    parser.allow_spaces_after_header_name_in_responses(true);
+    parser.allow_obsolete_multiline_headers_in_responses(true);
+    parser
 }
 
 /// Storage for [`parse`].
