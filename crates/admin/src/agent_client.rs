@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use model::cluster::{AgentInstances, REVISION_HEADER};
+use model::cluster::{AgentInstances, TokenChallenge, TokenProof, PROOF_PATH, REVISION_HEADER};
 use model::snapshot::{Revision, Snapshot};
 use reqwest::{Method, StatusCode};
 
@@ -22,6 +22,9 @@ pub(crate) enum AgentCallError {
     /// No usable answer: connection refused, timeout, or a 5xx. Safe to retry later.
     #[error("agent unreachable: {0}")]
     Unreachable(String),
+    /// The address did not prove it holds the cluster's token: nothing secret is sent.
+    #[error("the agent address did not prove it holds the cluster's agent token: {0}")]
+    Unverified(String),
     /// The agent answered and refused the call.
     #[error("agent refused the call with {status} ({code}): {message}")]
     Refused {
@@ -104,6 +107,44 @@ impl AgentClient {
     /// Whether the shared token of earlier versions is configured.
     pub(crate) fn has_shared_token(&self) -> bool {
         self.shared_token.is_some()
+    }
+
+    /// Asks the agent to prove it holds the target's token, without sending the token:
+    /// a random challenge answered with an HMAC keyed by the token's hash (see
+    /// `apikit::auth`). Nothing else is sent before this succeeds for a new address.
+    pub(crate) async fn verify(&self, agent: Target<'_>) -> Result<(), AgentCallError> {
+        let Some(token) = agent.token.or(self.shared_token.as_deref()) else {
+            return Err(AgentCallError::Unverified(
+                "the cluster has no agent token".to_owned(),
+            ));
+        };
+        let challenge = crate::auth::generate_token();
+        let url = format!("{}{PROOF_PATH}", agent.address.trim_end_matches('/'));
+        let response = self
+            .http
+            .post(url)
+            .json(&TokenChallenge {
+                challenge: challenge.clone(),
+            })
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(AgentCallError::Unverified(format!(
+                "the proof request was answered {status} (an agent older than this admin does not offer it)"
+            )));
+        }
+        let proof: TokenProof = response.json().await.map_err(|_| {
+            AgentCallError::Unverified("the answer to the proof request is not a proof".to_owned())
+        })?;
+        if apikit::TokenHash::of(token).verify_proof(challenge.as_bytes(), &proof.proof) {
+            Ok(())
+        } else {
+            Err(AgentCallError::Unverified(
+                "the proof does not match the cluster's token".to_owned(),
+            ))
+        }
     }
 
     /// `GET /instances`: the agent's instances, their store revisions and nodes.

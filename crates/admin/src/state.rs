@@ -34,6 +34,7 @@ enum AgentHealth {
     Ok,
     Unreachable,
     Unauthorized,
+    Unverified,
 }
 
 impl AppState {
@@ -69,6 +70,7 @@ impl AppState {
             Ok(()) => AgentHealth::Ok,
             Err(e) if e.is_unauthorized() => AgentHealth::Unauthorized,
             Err(AgentCallError::Unreachable(_)) => AgentHealth::Unreachable,
+            Err(AgentCallError::Unverified(_)) => AgentHealth::Unverified,
             Err(AgentCallError::Refused { .. }) => AgentHealth::Ok,
         };
         let previous = self
@@ -93,7 +95,11 @@ impl AppState {
                     "agent refused the admin's token; the agent's PORTICO_AGENT_TOKEN must be the cluster's agent token"
                 );
             }
-            (AgentHealth::Unreachable, Ok(())) => {}
+            (AgentHealth::Unverified, Err(e)) => {
+                tracing::warn!(cluster, error = %e,
+                    "agent address not verified; nothing is sent there until it proves it holds the cluster's token");
+            }
+            (AgentHealth::Unreachable | AgentHealth::Unverified, Ok(())) => {}
         }
     }
 

@@ -7,6 +7,10 @@
 //!              ├ 2xx                 → applied
 //!              ├ refused (409 …)     → push the full snapshot → applied | pending
 //!              └ unreachable / 5xx   → pending (the reconcile loop delivers it)
+//! verify:    before anything is sent to a cluster's agent address not yet verified (new,
+//!            moved, or with a new token), the agent must prove it holds the cluster's
+//!            token (a challenge answered with an HMAC; the token is not sent); until
+//!            it does, nothing goes there and changes stay pending
 //! reconcile: every poll interval, per cluster: GET the agent's instances → record them
 //!            (online / missing) → for each instance whose store revision differs from
 //!            the DB's, push the full snapshot
@@ -23,7 +27,7 @@ use model::snapshot::Revision;
 use tokio::sync::watch;
 
 use crate::agent_client::{AgentCallError, Target};
-use crate::db::{self, Change, InstanceReport};
+use crate::db::{self, AgentRecord, Change, InstanceReport};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -69,6 +73,13 @@ pub(crate) async fn write(
         address: &committed.agent_address,
         token: committed.agent_token.as_deref(),
     };
+    if !verified(state, cluster, agent, committed.agent_verified).await {
+        return Ok(Written {
+            revision: committed.revision,
+            sync: SyncStatus::Pending,
+            created: committed.created,
+        });
+    }
     let sync = match state
         .agents
         .push_change(agent, instance, committed.revision, &change)
@@ -123,36 +134,62 @@ pub(crate) async fn run_loop(
 
 /// One pass over every cluster, concurrently, so a dead agent delays no other.
 pub(crate) async fn poll_all(state: &AppState) {
-    let clusters = match state.db.clusters_with_tokens().await {
+    let clusters = match state.db.agent_records().await {
         Ok(clusters) => clusters,
         Err(e) => {
             tracing::warn!(error = ?e, "cannot read the clusters to poll");
             return;
         }
     };
-    futures::future::join_all(
-        clusters
-            .iter()
-            .map(|(cluster, token)| poll_cluster(state, cluster, token.as_deref())),
-    )
-    .await;
+    futures::future::join_all(clusters.iter().map(|record| poll_cluster(state, record))).await;
 }
 
 /// Polls one cluster by name now (after it is registered or moved).
 pub(crate) async fn poll_cluster_now(state: Arc<AppState>, name: String) {
-    match state.db.cluster_with_token(&name).await {
-        Ok(Some((cluster, token))) => poll_cluster(&state, &cluster, token.as_deref()).await,
+    match state.db.agent_record(&name).await {
+        Ok(Some(record)) => poll_cluster(&state, &record).await,
         Ok(None) => {}
         Err(e) => tracing::warn!(cluster = %name, error = ?e, "cannot read the cluster to poll"),
     }
 }
 
+/// Makes sure the agent address has proven it holds the cluster's token before anything
+/// (the token itself included) is sent there: `already` when the database says so,
+/// else the agent is asked for a proof now and, when it gives one, the address is
+/// recorded as verified.
+async fn verified(state: &AppState, cluster: &str, agent: Target<'_>, already: bool) -> bool {
+    if already {
+        return true;
+    }
+    match state.agents.verify(agent).await {
+        Ok(()) => {
+            if let Err(e) = state.db.mark_verified(cluster, agent.address).await {
+                tracing::warn!(cluster, error = %e, "cannot record the verified agent address");
+            }
+            tracing::info!(
+                cluster,
+                agent = agent.address,
+                "agent address verified: it holds the cluster's token"
+            );
+            true
+        }
+        Err(e) => {
+            state.note_agent(cluster, Err(&e));
+            false
+        }
+    }
+}
+
 /// Asks the agent for its instances, records them, then reconciles each one.
-async fn poll_cluster(state: &AppState, cluster: &Cluster, token: Option<&str>) {
+async fn poll_cluster(state: &AppState, record: &AgentRecord) {
+    let cluster = &record.cluster;
     let agent = Target {
         address: &cluster.agent_address,
-        token,
+        token: record.token.as_deref(),
     };
+    if !verified(state, &cluster.name, agent, record.verified).await {
+        return;
+    }
     let report = match state.agents.instances(agent).await {
         Ok(report) => {
             state.note_agent(&cluster.name, Ok(()));

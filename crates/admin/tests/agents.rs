@@ -1,10 +1,11 @@
 //! The admin's calls to agents over real connections: each cluster's agent gets that
-//! cluster's token only, and redirects are never followed.
+//! cluster's token only, a new agent address proves it holds the token before anything
+//! is sent there, and redirects are never followed.
 
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use admin::AdminConfig;
@@ -263,5 +264,132 @@ async fn clusters_without_a_token_use_the_shared_one() {
     })
     .await;
     assert_eq!(RawDb::connect(&db).await.agent_token("c1").await, None);
+    admin.stop().await;
+}
+
+/// One request an impostor received: method, path, whether it carried a bearer token,
+/// and its body.
+type Seen = (String, String, bool, String);
+
+/// A server posing as an agent: a made-up proof, and an agent's answer (one instance,
+/// empty store) to everything else, which would draw the full snapshot. Records every
+/// request.
+async fn impostor() -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let log = seen.clone();
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let log = log.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
+            log.lock().unwrap().push((
+                parts.method.to_string(),
+                parts.uri.path().to_owned(),
+                parts.headers.contains_key(header::AUTHORIZATION),
+                String::from_utf8_lossy(&body).into_owned(),
+            ));
+            if parts.uri.path() == model::cluster::PROOF_PATH {
+                return axum::Json(json!({"proof": "00".repeat(32)})).into_response();
+            }
+            axum::Json(
+                json!({"instances": [{"name": "instance_a", "revision": null, "nodes": []}]}),
+            )
+            .into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+/// A cluster moved to an address that cannot prove it holds the cluster's token gets
+/// nothing but proof requests: no token, no snapshot, no certificate key; changes stay
+/// pending. Moved to a real agent holding the token, it is verified and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_agent_address_proves_it_holds_the_token_before_anything_is_sent() {
+    const TOKEN: &str = "cluster-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let admin = TestAdmin::start_with(AdminConfig {
+        database_url: format!("sqlite://{}/admin.db", dir.path().display()),
+        poll_interval: Duration::from_millis(200),
+        admin_token: Some(common::ADMIN_TOKEN.to_owned()),
+        data_key: Some(common::data_key()),
+        ..AdminConfig::default()
+    })
+    .await;
+    let agent = TestAgent::start_with_token(&["instance_a"], TOKEN).await;
+    admin.register("c1", &agent, &["instance_a"]).await;
+    let base = "/clusters/c1/instances/instance_a";
+    let answer = admin
+        .send(
+            "POST",
+            &format!("{base}/certificates"),
+            certificate("cert1"),
+        )
+        .await;
+    assert_eq!(
+        answer.header("x-portico-sync"),
+        "applied",
+        "{}",
+        answer.body
+    );
+
+    let (fake, seen) = impostor().await;
+    let answer = admin
+        .send(
+            "PUT",
+            "/clusters/c1",
+            json!({"name": "c1", "agent_address": fake}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let answer = admin
+        .send("POST", &format!("{base}/upstreams"), upstream("up", 8080))
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    assert_eq!(answer.header("x-portico-sync"), "pending");
+    wait_until("several proof requests", || async {
+        (seen.lock().unwrap().len() >= 4).then_some(())
+    })
+    .await;
+    for (method, path, authorized, body) in seen.lock().unwrap().iter() {
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("POST", model::cluster::PROOF_PATH)
+        );
+        assert!(!authorized, "a token was sent to an unverified address");
+        assert!(
+            !body.contains("PRIVATE KEY") && !body.contains(TOKEN),
+            "{body}"
+        );
+    }
+
+    // The agent moved to another host with an empty store: it proves the token, is
+    // verified, and gets the whole snapshot, certificate key included.
+    let moved = TestAgent::start_with_token(&["instance_a"], TOKEN).await;
+    let answer = admin
+        .send(
+            "PUT",
+            "/clusters/c1",
+            json!({"name": "c1", "agent_address": moved.url()}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let stored = wait_until("the snapshot reaches the verified agent", || async {
+        moved
+            .stored("instance_a", ResourceKind::Certificates, "cert1")
+            .await
+    })
+    .await;
+    assert_eq!(stored["key"], common::KEY);
+    assert_eq!(
+        moved
+            .stored_ids("instance_a", ResourceKind::Upstreams)
+            .await,
+        ["up"]
+    );
     admin.stop().await;
 }

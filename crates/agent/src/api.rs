@@ -6,9 +6,11 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use model::cluster::{AgentInstance, AgentInstances, REVISION_HEADER};
+use model::cluster::{
+    AgentInstance, AgentInstances, TokenChallenge, TokenProof, PROOF_PATH, REVISION_HEADER,
+};
 use model::resource::{Resource, ResourceKind};
 use model::snapshot::{Revision, Snapshot};
 use model::validate::{FieldError, ValidationErrors};
@@ -41,7 +43,32 @@ pub fn app(state: AgentState) -> Router {
             state.token.clone(),
             apikit::auth::require_bearer,
         ))
+        // Outside the token check: it proves the agent holds the token to a caller who
+        // has not sent it yet.
+        .route(PROOF_PATH, post(prove))
         .with_state(state)
+}
+
+/// Answers a challenge with the proof of holding the token (see `apikit::auth`).
+async fn prove(
+    State(state): State<AgentState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<TokenProof>, AgentError> {
+    let request: TokenChallenge =
+        model::json::parse(&body?).map_err(|e| bad_json("challenge", &e))?;
+    let challenge = request.challenge.as_bytes();
+    if challenge.len() != 64 || !challenge.iter().all(u8::is_ascii_hexdigit) {
+        return Err(AgentError::BadRequest {
+            message: "the challenge must be 32 bytes in hex".to_owned(),
+            details: vec![FieldError {
+                field: "challenge".into(),
+                message: "must be 64 hex digits".into(),
+            }],
+        });
+    }
+    Ok(Json(TokenProof {
+        proof: state.token.proof(challenge),
+    }))
 }
 
 async fn list_instances(

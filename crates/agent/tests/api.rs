@@ -103,6 +103,37 @@ async fn requests_without_the_token_are_refused() {
     }
 }
 
+/// The agent proves it holds its token without it being sent: the proof verifies for
+/// the right token only, and a malformed challenge is refused naming the field.
+#[tokio::test]
+async fn the_agent_proves_it_holds_its_token() {
+    let agent = Agent::start().await;
+    let url = agent.url.replace("/instances", "/proof");
+    let challenge = "ab".repeat(32);
+    let answer = agent
+        .http
+        .post(&url)
+        .json(&json!({ "challenge": challenge }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let proof: Value = answer.json().await.unwrap();
+    let proof = proof["proof"].as_str().unwrap();
+    assert!(apikit::TokenHash::of(TOKEN).verify_proof(challenge.as_bytes(), proof));
+    assert!(!apikit::TokenHash::of("another-token").verify_proof(challenge.as_bytes(), proof));
+    for bad in [
+        json!({"challenge": "short"}),
+        json!({"challenge": 1}),
+        json!({}),
+    ] {
+        let answer = agent.http.post(&url).json(&bad).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["details"][0]["field"], "challenge", "{bad}: {body}");
+    }
+}
+
 /// A body announced over the 16 MiB limit gets 413 before any of it is
 /// read; half a head is closed after the header-read timeout; a trickling snapshot gets
 /// 408 at the body deadline; the store sees none of it.

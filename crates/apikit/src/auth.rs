@@ -3,6 +3,11 @@
 //! Only a token's SHA-256 is held ([`TokenHash`]); a presented token is hashed and the
 //! two hashes compared with `subtle`'s constant-time equality, so neither the time an
 //! answer takes nor the token's length tells a caller how close a guess was.
+//!
+//! A server can also prove it holds a token without anyone sending it: it answers a
+//! random challenge with HMAC-SHA256 keyed by the token's hash ([`TokenHash::proof`]);
+//! the caller, who knows the token, checks the answer ([`TokenHash::verify_proof`]).
+//! The admin does this before it sends a cluster's token to a new agent address.
 
 use std::sync::Arc;
 
@@ -32,11 +37,49 @@ impl TokenHash {
         &self.0
     }
 
+    /// The proof of holding the token for `challenge`: HMAC-SHA256, keyed by the hash,
+    /// of a fixed label and the challenge; hex.
+    pub fn proof(&self, challenge: &[u8]) -> String {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
+        let mut context = ring::hmac::Context::with_key(&key);
+        context.update(PROOF_LABEL);
+        context.update(challenge);
+        hex_encode(context.sign().as_ref())
+    }
+
+    /// Whether `proof` (hex) proves holding this token for `challenge`; constant time.
+    pub fn verify_proof(&self, challenge: &[u8], proof: &str) -> bool {
+        let Some(tag) = hex_decode(proof) else {
+            return false;
+        };
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
+        let mut message = PROOF_LABEL.to_vec();
+        message.extend_from_slice(challenge);
+        ring::hmac::verify(&key, &message, &tag).is_ok()
+    }
+
     /// Whether `presented` is the token, compared in constant time.
     pub fn matches(&self, presented: &str) -> bool {
         let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         presented.ct_eq(&self.0).into()
     }
+}
+
+/// Separates proofs from any other use of the key.
+const PROOF_LABEL: &[u8] = b"portico agent token proof\0";
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
 }
 
 /// Never shows the hash: it would let a reader test guesses offline.
@@ -97,5 +140,17 @@ mod tests {
         assert!(!hash.matches(""));
         assert_eq!(TokenHash::from_bytes(*hash.as_bytes()), hash);
         assert_eq!(format!("{hash:?}"), "TokenHash(<redacted>)");
+    }
+
+    #[test]
+    fn proofs_verify_for_their_token_and_challenge_only() {
+        let hash = TokenHash::of("token-a");
+        let proof = hash.proof(b"challenge-1");
+        assert_eq!(proof.len(), 64);
+        assert!(hash.verify_proof(b"challenge-1", &proof));
+        assert!(!hash.verify_proof(b"challenge-2", &proof));
+        assert!(!TokenHash::of("token-b").verify_proof(b"challenge-1", &proof));
+        assert!(!hash.verify_proof(b"challenge-1", "zz"));
+        assert!(!hash.verify_proof(b"challenge-1", ""));
     }
 }

@@ -168,6 +168,24 @@ pub struct AgentInstances {
 /// applies the change only if the store holds exactly the revision before it.
 pub const REVISION_HEADER: &str = "x-portico-revision";
 
+/// Where an agent proves it holds its token without anyone sending it: `POST` a
+/// [`TokenChallenge`], answered with a [`TokenProof`]. No token is needed to call it.
+pub const PROOF_PATH: &str = "/agent/apiserver/v1/proof";
+
+/// Body of a proof request: 32 random bytes, hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenChallenge {
+    pub challenge: String,
+}
+
+/// Answer to a [`TokenChallenge`]: HMAC-SHA256 of the challenge keyed by the SHA-256 of
+/// the agent's token, hex (see `apikit::auth`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenProof {
+    pub proof: String,
+}
+
 /// The content of an instance's `meta` key in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceMeta {

@@ -19,6 +19,15 @@ pub(crate) struct InstanceReport {
     pub revision: Revision,
 }
 
+/// A cluster as the admin's calls to its agent need it: its token opened and whether
+/// its current address has proven it holds that token.
+#[derive(Clone)]
+pub(crate) struct AgentRecord {
+    pub cluster: Cluster,
+    pub token: Option<String>,
+    pub verified: bool,
+}
+
 /// What a report changed, for the log.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct ReportOutcome {
@@ -35,6 +44,7 @@ impl Db {
         now: i64,
     ) -> Result<bool, ApiError> {
         let token = self.seal_token(cluster)?;
+        // Not verified yet: the first poll proves the agent holds the token.
         let sql = self.sql(
             "INSERT INTO clusters (name, agent_address, agent_token, created_at) VALUES (?, ?, ?, ?)",
         );
@@ -64,37 +74,53 @@ impl Db {
             .transpose()
     }
 
-    /// Every cluster with its agent token opened, for polling.
-    pub(crate) async fn clusters_with_tokens(
-        &self,
-    ) -> Result<Vec<(Cluster, Option<String>)>, ApiError> {
-        let sql = self.sql("SELECT name, agent_address, agent_token FROM clusters ORDER BY name");
+    /// Every cluster as its agent calls need it, for polling.
+    pub(crate) async fn agent_records(&self) -> Result<Vec<AgentRecord>, ApiError> {
+        let sql = self.sql(
+            "SELECT name, agent_address, agent_token, verified_address FROM clusters ORDER BY name",
+        );
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                let cluster = cluster_from_row(row)?;
-                let token = self.open_token(&cluster.name, optional_text(row, "agent_token")?)?;
-                Ok((cluster, token))
-            })
-            .collect()
+        rows.iter().map(|row| self.agent_record_from(row)).collect()
     }
 
-    /// One cluster with its agent token opened.
-    pub(crate) async fn cluster_with_token(
-        &self,
-        name: &str,
-    ) -> Result<Option<(Cluster, Option<String>)>, ApiError> {
-        let sql = self.sql("SELECT name, agent_address, agent_token FROM clusters WHERE name = ?");
+    /// One cluster as its agent calls need it.
+    pub(crate) async fn agent_record(&self, name: &str) -> Result<Option<AgentRecord>, ApiError> {
+        let sql = self.sql(
+            "SELECT name, agent_address, agent_token, verified_address FROM clusters WHERE name = ?",
+        );
         let row = sqlx::query(&sql)
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let cluster = cluster_from_row(&row)?;
-        let token = self.open_token(name, optional_text(&row, "agent_token")?)?;
-        Ok(Some((cluster, token)))
+        row.as_ref()
+            .map(|row| self.agent_record_from(row))
+            .transpose()
+    }
+
+    fn agent_record_from(&self, row: &AnyRow) -> Result<AgentRecord, ApiError> {
+        let cluster = cluster_from_row(row)?;
+        let token = self.open_token(&cluster.name, optional_text(row, "agent_token")?)?;
+        let verified =
+            optional_text(row, "verified_address")?.as_deref() == Some(&cluster.agent_address);
+        Ok(AgentRecord {
+            cluster,
+            token,
+            verified,
+        })
+    }
+
+    /// Records that `address` proved it holds the cluster's token, unless the cluster
+    /// moved meanwhile.
+    pub(crate) async fn mark_verified(&self, name: &str, address: &str) -> Result<(), sqlx::Error> {
+        let sql = self
+            .sql("UPDATE clusters SET verified_address = ? WHERE name = ? AND agent_address = ?");
+        sqlx::query(&sql)
+            .bind(address)
+            .bind(name)
+            .bind(address)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub(crate) async fn clusters(&self) -> Result<Vec<Cluster>, sqlx::Error> {
@@ -120,7 +146,8 @@ impl Db {
     }
 
     /// Points the cluster (and its instances) at a new agent address and, when the
-    /// cluster carries one, a new agent token; false when absent.
+    /// cluster carries one, a new agent token; false when absent. A new address or token
+    /// is unverified until the agent there proves it holds the token.
     pub(crate) async fn update_cluster(&self, cluster: &Cluster) -> Result<bool, ApiError> {
         let name = cluster.name.as_str();
         let agent_address = cluster.agent_address.as_str();
@@ -128,8 +155,10 @@ impl Db {
         let mut tx = self.pool.begin().await?;
         let done = match token {
             Some(token) => {
-                let sql = self
-                    .sql("UPDATE clusters SET agent_address = ?, agent_token = ? WHERE name = ?");
+                let sql = self.sql(
+                    "UPDATE clusters SET agent_address = ?, agent_token = ?, verified_address = NULL \
+                     WHERE name = ?",
+                );
                 sqlx::query(&sql)
                     .bind(agent_address)
                     .bind(token)
@@ -138,8 +167,12 @@ impl Db {
                     .await?
             }
             None => {
-                let sql = self.sql("UPDATE clusters SET agent_address = ? WHERE name = ?");
+                let sql = self.sql(
+                    "UPDATE clusters SET verified_address = CASE WHEN agent_address = ? \
+                     THEN verified_address ELSE NULL END, agent_address = ? WHERE name = ?",
+                );
                 sqlx::query(&sql)
+                    .bind(agent_address)
                     .bind(agent_address)
                     .bind(name)
                     .execute(&mut *tx)

@@ -22,7 +22,7 @@ use sqlx::{AnyPool, Executor, Row};
 use crate::error::ApiError;
 use crate::secrets::{Keyring, SecretError};
 
-pub(crate) use clusters::InstanceReport;
+pub(crate) use clusters::{AgentRecord, InstanceReport};
 pub(crate) use resources::Change;
 
 /// Migrations embedded at compile time from `crates/admin/migrations`.

@@ -62,6 +62,8 @@ pub(crate) struct Committed {
     /// The cluster's own agent token, opened; `None` for a cluster registered without
     /// one (the admin's shared token then applies).
     pub agent_token: Option<String>,
+    /// Whether that address has proven it holds the token.
+    pub agent_verified: bool,
     /// For an upsert: whether the resource did not exist before.
     pub created: bool,
 }
@@ -107,7 +109,8 @@ impl Db {
                 }));
         }
         let sql = self.sql(
-            "SELECT i.revision AS revision, c.agent_address AS agent_address, c.agent_token AS agent_token \
+            "SELECT i.revision AS revision, c.agent_address AS agent_address, c.agent_token AS agent_token, \
+             c.verified_address AS verified_address \
              FROM instances i JOIN clusters c ON c.name = i.cluster \
              WHERE i.cluster = ? AND i.name = ?",
         );
@@ -119,6 +122,8 @@ impl Db {
         let new_revision: i64 = row.try_get("revision")?;
         let agent_address = text(&row, "agent_address")?;
         let agent_token = self.open_token(cluster, optional_text(&row, "agent_token")?)?;
+        let agent_verified =
+            optional_text(&row, "verified_address")?.as_deref() == Some(agent_address.as_str());
 
         let kind = change.kind();
         let id = change.id();
@@ -220,6 +225,7 @@ impl Db {
             revision: revision(new_revision),
             agent_address,
             agent_token,
+            agent_verified,
             created,
         })
     }
