@@ -50,11 +50,13 @@ use crate::core::head::{self, BodyFraming, Head, Limits, TargetForm, MAX_RESPONS
 use crate::core::headers::{
     append_forwarded_for, forwarded, forwarded_back, nominated, tokens, upstream_host,
 };
+use crate::core::phase::{HeaderEdits, LogRecord, PhaseCtx, RequestView};
 use crate::core::rate::{too_slow, Meter};
 use crate::core::refusal::Refusal;
 use crate::core::retry::{replay_is_safe, Attempts};
 use crate::core::route::{route_request, Incoming};
 use crate::proxy::InFlight;
+use crate::router::CompiledRoute;
 use crate::runtime::RuntimeConfig;
 use crate::settings::HttpSettings;
 
@@ -348,6 +350,7 @@ where
         };
         let head_len = head.len;
         let close = head.close;
+        let mut phase = PhaseCtx::default();
         let Ok(routed) = route_request(
             &config,
             &self.settings,
@@ -359,16 +362,36 @@ where
                 headers: &header_map,
                 peer: peer.ip,
             },
+            &mut phase,
         ) else {
             // 404 / 405 / 403: Pingora's adapter answers with the same renderer and
             // keeps the connection, as a refusal of a well-formed request does.
             return (Step::Fallback, 0);
         };
         let pool = routed.upstream;
-        if pool.upstream.scheme != Scheme::Http {
+        if pool.upstream.scheme != Scheme::Http || routed.route.plugins.wants_response_body() {
             return (Step::Fallback, 0);
         }
         let _in_flight = self.in_flight.enter();
+        let chain = &routed.route.plugins;
+        let upstream_edits = chain.upstream_request(
+            &RequestView {
+                method: head.method,
+                path: &routed.path,
+                query: head.query,
+                host: &head.host,
+                headers: &header_map,
+                client_ip: routed.client_ip,
+            },
+            &mut phase,
+        );
+        let mut log = LogPhase {
+            route: &routed.route,
+            phase,
+            started: Instant::now(),
+            client_ip: routed.client_ip,
+            status: 0,
+        };
 
         // The request head without Host, which depends on the node.
         scratch.line.clear();
@@ -386,6 +409,7 @@ where
             &mut scratch.forwarded_for,
             headers,
             head.nominates,
+            &upstream_edits,
             peer.text.as_deref(),
         );
 
@@ -532,6 +556,10 @@ where
                 continue;
             }
             scratch.up_buf.advance(response.len);
+            chain
+                .response_head(response.status, &mut log.phase)
+                .apply_to_head(&mut scratch.head);
+            log.status = response.status;
 
             // The client's connection stays open unless it or the body framing says
             // otherwise, or the node is shutting down.
@@ -634,6 +662,30 @@ where
             remaining -= n as u64;
         }
         Ok(())
+    }
+}
+
+/// Runs the route's log phase once the request ends, however it ends.
+struct LogPhase<'a> {
+    route: &'a CompiledRoute,
+    phase: PhaseCtx,
+    started: Instant,
+    client_ip: Option<IpAddr>,
+    /// The status sent to the client; 0 while none was.
+    status: u16,
+}
+
+impl Drop for LogPhase<'_> {
+    fn drop(&mut self) {
+        self.route.plugins.log(
+            &LogRecord {
+                route_id: &self.route.route.id,
+                status: self.status,
+                duration: self.started.elapsed(),
+                client_ip: self.client_ip,
+            },
+            &self.phase,
+        );
     }
 }
 
@@ -919,6 +971,7 @@ fn write_request_headers(
     forwarded_for: &mut Vec<u8>,
     headers: &[httparse::Header<'_>],
     nominates: bool,
+    edits: &HeaderEdits,
     peer: Option<&str>,
 ) {
     out.clear();
@@ -934,7 +987,7 @@ fn write_request_headers(
     };
     for h in headers {
         let name = h.name.as_bytes();
-        if !forwarded(name, &listed, false) {
+        if !forwarded(name, &listed, false) || edits.touches(name) {
             continue;
         }
         out.extend_from_slice(name);
@@ -942,6 +995,7 @@ fn write_request_headers(
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
+    edits.write_set(out);
     append_forwarded_for(
         forwarded_for,
         headers
@@ -1010,7 +1064,14 @@ mod tests {
         let raw = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Forwarded-For: 1.2.3.4\r\nx-forwarded-for: 5.6.7.8\r\nAccept: */*\r\n\r\n";
         req.parse(raw).unwrap();
         let (mut out, mut xff) = (Vec::new(), Vec::new());
-        write_request_headers(&mut out, &mut xff, req.headers, true, Some("10.0.0.1"));
+        write_request_headers(
+            &mut out,
+            &mut xff,
+            req.headers,
+            true,
+            &HeaderEdits::default(),
+            Some("10.0.0.1"),
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "Accept: */*\r\nX-Forwarded-For: 1.2.3.4, 5.6.7.8, 10.0.0.1\r\n\r\n"
@@ -1019,7 +1080,14 @@ mod tests {
         let mut req = httparse::Request::new(&mut headers);
         req.parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
         let (mut out, mut xff) = (Vec::new(), Vec::new());
-        write_request_headers(&mut out, &mut xff, req.headers, false, Some("::1"));
+        write_request_headers(
+            &mut out,
+            &mut xff,
+            req.headers,
+            false,
+            &HeaderEdits::default(),
+            Some("::1"),
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "X-Forwarded-For: ::1\r\n\r\n"

@@ -24,6 +24,7 @@ mod fastpath;
 pub mod health;
 mod heartbeat;
 pub mod normalize;
+pub mod plugins;
 mod proxy;
 pub mod router;
 pub mod runtime;

@@ -1,31 +1,27 @@
-//! The request spine on Pingora, and the routing, retry and Host rules the fast path
-//! (`fastpath.rs`) shares with it: that path serves plain HTTP/1.1 requests and hands
-//! everything else (HTTP/2, upgrades, chunked request bodies, refusals…) to this one.
+//! The adapter of the request core (`core/`) over Pingora's proxy: HTTP/2, TLS and
+//! gRPC upstreams, upgrades, chunked request bodies and everything the fast path
+//! (`fastpath.rs`) hands over come through here. Every rule is the core's; this file
+//! only maps it onto Pingora's hooks.
 //!
 //! ```text
+//! (core::guard)      the HTTP/1 head was admitted before Pingora parsed it
 //! new_ctx            count the request in flight (shutdown waits for it)
-//! request_filter     limits (414 / 431 / 413 / 400) → normalise the path (used for routing
-//!                    and forwarding alike) → client address → load ONE runtime-config
-//!                    snapshot → match route and predicates → 404 / 405 here
+//! request_filter     HTTP/2 limits (check_limits) → core::route::route_request
+//!                    (normalise, client address, route, access phase) → refusals
+//!                    rendered by core::refusal
 //! upstream_peer      pick a node of the route's pool (not one this request already
-//!                    failed on) → its peer, set up with the pool (scheme, TLS,
-//!                    timeouts)
-//! upstream_request   drop the headers Connection names (and Keep-Alive,
-//!                    Proxy-Connection); append the client to X-Forwarded-For; Host by
-//!                    `pass_host`
-//! upstream_response  report the status to the pool (passive checks, ewma); a status
-//!                    in `retry_on_statuses` is retried on another node when safe
-//! fail_to_connect    report the failure; retry on another node while the budget lasts
-//! error_while_proxy  retry only when nothing of the body was sent and the method is
-//!                    idempotent
-//! fail_to_proxy      any failure → Refusal → JSON error (the one error → status mapping)
+//!                    failed on) → its peer, set up with the pool
+//! upstream_request   core::headers (Connection-nominated headers, Keep-Alive,
+//!                    Proxy-Connection; X-Forwarded-For; Host by pass_host), then the
+//!                    upstream_request phase's edits
+//! upstream_response  report the status to the pool; a status in `retry_on_statuses`
+//!                    is retried when core::retry allows, else the response_head
+//!                    phase's edits
+//! fail_to_connect /  core::retry decides; a pooled connection the node had closed is
+//! error_while_proxy  retried on a new one without using the budget
+//! logging            the log phase
+//! fail_to_proxy      any failure → Refusal → the core's JSON error
 //! ```
-//!
-//! Retries: a request gets at most `1 + retries` attempts on distinct nodes. A connect
-//! failure is always retried (nothing reached the node). Once the request was sent, it
-//! is retried only if its method is idempotent and it had no body, so a request with a
-//! body is never replayed; a pooled connection the node had closed is retried on a new
-//! one under the same rule without using the budget (the request never reached it).
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,9 +39,11 @@ use tokio::sync::Notify;
 use crate::balancer::{HashInput, Outcome, Pick, UpstreamPool};
 use crate::core::head::canonical_host;
 use crate::core::headers::{append_forwarded_for, nominated, upstream_host};
+use crate::core::phase::{HeaderEdits, LogRecord, PhaseCtx, RequestView};
 use crate::core::refusal::Refusal;
 use crate::core::retry::{replay_is_safe, Attempts};
 use crate::core::route::{route_request, Incoming, Routed};
+use crate::router::CompiledRoute;
 use crate::runtime::RuntimeConfig;
 use crate::settings::HttpSettings;
 
@@ -74,6 +72,11 @@ pub struct RequestCtx {
     status_retry: bool,
     /// Request body bytes seen so far.
     body_bytes: u64,
+    /// The matched route (its plugins run the later phases).
+    route: Option<Arc<CompiledRoute>>,
+    /// Per-request state of the route's plugins.
+    phase: PhaseCtx,
+    started: std::time::Instant,
     /// Held for the request's whole life (Pingora drops the context last).
     _in_flight: InFlightGuard,
 }
@@ -100,12 +103,15 @@ impl Proxy {
                     .and_then(|a| a.as_inet())
                     .map(|a| a.ip()),
             },
+            &mut ctx.phase,
         )?;
         let Routed {
             upstream,
+            route,
             client_ip,
             path,
         } = routed;
+        ctx.route = Some(route);
         let normal = match path {
             Cow::Owned(normal) => Some(normal),
             Cow::Borrowed(_) => None,
@@ -240,6 +246,9 @@ impl ProxyHttp for Proxy {
             attempts: Attempts::default(),
             status_retry: false,
             body_bytes: 0,
+            route: None,
+            phase: PhaseCtx::default(),
+            started: std::time::Instant::now(),
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -403,6 +412,24 @@ impl ProxyHttp for Proxy {
                 upstream_request.insert_header(http::header::HOST, host)?;
             }
         }
+        if let Some(route) = ctx.route.clone() {
+            if !route.plugins.is_empty() {
+                let req = session.req_header();
+                let host = request_host(req);
+                let edits = route.plugins.upstream_request(
+                    &RequestView {
+                        method: req.method.as_str(),
+                        path: req.uri.path(),
+                        query: req.uri.query(),
+                        host: &host,
+                        headers: &req.headers,
+                        client_ip: ctx.client_ip,
+                    },
+                    &mut ctx.phase,
+                );
+                apply(&edits, upstream_request)?;
+            }
+        }
         Ok(())
     }
 
@@ -433,6 +460,10 @@ impl ProxyHttp for Proxy {
             && Self::may_try_another(ctx, index)
             && Self::replay_is_safe(session, ctx);
         if !retry {
+            if let Some(route) = ctx.route.clone() {
+                let edits = route.plugins.response_head(status, &mut ctx.phase);
+                apply(&edits, upstream_response)?;
+            }
             return Ok(());
         }
         // Nothing of this response reached the client: drop it and try another node.
@@ -444,6 +475,20 @@ impl ProxyHttp for Proxy {
         );
         e.as_up();
         Err(e)
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+        if let Some(route) = &ctx.route {
+            route.plugins.log(
+                &LogRecord {
+                    route_id: &route.route.id,
+                    status: session.response_written().map_or(0, |r| r.status.as_u16()),
+                    duration: ctx.started.elapsed(),
+                    client_ip: ctx.client_ip,
+                },
+                &ctx.phase,
+            );
+        }
     }
 
     async fn fail_to_proxy(
@@ -479,6 +524,42 @@ impl ProxyHttp for Proxy {
             error_code: refusal.status(),
             can_reuse_downstream: false,
         }
+    }
+}
+
+/// Applies a phase's header edits to a Pingora request or response head.
+fn apply(edits: &HeaderEdits, head: &mut impl HeaderEdit) -> Result<()> {
+    for name in edits.removals() {
+        head.remove(name);
+    }
+    for (name, value) in edits.sets() {
+        head.insert(name.clone(), value.clone())?;
+    }
+    Ok(())
+}
+
+/// Pingora's request and response heads, as [`apply`] edits them (their
+/// `insert_header` keeps Pingora's header-case map in step).
+trait HeaderEdit {
+    fn remove(&mut self, name: &http::HeaderName);
+    fn insert(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()>;
+}
+
+impl HeaderEdit for RequestHeader {
+    fn remove(&mut self, name: &http::HeaderName) {
+        self.remove_header(name);
+    }
+    fn insert(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()> {
+        self.insert_header(name, value)
+    }
+}
+
+impl HeaderEdit for ResponseHeader {
+    fn remove(&mut self, name: &http::HeaderName) {
+        self.remove_header(name);
+    }
+    fn insert(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()> {
+        self.insert_header(name, value)
     }
 }
 

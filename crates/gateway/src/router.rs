@@ -36,6 +36,7 @@ use model::route::{
 use regex::Regex;
 
 use crate::balancer::UpstreamPool;
+use crate::core::phase::Chain;
 
 /// What a lookup needs to know of a request.
 #[derive(Debug, Clone, Copy)]
@@ -65,52 +66,18 @@ pub struct CompiledRoute {
     paths: Vec<CompiledPath>,
     /// `None` when the route has no predicates, the common case.
     predicates: Option<Predicates>,
-    /// The `ip-restriction` filter, run once the route matched.
-    ip_restriction: Option<IpFilter>,
-}
-
-/// A compiled `ip-restriction`: refuses a client on `deny`, or not on a non-empty
-/// `allow`.
-#[derive(Debug)]
-struct IpFilter {
-    allow: Vec<IpNet>,
-    deny: Vec<IpNet>,
-    message: Arc<str>,
+    /// The route's plugins, in running order (`core::phase`).
+    pub plugins: Chain,
 }
 
 /// A validated list of IPs or CIDRs; `Err` names the entry (validation runs the same
 /// parser, so it should not happen).
-fn cidrs(field: &str, entries: &[String]) -> Result<Vec<IpNet>, String> {
+pub(crate) fn cidrs(field: &str, entries: &[String]) -> Result<Vec<IpNet>, String> {
     entries
         .iter()
         .enumerate()
         .map(|(i, e)| parse_cidr(e).ok_or_else(|| format!("{field}[{i}]: not a CIDR")))
         .collect()
-}
-
-impl IpFilter {
-    fn compile(config: &model::route::IpRestriction) -> Result<Self, String> {
-        Ok(Self {
-            allow: cidrs("plugins.ip-restriction.allowlist", &config.allowlist)?,
-            deny: cidrs("plugins.ip-restriction.denylist", &config.denylist)?,
-            message: config
-                .message
-                .as_deref()
-                .unwrap_or(model::route::IpRestriction::DEFAULT_MESSAGE)
-                .into(),
-        })
-    }
-
-    /// Whether the client may pass; an unknown address passes a deny list only.
-    fn admits(&self, client: Option<IpAddr>) -> bool {
-        match client {
-            Some(ip) => {
-                !self.deny.iter().any(|net| net.contains(&ip))
-                    && (self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&ip)))
-            }
-            None => self.allow.is_empty(),
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -126,6 +93,20 @@ enum CompiledPath {
         literal: Arc<str>,
         regex: Regex,
     },
+}
+
+impl<'a> RequestInfo<'a> {
+    /// What the route's plugins see of the request.
+    pub fn view(&self) -> crate::core::phase::RequestView<'a> {
+        crate::core::phase::RequestView {
+            method: self.method,
+            path: self.path,
+            query: self.query,
+            host: self.host,
+            headers: self.headers,
+            client_ip: self.client_ip,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -192,12 +173,7 @@ impl CompiledRoute {
             });
         }
         let predicates = Predicates::compile(&route)?;
-        let ip_restriction = route
-            .plugins
-            .ip_restriction
-            .as_ref()
-            .map(IpFilter::compile)
-            .transpose()?;
+        let plugins = crate::plugins::chain(&route.plugins)?;
         let mut hosts: Vec<Option<Arc<str>>> = route
             .hosts
             .iter()
@@ -210,25 +186,19 @@ impl CompiledRoute {
             methods,
             paths,
             predicates,
-            ip_restriction,
+            plugins,
             route,
         })
     }
 
-    /// Runs the route's filters (D2: after the path and the predicates matched);
-    /// `Err` carries the message of the one that refuses the request (403).
-    pub fn filter(&self, client: Option<IpAddr>) -> Result<(), &Arc<str>> {
-        match &self.ip_restriction {
-            Some(ip) if !ip.admits(client) => Err(&ip.message),
-            _ => Ok(()),
-        }
-    }
-
-    /// Whether matching this route reads request headers (header or cookie predicates).
+    /// Whether matching or serving this route reads request headers (header or cookie
+    /// predicates, plugins).
     fn reads_headers(&self) -> bool {
-        self.predicates
-            .as_ref()
-            .is_some_and(|p| !p.headers.is_empty() || !p.cookies.is_empty())
+        self.plugins.reads_headers()
+            || self
+                .predicates
+                .as_ref()
+                .is_some_and(|p| !p.headers.is_empty() || !p.cookies.is_empty())
     }
 
     fn accepts(&self, req: &RequestInfo<'_>) -> bool {
@@ -763,36 +733,30 @@ mod tests {
     }
 
     #[test]
-    fn ip_restriction_denies_first_then_allows_only_its_list() {
-        let filtered = |plugin: serde_json::Value| {
-            route(json!({"id": "r", "paths": ["/"], "plugins": {"ip-restriction": plugin}})).0
+    fn a_route_s_plugins_compile_into_its_chain() {
+        let (both, _) = route(json!({"id": "r", "paths": ["/"], "plugins": {
+            "ip-restriction": {"denylist": ["192.0.2.1"], "message": "m"},
+            "request-id": {}
+        }}));
+        assert_eq!(both.plugins.names(), ["request-id", "ip-restriction"]);
+        assert!(both.reads_headers());
+        let headers = HeaderMap::new();
+        let view = |ip: &str| crate::core::phase::RequestView {
+            method: "GET",
+            path: "/",
+            query: None,
+            host: "",
+            headers: &headers,
+            client_ip: Some(ip.parse().unwrap()),
         };
-        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
-        let both = filtered(
-            json!({"allowlist": ["10.0.0.0/8", "2001:db8::/32"], "denylist": ["10.9.0.0/16"], "message": "m"}),
-        );
-        let deny = filtered(json!({"denylist": ["192.0.2.1"]}));
-        let cases = [
-            (&both, ip("10.1.1.1"), true),
-            (&both, ip("10.9.1.1"), false),
-            (&both, ip("2001:db8::5"), true),
-            (&both, ip("192.0.2.1"), false),
-            (&both, None, false),
-            (&deny, ip("192.0.2.1"), false),
-            (&deny, ip("192.0.2.2"), true),
-            (&deny, None, true),
-        ];
-        for (i, (route, client, admitted)) in cases.into_iter().enumerate() {
-            assert_eq!(route.filter(client).is_ok(), admitted, "case {i}");
-        }
-        assert_eq!(&**both.filter(ip("10.9.1.1")).unwrap_err(), "m");
+        let mut ctx = crate::core::phase::PhaseCtx::default();
+        assert!(both.plugins.access(&view("192.0.2.2"), &mut ctx).is_ok());
         assert_eq!(
-            &**deny.filter(ip("192.0.2.1")).unwrap_err(),
-            model::route::IpRestriction::DEFAULT_MESSAGE
+            both.plugins.access(&view("192.0.2.1"), &mut ctx),
+            Err(crate::core::refusal::Refusal::Forbidden("m".into()))
         );
-        // No filter, nothing refused.
-        let plain = route(json!({"id": "p", "paths": ["/"]})).0;
-        assert!(plain.filter(None).is_ok());
+        let (plain, _) = route(json!({"id": "p", "paths": ["/"]}));
+        assert!(plain.plugins.is_empty() && !plain.reads_headers());
     }
 
     fn request<'a>(host: &'a str, path: &'a str, method: &'a str) -> RequestInfo<'a> {

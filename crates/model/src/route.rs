@@ -77,11 +77,47 @@ pub struct Plugins {
         skip_serializing_if = "Option::is_none"
     )]
     pub ip_restriction: Option<IpRestriction>,
+    /// Gives every request an id, sent upstream and back to the client.
+    #[serde(
+        rename = "request-id",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_id: Option<RequestId>,
 }
 
 impl Plugins {
     pub fn is_empty(&self) -> bool {
-        self.ip_restriction.is_none()
+        self.ip_restriction.is_none() && self.request_id.is_none()
+    }
+}
+
+/// APISIX's `request-id`: the request keeps the id its client sent in `header_name`,
+/// or gets a new random one (a UUID v4); the upstream receives it, and the client too
+/// unless `include_in_response` is false.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestId {
+    #[serde(default = "RequestId::default_header")]
+    pub header_name: String,
+    #[serde(default = "enabled_default")]
+    pub include_in_response: bool,
+}
+
+impl RequestId {
+    fn default_header() -> String {
+        "X-Request-Id".to_owned()
+    }
+
+    fn validate(&self, v: &mut Validator) {
+        let name = self.header_name.as_bytes();
+        let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+        if name.is_empty() || name.len() > 128 || !name.iter().all(token) {
+            v.error(
+                "header_name",
+                "must be a header name (1 to 128 token characters)",
+            );
+        }
     }
 }
 
@@ -396,6 +432,9 @@ impl Route {
         if let Some(ip) = &self.plugins.ip_restriction {
             v.at("plugins.ip-restriction", |v| ip.validate(v));
         }
+        if let Some(id) = &self.plugins.request_id {
+            v.at("plugins.request-id", |v| id.validate(v));
+        }
         match (&self.upstream_id, &self.upstream) {
             (Some(_), Some(_)) => {
                 v.error("upstream", "give either upstream_id or upstream, not both")
@@ -468,21 +507,45 @@ pub fn compile_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
         .build()
 }
 
-/// An IP address or a CIDR block; a bare address is a /32 or /128.
+/// An IP address or a CIDR block; a bare address is a /32 or /128. An IPv4-mapped
+/// IPv6 block (`::ffff:10.0.0.0/104`) is its IPv4 block (`10.0.0.0/8`): the gateway
+/// compares canonical client addresses, so a mapped block could never match.
 pub fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
-    text.parse::<ipnet::IpNet>()
+    let net = text
+        .parse::<ipnet::IpNet>()
         .ok()
         .map(|net| net.trunc())
         .or_else(|| {
             text.parse::<std::net::IpAddr>()
                 .ok()
                 .map(ipnet::IpNet::from)
-        })
+        })?;
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .ok()
+                .map(ipnet::IpNet::V4),
+            None => Some(net),
+        },
+        _ => Some(net),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mapped_blocks_are_their_ipv4_blocks() {
+        for (text, want) in [
+            ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+            ("::ffff:192.0.2.7", "192.0.2.7/32"),
+            ("10.1.2.3/8", "10.0.0.0/8"),
+            ("2001:db8::/32", "2001:db8::/32"),
+        ] {
+            assert_eq!(parse_cidr(text).unwrap().to_string(), want, "{text}");
+        }
+    }
 
     fn fields(json: &str) -> Vec<String> {
         let r: Route = serde_json::from_str(json).expect("parses");
@@ -518,6 +581,16 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(with("{}"), ["plugins.ip-restriction"]);
+        let request_id = |plugin: &str| {
+            fields(&format!(
+                r#"{{"id":"r","paths":["/"],"upstream_id":"u","plugins":{{"request-id":{plugin}}}}}"#
+            ))
+        };
+        assert!(request_id("{}").is_empty());
+        assert_eq!(
+            request_id(r#"{"header_name":"x id"}"#),
+            ["plugins.request-id.header_name"]
+        );
         assert_eq!(
             with(r#"{"allowlist":["10.0.0.0/8","nope"],"denylist":["1.2.3.4/33"]}"#),
             [

@@ -75,6 +75,8 @@ fn main() -> anyhow::Result<()> {
                     "protocols",
                     "--test",
                     "hardening",
+                    "--test",
+                    "plugins",
                 ])
                 .env("PORTICO_TEST_PINGORA_ONLY", "1")
                 .args(rest);

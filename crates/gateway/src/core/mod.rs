@@ -15,12 +15,14 @@
 //! headers     headers.rs   hop-by-hop and nominated headers both ways,
 //!                          X-Forwarded-For, Host by pass_host
 //! errors      refusal.rs   one JSON body and one set of codes for every error
+//! plugins     phase.rs     the phases a plugin acts in, run by both engines
 //! ```
 
 pub mod chunked;
 pub mod guard;
 pub mod head;
 pub mod headers;
+pub mod phase;
 pub mod rate;
 pub mod refusal;
 pub mod retry;

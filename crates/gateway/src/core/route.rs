@@ -1,14 +1,15 @@
 //! Routing, the same for every engine: the client's address (trusted proxies,
 //! canonical), the path normalised once, the route matched against one config
-//! snapshot, its filters (403), 404 / 405.
+//! snapshot, the access phase of its plugins (403…), 404 / 405.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use super::phase::PhaseCtx;
 use super::refusal::Refusal;
 use crate::balancer::UpstreamPool;
 use crate::normalize::normalize;
-use crate::router::{Match, RequestInfo};
+use crate::router::{CompiledRoute, Match, RequestInfo};
 use crate::runtime::RuntimeConfig;
 use crate::settings::HttpSettings;
 
@@ -30,6 +31,8 @@ pub(crate) struct Incoming<'a> {
 pub(crate) struct Routed<'a> {
     /// The matched route's pool, from the request's one config snapshot.
     pub upstream: Arc<UpstreamPool>,
+    /// The matched route (its plugins run the later phases).
+    pub route: Arc<CompiledRoute>,
     /// The client's address after the trusted-proxy rules.
     pub client_ip: Option<std::net::IpAddr>,
     /// The normalised path, used for routing and forwarding alike; `Owned` when it
@@ -43,6 +46,7 @@ pub(crate) fn route_request<'a>(
     config: &RuntimeConfig,
     settings: &HttpSettings,
     req: &Incoming<'a>,
+    ctx: &mut PhaseCtx,
 ) -> Result<Routed<'a>, Refusal> {
     let client_ip = settings.client_ip(req.peer, req.headers);
     let path = normalize(req.path, settings.path).map_err(|_| Refusal::BadRequest)?;
@@ -55,19 +59,16 @@ pub(crate) fn route_request<'a>(
         client_ip,
         now_ms: crate::now_ms(),
     };
-    let upstream = match config.router.lookup(&info) {
-        Match::Found(target) => {
-            target
-                .route
-                .filter(client_ip)
-                .map_err(|message| Refusal::Forbidden(message.clone()))?;
-            target.upstream.clone()
-        }
+    let target = match config.router.lookup(&info) {
+        Match::Found(target) => target,
         Match::MethodNotAllowed { allow } => return Err(Refusal::MethodNotAllowed(allow)),
         Match::NotFound => return Err(Refusal::NoRoute),
     };
+    // The access phase of the route's plugins (403 from ip-restriction, …).
+    target.route.plugins.access(&info.view(), ctx)?;
     Ok(Routed {
-        upstream,
+        upstream: target.upstream.clone(),
+        route: target.route.clone(),
         client_ip,
         path,
     })
