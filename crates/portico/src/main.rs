@@ -64,6 +64,9 @@ enum Command {
         /// etcd://host:port[,host:port…][/root] or memory://
         #[arg(long, env = "PORTICO_STORE", default_value = "etcd://127.0.0.1:2379")]
         store: String,
+        // Boxed like the gateway's HTTP settings: it keeps `Command` small.
+        #[command(flatten)]
+        store_access: Box<StoreArgs>,
         /// Instance names this agent manages, comma-separated.
         #[arg(long, env = "PORTICO_INSTANCES")]
         instances: String,
@@ -95,6 +98,8 @@ enum Command {
         instance: String,
         #[arg(long, env = "PORTICO_STORE", default_value = "etcd://127.0.0.1:2379")]
         store: String,
+        #[command(flatten)]
+        store_access: Box<StoreArgs>,
         /// Unique node id; default: host name, process id and a random suffix.
         #[arg(long, env = "PORTICO_NODE_ID")]
         node_id: Option<String>,
@@ -129,6 +134,78 @@ enum Command {
     /// Admin + agent + gateway in one process, SQLite and the in-process store, with a
     /// sample route to a built-in echo upstream.
     Demo(demo::DemoArgs),
+}
+
+/// How the agent and the gateway reach an etcd with TLS or authentication (both take
+/// the same flags). The password comes from the environment or a file, never a flag,
+/// and is never logged.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// A PEM bundle of the CAs etcd's certificate chains to: etcd is then reached over
+    /// TLS (https) at the --store hosts.
+    #[arg(long, env = "PORTICO_STORE_CA")]
+    store_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM chain) for an etcd with --client-cert-auth.
+    #[arg(long, env = "PORTICO_STORE_CERT", requires_all = ["store_key", "store_ca"])]
+    store_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "PORTICO_STORE_KEY", requires = "store_cert")]
+    store_key: Option<std::path::PathBuf>,
+    /// The etcd user to authenticate as; its password from PORTICO_STORE_PASSWORD or
+    /// --store-password-file.
+    #[arg(long, env = "PORTICO_STORE_USER")]
+    store_user: Option<String>,
+    /// A file holding the etcd user's password (trailing newline ignored).
+    #[arg(long, env = "PORTICO_STORE_PASSWORD_FILE", requires = "store_user")]
+    store_password_file: Option<std::path::PathBuf>,
+}
+
+impl StoreArgs {
+    fn options(&self) -> anyhow::Result<store::StoreOptions> {
+        let tls = self
+            .store_ca
+            .as_ref()
+            .map(|ca| {
+                anyhow::Ok(store::StoreTls {
+                    ca: read_file(ca, "--store-ca")?,
+                    client_cert: self
+                        .store_cert
+                        .as_ref()
+                        .map(|p| read_file(p, "--store-cert"))
+                        .transpose()?,
+                    client_key: self
+                        .store_key
+                        .as_ref()
+                        .map(|p| read_file(p, "--store-key"))
+                        .transpose()?,
+                })
+            })
+            .transpose()?;
+        let user = match &self.store_user {
+            None => None,
+            Some(name) => {
+                let password = match (&self.store_password_file, env_secret("PORTICO_STORE_PASSWORD")) {
+                    (Some(_), Some(_)) => anyhow::bail!(
+                        "give the etcd password once: --store-password-file or PORTICO_STORE_PASSWORD, not both"
+                    ),
+                    (Some(path), None) => {
+                        let text = String::from_utf8(read_file(path, "--store-password-file")?)
+                            .context("--store-password-file is not UTF-8")?;
+                        text.trim_end_matches(['\r', '\n']).to_owned()
+                    }
+                    (None, Some(password)) => password,
+                    (None, None) => anyhow::bail!(
+                        "--store-user needs a password: set PORTICO_STORE_PASSWORD or --store-password-file"
+                    ),
+                };
+                Some(store::StoreUser {
+                    name: name.clone(),
+                    password,
+                })
+            }
+        };
+        Ok(store::StoreOptions { tls, user })
+    }
 }
 
 /// The admin's data keys: certificate keys and agent tokens are encrypted with them in
@@ -349,6 +426,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Agent {
             listen,
             store,
+            store_access,
             instances,
             tls_cert,
             tls_key,
@@ -357,7 +435,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let token = env_secret("PORTICO_AGENT_TOKEN").context(
                 "PORTICO_AGENT_TOKEN must be set: the cluster's agent token, which the admin presents",
             )?;
-            let (store, keyspace) = store::open(&store).await?;
+            let (store, keyspace) = store::open_with(&store, &store_access.options()?).await?;
             let names = agent::parse_instance_list(&instances);
             let mut state = agent::AgentState::new(store, keyspace, names, &token)?;
             if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
@@ -380,6 +458,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tls_client_ca,
             instance,
             store,
+            store_access,
             node_id,
             advertise_address,
             heartbeat_interval,
@@ -390,7 +469,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             status_listen,
             drain_timeout,
         } => {
-            let (store, keyspace) = store::open(&store).await?;
+            let (store, keyspace) = store::open_with(&store, &store_access.options()?).await?;
             let snapshot_file = match (no_snapshot, snapshot_file) {
                 (true, _) => None,
                 (false, Some(path)) => Some(path),

@@ -4,6 +4,12 @@
 //! connection is lazy and re-established by the client, so an `EtcdStore` made while
 //! etcd is down starts working when it comes back. Watches are not given a deadline
 //! (etcd would cancel a stream that carries one); HTTP/2 keep-alive detects a dead peer.
+//!
+//! With [`StoreOptions`](crate::StoreOptions) the client speaks TLS (the etcd's CA,
+//! optionally a client certificate) and authenticates as an etcd user, refreshing its
+//! token when etcd expires it. A wrong user or password fails at once; an etcd that is
+//! down at start is authenticated with as soon as it answers, so a gateway can still
+//! start from its local snapshot.
 
 use std::time::Duration;
 
@@ -15,8 +21,8 @@ use etcd_client::{
 use futures::StreamExt;
 
 use crate::{
-    Compare, ConfigStore, KeyValue, LeaseId, Listing, Op, RawWatch, StoreError, StoreRevision, Txn,
-    TxnOutcome, WatchBatch, WatchEvent,
+    Compare, ConfigStore, KeyValue, LeaseId, Listing, Op, RawWatch, StoreError, StoreOptions,
+    StoreRevision, Txn, TxnOutcome, WatchBatch, WatchEvent,
 };
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -45,16 +51,61 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
-    /// Prepares a client for `endpoints` (`http://host:port`); does not wait for etcd.
-    pub async fn connect(endpoints: Vec<String>) -> Result<Self, StoreError> {
-        let options = ConnectOptions::new()
+    /// Prepares a client for `endpoints` (`host:port`); does not wait for etcd, except
+    /// to authenticate when a user is given and etcd answers.
+    pub async fn connect(hosts: Vec<String>, store: &StoreOptions) -> Result<Self, StoreError> {
+        let scheme = if store.tls.is_some() { "https" } else { "http" };
+        let endpoints: Vec<String> = hosts.iter().map(|h| format!("{scheme}://{h}")).collect();
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true)
             // A member cut off from its leader cancels our watches instead of letting them
             // go silent, so the watcher moves to another member.
             .with_require_leader(true);
+        if let Some(tls) = &store.tls {
+            let mut config = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca));
+            if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+                config = config.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(config);
+        }
         let joined = endpoints.join(",");
+        if let Some(user) = &store.user {
+            let authenticated = options
+                .clone()
+                .with_user(&user.name, &user.password)
+                .with_auto_token_refresh(true);
+            match tokio::time::timeout(
+                CALL_TIMEOUT,
+                Client::connect(endpoints.clone(), Some(authenticated)),
+            )
+            .await
+            {
+                Ok(Ok(client)) => return Ok(Self { client }),
+                Ok(Err(etcd_client::Error::GRpcStatus(status)))
+                    if !TRANSIENT_CODES.contains(&(status.code() as i32)) =>
+                {
+                    return Err(StoreError::Rejected(format!(
+                        "etcd refused user {:?}: {}",
+                        user.name,
+                        status.message()
+                    )));
+                }
+                Ok(Err(
+                    e @ (etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_)),
+                )) => {
+                    return Err(StoreError::InvalidUrl {
+                        url: joined,
+                        reason: e.to_string(),
+                    })
+                }
+                // etcd does not answer now: connect lazily below and authenticate once
+                // it does.
+                Ok(Err(_)) | Err(_) => {}
+            }
+        }
         // The channel connects lazily, so this only fails on a malformed endpoint; the
         // timeout is a guard in case a client version starts talking to etcd here.
         let client =
@@ -77,6 +128,9 @@ impl EtcdStore {
                     ))
                 }
             };
+        if let Some(user) = store.user.clone() {
+            tokio::spawn(authenticate_when_up(client.clone(), user));
+        }
         Ok(Self { client })
     }
 }
@@ -90,6 +144,27 @@ async fn bounded<T>(
         Err(_) => Err(StoreError::Unavailable(
             "etcd did not answer in time".into(),
         )),
+    }
+}
+
+/// Authenticates a client made while etcd was down, retrying every second until etcd
+/// answers (requests fail as refused until then). Clones of a client share its
+/// credentials and token, so every user of the store is authenticated at once.
+async fn authenticate_when_up(mut client: Client, user: crate::StoreUser) {
+    loop {
+        match client
+            .update_user(Some((user.name.clone(), user.password.clone())))
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(user = %user.name, "authenticated with etcd");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(user = %user.name, error = %map_error(e), "etcd authentication pending");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

@@ -219,6 +219,54 @@ pub trait ConfigStore: Send + Sync + 'static {
 /// store; share one `Arc` to use it from several components). The root defaults to
 /// `/portico`, so several deployments can share one etcd.
 pub async fn open(url: &str) -> Result<(Arc<dyn ConfigStore>, keys::Keyspace), StoreError> {
+    open_with(url, &StoreOptions::default()).await
+}
+
+/// How an etcd store is reached beyond its URL: TLS and an etcd user.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    pub tls: Option<StoreTls>,
+    pub user: Option<StoreUser>,
+}
+
+/// TLS towards etcd: the CA its certificate chains to, and optionally a client
+/// certificate (etcd's `--client-cert-auth`). PEM contents; `Debug` leaves them out.
+#[derive(Clone, Default)]
+pub struct StoreTls {
+    pub ca: Vec<u8>,
+    pub client_cert: Option<Vec<u8>>,
+    pub client_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for StoreTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreTls")
+            .field("client_certificate", &self.client_cert.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An etcd user and its password; `Debug` leaves the password out.
+#[derive(Clone)]
+pub struct StoreUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for StoreUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreUser")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// [`open`] with TLS and an etcd user (ignored for `memory://`).
+pub async fn open_with(
+    url: &str,
+    options: &StoreOptions,
+) -> Result<(Arc<dyn ConfigStore>, keys::Keyspace), StoreError> {
     let invalid = |reason: &str| StoreError::InvalidUrl {
         url: url.to_owned(),
         reason: reason.to_owned(),
@@ -237,15 +285,15 @@ pub async fn open(url: &str) -> Result<(Arc<dyn ConfigStore>, keys::Keyspace), S
     };
     match scheme {
         "etcd" => {
-            let endpoints: Vec<String> = hosts
+            let hosts: Vec<String> = hosts
                 .split(',')
                 .filter(|h| !h.is_empty())
-                .map(|h| format!("http://{h}"))
+                .map(str::to_owned)
                 .collect();
-            if endpoints.is_empty() {
+            if hosts.is_empty() {
                 return Err(invalid("no etcd endpoint given"));
             }
-            let store = etcd::EtcdStore::connect(endpoints).await?;
+            let store = etcd::EtcdStore::connect(hosts, options).await?;
             Ok((Arc::new(store), keyspace))
         }
         "memory" => Ok((Arc::new(memory::MemoryStore::new()), keyspace)),

@@ -149,7 +149,11 @@ async fn write_retrying(store: &dyn ConfigStore, ops: Vec<Op>) -> StoreRevision 
 }
 
 async fn etcd_store(etcd: &EtcdServer) -> Arc<dyn ConfigStore> {
-    Arc::new(EtcdStore::connect(vec![etcd.client_url()]).await.unwrap())
+    Arc::new(
+        EtcdStore::connect(vec![etcd.endpoint()], &store::StoreOptions::default())
+            .await
+            .unwrap(),
+    )
 }
 
 async fn next_batch(watch: &mut RawWatch) -> WatchBatch {
@@ -784,7 +788,7 @@ async fn etcd_store_made_while_etcd_is_down_works_once_it_is_up() {
     let store: Arc<dyn ConfigStore> = Arc::new(
         tokio::time::timeout(
             Duration::from_secs(3),
-            EtcdStore::connect(vec![etcd.client_url()]),
+            EtcdStore::connect(vec![etcd.endpoint()], &store::StoreOptions::default()),
         )
         .await
         .expect("connect must not wait for etcd")

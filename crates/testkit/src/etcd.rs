@@ -1,5 +1,7 @@
 //! A real etcd (Debian's `etcd-server`) on free loopback ports with its own data dir,
-//! which a test can stop and start again (same ports, same data) and compact.
+//! which a test can stop and start again (same ports, same data) and compact; served
+//! over TLS requiring client certificates ([`EtcdServer::launch_tls`]) or with
+//! authentication enabled ([`EtcdServer::enable_auth`]) when a test asks.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -11,11 +13,31 @@ pub struct EtcdServer {
     peer_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    tls: Option<EtcdTls>,
+}
+
+/// TLS for a test etcd, PEM: its certificate (for 127.0.0.1) and key, and the CA whose
+/// client certificates it requires (`--client-cert-auth`).
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub cert: String,
+    pub key: String,
+    pub client_ca: String,
 }
 
 impl EtcdServer {
     /// Starts a new etcd and waits until it answers `/health`; panics if it cannot.
     pub fn launch() -> Self {
+        Self::launch_with(None)
+    }
+
+    /// Starts a new etcd serving clients over TLS only, requiring a client certificate
+    /// signed by `tls.client_ca`; waits until it serves.
+    pub fn launch_tls(tls: EtcdTls) -> Self {
+        Self::launch_with(Some(tls))
+    }
+
+    fn launch_with(tls: Option<EtcdTls>) -> Self {
         // A free port can be taken by someone else before etcd binds it; then etcd exits
         // at once and a fresh pair of ports is tried.
         let mut attempt = 0;
@@ -26,6 +48,7 @@ impl EtcdServer {
                 peer_port: crate::free_port(),
                 dir: tempfile::tempdir().expect("temp dir for etcd"),
                 child: None,
+                tls: tls.clone(),
             };
             if server.client_port == server.peer_port {
                 continue;
@@ -43,9 +66,34 @@ impl EtcdServer {
         format!("127.0.0.1:{}", self.client_port)
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` with TLS)
     pub fn client_url(&self) -> String {
-        format!("http://{}", self.endpoint())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.endpoint())
+    }
+
+    /// Adds the user `root` with `password` and enables authentication (with the
+    /// `etcdctl` of `etcd-client`); from then on every request needs a user. Plain
+    /// etcd only.
+    pub fn enable_auth(&self, password: &str) {
+        assert!(self.tls.is_none(), "enable_auth is for a plain etcd");
+        for args in [
+            vec!["user", "add", &format!("root:{password}")],
+            vec!["auth", "enable"],
+        ] {
+            let out = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &self.endpoint()])
+                .args(&args)
+                .output()
+                .expect("etcdctl is not installed: run `cargo xtask test`");
+            assert!(
+                out.status.success(),
+                "etcdctl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 
     /// `etcd://127.0.0.1:PORT`, as `portico --store` takes it.
@@ -84,7 +132,23 @@ impl EtcdServer {
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .expect("etcd log");
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(tls) = &self.tls {
+            let file = |name: &str, content: &str| {
+                let path = self.dir.path().join(name);
+                std::fs::write(&path, content).expect("etcd TLS file");
+                format!("{}", path.display())
+            };
+            command
+                .arg(format!("--cert-file={}", file("server.crt", &tls.cert)))
+                .arg(format!("--key-file={}", file("server.key", &tls.key)))
+                .arg(format!(
+                    "--trusted-ca-file={}",
+                    file("client-ca.crt", &tls.client_ca)
+                ))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name=test")
             .arg(format!(
                 "--data-dir={}",
@@ -118,9 +182,15 @@ impl EtcdServer {
         }
     }
 
-    /// A plain HTTP/1.1 GET of `/health`, so the helper needs no async runtime.
+    /// A plain HTTP/1.1 GET of `/health`, so the helper needs no async runtime; over
+    /// TLS, etcd's own log saying it serves clients (the helper has no client
+    /// certificate).
     fn healthy(&self) -> bool {
         use std::io::{Read, Write};
+        if self.tls.is_some() {
+            return std::net::TcpStream::connect(self.endpoint()).is_ok()
+                && self.log().contains("serving client requests");
+        }
         let Ok(mut stream) = std::net::TcpStream::connect(self.endpoint()) else {
             return false;
         };
