@@ -128,6 +128,17 @@ async fn half_a_head_is_cut_after_the_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn a_connection_that_sends_nothing_is_cut_after_the_header_read_timeout() {
+    let server = start().await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let (answer, took) = read_all(&mut stream).await;
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "closed after {took:?}: {answer}"
+    );
+}
+
+#[tokio::test]
 async fn a_slow_body_is_cut_at_the_body_deadline() {
     let server = start().await;
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
