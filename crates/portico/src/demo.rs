@@ -4,6 +4,11 @@
 //! user saved, and the admin's reconcile loop pushes it into the fresh store, exactly
 //! as it would repair a wiped etcd. The sample route is created through the admin API
 //! on the first run, so the demo walks the same config path production does.
+//!
+//! Like a production admin, the demo's admin encrypts secrets with a data key: it is
+//! created on the first run in `portico-demo.data-key` (mode 0600, beside the SQLite
+//! file), and the cluster's agent token is derived from it, so both stay the same from
+//! one run to the next.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
