@@ -289,7 +289,9 @@ async fn oversized_and_slow_clients_are_cut() {
     let (answer, took) = read_until_closed(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("payload_too_large"), "{answer}");
-    assert!(took < Duration::from_millis(400), "413 after {took:?}");
+    // 413 (not the 408 of the body deadline) means it came before any body was
+    // awaited; the bound only keeps a loaded machine from failing the test.
+    assert!(took < Duration::from_secs(2), "413 after {took:?}");
 
     let mut stream = TcpStream::connect(&addr).await.unwrap();
     stream

@@ -93,7 +93,9 @@ async fn a_body_announced_too_large_is_refused_before_it_is_read() {
         answer.to_ascii_lowercase().contains("connection: close"),
         "{answer}"
     );
-    assert!(took < Duration::from_millis(400), "took {took:?}");
+    // 413 (not the 408 of the body deadline) means it came before any body was
+    // awaited; the bound only keeps a loaded machine from failing the test.
+    assert!(took < Duration::from_secs(2), "413 after {took:?}");
 }
 
 #[tokio::test]
