@@ -82,12 +82,15 @@ async fn etcd_over_tls_with_client_certificates() {
     let ca = Ca::new("etcd ca");
     let clients = Ca::new("etcd clients");
     let (cert, key) = ca.leaf(&["127.0.0.1"], rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) = clients.leaf(&[], rcgen::ExtendedKeyUsagePurpose::ClientAuth);
     let etcd = EtcdServer::launch_tls(EtcdTls {
         cert,
         key,
         client_ca: clients.pem(),
+        ca: ca.pem(),
+        helper_cert: client_cert.clone(),
+        helper_key: client_key.clone(),
     });
-    let (client_cert, client_key) = clients.leaf(&[], rcgen::ExtendedKeyUsagePurpose::ClientAuth);
     let tls = StoreTls {
         ca: ca.pem().into_bytes(),
         client_cert: Some(client_cert.into_bytes()),

@@ -16,13 +16,18 @@ pub struct EtcdServer {
     tls: Option<EtcdTls>,
 }
 
-/// TLS for a test etcd, PEM: its certificate (for 127.0.0.1) and key, and the CA whose
-/// client certificates it requires (`--client-cert-auth`).
+/// TLS for a test etcd, PEM: its certificate (for 127.0.0.1) and key, the CA whose
+/// client certificates it requires (`--client-cert-auth`), and what the helper's own
+/// `etcdctl` calls ([`EtcdServer::enable_auth`]) use: the CA of `cert` and a client
+/// certificate with its key.
 #[derive(Clone)]
 pub struct EtcdTls {
     pub cert: String,
     pub key: String,
     pub client_ca: String,
+    pub ca: String,
+    pub helper_cert: String,
+    pub helper_key: String,
 }
 
 impl EtcdServer {
@@ -73,17 +78,30 @@ impl EtcdServer {
     }
 
     /// Adds the user `root` with `password` and enables authentication (with the
-    /// `etcdctl` of `etcd-client`); from then on every request needs a user. Plain
-    /// etcd only.
+    /// `etcdctl` of `etcd-client`, over TLS with the helper's certificate when the
+    /// etcd has TLS); from then on every request needs a user.
     pub fn enable_auth(&self, password: &str) {
-        assert!(self.tls.is_none(), "enable_auth is for a plain etcd");
+        let mut tls_args = Vec::new();
+        if let Some(tls) = &self.tls {
+            let file = |name: &str, content: &str| {
+                let path = self.dir.path().join(name);
+                std::fs::write(&path, content).expect("etcdctl TLS file");
+                path.display().to_string()
+            };
+            tls_args = vec![
+                format!("--cacert={}", file("helper-ca.crt", &tls.ca)),
+                format!("--cert={}", file("helper.crt", &tls.helper_cert)),
+                format!("--key={}", file("helper.key", &tls.helper_key)),
+            ];
+        }
         for args in [
             vec!["user", "add", &format!("root:{password}")],
             vec!["auth", "enable"],
         ] {
             let out = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
-                .args(["--endpoints", &self.endpoint()])
+                .args(["--endpoints", &self.client_url()])
+                .args(&tls_args)
                 .args(&args)
                 .output()
                 .expect("etcdctl is not installed: run `cargo xtask test`");
