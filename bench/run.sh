@@ -7,11 +7,14 @@
 #  2. config propagation: admin API call returning -> both gateway nodes serving the
 #     change, p50/p99 over 100 changes (crates/portico/benches/propagation.rs);
 #  3. the gateway with 1, 10k and 100k routes, and 10k routes replaced under load
-#     (crates/portico/benches/dataplane.rs).
+#     (crates/portico/benches/dataplane.rs);
+#  4. HTTP/2 (h2c) and TLS (keep-alive, new handshakes) against nginx
+#     (bench/protocols.sh; ONLY=protocols runs it alone).
 # The route table micro-benchmarks: cargo bench -p gateway --bench router.
 # Loopback only. Results are printed and written to bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ "${ONLY:-}" = protocols ] && exec bash bench/protocols.sh
 
 WORKERS=${WORKERS:-1}          # worker threads of the gateway and worker processes of nginx
 DURATION=${DURATION:-10s}
@@ -169,3 +172,6 @@ cargo bench -q -p portico --bench propagation 2>/dev/null | tee "$out/propagatio
 
 echo
 cargo bench -q -p portico --bench dataplane 2>/dev/null | tee "$out/dataplane.md"
+
+echo
+bash bench/protocols.sh

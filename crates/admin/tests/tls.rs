@@ -8,9 +8,10 @@ mod common;
 use std::time::Duration;
 
 use admin::{AdminConfig, AgentTls};
-use common::{upstream, Ca, TestAdmin, TestAgent, ADMIN_TOKEN};
+use common::{upstream, TestAdmin, TestAgent, ADMIN_TOKEN};
 use reqwest::StatusCode;
 use serde_json::json;
+use testkit::tls::TestCa as Ca;
 
 const TOKEN: &str = "tls-agent-token-0123456789";
 

@@ -13,57 +13,12 @@ use reqwest::StatusCode;
 use serde_json::json;
 use testkit::etcd::{EtcdServer, EtcdTls};
 use testkit::process::Process;
+use testkit::tls::TestCa as Ca;
 use testkit::upstream::NamedUpstream;
 
 const ADMIN_TOKEN: &str = "secured-admin-token-0123456789";
 const AGENT_TOKEN: &str = "secured-agent-token-0123456789";
 const PASSWORD: &str = "secured-etcd-password-42";
-
-/// A test CA (rcgen) and the certificates it signs, PEM.
-struct Ca {
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = rcgen::KeyPair::generate().unwrap();
-        Self {
-            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// (certificate, key): a server certificate for `names`, or a client one when
-    /// `names` is empty.
-    fn leaf(&self, names: &[&str]) -> (String, String) {
-        let usage = if names.is_empty() {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        };
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "portico");
-        params.extended_key_usages = vec![usage];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// Writes `content` to `dir/name` and returns the path as text.
 fn file(dir: &Path, name: &str, content: &str) -> String {
@@ -99,8 +54,14 @@ async fn a_secured_deployment_serves_what_the_admin_configures() {
     // etcd: TLS with client certificates, and a user.
     let etcd_ca = Ca::new("etcd");
     let etcd_clients = Ca::new("etcd clients");
-    let (etcd_cert, etcd_key) = etcd_ca.leaf(&["127.0.0.1"]);
-    let (store_cert, store_key) = etcd_clients.leaf(&[]);
+    let testkit::tls::Leaf {
+        cert: etcd_cert,
+        key: etcd_key,
+    } = etcd_ca.server(&["127.0.0.1"]);
+    let testkit::tls::Leaf {
+        cert: store_cert,
+        key: store_key,
+    } = etcd_clients.client();
     let etcd = EtcdServer::launch_tls(EtcdTls {
         cert: etcd_cert,
         key: etcd_key,
@@ -131,7 +92,10 @@ async fn a_secured_deployment_serves_what_the_admin_configures() {
     // The agent: HTTPS for admins with a certificate of the admins' CA.
     let agents_ca = Ca::new("agents");
     let admins_ca = Ca::new("admins");
-    let (agent_cert, agent_key) = agents_ca.leaf(&["127.0.0.1"]);
+    let testkit::tls::Leaf {
+        cert: agent_cert,
+        key: agent_key,
+    } = agents_ca.server(&["127.0.0.1"]);
     let agent_cert = file(d, "agent.pem", &agent_cert);
     let agent_key = file(d, "agent.key", &agent_key);
     let admins_ca_file = file(d, "admins-ca.pem", &admins_ca.pem());
@@ -166,7 +130,10 @@ async fn a_secured_deployment_serves_what_the_admin_configures() {
         "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n",
     );
     let agents_ca_file = file(d, "agents-ca.pem", &agents_ca.pem());
-    let (admin_cert, admin_key) = admins_ca.leaf(&[]);
+    let testkit::tls::Leaf {
+        cert: admin_cert,
+        key: admin_key,
+    } = admins_ca.client();
     let admin_cert = file(d, "admin.pem", &admin_cert);
     let admin_key = file(d, "admin.key", &admin_key);
     let admin_listen = format!("127.0.0.1:{}", testkit::free_port());

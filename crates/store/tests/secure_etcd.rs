@@ -8,46 +8,7 @@ use std::time::Duration;
 
 use store::{ConfigStore, Op, StoreOptions, StoreTls, StoreUser, Txn};
 use testkit::etcd::{EtcdServer, EtcdTls};
-
-/// A test CA (rcgen) and the certificates it signs, PEM.
-struct Ca {
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = rcgen::KeyPair::generate().unwrap();
-        Self {
-            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// (certificate, key) for `names`, usable as `usage`.
-    fn leaf(&self, names: &[&str], usage: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "portico");
-        params.extended_key_usages = vec![usage];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
+use testkit::tls::TestCa as Ca;
 
 fn put(key: &str, value: &str) -> Txn {
     Txn {
@@ -81,8 +42,10 @@ async fn open(
 async fn etcd_over_tls_with_client_certificates() {
     let ca = Ca::new("etcd ca");
     let clients = Ca::new("etcd clients");
-    let (cert, key) = ca.leaf(&["127.0.0.1"], rcgen::ExtendedKeyUsagePurpose::ServerAuth);
-    let (client_cert, client_key) = clients.leaf(&[], rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+    let server = ca.server(&["127.0.0.1"]);
+    let (cert, key) = (server.cert, server.key);
+    let client = clients.client();
+    let (client_cert, client_key) = (client.cert, client.key);
     let etcd = EtcdServer::launch_tls(EtcdTls {
         cert,
         key,

@@ -1,11 +1,12 @@
 //! Test helpers shared by Portico's crates (dev-only): a real etcd on free ports, child
-//! processes of the `portico` binary, named upstream servers, a whole deployment and
-//! synthetic route tables for benchmarks.
+//! processes of the `portico` binary, named upstream servers, a whole deployment,
+//! a test certificate authority and synthetic route tables for benchmarks.
 
 pub mod etcd;
 pub mod process;
 pub mod routes;
 pub mod spine;
+pub mod tls;
 pub mod upstream;
 
 use std::time::{Duration, Instant};
