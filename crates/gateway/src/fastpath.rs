@@ -369,7 +369,7 @@ where
             return (Step::Fallback, 0);
         };
         let pool = routed.upstream;
-        if pool.upstream.scheme != Scheme::Http || routed.route.plugins.wants_response_body() {
+        if pool.scheme != Scheme::Http || routed.route.plugins.wants_response_body() {
             return (Step::Fallback, 0);
         }
         let _in_flight = self.in_flight.enter();
@@ -547,7 +547,7 @@ where
                 }
             };
             pick.record(Outcome::Status(response.status, pick.elapsed()));
-            if pool.upstream.retry_on_statuses.contains(&response.status)
+            if pool.retries_on(response.status)
                 && replay_safe
                 && attempts.may_try_another(&pool, pick.index)
             {

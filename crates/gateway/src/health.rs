@@ -42,7 +42,7 @@ pub fn spawn_active_checks(pool: Arc<UpstreamPool>) -> Option<JoinHandle<()>> {
             return None;
         }
     };
-    let probe_http = policy.kind == CheckKind::Http && pool.upstream.scheme == Scheme::Http;
+    let probe_http = policy.kind == CheckKind::Http && pool.scheme == Scheme::Http;
     let targets: Vec<Target> = pool
         .nodes()
         .iter()

@@ -456,7 +456,7 @@ impl ProxyHttp for Proxy {
         let retry = ctx
             .upstream
             .as_ref()
-            .is_some_and(|pool| pool.upstream.retry_on_statuses.contains(&status))
+            .is_some_and(|pool| pool.retries_on(status))
             && Self::may_try_another(ctx, index)
             && Self::replay_is_safe(session, ctx);
         if !retry {

@@ -58,6 +58,11 @@ impl Chash {
         }
     }
 
+    /// Whether the key is read from the request's headers (a header or a cookie).
+    pub(super) fn reads_headers(&self) -> bool {
+        matches!(self.hash_on, HashOn::Header | HashOn::Cookie)
+    }
+
     pub(super) fn pick(
         &self,
         nodes: &[Node],

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use model::upstream::{HashOn, LoadBalancing, Upstream};
+use model::upstream::{LoadBalancing, PassHost, Scheme, Upstream};
 use pingora_core::upstreams::peer::HttpPeer;
 
 use self::chash::Chash;
@@ -52,12 +52,31 @@ pub struct PoolTimeouts {
     pub idle: Duration,
 }
 
-/// One upstream's nodes, its balancer and its health checks.
+/// The `Host` header requests to a pool's nodes carry (`pass_host`, compiled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostRewrite {
+    /// The client's `Host`, unchanged (`pass_host: pass`).
+    Pass,
+    /// The picked node's [`Node::host_header`] (`pass_host: node`).
+    Node,
+    /// This host (`pass_host: rewrite` with its `upstream_host`).
+    Rewrite(Arc<str>),
+}
+
+/// One upstream's nodes, its balancer and its health checks, with the settings the
+/// request path reads compiled once here (the model `Upstream` is not kept).
 #[derive(Debug)]
 pub struct UpstreamPool {
     pub id: String,
-    /// The definition, for the proxy: scheme, tls, pass_host, retries.
-    pub upstream: Upstream,
+    /// Protocol spoken to the nodes (their peers carry the TLS settings).
+    pub scheme: Scheme,
+    /// Extra attempts, each on another node (`retries`).
+    pub retries: u32,
+    /// Statuses that make an idempotent request try another node, sorted and
+    /// deduplicated; see [`UpstreamPool::retries_on`].
+    retry_on_statuses: Box<[u16]>,
+    /// The Host header sent to the nodes.
+    pub pass_host: HostRewrite,
     pub timeouts: PoolTimeouts,
     /// Nodes with a weight above 0 whose address is known; a pick's `index` points here.
     nodes: Vec<Node>,
@@ -228,9 +247,23 @@ impl UpstreamPool {
             }
         }
         let balancer = Balancer::new(upstream, &nodes);
+        let mut retry_on_statuses = upstream.retry_on_statuses.clone();
+        retry_on_statuses.sort_unstable();
+        retry_on_statuses.dedup();
+        let pass_host = match (upstream.pass_host, &upstream.upstream_host) {
+            (PassHost::Pass, _) => HostRewrite::Pass,
+            (PassHost::Node, _) => HostRewrite::Node,
+            (PassHost::Rewrite, Some(host)) => HostRewrite::Rewrite(Arc::from(host.as_str())),
+            // Validation requires upstream_host with rewrite; without one the client's
+            // Host is kept, as before.
+            (PassHost::Rewrite, None) => HostRewrite::Pass,
+        };
         let pool = Self {
             id: upstream.id.clone(),
-            upstream: upstream.clone(),
+            scheme: upstream.scheme,
+            retries: upstream.retries,
+            retry_on_statuses: retry_on_statuses.into_boxed_slice(),
+            pass_host,
             timeouts,
             nodes,
             balancer,
@@ -280,8 +313,13 @@ impl UpstreamPool {
     /// Whether picking a node reads request headers (consistent hashing on a header or
     /// a cookie).
     pub fn reads_headers(&self) -> bool {
-        matches!(self.balancer, Balancer::Chash(_))
-            && matches!(self.upstream.hash_on, HashOn::Header | HashOn::Cookie)
+        matches!(&self.balancer, Balancer::Chash(chash) if chash.reads_headers())
+    }
+
+    /// Whether a response with this status makes an idempotent request try another
+    /// node (`retry_on_statuses`).
+    pub fn retries_on(&self, status: u16) -> bool {
+        self.retry_on_statuses.binary_search(&status).is_ok()
     }
 
     /// Feeds an outcome to ewma and to passive health.
@@ -639,6 +677,36 @@ mod tests {
     }
 
     #[test]
+    fn settings_the_request_path_reads_are_compiled_once() {
+        let pool = |extra: Value| {
+            let mut up = json!({"id": "u", "nodes": [{"host": "127.0.0.1", "port": 1}]});
+            for (k, v) in extra.as_object().unwrap() {
+                up[k] = v.clone();
+            }
+            UpstreamPool::build(&upstream(up)).unwrap().pool
+        };
+        let plain = pool(json!({}));
+        assert_eq!(plain.scheme, Scheme::Http);
+        let default = upstream(json!({"id": "u", "nodes": []}));
+        assert_eq!(plain.retries, default.retries);
+        assert_eq!(plain.pass_host, HostRewrite::Pass);
+        assert!((100..600).all(|s| !plain.retries_on(s)));
+
+        let set = pool(json!({
+            "scheme": "grpc", "retries": 3, "retry_on_statuses": [504, 502, 504],
+            "pass_host": "rewrite", "upstream_host": "api.internal"
+        }));
+        assert_eq!(set.scheme, Scheme::Grpc);
+        assert_eq!(set.retries, 3);
+        assert_eq!(set.pass_host, HostRewrite::Rewrite("api.internal".into()));
+        let retried: Vec<u16> = (100..600).filter(|&s| set.retries_on(s)).collect();
+        assert_eq!(retried, [502, 504]);
+        // Rewrite without a host (validation refuses it) keeps the client's, as before.
+        let no_host = pool(json!({"pass_host": "rewrite"}));
+        assert_eq!(no_host.pass_host, HostRewrite::Pass);
+    }
+
+    #[test]
     fn tls_upstreams_build_and_unresolvable_nodes_are_left_out() {
         let https = upstream(json!({
             "id": "u", "scheme": "https", "tls": {"sni": "api.example.com"},
@@ -646,7 +714,10 @@ mod tests {
             "nodes": [{"host": "localhost", "port": 443}]
         }));
         let built = UpstreamPool::build(&https).unwrap();
-        assert_eq!(built.pool.upstream, https);
+        assert_eq!(built.pool.scheme, Scheme::Https);
+        assert_eq!(built.pool.retries, 2);
+        assert_eq!(built.pool.pass_host, HostRewrite::Node);
+        assert!(built.pool.nodes()[0].peer.is_tls());
         assert_eq!(built.pool.nodes()[0].host, "localhost");
         assert_eq!(built.pool.nodes()[0].addr.port(), 443);
 

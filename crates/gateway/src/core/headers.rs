@@ -6,7 +6,7 @@
 //! ask [`forwarded`] about each header and build X-Forwarded-For with
 //! [`append_forwarded_for`], so the rule exists once.
 
-use crate::balancer::{Pick, UpstreamPool};
+use crate::balancer::{HostRewrite, Pick, UpstreamPool};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the obsolete Keep-Alive and
 /// Proxy-Connection: never forwarded. (Transfer-Encoding is the adapter's to frame;
@@ -105,11 +105,10 @@ pub fn append_forwarded_for<'a>(
 
 /// The Host header `pass_host` asks for; `None` keeps the client's.
 pub fn upstream_host<'a>(pool: &'a UpstreamPool, pick: &'a Pick) -> Option<&'a str> {
-    use model::upstream::PassHost;
-    match pool.upstream.pass_host {
-        PassHost::Pass => None,
-        PassHost::Rewrite => pool.upstream.upstream_host.as_deref(),
-        PassHost::Node => Some(&pick.node().host_header),
+    match &pool.pass_host {
+        HostRewrite::Pass => None,
+        HostRewrite::Rewrite(host) => Some(host),
+        HostRewrite::Node => Some(&pick.node().host_header),
     }
 }
 

@@ -21,7 +21,7 @@ impl Attempts {
     /// failed: budget left and a node not yet tried.
     pub fn may_try_another(&self, pool: &UpstreamPool, failed: usize) -> bool {
         let tried = self.tried.len() + usize::from(!self.tried.contains(&failed));
-        self.made <= pool.upstream.retries && tried < pool.len()
+        self.made <= pool.retries && tried < pool.len()
     }
 
     /// Remembers that `node` failed, so no later attempt picks it.
