@@ -19,13 +19,7 @@ ROUNDS=${ROUNDS:-3}
 PROXY_CPUS=${PROXY_CPUS:-0}
 LOAD_CPUS=${LOAD_CPUS:-1}
 
-out=bench/results; mkdir -p "$out"
-work=$(mktemp -d)
-cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+source bench/lib.sh
 
 cargo build --release -q -p portico
 bin=target/release/portico
@@ -36,14 +30,9 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 
 up_port=$(free_port); ngx_h2=$(free_port); ngx_tls=$(free_port)
-gw_port=$(free_port); gw_tls=$(free_port); etcd_port=$(free_port); etcd_peer=$(free_port)
+gw_port=$(free_port); gw_tls=$(free_port)
 
-cat > "$work/upstream.conf" <<NGX
-daemon off; worker_processes 1; pid $work/upstream.pid; error_log $work/upstream.err;
-events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:$up_port; keepalive_requests 1000000;
-  location / { return 200 "ok\n"; } } }
-NGX
+upstream_conf
 cat > "$work/proxy.conf" <<NGX
 daemon off; worker_processes 1; pid $work/proxy.pid; error_log $work/proxy.err;
 events { worker_connections 4096; }
@@ -59,15 +48,7 @@ taskset -c "$LOAD_CPUS" nginx -c "$work/upstream.conf" -p "$work" &
 taskset -c "$PROXY_CPUS" nginx -c "$work/proxy.conf" -p "$work" &
 ngx_pid=$!
 
-etcd --data-dir "$work/etcd" --name bench \
-  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-  --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
-  --initial-cluster "bench=http://127.0.0.1:$etcd_peer" > "$work/etcd.log" 2>&1 &
-wait_port "$etcd_port"
-export ETCDCTL_API=3
-ectl() { etcdctl --endpoints "127.0.0.1:$etcd_port" "$@" >/dev/null; }
-ectl put /portico/instances/bench/upstreams/up "{\"id\":\"up\",\"nodes\":[{\"host\":\"127.0.0.1\",\"port\":$up_port,\"weight\":1}]}"
-ectl put /portico/instances/bench/routes/r1 '{"id":"r1","paths":["/api/*"],"upstream_id":"up"}'
+start_etcd
 ectl put /portico/instances/bench/certificates/c1 "$(python3 -c 'import json,sys; print(json.dumps({"id":"c1","snis":["localhost"],"cert":open(sys.argv[1]).read(),"key":open(sys.argv[2]).read()}))' "$work/cert.pem" "$work/key.pem")"
 ectl put /portico/instances/bench/meta '{"revision":1}'
 
@@ -79,7 +60,6 @@ wait_port "$up_port"; wait_port "$ngx_h2"; wait_port "$ngx_tls"; wait_port "$gw_
 for _ in $(seq 100); do curl -fsk "https://localhost:$gw_tls/api/x" >/dev/null && break; sleep 0.05; done
 curl -fsk "https://localhost:$gw_tls/api/x" >/dev/null || { echo "gateway does not serve TLS" >&2; cat "$work/gateway.log" >&2; exit 1; }
 
-cpu_ns() { for pid in "$1" $(pgrep -P "$1"); do cat /proc/"$pid"/task/*/schedstat; done | awk '{s+=$1} END {print s}'; }
 pid_of() { case $1 in nginx) echo "$ngx_pid";; *) echo "$gw_pid";; esac; }
 
 # measure <test> <proxy> <round>: one line "requests_per_s cpu_us_per_request"

@@ -25,13 +25,7 @@ WRK_THREADS=${WRK_THREADS:-1}
 PROXY_CPUS=${PROXY_CPUS:-0}
 LOAD_CPUS=${LOAD_CPUS:-1}
 
-out=bench/results; mkdir -p "$out"
-work=$(mktemp -d)
-cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+source bench/lib.sh
 
 cargo build --release -q -p portico
 cargo build --release -q -p gateway --example bare_pingora
@@ -39,16 +33,10 @@ cargo build --release -q -p testkit --example paced_load
 bin=target/release/portico
 
 up_port=$(free_port); ngx_port=$(free_port); gw_port=$(free_port); bare_port=$(free_port)
-etcd_port=$(free_port); etcd_peer=$(free_port)
 
 # The shared upstream and the reference proxy: one nginx config, two server blocks would
 # share workers, so they run as two nginx processes.
-cat > "$work/upstream.conf" <<NGX
-daemon off; worker_processes 1; pid $work/upstream.pid; error_log $work/upstream.err;
-events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:$up_port; keepalive_requests 1000000;
-  location / { return 200 "ok\n"; } } }
-NGX
+upstream_conf
 cat > "$work/proxy.conf" <<NGX
 daemon off; worker_processes $WORKERS; pid $work/proxy.pid; error_log $work/proxy.err;
 events { worker_connections 4096; }
@@ -61,15 +49,7 @@ taskset -c "$LOAD_CPUS" nginx -c "$work/upstream.conf" -p "$work" &
 taskset -c "$PROXY_CPUS" nginx -c "$work/proxy.conf" -p "$work" &
 ngx_pid=$!
 
-etcd --data-dir "$work/etcd" --name bench \
-  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-  --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
-  --initial-cluster "bench=http://127.0.0.1:$etcd_peer" > "$work/etcd.log" 2>&1 &
-wait_port "$etcd_port"
-export ETCDCTL_API=3
-ectl() { etcdctl --endpoints "127.0.0.1:$etcd_port" "$@" >/dev/null; }
-ectl put /portico/instances/bench/upstreams/up "{\"id\":\"up\",\"nodes\":[{\"host\":\"127.0.0.1\",\"port\":$up_port,\"weight\":1}]}"
-ectl put /portico/instances/bench/routes/r1 '{"id":"r1","paths":["/api/*"],"upstream_id":"up"}'
+start_etcd
 ectl put /portico/instances/bench/meta '{"revision":1}'
 
 PORTICO_LOG=warn taskset -c "$PROXY_CPUS" "$bin" gateway --listen "127.0.0.1:$gw_port" --instance bench \
@@ -82,8 +62,6 @@ wait_port "$up_port"; wait_port "$ngx_port"; wait_port "$gw_port"; wait_port "$b
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$gw_port/api/x" >/dev/null && break; sleep 0.05; done
 curl -fs "http://127.0.0.1:$gw_port/api/x" >/dev/null || { echo "gateway does not serve the route" >&2; cat "$work/gateway.log" >&2; exit 1; }
 
-# CPU time (ns) of a proxy's processes, all threads: the master and workers of nginx.
-cpu_ns() { for pid in "$1" $(pgrep -P "$1"); do cat /proc/"$pid"/task/*/schedstat; done | awk '{s+=$1} END {print s}'; }
 pid_of() { case $1 in nginx) echo "$ngx_pid";; portico) echo "$gw_pid";; *) echo "$bare_pid";; esac; }
 run_wrk() { # name port round
   taskset -c "$LOAD_CPUS" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d3s "http://127.0.0.1:$2/api/x" >/dev/null  # warm-up
