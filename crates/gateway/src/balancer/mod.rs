@@ -474,6 +474,9 @@ fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
     (host, port).to_socket_addrs().ok()?.next()
 }
 
+/// Helpers for the tests of the policies and the health state (next to their code),
+/// and what needs the internals; the tests through the public API are in
+/// `tests/balancer.rs`.
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
@@ -487,30 +490,6 @@ mod tests {
         serde_json::from_value(json).unwrap()
     }
 
-    #[test]
-    fn the_node_host_header_omits_only_the_scheme_default_port() {
-        let headers = |scheme: &str, nodes: Value| {
-            let up = upstream(json!({"id": "u", "scheme": scheme, "nodes": nodes}));
-            let pool = UpstreamPool::build(&up).unwrap().pool;
-            pool.nodes()
-                .iter()
-                .map(|n| n.host_header.clone())
-                .collect::<Vec<_>>()
-        };
-        let nodes = json!([
-            {"host": "127.0.0.1", "port": 80, "weight": 1},
-            {"host": "127.0.0.1", "port": 443, "weight": 1},
-            {"host": "::1", "port": 8080, "weight": 1},
-        ]);
-        assert_eq!(
-            headers("http", nodes.clone()),
-            ["127.0.0.1", "127.0.0.1:443", "[::1]:8080"]
-        );
-        assert_eq!(
-            headers("https", nodes),
-            ["127.0.0.1:80", "127.0.0.1", "[::1]:8080"]
-        );
-    }
     /// A valid pool of nodes 127.0.0.1:1000+i with these weights, plus `extra` fields.
     pub(super) fn pool_with(weights: &[i64], extra: Value) -> Arc<UpstreamPool> {
         let nodes: Vec<_> = weights
@@ -576,17 +555,6 @@ mod tests {
 
     pub(super) const ALL_POLICIES: [&str; 5] =
         ["roundrobin", "random", "least_conn", "chash", "ewma"];
-    #[test]
-    fn excluded_nodes_are_not_picked_by_any_policy() {
-        for lb in ALL_POLICIES {
-            let pool = pool_with(&[1, 1, 1], json!({"type": lb}));
-            for _ in 0..200 {
-                assert_ne!(pick_index(&pool, &[0]), Some(0), "{lb}");
-            }
-            assert_eq!(pick_index(&pool, &[0, 2]), Some(1), "{lb}");
-            assert_eq!(pick_index(&pool, &[0, 1, 2]), None, "{lb}");
-        }
-    }
 
     #[test]
     fn unhealthy_nodes_are_avoided_unless_nothing_else_is_left() {
@@ -603,152 +571,6 @@ mod tests {
             }
             let all = counts((0..300).map(|_| pick_index(&pool, &[]).unwrap()), 3);
             assert!(all.iter().all(|&c| c > 0), "{lb}: {all:?}");
-        }
-    }
-    #[test]
-    fn a_pick_counts_as_in_flight_until_dropped() {
-        let pool = pool(&[1]);
-        let a = pick_node(&pool, 0);
-        let b = pick_node(&pool, 0);
-        assert_eq!(pool.nodes()[0].in_flight(), 2);
-        // Recording the outcome does not end the exchange (the body may still stream).
-        a.record(Outcome::Failed);
-        assert_eq!(pool.nodes()[0].in_flight(), 2);
-        drop(a);
-        assert_eq!(pool.nodes()[0].in_flight(), 1);
-        drop(b);
-        assert_eq!(pool.nodes()[0].in_flight(), 0);
-    }
-
-    #[test]
-    fn a_pick_can_live_in_a_request_context() {
-        fn send_sync_static<T: Send + Sync + 'static>() {}
-        send_sync_static::<Pick>();
-        send_sync_static::<Arc<UpstreamPool>>();
-    }
-
-    #[test]
-    fn timeouts_come_from_the_upstream() {
-        let built = UpstreamPool::build(&upstream(json!({
-            "id": "u", "nodes": [{"host": "127.0.0.1", "port": 1}],
-            "timeout": {"connect": 0.5, "read": 2, "send": 3},
-            "keepalive_pool": {"idle_timeout": 30}
-        })))
-        .unwrap();
-        assert_eq!(
-            built.pool.timeouts,
-            PoolTimeouts {
-                connect: Duration::from_millis(500),
-                read: Duration::from_secs(2),
-                write: Duration::from_secs(3),
-                idle: Duration::from_secs(30),
-            }
-        );
-    }
-
-    #[test]
-    fn durations_out_of_range_are_refused_not_panicked_on() {
-        for (extra, field) in [
-            (json!({"timeout": {"connect": -1}}), "timeout.connect"),
-            (json!({"timeout": {"read": 1e300}}), "timeout.read"),
-            (
-                json!({"keepalive_pool": {"idle_timeout": 0}}),
-                "keepalive_pool.idle_timeout",
-            ),
-            (
-                json!({"checks": {"active": {"interval": -5}}}),
-                "checks.active.interval",
-            ),
-            (
-                json!({"checks": {"passive": {"eject_for": 0}}}),
-                "checks.passive.eject_for",
-            ),
-        ] {
-            let mut up = json!({"id": "u", "nodes": [{"host": "127.0.0.1", "port": 1}]});
-            for (k, v) in extra.as_object().unwrap() {
-                up[k] = v.clone();
-            }
-            let err = UpstreamPool::build(&upstream(up)).unwrap_err();
-            assert!(
-                matches!(err, PoolError::BadDuration { field: f, .. } if f == field),
-                "{err}"
-            );
-        }
-    }
-
-    #[test]
-    fn settings_the_request_path_reads_are_compiled_once() {
-        let pool = |extra: Value| {
-            let mut up = json!({"id": "u", "nodes": [{"host": "127.0.0.1", "port": 1}]});
-            for (k, v) in extra.as_object().unwrap() {
-                up[k] = v.clone();
-            }
-            UpstreamPool::build(&upstream(up)).unwrap().pool
-        };
-        let plain = pool(json!({}));
-        assert_eq!(plain.scheme, Scheme::Http);
-        let default = upstream(json!({"id": "u", "nodes": []}));
-        assert_eq!(plain.retries, default.retries);
-        assert_eq!(plain.pass_host, HostRewrite::Pass);
-        assert!((100..600).all(|s| !plain.retries_on(s)));
-
-        let set = pool(json!({
-            "scheme": "grpc", "retries": 3, "retry_on_statuses": [504, 502, 504],
-            "pass_host": "rewrite", "upstream_host": "api.internal"
-        }));
-        assert_eq!(set.scheme, Scheme::Grpc);
-        assert_eq!(set.retries, 3);
-        assert_eq!(set.pass_host, HostRewrite::Rewrite("api.internal".into()));
-        let retried: Vec<u16> = (100..600).filter(|&s| set.retries_on(s)).collect();
-        assert_eq!(retried, [502, 504]);
-        // Rewrite without a host (validation refuses it) keeps the client's, as before.
-        let no_host = pool(json!({"pass_host": "rewrite"}));
-        assert_eq!(no_host.pass_host, HostRewrite::Pass);
-    }
-
-    #[test]
-    fn tls_upstreams_build_and_unresolvable_nodes_are_left_out() {
-        let https = upstream(json!({
-            "id": "u", "scheme": "https", "tls": {"sni": "api.example.com"},
-            "pass_host": "node", "retries": 2,
-            "nodes": [{"host": "localhost", "port": 443}]
-        }));
-        let built = UpstreamPool::build(&https).unwrap();
-        assert_eq!(built.pool.scheme, Scheme::Https);
-        assert_eq!(built.pool.retries, 2);
-        assert_eq!(built.pool.pass_host, HostRewrite::Node);
-        assert!(built.pool.nodes()[0].peer.is_tls());
-        assert_eq!(built.pool.nodes()[0].host, "localhost");
-        assert_eq!(built.pool.nodes()[0].addr.port(), 443);
-
-        let partly = upstream(json!({
-            "id": "u", "nodes": [
-                {"host": "no-such-host.invalid", "port": 1},
-                {"host": "127.0.0.1", "port": 2}
-            ]
-        }));
-        let built = UpstreamPool::build(&partly).unwrap();
-        let pool = Arc::new(built.pool);
-        assert_eq!(pool.len(), 1);
-        assert_eq!(
-            bare(|input| pool.pick(input, &[])).map(|p| p.addr),
-            Some("127.0.0.1:2".parse().unwrap())
-        );
-        assert_eq!(built.warnings.len(), 1);
-        assert!(
-            built.warnings[0].contains("does not resolve"),
-            "{:?}",
-            built.warnings
-        );
-
-        for lb in ALL_POLICIES {
-            let none = upstream(json!({
-                "id": "u", "type": lb, "nodes": [{"host": "no-such-host.invalid", "port": 1}]
-            }));
-            let pool = Arc::new(UpstreamPool::build(&none).unwrap().pool);
-            assert!(pool.is_empty());
-            assert!(bare(|input| pool.pick(input, &[])).is_none(), "{lb}");
-            assert!(pool.health_report().is_empty());
         }
     }
 }
