@@ -191,7 +191,13 @@ pub async fn run(
         ))
     });
 
-    let server_conf = Arc::new(ServerConf::default());
+    // Idle upstream connections Pingora keeps (all nodes together). Its default, 128,
+    // is below what one HTTP/2 client alone keeps in flight (32 connections x 10
+    // streams in the bench): every request over it opened a new upstream connection.
+    let server_conf = Arc::new(ServerConf {
+        upstream_keepalive_pool_size: 4096,
+        ..ServerConf::default()
+    });
     let settings = Arc::new(config.http.clone());
     let mut proxy = pingora_proxy::http_proxy(
         &server_conf,
