@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}        # seconds per measurement
 ROUNDS=${ROUNDS:-3}
+# TESTS: any of h2c tls-keepalive tls-handshake (default all)
 PROXY_CPUS=${PROXY_CPUS:-0}
 LOAD_CPUS=${LOAD_CPUS:-1}
 
@@ -100,7 +101,7 @@ median() { python3 -c "import sys,statistics; print(statistics.median(float(x) f
   echo "## HTTP/2 and TLS ($(date -u +%F), one worker each, $ROUNDS alternating rounds of ${DURATION}s, medians)"
   printf '| test | proxy | requests/s | proxy CPU µs/request | rounds (requests/s) |\n|---|---|---|---|---|\n'
 } | tee "$out/protocols.md"
-for test in h2c tls-keepalive tls-handshake; do
+for test in ${TESTS:-h2c tls-keepalive tls-handshake}; do
   : > "$work/$test-nginx"; : > "$work/$test-portico"
   for round in $(seq "$ROUNDS"); do
     for proxy in nginx portico; do measure "$test" "$proxy" "$round" >> "$work/$test-$proxy"; done

@@ -388,7 +388,8 @@ where
         let mut log = LogPhase {
             route: &routed.route,
             phase,
-            started: Instant::now(),
+            // No clock read for a route without plugins (the common case).
+            started: (!chain.is_empty()).then(Instant::now),
             client_ip: routed.client_ip,
             status: 0,
         };
@@ -669,7 +670,8 @@ where
 struct LogPhase<'a> {
     route: &'a CompiledRoute,
     phase: PhaseCtx,
-    started: Instant,
+    /// `None` when the route has no plugins: nothing to log.
+    started: Option<Instant>,
     client_ip: Option<IpAddr>,
     /// The status sent to the client; 0 while none was.
     status: u16,
@@ -677,11 +679,14 @@ struct LogPhase<'a> {
 
 impl Drop for LogPhase<'_> {
     fn drop(&mut self) {
+        let Some(started) = self.started else {
+            return;
+        };
         self.route.plugins.log(
             &LogRecord {
                 route_id: &self.route.route.id,
                 status: self.status,
-                duration: self.started.elapsed(),
+                duration: started.elapsed(),
                 client_ip: self.client_ip,
             },
             &self.phase,
@@ -726,7 +731,22 @@ async fn upstream_read(
 
 /// Writes to the client, held to the send rate (core::rate): only the time the write
 /// waits on the client counts.
-async fn write_all(stream: &mut Stream, data: &[u8], meter: &mut Meter) -> io::Result<()> {
+async fn write_all(stream: &mut Stream, mut data: &[u8], meter: &mut Meter) -> io::Result<()> {
+    // Most writes are taken by the socket at once: then no clock is read and no timer
+    // is armed. Only a write that has to wait is timed.
+    if let Some(written) = poll_once(stream.write(data)) {
+        let n = written?;
+        if n == 0 && !data.is_empty() {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        meter.add(n);
+        data = &data[n..];
+        if data.is_empty() {
+            if let Some(flushed) = poll_once(stream.flush()) {
+                return flushed;
+            }
+        }
+    }
     let until = meter.wait(tokio::time::Instant::now());
     let written = tokio::time::timeout_at(until, async {
         stream.write_all(data).await?;
@@ -737,6 +757,17 @@ async fn write_all(stream: &mut Stream, data: &[u8], meter: &mut Meter) -> io::R
     match written {
         Ok(result) => result,
         Err(_) => Err(too_slow("took the response")),
+    }
+}
+
+/// Polls `future` once; `None` when it is not ready (it is dropped: only for futures
+/// that do nothing until they complete, like one `write`).
+fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
     }
 }
 

@@ -75,6 +75,11 @@ impl Meter {
         since + left
     }
 
+    /// `bytes` moved without waiting.
+    pub fn add(&mut self, bytes: usize) {
+        self.bytes += bytes as u64;
+    }
+
     /// The wait ended with `bytes` moved.
     pub fn moved(&mut self, bytes: usize, now: Instant) {
         if let Some(since) = self.waiting_since.take() {
