@@ -46,7 +46,9 @@ use tokio::time::timeout;
 use crate::balancer::{HashInput, Outcome, UpstreamPool};
 use crate::core::chunked::ChunkedScanner;
 use crate::core::guard::Guard;
-use crate::core::head::{self, BodyFraming, Head, Limits, TargetForm, MAX_RESPONSE_HEAD_BYTES};
+use crate::core::head::{
+    self, BodyFraming, Head, Limits, TargetForm, H2_PREFACE, MAX_RESPONSE_HEAD_BYTES,
+};
 use crate::core::headers::{
     append_forwarded_for, forwarded, forwarded_back, nominated, tokens, upstream_host,
 };
@@ -60,8 +62,6 @@ use crate::router::CompiledRoute;
 use crate::runtime::RuntimeConfig;
 use crate::settings::HttpSettings;
 
-/// The start of an h2c connection with prior knowledge (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long a kept-alive client connection may wait for its next request (Pingora's).
 const KEEPALIVE: Duration = Duration::from_secs(60);
 /// Idle connections kept per upstream address (Pingora's pool size).
@@ -244,10 +244,7 @@ where
         let mut deadline = conn
             .first
             .then(|| tokio::time::Instant::now() + head_timeout);
-        let limits = Limits {
-            max_uri_bytes: self.settings.max_uri_bytes,
-            max_header_bytes: self.settings.max_header_bytes,
-        };
+        let limits = Limits::of(&self.settings);
         let Conn {
             stream,
             buf,
@@ -339,10 +336,6 @@ where
         let BodyFraming::Length(body_len) = head.framing else {
             return (Step::Fallback, 0);
         };
-        if body_len > self.settings.max_body_bytes {
-            let step = reply_refusal(stream, &Refusal::BodyTooLarge, &mut send_meter).await;
-            return (step, 0);
-        }
         let config = self.config.load();
         let collect = config.reads_headers || self.settings.reads_headers();
         let Some(header_map) = Self::admit(&head, headers, collect) else {

@@ -6,7 +6,8 @@
 //! ```text
 //! (core::guard)      the HTTP/1 head was admitted before Pingora parsed it
 //! new_ctx            count the request in flight (shutdown waits for it)
-//! request_filter     HTTP/2 limits (check_limits) → core::route::route_request
+//! request_filter     core::head::check_decoded (the limits, for HTTP/2 heads) →
+//!                    core::route::route_request
 //!                    (normalise, client address, route, access phase) → refusals
 //!                    rendered by core::refusal
 //! upstream_peer      pick a node of the route's pool (not one this request already
@@ -37,7 +38,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tokio::sync::Notify;
 
 use crate::balancer::{HashInput, Outcome, Pick, UpstreamPool};
-use crate::core::head::canonical_host;
+use crate::core::head::{self, canonical_host, Limits};
 use crate::core::headers::{append_forwarded_for, nominated, upstream_host};
 use crate::core::phase::{HeaderEdits, LogRecord, PhaseCtx, RequestView};
 use crate::core::refusal::Refusal;
@@ -86,7 +87,11 @@ impl Proxy {
     /// normal form differs, so the upstream sees what routing saw) and matches it.
     fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
         let settings = &self.settings;
-        check_limits(session, settings)?;
+        // HTTP/1 heads passed the core's parser already (core::guard); HTTP/2 heads
+        // were decoded by Pingora: the same limits and Content-Length rule apply.
+        let req = session.req_header();
+        let target_len = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+        head::check_decoded(target_len, &req.headers, Limits::of(settings))?;
         let req = session.req_header();
         let host = request_host(req);
         let routed = route_request(
@@ -176,61 +181,6 @@ fn connection_listed(headers: &http::HeaderMap) -> Vec<http::HeaderName> {
         .map(|name| http::HeaderName::from_static(name))
         .chain(listed)
         .collect()
-}
-
-/// Whether the raw HTTP/1 head holds a Content-Length line. Pingora drops that header
-/// when Transfer-Encoding is present too (RFC 9112 §6.3), before the request reaches
-/// us; the raw head still shows what the client sent.
-fn raw_head_has_content_length(session: &Session) -> bool {
-    const NAME: &[u8] = b"content-length:";
-    let Some(h1) = session.as_downstream().as_http1() else {
-        return false;
-    };
-    h1.get_headers_raw_bytes()
-        .split(|&b| b == b'\n')
-        .skip(1)
-        .any(|line| line.len() >= NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME))
-}
-
-/// The node's limits on the request head, and on a body of declared length; both
-/// framings, or two lengths, are a smuggling attempt or a broken client (400).
-fn check_limits(session: &Session, settings: &HttpSettings) -> Result<(), Refusal> {
-    let req = session.req_header();
-    let target_len = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
-    if target_len > settings.max_uri_bytes {
-        return Err(Refusal::UriTooLong);
-    }
-    let header_bytes: usize = req
-        .headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    if header_bytes > settings.max_header_bytes {
-        return Err(Refusal::HeadersTooLarge);
-    }
-    let headers = &req.headers;
-    let transfer_encoding = headers.contains_key(http::header::TRANSFER_ENCODING);
-    // Read only when Transfer-Encoding is there, which is rare.
-    if transfer_encoding && raw_head_has_content_length(session) {
-        return Err(Refusal::BadRequest);
-    }
-    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
-    match (lengths.next(), lengths.next(), transfer_encoding) {
-        (None, _, _) => {}
-        (Some(_), Some(_), _) | (Some(_), None, true) => return Err(Refusal::BadRequest),
-        (Some(length), None, false) => {
-            let length: u64 = length
-                .to_str()
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse().ok())
-                .ok_or(Refusal::BadRequest)?;
-            if length > settings.max_body_bytes {
-                return Err(Refusal::BodyTooLarge);
-            }
-        }
-    }
-    Ok(())
 }
 
 #[async_trait]

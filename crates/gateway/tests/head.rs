@@ -3,13 +3,14 @@
 //! hosts are canonical; and a fixed-budget fuzz of the parser and the chunked scanner.
 
 use gateway::core::head::{
-    canonical_host, header_storage, parse, BodyFraming, Limits, MAX_HEADERS,
+    canonical_host, check_decoded, header_storage, parse, BodyFraming, Limits, MAX_HEADERS,
 };
 use gateway::core::refusal::Refusal;
 
 const LIMITS: Limits = Limits {
     max_uri_bytes: 64,
     max_header_bytes: 256,
+    max_body_bytes: 100,
 };
 
 fn check(raw: &[u8]) -> Result<Option<(BodyFraming, String, bool)>, Refusal> {
@@ -185,6 +186,35 @@ fn limits_come_first() {
 }
 
 #[test]
+fn declared_bodies_over_the_limit_are_413_on_either_parser() {
+    assert_eq!(
+        refused(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n"),
+        413
+    );
+    assert!(check(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n").is_ok());
+    // The same rules for a head Pingora decoded (HTTP/2).
+    let decoded = |target_len: usize, headers: &[(&str, &str)]| {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        check_decoded(target_len, &map, LIMITS).map_err(|r| r.status())
+    };
+    assert_eq!(decoded(10, &[("content-length", "100")]), Ok(()));
+    assert_eq!(decoded(65, &[]), Err(414));
+    assert_eq!(decoded(10, &[("x", &"y".repeat(300))]), Err(431));
+    assert_eq!(decoded(10, &[("content-length", "101")]), Err(413));
+    assert_eq!(decoded(10, &[("content-length", "+5")]), Err(400));
+    assert_eq!(
+        decoded(10, &[("content-length", "5"), ("content-length", "5")]),
+        Err(400)
+    );
+}
+
+#[test]
 fn canonical_hosts() {
     for (raw, want) in [
         ("api.example.com", "api.example.com"),
@@ -259,6 +289,7 @@ mod fuzz {
             if let Ok(Some((head, headers))) = parse(&raw, &mut storage, Limits {
                 max_uri_bytes: 8192,
                 max_header_bytes: 32768,
+                max_body_bytes: u64::MAX,
             }) {
                 let bytes = &raw[..head.len];
                 // CRLF only, no NUL or control character but HTAB in the head.

@@ -13,6 +13,7 @@ use model::certificate::Certificate;
 use model::upstream::{Scheme, UpstreamTls};
 use pingora_core::upstreams::peer::HttpPeer;
 use serde_json::{json, Value};
+use testkit::tls::{Leaf, TestCa};
 use testkit::upstream::NamedUpstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -28,61 +29,28 @@ const CONVERGE: Duration = Duration::from_secs(10);
 // A test CA and the certificates it signs
 // ---------------------------------------------------------------------------------------
 
-struct Ca {
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-/// A certificate and its key, PEM.
-struct Leaf {
-    cert: String,
-    key: String,
-}
+/// testkit's CA, with certificates whose subject common name tells them apart.
+struct Ca(TestCa);
 
 impl Ca {
     fn new(name: &str) -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let issuer =
-            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
-                .unwrap();
-        Self { issuer }
+        Self(TestCa::new(name))
     }
 
     fn pem(&self) -> String {
-        self.issuer.pem()
+        self.0.pem()
     }
 
     /// A server certificate for `names` (DNS names, wildcards or IP addresses) whose
     /// subject common name is `cn`, so a test can tell two certificates apart.
     fn server(&self, cn: &str, names: &[&str]) -> Leaf {
-        self.leaf(cn, names, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+        self.0
+            .leaf(cn, names, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
     }
 
     fn client(&self, cn: &str) -> Leaf {
-        self.leaf(cn, &[], rcgen::ExtendedKeyUsagePurpose::ClientAuth)
-    }
-
-    fn leaf(&self, cn: &str, names: &[&str], usage: rcgen::ExtendedKeyUsagePurpose) -> Leaf {
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
+        self.0
+            .leaf(cn, &[], rcgen::ExtendedKeyUsagePurpose::ClientAuth)
     }
 
     /// The store object of a certificate served for `snis`.

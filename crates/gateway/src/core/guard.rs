@@ -50,13 +50,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::chunked::ChunkedScanner;
-use super::head::{self, BodyFraming, Limits};
+use super::head::{self, BodyFraming, Limits, H2_PREFACE};
 use super::rate::{too_slow, Meter, MinRate};
 use super::refusal::Refusal;
 use crate::settings::HttpSettings;
 
-/// The HTTP/2 connection preface (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// HTTP/2 frame header length, and the SETTINGS frame type.
 const H2_FRAME_HEADER: usize = 9;
 const H2_SETTINGS: u8 = 0x4;
@@ -88,10 +86,7 @@ impl<A> Guard<A> {
             inner: Arc::new(inner),
             rules: Arc::new(Rules {
                 head_timeout: settings.header_read_timeout,
-                limits: Limits {
-                    max_uri_bytes: settings.max_uri_bytes,
-                    max_header_bytes: settings.max_header_bytes,
-                },
+                limits: Limits::of(settings),
                 body_rate: settings.body_rate,
                 send_rate: settings.send_rate,
             }),

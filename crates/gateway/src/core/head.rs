@@ -23,7 +23,9 @@
 //!   than [`MAX_NOMINATIONS`] of them.
 //!
 //! Size limits come before any of that: a target over the node's limit is 414, a head
-//! over its limit or with more than [`MAX_HEADERS`] lines 431.
+//! over its limit or with more than [`MAX_HEADERS`] lines 431; a declared body over the
+//! node's limit is 413 once the head passed. [`check_decoded`] applies the same limits
+//! and Content-Length rule to a head another parser decoded (HTTP/2, by Pingora).
 
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
@@ -39,11 +41,65 @@ pub const MAX_RESPONSE_HEAD_BYTES: usize = 1_048_575;
 /// `upgrade`.
 pub const MAX_NOMINATIONS: usize = 8;
 
-/// The request head's size limits (the node's settings).
+/// The request's size limits (the node's settings).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_uri_bytes: usize,
     pub max_header_bytes: usize,
+    /// Largest declared body (Content-Length); larger is 413.
+    pub max_body_bytes: u64,
+}
+
+impl Limits {
+    pub fn of(settings: &crate::settings::HttpSettings) -> Self {
+        Self {
+            max_uri_bytes: settings.max_uri_bytes,
+            max_header_bytes: settings.max_header_bytes,
+            max_body_bytes: settings.max_body_bytes,
+        }
+    }
+}
+
+/// A Content-Length value: plain digits, at most 19 of them (no sign, no list).
+fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// What a header line counts against `max_header_bytes`.
+fn line_bytes(name: usize, value: usize) -> usize {
+    name + value + 4
+}
+
+/// The limits and the Content-Length rule for a head another parser decoded (HTTP/2
+/// requests, whose framing is the protocol's own: no Transfer-Encoding reaches here).
+pub fn check_decoded(
+    target_len: usize,
+    headers: &http::HeaderMap,
+    limits: Limits,
+) -> Result<(), Refusal> {
+    if target_len > limits.max_uri_bytes {
+        return Err(Refusal::UriTooLong);
+    }
+    let size: usize = headers
+        .iter()
+        .map(|(name, value)| line_bytes(name.as_str().len(), value.len()))
+        .sum();
+    if size > limits.max_header_bytes {
+        return Err(Refusal::HeadersTooLarge);
+    }
+    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    match (lengths.next(), lengths.next()) {
+        (None, _) => Ok(()),
+        (Some(_), Some(_)) => Err(Refusal::BadRequest),
+        (Some(value), None) => match content_length(value.as_bytes()) {
+            None => Err(Refusal::BadRequest),
+            Some(n) if n > limits.max_body_bytes => Err(Refusal::BodyTooLarge),
+            Some(_) => Ok(()),
+        },
+    }
 }
 
 /// How the request body is framed.
@@ -177,7 +233,7 @@ fn check<'b>(
     let mut expect = false;
     let mut nominations = 0usize;
     for h in req.headers.iter() {
-        size += h.name.len() + h.value.len() + 4;
+        size += line_bytes(h.name.len(), h.value.len());
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"host") {
             if host_header.is_some() {
@@ -186,17 +242,10 @@ fn check<'b>(
             let value = std::str::from_utf8(h.value).map_err(|_| Refusal::BadRequest)?;
             host_header = Some(value);
         } else if name.eq_ignore_ascii_case(b"content-length") {
-            if length.is_some() || h.value.is_empty() || h.value.len() > 19 {
+            if length.is_some() {
                 return Err(Refusal::BadRequest);
             }
-            if !h.value.iter().all(u8::is_ascii_digit) {
-                return Err(Refusal::BadRequest);
-            }
-            let n = h
-                .value
-                .iter()
-                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            length = Some(n);
+            length = Some(content_length(h.value).ok_or(Refusal::BadRequest)?);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if transfer_encoding {
                 return Err(Refusal::BadRequest);
@@ -243,6 +292,9 @@ fn check<'b>(
     }
     if minor == 1 && host_header.is_none() {
         return Err(Refusal::BadRequest);
+    }
+    if length.is_some_and(|n| n > limits.max_body_bytes) {
+        return Err(Refusal::BodyTooLarge);
     }
     let header_host = match host_header {
         Some(value) => Some(check_host(value)?),
@@ -389,6 +441,10 @@ pub fn response_parser() -> httparse::ParserConfig {
     parser.allow_obsolete_multiline_headers_in_responses(true);
     parser
 }
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4): an h2c connection with prior
+/// knowledge starts with it.
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Storage for [`parse`].
 pub fn header_storage<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
