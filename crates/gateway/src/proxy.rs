@@ -38,7 +38,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tokio::sync::Notify;
 
 use crate::balancer::{HashInput, Outcome, Pick, UpstreamPool};
-use crate::core::head::{self, canonical_host, Limits};
+use crate::core::head::{self, Limits};
 use crate::core::headers::{append_forwarded_for, nominated, upstream_host};
 use crate::core::phase::{HeaderEdits, LogRecord, PhaseCtx, RequestView};
 use crate::core::refusal::Refusal;
@@ -93,7 +93,7 @@ impl Proxy {
         let target_len = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
         head::check_decoded(target_len, &req.headers, Limits::of(settings))?;
         let req = session.req_header();
-        let host = request_host(req);
+        let host = request_host(req)?;
         let routed = route_request(
             &self.config.load(),
             settings,
@@ -365,7 +365,8 @@ impl ProxyHttp for Proxy {
         if let Some(route) = ctx.route.clone() {
             if !route.plugins.is_empty() {
                 let req = session.req_header();
-                let host = request_host(req);
+                // Checked when the request was routed.
+                let host = request_host(req).unwrap_or_default();
                 let edits = route.plugins.upstream_request(
                     &RequestView {
                         method: req.method.as_str(),
@@ -513,19 +514,10 @@ impl HeaderEdit for ResponseHeader {
     }
 }
 
-/// The canonical host (see [`canonical_host`]): from an absolute-form target (which
-/// takes precedence, RFC 9112 §3.2.2), else the Host header (`:authority` in HTTP/2).
-fn request_host(req: &RequestHeader) -> Cow<'_, str> {
-    canonical_host(
-        req.uri
-            .host()
-            .or_else(|| {
-                req.headers
-                    .get(http::header::HOST)
-                    .and_then(|v| v.to_str().ok())
-            })
-            .unwrap_or(""),
-    )
+/// The canonical host: the authority (absolute-form target or `:authority`), else
+/// the Host header, checked and compared by the core (`head::decoded_host`).
+fn request_host(req: &RequestHeader) -> Result<Cow<'_, str>, Refusal> {
+    head::decoded_host(req.uri.authority().map(|a| a.as_str()), &req.headers)
 }
 
 /// Counts requests in flight, so shutdown can wait for them.
@@ -592,12 +584,19 @@ mod tests {
             if let Some(h) = header {
                 req.insert_header("host", h).unwrap();
             }
-            assert_eq!(request_host(&req), want, "{header:?}");
+            assert_eq!(request_host(&req).unwrap(), want, "{header:?}");
         }
         let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
         req.set_uri("http://Absolute.io:81/x".parse().unwrap());
-        req.insert_header("host", "ignored.io").unwrap();
-        assert_eq!(request_host(&req), "absolute.io");
+        assert_eq!(request_host(&req).unwrap(), "absolute.io");
+        req.insert_header("host", "absolute.io").unwrap();
+        assert_eq!(request_host(&req).unwrap(), "absolute.io");
+        // A Host naming another host than the authority, or userinfo: refused.
+        req.insert_header("host", "other.io").unwrap();
+        assert_eq!(request_host(&req), Err(Refusal::BadRequest));
+        req.set_uri("http://user@absolute.io/x".parse().unwrap());
+        req.remove_header("host");
+        assert_eq!(request_host(&req), Err(Refusal::BadRequest));
     }
 
     #[tokio::test]

@@ -90,12 +90,23 @@ fn is_text(b: u8) -> bool {
 impl ChunkedScanner {
     /// Feeds the next bytes; `Some(n)`: the body ends after `data[..n]`.
     pub fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, BadChunk> {
+        self.feed_with(data, |_| {})
+    }
+
+    /// [`Self::feed`], telling `on_data` where the chunks' data lies in `data` (for
+    /// an engine that decodes the body rather than passing it on as it is).
+    pub fn feed_with(
+        &mut self,
+        data: &[u8],
+        mut on_data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<Option<usize>, BadChunk> {
         use State::*;
         let mut i = 0;
         while i < data.len() {
             let b = data[i];
             if let Data(left) = self.state {
                 let n = (left.min((data.len() - i) as u64)) as usize;
+                on_data(i..i + n);
                 i += n;
                 let left = left - n as u64;
                 self.state = if left == 0 { DataCr } else { Data(left) };
@@ -225,6 +236,25 @@ mod tests {
         let trailers = b"A;ext=1\r\n0123456789\r\n0\r\ngrpc-status: 0\r\n\r\n";
         assert_eq!(end_of(&[trailers]), Ok(Some(trailers.len())));
         assert_eq!(end_of(&[b"5\r\nhel"]), Ok(None));
+    }
+
+    #[test]
+    fn data_is_found_across_reads() {
+        let body = b"5;x=1\r\nhello\r\n3\r\n, w\r\n0\r\nT: 1\r\n\r\n";
+        for split in 0..body.len() {
+            let mut scanner = ChunkedScanner::default();
+            let mut decoded = Vec::new();
+            let (a, b) = body.split_at(split);
+            let first = scanner
+                .feed_with(a, |r| decoded.extend_from_slice(&a[r]))
+                .unwrap();
+            assert_eq!(first, None, "split {split}");
+            let end = scanner
+                .feed_with(b, |r| decoded.extend_from_slice(&b[r]))
+                .unwrap();
+            assert_eq!(end, Some(b.len()), "split {split}");
+            assert_eq!(decoded, b"hello, w", "split {split}");
+        }
     }
 
     #[test]

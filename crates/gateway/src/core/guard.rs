@@ -106,9 +106,19 @@ impl<A> Guard<A> {
     where
         A: ServerApp + Send + Sync + 'static,
     {
-        let mut stream = GuardStream::new(stream, self.rules.clone(), false);
+        let stream = self.wrap(stream, prefix);
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    /// The stream as the guard checks it, `prefix` (bytes read already) first: for an
+    /// engine that serves the connection itself (the fast path's HTTP/2), so the
+    /// preface deadline and the client's minimum send rate are the ones Pingora's
+    /// connections get.
+    pub fn wrap(&self, stream: Stream, prefix: BytesMut) -> Stream {
+        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let mut stream = GuardStream::new(stream, self.rules.clone(), h2);
         stream.raw = prefix;
-        self.inner.process_new(Box::new(stream), shutdown).await
+        Box::new(stream)
     }
 
     /// The application this one hands connections to.

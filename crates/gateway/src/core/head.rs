@@ -102,6 +102,45 @@ pub fn check_decoded(
     }
 }
 
+/// The canonical host of a request whose head was decoded (HTTP/2, or HTTP/1 as
+/// Pingora read it): the authority (`:authority`, or an absolute-form target's)
+/// else the Host header, each checked as [`parse`] checks an HTTP/1 Host; two Host
+/// headers, or a Host that names another host than the authority, are refused (RFC
+/// 9113 §8.3.1, RFC 9112 §3.2.2).
+pub fn decoded_host<'a>(
+    authority: Option<&'a str>,
+    headers: &'a http::HeaderMap,
+) -> Result<Cow<'a, str>, Refusal> {
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    let header = match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(Refusal::BadRequest),
+        (Some(value), None) => Some(check_host(
+            value.to_str().map_err(|_| Refusal::BadRequest)?,
+        )?),
+        (None, None) => None,
+    };
+    host_of(authority, header)
+}
+
+/// The host from the authority (checked) and the checked Host header: the
+/// authority takes precedence and the two must agree.
+fn host_of<'a>(
+    authority: Option<&'a str>,
+    header: Option<Cow<'a, str>>,
+) -> Result<Cow<'a, str>, Refusal> {
+    match (authority, header) {
+        (Some(authority), header) => {
+            let from_target = check_host(authority)?;
+            if header.is_some_and(|h| !h.eq_ignore_ascii_case(&from_target)) {
+                return Err(Refusal::BadRequest);
+            }
+            Ok(from_target)
+        }
+        (None, Some(header)) => Ok(header),
+        (None, None) => Ok(Cow::Borrowed("")),
+    }
+}
+
 /// How the request body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFraming {
@@ -300,17 +339,7 @@ fn check<'b>(
         Some(value) => Some(check_host(value)?),
         None => None,
     };
-    let host = match (authority, header_host) {
-        (Some(authority), header) => {
-            let from_target = check_host(authority)?;
-            if header.is_some_and(|h| !h.eq_ignore_ascii_case(&from_target)) {
-                return Err(Refusal::BadRequest);
-            }
-            from_target
-        }
-        (None, Some(header)) => header,
-        (None, None) => Cow::Borrowed(""),
-    };
+    let host = host_of(authority, header_host)?;
     Ok(Head {
         method,
         target,
