@@ -122,14 +122,14 @@ impl Proxy {
             Cow::Borrowed(_) => None,
         };
         if let Some(normal) = normal {
-            let uri = match req.uri.query() {
+            let target = match req.uri.query() {
                 Some(q) => format!("{normal}?{q}"),
                 None => normal,
             };
-            let uri = http::Uri::builder()
-                .path_and_query(uri)
-                .build()
-                .map_err(|_| Refusal::BadRequest)?;
+            // Scheme and authority stay: an HTTP/2 request's Host comes from them.
+            let mut uri = http::uri::Parts::from(req.uri.clone());
+            uri.path_and_query = Some(target.parse().map_err(|_| Refusal::BadRequest)?);
+            let uri = http::Uri::from_parts(uri).map_err(|_| Refusal::BadRequest)?;
             session.req_header_mut().set_uri(uri);
         }
         ctx.upstream = Some(upstream);

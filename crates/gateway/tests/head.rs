@@ -166,6 +166,15 @@ fn lenient_heads_are_refused() {
 }
 
 #[test]
+fn connect_is_refused_by_the_core() {
+    // A tunnel is not a request to route; the core's 405 (JSON), on every engine.
+    assert_eq!(
+        refused(b"CONNECT a.io:443 HTTP/1.1\r\nHost: a.io:443\r\n\r\n"),
+        405
+    );
+}
+
+#[test]
 fn limits_come_first() {
     let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "x".repeat(64));
     assert_eq!(refused(long_target.as_bytes()), 414);

@@ -340,6 +340,9 @@ fn check<'b>(
         None => None,
     };
     let host = host_of(authority, header_host)?;
+    if form == TargetForm::Authority {
+        return Err(Refusal::Connect);
+    }
     Ok(Head {
         method,
         target,

@@ -17,6 +17,8 @@ pub enum Refusal {
     HeadersTooLarge,
     BodyTooLarge,
     MethodNotAllowed(Vec<&'static str>),
+    /// CONNECT: the gateway proxies requests, not tunnels (Pingora's default too).
+    Connect,
     /// A filter of the matched route refused the request; the filter's message.
     Forbidden(Arc<str>),
     /// The client sent something that could not be read as a request.
@@ -57,7 +59,7 @@ impl Refusal {
             Refusal::UriTooLong => 414,
             Refusal::HeadersTooLarge => 431,
             Refusal::BodyTooLarge => 413,
-            Refusal::MethodNotAllowed(_) => 405,
+            Refusal::MethodNotAllowed(_) | Refusal::Connect => 405,
             Refusal::Forbidden(_) => 403,
             Refusal::BadRequest => 400,
             Refusal::RequestTimeout => 408,
@@ -79,6 +81,7 @@ impl Refusal {
             ),
             Refusal::BodyTooLarge => ("the request body is too large", "payload_too_large"),
             Refusal::MethodNotAllowed(_) => ("method not allowed", "method_not_allowed"),
+            Refusal::Connect => ("CONNECT is not supported", "method_not_allowed"),
             Refusal::Forbidden(message) => (message, "forbidden"),
             Refusal::BadRequest => ("the request could not be read", "bad_request"),
             Refusal::RequestTimeout => ("the request was not received in time", "request_timeout"),

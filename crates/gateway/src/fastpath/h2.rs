@@ -48,6 +48,9 @@ use crate::core::route::{route_request, Incoming};
 
 /// Streams a client may open at once (nginx's `http2_max_concurrent_streams`).
 const MAX_STREAMS: u32 = 128;
+/// Streams served at once on one connection, reset ones whose exchange still runs
+/// included.
+const MAX_IN_PROGRESS: usize = 2 * MAX_STREAMS as usize;
 /// HPACK counts 32 bytes per header beyond name and value (RFC 7541 §4.1): a list
 /// within the core's header limit always decodes, and the core refuses it with 431.
 const HPACK_ENTRY_OVERHEAD: usize = 32;
@@ -102,8 +105,16 @@ where
                 }
                 Some(()) = streams.next(), if !idle => {}
                 accepted = conn.accept() => match accepted {
-                    Some(Ok((request, respond))) => {
-                        streams.push(self.h2_stream(request, respond, &peer, &bridge));
+                    Some(Ok((request, mut respond))) => {
+                        if streams.len() < MAX_IN_PROGRESS {
+                            streams.push(self.h2_stream(request, respond, &peer, &bridge));
+                        } else {
+                            // Streams reset by the client leave h2's count while
+                            // their upstream exchange runs on: a rapid-reset flood
+                            // (CVE-2023-44487) would pile up work. Past the cap, new
+                            // streams are refused (the client may retry them).
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        }
                     }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "HTTP/2 connection ended");
@@ -133,6 +144,9 @@ where
         peer: &Peer,
         bridge: &Bridge<'_, A>,
     ) {
+        if request.method() == http::Method::CONNECT {
+            return send_refusal(&mut respond, &Refusal::Connect);
+        }
         let (parts, mut recv) = request.into_parts();
         let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
         let checked = head::check_decoded(target_len, &parts.headers, Limits::of(&self.settings))
