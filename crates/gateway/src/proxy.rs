@@ -1,6 +1,6 @@
-//! The adapter of the request core (`core/`) over Pingora's proxy: HTTP/2, TLS and
-//! gRPC upstreams, upgrades, chunked request bodies and everything the fast path
-//! (`fastpath.rs`) hands over come through here. Every rule is the core's; this file
+//! The adapter of the request core (`core/`) over Pingora's proxy: TLS and gRPC
+//! upstreams, upgrades, chunked request bodies and everything the fast path
+//! (`fastpath/`) hands over (HTTP/2 streams through its bridge) come through here. Every rule is the core's; this file
 //! only maps it onto Pingora's hooks.
 //!
 //! ```text

@@ -39,8 +39,8 @@ pub struct HttpSettings {
     pub send_rate: MinRate,
     /// An HTTP/2 connection with no stream open is closed after this long.
     pub h2_idle_timeout: Duration,
-    /// Serve plain HTTP/1.1 requests on the fast path (`fastpath.rs`); off, every
-    /// request goes through Pingora's proxy.
+    /// Serve plain HTTP/1.1 requests and HTTP/2 connections on the fast path
+    /// (`fastpath/`); off, every request goes through Pingora's proxy.
     pub fast_path: bool,
 }
 

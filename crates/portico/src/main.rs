@@ -56,6 +56,8 @@ enum Command {
         /// The client certificate's private key (PEM).
         #[arg(long, env = "PORTICO_AGENT_CLIENT_KEY", requires = "agent_client_cert")]
         agent_client_key: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        timeouts: ApiTimeoutArgs,
     },
     /// The cluster agent: writes the admin's changes into the config store.
     Agent {
@@ -80,6 +82,8 @@ enum Command {
         /// one of them are served (mTLS).
         #[arg(long, env = "PORTICO_AGENT_TLS_CLIENT_CA", requires = "tls_cert")]
         tls_client_ca: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        timeouts: ApiTimeoutArgs,
     },
     /// A gateway node: serves the traffic of one instance, config from the store.
     Gateway {
@@ -206,6 +210,18 @@ impl StoreArgs {
         };
         Ok(store::StoreOptions { tls, user })
     }
+}
+
+/// How long a client of the admin or agent API may take to send a request (the
+/// slowloris defence of the control plane).
+#[derive(clap::Args)]
+struct ApiTimeoutArgs {
+    /// A request head must arrive in full within this (nginx's client_header_timeout).
+    #[arg(long, env = "PORTICO_API_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    header_read_timeout: Duration,
+    /// A request body must arrive in full within this of its head.
+    #[arg(long, env = "PORTICO_API_BODY_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    body_timeout: Duration,
 }
 
 /// The admin's data keys: certificate keys and agent tokens are encrypted with them in
@@ -388,6 +404,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             agent_ca,
             agent_client_cert,
             agent_client_key,
+            timeouts,
         } => {
             let (data_key, old_data_keys) = data_keys.load()?;
             let agent_tls = agent_ca
@@ -413,7 +430,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 data_key,
                 old_data_keys,
                 agent_tls,
-                ..admin::AdminConfig::default()
+                header_read_timeout: timeouts.header_read_timeout,
+                body_timeout: timeouts.body_timeout,
             };
             let (admin, new_token) = admin::Admin::open(config).await?;
             if let Some(token) = new_token {
@@ -431,13 +449,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             tls_client_ca,
+            timeouts,
         } => {
             let token = env_secret("PORTICO_AGENT_TOKEN").context(
                 "PORTICO_AGENT_TOKEN must be set: the cluster's agent token, which the admin presents",
             )?;
             let (store, keyspace) = store::open_with(&store, &store_access.options()?).await?;
             let names = agent::parse_instance_list(&instances);
-            let mut state = agent::AgentState::new(store, keyspace, names, &token)?;
+            let mut state = agent::AgentState::new(store, keyspace, names, &token)?
+                .with_timeouts(timeouts.header_read_timeout, timeouts.body_timeout);
             if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
                 let client_ca = tls_client_ca
                     .map(|p| read_file(&p, "--tls-client-ca"))

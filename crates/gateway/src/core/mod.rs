@@ -1,5 +1,5 @@
 //! The request core: every rule of a request, written once, called by both HTTP
-//! engines — the fast path (`fastpath.rs`, which writes bytes) and the adapter over
+//! engines — the fast path (`fastpath/`, which writes bytes and serves HTTP/2 streams) and the adapter over
 //! Pingora's proxy (`proxy.rs`, which fills Pingora's hooks) — and, through the phase
 //! interface, by every plugin.
 //!

@@ -1,28 +1,24 @@
-//! The HTTP/1.1 fast path: keep-alive requests that need nothing unusual are proxied
+//! The fast path: HTTP/1.1 keep-alive requests that need nothing unusual are proxied
 //! here, with one read buffer per connection, no per-request tasks or channels, and
-//! the request head written upstream from the bytes the client sent; everything else
-//! is handed, with the bytes read so far, to Pingora's proxy (see `proxy.rs`), which
-//! keeps the connection from then on.
+//! the request head written upstream from the bytes the client sent; HTTP/2
+//! connections are served by `h2.rs`; everything else is handed, with the bytes read
+//! so far, to Pingora's proxy (see `proxy.rs`), which keeps the connection from then
+//! on.
 //!
 //! ```text
-//! read a head (keep-alive wait, then the head deadline) ─ httparse
-//!   not HTTP/1.1, absolute-form or CONNECT, Transfer-Encoding, Upgrade, Expect,
-//!   no or two Host, two Content-Length, over a limit, unparsable, no route (404/405),
-//!   a TLS or HTTP/2 upstream                                  ──> Pingora (same bytes)
-//! route_request (shared with Pingora's path) → pick a node (Attempts, shared)
-//! request line (normalised path) + headers as sent, minus hop-by-hop ones, Host by
-//!   pass_host, X-Forwarded-For appended → upstream (pooled connection) + body
-//! response head ─ httparse → report to the pool (passive checks, ewma); a status in
-//!   retry_on_statuses is retried when safe → head minus hop-by-hop headers → client
+//! ALPN h2, or the h2c preface                                ──> h2.rs
+//! read a head (keep-alive wait, then the head deadline) ─ core::head::parse
+//!   refused (400/413/414/431/501, CONNECT 405): the core's answer, closed
+//!   not HTTP/1.1, absolute-form, chunked body, Upgrade, Expect, no route
+//!   (404/405/403), a TLS or HTTP/2 upstream, a response-body plugin
+//!                                                            ──> Pingora (same bytes)
+//! route_request (the core) → upstream_request phase → request line (normalised
+//!   path) + headers as sent, minus hop-by-hop ones, X-Forwarded-For appended
+//! upstream::exchange: pick a node, Host by pass_host, pooled connection, body,
+//!   response head (1xx passed on), retries by core::retry
+//! response_head phase → head minus hop-by-hop headers → client
 //! body by Content-Length, chunked (passed through as is, trailers too) or close
 //! ```
-//!
-//! Retries follow the rules of the Pingora path: a connect failure is always retried
-//! on another node while the budget lasts; once the request was sent, only an
-//! idempotent request without a body is sent again; a pooled connection that fails
-//! before any byte of a response is retried on a new connection without using the
-//! budget, under the same rule. Refusals of the request itself (404, 405, 413, 414,
-//! 431, 400) all come from the Pingora path, so they exist once.
 
 mod bridge;
 mod h2;
