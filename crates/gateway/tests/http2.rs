@@ -527,3 +527,33 @@ async fn streams_for_pingora_are_relayed_whole_with_the_client_s_address() {
     assert_eq!(trailers["x-echo-trailer"], "done");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_requests_arriving_byte_by_byte_are_not_taken_for_http2() {
+    let upstream = ScriptedUpstream::start(|r| Answer::new(200, r.target.clone())).await;
+    let node = node(
+        true,
+        upstream.port(),
+        gateway::HttpSettings::default(),
+        "/a",
+    )
+    .await;
+    let mut conn = TcpStream::connect(node.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    // "P" and "PR" are also how the HTTP/2 preface starts.
+    for byte in b"POST /a/bytes HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n" {
+        conn.write_all(&[*byte]).await.unwrap();
+        conn.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("/a/bytes"), "{answer}");
+    node.stop().await;
+}

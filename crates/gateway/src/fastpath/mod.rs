@@ -209,13 +209,15 @@ where
             first,
         } = conn;
         loop {
-            if !buf.is_empty() {
-                let n = buf.len().min(H2_PREFACE.len());
-                if *first && buf[..n] == H2_PREFACE[..n] {
-                    // h2c with prior knowledge: served once the preface is whole
-                    // (the guard holds the rest of it to the head deadline).
-                    return Step::Http2;
-                }
+            let n = buf.len().min(H2_PREFACE.len());
+            let preface = *first && buf[..n] == H2_PREFACE[..n];
+            if preface && n == H2_PREFACE.len() {
+                // h2c with prior knowledge.
+                return Step::Http2;
+            }
+            // The start of a preface (or of a request starting like one, "P"): the
+            // rest decides, within the head deadline.
+            if !buf.is_empty() && !preface {
                 let mut storage = head::header_storage();
                 match head::parse(&buf[..], &mut storage, limits) {
                     Ok(Some((head, headers))) => {
