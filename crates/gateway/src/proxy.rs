@@ -42,7 +42,7 @@ use crate::core::head::{self, Limits};
 use crate::core::headers::{append_forwarded_for, nominated, upstream_host};
 use crate::core::phase::{HeaderEdits, LogRecord, PhaseCtx, RequestView};
 use crate::core::refusal::Refusal;
-use crate::core::retry::{replay_is_safe, Attempts};
+use crate::core::retry::{replay_is_safe, AfterFailure, Attempts};
 use crate::core::route::{route_request, Incoming, Routed};
 use crate::router::CompiledRoute;
 use crate::runtime::RuntimeConfig;
@@ -309,26 +309,23 @@ impl ProxyHttp for Proxy {
             e.set_retry(true);
             return e;
         }
-        if !Self::replay_is_safe(session, ctx) {
-            e.set_retry(false);
-            Self::report(ctx, Outcome::Failed);
-            return e;
-        }
-        // A pooled connection the node had closed: the request never reached it, so a
-        // new connection to the same node is tried (Pingora marks such errors
-        // ReusedOnly). Anything else counts against the node and the budget.
+        // A pooled connection the node had closed: the request never reached it
+        // (Pingora marks such errors ReusedOnly).
         e.retry.decide_reuse(client_reused);
-        if client_reused && e.retry() {
-            ctx.attempts.made = ctx.attempts.made.saturating_sub(1);
-            return e;
-        }
-        Self::report(ctx, Outcome::Failed);
-        let Some(index) = ctx.pick.as_ref().map(|p| p.index) else {
+        let stale = client_reused && e.retry();
+        let replay_safe = Self::replay_is_safe(session, ctx);
+        let (Some(index), Some(pool)) = (ctx.pick.as_ref().map(|p| p.index), ctx.upstream.clone())
+        else {
             e.set_retry(false);
             return e;
         };
-        e.set_retry(Self::may_try_another(ctx, index));
-        ctx.attempts.failed_on(index);
+        let decision = ctx
+            .attempts
+            .after_send_failure(&pool, index, replay_safe, stale);
+        if decision != AfterFailure::NewConnection {
+            Self::report(ctx, Outcome::Failed);
+        }
+        e.set_retry(decision != AfterFailure::GiveUp);
         e
     }
 

@@ -24,12 +24,49 @@ impl Attempts {
         self.made <= pool.retries && tried < pool.len()
     }
 
+    /// What follows a failure after the request was (being) sent to `node`:
+    /// `stale_pooled` when it went over a pooled connection the node had closed, so
+    /// it never reached the node. Counts the attempt as not made, or remembers the
+    /// node as failed, accordingly.
+    pub fn after_send_failure(
+        &mut self,
+        pool: &UpstreamPool,
+        node: usize,
+        replay_safe: bool,
+        stale_pooled: bool,
+    ) -> AfterFailure {
+        if !replay_safe {
+            return AfterFailure::GiveUp;
+        }
+        if stale_pooled {
+            self.made = self.made.saturating_sub(1);
+            return AfterFailure::NewConnection;
+        }
+        if self.may_try_another(pool, node) {
+            self.failed_on(node);
+            return AfterFailure::AnotherNode;
+        }
+        AfterFailure::GiveUp
+    }
+
     /// Remembers that `node` failed, so no later attempt picks it.
     pub fn failed_on(&mut self, node: usize) {
         if !self.tried.contains(&node) {
             self.tried.push(node);
         }
     }
+}
+
+/// The decision of [`Attempts::after_send_failure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterFailure {
+    /// The same node on a new connection, the budget untouched (the node is not to
+    /// blame).
+    NewConnection,
+    /// Another node; the failure counts against this one.
+    AnotherNode,
+    /// The client gets the gateway's error; the failure counts against the node.
+    GiveUp,
 }
 
 /// Whether a request that reached a node may be sent again: an idempotent method and

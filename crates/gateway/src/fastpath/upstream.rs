@@ -32,7 +32,7 @@ use crate::core::head::{self, MAX_RESPONSE_HEAD_BYTES};
 use crate::core::headers::{forwarded_back, nominated, tokens, upstream_host};
 use crate::core::rate::{too_slow, Meter, MinRate};
 use crate::core::refusal::Refusal;
-use crate::core::retry::Attempts;
+use crate::core::retry::{AfterFailure, Attempts};
 
 /// Idle connections kept per upstream address (as many as the gateway's Pingora
 /// pool: one HTTP/2 client alone may have hundreds of requests in flight).
@@ -339,18 +339,23 @@ pub(super) async fn exchange(
             Ok(()) => {}
             Err(SendError::Client) => return Err(Ended::Client),
             Err(SendError::Upstream(failure)) => {
-                if reused && req.replay_safe && !matches!(failure, Failure::Timeout) {
-                    attempts.made -= 1;
-                    fresh = true;
-                    continue;
+                // A write to a pooled connection fails at once when the node had
+                // closed it; a timeout means it was there and did not take it.
+                let stale = reused && !matches!(failure, Failure::Timeout);
+                match attempts.after_send_failure(pool, pick.index, req.replay_safe, stale) {
+                    AfterFailure::NewConnection => {
+                        fresh = true;
+                        continue;
+                    }
+                    decision => {
+                        pick.record(Outcome::Failed);
+                        tracing::warn!(upstream = %pool.id, node = %addr, error = %failure, "sending to the upstream failed");
+                        if decision == AfterFailure::AnotherNode {
+                            continue;
+                        }
+                        return Err(Ended::Refused(failure.refusal()));
+                    }
                 }
-                pick.record(Outcome::Failed);
-                tracing::warn!(upstream = %pool.id, node = %addr, error = %failure, "sending to the upstream failed");
-                if req.replay_safe && attempts.may_try_another(pool, pick.index) {
-                    attempts.failed_on(pick.index);
-                    continue;
-                }
-                return Err(Ended::Refused(failure.refusal()));
             }
         }
 
@@ -370,19 +375,23 @@ pub(super) async fn exchange(
         let response = match response {
             Ok(response) => response,
             Err(failure) => {
-                if reused && req.replay_safe && matches!(failure, Failure::Closed | Failure::Io(_))
-                {
-                    attempts.made -= 1;
-                    fresh = true;
-                    continue;
+                // Closed (or reset) before a byte of a response: a pooled connection
+                // the node had given up on.
+                let stale = reused && matches!(failure, Failure::Closed | Failure::Io(_));
+                match attempts.after_send_failure(pool, pick.index, req.replay_safe, stale) {
+                    AfterFailure::NewConnection => {
+                        fresh = true;
+                        continue;
+                    }
+                    decision => {
+                        pick.record(Outcome::Failed);
+                        tracing::warn!(upstream = %pool.id, node = %addr, error = %failure, "reading the upstream response failed");
+                        if decision == AfterFailure::AnotherNode {
+                            continue;
+                        }
+                        return Err(Ended::Refused(failure.refusal()));
+                    }
                 }
-                pick.record(Outcome::Failed);
-                tracing::warn!(upstream = %pool.id, node = %addr, error = %failure, "reading the upstream response failed");
-                if req.replay_safe && attempts.may_try_another(pool, pick.index) {
-                    attempts.failed_on(pick.index);
-                    continue;
-                }
-                return Err(Ended::Refused(failure.refusal()));
             }
         };
         pick.record(Outcome::Status(response.status, pick.elapsed()));
