@@ -19,12 +19,12 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use testkit::upstream::{Answer, Received, ScriptedUpstream};
+use testkit::upstream::{Answer, ScriptedUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod common;
-use common::{Node, Options};
+use common::{comparable, Node, Options};
 
 struct Side {
     node: Node,
@@ -172,29 +172,6 @@ async fn send(node: &Node, raw: &[u8]) -> Vec<u8> {
             _ => return out,
         }
     }
-}
-
-/// A received request as compared: framing and connection headers aside.
-fn comparable(r: &Received) -> (String, String, String, Vec<(String, String)>, Vec<u8>) {
-    let mut headers: Vec<(String, String)> = r
-        .headers
-        .iter()
-        .filter(|(n, _)| {
-            !matches!(
-                n.as_str(),
-                "connection" | "content-length" | "transfer-encoding"
-            )
-        })
-        .cloned()
-        .collect();
-    headers.sort();
-    (
-        r.method.clone(),
-        r.target.clone(),
-        r.version.clone(),
-        headers,
-        r.body.clone(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
-use common::{Node, Options};
+use common::{comparable, Node, Options};
 
 /// A node whose routes lead to the upstream on `upstream_port`, once `/a` answers
 /// `ready`.
@@ -144,40 +144,6 @@ async fn send(client: &SendRequest<Bytes>, case: &Case) -> (u16, Vec<u8>, Vec<St
         data.extend_from_slice(&chunk);
     }
     (status, data, names)
-}
-
-/// A received request as compared: framing and connection headers aside, and the
-/// cookie lines joined (RFC 9113 §8.2.3 asks a gateway to join them for HTTP/1.1;
-/// the fast path does, Pingora forwards them as they came).
-fn comparable(r: &Received) -> (String, String, String, Vec<(String, String)>, Vec<u8>) {
-    let mut headers: Vec<(String, String)> = r
-        .headers
-        .iter()
-        .filter(|(n, _)| {
-            !matches!(
-                n.as_str(),
-                "connection" | "content-length" | "transfer-encoding" | "cookie"
-            )
-        })
-        .cloned()
-        .collect();
-    let cookies: Vec<&str> = r
-        .headers
-        .iter()
-        .filter(|(n, _)| n == "cookie")
-        .map(|(_, v)| v.as_str())
-        .collect();
-    if !cookies.is_empty() {
-        headers.push(("cookie".to_owned(), cookies.join("; ")));
-    }
-    headers.sort();
-    (
-        r.method.clone(),
-        r.target.clone(),
-        r.version.clone(),
-        headers,
-        r.body.clone(),
-    )
 }
 
 fn cases() -> Vec<Case> {

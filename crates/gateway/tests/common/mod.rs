@@ -287,3 +287,41 @@ pub fn upstream(id: &str, nodes: &[&NamedUpstream]) -> Value {
         .collect();
     json!({"id": id, "nodes": nodes})
 }
+
+/// A received request as the differential tests compare it: method, target, version,
+/// headers as a sorted multiset without framing and connection headers (either engine
+/// may re-frame a body or say keep-alive), cookie lines joined (RFC 9113 §8.2.3 asks a
+/// gateway to join HTTP/2 cookies for HTTP/1.1; the fast path does, Pingora forwards
+/// them as they came), and the body.
+pub fn comparable(
+    r: &testkit::upstream::Received,
+) -> (String, String, String, Vec<(String, String)>, Vec<u8>) {
+    let mut headers: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| {
+            !matches!(
+                n.as_str(),
+                "connection" | "content-length" | "transfer-encoding" | "cookie"
+            )
+        })
+        .cloned()
+        .collect();
+    let cookies: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if !cookies.is_empty() {
+        headers.push(("cookie".to_owned(), cookies.join("; ")));
+    }
+    headers.sort();
+    (
+        r.method.clone(),
+        r.target.clone(),
+        r.version.clone(),
+        headers,
+        r.body.clone(),
+    )
+}
