@@ -185,6 +185,7 @@ async fn every_route_needs_the_admin_token() {
             ("GET", "/clusters"),
             ("POST", "/clusters"),
             ("GET", "/clusters/c1/instances/i/routes"),
+            ("GET", "/plugins"),
             ("GET", "/no/such/endpoint"),
         ] {
             let answer = admin.call_as(token, method, path, Some("{}")).await;
@@ -338,4 +339,37 @@ async fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The plugin catalog: every plugin a route accepts, in the order they run, each with
+/// the JSON Schema of its config; an unknown name is a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_catalog_is_served_with_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/admin.db", dir.path().display());
+    let admin = TestAdmin::start(&db, Duration::from_secs(3600)).await;
+    let answer = admin.get("/plugins").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let items = answer.body["items"].as_array().unwrap();
+    let names: Vec<&str> = items.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["request-id", "ip-restriction"]);
+    let priorities: Vec<i64> = items
+        .iter()
+        .map(|p| p["priority"].as_i64().unwrap())
+        .collect();
+    assert!(priorities.windows(2).all(|w| w[0] > w[1]), "{priorities:?}");
+    let ip = &items[1];
+    assert_eq!(ip["phases"], serde_json::json!(["access"]));
+    assert_eq!(ip["schema"]["type"], "object");
+    assert!(ip["schema"]["properties"]["denylist"].is_object());
+    let one = admin.get("/plugins/request-id").await;
+    assert_eq!(one.status, StatusCode::OK);
+    assert_eq!(
+        one.body["schema"]["properties"]["header_name"]["default"],
+        "X-Request-Id"
+    );
+    let missing = admin.get("/plugins/no-such-plugin").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.body["code"], "not_found");
+    admin.stop().await;
 }

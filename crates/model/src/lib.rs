@@ -9,6 +9,7 @@
 pub mod certificate;
 pub mod cluster;
 pub mod json;
+pub mod plugin;
 pub mod resource;
 pub mod route;
 pub mod snapshot;

@@ -95,11 +95,14 @@ impl Plugins {
 /// APISIX's `request-id`: the request keeps the id its client sent in `header_name`,
 /// or gets a new random one (a UUID v4); the upstream receives it, and the client too
 /// unless `include_in_response` is false.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestId {
+    /// The header that carries the id, both ways.
     #[serde(default = "RequestId::default_header")]
+    #[schemars(length(min = 1, max = 128))]
     pub header_name: String,
+    /// Whether the client gets the id in the response too.
     #[serde(default = "enabled_default")]
     pub include_in_response: bool,
 }
@@ -126,14 +129,16 @@ impl RequestId {
 /// honours the node's trusted-proxy setting, as `remote_addrs` does. Unlike
 /// `remote_addrs` (a predicate: another route may take the request, else 404), a
 /// refusal here ends the request with 403.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IpRestriction {
+    /// Only clients in these IPs or CIDRs are served.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowlist: Vec<String>,
+    /// Clients in these IPs or CIDRs are refused (403).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub denylist: Vec<String>,
-    /// The refusal's message; [`IpRestriction::DEFAULT_MESSAGE`] when left out.
+    /// The refusal's message ("Your IP address is not allowed" when left out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

@@ -5,6 +5,7 @@
 //! column), or which field is unknown, missing or of the wrong type (its full path).
 
 mod clusters;
+mod plugins;
 mod resources;
 
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/clusters/{cluster}/instances",
             get(clusters::list_instances),
         )
+        .route("/plugins", get(plugins::list_plugins))
+        .route("/plugins/{name}", get(plugins::get_plugin))
         .route(instance, get(clusters::get_instance))
         .route(&format!("{instance}/nodes"), get(clusters::list_nodes))
         .route(&format!("{instance}/changes"), get(clusters::list_changes))

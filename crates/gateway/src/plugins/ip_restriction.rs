@@ -46,12 +46,12 @@ impl IpRestriction {
 
 impl Plugin for IpRestriction {
     fn name(&self) -> &'static str {
-        "ip-restriction"
+        model::plugin::IP_RESTRICTION.name
     }
 
     /// APISIX's priority for it: early, before authentication.
     fn priority(&self) -> i32 {
-        3000
+        model::plugin::IP_RESTRICTION.priority
     }
 
     fn access(&self, req: &RequestView<'_>, _ctx: &mut PhaseCtx) -> Result<(), Refusal> {

@@ -44,12 +44,12 @@ fn uuid_v4() -> HeaderValue {
 
 impl Plugin for RequestId {
     fn name(&self) -> &'static str {
-        "request-id"
+        model::plugin::REQUEST_ID.name
     }
 
     /// APISIX's priority for it: before everything that might log or refuse.
     fn priority(&self) -> i32 {
-        12015
+        model::plugin::REQUEST_ID.priority
     }
 
     fn reads_headers(&self) -> bool {
