@@ -63,7 +63,8 @@ use crate::settings::HttpSettings;
 /// How long a kept-alive client connection may wait for its next request (Pingora's).
 const KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// Serves HTTP/1.1 connections, handing what it does not serve to `fallback`.
+/// Serves HTTP/1.1 and HTTP/2 connections, handing what it does not serve to
+/// `fallback` (Pingora behind the guard).
 pub struct FastPath<A> {
     fallback: Arc<Guard<A>>,
     config: Arc<ArcSwap<RuntimeConfig>>,
