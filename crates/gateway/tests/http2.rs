@@ -51,6 +51,12 @@ async fn node(
     )
     .await;
     node.put(
+        "routes/rid",
+        json!({"id": "rid", "paths": ["/rid/*"], "upstream_id": "app",
+               "plugins": {"request-id": {}}}),
+    )
+    .await;
+    node.put(
         "routes/all",
         json!({"id": "all", "paths": ["/a", "/a/*", "/p"], "upstream_id": "app"}),
     )
@@ -165,6 +171,8 @@ fn cases() -> Vec<Case> {
         case("HEAD", "http://h/a"),
         case("DELETE", "http://x.h:8080/a/d").header("te", "trailers"),
         case("GET", "http://h/a/./b/../c//d"),
+        // A plugin's header phases: the client's id goes upstream and comes back.
+        case("GET", "http://h/rid/x").header("x-request-id", "client-id-1"),
         case("GET", "http://h/a/..%2fadmin/x"),
         case("GET", "http://H./a/host"),
         case("GET", "http://h/none"),
@@ -205,6 +213,11 @@ async fn both_engines_answer_the_same_streams_the_same_way() {
             .map(comparable)
             .collect();
         statuses.insert(fast_answer.0);
+        if case.uri.ends_with("/rid/x") {
+            assert!(fast_answer.2.contains(&"x-request-id".to_owned()));
+            let sent = ("x-request-id".to_owned(), "client-id-1".to_owned());
+            assert!(fast_got.iter().all(|r| r.3.contains(&sent)), "{fast_got:?}");
+        }
         // Pingora refuses a malformed HTTP/2 head (400) and CONNECT (405) before the
         // core sees them, with a page of its own instead of the core's JSON body.
         let same = if matches!(pingora_answer.0, 400 | 405) && !pingora_answer.1.starts_with(b"{") {
