@@ -46,6 +46,7 @@ fn lookup(c: &mut Criterion) {
             query: None,
             client_ip: None,
             now_ms: 0,
+            tls: false,
         };
         match router.lookup(&req) {
             Match::Found(t) => assert_eq!(t.route_id(), format!("r{}", n - 1)),

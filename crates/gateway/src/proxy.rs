@@ -107,6 +107,7 @@ impl Proxy {
                     .client_addr()
                     .and_then(|a| a.as_inet())
                     .map(|a| a.ip()),
+                tls: is_tls(session),
             },
             &mut ctx.phase,
         )?;
@@ -372,6 +373,7 @@ impl ProxyHttp for Proxy {
                         host: &host,
                         headers: &req.headers,
                         client_ip: ctx.client_ip,
+                        tls: is_tls(session),
                     },
                     &mut ctx.phase,
                 );
@@ -515,6 +517,12 @@ impl HeaderEdit for ResponseHeader {
 /// the Host header, checked and compared by the core (`head::decoded_host`).
 fn request_host(req: &RequestHeader) -> Result<Cow<'_, str>, Refusal> {
     head::decoded_host(req.uri.authority().map(|a| a.as_str()), &req.headers)
+}
+
+/// Whether the client's connection is TLS (for a stream bridged from the fast path's
+/// HTTP/2 server: the client's connection, see `fastpath/bridge.rs`).
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
 /// Counts requests in flight, so shutdown can wait for them.

@@ -314,6 +314,73 @@ async fn mtls_requires_a_client_certificate_from_the_ca() {
 // HTTP/2
 // ---------------------------------------------------------------------------------------
 
+/// The `redirect` plugin answers the same way on every protocol and engine: plain
+/// HTTP/1.1 and h2c get the redirect to HTTPS, TLS (HTTP/1.1 and h2) is proxied; a
+/// regex redirect answers on all of them, query appended.
+#[tokio::test]
+async fn redirects_answer_on_every_protocol() {
+    let ca = Ca::new("test ca");
+    let (mut node, backend) = tls_node(&ca, "a").await;
+    node.put(
+        "routes/secure",
+        json!({"id": "secure", "paths": ["/secure/*"], "upstream_id": "r",
+               "plugins": {"redirect": {"http_to_https": true}}}),
+    )
+    .await;
+    node.put(
+        "routes/moved",
+        json!({"id": "moved", "paths": ["/old/*"], "upstream_id": "r",
+               "plugins": {"redirect": {"regex_uri": ["^/old/(.*)", "/new/$1"],
+                                        "ret_code": 308, "append_query_string": true}}}),
+    )
+    .await;
+    let no_follow = |b: reqwest::ClientBuilder| {
+        b.redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    };
+    let plain = [
+        no_follow(reqwest::Client::builder().http1_only()),
+        no_follow(reqwest::Client::builder().http2_prior_knowledge()),
+    ];
+    let tls = [
+        no_follow(tls_client(&ca, &["a.test"]).http1_only()),
+        no_follow(tls_client(&ca, &["a.test"])),
+    ];
+    until("the redirect routes are served", || async {
+        matches!(plain[0].get(node.at("/old/warm")).send().await, Ok(r) if r.status() == 308)
+    })
+    .await;
+    for client in &plain {
+        let response = client.get(node.at("/secure/x?q=1")).send().await.unwrap();
+        assert_eq!(response.status(), 301, "{:?}", response.version());
+        assert_eq!(
+            response.headers()["location"],
+            "https://127.0.0.1/secure/x?q=1"
+        );
+        assert_eq!(response.text().await.unwrap(), "");
+    }
+    for client in &tls {
+        let response = client
+            .get(node.tls_url("a.test", "/secure/x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{:?}", response.version());
+        assert_eq!(response.text().await.unwrap(), "backend");
+    }
+    for (client, url) in plain.iter().map(|c| (c, node.at("/old/a/b?z=1"))).chain(
+        tls.iter()
+            .map(|c| (c, node.tls_url("a.test", "/old/a/b?z=1"))),
+    ) {
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 308, "{url} {:?}", response.version());
+        assert_eq!(response.headers()["location"], "/new/a/b?z=1");
+    }
+    drop(backend);
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn http2_over_tls_by_alpn_and_h2c_by_prior_knowledge() {
     let ca = Ca::new("test ca");

@@ -40,6 +40,7 @@ fn request<'a>(host: &'a str, path: &'a str, method: &'a str) -> RequestInfo<'a>
         query: None,
         client_ip: None,
         now_ms: 0,
+        tls: false,
     }
 }
 
@@ -367,6 +368,7 @@ fn predicates_each_kind() {
             query: c.query,
             client_ip: c.ip.map(|ip| ip.parse().unwrap()),
             now_ms: c.now,
+            tls: false,
         };
         assert_eq!(
             describe(router.lookup(&req)),
@@ -585,53 +587,54 @@ mod property {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(200))]
-        #[test]
-        fn indexed_router_agrees_with_linear_reference(
-            routes in prop::collection::vec(route_json(), 1..25),
-            requests in prop::collection::vec(
-                (
-                    prop::collection::vec(segment(), 0..5),
-                    any::<bool>(),
-                    prop::sample::select(vec!["x.io", "a.x.io", "b.a.x.io", "y.io", "other"]),
-                    prop::sample::select(vec!["GET", "POST", "DELETE"]),
-                    any::<bool>(),
+            #![proptest_config(ProptestConfig::with_cases(200))]
+            #[test]
+            fn indexed_router_agrees_with_linear_reference(
+                routes in prop::collection::vec(route_json(), 1..25),
+                requests in prop::collection::vec(
+                    (
+                        prop::collection::vec(segment(), 0..5),
+                        any::<bool>(),
+                        prop::sample::select(vec!["x.io", "a.x.io", "b.a.x.io", "y.io", "other"]),
+                        prop::sample::select(vec!["GET", "POST", "DELETE"]),
+                        any::<bool>(),
+                    ),
+                    1..30,
                 ),
-                1..30,
-            ),
-        ) {
-            let routes: Vec<_> = routes
-                .into_iter()
-                .enumerate()
-                .map(|(i, mut r)| {
-                    r["id"] = format!("r{i:02}").into();
-                    route(r)
-                })
-                .collect();
-            let router = Router::build(routes.clone());
-            let mut with_header = HeaderMap::new();
-            with_header.insert("x-v", http::HeaderValue::from_static("1"));
-            let without = HeaderMap::new();
-            for (segments, slash, host, method, header) in requests {
-                let mut path = path_of(&segments);
-                if slash && !path.ends_with('/') {
-                    path.push('/');
+            ) {
+                let routes: Vec<_> = routes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, mut r)| {
+                        r["id"] = format!("r{i:02}").into();
+                        route(r)
+                    })
+                    .collect();
+                let router = Router::build(routes.clone());
+                let mut with_header = HeaderMap::new();
+                with_header.insert("x-v", http::HeaderValue::from_static("1"));
+                let without = HeaderMap::new();
+                for (segments, slash, host, method, header) in requests {
+                    let mut path = path_of(&segments);
+                    if slash && !path.ends_with('/') {
+                        path.push('/');
+                    }
+                    let req = RequestInfo {
+                        host,
+                        path: &path,
+                        method,
+                        headers: if header { &with_header } else { &without },
+                        query: None,
+                        client_ip: None,
+                        now_ms: 0,
+                                    tls: false,
+    };
+                    prop_assert_eq!(
+                        describe(router.lookup(&req)),
+                        reference(&routes, &req),
+                        "{} {}{}", method, host, path
+                    );
                 }
-                let req = RequestInfo {
-                    host,
-                    path: &path,
-                    method,
-                    headers: if header { &with_header } else { &without },
-                    query: None,
-                    client_ip: None,
-                    now_ms: 0,
-                };
-                prop_assert_eq!(
-                    describe(router.lookup(&req)),
-                    reference(&routes, &req),
-                    "{} {}{}", method, host, path
-                );
             }
         }
-    }
 }

@@ -82,6 +82,7 @@ fn routed(config: &RuntimeConfig, path: &str) -> Option<String> {
         query: None,
         client_ip: None,
         now_ms: 0,
+        tls: false,
     };
     match config.router.lookup(&req) {
         Match::Found(t) => Some(t.route_id().to_owned()),

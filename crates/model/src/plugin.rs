@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 
-use crate::route::{IpRestriction, RequestId};
+use crate::route::{IpRestriction, Redirect, RequestId};
 
 /// One plugin as the catalog describes it.
 #[derive(Debug, Clone, Copy)]
@@ -74,8 +74,16 @@ fn schema_of<T: schemars::JsonSchema>() -> schemars::Schema {
     schemars::schema_for!(T)
 }
 
+pub const REDIRECT: PluginInfo = PluginInfo {
+    name: "redirect",
+    priority: 900,
+    phases: &["access"],
+    summary: "answers with a redirect (HTTP to HTTPS, a new URI, or a regex rewrite of the path)",
+    schema: schema_of::<Redirect>,
+};
+
 /// Every plugin, by name.
-pub const CATALOG: &[PluginInfo] = &[IP_RESTRICTION, REQUEST_ID];
+pub const CATALOG: &[PluginInfo] = &[IP_RESTRICTION, REQUEST_ID, REDIRECT];
 
 /// The catalog entry of `name`.
 pub fn find(name: &str) -> Option<&'static PluginInfo> {
@@ -92,6 +100,10 @@ mod tests {
         let every = Plugins {
             ip_restriction: Some(IpRestriction::default()),
             request_id: Some(serde_json::from_str("{}").unwrap()),
+            redirect: Some(Redirect {
+                http_to_https: true,
+                ..Redirect::default()
+            }),
         };
         let value = serde_json::to_value(&every).unwrap();
         let mut accepted: Vec<&str> = value

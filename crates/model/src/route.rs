@@ -84,11 +84,91 @@ pub struct Plugins {
         skip_serializing_if = "Option::is_none"
     )]
     pub request_id: Option<RequestId>,
+    /// Answers with a redirect instead of proxying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
 }
 
 impl Plugins {
     pub fn is_empty(&self) -> bool {
-        self.ip_restriction.is_none() && self.request_id.is_none()
+        self.ip_restriction.is_none() && self.request_id.is_none() && self.redirect.is_none()
+    }
+}
+
+/// APISIX's `redirect`: the gateway answers with a redirect instead of proxying. Give
+/// exactly one of `http_to_https`, `uri` and `regex_uri`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    /// A request over plain HTTP goes to the same host and target over HTTPS (port
+    /// 443); requests over TLS are proxied as usual.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http_to_https: bool,
+    /// The target: a URL or a path, with `$uri` (the normalised path), `$request_uri`
+    /// (path and query), `$args` (the query), `$host` and `$scheme` replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// `[regex, template]`: a path matching the regex is redirected to the template,
+    /// `$1`, `${2}`… taken from its captures; any other path is proxied as usual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex_uri: Option<[String; 2]>,
+    /// 301, 302, 303, 307 or 308; 302 when left out (301 for `http_to_https`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret_code: Option<u16>,
+    /// The request's query string is appended to the target.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub append_query_string: bool,
+}
+
+impl Redirect {
+    /// The statuses a redirect may answer with.
+    pub const CODES: [u16; 5] = [301, 302, 303, 307, 308];
+
+    /// The status answered.
+    pub fn status(&self) -> u16 {
+        self.ret_code
+            .unwrap_or(if self.http_to_https { 301 } else { 302 })
+    }
+
+    fn validate(&self, v: &mut Validator) {
+        let given = usize::from(self.http_to_https)
+            + usize::from(self.uri.is_some())
+            + usize::from(self.regex_uri.is_some());
+        if given != 1 {
+            v.error("", "give exactly one of http_to_https, uri and regex_uri");
+        }
+        // What reaches the Location header must be a valid field value.
+        let printable = |s: &str| !s.is_empty() && s.bytes().all(|b| (0x21..0x7f).contains(&b));
+        if let Some(uri) = &self.uri {
+            if !printable(uri) {
+                v.error(
+                    "uri",
+                    "must be a non-empty URI without spaces or control characters",
+                );
+            }
+        }
+        if let Some([pattern, template]) = &self.regex_uri {
+            if let Err(e) = regex::Regex::new(pattern) {
+                v.error("regex_uri[0]", format!("not a valid regex: {e}"));
+            }
+            if !printable(template) {
+                v.error(
+                    "regex_uri[1]",
+                    "must be a non-empty URI without spaces or control characters",
+                );
+            }
+        }
+        if let Some(code) = self.ret_code {
+            if !Self::CODES.contains(&code) {
+                v.error("ret_code", "must be 301, 302, 303, 307 or 308");
+            }
+        }
+        if self.http_to_https && self.append_query_string {
+            v.error(
+                "append_query_string",
+                "http_to_https keeps the query already",
+            );
+        }
     }
 }
 
@@ -440,6 +520,9 @@ impl Route {
         if let Some(id) = &self.plugins.request_id {
             v.at("plugins.request-id", |v| id.validate(v));
         }
+        if let Some(redirect) = &self.plugins.redirect {
+            v.at("plugins.redirect", |v| redirect.validate(v));
+        }
         match (&self.upstream_id, &self.upstream) {
             (Some(_), Some(_)) => {
                 v.error("upstream", "give either upstream_id or upstream, not both")
@@ -592,6 +675,44 @@ mod tests {
             ))
         };
         assert!(request_id("{}").is_empty());
+        let redirect = |plugin: &str| {
+            fields(&format!(
+                r#"{{"id":"r","paths":["/"],"upstream_id":"u","plugins":{{"redirect":{plugin}}}}}"#
+            ))
+        };
+        for ok in [
+            r#"{"http_to_https":true}"#,
+            r#"{"uri":"https://new.example.com$request_uri","ret_code":308}"#,
+            r#"{"regex_uri":["^/old/(.*)","/new/$1"],"append_query_string":true}"#,
+        ] {
+            assert!(redirect(ok).is_empty(), "{ok}");
+        }
+        let refused: [(&str, &[&str]); 6] = [
+            ("{}", &["plugins.redirect"]),
+            (
+                r#"{"http_to_https":true,"uri":"/x"}"#,
+                &["plugins.redirect"],
+            ),
+            (
+                r#"{"uri":"/a\r\nSet-Cookie: x"}"#,
+                &["plugins.redirect.uri"],
+            ),
+            (
+                r#"{"regex_uri":["(", "/x"]}"#,
+                &["plugins.redirect.regex_uri[0]"],
+            ),
+            (
+                r#"{"uri":"/x","ret_code":200}"#,
+                &["plugins.redirect.ret_code"],
+            ),
+            (
+                r#"{"http_to_https":true,"append_query_string":true}"#,
+                &["plugins.redirect.append_query_string"],
+            ),
+        ];
+        for (config, want) in refused {
+            assert_eq!(redirect(config), want, "{config}");
+        }
         assert_eq!(
             request_id(r#"{"header_name":"x id"}"#),
             ["plugins.request-id.header_name"]

@@ -41,6 +41,8 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
     /// The client after the trusted-proxy rules.
     pub client_ip: Option<IpAddr>,
+    /// The client's connection is TLS (the request's scheme is https).
+    pub tls: bool,
 }
 
 /// Per-request values plugins share between phases (e.g. the request id made in one
@@ -310,6 +312,7 @@ mod tests {
             host: "",
             headers: &headers,
             client_ip: None,
+            tls: false,
         };
         let mut ctx = PhaseCtx::default();
         let edits = chain.upstream_request(&view, &mut ctx);

@@ -2,6 +2,8 @@
 //! failed) becomes a [`Refusal`], and a refusal becomes one JSON body and one set of
 //! codes whichever engine answers: [`Refusal::response`] for Pingora's adapter,
 //! [`Refusal::to_h1`] for the fast path and the connection guard, which write bytes.
+//! A plugin that answers a request itself (a redirect …) gives a [`Refusal::Answer`],
+//! rendered by the same two functions.
 
 use std::sync::Arc;
 
@@ -30,6 +32,17 @@ pub enum Refusal {
     Internal,
     /// A status raised explicitly as `ErrorType::HTTPStatus`.
     Status(u16),
+    /// A plugin answered the request itself (a redirect, a CORS preflight …): its
+    /// status, headers and body instead of the JSON error.
+    Answer(Arc<Answer>),
+}
+
+/// A response a plugin gives in place of the upstream's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub body: Bytes,
 }
 
 impl Refusal {
@@ -67,6 +80,7 @@ impl Refusal {
             Refusal::GatewayTimeout => 504,
             Refusal::Internal => 500,
             Refusal::Status(status) => *status,
+            Refusal::Answer(answer) => answer.status,
         }
     }
 
@@ -93,24 +107,49 @@ impl Refusal {
                 "not_implemented",
             ),
             Refusal::Status(_) => ("the request was refused", "refused"),
+            Refusal::Answer(_) => ("answered by a plugin", "answered"),
         }
     }
 
-    /// The JSON body of the error response.
+    /// The body of the response: the JSON error, or a plugin's answer.
     pub fn body(&self) -> Bytes {
+        if let Refusal::Answer(answer) = self {
+            return answer.body.clone();
+        }
         let (message, code) = self.describe();
         Bytes::from(serde_json::json!({ "error": message, "code": code }).to_string())
     }
 
-    /// The complete error response.
+    /// The response's header fields besides Content-Length (and, on HTTP/1,
+    /// Connection), in order.
+    fn fields(&self) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        let json = (
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        match self {
+            Refusal::Answer(answer) => answer.headers.clone(),
+            Refusal::MethodNotAllowed(allow) => vec![
+                json,
+                (
+                    http::header::ALLOW,
+                    http::HeaderValue::from_str(&allow.join(", "))
+                        .unwrap_or(http::HeaderValue::from_static("")),
+                ),
+            ],
+            _ => vec![json],
+        }
+    }
+
+    /// The complete response.
     pub fn response(&self) -> Result<(ResponseHeader, Bytes)> {
         let body = self.body();
-        let mut header = ResponseHeader::build(self.status(), Some(4))?;
-        header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        if let Refusal::MethodNotAllowed(allow) = self {
-            header.insert_header(http::header::ALLOW, allow.join(", "))?;
+        let fields = self.fields();
+        let mut header = ResponseHeader::build(self.status(), Some(fields.len() + 1))?;
+        for (name, value) in fields {
+            header.append_header(name, value)?;
         }
+        header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
         Ok((header, body))
     }
 
@@ -118,7 +157,10 @@ impl Refusal {
     /// for a well-formed request refused by routing; a request whose framing is in
     /// doubt, or too big to skip, closes it.
     pub fn keeps_connection(&self) -> bool {
-        matches!(self, Refusal::NoRoute | Refusal::MethodNotAllowed(_))
+        matches!(
+            self,
+            Refusal::NoRoute | Refusal::MethodNotAllowed(_) | Refusal::Answer(_)
+        )
     }
 
     /// The complete HTTP/1.1 response, `Connection: close` (for the engines that
@@ -132,14 +174,14 @@ impl Refusal {
             .and_then(|s| s.canonical_reason())
             .unwrap_or("");
         let mut out = Vec::with_capacity(160 + body.len());
-        let _ = write!(
-            out,
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        if let Refusal::MethodNotAllowed(allow) = self {
-            let _ = write!(out, "Allow: {}\r\n", allow.join(", "));
+        let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+        for (name, value) in self.fields() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
+        let _ = write!(out, "Content-Length: {}\r\n", body.len());
         out.extend_from_slice(b"Connection: close\r\n\r\n");
         out.extend_from_slice(&body);
         out
@@ -206,6 +248,14 @@ mod tests {
             Refusal::BadRequest,
             Refusal::MethodNotAllowed(vec!["GET"]),
             Refusal::Status(501),
+            Refusal::Answer(Arc::new(Answer {
+                status: 301,
+                headers: vec![(
+                    http::header::LOCATION,
+                    http::HeaderValue::from_static("https://a.io/x"),
+                )],
+                body: Bytes::new(),
+            })),
         ] {
             let raw = refusal.to_h1();
             let mut headers = [httparse::EMPTY_HEADER; 8];

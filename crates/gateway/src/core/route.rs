@@ -25,6 +25,8 @@ pub(crate) struct Incoming<'a> {
     pub headers: &'a http::HeaderMap,
     /// The connection's peer.
     pub peer: Option<std::net::IpAddr>,
+    /// The connection is TLS.
+    pub tls: bool,
 }
 
 /// Where a request goes.
@@ -58,6 +60,7 @@ pub(crate) fn route_request<'a>(
         query: req.query,
         client_ip,
         now_ms: crate::now_ms(),
+        tls: req.tls,
     };
     let target = match config.router.lookup(&info) {
         Match::Found(target) => target,

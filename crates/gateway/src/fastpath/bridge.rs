@@ -6,7 +6,7 @@
 //! stream is relayed frame for frame over it: head, body, trailers, both ways at
 //! once (gRPC streams included), with the client's minimum rates applied here.
 //! Pingora sees the client's socket (its address, for routing and X-Forwarded-For)
-//! through [`Bridged`].
+//! and TLS session (the request's scheme) through [`Bridged`].
 
 use std::fmt;
 use std::io;
@@ -21,6 +21,7 @@ use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::SslDigest;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
@@ -47,8 +48,9 @@ const PINGORA_PACE: MinRate = MinRate {
 pub(super) struct Bridge<'a, A> {
     guard: &'a Arc<Guard<A>>,
     shutdown: &'a ShutdownWatch,
-    /// The client connection's socket, as Pingora is to see it.
+    /// The client connection's socket and TLS session, as Pingora is to see them.
     socket: Option<Arc<SocketDigest>>,
+    ssl: Option<Arc<SslDigest>>,
     /// The client's minimum rates (request body, response).
     body_rate: MinRate,
     send_rate: MinRate,
@@ -63,6 +65,7 @@ where
         guard: &'a Arc<Guard<A>>,
         shutdown: &'a ShutdownWatch,
         socket: Option<Arc<SocketDigest>>,
+        ssl: Option<Arc<SslDigest>>,
         body_rate: MinRate,
         send_rate: MinRate,
     ) -> Self {
@@ -70,6 +73,7 @@ where
             guard,
             shutdown,
             socket,
+            ssl,
             body_rate,
             send_rate,
             to_pingora: OnceCell::new(),
@@ -84,6 +88,7 @@ where
                 let stream = Box::new(Bridged {
                     io: theirs,
                     socket: self.socket.clone(),
+                    ssl: self.ssl.clone(),
                 });
                 let guard = self.guard.clone();
                 let shutdown = self.shutdown.clone();
@@ -243,6 +248,7 @@ async fn relay_data(mut recv: RecvStream, mut send: SendStream<Bytes>, rate: Min
 struct Bridged {
     io: DuplexStream,
     socket: Option<Arc<SocketDigest>>,
+    ssl: Option<Arc<SslDigest>>,
 }
 
 impl fmt::Debug for Bridged {
@@ -294,6 +300,10 @@ impl UniqueID for Bridged {
 }
 
 impl Ssl for Bridged {
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.ssl.clone()
+    }
+
     fn selected_alpn_proto(&self) -> Option<ALPN> {
         Some(ALPN::H2)
     }

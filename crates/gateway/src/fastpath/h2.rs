@@ -71,6 +71,7 @@ where
             &self.fallback,
             shutdown,
             stream.get_socket_digest(),
+            stream.get_ssl_digest(),
             self.settings.body_rate,
             self.settings.send_rate,
         );
@@ -169,6 +170,7 @@ where
                 query: parts.uri.query(),
                 headers: &parts.headers,
                 peer: peer.ip,
+                tls: peer.tls,
             },
             &mut phase,
         );
@@ -194,6 +196,7 @@ where
                 host: &host,
                 headers: &parts.headers,
                 client_ip: routed.client_ip,
+                tls: peer.tls,
             },
             &mut phase,
         );

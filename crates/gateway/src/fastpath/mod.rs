@@ -106,6 +106,7 @@ where
         let peer = Peer {
             ip: peer,
             text: peer.map(|ip| ip.to_canonical().to_string()),
+            tls: stream.get_ssl_digest().is_some(),
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.serve_h2(stream, BytesMut::new(), peer, shutdown).await;
@@ -156,6 +157,8 @@ pub(super) struct Peer {
     pub ip: Option<IpAddr>,
     /// As written in X-Forwarded-For, formatted once per connection.
     pub text: Option<String>,
+    /// The connection is TLS.
+    pub tls: bool,
 }
 
 /// Buffers a connection reuses from request to request.
@@ -315,6 +318,7 @@ where
                 query: head.query,
                 headers: &header_map,
                 peer: peer.ip,
+                tls: peer.tls,
             },
             &mut phase,
         ) else {
@@ -336,6 +340,7 @@ where
                 host: &head.host,
                 headers: &header_map,
                 client_ip: routed.client_ip,
+                tls: peer.tls,
             },
             &mut phase,
         );

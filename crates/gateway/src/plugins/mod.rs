@@ -3,6 +3,7 @@
 //! config; every plugin's config was validated by `model` when it was written.
 
 mod ip_restriction;
+mod redirect;
 mod request_id;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use model::route::Plugins;
 use crate::core::phase::{Chain, Plugin};
 
 pub use ip_restriction::IpRestriction;
+pub use redirect::Redirect;
 pub use request_id::RequestId;
 
 /// The chain of a route's configured plugins; `Err` names the plugin whose config
@@ -23,6 +25,9 @@ pub fn chain(config: &Plugins) -> Result<Chain, String> {
     }
     if let Some(id) = &config.request_id {
         plugins.push(Arc::new(RequestId::compile(id)?));
+    }
+    if let Some(redirect) = &config.redirect {
+        plugins.push(Arc::new(Redirect::compile(redirect)?));
     }
     Ok(Chain::new(plugins))
 }

@@ -94,6 +94,7 @@ mod tests {
                 host: "",
                 headers,
                 client_ip: None,
+                tls: false,
             }
         }
         let mut headers = http::HeaderMap::new();

@@ -56,6 +56,8 @@ pub struct RequestInfo<'a> {
     pub client_ip: Option<IpAddr>,
     /// Now, in milliseconds since the Unix epoch (time windows).
     pub now_ms: i64,
+    /// The client's connection is TLS.
+    pub tls: bool,
 }
 impl<'a> RequestInfo<'a> {
     /// What the route's plugins see of the request.
@@ -67,6 +69,7 @@ impl<'a> RequestInfo<'a> {
             host: self.host,
             headers: self.headers,
             client_ip: self.client_ip,
+            tls: self.tls,
         }
     }
 }

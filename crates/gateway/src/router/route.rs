@@ -326,6 +326,7 @@ mod tests {
             host: "",
             headers: &headers,
             client_ip: Some(ip.parse().unwrap()),
+            tls: false,
         };
         let mut ctx = crate::core::phase::PhaseCtx::default();
         assert!(both.plugins.access(&view("192.0.2.2"), &mut ctx).is_ok());
