@@ -200,13 +200,7 @@ where
             },
             &mut phase,
         );
-        let mut log = LogPhase {
-            route: &routed.route,
-            phase,
-            started: (!chain.is_empty()).then(std::time::Instant::now),
-            client_ip: routed.client_ip,
-            status: 0,
-        };
+        let mut log = LogPhase::new(&routed.route, phase, routed.client_ip);
 
         // The request head as HTTP/1.1: the core's header policy, cookies joined
         // (RFC 9113 §8.2.3), framed by Content-Length or else chunked.

@@ -344,14 +344,7 @@ where
             },
             &mut phase,
         );
-        let mut log = LogPhase {
-            route: &routed.route,
-            phase,
-            // No clock read for a route without plugins (the common case).
-            started: (!chain.is_empty()).then(Instant::now),
-            client_ip: routed.client_ip,
-            status: 0,
-        };
+        let mut log = LogPhase::new(&routed.route, phase, routed.client_ip);
 
         // The request head without Host, which depends on the node.
         scratch.line.clear();
@@ -480,13 +473,30 @@ enum RelayError {
 
 /// Runs the route's log phase once the request ends, however it ends.
 pub(super) struct LogPhase<'a> {
-    pub route: &'a CompiledRoute,
+    route: &'a CompiledRoute,
     pub phase: PhaseCtx,
     /// `None` when the route has no plugins: nothing to log.
-    pub started: Option<Instant>,
-    pub client_ip: Option<IpAddr>,
+    started: Option<Instant>,
+    client_ip: Option<IpAddr>,
     /// The status sent to the client; 0 while none was.
     pub status: u16,
+}
+
+impl<'a> LogPhase<'a> {
+    pub(super) fn new(
+        route: &'a CompiledRoute,
+        phase: PhaseCtx,
+        client_ip: Option<IpAddr>,
+    ) -> Self {
+        Self {
+            route,
+            phase,
+            // No clock read for a route without plugins (the common case).
+            started: (!route.plugins.is_empty()).then(Instant::now),
+            client_ip,
+            status: 0,
+        }
+    }
 }
 
 impl Drop for LogPhase<'_> {

@@ -331,53 +331,49 @@ pub(super) async fn exchange(
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(req.rest);
         out.extend_from_slice(req.body_start);
-        let mut sent = upstream_write(&mut up, out, pool.timeouts.write).await;
-        if sent.is_ok() {
-            sent = client.send_body(&mut up, pool.timeouts.write, out).await;
-        }
-        match sent {
-            Ok(()) => {}
+        let sent = match upstream_write(&mut up, out, pool.timeouts.write).await {
+            Ok(()) => client.send_body(&mut up, pool.timeouts.write, out).await,
+            failed => failed,
+        };
+        // The response head, or why there is none: the failure, whether it came from
+        // a stale pooled connection (the request never reached the node), and when.
+        let response = match sent {
             Err(SendError::Client) => return Err(Ended::Client),
+            // A write to a pooled connection fails at once when the node had closed
+            // it; a timeout means it was there and did not take it.
             Err(SendError::Upstream(failure)) => {
-                // A write to a pooled connection fails at once when the node had
-                // closed it; a timeout means it was there and did not take it.
                 let stale = reused && !matches!(failure, Failure::Timeout);
-                match attempts.after_send_failure(pool, pick.index, req.replay_safe, stale) {
-                    AfterFailure::NewConnection => {
-                        fresh = true;
-                        continue;
-                    }
-                    decision => {
-                        pick.record(Outcome::Failed);
-                        tracing::warn!(upstream = %pool.id, node = %addr, error = %failure, "sending to the upstream failed");
-                        if decision == AfterFailure::AnotherNode {
-                            continue;
-                        }
-                        return Err(Ended::Refused(failure.refusal()));
-                    }
-                }
+                Err((failure, stale, "sending to the upstream failed"))
             }
-        }
-
-        // The response head (1xx ones are passed on as they come).
-        up_buf.clear();
-        let response = loop {
-            match read_response_head(&mut up, up_buf, pool, req.is_head, client.head_out()).await {
-                Ok(interim) if interim.status < 200 => {
-                    if !client.interim(interim.status).await {
-                        return Err(Ended::Client);
+            Ok(()) => {
+                // 1xx heads are passed on as they come.
+                up_buf.clear();
+                loop {
+                    let head =
+                        read_response_head(&mut up, up_buf, pool, req.is_head, client.head_out())
+                            .await;
+                    match head {
+                        Ok(interim) if interim.status < 200 => {
+                            if !client.interim(interim.status).await {
+                                return Err(Ended::Client);
+                            }
+                            up_buf.advance(interim.len);
+                        }
+                        Ok(response) => break Ok(response),
+                        // Closed (or reset) before a byte of a response: a pooled
+                        // connection the node had given up on.
+                        Err(failure) => {
+                            let stale =
+                                reused && matches!(failure, Failure::Closed | Failure::Io(_));
+                            break Err((failure, stale, "reading the upstream response failed"));
+                        }
                     }
-                    up_buf.advance(interim.len);
                 }
-                other => break other,
             }
         };
         let response = match response {
             Ok(response) => response,
-            Err(failure) => {
-                // Closed (or reset) before a byte of a response: a pooled connection
-                // the node had given up on.
-                let stale = reused && matches!(failure, Failure::Closed | Failure::Io(_));
+            Err((failure, stale, what)) => {
                 match attempts.after_send_failure(pool, pick.index, req.replay_safe, stale) {
                     AfterFailure::NewConnection => {
                         fresh = true;
@@ -385,7 +381,7 @@ pub(super) async fn exchange(
                     }
                     decision => {
                         pick.record(Outcome::Failed);
-                        tracing::warn!(upstream = %pool.id, node = %addr, error = %failure, "reading the upstream response failed");
+                        tracing::warn!(upstream = %pool.id, node = %addr, error = %failure, "{what}");
                         if decision == AfterFailure::AnotherNode {
                             continue;
                         }
