@@ -88,12 +88,9 @@ impl Proxy {
     fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
         let settings = &self.settings;
         // HTTP/1 heads passed the core's parser already (core::guard); HTTP/2 heads
-        // were decoded by Pingora: the same limits and Content-Length rule apply.
+        // were decoded by Pingora: the same admission applies.
         let req = session.req_header();
-        let target_len = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
-        head::check_decoded(target_len, &req.headers, Limits::of(settings))?;
-        let req = session.req_header();
-        let host = request_host(req)?;
+        let host = head::check_decoded(&req.method, &req.uri, &req.headers, Limits::of(settings))?;
         let routed = route_request(
             &self.config.load(),
             settings,

@@ -172,6 +172,10 @@ fn connect_is_refused_by_the_core() {
         refused(b"CONNECT a.io:443 HTTP/1.1\r\nHost: a.io:443\r\n\r\n"),
         405
     );
+    let uri: http::Uri = "a.io:443".parse().unwrap();
+    let headers = http::HeaderMap::new();
+    let decoded = check_decoded(&http::Method::CONNECT, &uri, &headers, LIMITS);
+    assert_eq!(decoded, Err(Refusal::Connect));
 }
 
 #[test]
@@ -210,7 +214,10 @@ fn declared_bodies_over_the_limit_are_413_on_either_parser() {
                 value.parse().unwrap(),
             );
         }
-        check_decoded(target_len, &map, LIMITS).map_err(|r| r.status())
+        let uri: http::Uri = format!("/{}", "x".repeat(target_len - 1)).parse().unwrap();
+        check_decoded(&http::Method::POST, &uri, &map, LIMITS)
+            .map(|_| ())
+            .map_err(|r| r.status())
     };
     assert_eq!(decoded(10, &[("content-length", "100")]), Ok(()));
     assert_eq!(decoded(65, &[]), Err(414));

@@ -141,8 +141,7 @@ where
         let stream = if stream.as_any().is::<GuardStream>() {
             stream
         } else {
-            let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-            Box::new(GuardStream::new(stream, self.rules.clone(), h2))
+            self.wrap(stream, BytesMut::new())
         };
         self.inner.process_new(stream, shutdown).await
     }

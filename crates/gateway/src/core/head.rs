@@ -73,13 +73,20 @@ fn line_bytes(name: usize, value: usize) -> usize {
     name + value + 4
 }
 
-/// The limits and the Content-Length rule for a head another parser decoded (HTTP/2
-/// requests, whose framing is the protocol's own: no Transfer-Encoding reaches here).
-pub fn check_decoded(
-    target_len: usize,
-    headers: &http::HeaderMap,
+/// The admission of a head another parser decoded (HTTP/2, or HTTP/1 as Pingora
+/// read it), what [`parse`] is for raw bytes: CONNECT refused, the limits, the
+/// Content-Length rule (HTTP/2 frames bodies itself: no Transfer-Encoding reaches
+/// here), and the host ([`decoded_host`]). Returns the canonical host.
+pub fn check_decoded<'a>(
+    method: &http::Method,
+    uri: &'a http::Uri,
+    headers: &'a http::HeaderMap,
     limits: Limits,
-) -> Result<(), Refusal> {
+) -> Result<Cow<'a, str>, Refusal> {
+    if method == http::Method::CONNECT {
+        return Err(Refusal::Connect);
+    }
+    let target_len = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > limits.max_uri_bytes {
         return Err(Refusal::UriTooLong);
     }
@@ -92,14 +99,15 @@ pub fn check_decoded(
     }
     let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
     match (lengths.next(), lengths.next()) {
-        (None, _) => Ok(()),
-        (Some(_), Some(_)) => Err(Refusal::BadRequest),
+        (None, _) => {}
+        (Some(_), Some(_)) => return Err(Refusal::BadRequest),
         (Some(value), None) => match content_length(value.as_bytes()) {
-            None => Err(Refusal::BadRequest),
-            Some(n) if n > limits.max_body_bytes => Err(Refusal::BodyTooLarge),
-            Some(_) => Ok(()),
+            None => return Err(Refusal::BadRequest),
+            Some(n) if n > limits.max_body_bytes => return Err(Refusal::BodyTooLarge),
+            Some(_) => {}
         },
     }
+    decoded_host(uri.authority().map(|a| a.as_str()), headers)
 }
 
 /// The canonical host of a request whose head was decoded (HTTP/2, or HTTP/1 as

@@ -145,15 +145,13 @@ where
         peer: &Peer,
         bridge: &Bridge<'_, A>,
     ) {
-        if request.method() == http::Method::CONNECT {
-            return send_refusal(&mut respond, &Refusal::Connect);
-        }
         let (parts, mut recv) = request.into_parts();
-        let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
-        let checked = head::check_decoded(target_len, &parts.headers, Limits::of(&self.settings))
-            .and_then(|()| {
-                head::decoded_host(parts.uri.authority().map(|a| a.as_str()), &parts.headers)
-            });
+        let checked = head::check_decoded(
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            Limits::of(&self.settings),
+        );
         let host = match checked {
             Ok(host) => host,
             Err(refusal) => return send_refusal(&mut respond, &refusal),
