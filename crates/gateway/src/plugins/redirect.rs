@@ -23,15 +23,36 @@ pub struct Redirect {
 #[derive(Debug)]
 enum Target {
     Https,
-    Uri(String),
+    Uri(Vec<Piece>),
     Regex(Regex, String),
 }
+
+/// A `uri` template, split once when the config is compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    RequestUri,
+    Scheme,
+    Args,
+    Host,
+    Uri,
+}
+
+/// The variables a template may hold; longest names first (`$request_uri` before
+/// `$uri`).
+const VARIABLES: [(&str, Piece); 5] = [
+    ("$request_uri", Piece::RequestUri),
+    ("$scheme", Piece::Scheme),
+    ("$args", Piece::Args),
+    ("$host", Piece::Host),
+    ("$uri", Piece::Uri),
+];
 
 impl Redirect {
     pub fn compile(config: &model::route::Redirect) -> Result<Self, String> {
         let to = match (&config.uri, &config.regex_uri) {
             _ if config.http_to_https => Target::Https,
-            (Some(uri), _) => Target::Uri(uri.clone()),
+            (Some(uri), _) => Target::Uri(parse_template(uri)),
             (None, Some([pattern, template])) => Target::Regex(
                 Regex::new(pattern).map_err(|e| format!("plugins.redirect.regex_uri[0]: {e}"))?,
                 template.clone(),
@@ -49,8 +70,12 @@ impl Redirect {
     fn location(&self, req: &RequestView<'_>) -> Option<String> {
         let mut location = match &self.to {
             Target::Https if req.tls => return None,
-            Target::Https => return Some(format!("https://{}{}", req.host, request_uri(req))),
-            Target::Uri(template) => expand(template, req),
+            Target::Https => {
+                let mut location = format!("https://{}", req.host);
+                push_request_uri(&mut location, req);
+                return Some(location);
+            }
+            Target::Uri(pieces) => expand(pieces, req),
             Target::Regex(regex, template) => {
                 if !regex.is_match(req.path) {
                     return None;
@@ -68,41 +93,57 @@ impl Redirect {
     }
 }
 
-/// The path and query as the upstream would get them.
-fn request_uri(req: &RequestView<'_>) -> String {
-    match req.query {
-        Some(query) => format!("{}?{query}", req.path),
-        None => req.path.to_owned(),
+/// Appends the path and query as the upstream would get them.
+fn push_request_uri(out: &mut String, req: &RequestView<'_>) {
+    out.push_str(req.path);
+    if let Some(query) = req.query {
+        out.push('?');
+        out.push_str(query);
     }
 }
 
-/// `template` with the request's variables replaced; an unknown `$name` stays.
-fn expand(template: &str, req: &RequestView<'_>) -> String {
-    let mut out = String::with_capacity(template.len() + 32);
+/// Splits a `uri` template into text and variables; an unknown `$name` is text.
+fn parse_template(template: &str) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    let mut text = String::new();
     let mut rest = template;
     while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
+        text.push_str(&rest[..at]);
         rest = &rest[at..];
-        // Longest names first: `$request_uri` before `$uri`.
-        let vars: [(&str, String); 5] = [
-            ("$request_uri", request_uri(req)),
-            ("$scheme", if req.tls { "https" } else { "http" }.to_owned()),
-            ("$args", req.query.unwrap_or("").to_owned()),
-            ("$host", req.host.to_owned()),
-            ("$uri", req.path.to_owned()),
-        ];
-        match vars.iter().find(|(name, _)| rest.starts_with(name)) {
-            Some((name, value)) => {
-                out.push_str(value);
+        match VARIABLES.iter().find(|(name, _)| rest.starts_with(name)) {
+            Some((name, piece)) => {
+                if !text.is_empty() {
+                    pieces.push(Piece::Text(std::mem::take(&mut text)));
+                }
+                pieces.push(piece.clone());
                 rest = &rest[name.len()..];
             }
             None => {
-                out.push('$');
+                text.push('$');
                 rest = &rest[1..];
             }
         }
     }
-    out.push_str(rest);
+    text.push_str(rest);
+    if !text.is_empty() {
+        pieces.push(Piece::Text(text));
+    }
+    pieces
+}
+
+/// A parsed template with the request's values in place.
+fn expand(pieces: &[Piece], req: &RequestView<'_>) -> String {
+    let mut out = String::with_capacity(64);
+    for piece in pieces {
+        match piece {
+            Piece::Text(text) => out.push_str(text),
+            Piece::RequestUri => push_request_uri(&mut out, req),
+            Piece::Scheme => out.push_str(if req.tls { "https" } else { "http" }),
+            Piece::Args => out.push_str(req.query.unwrap_or("")),
+            Piece::Host => out.push_str(req.host),
+            Piece::Uri => out.push_str(req.path),
+        }
+    }
     out
 }
 
@@ -234,6 +275,21 @@ mod tests {
                 "{config} {path} {query:?} tls={tls}"
             );
         }
+    }
+
+    #[test]
+    fn templates_are_split_once() {
+        assert_eq!(
+            parse_template("$scheme://$host/x$request_uri?$nope"),
+            [
+                Piece::Scheme,
+                Piece::Text("://".into()),
+                Piece::Host,
+                Piece::Text("/x".into()),
+                Piece::RequestUri,
+                Piece::Text("?$nope".into()),
+            ]
+        );
     }
 
     #[test]
