@@ -42,22 +42,7 @@ async fn side(fast_path: bool) -> Side {
         ..Options::default()
     })
     .await;
-    node.put(
-        "upstreams/app",
-        json!({"id": "app", "nodes": [{"host": "127.0.0.1", "port": upstream.port(), "weight": 1}]}),
-    )
-    .await;
-    node.put(
-        "routes/admin",
-        json!({"id": "admin", "paths": ["/admin/*"], "upstream_id": "app",
-               "plugins": {"ip-restriction": {"denylist": ["127.0.0.0/8"]}}}),
-    )
-    .await;
-    node.put(
-        "routes/get",
-        json!({"id": "get", "paths": ["/get-only"], "methods": ["GET"], "upstream_id": "app"}),
-    )
-    .await;
+    common::put_refusing_routes(&mut node, upstream.port()).await;
     node.put(
         "routes/hosted",
         json!({"id": "hosted", "hosts": ["*.h"], "paths": ["/hosted/*"], "upstream_id": "app"}),

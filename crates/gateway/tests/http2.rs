@@ -34,22 +34,7 @@ async fn node(
         ..Options::default()
     })
     .await;
-    node.put(
-        "upstreams/app",
-        json!({"id": "app", "nodes": [{"host": "127.0.0.1", "port": upstream_port, "weight": 1}]}),
-    )
-    .await;
-    node.put(
-        "routes/admin",
-        json!({"id": "admin", "paths": ["/admin/*"], "upstream_id": "app",
-               "plugins": {"ip-restriction": {"denylist": ["127.0.0.0/8"]}}}),
-    )
-    .await;
-    node.put(
-        "routes/get",
-        json!({"id": "get", "paths": ["/get-only"], "methods": ["GET"], "upstream_id": "app"}),
-    )
-    .await;
+    common::put_refusing_routes(&mut node, upstream_port).await;
     node.put(
         "routes/rid",
         json!({"id": "rid", "paths": ["/rid/*"], "upstream_id": "app",

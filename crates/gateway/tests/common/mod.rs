@@ -325,3 +325,25 @@ pub fn comparable(
         r.body.clone(),
     )
 }
+
+/// What both differential tests start from: upstream `app` on `port`, a route
+/// `/admin/*` whose ip-restriction refuses loopback clients (403), and `/get-only`
+/// for GET alone (405 otherwise).
+pub async fn put_refusing_routes(node: &mut Node, port: u16) {
+    node.put(
+        "upstreams/app",
+        json!({"id": "app", "nodes": [{"host": "127.0.0.1", "port": port, "weight": 1}]}),
+    )
+    .await;
+    node.put(
+        "routes/admin",
+        json!({"id": "admin", "paths": ["/admin/*"], "upstream_id": "app",
+               "plugins": {"ip-restriction": {"denylist": ["127.0.0.0/8"]}}}),
+    )
+    .await;
+    node.put(
+        "routes/get",
+        json!({"id": "get", "paths": ["/get-only"], "methods": ["GET"], "upstream_id": "app"}),
+    )
+    .await;
+}
