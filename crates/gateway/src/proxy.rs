@@ -6,7 +6,7 @@
 //! ```text
 //! (core::guard)      the HTTP/1 head was admitted before Pingora parsed it
 //! new_ctx            count the request in flight (shutdown waits for it)
-//! request_filter     core::head::check_decoded (the limits, for HTTP/2 heads) →
+//! request_filter     core::head::check_decoded (limits, host; HTTP/2 heads) →
 //!                    core::route::route_request
 //!                    (normalise, client address, route, access phase) → refusals
 //!                    rendered by core::refusal

@@ -9,7 +9,7 @@
 //! connection: core::guard (preface + first SETTINGS within the head deadline, the
 //!   client's minimum send rate) → h2 handshake → accept streams, serve them all
 //!   concurrently; no stream for h2_idle_timeout → closed; shutdown → GOAWAY, drain
-//! stream: head::check_decoded + head::decoded_host → route_request (404/405/403…)
+//! stream: head::check_decoded (CONNECT, limits, host) → route_request (404/405/403…)
 //!   → plugins' upstream_request → exchange (upstream.rs) → response head (plugins'
 //!   response_head) → body: DATA frames as the window allows (Content-Length, close-
 //!   delimited or de-chunked; upstream trailers are not passed on)
