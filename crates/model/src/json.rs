@@ -61,7 +61,7 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, JsonError> {
 
 /// A data error (unknown or missing field, wrong type or value) names the field by its
 /// full path; anything else is malformed JSON.
-fn classify(path: &str, e: &serde_json::Error) -> JsonError {
+pub(crate) fn classify(path: &str, e: &serde_json::Error) -> JsonError {
     use serde_json::error::Category;
     if !matches!(e.classify(), Category::Data) {
         return JsonError::Malformed(e.to_string());

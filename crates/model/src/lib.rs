@@ -8,10 +8,12 @@
 
 pub mod certificate;
 pub mod cluster;
+pub mod consumer;
 pub mod json;
 pub mod plugin;
 pub mod resource;
 pub mod route;
+pub mod service;
 pub mod snapshot;
 pub mod upstream;
 pub mod validate;

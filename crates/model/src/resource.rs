@@ -6,22 +6,39 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::certificate::Certificate;
+use crate::consumer::{Consumer, ConsumerGroup};
 use crate::json::JsonError;
+use crate::plugin::PluginTemplate;
 use crate::route::Route;
+use crate::service::{GlobalRule, Service};
 use crate::upstream::Upstream;
 use crate::validate::ValidationErrors;
 
 /// A kind of resource; its plural name is the URL segment and the store key segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum ResourceKind {
     Routes,
     Upstreams,
     Certificates,
+    Services,
+    Consumers,
+    ConsumerGroups,
+    GlobalRules,
+    PluginTemplates,
 }
 
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 3] = [Self::Routes, Self::Upstreams, Self::Certificates];
+    pub const ALL: [ResourceKind; 8] = [
+        Self::Routes,
+        Self::Upstreams,
+        Self::Certificates,
+        Self::Services,
+        Self::Consumers,
+        Self::ConsumerGroups,
+        Self::GlobalRules,
+        Self::PluginTemplates,
+    ];
 
     /// The plural segment used in URLs and store keys.
     pub fn as_str(self) -> &'static str {
@@ -29,6 +46,11 @@ impl ResourceKind {
             Self::Routes => "routes",
             Self::Upstreams => "upstreams",
             Self::Certificates => "certificates",
+            Self::Services => "services",
+            Self::Consumers => "consumers",
+            Self::ConsumerGroups => "consumer_groups",
+            Self::GlobalRules => "global_rules",
+            Self::PluginTemplates => "plugin_templates",
         }
     }
 
@@ -38,6 +60,11 @@ impl ResourceKind {
             Self::Routes => "route",
             Self::Upstreams => "upstream",
             Self::Certificates => "certificate",
+            Self::Services => "service",
+            Self::Consumers => "consumer",
+            Self::ConsumerGroups => "consumer group",
+            Self::GlobalRules => "global rule",
+            Self::PluginTemplates => "plugin template",
         }
     }
 
@@ -47,6 +74,11 @@ impl ResourceKind {
             Self::Routes => Resource::Route(crate::json::parse(json)?),
             Self::Upstreams => Resource::Upstream(crate::json::parse(json)?),
             Self::Certificates => Resource::Certificate(crate::json::parse(json)?),
+            Self::Services => Resource::Service(crate::json::parse(json)?),
+            Self::Consumers => Resource::Consumer(crate::json::parse(json)?),
+            Self::ConsumerGroups => Resource::ConsumerGroup(crate::json::parse(json)?),
+            Self::GlobalRules => Resource::GlobalRule(crate::json::parse(json)?),
+            Self::PluginTemplates => Resource::PluginTemplate(crate::json::parse(json)?),
         })
     }
 }
@@ -59,7 +91,10 @@ impl fmt::Display for ResourceKind {
 
 /// Error for an unknown resource segment in a URL or key.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown resource kind {0:?}: expected routes, upstreams or certificates")]
+#[error(
+    "unknown resource kind {0:?}: expected routes, upstreams, certificates, services, \
+     consumers, consumer_groups, global_rules or plugin_templates"
+)]
 pub struct UnknownKind(pub String);
 
 impl FromStr for ResourceKind {
@@ -71,6 +106,11 @@ impl FromStr for ResourceKind {
             "routes" | "route" => Ok(Self::Routes),
             "upstreams" | "upstream" => Ok(Self::Upstreams),
             "certificates" | "certificate" | "ssls" | "ssl" => Ok(Self::Certificates),
+            "services" | "service" => Ok(Self::Services),
+            "consumers" | "consumer" => Ok(Self::Consumers),
+            "consumer_groups" | "consumer_group" => Ok(Self::ConsumerGroups),
+            "global_rules" | "global_rule" => Ok(Self::GlobalRules),
+            "plugin_templates" | "plugin_template" => Ok(Self::PluginTemplates),
             other => Err(UnknownKind(other.to_owned())),
         }
     }
@@ -86,6 +126,11 @@ pub enum Resource {
     Route(Route),
     Upstream(Upstream),
     Certificate(Certificate),
+    Service(Service),
+    Consumer(Consumer),
+    ConsumerGroup(ConsumerGroup),
+    GlobalRule(GlobalRule),
+    PluginTemplate(PluginTemplate),
 }
 
 impl Resource {
@@ -94,6 +139,11 @@ impl Resource {
             Self::Route(_) => ResourceKind::Routes,
             Self::Upstream(_) => ResourceKind::Upstreams,
             Self::Certificate(_) => ResourceKind::Certificates,
+            Self::Service(_) => ResourceKind::Services,
+            Self::Consumer(_) => ResourceKind::Consumers,
+            Self::ConsumerGroup(_) => ResourceKind::ConsumerGroups,
+            Self::GlobalRule(_) => ResourceKind::GlobalRules,
+            Self::PluginTemplate(_) => ResourceKind::PluginTemplates,
         }
     }
 
@@ -102,6 +152,11 @@ impl Resource {
             Self::Route(r) => &r.id,
             Self::Upstream(u) => &u.id,
             Self::Certificate(c) => &c.id,
+            Self::Service(s) => &s.id,
+            Self::Consumer(c) => &c.id,
+            Self::ConsumerGroup(g) => &g.id,
+            Self::GlobalRule(g) => &g.id,
+            Self::PluginTemplate(t) => &t.id,
         }
     }
 
@@ -110,15 +165,49 @@ impl Resource {
             Self::Route(r) => r.validate(),
             Self::Upstream(u) => u.validate(),
             Self::Certificate(c) => c.validate(),
+            Self::Service(s) => s.validate(),
+            Self::Consumer(c) => c.validate(),
+            Self::ConsumerGroup(g) => g.validate(),
+            Self::GlobalRule(g) => g.validate(),
+            Self::PluginTemplate(t) => t.validate(),
         }
     }
 
-    /// The form an API may show: certificate keys removed.
+    /// The form an API may show: certificate keys and credentials' secrets removed.
     pub fn redacted(&self) -> Self {
         match self {
             Self::Certificate(c) => Self::Certificate(c.redacted()),
+            Self::Consumer(c) => Self::Consumer(c.redacted()),
             other => other.clone(),
         }
+    }
+
+    /// The other resources this one names, each with the field that names it: they
+    /// must exist when it is written, and cannot be deleted while it names them.
+    pub fn references(&self) -> Vec<(&'static str, ResourceKind, &str)> {
+        let mut refs = Vec::new();
+        match self {
+            Self::Route(r) => {
+                if let Some(id) = &r.upstream_id {
+                    refs.push(("upstream_id", ResourceKind::Upstreams, id.as_str()));
+                }
+                if let Some(id) = &r.service_id {
+                    refs.push(("service_id", ResourceKind::Services, id.as_str()));
+                }
+            }
+            Self::Service(s) => {
+                if let Some(id) = &s.upstream_id {
+                    refs.push(("upstream_id", ResourceKind::Upstreams, id.as_str()));
+                }
+            }
+            Self::Consumer(c) => {
+                if let Some(id) = &c.group_id {
+                    refs.push(("group_id", ResourceKind::ConsumerGroups, id.as_str()));
+                }
+            }
+            _ => {}
+        }
+        refs
     }
 
     pub fn to_json(&self) -> serde_json::Value {

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::plugin::Plugins;
 use crate::upstream::Upstream;
 use crate::validate::{check_id, is_valid_host, ValidationErrors, Validator};
 
@@ -46,12 +47,17 @@ pub struct Route {
     /// When the route is in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_window: Option<TimeWindow>,
+    /// The service whose upstream (unless the route has its own) and plugins the
+    /// route takes (`plugin::effective` for the merge rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_id: Option<String>,
     /// Boxed: most routes name an upstream instead, and an inline one is large.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Box<Upstream>>,
-    /// Filters that run once the route matched; each may refuse the request (403).
+    /// Plugins that run once the route matched (over its service's and the global
+    /// rules', see `plugin::effective`).
     #[serde(default, skip_serializing_if = "Plugins::is_empty")]
     pub plugins: Plugins,
     /// Higher wins among routes that match equally specifically.
@@ -65,191 +71,8 @@ fn enabled_default() -> bool {
     true
 }
 
-/// A route's filters, by plugin name (APISIX's and Kong's spelling). A name Portico
-/// does not know is refused, not ignored: a security filter must never be silently off.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Plugins {
-    /// Refuses clients by address.
-    #[serde(
-        rename = "ip-restriction",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ip_restriction: Option<IpRestriction>,
-    /// Gives every request an id, sent upstream and back to the client.
-    #[serde(
-        rename = "request-id",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub request_id: Option<RequestId>,
-    /// Answers with a redirect instead of proxying.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redirect: Option<Redirect>,
-}
-
-impl Plugins {
-    pub fn is_empty(&self) -> bool {
-        self.ip_restriction.is_none() && self.request_id.is_none() && self.redirect.is_none()
-    }
-}
-
-/// APISIX's `redirect`: the gateway answers with a redirect instead of proxying. Give
-/// exactly one of `http_to_https`, `uri` and `regex_uri`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Redirect {
-    /// A request over plain HTTP goes to the same host and target over HTTPS (port
-    /// 443); requests over TLS are proxied as usual.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub http_to_https: bool,
-    /// The target: a URL or a path, with `$uri` (the normalised path), `$request_uri`
-    /// (path and query), `$args` (the query), `$host` and `$scheme` replaced.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uri: Option<String>,
-    /// `[regex, template]`: a path matching the regex is redirected to the template,
-    /// `$1`, `${2}`… taken from its captures; any other path is proxied as usual.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regex_uri: Option<[String; 2]>,
-    /// 301, 302, 303, 307 or 308; 302 when left out (301 for `http_to_https`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ret_code: Option<u16>,
-    /// The request's query string is appended to the target.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub append_query_string: bool,
-}
-
-impl Redirect {
-    /// The statuses a redirect may answer with.
-    pub const CODES: [u16; 5] = [301, 302, 303, 307, 308];
-
-    /// The status answered.
-    pub fn status(&self) -> u16 {
-        self.ret_code
-            .unwrap_or(if self.http_to_https { 301 } else { 302 })
-    }
-
-    fn validate(&self, v: &mut Validator) {
-        let given = usize::from(self.http_to_https)
-            + usize::from(self.uri.is_some())
-            + usize::from(self.regex_uri.is_some());
-        if given != 1 {
-            v.error("", "give exactly one of http_to_https, uri and regex_uri");
-        }
-        // What reaches the Location header must be a valid field value.
-        let printable = |s: &str| !s.is_empty() && s.bytes().all(|b| (0x21..0x7f).contains(&b));
-        if let Some(uri) = &self.uri {
-            if !printable(uri) {
-                v.error(
-                    "uri",
-                    "must be a non-empty URI without spaces or control characters",
-                );
-            }
-        }
-        if let Some([pattern, template]) = &self.regex_uri {
-            if let Err(e) = regex::Regex::new(pattern) {
-                v.error("regex_uri[0]", format!("not a valid regex: {e}"));
-            }
-            if !printable(template) {
-                v.error(
-                    "regex_uri[1]",
-                    "must be a non-empty URI without spaces or control characters",
-                );
-            }
-        }
-        if let Some(code) = self.ret_code {
-            if !Self::CODES.contains(&code) {
-                v.error("ret_code", "must be 301, 302, 303, 307 or 308");
-            }
-        }
-        if self.http_to_https && self.append_query_string {
-            v.error(
-                "append_query_string",
-                "http_to_https keeps the query already",
-            );
-        }
-    }
-}
-
-/// APISIX's `request-id`: the request keeps the id its client sent in `header_name`,
-/// or gets a new random one (a UUID v4); the upstream receives it, and the client too
-/// unless `include_in_response` is false.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RequestId {
-    /// The header that carries the id, both ways.
-    #[serde(default = "RequestId::default_header")]
-    #[schemars(length(min = 1, max = 128))]
-    pub header_name: String,
-    /// Whether the client gets the id in the response too.
-    #[serde(default = "enabled_default")]
-    pub include_in_response: bool,
-}
-
-impl RequestId {
-    fn default_header() -> String {
-        "X-Request-Id".to_owned()
-    }
-
-    fn validate(&self, v: &mut Validator) {
-        let name = self.header_name.as_bytes();
-        let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
-        if name.is_empty() || name.len() > 128 || !name.iter().all(token) {
-            v.error(
-                "header_name",
-                "must be a header name (1 to 128 token characters)",
-            );
-        }
-    }
-}
-
-/// Allow and deny lists of client addresses (IPs or CIDRs). A client on the deny list
-/// is refused; with an allow list, so is every client not on it. The client address
-/// honours the node's trusted-proxy setting, as `remote_addrs` does. Unlike
-/// `remote_addrs` (a predicate: another route may take the request, else 404), a
-/// refusal here ends the request with 403.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct IpRestriction {
-    /// Only clients in these IPs or CIDRs are served.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allowlist: Vec<String>,
-    /// Clients in these IPs or CIDRs are refused (403).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub denylist: Vec<String>,
-    /// The refusal's message ("Your IP address is not allowed" when left out).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
-
-impl IpRestriction {
-    /// APISIX's message for the same refusal.
-    pub const DEFAULT_MESSAGE: &'static str = "Your IP address is not allowed";
-
-    fn validate(&self, v: &mut Validator) {
-        if self.allowlist.is_empty() && self.denylist.is_empty() {
-            v.error("", "give allowlist, denylist or both");
-        }
-        for (list, entries) in [("allowlist", &self.allowlist), ("denylist", &self.denylist)] {
-            for (i, addr) in entries.iter().enumerate() {
-                if parse_cidr(addr).is_none() {
-                    v.error(&format!("{list}[{i}]"), CIDR_EXPECTED);
-                }
-            }
-        }
-        if let Some(message) = &self.message {
-            if message.is_empty() || message.len() > 1024 || message.chars().any(char::is_control) {
-                v.error(
-                    "message",
-                    "must be 1 to 1024 characters without control characters",
-                );
-            }
-        }
-    }
-}
-
-const CIDR_EXPECTED: &str = "must be an IP address or a CIDR like 10.0.0.0/8 or 2001:db8::/32";
+pub(crate) const CIDR_EXPECTED: &str =
+    "must be an IP address or a CIDR like 10.0.0.0/8 or 2001:db8::/32";
 
 /// A test on one header, query argument or cookie.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -514,23 +337,19 @@ impl Route {
                 }
             });
         }
-        if let Some(ip) = &self.plugins.ip_restriction {
-            v.at("plugins.ip-restriction", |v| ip.validate(v));
-        }
-        if let Some(id) = &self.plugins.request_id {
-            v.at("plugins.request-id", |v| id.validate(v));
-        }
-        if let Some(redirect) = &self.plugins.redirect {
-            v.at("plugins.redirect", |v| redirect.validate(v));
+        v.at("plugins", |v| self.plugins.validate(v));
+        if let Some(service) = &self.service_id {
+            check_id(&mut v, "service_id", service);
         }
         match (&self.upstream_id, &self.upstream) {
             (Some(_), Some(_)) => {
                 v.error("upstream", "give either upstream_id or upstream, not both")
             }
-            (None, None) => v.error(
+            (None, None) if self.service_id.is_none() => v.error(
                 "upstream_id",
-                "a route needs upstream_id or an inline upstream",
+                "a route needs upstream_id, an inline upstream or a service_id",
             ),
+            (None, None) => {}
             (Some(id), None) => check_id(&mut v, "upstream_id", id),
             (None, Some(up)) => {
                 v.at("upstream", |v| {
@@ -581,7 +400,7 @@ impl Matcher {
 }
 
 /// An HTTP header name: a token (RFC 9110 §5.6.2).
-fn http_token(name: &str) -> bool {
+pub(crate) fn http_token(name: &str) -> bool {
     name.bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
@@ -728,12 +547,16 @@ mod tests {
             with(r#"{"denylist":["::1"],"message":""}"#),
             ["plugins.ip-restriction.message"]
         );
-        // An unknown plugin is refused when read, never served without its filter.
-        let unknown = serde_json::from_str::<Route>(
-            r#"{"id":"r","paths":["/"],"upstream_id":"u","plugins":{"ip-restrictions":{}}}"#,
-        )
-        .unwrap_err();
-        assert!(unknown.to_string().contains("ip-restrictions"), "{unknown}");
+        // An unknown plugin is refused, never served without its filter.
+        assert_eq!(
+            fields(
+                r#"{"id":"r","paths":["/"],"upstream_id":"u","plugins":{"ip-restrictions":{}}}"#
+            ),
+            ["plugins.ip-restrictions"]
+        );
+        // A service may give the upstream.
+        assert!(fields(r#"{"id":"r","paths":["/"],"service_id":"s"}"#).is_empty());
+        assert_eq!(fields(r#"{"id":"r","paths":["/"]}"#), ["upstream_id"]);
         // No plugins: nothing written back.
         let plain: Route =
             serde_json::from_str(r#"{"id":"r","paths":["/"],"upstream_id":"u"}"#).unwrap();

@@ -3,8 +3,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::certificate::Certificate;
+use crate::consumer::{Consumer, ConsumerGroup};
+use crate::plugin::PluginTemplate;
 use crate::resource::Resource;
 use crate::route::Route;
+use crate::service::{GlobalRule, Service};
 use crate::upstream::Upstream;
 use crate::validate::{FieldError, ValidationErrors};
 
@@ -32,6 +35,16 @@ pub struct Snapshot {
     pub upstreams: Vec<Upstream>,
     #[serde(default)]
     pub certificates: Vec<Certificate>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<Consumer>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumer_groups: Vec<ConsumerGroup>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub global_rules: Vec<GlobalRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugin_templates: Vec<PluginTemplate>,
 }
 
 impl Snapshot {
@@ -42,6 +55,21 @@ impl Snapshot {
             .map(Resource::Route)
             .chain(self.upstreams.iter().cloned().map(Resource::Upstream))
             .chain(self.certificates.iter().cloned().map(Resource::Certificate))
+            .chain(self.services.iter().cloned().map(Resource::Service))
+            .chain(self.consumers.iter().cloned().map(Resource::Consumer))
+            .chain(
+                self.consumer_groups
+                    .iter()
+                    .cloned()
+                    .map(Resource::ConsumerGroup),
+            )
+            .chain(self.global_rules.iter().cloned().map(Resource::GlobalRule))
+            .chain(
+                self.plugin_templates
+                    .iter()
+                    .cloned()
+                    .map(Resource::PluginTemplate),
+            )
     }
 
     pub fn push(&mut self, resource: Resource) {
@@ -49,19 +77,28 @@ impl Snapshot {
             Resource::Route(r) => self.routes.push(r),
             Resource::Upstream(u) => self.upstreams.push(u),
             Resource::Certificate(c) => self.certificates.push(c),
+            Resource::Service(x) => self.services.push(x),
+            Resource::Consumer(x) => self.consumers.push(x),
+            Resource::ConsumerGroup(x) => self.consumer_groups.push(x),
+            Resource::GlobalRule(x) => self.global_rules.push(x),
+            Resource::PluginTemplate(x) => self.plugin_templates.push(x),
         }
     }
 
-    /// Problems that involve more than one resource: routes naming an upstream that
-    /// does not exist, and duplicate ids.
+    /// Problems that involve more than one resource: references to resources that do
+    /// not exist (a route's upstream or service, …), and duplicate ids.
     pub fn check_references(&self) -> Result<(), ValidationErrors> {
         let mut errors = Vec::new();
-        for route in &self.routes {
-            if let Some(up) = &route.upstream_id {
-                if !self.upstreams.iter().any(|u| &u.id == up) {
+        let present: std::collections::HashSet<(crate::resource::ResourceKind, String)> = self
+            .resources()
+            .map(|r| (r.kind(), r.id().to_owned()))
+            .collect();
+        for resource in self.resources() {
+            for (field, kind, id) in resource.references() {
+                if !present.contains(&(kind, id.to_owned())) {
                     errors.push(FieldError {
-                        field: format!("routes[{}].upstream_id", route.id),
-                        message: format!("upstream {up:?} does not exist"),
+                        field: format!("{}[{}].{field}", resource.kind(), resource.id()),
+                        message: format!("{} {id:?} does not exist", kind.singular()),
                     });
                 }
             }

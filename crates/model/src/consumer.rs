@@ -1,0 +1,494 @@
+//! Consumers: who calls the APIs. A consumer has credentials of several kinds, may
+//! belong to a group, may carry plugins (run after authentication, see
+//! `plugin::effective`) and may be restricted to the routes and services it
+//! subscribed to.
+//!
+//! Credentials are stored hashed where the scheme allows: a `key-auth` key as its
+//! SHA-256 (keys are long random strings, so a fast hash lets the gateway find the
+//! consumer in one lookup), a `basic-auth` password with PBKDF2-HMAC-SHA256 and a salt
+//! (passwords are guessable, so the hash is slow; the gateway remembers a verified
+//! pair, see `docs/decisions.md`). The admin hashes what it receives before storing
+//! it ([`Consumer::hash_secrets`]), so the clear value reaches no database, store,
+//! snapshot file or log; answers never show a credential's secret or hash
+//! ([`Consumer::redacted`]).
+
+use std::num::NonZeroU32;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::plugin::Plugins;
+use crate::validate::{check_id, FieldError, ValidationErrors, Validator};
+
+/// Iterations of PBKDF2 for a password: a guess costs an attacker who stole the store
+/// about a millisecond, and the gateway verifies a pair once, then remembers it.
+pub const PASSWORD_ITERATIONS: u32 = 10_000;
+
+const KEY_HASH_PREFIX: &str = "sha256:";
+const PASSWORD_HASH_PREFIX: &str = "pbkdf2-sha256$";
+
+/// The stored form of an API key.
+pub fn hash_key(key: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    format!("{KEY_HASH_PREFIX}{}", hex::encode(digest.as_ref()))
+}
+
+/// The stored form of a password: `pbkdf2-sha256$<iterations>$<salt>$<hash>`
+/// (base64 without padding).
+pub fn hash_password(password: &str) -> String {
+    use ring::rand::SecureRandom as _;
+    let mut salt = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut salt)
+        .expect("the system's random source works");
+    let mut hash = [0u8; 32];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        NonZeroU32::new(PASSWORD_ITERATIONS).expect("non-zero"),
+        &salt,
+        password.as_bytes(),
+        &mut hash,
+    );
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    format!(
+        "{PASSWORD_HASH_PREFIX}{PASSWORD_ITERATIONS}${}${}",
+        b64.encode(salt),
+        b64.encode(hash)
+    )
+}
+
+/// Whether `password` is the one `stored` was made from (in constant time).
+pub fn verify_password(password: &str, stored: &str) -> bool {
+    let Some((iterations, salt, hash)) = split_password_hash(stored) else {
+        return false;
+    };
+    ring::pbkdf2::verify(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        iterations,
+        &salt,
+        password.as_bytes(),
+        &hash,
+    )
+    .is_ok()
+}
+
+fn split_password_hash(stored: &str) -> Option<(NonZeroU32, Vec<u8>, Vec<u8>)> {
+    let rest = stored.strip_prefix(PASSWORD_HASH_PREFIX)?;
+    let mut parts = rest.split('$');
+    let iterations: u32 = parts.next()?.parse().ok()?;
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let salt = b64.decode(parts.next()?).ok()?;
+    let hash = b64.decode(parts.next()?).ok()?;
+    if parts.next().is_some()
+        || !(1_000..=10_000_000).contains(&iterations)
+        || salt.len() < 8
+        || hash.len() != 32
+    {
+        return None;
+    }
+    Some((NonZeroU32::new(iterations)?, salt, hash))
+}
+
+fn key_hash_ok(hash: &str) -> bool {
+    hash.strip_prefix(KEY_HASH_PREFIX)
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// One credential of a consumer. `id` names it within the consumer, so a client can
+/// send the consumer back without its secrets and keep them (see
+/// [`Consumer::keep_secrets_from`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Credential {
+    #[serde(rename = "key-auth")]
+    KeyAuth(KeyCredential),
+    #[serde(rename = "basic-auth")]
+    BasicAuth(BasicCredential),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyCredential {
+    pub id: String,
+    /// The key in clear: accepted on writes, replaced by `key_hash` before storing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicCredential {
+    pub id: String,
+    pub username: String,
+    /// The password in clear: accepted on writes, replaced by `password_hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+}
+
+impl Credential {
+    pub fn id(&self) -> &str {
+        match self {
+            Self::KeyAuth(c) => &c.id,
+            Self::BasicAuth(c) => &c.id,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::KeyAuth(_) => "key-auth",
+            Self::BasicAuth(_) => "basic-auth",
+        }
+    }
+
+    /// Whether it holds its secret, in clear or hashed.
+    fn has_secret(&self) -> bool {
+        match self {
+            Self::KeyAuth(c) => c.key.is_some() || c.key_hash.is_some(),
+            Self::BasicAuth(c) => c.password.is_some() || c.password_hash.is_some(),
+        }
+    }
+
+    /// The name of the field a new credential must give.
+    fn secret_field(&self) -> &'static str {
+        match self {
+            Self::KeyAuth(_) => "key",
+            Self::BasicAuth(_) => "password",
+        }
+    }
+
+    fn validate(&self, v: &mut Validator) {
+        check_id(v, "id", self.id());
+        match self {
+            Self::KeyAuth(c) => {
+                if c.key.is_some() && c.key_hash.is_some() {
+                    v.error("key_hash", "give key or key_hash, not both");
+                }
+                if let Some(key) = &c.key {
+                    if !(8..=512).contains(&key.len()) || !key.bytes().all(|b| b.is_ascii_graphic())
+                    {
+                        v.error("key", "must be 8 to 512 visible ASCII characters");
+                    }
+                }
+                if c.key_hash.as_deref().is_some_and(|h| !key_hash_ok(h)) {
+                    v.error("key_hash", "must be sha256: and 64 hex digits");
+                }
+            }
+            Self::BasicAuth(c) => {
+                let user_ok = !c.username.is_empty()
+                    && c.username.len() <= 256
+                    && !c.username.contains(':')
+                    && !c.username.chars().any(char::is_control);
+                if !user_ok {
+                    v.error(
+                        "username",
+                        "must be 1 to 256 characters without ':' or control characters",
+                    );
+                }
+                if c.password.is_some() && c.password_hash.is_some() {
+                    v.error("password_hash", "give password or password_hash, not both");
+                }
+                if let Some(password) = &c.password {
+                    if password.is_empty()
+                        || password.len() > 256
+                        || password.chars().any(char::is_control)
+                    {
+                        v.error(
+                            "password",
+                            "must be 1 to 256 characters without control characters",
+                        );
+                    }
+                }
+                if c.password_hash
+                    .as_deref()
+                    .is_some_and(|h| split_password_hash(h).is_none())
+                {
+                    v.error(
+                        "password_hash",
+                        "must be pbkdf2-sha256$<iterations>$<salt>$<hash> as Portico writes it",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The routes and services a consumer may call; with subscriptions, an authenticated
+/// request to anything else is refused (403). Without, every route whose
+/// authentication accepts the consumer is open to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscriptions {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+}
+
+impl Subscriptions {
+    /// Whether a request to `route` (of `service`) is covered.
+    pub fn covers(&self, route: &str, service: Option<&str>) -> bool {
+        self.routes.iter().any(|r| r == route)
+            || service.is_some_and(|s| self.services.iter().any(|x| x == s))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    /// The consumer's name (APISIX's `username`).
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<Credential>,
+    #[serde(default, skip_serializing_if = "Plugins::is_empty")]
+    pub plugins: Plugins,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriptions: Option<Subscriptions>,
+}
+
+impl Consumer {
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut v = Validator::new();
+        check_id(&mut v, "id", &self.id);
+        if self.description.len() > 1024 {
+            v.error("description", "must be at most 1024 characters");
+        }
+        if let Some(group) = &self.group_id {
+            check_id(&mut v, "group_id", group);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, credential) in self.credentials.iter().enumerate() {
+            v.at(&format!("credentials[{i}]"), |v| {
+                credential.validate(v);
+                if !seen.insert(credential.id()) {
+                    v.error("id", "is used by another credential of this consumer");
+                }
+            });
+        }
+        if let Some(subscriptions) = &self.subscriptions {
+            for (list, ids) in [
+                ("subscriptions.routes", &subscriptions.routes),
+                ("subscriptions.services", &subscriptions.services),
+            ] {
+                for (i, id) in ids.iter().enumerate() {
+                    check_id(&mut v, &format!("{list}[{i}]"), id);
+                }
+            }
+        }
+        v.at("plugins", |v| self.plugins.validate(v));
+        v.finish()
+    }
+
+    /// Replaces every clear key and password by its hash.
+    pub fn hash_secrets(&mut self) {
+        for credential in &mut self.credentials {
+            match credential {
+                Credential::KeyAuth(c) => {
+                    if let Some(key) = c.key.take() {
+                        c.key_hash = Some(hash_key(&key));
+                    }
+                }
+                Credential::BasicAuth(c) => {
+                    if let Some(password) = c.password.take() {
+                        c.password_hash = Some(hash_password(&password));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives each credential sent without its secret the secret of the stored
+    /// credential with the same id and type (a consumer read back and written again).
+    pub fn keep_secrets_from(&mut self, stored: &Consumer) {
+        for credential in &mut self.credentials {
+            if credential.has_secret() {
+                continue;
+            }
+            let old = stored
+                .credentials
+                .iter()
+                .find(|c| c.id() == credential.id() && c.kind() == credential.kind());
+            match (credential, old) {
+                (Credential::KeyAuth(new), Some(Credential::KeyAuth(old))) => {
+                    new.key_hash = old.key_hash.clone();
+                }
+                (Credential::BasicAuth(new), Some(Credential::BasicAuth(old))) => {
+                    new.password_hash = old.password_hash.clone();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Credentials without their secret: a new credential must give it.
+    pub fn missing_secrets(&self) -> Vec<FieldError> {
+        self.credentials
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.has_secret())
+            .map(|(i, c)| FieldError {
+                field: format!("credentials[{i}].{}", c.secret_field()),
+                message: "is required for a new credential".to_owned(),
+            })
+            .collect()
+    }
+
+    /// What identifies the consumer to the gateway, each with its field: two
+    /// consumers of an instance must never share one.
+    pub fn identities(&self) -> Vec<(String, String)> {
+        self.credentials
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match c {
+                Credential::KeyAuth(k) => k
+                    .key_hash
+                    .as_ref()
+                    .map(|h| (format!("credentials[{i}].key"), format!("key-auth:{h}"))),
+                Credential::BasicAuth(b) => Some((
+                    format!("credentials[{i}].username"),
+                    format!("basic-auth:{}", b.username),
+                )),
+            })
+            .collect()
+    }
+
+    /// The form an API may show: no secret, no hash.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        for credential in &mut shown.credentials {
+            match credential {
+                Credential::KeyAuth(c) => {
+                    c.key = None;
+                    c.key_hash = None;
+                }
+                Credential::BasicAuth(c) => {
+                    c.password = None;
+                    c.password_hash = None;
+                }
+            }
+        }
+        shown
+    }
+}
+
+/// Consumers sharing plugins (APISIX's consumer group): a consumer's own plugins
+/// override its group's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerGroup {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Plugins::is_empty")]
+    pub plugins: Plugins,
+}
+
+impl ConsumerGroup {
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut v = Validator::new();
+        check_id(&mut v, "id", &self.id);
+        if self.description.len() > 1024 {
+            v.error("description", "must be at most 1024 characters");
+        }
+        v.at("plugins", |v| self.plugins.validate(v));
+        v.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumer(json: &str) -> Consumer {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn secrets_are_hashed_kept_and_never_shown() {
+        let mut c = consumer(
+            r#"{"id":"alice","credentials":[
+                {"type":"key-auth","id":"k1","key":"alice-key-0123"},
+                {"type":"basic-auth","id":"b1","username":"alice","password":"s3cret"}]}"#,
+        );
+        assert!(c.validate().is_ok());
+        c.hash_secrets();
+        let stored = serde_json::to_string(&c).unwrap();
+        assert!(!stored.contains("alice-key-0123") && !stored.contains("s3cret"));
+        let Credential::KeyAuth(k) = &c.credentials[0] else {
+            panic!()
+        };
+        assert_eq!(
+            k.key_hash.as_deref(),
+            Some(hash_key("alice-key-0123").as_str())
+        );
+        let Credential::BasicAuth(b) = &c.credentials[1] else {
+            panic!()
+        };
+        let hash = b.password_hash.as_deref().unwrap();
+        assert!(verify_password("s3cret", hash));
+        assert!(!verify_password("s3cre", hash));
+        assert!(!verify_password("s3cret", "pbkdf2-sha256$1$AAAA$AAAA"));
+        // Two hashes of one password differ (salted).
+        assert_ne!(hash_password("s3cret"), hash_password("s3cret"));
+
+        // Shown: no secret, no hash; sent back as shown: secrets kept.
+        let shown = c.redacted();
+        let text = serde_json::to_string(&shown).unwrap();
+        assert!(!text.contains("hash") && !text.contains("key\""), "{text}");
+        let mut again = shown.clone();
+        assert_eq!(again.missing_secrets().len(), 2);
+        again.keep_secrets_from(&c);
+        assert!(again.missing_secrets().is_empty());
+        assert_eq!(again, c);
+        // A new credential without its secret is named.
+        let fresh = consumer(r#"{"id":"bob","credentials":[{"type":"key-auth","id":"k"}]}"#);
+        assert_eq!(fresh.missing_secrets()[0].field, "credentials[0].key");
+        assert_eq!(c.identities()[1].1, "basic-auth:alice");
+    }
+
+    #[test]
+    fn credentials_are_checked_field_by_field() {
+        let fields = |json: &str| -> Vec<String> {
+            consumer(json)
+                .validate()
+                .err()
+                .map(|e| e.0.into_iter().map(|e| e.field).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            fields(r#"{"id":"a","credentials":[{"type":"key-auth","id":"k","key":"short"}]}"#),
+            ["credentials[0].key"]
+        );
+        assert_eq!(
+            fields(r#"{"id":"a","credentials":[{"type":"key-auth","id":"k","key_hash":"md5:x"}]}"#),
+            ["credentials[0].key_hash"]
+        );
+        assert_eq!(
+            fields(
+                r#"{"id":"a","credentials":[{"type":"basic-auth","id":"b","username":"a:b","password":"p"},
+                                            {"type":"key-auth","id":"b","key":"0123456789"}]}"#
+            ),
+            ["credentials[0].username", "credentials[1].id"]
+        );
+        assert_eq!(
+            fields(r#"{"id":"a","subscriptions":{"routes":["r/1"]},"plugins":{"nope":{}}}"#),
+            ["subscriptions.routes[0]", "plugins.nope"]
+        );
+        assert!(serde_json::from_str::<Consumer>(
+            r#"{"id":"a","credentials":[{"type":"key-auth","id":"k","secret":"x"}]}"#
+        )
+        .is_err());
+        let sub = Subscriptions {
+            routes: vec!["r1".into()],
+            services: vec!["s1".into()],
+        };
+        assert!(sub.covers("r1", None) && sub.covers("r9", Some("s1")) && !sub.covers("r9", None));
+    }
+}

@@ -1,0 +1,130 @@
+//! The configurations of the traffic limits: `limit-count`.
+
+use serde::{Deserialize, Serialize};
+
+use super::PluginConfig;
+use crate::route::http_token;
+use crate::validate::Validator;
+
+fn yes() -> bool {
+    true
+}
+
+/// How a window is counted.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Window {
+    /// Counts reset at each multiple of `time_window` (cheap; up to twice `count` may
+    /// pass around a boundary).
+    #[default]
+    Fixed,
+    /// The previous window's count weighted by how much of it still overlaps the last
+    /// `time_window` seconds (Cloudflare's approximation): no burst at boundaries.
+    Sliding,
+}
+
+/// What requests share a counter.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKey {
+    /// The client's address (after the trusted-proxy rules).
+    #[default]
+    RemoteAddr,
+    /// The authenticated consumer; the client's address for anonymous requests.
+    Consumer,
+    /// The value of the request header `header` (absent: the client's address).
+    Header,
+    /// The matched route: a limit on a service or global rule counts per route.
+    Route,
+    /// The matched route's service (its route without a service).
+    Service,
+    /// One counter wherever the plugin is attached (route, service or global rule).
+    Constant,
+}
+
+/// Where counts are kept.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// In the node's memory: exact per node, each node counts alone.
+    #[default]
+    Local,
+}
+
+/// APISIX's `limit-count`: at most `count` requests per `time_window` seconds and
+/// key; the rest are refused with `rejected_code` (429) and `Retry-After`. Admitted
+/// responses carry `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
+/// `X-RateLimit-Reset` unless `show_limit_headers` is false.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitCount {
+    /// Requests admitted per window and key.
+    #[schemars(range(min = 1))]
+    pub count: u64,
+    /// The window, in seconds (1 to 86400).
+    #[schemars(range(min = 1, max = 86400))]
+    pub time_window: u64,
+    #[serde(default)]
+    pub window: Window,
+    #[serde(default)]
+    pub key_type: LimitKey,
+    /// The header counted by with `key_type: header`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub policy: Policy,
+    /// The refusal's status (400-599; 429 when left out).
+    #[serde(default = "LimitCount::default_code")]
+    pub rejected_code: u16,
+    /// The refusal's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_msg: Option<String>,
+    #[serde(default = "yes")]
+    pub show_limit_headers: bool,
+}
+
+impl LimitCount {
+    pub const DEFAULT_MESSAGE: &'static str = "Too many requests";
+
+    fn default_code() -> u16 {
+        429
+    }
+}
+
+impl PluginConfig for LimitCount {
+    fn validate(&self, v: &mut Validator) {
+        if self.count == 0 {
+            v.error("count", "must be > 0");
+        }
+        if !(1..=86_400).contains(&self.time_window) {
+            v.error("time_window", "must be between 1 and 86400 seconds");
+        }
+        match (&self.key_type, &self.header) {
+            (LimitKey::Header, None) => v.error("header", "is required with key_type header"),
+            (LimitKey::Header, Some(name)) if name.len() > 128 || !http_token(name) => v.error(
+                "header",
+                "must be a header name (1 to 128 token characters)",
+            ),
+            (LimitKey::Header, Some(_)) => {}
+            (_, Some(_)) => v.error("header", "is read only with key_type header"),
+            (_, None) => {}
+        }
+        if !(400..=599).contains(&self.rejected_code) {
+            v.error("rejected_code", "must be between 400 and 599");
+        }
+        if let Some(message) = &self.rejected_msg {
+            if message.is_empty() || message.len() > 1024 || message.chars().any(char::is_control) {
+                v.error(
+                    "rejected_msg",
+                    "must be 1 to 1024 characters without control characters",
+                );
+            }
+        }
+    }
+}

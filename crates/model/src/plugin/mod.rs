@@ -1,0 +1,413 @@
+//! Plugins as configured: the catalog of every plugin (default priority, phases, the
+//! JSON Schema of its configuration generated from the Rust type that reads it with
+//! `schemars`, so the schema cannot drift from what is accepted), the [`Plugins`]
+//! object that routes, services, global rules, consumers and consumer groups carry,
+//! the instance's [`PluginTemplate`]s, and the one merge rule ([`effective`]) the
+//! gateway runs and the admin answers with.
+//!
+//! Priorities follow APISIX's convention and numbers: higher runs first (`request-id`
+//! 12015 before `key-auth` 2500 before `limit-count` 1002), so a request refused by a
+//! filter still has its id and a limit keyed by consumer knows the consumer.
+
+mod auth;
+mod effective;
+mod filters;
+mod limits;
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use auth::{BasicAuth, ConsumerRestriction, KeyAuth, RestrictBy};
+pub use effective::{effective, Effective, EffectivePlugin, Layer, Skipped, Source};
+pub use filters::{IpRestriction, Redirect, RequestId};
+pub use limits::{LimitCount, LimitKey, Policy, Window};
+
+use crate::validate::{ValidationErrors, Validator};
+
+/// A plugin's configuration type: closed (unknown fields refused), read with serde,
+/// described by its JSON Schema, checked field by field.
+pub trait PluginConfig: DeserializeOwned + schemars::JsonSchema {
+    /// Records every problem under the plugin's path.
+    fn validate(&self, v: &mut Validator);
+}
+
+/// Parses a plugin's configuration into its type and validates it; every problem is
+/// recorded with its field path under `v`'s current path.
+pub fn read_config<T: PluginConfig>(value: &serde_json::Value, v: &mut Validator) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(config) => {
+            config.validate(v);
+            Some(config)
+        }
+        Err(e) => {
+            let path = e.path().to_string();
+            let error = crate::json::classify(&path, e.inner());
+            match error.details().first() {
+                Some(detail) => v.error(&detail.field, detail.message.clone()),
+                None => v.error("", error.to_string()),
+            }
+            None
+        }
+    }
+}
+
+/// One plugin as the catalog describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginInfo {
+    /// The name a `plugins` object uses.
+    pub name: &'static str,
+    /// The default order: higher runs first.
+    pub priority: i32,
+    /// The phases it runs in (`docs/dataplane.md` §8).
+    pub phases: &'static [&'static str],
+    /// Identifies the consumer (the "any of" rule of `docs/plugins.md`).
+    pub authenticates: bool,
+    /// One line for lists.
+    pub summary: &'static str,
+    schema: fn() -> schemars::Schema,
+    check: fn(&serde_json::Value, &mut Validator),
+}
+
+impl PluginInfo {
+    /// The configuration's JSON Schema (draft 2020-12).
+    pub fn schema(&self) -> serde_json::Value {
+        (self.schema)().to_value()
+    }
+
+    /// Checks a configuration of this plugin, recording problems under `v`'s path.
+    pub fn check(&self, config: &serde_json::Value, v: &mut Validator) {
+        (self.check)(config, v)
+    }
+
+    /// The catalog entry as the admin API answers it.
+    pub fn describe(&self) -> PluginDescription {
+        PluginDescription {
+            name: self.name,
+            priority: self.priority,
+            phases: self.phases,
+            authenticates: self.authenticates,
+            summary: self.summary,
+            schema: self.schema(),
+        }
+    }
+}
+
+/// A catalog entry with its schema, as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginDescription {
+    pub name: &'static str,
+    pub priority: i32,
+    pub phases: &'static [&'static str],
+    pub authenticates: bool,
+    pub summary: &'static str,
+    pub schema: serde_json::Value,
+}
+
+fn schema_of<T: schemars::JsonSchema>() -> schemars::Schema {
+    schemars::schema_for!(T)
+}
+
+fn check_of<T: PluginConfig>(config: &serde_json::Value, v: &mut Validator) {
+    read_config::<T>(config, v);
+}
+
+const fn entry<T: PluginConfig>(
+    name: &'static str,
+    priority: i32,
+    phases: &'static [&'static str],
+    authenticates: bool,
+    summary: &'static str,
+) -> PluginInfo {
+    PluginInfo {
+        name,
+        priority,
+        phases,
+        authenticates,
+        summary,
+        schema: schema_of::<T>,
+        check: check_of::<T>,
+    }
+}
+
+pub const REQUEST_ID: PluginInfo = entry::<RequestId>(
+    "request-id",
+    12015,
+    &["access", "upstream_request", "response_head"],
+    false,
+    "gives every request an id, sent upstream and back to the client",
+);
+
+pub const IP_RESTRICTION: PluginInfo = entry::<IpRestriction>(
+    "ip-restriction",
+    3000,
+    &["access"],
+    false,
+    "refuses clients by address (allow and deny lists of IPs or CIDRs)",
+);
+
+pub const BASIC_AUTH: PluginInfo = entry::<BasicAuth>(
+    "basic-auth",
+    2520,
+    &["access", "upstream_request"],
+    true,
+    "identifies the consumer by HTTP Basic credentials (RFC 7617)",
+);
+
+pub const KEY_AUTH: PluginInfo = entry::<KeyAuth>(
+    "key-auth",
+    2500,
+    &["access", "upstream_request"],
+    true,
+    "identifies the consumer by an API key in a header or the query",
+);
+
+pub const CONSUMER_RESTRICTION: PluginInfo = entry::<ConsumerRestriction>(
+    "consumer-restriction",
+    2400,
+    &["access"],
+    false,
+    "lets only some consumers or consumer groups in (allow and deny lists)",
+);
+
+pub const LIMIT_COUNT: PluginInfo = entry::<LimitCount>(
+    "limit-count",
+    1002,
+    &["access", "response_head"],
+    false,
+    "admits at most `count` requests per time window and key (fixed or sliding window)",
+);
+
+pub const REDIRECT: PluginInfo = entry::<Redirect>(
+    "redirect",
+    900,
+    &["access"],
+    false,
+    "answers with a redirect (HTTP to HTTPS, a new URI, or a regex rewrite of the path)",
+);
+
+/// Every plugin, by default priority (highest first).
+pub const CATALOG: &[PluginInfo] = &[
+    REQUEST_ID,
+    IP_RESTRICTION,
+    BASIC_AUTH,
+    KEY_AUTH,
+    CONSUMER_RESTRICTION,
+    LIMIT_COUNT,
+    REDIRECT,
+];
+
+/// The catalog entry of `name`.
+pub fn find(name: &str) -> Option<&'static PluginInfo> {
+    CATALOG.iter().find(|p| p.name == name)
+}
+
+fn known_names() -> String {
+    CATALOG
+        .iter()
+        .map(|p| p.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The plugins of a route, service, global rule, consumer or consumer group: plugin
+/// name → its configuration. Every name must be in the catalog and every
+/// configuration valid for its type ([`Plugins::validate`]): an unknown name is
+/// refused, not ignored, since a security filter must never be silently off. Kept as
+/// JSON so layers and template defaults merge field by field (`effective`); the
+/// gateway reads each into its type when it builds the chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Plugins(pub BTreeMap<String, serde_json::Value>);
+
+impl Plugins {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&serde_json::Value> {
+        self.0.get(name)
+    }
+
+    /// Records every problem, each under `<name>.<field>`.
+    pub fn validate(&self, v: &mut Validator) {
+        for (name, config) in &self.0 {
+            match find(name) {
+                None => v.error(
+                    name,
+                    format!("unknown plugin; known plugins: {}", known_names()),
+                ),
+                Some(info) => v.at(name, |v| info.check(config, v)),
+            }
+        }
+    }
+}
+
+/// The instance's template for one plugin (ShenYu's plugin template): whether it runs
+/// at all on the instance, its priority there, and defaults for the fields a
+/// configuration leaves out. Its id is the plugin's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginTemplate {
+    /// The plugin's name (`limit-count`).
+    pub id: String,
+    /// `false` turns the plugin off for the whole instance, wherever it is configured.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Replaces the catalog's priority on this instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Field values used where a configuration of the plugin does not give them.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub defaults: serde_json::Map<String, serde_json::Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl PluginTemplate {
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut v = Validator::new();
+        let Some(info) = find(&self.id) else {
+            v.error(
+                "id",
+                format!("must name a plugin; known plugins: {}", known_names()),
+            );
+            return v.finish();
+        };
+        if let Some(priority) = self.priority {
+            if !(-100_000..=100_000).contains(&priority) {
+                v.error("priority", "must be between -100000 and 100000");
+            }
+        }
+        // Defaults are a partial configuration: every field they give must be one the
+        // plugin reads, with a value of its type. Parsing stops at the first wrong
+        // value and reports fields still missing only at the end, so "missing field"
+        // means every given one was read.
+        let mut inner = Validator::new();
+        info.check(
+            &serde_json::Value::Object(self.defaults.clone()),
+            &mut inner,
+        );
+        if let Err(errors) = inner.finish() {
+            for e in errors.0 {
+                if !e.message.starts_with("missing field") {
+                    let field = if e.field.is_empty() {
+                        "defaults".to_owned()
+                    } else {
+                        format!("defaults.{}", e.field)
+                    };
+                    v.error(&field, e.message);
+                }
+            }
+        }
+        v.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(plugins: &str) -> Vec<String> {
+        let plugins: Plugins = serde_json::from_str(plugins).unwrap();
+        let mut v = Validator::new();
+        v.at("plugins", |v| plugins.validate(v));
+        match v.finish() {
+            Ok(()) => vec![],
+            Err(e) => e.0.into_iter().map(|e| e.field).collect(),
+        }
+    }
+
+    #[test]
+    fn every_plugin_is_checked_field_by_field() {
+        assert!(fields(r#"{"ip-restriction":{"denylist":["10.0.0.0/8","::1"]}}"#).is_empty());
+        assert_eq!(
+            fields(r#"{"ip-restriction":{}}"#),
+            ["plugins.ip-restriction"]
+        );
+        assert_eq!(
+            fields(r#"{"ip-restrictions":{}}"#),
+            ["plugins.ip-restrictions"]
+        );
+        // Wrong types and unknown fields are named by their path.
+        assert_eq!(
+            fields(r#"{"limit-count":{"count":"ten","time_window":1}}"#),
+            ["plugins.limit-count.count"]
+        );
+        assert_eq!(
+            fields(r#"{"limit-count":{"count":0,"time_window":1}}"#),
+            ["plugins.limit-count.count"]
+        );
+        assert_eq!(
+            fields(r#"{"key-auth":{"header":"x key"}}"#),
+            ["plugins.key-auth.header"]
+        );
+        assert_eq!(
+            fields(r#"{"key-auth":{"nope":1}}"#),
+            ["plugins.key-auth.nope"]
+        );
+        assert!(fields(
+            r#"{"key-auth":{},"basic-auth":{},"limit-count":{"count":5,"time_window":60}}"#
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn catalog_is_ordered_and_named_uniquely() {
+        let mut names: Vec<&str> = CATALOG.iter().map(|p| p.name).collect();
+        assert!(CATALOG.windows(2).all(|w| w[0].priority > w[1].priority));
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), CATALOG.len());
+    }
+
+    #[test]
+    fn schemas_name_the_fields_the_types_read() {
+        let schema = IP_RESTRICTION.schema();
+        let properties = schema["properties"].as_object().unwrap();
+        let mut names: Vec<&str> = properties.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["allowlist", "denylist", "message"]);
+        assert_eq!(schema["additionalProperties"], false);
+        let schema = REQUEST_ID.schema();
+        assert_eq!(
+            schema["properties"]["header_name"]["default"],
+            "X-Request-Id"
+        );
+        assert_eq!(schema["properties"]["header_name"]["maxLength"], 128);
+        assert_eq!(schema["properties"]["include_in_response"]["default"], true);
+        let schema = LIMIT_COUNT.schema();
+        assert_eq!(schema["properties"]["count"]["minimum"], 1);
+        assert!(find("request-id").is_some() && find("nope").is_none());
+    }
+
+    #[test]
+    fn templates_take_partial_defaults_of_known_fields() {
+        let template = |json: &str| {
+            serde_json::from_str::<PluginTemplate>(json)
+                .unwrap()
+                .validate()
+                .err()
+                .map(|e| e.0.into_iter().map(|e| e.field).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert!(template(r#"{"id":"limit-count","defaults":{"time_window":60}}"#).is_empty());
+        assert!(template(r#"{"id":"key-auth","enabled":false,"priority":10}"#).is_empty());
+        assert_eq!(
+            template(r#"{"id":"limit-count","defaults":{"time_window":"x"}}"#),
+            ["defaults.time_window"]
+        );
+        assert_eq!(
+            template(r#"{"id":"limit-count","defaults":{"nope":1}}"#),
+            ["defaults.nope"]
+        );
+        assert_eq!(template(r#"{"id":"nope"}"#), ["id"]);
+        assert_eq!(
+            template(r#"{"id":"key-auth","priority":1000000}"#),
+            ["priority"]
+        );
+    }
+}
