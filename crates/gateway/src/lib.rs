@@ -19,6 +19,7 @@
 //! 404 and every TLS handshake fails (no certificate yet).
 
 pub mod balancer;
+pub mod consumers;
 pub mod core;
 mod fastpath;
 pub mod health;

@@ -40,7 +40,7 @@ use tokio::sync::Notify;
 use crate::balancer::{HashInput, Outcome, Pick, UpstreamPool};
 use crate::core::head::{self, Limits};
 use crate::core::headers::{append_forwarded_for, nominated, upstream_host};
-use crate::core::phase::{HeaderEdits, LogRecord, PhaseCtx, RequestView};
+use crate::core::phase::{Chain, HeaderEdits, LogRecord, PhaseCtx, RequestView, NO_SCOPE};
 use crate::core::refusal::Refusal;
 use crate::core::retry::{replay_is_safe, AfterFailure, Attempts};
 use crate::core::route::{route_request, Incoming, Routed};
@@ -75,6 +75,8 @@ pub struct RequestCtx {
     body_bytes: u64,
     /// The matched route (its plugins run the later phases).
     route: Option<Arc<CompiledRoute>>,
+    /// The matched route's effective plugins (empty before routing).
+    plugins: Arc<Chain>,
     /// Per-request state of the route's plugins.
     phase: PhaseCtx,
     started: std::time::Instant,
@@ -111,10 +113,12 @@ impl Proxy {
         let Routed {
             upstream,
             route,
+            plugins,
             client_ip,
             path,
         } = routed;
         ctx.route = Some(route);
+        ctx.plugins = plugins;
         let normal = match path {
             Cow::Owned(normal) => Some(normal),
             Cow::Borrowed(_) => None,
@@ -195,6 +199,7 @@ impl ProxyHttp for Proxy {
             status_retry: false,
             body_bytes: 0,
             route: None,
+            plugins: Arc::default(),
             phase: PhaseCtx::default(),
             started: std::time::Instant::now(),
             _in_flight: self.in_flight.enter(),
@@ -357,25 +362,40 @@ impl ProxyHttp for Proxy {
                 upstream_request.insert_header(http::header::HOST, host)?;
             }
         }
-        if let Some(route) = ctx.route.clone() {
-            if !route.plugins.is_empty() {
-                let req = session.req_header();
-                // Checked when the request was routed.
-                let host = request_host(req).unwrap_or_default();
-                let edits = route.plugins.upstream_request(
-                    &RequestView {
-                        method: req.method.as_str(),
-                        path: req.uri.path(),
-                        query: req.uri.query(),
-                        host: &host,
-                        headers: &req.headers,
-                        client_ip: ctx.client_ip,
-                        tls: is_tls(session),
-                    },
-                    &mut ctx.phase,
-                );
-                apply(&edits, upstream_request)?;
+        if !ctx.plugins.is_empty() {
+            let chain = ctx.plugins.clone();
+            let req = session.req_header();
+            // Checked when the request was routed.
+            let host = request_host(req).unwrap_or_default();
+            let edits = chain.upstream_request(
+                &RequestView {
+                    method: req.method.as_str(),
+                    path: req.uri.path(),
+                    query: req.uri.query(),
+                    host: &host,
+                    headers: &req.headers,
+                    client_ip: ctx.client_ip,
+                    tls: is_tls(session),
+                    scope: &NO_SCOPE,
+                },
+                &mut ctx.phase,
+            );
+            if edits.replaces_query() {
+                let uri = &upstream_request.uri;
+                let target = match edits.query(None) {
+                    Some(query) => format!("{}?{query}", uri.path()),
+                    None => uri.path().to_owned(),
+                };
+                let mut parts = http::uri::Parts::from(uri.clone());
+                parts.path_and_query =
+                    Some(target.parse().map_err(|_| {
+                        Error::explain(ErrorType::InternalError, "a plugin's query")
+                    })?);
+                let uri = http::Uri::from_parts(parts)
+                    .map_err(|_| Error::explain(ErrorType::InternalError, "a plugin's query"))?;
+                upstream_request.set_uri(uri);
             }
+            apply(&edits, upstream_request)?;
         }
         Ok(())
     }
@@ -407,8 +427,9 @@ impl ProxyHttp for Proxy {
             && Self::may_try_another(ctx, index)
             && Self::replay_is_safe(session, ctx);
         if !retry {
-            if let Some(route) = ctx.route.clone() {
-                let edits = route.plugins.response_head(status, &mut ctx.phase);
+            if !ctx.plugins.is_empty() {
+                let chain = ctx.plugins.clone();
+                let edits = chain.response_head(status, &mut ctx.phase);
                 apply(&edits, upstream_response)?;
             }
             return Ok(());
@@ -425,8 +446,8 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
-        if let Some(route) = &ctx.route {
-            route.plugins.log(
+        if let (Some(route), false) = (&ctx.route, ctx.plugins.is_empty()) {
+            ctx.plugins.log(
                 &LogRecord {
                     route_id: &route.route.id,
                     status: session.response_written().map_or(0, |r| r.status.as_u16()),

@@ -15,8 +15,11 @@ use std::sync::Arc;
 
 use model::certificate::Certificate;
 use model::cluster::InstanceMeta;
+use model::consumer::{Consumer, ConsumerGroup};
+use model::plugin::{effective, Layer, PluginTemplate, Plugins, Source};
 use model::resource::ResourceKind;
 use model::route::Route;
+use model::service::{GlobalRule, Service};
 use model::snapshot::Revision;
 use model::upstream::Upstream;
 use store::keys::{InstanceKey, Keyspace};
@@ -24,7 +27,9 @@ use store::watch::Update;
 use store::WatchEvent;
 
 use crate::balancer::UpstreamPool;
-use crate::router::{CompiledRoute, Router};
+use crate::consumers::{ConsumerEntry, Consumers};
+use crate::core::phase::{Chain, Entry, Plugin, RouteScope};
+use crate::router::{CompiledRoute, RouteTarget, Router};
 use crate::tls::CertTable;
 
 /// Keyed by store keys and ids; foldhash is several times faster than SipHash on them.
@@ -42,9 +47,12 @@ pub struct RuntimeConfig {
     pub upstreams: usize,
     /// Number of valid certificates.
     pub certificates: usize,
-    /// Routing or balancing reads request headers (header/cookie predicates, hashing
-    /// on a header or cookie); when not, the fast path does not collect them.
+    /// Routing, balancing or a plugin reads request headers (header/cookie
+    /// predicates, hashing on a header or cookie, key-auth…); when not, the fast path
+    /// does not collect them.
     pub reads_headers: bool,
+    /// The consumers authentication plugins look credentials up in.
+    pub consumers: Arc<Consumers>,
 }
 
 /// Something in the store that is not served as written, and why.
@@ -212,6 +220,73 @@ pub struct Compiler {
     /// Store key → the parsed certificate, or why it cannot be served; in key order,
     /// which decides who keeps a server name two certificates claim.
     certificates: BTreeMap<String, Result<Certificate, String>>,
+    /// Store key → a service and its inline upstream's pool, or why it cannot be
+    /// served.
+    services: BTreeMap<String, Result<ServiceState, String>>,
+    /// The plugin layers other than routes, parsed; in key order (global rules run
+    /// in id order).
+    global_rules: BTreeMap<String, Result<GlobalRule, String>>,
+    templates: BTreeMap<String, Result<PluginTemplate, String>>,
+    consumers: BTreeMap<String, Result<Consumer, String>>,
+    groups: BTreeMap<String, Result<ConsumerGroup, String>>,
+    /// Store key of a route → its chain (or why it cannot be built), made from the
+    /// plugin context of generation `.0`.
+    chains: HashMap<String, (u64, Result<Arc<Chain>, String>)>,
+    /// Bumped when a service, global rule or template changes: every chain is then
+    /// made again.
+    generation: u64,
+    /// Plugins by place, name and configuration: a plugin whose configuration and
+    /// place did not change is the same object after a build, state included.
+    plugins: PluginCache,
+    /// The consumer table and its problems, made again when a consumer, group or
+    /// template changes.
+    consumer_table: (Arc<Consumers>, Vec<Problem>),
+}
+
+/// A service as far as it could be compiled.
+#[derive(Debug)]
+struct ServiceState {
+    service: Service,
+    /// The service's own pool when its upstream is inline; `Err` when unusable.
+    inline: Option<Result<Arc<UpstreamPool>, String>>,
+    warnings: Vec<String>,
+}
+
+/// See [`Compiler::plugins`]: (place, name, configuration as JSON) → plugin.
+#[derive(Debug, Default)]
+struct PluginCache(HashMap<(String, &'static str, String), Arc<dyn Plugin>>);
+
+impl PluginCache {
+    /// The plugins of an effective list, each reused when its place and
+    /// configuration are unchanged.
+    fn entries(&mut self, merged: &model::plugin::Effective) -> Result<Vec<Entry>, String> {
+        merged
+            .plugins
+            .iter()
+            .map(|p| {
+                let key = (p.source.to_string(), p.name, p.config.to_string());
+                let plugin = match self.0.get(&key) {
+                    Some(plugin) => plugin.clone(),
+                    None => {
+                        let plugin = crate::plugins::compile(p.name, &p.config)
+                            .map_err(|e| format!("{}.{}: {e}", p.source.path(), p.name))?;
+                        self.0.insert(key, plugin.clone());
+                        plugin
+                    }
+                };
+                Ok(Entry {
+                    priority: p.priority,
+                    plugin,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets plugins no chain holds any more (a config still serving requests may
+    /// hold one a build longer).
+    fn prune(&mut self) {
+        self.0.retain(|_, plugin| Arc::strong_count(plugin) > 1);
+    }
 }
 
 impl Compiler {
@@ -221,6 +296,15 @@ impl Compiler {
             routes: HashMap::default(),
             upstreams: HashMap::default(),
             certificates: BTreeMap::new(),
+            services: BTreeMap::new(),
+            global_rules: BTreeMap::new(),
+            templates: BTreeMap::new(),
+            consumers: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            chains: HashMap::default(),
+            generation: 0,
+            plugins: PluginCache::default(),
+            consumer_table: Default::default(),
         }
     }
 
@@ -229,14 +313,82 @@ impl Compiler {
     pub fn build(&mut self) -> Built {
         let mut new_pools = Vec::new();
         let mut certificates_changed = false;
+        let mut context_changed = false;
+        let mut consumers_changed = false;
+        let first = self.consumer_table.0.is_empty() && self.chains.is_empty();
         for key in std::mem::take(&mut self.objects.dirty) {
             self.routes.remove(&key);
+            self.chains.remove(&key);
             self.upstreams.remove(&key);
             certificates_changed |= self.certificates.remove(&key).is_some();
+            context_changed |= self.services.remove(&key).is_some();
+            context_changed |= self.global_rules.remove(&key).is_some();
+            let template = self.templates.remove(&key).is_some();
+            context_changed |= template;
+            consumers_changed |= template;
+            consumers_changed |= self.consumers.remove(&key).is_some();
+            consumers_changed |= self.groups.remove(&key).is_some();
             let Some((kind, id, value)) = self.objects.resources.get(&key) else {
                 continue;
             };
             match kind {
+                ResourceKind::Services => {
+                    let state = compile_service(value, id);
+                    if let Ok(ServiceState {
+                        inline: Some(Ok(pool)),
+                        ..
+                    }) = &state
+                    {
+                        new_pools.push(pool.clone());
+                    }
+                    self.services.insert(key, state);
+                    context_changed = true;
+                }
+                ResourceKind::GlobalRules => {
+                    let state = parse(
+                        value,
+                        id,
+                        |g: &GlobalRule| &g.id,
+                        GlobalRule::validate,
+                        unreadable,
+                    );
+                    self.global_rules.insert(key, state);
+                    context_changed = true;
+                }
+                ResourceKind::PluginTemplates => {
+                    let state = parse(
+                        value,
+                        id,
+                        |t: &PluginTemplate| &t.id,
+                        PluginTemplate::validate,
+                        unreadable,
+                    );
+                    self.templates.insert(key, state);
+                    context_changed = true;
+                    consumers_changed = true;
+                }
+                ResourceKind::Consumers => {
+                    let state = parse(
+                        value,
+                        id,
+                        |c: &Consumer| &c.id,
+                        Consumer::validate,
+                        unreadable_secret,
+                    );
+                    self.consumers.insert(key, state);
+                    consumers_changed = true;
+                }
+                ResourceKind::ConsumerGroups => {
+                    let state = parse(
+                        value,
+                        id,
+                        |g: &ConsumerGroup| &g.id,
+                        ConsumerGroup::validate,
+                        unreadable,
+                    );
+                    self.groups.insert(key, state);
+                    consumers_changed = true;
+                }
                 ResourceKind::Routes => {
                     let state = compile_route(value, id);
                     if let Ok(RouteState {
@@ -268,7 +420,15 @@ impl Compiler {
                 }
             }
         }
+        if context_changed {
+            self.generation += 1;
+        }
+        if consumers_changed || first {
+            self.consumer_table = self.build_consumers();
+        }
+        self.build_chains();
         let mut built = self.assemble(new_pools);
+        self.plugins.prune();
         if certificates_changed {
             let valid: Vec<(String, Certificate)> = self
                 .certificates
@@ -286,6 +446,136 @@ impl Compiler {
             built.certificates = Some(table);
         }
         built
+    }
+
+    /// The instance's templates that are valid, by plugin name.
+    fn template_map(
+        templates: &BTreeMap<String, Result<PluginTemplate, String>>,
+    ) -> HashMap<&str, &PluginTemplate> {
+        templates
+            .values()
+            .filter_map(|t| t.as_ref().ok())
+            .map(|t| (t.id.as_str(), t))
+            .collect()
+    }
+
+    /// Makes the chain of every route whose chain is missing or older than the
+    /// plugin context (services, global rules, templates).
+    fn build_chains(&mut self) {
+        let Self {
+            routes,
+            services,
+            global_rules,
+            templates,
+            chains,
+            generation,
+            plugins,
+            ..
+        } = self;
+        let templates = Self::template_map(templates);
+        let globals: Vec<(Source, &Plugins)> = global_rules
+            .values()
+            .filter_map(|g| g.as_ref().ok())
+            .map(|g| (Source::GlobalRule(g.id.clone()), &g.plugins))
+            .collect();
+        let services: HashMap<&str, &Service> = services
+            .values()
+            .filter_map(|s| s.as_ref().ok())
+            .map(|s| (s.service.id.as_str(), &s.service))
+            .collect();
+        for (key, state) in routes.iter() {
+            let Ok(state) = state else {
+                continue;
+            };
+            if chains.get(key).is_some_and(|(g, _)| g == generation) {
+                continue;
+            }
+            let route = &state.route.route;
+            let chain = route_chain(route, &services, &globals, &templates, plugins);
+            chains.insert(key.clone(), (*generation, chain));
+        }
+    }
+
+    /// The consumer table and what keeps consumers or credentials out of it.
+    fn build_consumers(&mut self) -> (Arc<Consumers>, Vec<Problem>) {
+        let templates = Self::template_map(&self.templates);
+        let groups: HashMap<&str, &ConsumerGroup> = self
+            .groups
+            .values()
+            .filter_map(|g| g.as_ref().ok())
+            .map(|g| (g.id.as_str(), g))
+            .collect();
+        let mut problems = Vec::new();
+        let mut report = |key: &str, reason: String| {
+            problems.push(Problem {
+                key: key.to_owned(),
+                reason,
+            })
+        };
+        for (key, state) in &self.groups {
+            if let Err(reason) = state {
+                report(key, reason.clone());
+            }
+        }
+        let mut builder = Consumers::builder();
+        for (key, state) in &self.consumers {
+            let consumer = match state {
+                Ok(consumer) => consumer,
+                Err(reason) => {
+                    report(key, reason.clone());
+                    continue;
+                }
+            };
+            let group = match &consumer.group_id {
+                None => None,
+                Some(id) => match groups.get(id.as_str()) {
+                    Some(group) => Some(*group),
+                    None => {
+                        // Its group's plugins (limits) would be missing: not served.
+                        report(key, format!("consumer group {id:?} is missing or unusable"));
+                        continue;
+                    }
+                },
+            };
+            let sources = [
+                group.map(|g| Source::ConsumerGroup(g.id.clone())),
+                Some(Source::Consumer(consumer.id.clone())),
+            ];
+            let layers: Vec<Layer<'_>> = [
+                (sources[0].as_ref(), group.map(|g| &g.plugins)),
+                (sources[1].as_ref(), Some(&consumer.plugins)),
+            ]
+            .into_iter()
+            .filter_map(|(source, plugins)| {
+                Some(Layer {
+                    source: source?,
+                    plugins: plugins?,
+                })
+            })
+            .collect();
+            let merged = effective(&layers, |name| templates.get(name).copied());
+            if !merged.errors.is_empty() {
+                report(key, format!("invalid: {}", join_errors(&merged.errors)));
+                continue;
+            }
+            let entries = match self.plugins.entries(&merged) {
+                Ok(entries) => entries,
+                Err(reason) => {
+                    report(key, reason);
+                    continue;
+                }
+            };
+            let entry = Arc::new(ConsumerEntry {
+                id: consumer.id.clone(),
+                group: consumer.group_id.clone(),
+                subscriptions: consumer.subscriptions.clone(),
+                plugins: entries,
+            });
+            for reason in builder.add(consumer, entry) {
+                report(key, reason);
+            }
+        }
+        (Arc::new(builder.build()), problems)
     }
 
     fn assemble(&self, new_pools: Vec<Arc<UpstreamPool>>) -> Built {
@@ -327,6 +617,39 @@ impl Compiler {
         }
         let upstreams = pools.len();
 
+        let mut services: HashMap<&str, &ServiceState> = HashMap::default();
+        for (key, state) in &self.services {
+            match state {
+                Ok(state) => {
+                    for warning in &state.warnings {
+                        report(key, warning.clone());
+                    }
+                    if let Some(Ok(pool)) = &state.inline {
+                        pools.push(pool.clone());
+                    }
+                    services.insert(&state.service.id, state);
+                }
+                Err(reason) => report(key, reason.clone()),
+            }
+        }
+        for (key, state) in self
+            .global_rules
+            .iter()
+            .map(|(k, s)| (k, s.as_ref().map(|_| ())))
+            .chain(
+                self.templates
+                    .iter()
+                    .map(|(k, s)| (k, s.as_ref().map(|_| ()))),
+            )
+        {
+            if let Err(reason) = state {
+                report(key, reason.clone());
+            }
+        }
+        for problem in &self.consumer_table.1 {
+            report(&problem.key, problem.reason.clone());
+        }
+
         let mut table = Vec::with_capacity(self.routes.len());
         let mut reads_headers = false;
         for (key, state) in &self.routes {
@@ -345,7 +668,41 @@ impl Compiler {
                 // Disabled routes are valid config that is not served.
                 continue;
             }
-            let pool = match (&route.upstream_id, &state.inline) {
+            let chain = match self.chains.get(key) {
+                Some((_, Ok(chain))) => chain.clone(),
+                Some((_, Err(reason))) => {
+                    report(key, reason.clone());
+                    continue;
+                }
+                None => {
+                    report(key, "plugins not built".to_owned());
+                    continue;
+                }
+            };
+            let service = match &route.service_id {
+                None => None,
+                Some(id) => match services.get(id.as_str()) {
+                    Some(service) => Some(*service),
+                    None => {
+                        report(key, format!("service {id:?} is missing or unusable"));
+                        continue;
+                    }
+                },
+            };
+            // The route's own upstream, else its service's.
+            let (upstream_id, inline, place) = match (&route.upstream_id, &state.inline, service) {
+                (None, None, Some(service)) => (
+                    service.service.upstream_id.as_ref(),
+                    service.inline.as_ref(),
+                    "service upstream",
+                ),
+                _ => (
+                    route.upstream_id.as_ref(),
+                    state.inline.as_ref(),
+                    "upstream",
+                ),
+            };
+            let pool = match (upstream_id, inline) {
                 (Some(id), _) => match by_id.get(id.as_str()) {
                     Some(pool) => (*pool).clone(),
                     None => {
@@ -354,21 +711,29 @@ impl Compiler {
                     }
                 },
                 (None, Some(Ok(pool))) => {
-                    pools.push(pool.clone());
+                    if place == "upstream" {
+                        pools.push(pool.clone());
+                    }
                     pool.clone()
                 }
                 (None, Some(Err(reason))) => {
-                    report(key, format!("upstream: {reason}"));
+                    report(key, format!("{place}: {reason}"));
                     continue;
                 }
-                // Validation refuses this; kept total rather than trusting it.
                 (None, None) => {
-                    report(key, "no upstream".to_owned());
+                    report(
+                        key,
+                        "no upstream (neither the route nor its service has one)".to_owned(),
+                    );
                     continue;
                 }
             };
-            reads_headers |= pool.reads_headers();
-            table.push((state.route.clone(), pool));
+            reads_headers |= pool.reads_headers() || chain.reads_headers();
+            table.push(RouteTarget {
+                route: state.route.clone(),
+                upstream: pool,
+                plugins: chain,
+            });
         }
         let mut certificates = 0;
         for (key, state) in &self.certificates {
@@ -389,6 +754,7 @@ impl Compiler {
                 upstreams,
                 certificates,
                 reads_headers,
+                consumers: self.consumer_table.0.clone(),
             },
             problems,
             new_pools,
@@ -410,6 +776,79 @@ fn compile_route(value: &[u8], id: &str) -> Result<RouteState, String> {
     });
     Ok(RouteState {
         route: Arc::new(CompiledRoute::compile(route)?),
+        inline,
+        warnings,
+    })
+}
+
+/// The chain of `route`: its plugins over its service's over the global rules', under
+/// the templates (`model::plugin::effective`).
+fn route_chain(
+    route: &Route,
+    services: &HashMap<&str, &Service>,
+    globals: &[(Source, &Plugins)],
+    templates: &HashMap<&str, &PluginTemplate>,
+    plugins: &mut PluginCache,
+) -> Result<Arc<Chain>, String> {
+    let service = match &route.service_id {
+        None => None,
+        Some(id) => Some(
+            services
+                .get(id.as_str())
+                .ok_or_else(|| format!("service {id:?} is missing or unusable"))?,
+        ),
+    };
+    let service_source = service.map(|s| Source::Service(s.id.clone()));
+    let route_source = Source::Route(route.id.clone());
+    let mut layers: Vec<Layer<'_>> = globals
+        .iter()
+        .map(|(source, plugins)| Layer { source, plugins })
+        .collect();
+    if let (Some(source), Some(service)) = (&service_source, service) {
+        layers.push(Layer {
+            source,
+            plugins: &service.plugins,
+        });
+    }
+    layers.push(Layer {
+        source: &route_source,
+        plugins: &route.plugins,
+    });
+    let merged = effective(&layers, |name| templates.get(name).copied());
+    if !merged.errors.is_empty() {
+        return Err(format!("invalid: {}", join_errors(&merged.errors)));
+    }
+    let entries = plugins.entries(&merged)?;
+    Ok(Arc::new(Chain::new(
+        entries,
+        RouteScope {
+            route_id: route.id.clone(),
+            service_id: route.service_id.clone(),
+        },
+    )))
+}
+
+fn join_errors(errors: &[model::validate::FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn compile_service(value: &[u8], id: &str) -> Result<ServiceState, String> {
+    let service = parse::<Service>(value, id, |s| &s.id, Service::validate, unreadable)?;
+    let mut warnings = Vec::new();
+    let inline = service.upstream.as_ref().map(|inline| {
+        UpstreamPool::build(inline)
+            .map(|built| {
+                warnings.extend(built.warnings.into_iter().map(|w| format!("upstream.{w}")));
+                Arc::new(built.pool)
+            })
+            .map_err(|e| e.to_string())
+    });
+    Ok(ServiceState {
+        service,
         inline,
         warnings,
     })

@@ -26,6 +26,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::refusal::Refusal;
+use crate::consumers::{ConsumerEntry, Consumers};
 
 /// What a plugin sees of a request.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +44,8 @@ pub struct RequestView<'a> {
     pub client_ip: Option<IpAddr>,
     /// The client's connection is TLS (the request's scheme is https).
     pub tls: bool,
+    /// The matched route and its service (set by the chain; [`NO_SCOPE`] before).
+    pub scope: &'a RouteScope,
 }
 
 /// Per-request values plugins share between phases (e.g. the request id made in one
@@ -50,6 +53,13 @@ pub struct RequestView<'a> {
 #[derive(Debug, Default)]
 pub struct PhaseCtx {
     vars: Vec<(&'static str, HeaderValue)>,
+    /// The consumer authentication identified.
+    pub consumer: Option<Arc<ConsumerEntry>>,
+    /// The instance's consumers, handed over by routing when the chain
+    /// authenticates.
+    pub consumers: Option<Arc<Consumers>>,
+    /// The route's chain with the consumer's plugins merged in.
+    merged: Option<Arc<Chain>>,
 }
 
 impl PhaseCtx {
@@ -65,14 +75,35 @@ impl PhaseCtx {
     }
 }
 
-/// Header changes a phase asks for: names removed, then values set (replacing any).
+/// Header changes a phase asks for: names removed, then values set (replacing any);
+/// for the request sent upstream, also a new query string.
 #[derive(Debug, Default, Clone)]
 pub struct HeaderEdits {
     remove: Vec<HeaderName>,
     set: Vec<(HeaderName, HeaderValue)>,
+    /// `Some(None)`: the query is dropped; `Some(Some(q))`: replaced by `q`.
+    query: Option<Option<String>>,
 }
 
 impl HeaderEdits {
+    /// Replaces the request's query string (`None`: no query) upstream.
+    pub fn set_query(&mut self, query: Option<String>) {
+        self.query = Some(query);
+    }
+
+    /// The query to send upstream: the replacement, else `original`.
+    pub fn query<'a>(&'a self, original: Option<&'a str>) -> Option<&'a str> {
+        match &self.query {
+            Some(replaced) => replaced.as_deref(),
+            None => original,
+        }
+    }
+
+    /// Whether a phase replaced the query.
+    pub fn replaces_query(&self) -> bool {
+        self.query.is_some()
+    }
+
     /// Sets `name` to `value`, replacing what the message had and what an earlier
     /// plugin set.
     pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
@@ -89,7 +120,7 @@ impl HeaderEdits {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.set.is_empty()
+        self.remove.is_empty() && self.set.is_empty() && self.query.is_none()
     }
 
     /// Whether a header the engine would forward as it is is removed or replaced.
@@ -112,7 +143,7 @@ impl HeaderEdits {
     /// (status or request line, header lines, blank line): lines of touched names go,
     /// set ones are added before the blank line.
     pub fn apply_to_head(&self, head: &mut Vec<u8>) {
-        if self.is_empty() {
+        if self.remove.is_empty() && self.set.is_empty() {
             return;
         }
         let mut out = Vec::with_capacity(head.len() + 64);
@@ -169,15 +200,31 @@ pub struct LogRecord<'a> {
     pub client_ip: Option<IpAddr>,
 }
 
-/// A plugin: every phase is optional.
+/// What an authentication plugin found.
+#[derive(Debug)]
+pub enum AuthOutcome {
+    /// The consumer the credential belongs to.
+    Found(Arc<ConsumerEntry>),
+    /// The request carries no credential this plugin reads.
+    Missing(Refusal),
+    /// It carries one, and it is wrong.
+    Invalid(Refusal),
+}
+
+/// A plugin: every phase is optional. Its priority is not its own: the catalog's,
+/// or the instance's plugin template's (`model::plugin::effective`).
 pub trait Plugin: Send + Sync + fmt::Debug {
     /// The plugin's name, as configured (`ip-restriction`).
     fn name(&self) -> &'static str;
-    /// Higher runs first.
-    fn priority(&self) -> i32;
     /// Whether a phase reads the request headers (they are collected only then).
     fn reads_headers(&self) -> bool {
         false
+    }
+    /// For the plugins the catalog marks `authenticates`: who the request's
+    /// credential names. The chain runs every such plugin of a route as one "any of"
+    /// group (see [`Chain::access`]).
+    fn authenticate(&self, _req: &RequestView<'_>, _consumers: &Consumers) -> AuthOutcome {
+        AuthOutcome::Missing(Refusal::Internal)
     }
     /// After routing: `Err` ends the request with that refusal.
     fn access(&self, _req: &RequestView<'_>, _ctx: &mut PhaseCtx) -> Result<(), Refusal> {
@@ -199,65 +246,202 @@ pub trait Plugin: Send + Sync + fmt::Debug {
     fn log(&self, _record: &LogRecord<'_>, _ctx: &PhaseCtx) {}
 }
 
-/// A route's plugins in the order they run.
+/// One plugin of a chain with the priority it runs at.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub priority: i32,
+    pub plugin: Arc<dyn Plugin>,
+}
+
+impl Entry {
+    fn authenticates(&self) -> bool {
+        model::plugin::find(self.plugin.name()).is_some_and(|p| p.authenticates)
+    }
+
+    fn same(&self, other: &Entry) -> bool {
+        Arc::ptr_eq(&self.plugin, &other.plugin)
+    }
+}
+
+/// The route (and its service) a chain belongs to; plugins read it from
+/// [`RequestView::scope`] (limits keyed by route or service, subscriptions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteScope {
+    pub route_id: String,
+    pub service_id: Option<String>,
+}
+
+/// The scope of a view made outside a chain (before routing).
+pub static NO_SCOPE: RouteScope = RouteScope {
+    route_id: String::new(),
+    service_id: None,
+};
+
+/// A route's plugins in the order they run (the effective list of
+/// `model::plugin::effective`, compiled).
 #[derive(Debug, Default, Clone)]
 pub struct Chain {
-    plugins: Vec<Arc<dyn Plugin>>,
+    entries: Vec<Entry>,
+    scope: RouteScope,
+    authenticates: bool,
 }
 
 impl Chain {
-    /// Orders `plugins` by priority, highest first; equal priorities by name, so the
+    /// Orders `entries` by priority, highest first; equal priorities by name, so the
     /// order never depends on how the config listed them.
-    pub fn new(mut plugins: Vec<Arc<dyn Plugin>>) -> Self {
-        plugins.sort_by(|a, b| {
-            b.priority()
-                .cmp(&a.priority())
-                .then_with(|| a.name().cmp(b.name()))
+    pub fn new(mut entries: Vec<Entry>, scope: RouteScope) -> Self {
+        entries.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then_with(|| a.plugin.name().cmp(b.plugin.name()))
         });
-        Self { plugins }
+        let authenticates = entries.iter().any(Entry::authenticates);
+        Self {
+            entries,
+            scope,
+            authenticates,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.plugins.is_empty()
+        self.entries.is_empty()
     }
 
     /// The names in running order (the effective order an operator can be shown).
     pub fn names(&self) -> Vec<&'static str> {
-        self.plugins.iter().map(|p| p.name()).collect()
+        self.entries.iter().map(|e| e.plugin.name()).collect()
     }
 
     pub fn reads_headers(&self) -> bool {
-        self.plugins.iter().any(|p| p.reads_headers())
+        self.entries.iter().any(|e| e.plugin.reads_headers())
+    }
+
+    /// Whether a plugin identifies the consumer: routing then hands the instance's
+    /// consumers to the request ([`PhaseCtx::consumers`]).
+    pub fn authenticates(&self) -> bool {
+        self.authenticates
     }
 
     pub fn wants_response_body(&self) -> bool {
-        self.plugins.iter().any(|p| p.wants_response_body())
+        self.entries.iter().any(|e| e.plugin.wants_response_body())
+    }
+
+    fn view<'a>(&'a self, req: &RequestView<'a>) -> RequestView<'a> {
+        RequestView {
+            scope: &self.scope,
+            ..*req
+        }
     }
 
     /// Runs every access phase in order; the first refusal ends the request.
+    ///
+    /// The authentication plugins run as one group at the place of the first: the
+    /// request passes when any of them finds its consumer (the first in order wins);
+    /// when none does, the refusal is the first "wrong credential" one, else the first
+    /// "no credential" one. Then a consumer with subscriptions must be subscribed to
+    /// the route or its service (403). A consumer's plugins (its group's under its
+    /// own) join the chain: the same plugin on the route is replaced by the
+    /// consumer's, and the access phases not yet run run in the merged order; the
+    /// later phases run the merged chain.
     pub fn access(&self, req: &RequestView<'_>, ctx: &mut PhaseCtx) -> Result<(), Refusal> {
-        self.plugins.iter().try_for_each(|p| p.access(req, ctx))
+        let req = self.view(req);
+        for (i, entry) in self.entries.iter().enumerate() {
+            if !entry.authenticates() {
+                entry.plugin.access(&req, ctx)?;
+                continue;
+            }
+            if ctx.consumer.is_some() {
+                continue;
+            }
+            let consumer = self.authenticate(&req, ctx)?;
+            if let Some(subscriptions) = &consumer.subscriptions {
+                if !subscriptions.covers(&self.scope.route_id, self.scope.service_id.as_deref()) {
+                    return Err(Refusal::denied(
+                        403,
+                        "not_subscribed",
+                        "The consumer is not subscribed to this API",
+                    ));
+                }
+            }
+            ctx.consumer = Some(consumer.clone());
+            if consumer.plugins.is_empty() {
+                continue;
+            }
+            let merged = Arc::new(self.merge(&consumer.plugins));
+            ctx.merged = Some(merged.clone());
+            let ran = &self.entries[..=i];
+            for entry in &merged.entries {
+                if entry.authenticates() || ran.iter().any(|r| r.same(entry)) {
+                    continue;
+                }
+                entry.plugin.access(&req, ctx)?;
+            }
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    fn authenticate(
+        &self,
+        req: &RequestView<'_>,
+        ctx: &PhaseCtx,
+    ) -> Result<Arc<ConsumerEntry>, Refusal> {
+        let empty = Consumers::default();
+        let consumers = ctx.consumers.as_deref().unwrap_or(&empty);
+        let (mut missing, mut invalid) = (None, None);
+        for entry in self.entries.iter().filter(|e| e.authenticates()) {
+            match entry.plugin.authenticate(req, consumers) {
+                AuthOutcome::Found(consumer) => return Ok(consumer),
+                AuthOutcome::Missing(refusal) => {
+                    missing.get_or_insert(refusal);
+                }
+                AuthOutcome::Invalid(refusal) => {
+                    invalid.get_or_insert(refusal);
+                }
+            }
+        }
+        Err(invalid.or(missing).unwrap_or(Refusal::Internal))
+    }
+
+    /// This chain with `extra` (a consumer's plugins) merged in: a plugin of both
+    /// runs with `extra`'s configuration.
+    fn merge(&self, extra: &[Entry]) -> Chain {
+        let mut entries: Vec<Entry> = self
+            .entries
+            .iter()
+            .filter(|e| !extra.iter().any(|x| x.plugin.name() == e.plugin.name()))
+            .cloned()
+            .collect();
+        entries.extend(extra.iter().cloned());
+        Chain::new(entries, self.scope.clone())
     }
 
     pub fn upstream_request(&self, req: &RequestView<'_>, ctx: &mut PhaseCtx) -> HeaderEdits {
+        let merged = ctx.merged.clone();
+        let chain = merged.as_deref().unwrap_or(self);
+        let req = chain.view(req);
         let mut edits = HeaderEdits::default();
-        for plugin in &self.plugins {
-            plugin.upstream_request(req, ctx, &mut edits);
+        for entry in &chain.entries {
+            entry.plugin.upstream_request(&req, ctx, &mut edits);
         }
         edits
     }
 
     pub fn response_head(&self, status: u16, ctx: &mut PhaseCtx) -> HeaderEdits {
+        let merged = ctx.merged.clone();
+        let chain = merged.as_deref().unwrap_or(self);
         let mut edits = HeaderEdits::default();
-        for plugin in &self.plugins {
-            plugin.response_head(status, ctx, &mut edits);
+        for entry in &chain.entries {
+            entry.plugin.response_head(status, ctx, &mut edits);
         }
         edits
     }
 
     pub fn log(&self, record: &LogRecord<'_>, ctx: &PhaseCtx) {
-        for plugin in &self.plugins {
-            plugin.log(record, ctx);
+        let merged = ctx.merged.clone();
+        let chain = merged.as_deref().unwrap_or(self);
+        for entry in &chain.entries {
+            entry.plugin.log(record, ctx);
         }
     }
 }
@@ -267,14 +451,11 @@ mod tests {
     use super::*;
 
     #[derive(Debug)]
-    struct Named(&'static str, i32);
+    struct Named(&'static str);
 
     impl Plugin for Named {
         fn name(&self) -> &'static str {
             self.0
-        }
-        fn priority(&self) -> i32 {
-            self.1
         }
         fn upstream_request(
             &self,
@@ -298,11 +479,14 @@ mod tests {
 
     #[test]
     fn plugins_run_by_priority_then_name() {
-        let chain = Chain::new(vec![
-            Arc::new(Named("b", 1)),
-            Arc::new(Named("c", 5)),
-            Arc::new(Named("a", 1)),
-        ]);
+        let entry = |name, priority| Entry {
+            priority,
+            plugin: Arc::new(Named(name)) as Arc<dyn Plugin>,
+        };
+        let chain = Chain::new(
+            vec![entry("b", 1), entry("c", 5), entry("a", 1)],
+            RouteScope::default(),
+        );
         assert_eq!(chain.names(), ["c", "a", "b"]);
         let headers = HeaderMap::new();
         let view = RequestView {
@@ -313,6 +497,7 @@ mod tests {
             headers: &headers,
             client_ip: None,
             tls: false,
+            scope: &NO_SCOPE,
         };
         let mut ctx = PhaseCtx::default();
         let edits = chain.upstream_request(&view, &mut ctx);

@@ -35,6 +35,20 @@ pub enum Refusal {
     /// A plugin answered the request itself (a redirect, a CORS preflight …): its
     /// status, headers and body instead of the JSON error.
     Answer(Arc<Answer>),
+    /// A plugin refused the request with its own status, message and header fields
+    /// (401 with `WWW-Authenticate`, 429 with `Retry-After` …); the body is the usual
+    /// JSON error.
+    Denied(Arc<Denial>),
+}
+
+/// A plugin's refusal: see [`Refusal::Denied`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub status: u16,
+    pub message: Arc<str>,
+    /// The JSON body's machine code (`unauthorized`, `rate_limited` …).
+    pub code: &'static str,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// A response a plugin gives in place of the upstream's.
@@ -43,6 +57,28 @@ pub struct Answer {
     pub status: u16,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub body: Bytes,
+}
+
+impl Refusal {
+    /// A plugin's refusal without extra header fields.
+    pub fn denied(status: u16, code: &'static str, message: impl Into<Arc<str>>) -> Refusal {
+        Self::denied_with(status, code, message, Vec::new())
+    }
+
+    /// A plugin's refusal with header fields (`WWW-Authenticate`, `Retry-After` …).
+    pub fn denied_with(
+        status: u16,
+        code: &'static str,
+        message: impl Into<Arc<str>>,
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    ) -> Refusal {
+        Refusal::Denied(Arc::new(Denial {
+            status,
+            message: message.into(),
+            code,
+            headers,
+        }))
+    }
 }
 
 impl Refusal {
@@ -81,6 +117,7 @@ impl Refusal {
             Refusal::Internal => 500,
             Refusal::Status(status) => *status,
             Refusal::Answer(answer) => answer.status,
+            Refusal::Denied(denial) => denial.status,
         }
     }
 
@@ -108,6 +145,7 @@ impl Refusal {
             ),
             Refusal::Status(_) => ("the request was refused", "refused"),
             Refusal::Answer(_) => ("answered by a plugin", "answered"),
+            Refusal::Denied(denial) => (&denial.message, denial.code),
         }
     }
 
@@ -137,6 +175,12 @@ impl Refusal {
                         .unwrap_or(http::HeaderValue::from_static("")),
                 ),
             ],
+            Refusal::Denied(denial) => {
+                let mut fields = Vec::with_capacity(1 + denial.headers.len());
+                fields.push(json);
+                fields.extend(denial.headers.iter().cloned());
+                fields
+            }
             _ => vec![json],
         }
     }
@@ -159,13 +203,26 @@ impl Refusal {
     pub fn keeps_connection(&self) -> bool {
         matches!(
             self,
-            Refusal::NoRoute | Refusal::MethodNotAllowed(_) | Refusal::Answer(_)
+            Refusal::NoRoute
+                | Refusal::MethodNotAllowed(_)
+                | Refusal::Answer(_)
+                | Refusal::Denied(_)
         )
     }
 
     /// The complete HTTP/1.1 response, `Connection: close` (for the engines that
-    /// write bytes, which close after any refusal).
+    /// write bytes, which close after a refusal unless [`Self::to_h1_open`] applies).
     pub fn to_h1(&self) -> Vec<u8> {
+        self.h1(true)
+    }
+
+    /// The response for a connection that stays open: only for a refusal that
+    /// [keeps it](Self::keeps_connection), of a request whose body was read whole.
+    pub fn to_h1_open(&self) -> Vec<u8> {
+        self.h1(false)
+    }
+
+    fn h1(&self, close: bool) -> Vec<u8> {
         use std::io::Write;
         let body = self.body();
         let status = self.status();
@@ -182,7 +239,10 @@ impl Refusal {
             out.extend_from_slice(b"\r\n");
         }
         let _ = write!(out, "Content-Length: {}\r\n", body.len());
-        out.extend_from_slice(b"Connection: close\r\n\r\n");
+        if close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&body);
         out
     }

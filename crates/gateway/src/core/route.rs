@@ -1,11 +1,11 @@
 //! Routing, the same for every engine: the client's address (trusted proxies,
 //! canonical), the path normalised once, the route matched against one config
-//! snapshot, the access phase of its plugins (403…), 404 / 405.
+//! snapshot, the access phase of its plugins (401, 403, 429 …), 404 / 405.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::phase::PhaseCtx;
+use super::phase::{Chain, PhaseCtx, RequestView, NO_SCOPE};
 use super::refusal::Refusal;
 use crate::balancer::UpstreamPool;
 use crate::normalize::normalize;
@@ -33,8 +33,10 @@ pub(crate) struct Incoming<'a> {
 pub(crate) struct Routed<'a> {
     /// The matched route's pool, from the request's one config snapshot.
     pub upstream: Arc<UpstreamPool>,
-    /// The matched route (its plugins run the later phases).
+    /// The matched route.
     pub route: Arc<CompiledRoute>,
+    /// Its effective plugins (they run the later phases).
+    pub plugins: Arc<Chain>,
     /// The client's address after the trusted-proxy rules.
     pub client_ip: Option<std::net::IpAddr>,
     /// The normalised path, used for routing and forwarding alike; `Owned` when it
@@ -42,13 +44,27 @@ pub(crate) struct Routed<'a> {
     pub path: Cow<'a, str>,
 }
 
-/// Normalises the path and matches the request against one config snapshot: the
-/// routing both HTTP/1 paths share. Limits are checked by the caller.
+/// Routes the request and runs its plugins' access phase: what Pingora's adapter
+/// does in one step. The fast paths call [`find_route`] and [`run_access`] apart,
+/// since they hand some routes to Pingora first (which then runs the access phase
+/// itself: it must run once, limits count).
 pub(crate) fn route_request<'a>(
     config: &RuntimeConfig,
     settings: &HttpSettings,
     req: &Incoming<'a>,
     ctx: &mut PhaseCtx,
+) -> Result<Routed<'a>, Refusal> {
+    let routed = find_route(config, settings, req)?;
+    run_access(config, &routed, req, ctx)?;
+    Ok(routed)
+}
+
+/// Normalises the path and matches the request against one config snapshot: the
+/// routing every engine shares. Limits are checked by the caller.
+pub(crate) fn find_route<'a>(
+    config: &RuntimeConfig,
+    settings: &HttpSettings,
+    req: &Incoming<'a>,
 ) -> Result<Routed<'a>, Refusal> {
     let client_ip = settings.client_ip(req.peer, req.headers);
     let path = normalize(req.path, settings.path).map_err(|_| Refusal::BadRequest)?;
@@ -67,12 +83,40 @@ pub(crate) fn route_request<'a>(
         Match::MethodNotAllowed { allow } => return Err(Refusal::MethodNotAllowed(allow)),
         Match::NotFound => return Err(Refusal::NoRoute),
     };
-    // The access phase of the route's plugins (403 from ip-restriction, …).
-    target.route.plugins.access(&info.view(), ctx)?;
     Ok(Routed {
         upstream: target.upstream.clone(),
         route: target.route.clone(),
+        plugins: target.plugins.clone(),
         client_ip,
         path,
     })
+}
+
+/// The access phase of the route's plugins (401 from key-auth, 403 from
+/// ip-restriction, 429 from limit-count …).
+pub(crate) fn run_access(
+    config: &RuntimeConfig,
+    routed: &Routed<'_>,
+    req: &Incoming<'_>,
+    ctx: &mut PhaseCtx,
+) -> Result<(), Refusal> {
+    if routed.plugins.is_empty() {
+        return Ok(());
+    }
+    if routed.plugins.authenticates() {
+        ctx.consumers = Some(config.consumers.clone());
+    }
+    routed.plugins.access(
+        &RequestView {
+            method: req.method,
+            path: &routed.path,
+            query: req.query,
+            host: req.host,
+            headers: req.headers,
+            client_ip: routed.client_ip,
+            tls: req.tls,
+            scope: &NO_SCOPE,
+        },
+        ctx,
+    )
 }

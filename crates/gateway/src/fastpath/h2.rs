@@ -40,11 +40,11 @@ use crate::balancer::{HashInput, UpstreamPool};
 use crate::core::chunked::ChunkedScanner;
 use crate::core::head::{self, Limits, MAX_HEADERS};
 use crate::core::headers::{append_forwarded_for, forwarded};
-use crate::core::phase::{PhaseCtx, RequestView};
+use crate::core::phase::{PhaseCtx, RequestView, NO_SCOPE};
 use crate::core::rate::{too_slow, Meter};
 use crate::core::refusal::Refusal;
 use crate::core::retry::replay_is_safe;
-use crate::core::route::{route_request, Incoming};
+use crate::core::route::{find_route, run_access, Incoming};
 
 /// Streams a client may open at once (nginx's `http2_max_concurrent_streams`).
 const MAX_STREAMS: u32 = 128;
@@ -158,33 +158,32 @@ where
         };
         let config = self.config.load();
         let mut phase = PhaseCtx::default();
-        let routed = route_request(
-            &config,
-            &self.settings,
-            &Incoming {
-                host: &host,
-                method: parts.method.as_str(),
-                path: parts.uri.path(),
-                query: parts.uri.query(),
-                headers: &parts.headers,
-                peer: peer.ip,
-                tls: peer.tls,
-            },
-            &mut phase,
-        );
-        let routed = match routed {
+        let incoming = Incoming {
+            host: &host,
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            peer: peer.ip,
+            tls: peer.tls,
+        };
+        let routed = match find_route(&config, &self.settings, &incoming) {
             Ok(routed) => routed,
             Err(refusal) => return send_refusal(&mut respond, &refusal),
         };
         let pool = routed.upstream.clone();
-        if pool.scheme != Scheme::Http || routed.route.plugins.wants_response_body() {
+        if pool.scheme != Scheme::Http || routed.plugins.wants_response_body() {
+            // Pingora runs the access phase itself: it must run once.
             drop(routed);
             return bridge
                 .forward(http::Request::from_parts(parts, recv), respond)
                 .await;
         }
+        if let Err(refusal) = run_access(&config, &routed, &incoming, &mut phase) {
+            return send_refusal(&mut respond, &refusal);
+        }
         let _in_flight = self.in_flight.enter();
-        let chain = &routed.route.plugins;
+        let chain = &*routed.plugins;
         let query = parts.uri.query();
         let upstream_edits = chain.upstream_request(
             &RequestView {
@@ -195,10 +194,13 @@ where
                 headers: &parts.headers,
                 client_ip: routed.client_ip,
                 tls: peer.tls,
+                scope: &NO_SCOPE,
             },
             &mut phase,
         );
-        let mut log = LogPhase::new(&routed.route, phase, routed.client_ip);
+        // The query sent upstream (a plugin may have removed a credential from it).
+        let sent_query = upstream_edits.query(query);
+        let mut log = LogPhase::new(&routed.route, chain, phase, routed.client_ip);
 
         // The request head as HTTP/1.1: the core's header policy, cookies joined
         // (RFC 9113 §8.2.3), framed by Content-Length or else chunked.
@@ -206,7 +208,7 @@ where
         line.extend_from_slice(parts.method.as_str().as_bytes());
         line.push(b' ');
         line.extend_from_slice(routed.path.as_bytes());
-        if let Some(query) = query {
+        if let Some(query) = sent_query {
             line.push(b'?');
             line.extend_from_slice(query.as_bytes());
         }

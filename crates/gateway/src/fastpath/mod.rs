@@ -50,11 +50,11 @@ use crate::core::chunked::ChunkedScanner;
 use crate::core::guard::Guard;
 use crate::core::head::{self, BodyFraming, Head, Limits, TargetForm, H2_PREFACE};
 use crate::core::headers::{append_forwarded_for, forwarded, nominated};
-use crate::core::phase::{HeaderEdits, LogRecord, PhaseCtx, RequestView};
+use crate::core::phase::{Chain, HeaderEdits, LogRecord, PhaseCtx, RequestView, NO_SCOPE};
 use crate::core::rate::{too_slow, Meter};
 use crate::core::refusal::Refusal;
 use crate::core::retry::replay_is_safe;
-use crate::core::route::{route_request, Incoming};
+use crate::core::route::{find_route, run_access, Incoming};
 use crate::proxy::InFlight;
 use crate::router::CompiledRoute;
 use crate::runtime::RuntimeConfig;
@@ -308,30 +308,39 @@ where
         let head_len = head.len;
         let close = head.close;
         let mut phase = PhaseCtx::default();
-        let Ok(routed) = route_request(
-            &config,
-            &self.settings,
-            &Incoming {
-                host: &head.host,
-                method: head.method,
-                path: head.path,
-                query: head.query,
-                headers: &header_map,
-                peer: peer.ip,
-                tls: peer.tls,
-            },
-            &mut phase,
-        ) else {
-            // 404 / 405 / 403: Pingora's adapter answers with the same renderer and
-            // keeps the connection, as a refusal of a well-formed request does.
+        let incoming = Incoming {
+            host: &head.host,
+            method: head.method,
+            path: head.path,
+            query: head.query,
+            headers: &header_map,
+            peer: peer.ip,
+            tls: peer.tls,
+        };
+        let Ok(routed) = find_route(&config, &self.settings, &incoming) else {
+            // 404 / 405: Pingora's adapter answers with the same renderer and keeps
+            // the connection, as a refusal of a well-formed request does.
             return (Step::Fallback, 0);
         };
-        let pool = routed.upstream;
-        if pool.scheme != Scheme::Http || routed.route.plugins.wants_response_body() {
+        let pool = routed.upstream.clone();
+        if pool.scheme != Scheme::Http || routed.plugins.wants_response_body() {
             return (Step::Fallback, 0);
         }
+        // The body that came with the head, and whether that is all of it.
+        let body_in_buf = (body_len.min((buf.len() - head_len) as u64)) as usize;
+        let used = head_len + body_in_buf;
+        if let Err(refusal) = run_access(&config, &routed, &incoming, &mut phase) {
+            // Answered here (the access phase ran; it must not run again on Pingora's
+            // path). The connection stays when the request was read whole.
+            let whole = body_in_buf as u64 == body_len;
+            if whole && !close && refusal.keeps_connection() && head.method != "HEAD" {
+                let _ = write_all(stream, &refusal.to_h1_open(), &mut send_meter).await;
+                return (Step::KeepAlive, used);
+            }
+            return (reply_refusal(stream, &refusal, &mut send_meter).await, used);
+        }
         let _in_flight = self.in_flight.enter();
-        let chain = &routed.route.plugins;
+        let chain = &*routed.plugins;
         let upstream_edits = chain.upstream_request(
             &RequestView {
                 method: head.method,
@@ -341,10 +350,11 @@ where
                 headers: &header_map,
                 client_ip: routed.client_ip,
                 tls: peer.tls,
+                scope: &NO_SCOPE,
             },
             &mut phase,
         );
-        let mut log = LogPhase::new(&routed.route, phase, routed.client_ip);
+        let mut log = LogPhase::new(&routed.route, chain, phase, routed.client_ip);
 
         // The request head without Host, which depends on the node.
         scratch.line.clear();
@@ -352,7 +362,7 @@ where
         line.extend_from_slice(head.method.as_bytes());
         line.push(b' ');
         line.extend_from_slice(routed.path.as_bytes());
-        if let Some(query) = head.query {
+        if let Some(query) = upstream_edits.query(head.query) {
             line.push(b'?');
             line.extend_from_slice(query.as_bytes());
         }
@@ -366,9 +376,6 @@ where
             peer.text.as_deref(),
         );
 
-        // The part of the body that came with the head.
-        let body_in_buf = (body_len.min((buf.len() - head_len) as u64)) as usize;
-        let used = head_len + body_in_buf;
         let replay_safe = replay_is_safe(head.method, body_len);
         let is_head = head.method == "HEAD";
         let input = HashInput {
@@ -474,6 +481,7 @@ enum RelayError {
 /// Runs the route's log phase once the request ends, however it ends.
 pub(super) struct LogPhase<'a> {
     route: &'a CompiledRoute,
+    chain: &'a Chain,
     pub phase: PhaseCtx,
     /// `None` when the route has no plugins: nothing to log.
     started: Option<Instant>,
@@ -485,14 +493,16 @@ pub(super) struct LogPhase<'a> {
 impl<'a> LogPhase<'a> {
     pub(super) fn new(
         route: &'a CompiledRoute,
+        chain: &'a Chain,
         phase: PhaseCtx,
         client_ip: Option<IpAddr>,
     ) -> Self {
         Self {
             route,
+            chain,
             phase,
             // No clock read for a route without plugins (the common case).
-            started: (!route.plugins.is_empty()).then(Instant::now),
+            started: (!chain.is_empty()).then(Instant::now),
             client_ip,
             status: 0,
         }
@@ -504,7 +514,7 @@ impl Drop for LogPhase<'_> {
         let Some(started) = self.started else {
             return;
         };
-        self.route.plugins.log(
+        self.chain.log(
             &LogRecord {
                 route_id: &self.route.route.id,
                 status: self.status,

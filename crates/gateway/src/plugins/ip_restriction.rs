@@ -20,14 +20,14 @@ pub struct IpRestriction {
 }
 
 impl IpRestriction {
-    pub fn compile(config: &model::route::IpRestriction) -> Result<Self, String> {
+    pub fn compile(config: &model::plugin::IpRestriction) -> Result<Self, String> {
         Ok(Self {
             allow: cidrs("plugins.ip-restriction.allowlist", &config.allowlist)?,
             deny: cidrs("plugins.ip-restriction.denylist", &config.denylist)?,
             message: config
                 .message
                 .as_deref()
-                .unwrap_or(model::route::IpRestriction::DEFAULT_MESSAGE)
+                .unwrap_or(model::plugin::IpRestriction::DEFAULT_MESSAGE)
                 .into(),
         })
     }
@@ -49,11 +49,6 @@ impl Plugin for IpRestriction {
         model::plugin::IP_RESTRICTION.name
     }
 
-    /// APISIX's priority for it: early, before authentication.
-    fn priority(&self) -> i32 {
-        model::plugin::IP_RESTRICTION.priority
-    }
-
     fn access(&self, req: &RequestView<'_>, _ctx: &mut PhaseCtx) -> Result<(), Refusal> {
         if self.admits(req.client_ip) {
             Ok(())
@@ -69,7 +64,7 @@ mod tests {
 
     #[test]
     fn deny_first_then_the_allow_list() {
-        let filter = IpRestriction::compile(&model::route::IpRestriction {
+        let filter = IpRestriction::compile(&model::plugin::IpRestriction {
             allowlist: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
             denylist: vec!["10.9.0.0/16".into()],
             message: None,
@@ -85,7 +80,7 @@ mod tests {
             let ip = client.map(|c| c.parse().unwrap());
             assert_eq!(filter.admits(ip), admitted, "{client:?}");
         }
-        let deny_only = IpRestriction::compile(&model::route::IpRestriction {
+        let deny_only = IpRestriction::compile(&model::plugin::IpRestriction {
             allowlist: vec![],
             denylist: vec!["::ffff:127.0.0.0/104".into()],
             message: Some("no".into()),

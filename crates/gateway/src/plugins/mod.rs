@@ -1,33 +1,75 @@
 //! The plugins, each written once against the core's phase interface
-//! (`core::phase`) and run by both engines. [`chain`] builds a route's chain from its
-//! config; every plugin's config was validated by `model` when it was written.
+//! (`core::phase`) and run by both engines. [`compile`] turns one effective plugin
+//! (`model::plugin::effective`) into its runtime form; the runtime keeps that form
+//! while the plugin's configuration and place stay the same, so its state (counters)
+//! survives other changes.
 
+mod basic_auth;
+mod consumer_restriction;
 mod ip_restriction;
+mod key_auth;
+mod limit_count;
 mod redirect;
 mod request_id;
 
 use std::sync::Arc;
 
-use model::route::Plugins;
+use model::plugin::{read_config, PluginConfig};
+use model::validate::Validator;
 
-use crate::core::phase::{Chain, Plugin};
+use crate::core::phase::Plugin;
 
+pub use basic_auth::BasicAuth;
+pub use consumer_restriction::ConsumerRestriction;
 pub use ip_restriction::IpRestriction;
+pub use key_auth::KeyAuth;
+pub use limit_count::LimitCount;
 pub use redirect::Redirect;
 pub use request_id::RequestId;
 
-/// The chain of a route's configured plugins; `Err` names the plugin whose config
-/// cannot be compiled (validation runs the same parsers, so it should not happen).
-pub fn chain(config: &Plugins) -> Result<Chain, String> {
-    let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
-    if let Some(ip) = &config.ip_restriction {
-        plugins.push(Arc::new(IpRestriction::compile(ip)?));
+/// The runtime form of plugin `name` with `config`; `Err` says why it cannot run
+/// (the admin validates the same way, so it should not happen).
+pub fn compile(name: &str, config: &serde_json::Value) -> Result<Arc<dyn Plugin>, String> {
+    fn typed<T: PluginConfig>(config: &serde_json::Value) -> Result<T, String> {
+        let mut v = Validator::new();
+        let parsed = read_config::<T>(config, &mut v);
+        v.finish().map_err(|e| e.to_string())?;
+        parsed.ok_or_else(|| "unreadable".to_owned())
     }
-    if let Some(id) = &config.request_id {
-        plugins.push(Arc::new(RequestId::compile(id)?));
+    Ok(match name {
+        "ip-restriction" => Arc::new(IpRestriction::compile(&typed(config)?)?),
+        "request-id" => Arc::new(RequestId::compile(&typed(config)?)?),
+        "redirect" => Arc::new(Redirect::compile(&typed(config)?)?),
+        "key-auth" => Arc::new(KeyAuth::compile(&typed(config)?)?),
+        "basic-auth" => Arc::new(BasicAuth::compile(&typed(config)?)?),
+        "consumer-restriction" => Arc::new(ConsumerRestriction::compile(&typed(config)?)?),
+        "limit-count" => Arc::new(LimitCount::compile(&typed(config)?)?),
+        other => return Err(format!("plugin {other:?} is not built into this gateway")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_catalog_plugin_compiles() {
+        let samples = [
+            ("ip-restriction", r#"{"denylist":["10.0.0.0/8"]}"#),
+            ("request-id", "{}"),
+            ("redirect", r#"{"http_to_https":true}"#),
+            ("key-auth", "{}"),
+            ("basic-auth", "{}"),
+            ("consumer-restriction", r#"{"allowlist":["a"]}"#),
+            ("limit-count", r#"{"count":1,"time_window":1}"#),
+        ];
+        for info in model::plugin::CATALOG {
+            let (_, config) = samples
+                .iter()
+                .find(|(n, _)| *n == info.name)
+                .unwrap_or_else(|| panic!("no sample for {}", info.name));
+            let plugin = super::compile(info.name, &serde_json::from_str(config).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", info.name));
+            assert_eq!(plugin.name(), info.name);
+        }
+        assert!(super::compile("key-auth", &serde_json::json!({"header": 1})).is_err());
     }
-    if let Some(redirect) = &config.redirect {
-        plugins.push(Arc::new(Redirect::compile(redirect)?));
-    }
-    Ok(Chain::new(plugins))
 }

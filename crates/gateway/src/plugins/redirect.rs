@@ -49,7 +49,7 @@ const VARIABLES: [(&str, Piece); 5] = [
 ];
 
 impl Redirect {
-    pub fn compile(config: &model::route::Redirect) -> Result<Self, String> {
+    pub fn compile(config: &model::plugin::Redirect) -> Result<Self, String> {
         let to = match (&config.uri, &config.regex_uri) {
             _ if config.http_to_https => Target::Https,
             (Some(uri), _) => Target::Uri(parse_template(uri)),
@@ -152,10 +152,6 @@ impl Plugin for Redirect {
         model::plugin::REDIRECT.name
     }
 
-    fn priority(&self) -> i32 {
-        model::plugin::REDIRECT.priority
-    }
-
     fn access(&self, req: &RequestView<'_>, _ctx: &mut PhaseCtx) -> Result<(), Refusal> {
         let Some(location) = self.location(req) else {
             return Ok(());
@@ -189,11 +185,12 @@ mod tests {
             headers,
             client_ip: None,
             tls,
+            scope: &crate::core::phase::NO_SCOPE,
         }
     }
 
     fn location(config: &str, path: &str, query: Option<&str>, tls: bool) -> Option<String> {
-        let config: model::route::Redirect = serde_json::from_str(config).unwrap();
+        let config: model::plugin::Redirect = serde_json::from_str(config).unwrap();
         let headers = http::HeaderMap::new();
         Redirect::compile(&config)
             .unwrap()
@@ -294,7 +291,7 @@ mod tests {
 
     #[test]
     fn the_answer_is_a_redirect_with_location() {
-        let config: model::route::Redirect =
+        let config: model::plugin::Redirect =
             serde_json::from_str(r#"{"uri":"/n","ret_code":307}"#).unwrap();
         let plugin = Redirect::compile(&config).unwrap();
         let headers = http::HeaderMap::new();

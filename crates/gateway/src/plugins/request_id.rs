@@ -16,7 +16,7 @@ pub struct RequestId {
 const KEY: &str = "request-id";
 
 impl RequestId {
-    pub fn compile(config: &model::route::RequestId) -> Result<Self, String> {
+    pub fn compile(config: &model::plugin::RequestId) -> Result<Self, String> {
         Ok(Self {
             header: HeaderName::from_bytes(config.header_name.as_bytes())
                 .map_err(|_| "plugins.request-id.header_name: not a header name".to_owned())?,
@@ -45,11 +45,6 @@ fn uuid_v4() -> HeaderValue {
 impl Plugin for RequestId {
     fn name(&self) -> &'static str {
         model::plugin::REQUEST_ID.name
-    }
-
-    /// APISIX's priority for it: before everything that might log or refuse.
-    fn priority(&self) -> i32 {
-        model::plugin::REQUEST_ID.priority
     }
 
     fn reads_headers(&self) -> bool {
@@ -81,7 +76,7 @@ mod tests {
 
     #[test]
     fn ids_are_kept_or_made_and_sent_both_ways() {
-        let plugin = RequestId::compile(&model::route::RequestId {
+        let plugin = RequestId::compile(&model::plugin::RequestId {
             header_name: "X-Request-Id".into(),
             include_in_response: true,
         })
@@ -95,6 +90,7 @@ mod tests {
                 headers,
                 client_ip: None,
                 tls: false,
+                scope: &crate::core::phase::NO_SCOPE,
             }
         }
         let mut headers = http::HeaderMap::new();

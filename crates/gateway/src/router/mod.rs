@@ -40,6 +40,7 @@ pub(crate) use self::route::cidrs;
 pub use self::route::CompiledRoute;
 use self::route::{method_bit, CompiledPath};
 use crate::balancer::UpstreamPool;
+use crate::core::phase::Chain;
 
 /// What a lookup needs to know of a request.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +71,7 @@ impl<'a> RequestInfo<'a> {
             headers: self.headers,
             client_ip: self.client_ip,
             tls: self.tls,
+            scope: &crate::core::phase::NO_SCOPE,
         }
     }
 }
@@ -78,6 +80,20 @@ impl<'a> RequestInfo<'a> {
 pub struct RouteTarget {
     pub route: Arc<CompiledRoute>,
     pub upstream: Arc<UpstreamPool>,
+    /// The route's effective plugins (its own over its service's over the global
+    /// rules'), in running order.
+    pub plugins: Arc<Chain>,
+}
+
+/// A route without plugins (tests, benches).
+impl From<(Arc<CompiledRoute>, Arc<UpstreamPool>)> for RouteTarget {
+    fn from((route, upstream): (Arc<CompiledRoute>, Arc<UpstreamPool>)) -> Self {
+        Self {
+            route,
+            upstream,
+            plugins: Arc::default(),
+        }
+    }
 }
 
 impl RouteTarget {
@@ -172,14 +188,12 @@ fn path_rank(kind: Kind, literal_len: usize) -> u64 {
 
 impl Router {
     /// Builds the table from compiled, enabled routes and their upstream pools.
-    pub fn build(routes: Vec<(Arc<CompiledRoute>, Arc<UpstreamPool>)>) -> Self {
+    pub fn build(routes: Vec<impl Into<RouteTarget>>) -> Self {
         let mut router = Router::default();
-        for (compiled, upstream) in routes {
+        for target in routes {
+            let target = Arc::new(target.into());
+            let compiled = target.route.clone();
             let route = &compiled.route;
-            let target = Arc::new(RouteTarget {
-                route: compiled.clone(),
-                upstream,
-            });
             let any_host = [None];
             let hosts: &[Option<Arc<str>>] = if compiled.hosts.is_empty() {
                 &any_host
@@ -216,7 +230,7 @@ impl Router {
                 }
             }
             router.len += 1;
-            router.reads_headers |= compiled.reads_headers();
+            router.reads_headers |= compiled.reads_headers() || target.plugins.reads_headers();
         }
         let tables = std::iter::once(&mut router.any_host)
             .chain(router.by_host.values_mut())

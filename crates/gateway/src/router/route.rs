@@ -1,7 +1,7 @@
 //! One route compiled for matching: its paths (exact, prefix, template, regex), the
 //! methods it accepts, its predicates (headers, query, cookies, remote address, time
-//! window) and their tests, and its plugin chain. The index over many routes (host
-//! tables, radix tree, precedence) is `router/mod.rs`.
+//! window) and their tests. The index over many routes (host tables, radix tree,
+//! precedence) is `router/mod.rs`; a route's plugins are `RouteTarget::plugins`.
 
 use std::sync::Arc;
 
@@ -12,7 +12,6 @@ use model::route::{
 use regex::Regex;
 
 use super::RequestInfo;
-use crate::core::phase::Chain;
 
 /// A route compiled for matching; built once per version of the route.
 #[derive(Debug)]
@@ -25,8 +24,6 @@ pub struct CompiledRoute {
     pub(super) paths: Vec<CompiledPath>,
     /// `None` when the route has no predicates, the common case.
     predicates: Option<Predicates>,
-    /// The route's plugins, in running order (`core::phase`).
-    pub plugins: Chain,
 }
 
 /// A validated list of IPs or CIDRs; `Err` names the entry (validation runs the same
@@ -118,7 +115,6 @@ impl CompiledRoute {
             });
         }
         let predicates = Predicates::compile(&route)?;
-        let plugins = crate::plugins::chain(&route.plugins)?;
         let mut hosts: Vec<Option<Arc<str>>> = route
             .hosts
             .iter()
@@ -131,19 +127,16 @@ impl CompiledRoute {
             methods,
             paths,
             predicates,
-            plugins,
             route,
         })
     }
 
-    /// Whether matching or serving this route reads request headers (header or cookie
-    /// predicates, plugins).
+    /// Whether matching this route reads request headers (header or cookie
+    /// predicates).
     pub(super) fn reads_headers(&self) -> bool {
-        self.plugins.reads_headers()
-            || self
-                .predicates
-                .as_ref()
-                .is_some_and(|p| !p.headers.is_empty() || !p.cookies.is_empty())
+        self.predicates
+            .as_ref()
+            .is_some_and(|p| !p.headers.is_empty() || !p.cookies.is_empty())
     }
 
     pub(super) fn accepts(&self, req: &RequestInfo<'_>) -> bool {
@@ -294,47 +287,4 @@ pub(super) fn method_bit(method: &str) -> u16 {
         .iter()
         .position(|m| *m == method)
         .map_or(OTHER_METHOD, |i| 1 << i)
-}
-
-#[cfg(test)]
-mod tests {
-    use http::HeaderMap;
-    use serde_json::json;
-
-    use super::*;
-
-    fn compile(mut json: serde_json::Value) -> CompiledRoute {
-        json["upstream_id"] = "u".into();
-        let route: Route = serde_json::from_value(json).unwrap();
-        route.validate().unwrap();
-        CompiledRoute::compile(route).unwrap()
-    }
-
-    #[test]
-    fn a_route_s_plugins_compile_into_its_chain() {
-        let both = compile(json!({"id": "r", "paths": ["/"], "plugins": {
-            "ip-restriction": {"denylist": ["192.0.2.1"], "message": "m"},
-            "request-id": {}
-        }}));
-        assert_eq!(both.plugins.names(), ["request-id", "ip-restriction"]);
-        assert!(both.reads_headers());
-        let headers = HeaderMap::new();
-        let view = |ip: &str| crate::core::phase::RequestView {
-            method: "GET",
-            path: "/",
-            query: None,
-            host: "",
-            headers: &headers,
-            client_ip: Some(ip.parse().unwrap()),
-            tls: false,
-        };
-        let mut ctx = crate::core::phase::PhaseCtx::default();
-        assert!(both.plugins.access(&view("192.0.2.2"), &mut ctx).is_ok());
-        assert_eq!(
-            both.plugins.access(&view("192.0.2.1"), &mut ctx),
-            Err(crate::core::refusal::Refusal::Forbidden("m".into()))
-        );
-        let plain = compile(json!({"id": "p", "paths": ["/"]}));
-        assert!(plain.plugins.is_empty() && !plain.reads_headers());
-    }
 }

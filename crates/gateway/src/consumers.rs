@@ -1,0 +1,165 @@
+//! The instance's consumers compiled for the authentication plugins: one lookup from a
+//! credential to its consumer, never a scan. Built with the rest of the config
+//! (`runtime`) and replaced with it; a request keeps the table it started with.
+//!
+//! Keys are found by their SHA-256 (what the store holds). A Basic password is
+//! checked against its PBKDF2 hash once per node: a verified (username, password)
+//! pair is remembered by its SHA-256 so later requests cost one hash, not ten
+//! thousand (the cache is bounded and starts empty with each new table, so a changed
+//! password is never served from it).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use model::consumer::Subscriptions;
+
+use crate::core::phase::Entry;
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Verified Basic pairs remembered per table; beyond this the memory starts over.
+const VERIFIED_PAIRS: usize = 10_000;
+
+/// One consumer as requests see it.
+#[derive(Debug)]
+pub struct ConsumerEntry {
+    pub id: String,
+    pub group: Option<String>,
+    pub subscriptions: Option<Subscriptions>,
+    /// The consumer's plugins (its group's under its own), compiled; empty when none.
+    pub plugins: Vec<Entry>,
+}
+
+/// Why a Basic credential did not name a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BasicFailure {
+    UnknownUser,
+    WrongPassword,
+}
+
+/// The lookup tables.
+#[derive(Debug, Default)]
+pub struct Consumers {
+    /// `sha256:<hex>` of a key → its consumer.
+    keys: HashMap<String, Arc<ConsumerEntry>>,
+    /// Basic username → (password hash, consumer).
+    basic: HashMap<String, (String, Arc<ConsumerEntry>)>,
+    verified: Mutex<HashSet<[u8; 32]>>,
+    len: usize,
+}
+
+impl Consumers {
+    pub fn builder() -> ConsumersBuilder {
+        ConsumersBuilder::default()
+    }
+
+    /// Number of consumers.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The consumer whose key this is.
+    pub fn by_key(&self, key: &str) -> Option<&Arc<ConsumerEntry>> {
+        self.keys.get(&model::consumer::hash_key(key))
+    }
+
+    /// The consumer of a Basic credential.
+    pub fn by_basic(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<&Arc<ConsumerEntry>, BasicFailure> {
+        let (hash, consumer) = self.basic.get(username).ok_or(BasicFailure::UnknownUser)?;
+        let mut pair = ring::digest::Context::new(&ring::digest::SHA256);
+        for part in [username, "\0", password, "\0", hash.as_str()] {
+            pair.update(part.as_bytes());
+        }
+        let mut fingerprint = [0u8; 32];
+        fingerprint.copy_from_slice(pair.finish().as_ref());
+        let known = self
+            .verified
+            .lock()
+            .map(|v| v.contains(&fingerprint))
+            .unwrap_or(false);
+        if known {
+            return Ok(consumer);
+        }
+        if !model::consumer::verify_password(password, hash) {
+            return Err(BasicFailure::WrongPassword);
+        }
+        if let Ok(mut verified) = self.verified.lock() {
+            if verified.len() >= VERIFIED_PAIRS {
+                verified.clear();
+            }
+            verified.insert(fingerprint);
+        }
+        Ok(consumer)
+    }
+}
+
+/// Collects consumers; a credential two consumers claim stays with the first added
+/// (the builder is fed in id order) and is reported.
+#[derive(Debug, Default)]
+pub struct ConsumersBuilder {
+    table: Consumers,
+}
+
+impl ConsumersBuilder {
+    /// Adds a consumer with its credentials; returns the problems found (credentials
+    /// without a hash, or claimed by an earlier consumer), each with its field.
+    pub fn add(
+        &mut self,
+        consumer: &model::consumer::Consumer,
+        entry: Arc<ConsumerEntry>,
+    ) -> Vec<String> {
+        use model::consumer::Credential;
+        let mut problems = Vec::new();
+        for (i, credential) in consumer.credentials.iter().enumerate() {
+            let taken = match credential {
+                Credential::KeyAuth(c) => match &c.key_hash {
+                    None => {
+                        problems.push(format!("credentials[{i}]: no key_hash; not served"));
+                        continue;
+                    }
+                    Some(hash) => match self.table.keys.get(hash) {
+                        Some(owner) => Some(owner.id.clone()),
+                        None => {
+                            self.table.keys.insert(hash.clone(), entry.clone());
+                            None
+                        }
+                    },
+                },
+                Credential::BasicAuth(c) => match &c.password_hash {
+                    None => {
+                        problems.push(format!("credentials[{i}]: no password_hash; not served"));
+                        continue;
+                    }
+                    Some(hash) => match self.table.basic.get(&c.username) {
+                        Some((_, owner)) => Some(owner.id.clone()),
+                        None => {
+                            self.table
+                                .basic
+                                .insert(c.username.clone(), (hash.clone(), entry.clone()));
+                            None
+                        }
+                    },
+                },
+            };
+            if let Some(owner) = taken {
+                problems.push(format!(
+                    "credentials[{i}]: already a credential of consumer {owner:?}; not served"
+                ));
+            }
+        }
+        self.table.len += 1;
+        problems
+    }
+
+    pub fn build(self) -> Consumers {
+        self.table
+    }
+}

@@ -1,0 +1,315 @@
+//! `limit-count`: at most `count` requests per `time_window` seconds and key, counted
+//! in the node's memory (the `local` policy). Windows are aligned to the Unix epoch
+//! (a 60 s window starts at every whole minute), so every node — and, later, the
+//! cluster-wide policy — agree on where a window starts.
+//!
+//! Fixed windows count exactly: within one window at most `count` requests of a key
+//! are admitted, whatever the concurrency (the check and the increment happen under
+//! one lock). Sliding windows weight the previous window's count by how much of it
+//! still overlaps the last `time_window` seconds.
+//!
+//! The counters live in the plugin, which the runtime keeps while its configuration
+//! and place (route, service, global rule, consumer) stay the same: a change to
+//! anything else keeps the counts.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{HeaderName, HeaderValue};
+use model::plugin::{LimitKey, Window};
+
+use crate::core::phase::{HeaderEdits, PhaseCtx, Plugin, RequestView};
+use crate::core::refusal::Refusal;
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+const SHARDS: usize = 16;
+
+/// What requests share a counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Ip(IpAddr),
+    Text(Box<str>),
+    Constant,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Counter {
+    /// The window's index (Unix time / window).
+    window: u64,
+    count: u64,
+    /// The previous window's count (sliding windows).
+    previous: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    counters: HashMap<Key, Counter>,
+    /// Size after the last sweep of finished windows.
+    swept_at: usize,
+}
+
+/// Ctx keys of what the response head reports.
+const LIMIT: &str = "limit-count.limit";
+const REMAINING: &str = "limit-count.remaining";
+const RESET: &str = "limit-count.reset";
+
+#[derive(Debug)]
+pub struct LimitCount {
+    count: u64,
+    window_ms: u64,
+    sliding: bool,
+    key: LimitKey,
+    header: Option<HeaderName>,
+    status: u16,
+    message: Arc<str>,
+    show_headers: bool,
+    shards: Vec<Mutex<Shard>>,
+}
+
+/// The outcome of one request's count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Verdict {
+    admitted: bool,
+    remaining: u64,
+    /// Seconds until the window ends (at least 1).
+    reset: u64,
+}
+
+impl LimitCount {
+    pub fn compile(config: &model::plugin::LimitCount) -> Result<Self, String> {
+        let header = match &config.header {
+            Some(name) => Some(
+                HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| "header: not a header name".to_owned())?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            count: config.count,
+            window_ms: config.time_window * 1000,
+            sliding: config.window == Window::Sliding,
+            key: config.key_type,
+            header,
+            status: config.rejected_code,
+            message: config
+                .rejected_msg
+                .as_deref()
+                .unwrap_or(model::plugin::LimitCount::DEFAULT_MESSAGE)
+                .into(),
+            show_headers: config.show_limit_headers,
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        })
+    }
+
+    fn key(&self, req: &RequestView<'_>, ctx: &PhaseCtx) -> Key {
+        let ip = || req.client_ip.map_or(Key::Constant, Key::Ip);
+        match self.key {
+            LimitKey::RemoteAddr => ip(),
+            LimitKey::Consumer => match &ctx.consumer {
+                Some(consumer) => Key::Text(format!("consumer:{}", consumer.id).into()),
+                None => ip(),
+            },
+            LimitKey::Header => match self
+                .header
+                .as_ref()
+                .and_then(|h| req.headers.get(h))
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(value) => Key::Text(value.into()),
+                None => ip(),
+            },
+            LimitKey::Route => Key::Text(req.scope.route_id.as_str().into()),
+            LimitKey::Service => Key::Text(
+                req.scope
+                    .service_id
+                    .as_deref()
+                    .unwrap_or(&req.scope.route_id)
+                    .into(),
+            ),
+            LimitKey::Constant => Key::Constant,
+        }
+    }
+
+    /// Counts one request of `key` at `now_ms` (Unix milliseconds).
+    fn hit(&self, key: Key, now_ms: u64) -> Verdict {
+        let window = now_ms / self.window_ms;
+        let into = now_ms % self.window_ms;
+        let reset = (self.window_ms - into).div_ceil(1000).max(1);
+        let shard = &self.shards[shard_of(&key)];
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if shard.counters.len() > 1024 && shard.counters.len() >= shard.swept_at * 2 {
+            // Counters of finished windows (the previous one is kept for sliding).
+            shard.counters.retain(|_, c| c.window + 1 >= window);
+            shard.swept_at = shard.counters.len();
+        }
+        let counter = shard.counters.entry(key).or_default();
+        if counter.window != window {
+            counter.previous = if counter.window + 1 == window {
+                counter.count
+            } else {
+                0
+            };
+            counter.window = window;
+            counter.count = 0;
+        }
+        // Requests the window holds, the previous one weighted by its overlap.
+        let carried = if self.sliding {
+            // previous × (window − into) / window, rounded up: never admit more.
+            (u128::from(counter.previous) * u128::from(self.window_ms - into))
+                .div_ceil(u128::from(self.window_ms)) as u64
+        } else {
+            0
+        };
+        let used = carried + counter.count;
+        if used >= self.count {
+            return Verdict {
+                admitted: false,
+                remaining: 0,
+                reset,
+            };
+        }
+        counter.count += 1;
+        Verdict {
+            admitted: true,
+            remaining: self.count - used - 1,
+            reset,
+        }
+    }
+}
+
+fn shard_of(key: &Key) -> usize {
+    use std::hash::BuildHasher;
+    (foldhash::fast::FixedState::default().hash_one(key) as usize) % SHARDS
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Plugin for LimitCount {
+    fn name(&self) -> &'static str {
+        model::plugin::LIMIT_COUNT.name
+    }
+
+    fn reads_headers(&self) -> bool {
+        self.key == LimitKey::Header
+    }
+
+    fn access(&self, req: &RequestView<'_>, ctx: &mut PhaseCtx) -> Result<(), Refusal> {
+        let verdict = self.hit(self.key(req, ctx), now_ms());
+        if verdict.admitted {
+            if self.show_headers {
+                ctx.set(LIMIT, HeaderValue::from(self.count));
+                ctx.set(REMAINING, HeaderValue::from(verdict.remaining));
+                ctx.set(RESET, HeaderValue::from(verdict.reset));
+            }
+            return Ok(());
+        }
+        let mut headers = vec![(http::header::RETRY_AFTER, HeaderValue::from(verdict.reset))];
+        if self.show_headers {
+            headers.extend([
+                (
+                    HeaderName::from_static("x-ratelimit-limit"),
+                    HeaderValue::from(self.count),
+                ),
+                (
+                    HeaderName::from_static("x-ratelimit-remaining"),
+                    HeaderValue::from(0u64),
+                ),
+                (
+                    HeaderName::from_static("x-ratelimit-reset"),
+                    HeaderValue::from(verdict.reset),
+                ),
+            ]);
+        }
+        Err(Refusal::denied_with(
+            self.status,
+            "rate_limited",
+            self.message.clone(),
+            headers,
+        ))
+    }
+
+    fn response_head(&self, _status: u16, ctx: &mut PhaseCtx, edits: &mut HeaderEdits) {
+        for (key, name) in [
+            (LIMIT, "x-ratelimit-limit"),
+            (REMAINING, "x-ratelimit-remaining"),
+            (RESET, "x-ratelimit-reset"),
+        ] {
+            if let Some(value) = ctx.get(key) {
+                edits.set(HeaderName::from_static(name), value.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugin(json: &str) -> LimitCount {
+        LimitCount::compile(&serde_json::from_str(json).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn fixed_windows_admit_exactly_count_then_reset() {
+        let limit = plugin(r#"{"count":3,"time_window":10}"#);
+        let key = || Key::Constant;
+        let start = 1_000_000_000_000; // a window boundary (divisible by 10 000)
+        let verdicts: Vec<(bool, u64, u64)> = (0..4)
+            .map(|i| {
+                let v = limit.hit(key(), start + i * 1000);
+                (v.admitted, v.remaining, v.reset)
+            })
+            .collect();
+        assert_eq!(
+            verdicts,
+            [(true, 2, 10), (true, 1, 9), (true, 0, 8), (false, 0, 7)]
+        );
+        // Other keys count alone; the next window starts over.
+        assert!(limit.hit(Key::Text("other".into()), start).admitted);
+        assert_eq!(limit.hit(key(), start + 10_000).remaining, 2);
+    }
+
+    #[test]
+    fn sliding_windows_carry_the_overlap() {
+        let limit = plugin(r#"{"count":10,"time_window":10,"window":"sliding"}"#);
+        let start = 1_000_000_000_000;
+        for i in 0..10 {
+            assert!(limit.hit(Key::Constant, start + 5_000 + i).admitted);
+        }
+        // 2.5 s into the next window 75% of the previous 10 still count: 2 more pass.
+        let next = start + 12_500;
+        let admitted = (0..5)
+            .filter(|_| limit.hit(Key::Constant, next).admitted)
+            .count();
+        assert_eq!(admitted, 2);
+        // A fixed window would have let all 10 through at once.
+    }
+
+    #[test]
+    fn concurrent_hits_never_exceed_the_count() {
+        let limit = Arc::new(plugin(r#"{"count":1000,"time_window":60}"#));
+        let now = now_ms();
+        // Far from a boundary: every hit lands in one window.
+        let now = now - now % 60_000 + 1_000;
+        let admitted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let limit = limit.clone();
+                    s.spawn(move || {
+                        (0..500)
+                            .filter(|_| limit.hit(Key::Constant, now).admitted)
+                            .count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(admitted, 1000);
+    }
+}
