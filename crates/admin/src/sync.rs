@@ -82,7 +82,7 @@ pub(crate) async fn write(
     }
     let sync = match state
         .agents
-        .push_change(agent, instance, committed.revision, &change)
+        .push_change(agent, instance, committed.revision, &committed.stored)
         .await
     {
         Ok(()) => {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use model::certificate::Certificate;
 use model::cluster::InstanceMeta;
 use model::consumer::{Consumer, ConsumerGroup};
-use model::plugin::{effective, Layer, PluginTemplate, Plugins, Source};
+use model::plugin::{consumer_layers, effective, route_layers, PluginTemplate};
 use model::resource::ResourceKind;
 use model::route::Route;
 use model::service::{GlobalRule, Service};
@@ -473,10 +473,9 @@ impl Compiler {
             ..
         } = self;
         let templates = Self::template_map(templates);
-        let globals: Vec<(Source, &Plugins)> = global_rules
+        let globals: Vec<&GlobalRule> = global_rules
             .values()
             .filter_map(|g| g.as_ref().ok())
-            .map(|g| (Source::GlobalRule(g.id.clone()), &g.plugins))
             .collect();
         let services: HashMap<&str, &Service> = services
             .values()
@@ -537,22 +536,7 @@ impl Compiler {
                     }
                 },
             };
-            let sources = [
-                group.map(|g| Source::ConsumerGroup(g.id.clone())),
-                Some(Source::Consumer(consumer.id.clone())),
-            ];
-            let layers: Vec<Layer<'_>> = [
-                (sources[0].as_ref(), group.map(|g| &g.plugins)),
-                (sources[1].as_ref(), Some(&consumer.plugins)),
-            ]
-            .into_iter()
-            .filter_map(|(source, plugins)| {
-                Some(Layer {
-                    source: source?,
-                    plugins: plugins?,
-                })
-            })
-            .collect();
+            let layers = consumer_layers(group, consumer);
             let merged = effective(&layers, |name| templates.get(name).copied());
             if !merged.errors.is_empty() {
                 report(key, format!("invalid: {}", join_errors(&merged.errors)));
@@ -786,7 +770,7 @@ fn compile_route(value: &[u8], id: &str) -> Result<RouteState, String> {
 fn route_chain(
     route: &Route,
     services: &HashMap<&str, &Service>,
-    globals: &[(Source, &Plugins)],
+    globals: &[&GlobalRule],
     templates: &HashMap<&str, &PluginTemplate>,
     plugins: &mut PluginCache,
 ) -> Result<Arc<Chain>, String> {
@@ -798,22 +782,7 @@ fn route_chain(
                 .ok_or_else(|| format!("service {id:?} is missing or unusable"))?,
         ),
     };
-    let service_source = service.map(|s| Source::Service(s.id.clone()));
-    let route_source = Source::Route(route.id.clone());
-    let mut layers: Vec<Layer<'_>> = globals
-        .iter()
-        .map(|(source, plugins)| Layer { source, plugins })
-        .collect();
-    if let (Some(source), Some(service)) = (&service_source, service) {
-        layers.push(Layer {
-            source,
-            plugins: &service.plugins,
-        });
-    }
-    layers.push(Layer {
-        source: &route_source,
-        plugins: &route.plugins,
-    });
+    let layers = route_layers(globals.iter().copied(), service.copied(), route);
     let merged = effective(&layers, |name| templates.get(name).copied());
     if !merged.errors.is_empty() {
         return Err(format!("invalid: {}", join_errors(&merged.errors)));

@@ -48,6 +48,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route(&format!("{instance}/nodes"), get(clusters::list_nodes))
         .route(&format!("{instance}/changes"), get(clusters::list_changes))
         .route(
+            &format!("{instance}/routes/{{id}}/plugins/effective"),
+            get(plugins::effective_plugins),
+        )
+        .route(
             &format!("{instance}/{{kind}}"),
             get(resources::list).post(resources::create),
         )

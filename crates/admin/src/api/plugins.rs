@@ -1,12 +1,18 @@
-//! The plugin catalog (`model::plugin`): what a route's `plugins` object may hold,
-//! each plugin's default priority and phases, and the JSON Schema of its config, for
-//! API clients and the console's generated forms.
+//! The plugin catalog (`model::plugin`): what a `plugins` object may hold, each
+//! plugin's default priority and phases, and the JSON Schema of its config, for API
+//! clients and the console's generated forms; and the effective plugins of a route.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::ApiPath;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// `GET /plugins`: every plugin, highest priority (first to run) first.
 pub(super) async fn list_plugins() -> Json<Value> {
@@ -23,4 +29,82 @@ pub(super) async fn get_plugin(ApiPath(name): ApiPath<String>) -> Result<Json<Va
     let plugin = model::plugin::find(&name)
         .ok_or_else(|| ApiError::NotFound(format!("no plugin named {name:?}")))?;
     Ok(Json(json!(plugin.describe())))
+}
+
+/// `GET …/routes/{id}/plugins/effective[?consumer=<id>]`: the plugins that run for the
+/// route, in running order, each with its final configuration and the layer it came
+/// from; the configured ones that do not run and why; and any merged configuration
+/// that is invalid (the gateway then does not serve the route). With `consumer`, the
+/// consumer's (and its group's) plugins are merged in as they are after
+/// authentication. Computed by `model::plugin::effective`, the function the gateway
+/// builds its chains with.
+pub(super) async fn effective_plugins(
+    State(state): State<Arc<AppState>>,
+    ApiPath((cluster, instance, route_id)): ApiPath<(String, String, String)>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest {
+        message: format!("invalid query: {e}"),
+        details: Vec::new(),
+    })?;
+    if let Some(unknown) = query.keys().find(|k| *k != "consumer") {
+        return Err(ApiError::BadRequest {
+            message: format!("unknown query parameter {unknown:?}: only consumer is read"),
+            details: Vec::new(),
+        });
+    }
+    let snapshot = state
+        .db
+        .snapshot(&cluster, &instance)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("instance {instance:?} does not exist")))?;
+    let route = snapshot
+        .routes
+        .iter()
+        .find(|r| r.id == route_id)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "route {route_id:?} does not exist in instance {instance:?}"
+            ))
+        })?;
+    let service = route
+        .service_id
+        .as_ref()
+        .and_then(|id| snapshot.services.iter().find(|s| &s.id == id));
+    let mut globals: Vec<_> = snapshot.global_rules.iter().collect();
+    globals.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut layers = model::plugin::route_layers(globals, service, route);
+    let consumer = match query.get("consumer") {
+        None => None,
+        Some(id) => Some(
+            snapshot
+                .consumers
+                .iter()
+                .find(|c| &c.id == id)
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!(
+                        "consumer {id:?} does not exist in instance {instance:?}"
+                    ))
+                })?,
+        ),
+    };
+    if let Some(consumer) = consumer {
+        let group = consumer
+            .group_id
+            .as_ref()
+            .and_then(|id| snapshot.consumer_groups.iter().find(|g| &g.id == id));
+        layers.extend(model::plugin::consumer_layers(group, consumer));
+    }
+    let merged = model::plugin::effective(&layers, |name| {
+        snapshot.plugin_templates.iter().find(|t| t.id == name)
+    });
+    Ok(Json(json!({
+        "route": route.id,
+        "consumer": consumer.map(|c| &c.id),
+        "revision": snapshot.revision,
+        "servable": merged.errors.is_empty(),
+        "plugins": merged.plugins,
+        "skipped": merged.skipped,
+        "errors": merged.errors,
+    })))
 }

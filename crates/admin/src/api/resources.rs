@@ -1,8 +1,9 @@
-//! Handlers for an instance's resources: routes, upstreams and certificates.
+//! Handlers for an instance's resources: routes, upstreams, certificates, services,
+//! consumers, consumer groups, global rules and plugin templates.
 //!
 //! Each write parses and validates the whole body first (every problem at once), then
 //! hands the change to [`sync::write`]: one transaction, then the push. Answers never
-//! carry a certificate's private key.
+//! carry a certificate's private key or a credential's secret or hash.
 
 use std::sync::Arc;
 
@@ -125,6 +126,12 @@ fn parse_resource(
         return Err(ApiError::PayloadTooLarge(format!(
             "a {what} may take at most {MAX_RESOURCE_JSON} bytes of JSON"
         )));
+    }
+    let mut resource = resource;
+    if let Resource::Consumer(consumer) = &mut resource {
+        // From here on only hashes exist: the clear keys and passwords reach no row,
+        // store, log or answer.
+        consumer.hash_secrets();
     }
     Ok(resource)
 }

@@ -66,6 +66,9 @@ pub(crate) struct Committed {
     pub agent_verified: bool,
     /// For an upsert: whether the resource did not exist before.
     pub created: bool,
+    /// The change as stored, what the agent is sent: a consumer's credentials sent
+    /// back without their secrets carry the stored hashes again.
+    pub stored: Change,
 }
 
 /// One row of the change log as the API shows it (certificate keys never stored there).
@@ -146,10 +149,25 @@ impl Db {
             Change::Delete { .. } => ("delete", false),
         };
 
+        let mut stored = change.clone();
         let logged_body = match change {
             Change::Create(resource) | Change::Upsert(resource) => {
-                self.check_upstream_exists(&mut tx, cluster, instance, resource)
+                self.check_references_exist(&mut tx, cluster, instance, resource)
                     .await?;
+                let kept;
+                let resource = match resource {
+                    Resource::Consumer(consumer) => {
+                        kept = self
+                            .consumer_secrets(&mut tx, cluster, instance, consumer, exists)
+                            .await?;
+                        stored = match change {
+                            Change::Create(_) => Change::Create(kept.clone()),
+                            _ => Change::Upsert(kept.clone()),
+                        };
+                        &kept
+                    }
+                    other => other,
+                };
                 let body = self.stored_body(cluster, instance, resource)?;
                 if body.len() > MAX_STORED_JSON {
                     return Err(ApiError::PayloadTooLarge(format!(
@@ -157,24 +175,19 @@ impl Db {
                         kind.singular()
                     )));
                 }
-                let upstream_ref = match resource {
-                    Resource::Route(route) => route.upstream_id.clone(),
-                    _ => None,
-                };
                 let sql = if exists {
                     self.sql(
-                        "UPDATE resources SET body = ?, upstream_ref = ?, revision = ?, updated_at = ? \
+                        "UPDATE resources SET body = ?, revision = ?, updated_at = ? \
                          WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
                     )
                 } else {
                     self.sql(
-                        "INSERT INTO resources (body, upstream_ref, revision, updated_at, cluster, instance, kind, id) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO resources (body, revision, updated_at, cluster, instance, kind, id) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?)",
                     )
                 };
                 sqlx::query(&sql)
                     .bind(body)
-                    .bind(upstream_ref)
                     .bind(new_revision)
                     .bind(now)
                     .bind(cluster)
@@ -183,14 +196,25 @@ impl Db {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                // The change log keeps what an operator may see: never a private key.
+                self.write_references(&mut tx, cluster, instance, resource)
+                    .await?;
+                // The change log keeps what an operator may see: never a private key,
+                // a credential's secret or its hash.
                 Some(resource.redacted().to_json().to_string())
             }
             Change::Delete { .. } => {
-                if kind == ResourceKind::Upstreams {
-                    self.check_upstream_unused(&mut tx, cluster, instance, id)
-                        .await?;
-                }
+                self.check_unreferenced(&mut tx, cluster, instance, kind, id)
+                    .await?;
+                let sql = self.sql(
+                    "DELETE FROM resource_refs WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
+                );
+                sqlx::query(&sql)
+                    .bind(cluster)
+                    .bind(instance)
+                    .bind(kind.as_str())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 let sql = self.sql(
                     "DELETE FROM resources WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
                 );
@@ -227,6 +251,7 @@ impl Db {
             agent_token,
             agent_verified,
             created,
+            stored,
         })
     }
 
@@ -322,70 +347,194 @@ impl Db {
             .is_some())
     }
 
-    /// A route's `upstream_id` must name an upstream of the same instance.
-    async fn check_upstream_exists(
+    /// Everything `resource` names (a route's upstream and service …) must exist in
+    /// the same instance; every missing one is listed.
+    async fn check_references_exist(
         &self,
         tx: &mut Transaction<'static, Any>,
         cluster: &str,
         instance: &str,
         resource: &Resource,
     ) -> Result<(), ApiError> {
-        let Resource::Route(route) = resource else {
-            return Ok(());
-        };
-        let Some(upstream) = &route.upstream_id else {
-            return Ok(());
-        };
-        if self
-            .exists(tx, cluster, instance, ResourceKind::Upstreams, upstream)
-            .await?
-        {
+        let mut errors = Vec::new();
+        for (field, kind, id) in resource.references() {
+            if !self.exists(tx, cluster, instance, kind, id).await? {
+                errors.push(model::validate::FieldError {
+                    field: field.to_owned(),
+                    message: format!(
+                        "{} {id:?} does not exist in instance {instance:?}",
+                        kind.singular()
+                    ),
+                });
+            }
+        }
+        if errors.is_empty() {
             return Ok(());
         }
-        Err(ApiError::invalid_field(
-            "route",
-            "upstream_id",
-            format!("upstream {upstream:?} does not exist in instance {instance:?}"),
-        ))
+        Err(ApiError::Invalid {
+            what: resource.kind().singular().to_owned(),
+            errors: model::validate::ValidationErrors(errors),
+        })
     }
 
-    /// An upstream that routes name cannot be deleted; the answer names those routes.
-    async fn check_upstream_unused(
+    /// Records what `resource` names, replacing what it named before.
+    async fn write_references(
         &self,
         tx: &mut Transaction<'static, Any>,
         cluster: &str,
         instance: &str,
-        upstream: &str,
+        resource: &Resource,
+    ) -> Result<(), sqlx::Error> {
+        let kind = resource.kind().as_str();
+        let sql = self.sql(
+            "DELETE FROM resource_refs WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
+        );
+        sqlx::query(&sql)
+            .bind(cluster)
+            .bind(instance)
+            .bind(kind)
+            .bind(resource.id())
+            .execute(&mut **tx)
+            .await?;
+        let sql = self.sql(
+            "INSERT INTO resource_refs (cluster, instance, kind, id, field, ref_kind, ref_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        );
+        for (field, ref_kind, ref_id) in resource.references() {
+            sqlx::query(&sql)
+                .bind(cluster)
+                .bind(instance)
+                .bind(kind)
+                .bind(resource.id())
+                .bind(field)
+                .bind(ref_kind.as_str())
+                .bind(ref_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A resource others name cannot be deleted; the answer names them.
+    async fn check_unreferenced(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        cluster: &str,
+        instance: &str,
+        kind: ResourceKind,
+        id: &str,
     ) -> Result<(), ApiError> {
         let sql = self.sql(
-            "SELECT id FROM resources WHERE cluster = ? AND instance = ? AND kind = 'routes' AND upstream_ref = ? ORDER BY id",
+            "SELECT kind, id, field FROM resource_refs \
+             WHERE cluster = ? AND instance = ? AND ref_kind = ? AND ref_id = ? ORDER BY kind, id",
         );
         let rows = sqlx::query(&sql)
             .bind(cluster)
             .bind(instance)
-            .bind(upstream)
+            .bind(kind.as_str())
+            .bind(id)
             .fetch_all(&mut **tx)
             .await?;
         if rows.is_empty() {
             return Ok(());
         }
-        let routes = rows
+        let mut users: Vec<(String, Vec<String>)> = Vec::new();
+        let mut details = Vec::new();
+        for row in &rows {
+            let (by_kind, by_id, field) =
+                (text(row, "kind")?, text(row, "id")?, text(row, "field")?);
+            details.push(model::validate::FieldError {
+                field: format!("{by_kind}[{by_id}].{field}"),
+                message: format!("names {} {id:?}", kind.singular()),
+            });
+            match users.last_mut() {
+                Some((k, ids)) if *k == by_kind => ids.push(by_id),
+                _ => users.push((by_kind, vec![by_id])),
+            }
+        }
+        let named: Vec<String> = users
             .iter()
-            .map(|r| text(r, "id"))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|(k, ids)| format!("{k} {}", ids.join(", ")))
+            .collect();
         Err(ApiError::InUse {
             message: format!(
-                "upstream {upstream:?} is used by routes {}; change or delete them first",
-                routes.join(", ")
+                "{} {id:?} is used by {}; change or delete them first",
+                kind.singular(),
+                named.join("; ")
             ),
-            details: routes
-                .iter()
-                .map(|r| model::validate::FieldError {
-                    field: format!("routes[{r}].upstream_id"),
-                    message: format!("names upstream {upstream:?}"),
-                })
-                .collect(),
+            details,
         })
+    }
+
+    /// A consumer as it will be stored: credentials sent back without their secret
+    /// keep the stored one (same id and type), every credential has its secret, and
+    /// none identifies another consumer of the instance (a key, a Basic username).
+    async fn consumer_secrets(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        cluster: &str,
+        instance: &str,
+        consumer: &model::consumer::Consumer,
+        exists: bool,
+    ) -> Result<Resource, ApiError> {
+        let mut consumer = consumer.clone();
+        let others = self
+            .resources_in(tx, cluster, instance, ResourceKind::Consumers)
+            .await?;
+        if exists {
+            if let Some(Resource::Consumer(stored)) = others.iter().find(|r| r.id() == consumer.id)
+            {
+                consumer.keep_secrets_from(stored);
+            }
+        }
+        let mut errors = consumer.missing_secrets();
+        let mine = consumer.identities();
+        for other in &others {
+            let Resource::Consumer(other) = other else {
+                continue;
+            };
+            if other.id == consumer.id {
+                continue;
+            }
+            let theirs = other.identities();
+            for (field, identity) in &mine {
+                if theirs.iter().any(|(_, t)| t == identity) {
+                    errors.push(model::validate::FieldError {
+                        field: field.clone(),
+                        message: format!("is already a credential of consumer {:?}", other.id),
+                    });
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::Invalid {
+                what: "consumer".to_owned(),
+                errors: model::validate::ValidationErrors(errors),
+            });
+        }
+        Ok(Resource::Consumer(consumer))
+    }
+
+    /// The instance's resources of `kind`, read in the transaction.
+    async fn resources_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        cluster: &str,
+        instance: &str,
+        kind: ResourceKind,
+    ) -> Result<Vec<Resource>, ApiError> {
+        let sql = self.sql(
+            "SELECT body FROM resources WHERE cluster = ? AND instance = ? AND kind = ? ORDER BY id",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(cluster)
+            .bind(instance)
+            .bind(kind.as_str())
+            .fetch_all(&mut **tx)
+            .await?;
+        rows.iter()
+            .map(|row| self.resource_from_row(cluster, instance, kind, row))
+            .collect()
     }
 
     /// The instance's resources of `kind` (sorted by id) and its revision; 404 when the

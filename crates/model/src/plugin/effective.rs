@@ -19,6 +19,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{find, PluginTemplate, Plugins};
+use crate::consumer::{Consumer, ConsumerGroup};
+use crate::route::Route;
+use crate::service::{GlobalRule, Service};
 use crate::validate::{FieldError, Validator};
 
 /// Where a plugin's configuration comes from.
@@ -60,10 +63,54 @@ impl std::fmt::Display for Source {
 }
 
 /// One layer of plugins.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Layer<'a> {
-    pub source: &'a Source,
+    pub source: Source,
     pub plugins: &'a Plugins,
+}
+
+/// The layers of a route: the global rules (in the order given: by id), its service,
+/// itself.
+pub fn route_layers<'a>(
+    globals: impl IntoIterator<Item = &'a GlobalRule>,
+    service: Option<&'a Service>,
+    route: &'a Route,
+) -> Vec<Layer<'a>> {
+    let mut layers: Vec<Layer<'a>> = globals
+        .into_iter()
+        .map(|g| Layer {
+            source: Source::GlobalRule(g.id.clone()),
+            plugins: &g.plugins,
+        })
+        .collect();
+    layers.extend(service.map(|s| Layer {
+        source: Source::Service(s.id.clone()),
+        plugins: &s.plugins,
+    }));
+    layers.push(Layer {
+        source: Source::Route(route.id.clone()),
+        plugins: &route.plugins,
+    });
+    layers
+}
+
+/// The layers a consumer adds after authentication: its group's, its own.
+pub fn consumer_layers<'a>(
+    group: Option<&'a ConsumerGroup>,
+    consumer: &'a Consumer,
+) -> Vec<Layer<'a>> {
+    let mut layers: Vec<Layer<'a>> = group
+        .map(|g| Layer {
+            source: Source::ConsumerGroup(g.id.clone()),
+            plugins: &g.plugins,
+        })
+        .into_iter()
+        .collect();
+    layers.push(Layer {
+        source: Source::Consumer(consumer.id.clone()),
+        plugins: &consumer.plugins,
+    });
+    layers
 }
 
 /// A plugin that runs, with its final configuration.
@@ -113,7 +160,7 @@ pub fn effective<'t>(
         }
     }
     for (name, (i, config)) in chosen {
-        let source = layers[i].source;
+        let source = &layers[i].source;
         let Some(info) = find(name) else {
             out.errors.push(FieldError {
                 field: format!("{}.{name}", source.path()),
@@ -181,15 +228,15 @@ mod tests {
         ];
         let layers = [
             Layer {
-                source: &sources[0],
+                source: sources[0].clone(),
                 plugins: &global,
             },
             Layer {
-                source: &sources[1],
+                source: sources[1].clone(),
                 plugins: &service,
             },
             Layer {
-                source: &sources[2],
+                source: sources[2].clone(),
                 plugins: &route,
             },
         ];
@@ -257,7 +304,7 @@ mod tests {
                 .unwrap();
         let merged = effective(
             &[Layer {
-                source: &source,
+                source,
                 plugins: &route,
             }],
             |_| Some(&template),

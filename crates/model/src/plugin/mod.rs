@@ -20,7 +20,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use auth::{BasicAuth, ConsumerRestriction, KeyAuth, RestrictBy};
-pub use effective::{effective, Effective, EffectivePlugin, Layer, Skipped, Source};
+pub use effective::{
+    consumer_layers, effective, route_layers, Effective, EffectivePlugin, Layer, Skipped, Source,
+};
 pub use filters::{IpRestriction, Redirect, RequestId};
 pub use limits::{LimitCount, LimitKey, Policy, Window};
 
