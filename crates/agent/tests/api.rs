@@ -560,6 +560,7 @@ async fn instances_report_revision_and_node_heartbeats() {
                 reason: Some("active: 3 failures".into()),
             }],
         }],
+        skipped: vec![],
     };
     agent
         .store

@@ -104,13 +104,23 @@ async fn beat(
         None => hb.store.grant_lease(hb.ttl_secs()).await?,
     };
     *lease = Some(id);
+    let config = hb.config.load();
     let beat = NodeHeartbeat {
         node_id: hb.node_id.clone(),
         address: hb.address.clone(),
         applied_revision: status.revision,
         updated_at_ms: crate::now_ms(),
         config_source: status.source,
-        upstreams: upstream_health(&hb.config.load()),
+        upstreams: upstream_health(&config),
+        skipped: config
+            .problems
+            .iter()
+            .take(NodeHeartbeat::MAX_SKIPPED)
+            .map(|p| model::cluster::SkippedObject {
+                key: p.key.clone(),
+                reason: p.reason.clone(),
+            })
+            .collect(),
     };
     let value = serde_json::to_vec(&beat).map_err(|e| StoreError::Rejected(e.to_string()))?;
     let put = Txn {

@@ -53,6 +53,8 @@ pub struct RuntimeConfig {
     pub reads_headers: bool,
     /// The consumers authentication plugins look credentials up in.
     pub consumers: Arc<Consumers>,
+    /// What the build left out and why (reported in the heartbeat).
+    pub problems: Vec<Problem>,
 }
 
 /// Something in the store that is not served as written, and why.
@@ -241,6 +243,9 @@ pub struct Compiler {
     /// The consumer table and its problems, made again when a consumer, group or
     /// template changes.
     consumer_table: (Arc<Consumers>, Vec<Problem>),
+    /// What the last certificate table left out (made again only when a certificate
+    /// changes).
+    cert_problems: Vec<Problem>,
 }
 
 /// A service as far as it could be compiled.
@@ -305,6 +310,7 @@ impl Compiler {
             generation: 0,
             plugins: PluginCache::default(),
             consumer_table: Default::default(),
+            cert_problems: Vec::new(),
         }
     }
 
@@ -437,14 +443,15 @@ impl Compiler {
                 .collect();
             // Loading keys takes about a millisecond each: done here, off the workers.
             let (table, problems) = CertTable::from_objects(&valid);
-            built.problems.extend(
-                problems
-                    .into_iter()
-                    .map(|(key, reason)| Problem { key, reason }),
-            );
-            built.problems.sort_by(|a, b| a.key.cmp(&b.key));
+            self.cert_problems = problems
+                .into_iter()
+                .map(|(key, reason)| Problem { key, reason })
+                .collect();
             built.certificates = Some(table);
         }
+        built.problems.extend(self.cert_problems.iter().cloned());
+        built.problems.sort_by(|a, b| a.key.cmp(&b.key));
+        built.config.problems = built.problems.clone();
         built
     }
 
@@ -739,6 +746,7 @@ impl Compiler {
                 certificates,
                 reads_headers,
                 consumers: self.consumer_table.0.clone(),
+                problems: Vec::new(),
             },
             problems,
             new_pools,

@@ -163,6 +163,14 @@ fn cases() -> Vec<Case> {
         case("GET", "http://h/none"),
         case("POST", "http://h/get-only"),
         case("GET", "http://h/admin/x"),
+        case("GET", "http://h/keyed/x"),
+        case("GET", "http://h/keyed/x?apikey=diff-key-0000&z=1"),
+        case("POST", "http://h/keyed/y")
+            .header("apikey", "diff-key-0000")
+            .body(&[b"hi"]),
+        case("POST", "http://h/keyed/y")
+            .header("apikey", "wrong-key-000")
+            .body(&[b"hi"]),
         case("GET", "http://h/a/conflict").header("host", "other"),
         case("GET", "http://h/a/same").header("host", "h"),
         case("GET", "http://user@h/a/userinfo"),

@@ -75,3 +75,343 @@ async fn request_id_goes_upstream_and_back() {
     );
     node.stop().await;
 }
+
+/// An upstream answering with what it received: the target, then every header line.
+async fn echo() -> ScriptedUpstream {
+    ScriptedUpstream::start(|r| {
+        let headers: Vec<String> = r
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{}: {v}", n.to_ascii_lowercase()))
+            .collect();
+        Answer::new(200, format!("{}\n{}", r.target, headers.join("\n")))
+    })
+    .await
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {token}")
+}
+
+/// Consumers as the admin stores them: hashed credentials.
+async fn put_consumers(node: &mut Node) {
+    node.put(
+        "consumers/alice",
+        json!({"id": "alice", "group_id": "gold", "credentials": [
+            {"type": "key-auth", "id": "k", "key_hash": model::consumer::hash_key("alice-key-000")},
+            {"type": "basic-auth", "id": "b", "username": "alice",
+             "password_hash": model::consumer::hash_password("alice-pw")}
+        ]}),
+    )
+    .await;
+    node.put("consumer_groups/gold", json!({"id": "gold"}))
+        .await;
+    node.put(
+        "consumers/bob",
+        json!({"id": "bob", "credentials": [
+            {"type": "key-auth", "id": "k", "key_hash": model::consumer::hash_key("bob-key-00000")}
+        ]}),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_and_basic_auth_identify_consumers_any_of_them() {
+    let app = echo().await;
+    let mut node = Node::start().await;
+    node.put(
+        "upstreams/app",
+        json!({"id": "app", "nodes": [{"host": "127.0.0.1", "port": app.port(), "weight": 1}]}),
+    )
+    .await;
+    put_consumers(&mut node).await;
+    node.put(
+        "routes/key",
+        json!({"id": "key", "paths": ["/key/*"], "upstream_id": "app",
+               "plugins": {"key-auth": {}}}),
+    )
+    .await;
+    node.put(
+        "routes/basic",
+        json!({"id": "basic", "paths": ["/basic/*"], "upstream_id": "app",
+               "plugins": {"basic-auth": {"realm": "shop"}}}),
+    )
+    .await;
+    node.put(
+        "routes/gold",
+        json!({"id": "gold", "paths": ["/gold/*"], "upstream_id": "app",
+               "plugins": {"key-auth": {"hide_credentials": false}, "basic-auth": {},
+                           "consumer-restriction": {"type": "consumer_group_id", "allowlist": ["gold"]}}}),
+    )
+    .await;
+    node.until("/key/warm", 401, "").await;
+
+    // key-auth: missing, wrong, right (header, then query); the key stays here.
+    let (status, body, headers) = node.get("GET", "/key/a").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("Missing API key"), "{body}");
+    assert_eq!(headers["www-authenticate"], "Key realm=\"portico\"");
+    let (status, body, _) = node
+        .send(
+            node.http
+                .get(node.at("/key/a"))
+                .header("apikey", "nope-nope"),
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert!(
+        body.contains("Invalid API key") && body.contains("unauthorized"),
+        "{body}"
+    );
+    let (status, body, _) = node
+        .send(
+            node.http
+                .get(node.at("/key/a"))
+                .header("apikey", "alice-key-000"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !body.contains("alice-key-000"),
+        "the key reached the upstream: {body}"
+    );
+    let (status, body, _) = node.get("GET", "/key/q?x=1&apikey=bob-key-00000&y=2").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("/key/q?x=1&y=2\n"), "{body}");
+
+    // basic-auth: challenge, wrong password, right one; Authorization stays here.
+    let (status, _, headers) = node.get("GET", "/basic/a").await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Basic realm=\"shop\"");
+    let wrong = node
+        .http
+        .get(node.at("/basic/a"))
+        .header("authorization", basic("alice", "x"));
+    assert_eq!(node.send(wrong).await.0, 401);
+    for _ in 0..2 {
+        let right = node
+            .http
+            .get(node.at("/basic/a"))
+            .header("authorization", basic("alice", "alice-pw"));
+        let (status, body, _) = node.send(right).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(!body.contains("authorization"), "{body}");
+    }
+
+    // Both on one route: any of them lets in; the group restriction then decides.
+    let (status, body, _) = node
+        .send(
+            node.http
+                .get(node.at("/gold/a"))
+                .header("apikey", "bob-key-00000"),
+        )
+        .await;
+    assert_eq!(status, 403, "bob is not in the gold group: {body}");
+    let (status, body, _) = node
+        .send(
+            node.http
+                .get(node.at("/gold/a"))
+                .header("apikey", "wrong-key-000")
+                .header("authorization", basic("alice", "alice-pw")),
+        )
+        .await;
+    assert_eq!(
+        status, 200,
+        "a wrong key beside a right Basic credential: {body}"
+    );
+    let (status, body, _) = node
+        .send(
+            node.http
+                .get(node.at("/gold/a"))
+                .header("apikey", "alice-key-000"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("apikey: alice-key-000"),
+        "hide_credentials false: {body}"
+    );
+    let (status, body, _) = node.get("GET", "/gold/a").await;
+    assert_eq!(status, 401, "{body}");
+    node.stop().await;
+}
+
+async fn call(node: &Node, tenant: &str) -> (u16, String, reqwest::header::HeaderMap) {
+    node.send(
+        node.http
+            .get(node.at("/limited/a"))
+            .header("x-tenant", tenant),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_count_counts_per_key_and_keeps_counting_across_other_changes() {
+    let app = echo().await;
+    let mut node = Node::start().await;
+    node.put(
+        "upstreams/app",
+        json!({"id": "app", "nodes": [{"host": "127.0.0.1", "port": app.port(), "weight": 1}]}),
+    )
+    .await;
+    // A day-long window: the test never crosses its boundary in practice.
+    let limited = json!({"id": "limited", "paths": ["/limited/*"], "upstream_id": "app",
+        "plugins": {"limit-count": {"count": 3, "time_window": 86400, "key_type": "header",
+                                    "header": "x-tenant"}}});
+    node.put("routes/limited", limited.clone()).await;
+    node.until("/limited/warm", 200, "").await;
+
+    for want in ["2", "1", "0"] {
+        let (status, _, headers) = call(&node, "t1").await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["x-ratelimit-limit"], "3");
+        assert_eq!(headers["x-ratelimit-remaining"], want);
+    }
+    let (status, body, headers) = call(&node, "t1").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("rate_limited"), "{body}");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86400).contains(&retry));
+    assert_eq!(headers["x-ratelimit-remaining"], "0");
+    // Another tenant counts alone.
+    assert_eq!(call(&node, "t2").await.0, 200);
+
+    // Another route changes: the counts stay.
+    node.put(
+        "routes/other",
+        json!({"id": "other", "paths": ["/other"], "upstream_id": "app"}),
+    )
+    .await;
+    node.until("/other", 200, "").await;
+    assert_eq!(call(&node, "t1").await.0, 429);
+    // The limit itself changes: a new counter.
+    let mut raised = limited.clone();
+    raised["plugins"]["limit-count"]["count"] = json!(5);
+    node.put("routes/limited", raised).await;
+    let mut fresh = false;
+    for _ in 0..100 {
+        if call(&node, "t1").await.0 == 200 {
+            fresh = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(fresh, "the changed limit counts afresh");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_global_rules_and_templates_shape_the_chain() {
+    let app = echo().await;
+    let mut node = Node::start().await;
+    node.put(
+        "upstreams/app",
+        json!({"id": "app", "nodes": [{"host": "127.0.0.1", "port": app.port(), "weight": 1}]}),
+    )
+    .await;
+    put_consumers(&mut node).await;
+    node.put(
+        "services/shop",
+        json!({"id": "shop", "upstream_id": "app", "plugins": {"key-auth": {}}}),
+    )
+    .await;
+    // The route has no upstream of its own: the service's serves it.
+    node.put(
+        "routes/cart",
+        json!({"id": "cart", "paths": ["/cart"], "service_id": "shop"}),
+    )
+    .await;
+    node.put(
+        "global_rules/ids",
+        json!({"id": "ids", "plugins": {"request-id": {"header_name": "x-trace"}}}),
+    )
+    .await;
+    node.until("/cart", 401, "").await;
+    let (status, body, headers) = node
+        .send(
+            node.http
+                .get(node.at("/cart"))
+                .header("apikey", "alice-key-000"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        headers["x-trace"].len(),
+        36,
+        "the global rule's request-id runs"
+    );
+
+    // The template turns key-auth off for the instance.
+    node.put(
+        "plugin_templates/key-auth",
+        json!({"id": "key-auth", "enabled": false}),
+    )
+    .await;
+    node.until("/cart", 200, "").await;
+    // A consumer whose group is missing is not served: its key stops working.
+    node.delete("plugin_templates/key-auth").await;
+    node.until("/cart", 401, "").await;
+    node.delete("consumer_groups/gold").await;
+    let mut refused = false;
+    for _ in 0..100 {
+        let (status, _, _) = node
+            .send(
+                node.http
+                    .get(node.at("/cart"))
+                    .header("apikey", "alice-key-000"),
+            )
+            .await;
+        if status == 401 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(refused);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_plugin_config_skips_its_route_and_is_reported() {
+    let app = echo().await;
+    let mut node = Node::start().await;
+    node.put(
+        "upstreams/app",
+        json!({"id": "app", "nodes": [{"host": "127.0.0.1", "port": app.port(), "weight": 1}]}),
+    )
+    .await;
+    node.put(
+        "routes/fine",
+        json!({"id": "fine", "paths": ["/fine"], "upstream_id": "app"}),
+    )
+    .await;
+    // Written past the admin (which refuses it): the gateway must not serve the route
+    // without its limit.
+    node.put(
+        "routes/broken",
+        json!({"id": "broken", "paths": ["/broken"], "upstream_id": "app",
+               "plugins": {"limit-count": {"count": 0, "time_window": 60}}}),
+    )
+    .await;
+    node.until("/fine", 200, "").await;
+    assert_eq!(node.get("GET", "/broken").await.0, 404);
+    let mut reported = None;
+    for _ in 0..200 {
+        if let Some(beat) = node.heartbeat().await {
+            if let Some(skipped) = beat
+                .skipped
+                .iter()
+                .find(|s| s.key.ends_with("routes/broken"))
+            {
+                reported = Some(skipped.reason.clone());
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let reason = reported.expect("the heartbeat names the skipped route");
+    assert!(reason.contains("plugins.limit-count.count"), "{reason}");
+    node.stop().await;
+}

@@ -117,6 +117,22 @@ pub struct NodeHeartbeat {
     /// considered down.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<UpstreamHealth>,
+    /// Config objects the node does not serve as written, and why (an invalid plugin
+    /// configuration, a missing upstream …); at most [`NodeHeartbeat::MAX_SKIPPED`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedObject>,
+}
+
+impl NodeHeartbeat {
+    /// Skipped objects listed in one heartbeat; the log has them all.
+    pub const MAX_SKIPPED: usize = 100;
+}
+
+/// A config object a node skipped: its store key and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedObject {
+    pub key: String,
+    pub reason: String,
 }
 
 /// Where a gateway node's config came from.

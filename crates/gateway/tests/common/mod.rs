@@ -327,9 +327,27 @@ pub fn comparable(
 }
 
 /// What both differential tests start from: upstream `app` on `port`, a route
-/// `/admin/*` whose ip-restriction refuses loopback clients (403), and `/get-only`
-/// for GET alone (405 otherwise).
+/// `/admin/*` whose ip-restriction refuses loopback clients (403), `/get-only` for
+/// GET alone (405 otherwise), and `/keyed/*` behind key-auth (401 without the key
+/// [`DIFF_KEY`], which never reaches the upstream) and a limit (headers only).
+/// The key of the differential tests' consumer.
+pub const DIFF_KEY: &str = "diff-key-0000";
+
 pub async fn put_refusing_routes(node: &mut Node, port: u16) {
+    node.put(
+        "consumers/differ",
+        json!({"id": "differ", "credentials": [
+            {"type": "key-auth", "id": "k", "key_hash": model::consumer::hash_key(DIFF_KEY)}
+        ]}),
+    )
+    .await;
+    node.put(
+        "routes/keyed",
+        json!({"id": "keyed", "paths": ["/keyed/*"], "upstream_id": "app",
+               "plugins": {"key-auth": {},
+                           "limit-count": {"count": 1000000, "time_window": 86400}}}),
+    )
+    .await;
     node.put(
         "upstreams/app",
         json!({"id": "app", "nodes": [{"host": "127.0.0.1", "port": port, "weight": 1}]}),
