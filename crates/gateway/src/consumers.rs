@@ -44,11 +44,18 @@ pub struct Consumers {
     keys: HashMap<String, Arc<ConsumerEntry>>,
     /// Basic username → (password hash, consumer).
     basic: HashMap<String, (String, Arc<ConsumerEntry>)>,
+    /// JWT key id → how its tokens verify, and the consumer.
+    jwt: HashMap<String, (JwtKey, Arc<ConsumerEntry>)>,
     verified: Mutex<HashSet<[u8; 32]>>,
     len: usize,
 }
 
 impl Consumers {
+    /// The JWT key named `kid`, and its consumer.
+    pub fn jwt_key(&self, kid: &str) -> Option<&(JwtKey, Arc<ConsumerEntry>)> {
+        self.jwt.get(kid)
+    }
+
     pub fn builder() -> ConsumersBuilder {
         ConsumersBuilder::default()
     }
@@ -148,6 +155,19 @@ impl ConsumersBuilder {
                         }
                     },
                 },
+                Credential::JwtAuth(c) => match JwtKey::new(c) {
+                    Err(why) => {
+                        problems.push(format!("credentials[{i}]: {why}; not served"));
+                        continue;
+                    }
+                    Ok(key) => match self.table.jwt.get(&c.key) {
+                        Some((_, owner)) => Some(owner.id.clone()),
+                        None => {
+                            self.table.jwt.insert(c.key.clone(), (key, entry.clone()));
+                            None
+                        }
+                    },
+                },
             };
             if let Some(owner) = taken {
                 problems.push(format!(
@@ -161,5 +181,65 @@ impl ConsumersBuilder {
 
     pub fn build(self) -> Consumers {
         self.table
+    }
+}
+
+/// How the tokens of one JWT credential verify: its algorithm (the only one a token
+/// may name) and its key, prepared once.
+pub struct JwtKey {
+    pub algorithm: model::consumer::JwtAlgorithm,
+    verifier: Verifier,
+}
+
+enum Verifier {
+    Hmac(ring::hmac::Key),
+    Public(ring::signature::UnparsedPublicKey<Vec<u8>>),
+}
+
+impl std::fmt::Debug for JwtKey {
+    /// Never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtKey")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtKey {
+    pub fn new(credential: &model::consumer::JwtCredential) -> Result<Self, String> {
+        use model::consumer::JwtAlgorithm::*;
+        use ring::signature as sig;
+        let algorithm = credential.algorithm;
+        let verifier = if algorithm.is_hmac() {
+            let secret = credential.secret.as_deref().ok_or("no secret")?;
+            let hmac = match algorithm {
+                HS384 => ring::hmac::HMAC_SHA384,
+                HS512 => ring::hmac::HMAC_SHA512,
+                _ => ring::hmac::HMAC_SHA256,
+            };
+            Verifier::Hmac(ring::hmac::Key::new(hmac, secret.as_bytes()))
+        } else {
+            let pem = credential.public_key.as_deref().ok_or("no public_key")?;
+            let der = model::consumer::jwt_public_key(algorithm, pem)
+                .map_err(|e| format!("public_key {e}"))?;
+            let scheme: &'static dyn sig::VerificationAlgorithm = match algorithm {
+                RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+                ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+                _ => &sig::ED25519,
+            };
+            Verifier::Public(sig::UnparsedPublicKey::new(scheme, der))
+        };
+        Ok(Self {
+            algorithm,
+            verifier,
+        })
+    }
+
+    /// Whether `signature` signs `message` (constant time for HMAC).
+    pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        match &self.verifier {
+            Verifier::Hmac(key) => ring::hmac::verify(key, message, signature).is_ok(),
+            Verifier::Public(key) => key.verify(message, signature).is_ok(),
+        }
     }
 }

@@ -415,3 +415,113 @@ async fn an_invalid_plugin_config_skips_its_route_and_is_reported() {
     assert!(reason.contains("plugins.limit-count.count"), "{reason}");
     node.stop().await;
 }
+
+/// An HS256 token for `kid` with `claims`.
+fn hs256(kid: &str, secret: &str, claims: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let signed = format!(
+        "{}.{}",
+        b64(json!({"alg": "HS256", "typ": "JWT", "kid": kid})
+            .to_string()
+            .as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let signature = ring::hmac::sign(&key, signed.as_bytes());
+    format!("{signed}.{}", b64(signature.as_ref()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_auth_takes_signed_tokens_only() {
+    const SECRET: &str = "carol-signs-with-32-bytes-or-more";
+    let app = echo().await;
+    let mut node = Node::start().await;
+    node.put(
+        "upstreams/app",
+        json!({"id": "app", "nodes": [{"host": "127.0.0.1", "port": app.port(), "weight": 1}]}),
+    )
+    .await;
+    node.put(
+        "consumers/carol",
+        json!({"id": "carol", "credentials": [
+            {"type": "jwt-auth", "id": "j", "key": "carol-kid", "algorithm": "HS256", "secret": SECRET}
+        ]}),
+    )
+    .await;
+    node.put(
+        "routes/jwt",
+        json!({"id": "jwt", "paths": ["/jwt/*"], "upstream_id": "app",
+               "plugins": {"jwt-auth": {"audience": ["shop"]}}}),
+    )
+    .await;
+    node.until("/jwt/warm", 401, "").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let bearer = |token: String| format!("Bearer {token}");
+    let good = hs256(
+        "carol-kid",
+        SECRET,
+        json!({"exp": now + 600, "aud": "shop"}),
+    );
+    let (status, body, _) = node
+        .send(
+            node.http
+                .get(node.at("/jwt/a"))
+                .header("authorization", bearer(good.clone())),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !body.contains(&good),
+        "the token reached the upstream: {body}"
+    );
+    // In the query: taken, and removed before the request goes upstream.
+    let (status, body, _) = node.get("GET", &format!("/jwt/q?jwt={good}&k=v")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("/jwt/q?k=v\n"), "{body}");
+    for (token, why) in [
+        (
+            hs256(
+                "carol-kid",
+                SECRET,
+                json!({"exp": now - 600, "aud": "shop"}),
+            ),
+            "JWT expired",
+        ),
+        (
+            hs256(
+                "carol-kid",
+                SECRET,
+                json!({"exp": now + 600, "aud": "blog"}),
+            ),
+            "JWT audience not accepted",
+        ),
+        (
+            hs256(
+                "carol-kid",
+                "not-carols-secret-but-as-long-as-it",
+                json!({"exp": now + 600, "aud": "shop"}),
+            ),
+            "JWT signature invalid",
+        ),
+        (
+            hs256("dave-kid", SECRET, json!({"exp": now + 600, "aud": "shop"})),
+            "JWT key unknown",
+        ),
+    ] {
+        let (status, body, headers) = node
+            .send(
+                node.http
+                    .get(node.at("/jwt/a"))
+                    .header("authorization", bearer(token)),
+            )
+            .await;
+        assert_eq!(status, 401, "{why}: {body}");
+        assert!(body.contains(why), "{why}: {body}");
+        assert_eq!(headers["www-authenticate"], "Bearer realm=\"portico\"");
+    }
+    node.stop().await;
+}

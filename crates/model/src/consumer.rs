@@ -89,6 +89,43 @@ fn split_password_hash(stored: &str) -> Option<(NonZeroU32, Vec<u8>, Vec<u8>)> {
     Some((NonZeroU32::new(iterations)?, salt, hash))
 }
 
+/// The key bytes `ring` verifies `algorithm` with, from a PEM SubjectPublicKeyInfo
+/// (`-----BEGIN PUBLIC KEY-----`): the RSA public key (PKCS#1), the uncompressed P-256
+/// point or the Ed25519 key. `Err` says what is wrong.
+pub fn jwt_public_key(algorithm: JwtAlgorithm, pem: &str) -> Result<Vec<u8>, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    use x509_parser::prelude::FromDer as _;
+    let der = rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes())
+        .map_err(|_| "must be a PEM public key (-----BEGIN PUBLIC KEY-----)".to_owned())?;
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(der.as_ref())
+        .map_err(|_| "is not a SubjectPublicKeyInfo".to_owned())?;
+    let oid = spki.algorithm.algorithm.to_id_string();
+    let expected = match algorithm {
+        JwtAlgorithm::RS256 => "1.2.840.113549.1.1.1",
+        JwtAlgorithm::ES256 => "1.2.840.10045.2.1",
+        JwtAlgorithm::EdDSA => "1.3.101.112",
+        _ => return Err("HS* algorithms take a secret, not a public key".to_owned()),
+    };
+    if oid != expected {
+        return Err(format!(
+            "is not a key for {} (its algorithm is {oid})",
+            algorithm.as_str()
+        ));
+    }
+    if algorithm == JwtAlgorithm::ES256 {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .map(|o| o.to_id_string());
+        if curve.as_deref() != Some("1.2.840.10045.3.1.7") {
+            return Err("is not a P-256 key (ES256 needs P-256)".to_owned());
+        }
+    }
+    Ok(spki.subject_public_key.data.to_vec())
+}
+
 fn key_hash_ok(hash: &str) -> bool {
     hash.strip_prefix(KEY_HASH_PREFIX)
         .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -104,6 +141,107 @@ pub enum Credential {
     KeyAuth(KeyCredential),
     #[serde(rename = "basic-auth")]
     BasicAuth(BasicCredential),
+    #[serde(rename = "jwt-auth")]
+    JwtAuth(JwtCredential),
+}
+
+/// The signature algorithms `jwt-auth` accepts (RFC 7518); `none` is not one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    ES256,
+    EdDSA,
+}
+
+impl JwtAlgorithm {
+    /// Signed with a shared secret (else verified with a public key).
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Self::HS256 | Self::HS384 | Self::HS512)
+    }
+
+    /// The `alg` header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HS256 => "HS256",
+            Self::HS384 => "HS384",
+            Self::HS512 => "HS512",
+            Self::RS256 => "RS256",
+            Self::ES256 => "ES256",
+            Self::EdDSA => "EdDSA",
+        }
+    }
+}
+
+/// A JWT signing key of a consumer: tokens whose header `kid` (or, as APISIX writes
+/// them, whose `key` claim) is `key` must be signed with `algorithm` and verify with
+/// `secret` (HS*) or `public_key` (PEM SubjectPublicKeyInfo; RS256, ES256, EdDSA).
+/// The secret must stay usable, so it cannot be hashed: the admin stores it encrypted
+/// at rest, like certificate keys, and never shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtCredential {
+    pub id: String,
+    /// The key id tokens name (`kid`).
+    pub key: String,
+    pub algorithm: JwtAlgorithm,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
+impl JwtCredential {
+    fn validate(&self, v: &mut Validator) {
+        let key_ok = !self.key.is_empty()
+            && self.key.len() <= 256
+            && self.key.bytes().all(|b| b.is_ascii_graphic());
+        if !key_ok {
+            v.error("key", "must be 1 to 256 visible ASCII characters");
+        }
+        if self.algorithm.is_hmac() {
+            if self.public_key.is_some() {
+                v.error(
+                    "public_key",
+                    "is for RS256, ES256 and EdDSA; HS* use secret",
+                );
+            }
+            // RFC 7518 §3.2: a key at least as long as the hash output.
+            let min = match self.algorithm {
+                JwtAlgorithm::HS384 => 48,
+                JwtAlgorithm::HS512 => 64,
+                _ => 32,
+            };
+            if let Some(secret) = &self.secret {
+                if secret.len() < min || secret.len() > 1024 {
+                    v.error(
+                        "secret",
+                        format!(
+                            "must be {min} to 1024 bytes for {}",
+                            self.algorithm.as_str()
+                        ),
+                    );
+                }
+            }
+        } else {
+            if self.secret.is_some() {
+                v.error(
+                    "secret",
+                    "is for HS*; RS256, ES256 and EdDSA use public_key",
+                );
+            }
+            match &self.public_key {
+                None => v.error("public_key", "is required for this algorithm"),
+                Some(pem) => {
+                    if let Err(why) = jwt_public_key(self.algorithm, pem) {
+                        v.error("public_key", why);
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +272,7 @@ impl Credential {
         match self {
             Self::KeyAuth(c) => &c.id,
             Self::BasicAuth(c) => &c.id,
+            Self::JwtAuth(c) => &c.id,
         }
     }
 
@@ -141,6 +280,7 @@ impl Credential {
         match self {
             Self::KeyAuth(_) => "key-auth",
             Self::BasicAuth(_) => "basic-auth",
+            Self::JwtAuth(_) => "jwt-auth",
         }
     }
 
@@ -149,6 +289,8 @@ impl Credential {
         match self {
             Self::KeyAuth(c) => c.key.is_some() || c.key_hash.is_some(),
             Self::BasicAuth(c) => c.password.is_some() || c.password_hash.is_some(),
+            // A public key is not secret: it is always given.
+            Self::JwtAuth(c) => !c.algorithm.is_hmac() || c.secret.is_some(),
         }
     }
 
@@ -157,6 +299,7 @@ impl Credential {
         match self {
             Self::KeyAuth(_) => "key",
             Self::BasicAuth(_) => "password",
+            Self::JwtAuth(_) => "secret",
         }
     }
 
@@ -212,6 +355,7 @@ impl Credential {
                     );
                 }
             }
+            Self::JwtAuth(c) => c.validate(v),
         }
     }
 }
@@ -300,6 +444,8 @@ impl Consumer {
                         c.password_hash = Some(hash_password(&password));
                     }
                 }
+                // Must stay usable: encrypted at rest by the admin instead.
+                Credential::JwtAuth(_) => {}
             }
         }
     }
@@ -321,6 +467,11 @@ impl Consumer {
                 }
                 (Credential::BasicAuth(new), Some(Credential::BasicAuth(old))) => {
                     new.password_hash = old.password_hash.clone();
+                }
+                (Credential::JwtAuth(new), Some(Credential::JwtAuth(old)))
+                    if new.algorithm == old.algorithm =>
+                {
+                    new.secret = old.secret.clone();
                 }
                 _ => {}
             }
@@ -355,6 +506,10 @@ impl Consumer {
                     format!("credentials[{i}].username"),
                     format!("basic-auth:{}", b.username),
                 )),
+                Credential::JwtAuth(j) => Some((
+                    format!("credentials[{i}].key"),
+                    format!("jwt-auth:{}", j.key),
+                )),
             })
             .collect()
     }
@@ -372,6 +527,7 @@ impl Consumer {
                     c.password = None;
                     c.password_hash = None;
                 }
+                Credential::JwtAuth(c) => c.secret = None,
             }
         }
         shown

@@ -169,6 +169,11 @@ fn certificate_context(cluster: &str, instance: &str, id: &str) -> String {
     format!("certificate/{cluster}/{instance}/{id}")
 }
 
+/// The credential a consumer's secret (a JWT HS* secret) is sealed for.
+fn consumer_secret_context(cluster: &str, instance: &str, consumer: &str, id: &str) -> String {
+    format!("consumer/{cluster}/{instance}/{consumer}/{id}")
+}
+
 /// The row a cluster's agent token is sealed for.
 fn token_context(cluster: &str) -> String {
     format!("agent_token/{cluster}")

@@ -16,9 +16,13 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::clusters::revision;
-use super::{certificate_context, optional_text, secret_error, text, token_context, Db};
+use super::{
+    certificate_context, consumer_secret_context, optional_text, secret_error, text, token_context,
+    Db,
+};
 use crate::error::ApiError;
 use crate::secrets::Keyring;
+use model::consumer::Credential;
 
 /// MySQL's TEXT holds 65,535 bytes; a stored resource (a sealed key is longer than the
 /// key) must fit on every database.
@@ -255,13 +259,37 @@ impl Db {
         })
     }
 
-    /// The resource's JSON as stored: a certificate's key sealed, anything else as is.
+    /// The resource's JSON as stored: a certificate's key and a consumer's JWT secrets
+    /// sealed, anything else as is.
     fn stored_body(
         &self,
         cluster: &str,
         instance: &str,
         resource: &Resource,
     ) -> Result<String, ApiError> {
+        if let Resource::Consumer(consumer) = resource {
+            let mut stored = consumer.clone();
+            for (i, credential) in stored.credentials.iter_mut().enumerate() {
+                let Credential::JwtAuth(jwt) = credential else {
+                    continue;
+                };
+                let Some(secret) = jwt.secret.as_mut() else {
+                    continue;
+                };
+                if Keyring::is_sealed(secret) {
+                    continue;
+                }
+                let context = consumer_secret_context(cluster, instance, &consumer.id, &jwt.id);
+                *secret = self.keyring.seal(&context, secret).map_err(|e| {
+                    secret_error(
+                        &format!("credentials[{i}].secret"),
+                        "sealing a consumer's secret",
+                        e,
+                    )
+                })?;
+            }
+            return Ok(Resource::Consumer(stored).to_json().to_string());
+        }
         let Resource::Certificate(certificate) = resource else {
             return Ok(resource.to_json().to_string());
         };
@@ -293,6 +321,23 @@ impl Db {
                 kind.singular()
             ))
         })?;
+        if let Resource::Consumer(mut consumer) = resource {
+            for credential in &mut consumer.credentials {
+                let Credential::JwtAuth(jwt) = credential else {
+                    continue;
+                };
+                let Some(secret) = jwt.secret.as_mut() else {
+                    continue;
+                };
+                if Keyring::is_sealed(secret) {
+                    let context = consumer_secret_context(cluster, instance, &consumer.id, &jwt.id);
+                    *secret = self.keyring.open(&context, secret).map_err(|e| {
+                        ApiError::Internal(anyhow::anyhow!("the secret of {context}: {e}"))
+                    })?;
+                }
+            }
+            return Ok(Resource::Consumer(consumer));
+        }
         let Resource::Certificate(mut certificate) = resource else {
             return Ok(resource);
         };

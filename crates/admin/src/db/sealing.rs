@@ -1,4 +1,5 @@
-//! The start-up pass over every stored secret: each must open with the keys given
+//! The start-up pass over every stored secret (certificate keys, agent tokens,
+//! consumers' JWT secrets): each must open with the keys given
 //! (else the admin refuses to start, naming the row and the key id it needs), and each
 //! not sealed with the primary key is sealed with it: values written in clear by
 //! earlier versions, and values sealed with an old key after a rotation.
@@ -7,7 +8,7 @@
 //! database at once cannot overwrite each other's work with stale content. Nothing but
 //! the secret changes: revisions and the change log stay as they are.
 
-use super::{certificate_context, optional_text, text, token_context, Db};
+use super::{certificate_context, consumer_secret_context, optional_text, text, token_context, Db};
 use crate::secrets::{Keyring, SecretError};
 
 /// What the pass found and did.
@@ -38,6 +39,13 @@ enum Place {
     },
     Token {
         cluster: String,
+    },
+    /// A consumer's credential `index` (a JWT HS* secret).
+    Consumer {
+        cluster: String,
+        instance: String,
+        id: String,
+        index: usize,
     },
 }
 
@@ -108,6 +116,39 @@ impl Db {
             });
         }
         let sql = self.sql(
+            "SELECT cluster, instance, id, body FROM resources WHERE kind = 'consumers' \
+             ORDER BY cluster, instance, id",
+        );
+        for row in sqlx::query(&sql).fetch_all(&self.pool).await? {
+            let (cluster, instance, id) = (
+                text(&row, "cluster")?,
+                text(&row, "instance")?,
+                text(&row, "id")?,
+            );
+            let body: serde_json::Value =
+                serde_json::from_str(&text(&row, "body")?).map_err(|e| {
+                    anyhow::anyhow!("consumer {cluster}/{instance}/{id} is not JSON: {e}")
+                })?;
+            let credentials = body["credentials"].as_array().cloned().unwrap_or_default();
+            for (index, credential) in credentials.iter().enumerate() {
+                let (Some(secret), Some(credential_id)) =
+                    (credential["secret"].as_str(), credential["id"].as_str())
+                else {
+                    continue;
+                };
+                found.push(Stored {
+                    context: consumer_secret_context(&cluster, &instance, &id, credential_id),
+                    value: secret.to_owned(),
+                    place: Place::Consumer {
+                        cluster: cluster.clone(),
+                        instance: instance.clone(),
+                        id: id.clone(),
+                        index,
+                    },
+                });
+            }
+        }
+        let sql = self.sql(
             "SELECT name, agent_token FROM clusters WHERE agent_token IS NOT NULL ORDER BY name",
         );
         for row in sqlx::query(&sql).fetch_all(&self.pool).await? {
@@ -146,6 +187,47 @@ impl Db {
                     .bind(instance)
                     .bind(id)
                     .bind(raw)
+                    .execute(&self.pool)
+                    .await?
+            }
+            Place::Consumer {
+                cluster,
+                instance,
+                id,
+                index,
+            } => {
+                // A consumer may hold several secrets: each rewrite reads the row
+                // afresh and changes it only if this secret is still what was read.
+                let sql = self.sql(
+                    "SELECT body FROM resources WHERE cluster = ? AND instance = ? \
+                     AND kind = 'consumers' AND id = ?",
+                );
+                let Some(row) = sqlx::query(&sql)
+                    .bind(cluster)
+                    .bind(instance)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                else {
+                    return Ok(false);
+                };
+                let raw = text(&row, "body")?;
+                let mut body: serde_json::Value = serde_json::from_str(&raw)?;
+                let slot = &mut body["credentials"][*index]["secret"];
+                if slot.as_str() != Some(stored.value.as_str()) {
+                    return Ok(false);
+                }
+                *slot = serde_json::Value::String(resealed);
+                let sql = self.sql(
+                    "UPDATE resources SET body = ? WHERE cluster = ? AND instance = ? \
+                     AND kind = 'consumers' AND id = ? AND body = ?",
+                );
+                sqlx::query(&sql)
+                    .bind(body.to_string())
+                    .bind(cluster)
+                    .bind(instance)
+                    .bind(id)
+                    .bind(&raw)
                     .execute(&self.pool)
                     .await?
             }

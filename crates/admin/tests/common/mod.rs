@@ -600,12 +600,16 @@ impl RawDb {
     }
 
     pub async fn certificate_body(&mut self, id: &str) -> String {
+        self.body("certificates", id).await
+    }
+
+    pub async fn body(&mut self, kind: &str, id: &str) -> String {
         self.text(
-            "SELECT body FROM resources WHERE kind = 'certificates' AND id = ?",
-            &[id],
+            "SELECT body FROM resources WHERE kind = ? AND id = ?",
+            &[kind, id],
         )
         .await
-        .expect("the certificate row exists")
+        .expect("the row exists")
     }
 
     pub async fn agent_token(&mut self, cluster: &str) -> Option<String> {
@@ -622,6 +626,11 @@ impl RawDb {
 /// start; rotation re-seals everything with the new key while the old one still opens;
 /// a missing or wrong key stops the admin with a clear error. `url` names an empty
 /// database.
+const JWT_SECRETS: [&str; 2] = [
+    "jwt-secret-one-of-at-least-32-bytes",
+    "jwt-secret-two-of-at-least-32-bytes",
+];
+
 pub async fn secrets_flow(url: &str) {
     const TOKEN: &str = "secrets-agent-token-0123456789";
     let k1 = data_key();
@@ -671,8 +680,28 @@ pub async fn secrets_flow(url: &str) {
         )
         .await;
     assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    // A consumer with two JWT secrets: sealed, each bound to its credential.
+    let answer = admin
+        .send(
+            "POST",
+            &format!("{base}/consumers"),
+            json!({"id": "jwt-user", "credentials": [
+                {"type": "jwt-auth", "id": "a", "key": "ka", "algorithm": "HS256", "secret": JWT_SECRETS[0]},
+                {"type": "jwt-auth", "id": "b", "key": "kb", "algorithm": "HS256", "secret": JWT_SECRETS[1]}
+            ]}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    assert!(!answer.body.to_string().contains("jwt-secret-"));
     admin.stop().await;
     let mut raw = RawDb::connect(url).await;
+    let body = raw.body("consumers", "jwt-user").await;
+    assert!(!body.contains("jwt-secret-"), "{body}");
+    assert_eq!(
+        body.matches(&format!("enc:v1:{}:", k1.id())).count(),
+        2,
+        "{body}"
+    );
     let body = raw.certificate_body("cert1").await;
     assert!(!body.contains("PRIVATE KEY"), "{body}");
     assert!(body.contains(&format!("enc:v1:{}:", k1.id())), "{body}");
@@ -700,6 +729,13 @@ pub async fn secrets_flow(url: &str) {
     let admin = TestAdmin::start_with(config(Some(k2.clone()), vec![k1.clone()])).await;
     assert!(raw.certificate_body("cert1").await.contains(k2.id()));
     assert!(raw.agent_token("c1").await.unwrap().contains(k2.id()));
+    let body = raw.body("consumers", "jwt-user").await;
+    assert_eq!(
+        body.matches(&format!("enc:v1:{}:", k2.id())).count(),
+        2,
+        "{body}"
+    );
+    assert!(!body.contains(k1.id()), "{body}");
     agent.restart_with_empty_store(&["instance_a"]).await;
     let stored = wait_until("the snapshot reaches the wiped store", || async {
         agent
@@ -708,6 +744,15 @@ pub async fn secrets_flow(url: &str) {
     })
     .await;
     assert_eq!(stored["key"], KEY);
+    // The gateway needs the JWT secrets themselves: the store gets them opened.
+    let stored = wait_until("the consumer reaches the wiped store", || async {
+        agent
+            .stored("instance_a", ResourceKind::Consumers, "jwt-user")
+            .await
+    })
+    .await;
+    assert_eq!(stored["credentials"][0]["secret"], JWT_SECRETS[0]);
+    assert_eq!(stored["credentials"][1]["secret"], JWT_SECRETS[1]);
     admin.stop().await;
 
     // k2 alone is enough now; k1 alone or no key at all is refused with the key's id.

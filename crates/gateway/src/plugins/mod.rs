@@ -7,6 +7,7 @@
 mod basic_auth;
 mod consumer_restriction;
 mod ip_restriction;
+mod jwt_auth;
 mod key_auth;
 mod limit_count;
 mod redirect;
@@ -22,6 +23,7 @@ use crate::core::phase::Plugin;
 pub use basic_auth::BasicAuth;
 pub use consumer_restriction::ConsumerRestriction;
 pub use ip_restriction::IpRestriction;
+pub use jwt_auth::JwtAuth;
 pub use key_auth::KeyAuth;
 pub use limit_count::LimitCount;
 pub use redirect::Redirect;
@@ -42,6 +44,7 @@ pub fn compile(name: &str, config: &serde_json::Value) -> Result<Arc<dyn Plugin>
         "redirect" => Arc::new(Redirect::compile(&typed(config)?)?),
         "key-auth" => Arc::new(KeyAuth::compile(&typed(config)?)?),
         "basic-auth" => Arc::new(BasicAuth::compile(&typed(config)?)?),
+        "jwt-auth" => Arc::new(JwtAuth::compile(&typed(config)?)?),
         "consumer-restriction" => Arc::new(ConsumerRestriction::compile(&typed(config)?)?),
         "limit-count" => Arc::new(LimitCount::compile(&typed(config)?)?),
         other => return Err(format!("plugin {other:?} is not built into this gateway")),
@@ -58,6 +61,7 @@ mod tests {
             ("redirect", r#"{"http_to_https":true}"#),
             ("key-auth", "{}"),
             ("basic-auth", "{}"),
+            ("jwt-auth", "{}"),
             ("consumer-restriction", r#"{"allowlist":["a"]}"#),
             ("limit-count", r#"{"count":1,"time_window":1}"#),
         ];

@@ -169,3 +169,83 @@ impl PluginConfig for ConsumerRestriction {
         }
     }
 }
+
+/// `jwt-auth`: the consumer is the one whose key signed the request's JSON Web Token
+/// (RFC 7519), found by the token's `kid` header (or its `key` claim, as APISIX
+/// writes tokens). The algorithm is the credential's: a token naming another one
+/// (`none`, HS256 against an RSA key …) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtAuth {
+    /// The header holding `Bearer <token>` (or the bare token).
+    #[serde(default = "JwtAuth::default_header")]
+    pub header: String,
+    /// The query argument holding the token when the header is absent.
+    #[serde(default = "JwtAuth::default_name")]
+    pub query: String,
+    /// The cookie holding the token when the header and the argument are absent.
+    #[serde(default = "JwtAuth::default_name")]
+    pub cookie: String,
+    /// The token is removed before the request goes upstream (the header, or the
+    /// query argument).
+    #[serde(default = "yes")]
+    pub hide_credentials: bool,
+    /// Seconds of clock skew allowed on `exp` and `nbf` (0 to 300).
+    #[serde(default)]
+    #[schemars(range(max = 300))]
+    pub leeway: u64,
+    /// Tokens without `exp` are refused (a token that never expires is a key that
+    /// cannot be revoked).
+    #[serde(default = "yes")]
+    pub require_exp: bool,
+    /// When given, the token's `aud` must name one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audience: Vec<String>,
+    /// When given, the token's `iss` must be one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuer: Vec<String>,
+}
+
+impl JwtAuth {
+    fn default_header() -> String {
+        "authorization".to_owned()
+    }
+
+    fn default_name() -> String {
+        "jwt".to_owned()
+    }
+}
+
+impl PluginConfig for JwtAuth {
+    fn validate(&self, v: &mut Validator) {
+        if self.header.len() > 128 || !http_token(&self.header) {
+            v.error(
+                "header",
+                "must be a header name (1 to 128 token characters)",
+            );
+        }
+        for (field, name) in [("query", &self.query), ("cookie", &self.cookie)] {
+            let ok = !name.is_empty()
+                && name.len() <= 128
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"&=#%+;,".contains(&b));
+            if !ok {
+                v.error(
+                    field,
+                    "must be 1 to 128 visible characters other than & = # % + ; ,",
+                );
+            }
+        }
+        if self.leeway > 300 {
+            v.error("leeway", "must be at most 300 seconds");
+        }
+        for (field, list) in [("audience", &self.audience), ("issuer", &self.issuer)] {
+            for (i, value) in list.iter().enumerate() {
+                if value.is_empty() || value.len() > 1024 {
+                    v.error(&format!("{field}[{i}]"), "must be 1 to 1024 characters");
+                }
+            }
+        }
+    }
+}

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use auth::{BasicAuth, ConsumerRestriction, KeyAuth, RestrictBy};
+pub use auth::{BasicAuth, ConsumerRestriction, JwtAuth, KeyAuth, RestrictBy};
 pub use effective::{
     consumer_layers, effective, route_layers, Effective, EffectivePlugin, Layer, Skipped, Source,
 };
@@ -157,6 +157,14 @@ pub const BASIC_AUTH: PluginInfo = entry::<BasicAuth>(
     "identifies the consumer by HTTP Basic credentials (RFC 7617)",
 );
 
+pub const JWT_AUTH: PluginInfo = entry::<JwtAuth>(
+    "jwt-auth",
+    2510,
+    &["access", "upstream_request"],
+    true,
+    "identifies the consumer by a signed JSON Web Token (HS256/384/512, RS256, ES256, EdDSA)",
+);
+
 pub const KEY_AUTH: PluginInfo = entry::<KeyAuth>(
     "key-auth",
     2500,
@@ -194,6 +202,7 @@ pub const CATALOG: &[PluginInfo] = &[
     REQUEST_ID,
     IP_RESTRICTION,
     BASIC_AUTH,
+    JWT_AUTH,
     KEY_AUTH,
     CONSUMER_RESTRICTION,
     LIMIT_COUNT,
