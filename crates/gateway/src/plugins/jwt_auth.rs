@@ -108,7 +108,7 @@ impl JwtAuth {
             .flat_map(|v| v.split(';'))
             .find_map(|pair| {
                 let (name, value) = pair.trim().split_once('=')?;
-                (name == self.cookie).then(|| Cow::Borrowed(value))
+                (name == self.cookie).then_some(Cow::Borrowed(value))
             })
     }
 
