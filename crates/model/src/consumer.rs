@@ -647,4 +647,64 @@ mod tests {
         };
         assert!(sub.covers("r1", None) && sub.covers("r9", Some("s1")) && !sub.covers("r9", None));
     }
+
+    #[test]
+    fn jwt_credentials_match_their_algorithm() {
+        const EC_KEY: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE4mnZ36HMrE81XbVsvzkvBg+3Lriq\n9j+k6SFacrW5K8WpGDAned7/4Mnela+oBsrVwxiAHx6YSvrJN1dFQiHyFA==\n-----END PUBLIC KEY-----\n";
+        let fields = |credential: &str| -> Vec<String> {
+            consumer(&format!(r#"{{"id":"a","credentials":[{credential}]}}"#))
+                .validate()
+                .err()
+                .map(|e| e.0.into_iter().map(|e| e.field).collect())
+                .unwrap_or_default()
+        };
+        let ec = serde_json::to_string(EC_KEY).unwrap();
+        assert!(fields(&format!(
+            r#"{{"type":"jwt-auth","id":"j","key":"k","algorithm":"ES256","public_key":{ec}}}"#
+        ))
+        .is_empty());
+        // An EC key for RS256, no key, a short HS secret, a public key for HS.
+        for (credential, want) in [
+            (
+                format!(
+                    r#"{{"type":"jwt-auth","id":"j","key":"k","algorithm":"RS256","public_key":{ec}}}"#
+                ),
+                "credentials[0].public_key",
+            ),
+            (
+                r#"{"type":"jwt-auth","id":"j","key":"k","algorithm":"EdDSA"}"#.to_owned(),
+                "credentials[0].public_key",
+            ),
+            (
+                r#"{"type":"jwt-auth","id":"j","key":"k","algorithm":"HS256","secret":"short"}"#
+                    .to_owned(),
+                "credentials[0].secret",
+            ),
+            (
+                format!(
+                    r#"{{"type":"jwt-auth","id":"j","key":"k","algorithm":"HS512","secret":"{}","public_key":{ec}}}"#,
+                    "s".repeat(64)
+                ),
+                "credentials[0].public_key",
+            ),
+        ] {
+            assert_eq!(fields(&credential), [want], "{credential}");
+        }
+        assert!(serde_json::from_str::<Consumer>(
+            r#"{"id":"a","credentials":[{"type":"jwt-auth","id":"j","key":"k","algorithm":"none"}]}"#
+        )
+        .is_err());
+        // The secret is kept like a hash, and never shown.
+        let mut c = consumer(&format!(
+            r#"{{"id":"a","credentials":[{{"type":"jwt-auth","id":"j","key":"k","algorithm":"HS256","secret":"{}"}}]}}"#,
+            "s".repeat(32)
+        ));
+        let shown = c.redacted();
+        assert!(!serde_json::to_string(&shown).unwrap().contains("sss"));
+        let mut back = shown.clone();
+        assert_eq!(back.missing_secrets()[0].field, "credentials[0].secret");
+        back.keep_secrets_from(&c);
+        c.hash_secrets();
+        assert_eq!(back, c);
+    }
 }
