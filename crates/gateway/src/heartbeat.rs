@@ -121,6 +121,10 @@ async fn beat(
                 reason: p.reason.clone(),
             })
             .collect(),
+        redis_fallbacks: config
+            .counters
+            .redis_fallbacks
+            .load(std::sync::atomic::Ordering::Relaxed),
     };
     let value = serde_json::to_vec(&beat).map_err(|e| StoreError::Rejected(e.to_string()))?;
     let put = Txn {

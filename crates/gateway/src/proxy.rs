@@ -87,14 +87,15 @@ pub struct RequestCtx {
 impl Proxy {
     /// Checks the request's limits, normalises its path (rewriting the request when the
     /// normal form differs, so the upstream sees what routing saw) and matches it.
-    fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+    async fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
         let settings = &self.settings;
         // HTTP/1 heads passed the core's parser already (core::guard); HTTP/2 heads
         // were decoded by Pingora: the same admission applies.
         let req = session.req_header();
         let host = head::check_decoded(&req.method, &req.uri, &req.headers, Limits::of(settings))?;
+        let config = self.config.load_full();
         let routed = route_request(
-            &self.config.load(),
+            &config,
             settings,
             &Incoming {
                 host: &host,
@@ -109,7 +110,8 @@ impl Proxy {
                 tls: is_tls(session),
             },
             &mut ctx.phase,
-        )?;
+        )
+        .await?;
         let Routed {
             upstream,
             route,
@@ -207,7 +209,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        let refusal = match self.route(session, ctx) {
+        let refusal = match self.route(session, ctx).await {
             Ok(()) => return Ok(false),
             Err(refusal) => refusal,
         };

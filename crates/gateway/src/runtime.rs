@@ -55,6 +55,15 @@ pub struct RuntimeConfig {
     pub consumers: Arc<Consumers>,
     /// What the build left out and why (reported in the heartbeat).
     pub problems: Vec<Problem>,
+    /// The node's counters, the same object in every config the node builds.
+    pub counters: Arc<NodeCounters>,
+}
+
+/// What a node's plugins count beyond one config (for the heartbeat and metrics).
+#[derive(Debug, Default)]
+pub struct NodeCounters {
+    /// Requests counted in the node's memory because their Redis was down or slow.
+    pub redis_fallbacks: std::sync::atomic::AtomicU64,
 }
 
 /// Something in the store that is not served as written, and why.
@@ -240,6 +249,7 @@ pub struct Compiler {
     /// Plugins by place, name and configuration: a plugin whose configuration and
     /// place did not change is the same object after a build, state included.
     plugins: PluginCache,
+    counters: Arc<NodeCounters>,
     /// The consumer table and its problems, made again when a consumer, group or
     /// template changes.
     consumer_table: (Arc<Consumers>, Vec<Problem>),
@@ -264,7 +274,12 @@ struct PluginCache(HashMap<(String, &'static str, String), Arc<dyn Plugin>>);
 impl PluginCache {
     /// The plugins of an effective list, each reused when its place and
     /// configuration are unchanged.
-    fn entries(&mut self, merged: &model::plugin::Effective) -> Result<Vec<Entry>, String> {
+    fn entries(
+        &mut self,
+        instance: &str,
+        counters: &Arc<NodeCounters>,
+        merged: &model::plugin::Effective,
+    ) -> Result<Vec<Entry>, String> {
         merged
             .plugins
             .iter()
@@ -273,7 +288,12 @@ impl PluginCache {
                 let plugin = match self.0.get(&key) {
                     Some(plugin) => plugin.clone(),
                     None => {
-                        let plugin = crate::plugins::compile(p.name, &p.config)
+                        let place = crate::plugins::PluginPlace {
+                            instance,
+                            place: &key.0,
+                            counters,
+                        };
+                        let plugin = crate::plugins::compile(p.name, &p.config, &place)
                             .map_err(|e| format!("{}.{}: {e}", p.source.path(), p.name))?;
                         self.0.insert(key, plugin.clone());
                         plugin
@@ -309,6 +329,7 @@ impl Compiler {
             chains: HashMap::default(),
             generation: 0,
             plugins: PluginCache::default(),
+            counters: Arc::default(),
             consumer_table: Default::default(),
             cert_problems: Vec::new(),
         }
@@ -470,6 +491,8 @@ impl Compiler {
     /// plugin context (services, global rules, templates).
     fn build_chains(&mut self) {
         let Self {
+            objects,
+            counters,
             routes,
             services,
             global_rules,
@@ -497,7 +520,15 @@ impl Compiler {
                 continue;
             }
             let route = &state.route.route;
-            let chain = route_chain(route, &services, &globals, &templates, plugins);
+            let chain = route_chain(
+                route,
+                &services,
+                &globals,
+                &templates,
+                plugins,
+                &objects.instance,
+                counters,
+            );
             chains.insert(key.clone(), (*generation, chain));
         }
     }
@@ -549,13 +580,17 @@ impl Compiler {
                 report(key, format!("invalid: {}", join_errors(&merged.errors)));
                 continue;
             }
-            let entries = match self.plugins.entries(&merged) {
-                Ok(entries) => entries,
-                Err(reason) => {
-                    report(key, reason);
-                    continue;
-                }
-            };
+            let entries =
+                match self
+                    .plugins
+                    .entries(&self.objects.instance, &self.counters, &merged)
+                {
+                    Ok(entries) => entries,
+                    Err(reason) => {
+                        report(key, reason);
+                        continue;
+                    }
+                };
             let entry = Arc::new(ConsumerEntry {
                 id: consumer.id.clone(),
                 group: consumer.group_id.clone(),
@@ -747,6 +782,7 @@ impl Compiler {
                 reads_headers,
                 consumers: self.consumer_table.0.clone(),
                 problems: Vec::new(),
+                counters: self.counters.clone(),
             },
             problems,
             new_pools,
@@ -781,6 +817,8 @@ fn route_chain(
     globals: &[&GlobalRule],
     templates: &HashMap<&str, &PluginTemplate>,
     plugins: &mut PluginCache,
+    instance: &str,
+    counters: &Arc<NodeCounters>,
 ) -> Result<Arc<Chain>, String> {
     let service = match &route.service_id {
         None => None,
@@ -795,7 +833,7 @@ fn route_chain(
     if !merged.errors.is_empty() {
         return Err(format!("invalid: {}", join_errors(&merged.errors)));
     }
-    let entries = plugins.entries(&merged)?;
+    let entries = plugins.entries(instance, counters, &merged)?;
     Ok(Arc::new(Chain::new(
         entries,
         RouteScope {

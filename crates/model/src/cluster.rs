@@ -121,6 +121,14 @@ pub struct NodeHeartbeat {
     /// configuration, a missing upstream …); at most [`NodeHeartbeat::MAX_SKIPPED`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<SkippedObject>,
+    /// Requests a plugin counted in the node's memory because its Redis was down or
+    /// slow, since the node started (`limit-count`'s `redis` policy).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redis_fallbacks: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl NodeHeartbeat {

@@ -77,6 +77,8 @@ fn main() -> anyhow::Result<()> {
                     "hardening",
                     "--test",
                     "plugins",
+                    "--test",
+                    "redis_limits",
                 ])
                 .env("PORTICO_TEST_PINGORA_ONLY", "1")
                 .args(rest);

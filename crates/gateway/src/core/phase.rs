@@ -6,6 +6,7 @@
 //! request          before routing (global plugins); may answer          [no global
 //!                                                                        plugins yet]
 //! access           after the route matched; may refuse (403, 401, 429…)  route_request
+//!                  (async for plugins that wait: a Redis count, a delay)
 //! upstream_request edits the headers sent upstream                       each engine,
 //! response_head    edits the response head sent to the client            through
 //! response_body    opt-in (`wants_response_body`): sees each body chunk  [fast path
@@ -23,6 +24,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::refusal::Refusal;
@@ -230,6 +232,19 @@ pub trait Plugin: Send + Sync + fmt::Debug {
     fn access(&self, _req: &RequestView<'_>, _ctx: &mut PhaseCtx) -> Result<(), Refusal> {
         Ok(())
     }
+    /// Whether the access phase waits on something (a Redis round trip, a delay):
+    /// the chain then runs [`Plugin::access_async`] instead of [`Plugin::access`].
+    fn is_async(&self) -> bool {
+        false
+    }
+    /// The access phase of a plugin that [`is_async`](Plugin::is_async).
+    fn access_async<'a>(
+        &'a self,
+        req: &'a RequestView<'a>,
+        ctx: &'a mut PhaseCtx,
+    ) -> BoxFuture<'a, Result<(), Refusal>> {
+        Box::pin(std::future::ready(self.access(req, ctx)))
+    }
     fn upstream_request(
         &self,
         _req: &RequestView<'_>,
@@ -260,6 +275,15 @@ impl Entry {
 
     fn same(&self, other: &Entry) -> bool {
         Arc::ptr_eq(&self.plugin, &other.plugin)
+    }
+
+    /// The access phase, awaited only for plugins that wait on something.
+    async fn access(&self, req: &RequestView<'_>, ctx: &mut PhaseCtx) -> Result<(), Refusal> {
+        if self.plugin.is_async() {
+            self.plugin.access_async(req, ctx).await
+        } else {
+            self.plugin.access(req, ctx)
+        }
     }
 }
 
@@ -343,11 +367,11 @@ impl Chain {
     /// own) join the chain: the same plugin on the route is replaced by the
     /// consumer's, and the access phases not yet run run in the merged order; the
     /// later phases run the merged chain.
-    pub fn access(&self, req: &RequestView<'_>, ctx: &mut PhaseCtx) -> Result<(), Refusal> {
+    pub async fn access(&self, req: &RequestView<'_>, ctx: &mut PhaseCtx) -> Result<(), Refusal> {
         let req = self.view(req);
         for (i, entry) in self.entries.iter().enumerate() {
             if !entry.authenticates() {
-                entry.plugin.access(&req, ctx)?;
+                entry.access(&req, ctx).await?;
                 continue;
             }
             if ctx.consumer.is_some() {
@@ -374,7 +398,7 @@ impl Chain {
                 if entry.authenticates() || ran.iter().any(|r| r.same(entry)) {
                     continue;
                 }
-                entry.plugin.access(&req, ctx)?;
+                entry.access(&req, ctx).await?;
             }
             return Ok(());
         }

@@ -48,14 +48,14 @@ pub(crate) struct Routed<'a> {
 /// does in one step. The fast paths call [`find_route`] and [`run_access`] apart,
 /// since they hand some routes to Pingora first (which then runs the access phase
 /// itself: it must run once, limits count).
-pub(crate) fn route_request<'a>(
+pub(crate) async fn route_request<'a>(
     config: &RuntimeConfig,
     settings: &HttpSettings,
     req: &Incoming<'a>,
     ctx: &mut PhaseCtx,
 ) -> Result<Routed<'a>, Refusal> {
     let routed = find_route(config, settings, req)?;
-    run_access(config, &routed, req, ctx)?;
+    run_access(config, &routed, req, ctx).await?;
     Ok(routed)
 }
 
@@ -94,7 +94,7 @@ pub(crate) fn find_route<'a>(
 
 /// The access phase of the route's plugins (401 from key-auth, 403 from
 /// ip-restriction, 429 from limit-count …).
-pub(crate) fn run_access(
+pub(crate) async fn run_access(
     config: &RuntimeConfig,
     routed: &Routed<'_>,
     req: &Incoming<'_>,
@@ -106,17 +106,20 @@ pub(crate) fn run_access(
     if routed.plugins.authenticates() {
         ctx.consumers = Some(config.consumers.clone());
     }
-    routed.plugins.access(
-        &RequestView {
-            method: req.method,
-            path: &routed.path,
-            query: req.query,
-            host: req.host,
-            headers: req.headers,
-            client_ip: routed.client_ip,
-            tls: req.tls,
-            scope: &NO_SCOPE,
-        },
-        ctx,
-    )
+    routed
+        .plugins
+        .access(
+            &RequestView {
+                method: req.method,
+                path: &routed.path,
+                query: req.query,
+                host: req.host,
+                headers: req.headers,
+                client_ip: routed.client_ip,
+                tls: req.tls,
+                scope: &NO_SCOPE,
+            },
+            ctx,
+        )
+        .await
 }

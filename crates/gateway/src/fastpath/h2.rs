@@ -179,7 +179,7 @@ where
                 .forward(http::Request::from_parts(parts, recv), respond)
                 .await;
         }
-        if let Err(refusal) = run_access(&config, &routed, &incoming, &mut phase) {
+        if let Err(refusal) = run_access(&config, &routed, &incoming, &mut phase).await {
             return send_refusal(&mut respond, &refusal);
         }
         let _in_flight = self.in_flight.enter();

@@ -329,7 +329,7 @@ where
         // The body that came with the head, and whether that is all of it.
         let body_in_buf = (body_len.min((buf.len() - head_len) as u64)) as usize;
         let used = head_len + body_in_buf;
-        if let Err(refusal) = run_access(&config, &routed, &incoming, &mut phase) {
+        if let Err(refusal) = run_access(&config, &routed, &incoming, &mut phase).await {
             // Answered here (the access phase ran; it must not run again on Pingora's
             // path). The connection stays when the request was read whole.
             let whole = body_in_buf as u64 == body_len;

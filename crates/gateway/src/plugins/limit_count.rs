@@ -11,16 +11,27 @@
 //! The counters live in the plugin, which the runtime keeps while its configuration
 //! and place (route, service, global rule, consumer) stay the same: a change to
 //! anything else keeps the counts.
+//!
+//! The `redis` policy counts in Redis instead, shared by every node: one Lua script
+//! reads the window (and, sliding, the previous one), refuses or increments, so the
+//! check and the count are one atomic step and the cluster admits exactly `count`.
+//! Keys: `portico:limit-count:{instance}:{place}:{config digest}:{key}:{window}`,
+//! expiring after two windows. While Redis is down or slower than `timeout_ms` the
+//! node counts in its memory (`plugins::redis`).
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::future::BoxFuture;
 use http::{HeaderName, HeaderValue};
-use model::plugin::{LimitKey, Window};
+use model::plugin::{LimitKey, Policy, Window};
 
+use super::redis::RedisLink;
+use super::PluginPlace;
 use crate::core::phase::{HeaderEdits, PhaseCtx, Plugin, RequestView};
 use crate::core::refusal::Refusal;
+use crate::runtime::NodeCounters;
 
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -55,6 +66,40 @@ const LIMIT: &str = "limit-count.limit";
 const REMAINING: &str = "limit-count.remaining";
 const RESET: &str = "limit-count.reset";
 
+/// Checks and counts one request in Redis; see the module doc. Returns
+/// `{admitted (0/1), remaining}`.
+const SCRIPT: &str = r#"
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local into = tonumber(ARGV[3])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local carried = 0
+if ARGV[4] == '1' then
+  local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
+  carried = math.ceil(previous * (window - into) / window)
+end
+if carried + current >= limit then
+  return {0, 0}
+end
+current = redis.call('INCR', KEYS[1])
+if current == 1 then
+  redis.call('PEXPIRE', KEYS[1], window * 2)
+end
+return {1, limit - carried - current}
+"#;
+
+/// The `redis` policy of one plugin.
+#[derive(Debug)]
+struct Shared {
+    link: Arc<RedisLink>,
+    timeout: Duration,
+    /// Every key of this plugin starts with it.
+    prefix: String,
+    script: redis::Script,
+    /// The node's, where fallbacks are counted.
+    counters: Arc<NodeCounters>,
+}
+
 #[derive(Debug)]
 pub struct LimitCount {
     count: u64,
@@ -66,6 +111,8 @@ pub struct LimitCount {
     message: Arc<str>,
     show_headers: bool,
     shards: Vec<Mutex<Shard>>,
+    /// `None` for the local policy.
+    shared: Option<Shared>,
 }
 
 /// The outcome of one request's count.
@@ -78,7 +125,30 @@ struct Verdict {
 }
 
 impl LimitCount {
-    pub fn compile(config: &model::plugin::LimitCount) -> Result<Self, String> {
+    pub fn compile(
+        config: &model::plugin::LimitCount,
+        place: &PluginPlace<'_>,
+    ) -> Result<Self, String> {
+        let shared = match (&config.policy, &config.redis) {
+            (Policy::Redis, Some(redis)) => {
+                let text = serde_json::to_string(config).map_err(|e| e.to_string())?;
+                let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+                Some(Shared {
+                    link: RedisLink::shared(&redis.url)?,
+                    timeout: Duration::from_millis(redis.timeout_ms),
+                    prefix: format!(
+                        "portico:limit-count:{}:{}:{}",
+                        place.instance,
+                        place.place,
+                        hex::encode(&digest.as_ref()[..8])
+                    ),
+                    script: redis::Script::new(SCRIPT),
+                    counters: place.counters.clone(),
+                })
+            }
+            (Policy::Redis, None) => return Err("redis: required with policy redis".to_owned()),
+            (Policy::Local, _) => None,
+        };
         let header = match &config.header {
             Some(name) => Some(
                 HeaderName::from_bytes(name.as_bytes())
@@ -100,6 +170,7 @@ impl LimitCount {
                 .into(),
             show_headers: config.show_limit_headers,
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shared,
         })
     }
 
@@ -177,30 +248,41 @@ impl LimitCount {
             reset,
         }
     }
-}
 
-fn shard_of(key: &Key) -> usize {
-    use std::hash::BuildHasher;
-    (foldhash::fast::FixedState::default().hash_one(key) as usize) % SHARDS
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-impl Plugin for LimitCount {
-    fn name(&self) -> &'static str {
-        model::plugin::LIMIT_COUNT.name
+    /// Counts one request of `key` in Redis; `None` when Redis cannot say in time.
+    async fn hit_shared(&self, shared: &Shared, key: &Key, now_ms: u64) -> Option<Verdict> {
+        let window = now_ms / self.window_ms;
+        let into = now_ms % self.window_ms;
+        let key = match key {
+            Key::Ip(ip) => ip.to_string(),
+            Key::Text(text) => text.to_string(),
+            Key::Constant => String::new(),
+        };
+        let current = format!("{}:{key}:{window}", shared.prefix);
+        let previous = format!("{}:{key}:{}", shared.prefix, window.saturating_sub(1));
+        let (admitted, remaining): (i64, i64) = shared
+            .link
+            .run(
+                &shared.script,
+                &[&current, &previous],
+                &[
+                    self.count as i64,
+                    self.window_ms as i64,
+                    into as i64,
+                    i64::from(self.sliding),
+                ],
+                shared.timeout,
+            )
+            .await?;
+        Some(Verdict {
+            admitted: admitted == 1,
+            remaining: remaining.max(0) as u64,
+            reset: (self.window_ms - into).div_ceil(1000).max(1),
+        })
     }
 
-    fn reads_headers(&self) -> bool {
-        self.key == LimitKey::Header
-    }
-
-    fn access(&self, req: &RequestView<'_>, ctx: &mut PhaseCtx) -> Result<(), Refusal> {
-        let verdict = self.hit(self.key(req, ctx), now_ms());
+    /// The request's fate: admitted (headers noted for the response) or refused.
+    fn answer(&self, verdict: Verdict, ctx: &mut PhaseCtx) -> Result<(), Refusal> {
         if verdict.admitted {
             if self.show_headers {
                 ctx.set(LIMIT, HeaderValue::from(self.count));
@@ -233,7 +315,61 @@ impl Plugin for LimitCount {
             headers,
         ))
     }
+}
 
+fn shard_of(key: &Key) -> usize {
+    use std::hash::BuildHasher;
+    (foldhash::fast::FixedState::default().hash_one(key) as usize) % SHARDS
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Plugin for LimitCount {
+    fn name(&self) -> &'static str {
+        model::plugin::LIMIT_COUNT.name
+    }
+
+    fn reads_headers(&self) -> bool {
+        self.key == LimitKey::Header
+    }
+
+    fn access(&self, req: &RequestView<'_>, ctx: &mut PhaseCtx) -> Result<(), Refusal> {
+        let verdict = self.hit(self.key(req, ctx), now_ms());
+        self.answer(verdict, ctx)
+    }
+
+    fn is_async(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    fn access_async<'a>(
+        &'a self,
+        req: &'a RequestView<'a>,
+        ctx: &'a mut PhaseCtx,
+    ) -> BoxFuture<'a, Result<(), Refusal>> {
+        Box::pin(async move {
+            let key = self.key(req, ctx);
+            let now = now_ms();
+            let verdict = match &self.shared {
+                Some(shared) => match self.hit_shared(shared, &key, now).await {
+                    Some(verdict) => verdict,
+                    None => {
+                        shared
+                            .counters
+                            .redis_fallbacks
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.hit(key, now)
+                    }
+                },
+                None => self.hit(key, now),
+            };
+            self.answer(verdict, ctx)
+        })
+    }
     fn response_head(&self, _status: u16, ctx: &mut PhaseCtx, edits: &mut HeaderEdits) {
         for (key, name) in [
             (LIMIT, "x-ratelimit-limit"),
@@ -252,7 +388,7 @@ mod tests {
     use super::*;
 
     fn plugin(json: &str) -> LimitCount {
-        LimitCount::compile(&serde_json::from_str(json).unwrap()).unwrap()
+        LimitCount::compile(&serde_json::from_str(json).unwrap(), &PluginPlace::test()).unwrap()
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod jwt_auth;
 mod key_auth;
 mod limit_count;
 mod redirect;
+pub mod redis;
 mod request_id;
 
 use std::sync::Arc;
@@ -29,9 +30,39 @@ pub use limit_count::LimitCount;
 pub use redirect::Redirect;
 pub use request_id::RequestId;
 
-/// The runtime form of plugin `name` with `config`; `Err` says why it cannot run
-/// (the admin validates the same way, so it should not happen).
-pub fn compile(name: &str, config: &serde_json::Value) -> Result<Arc<dyn Plugin>, String> {
+/// Where a plugin runs: state shared beyond the node (Redis keys) is named by it.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginPlace<'a> {
+    pub instance: &'a str,
+    /// The layer that configured it (`route:r1`, `service:s1` …).
+    pub place: &'a str,
+    /// The node's counters (fallbacks …).
+    pub counters: &'a Arc<crate::runtime::NodeCounters>,
+}
+
+#[cfg(test)]
+pub(crate) static TEST_COUNTERS: std::sync::LazyLock<Arc<crate::runtime::NodeCounters>> =
+    std::sync::LazyLock::new(Default::default);
+
+impl PluginPlace<'static> {
+    /// For unit tests.
+    #[cfg(test)]
+    pub(crate) fn test() -> Self {
+        PluginPlace {
+            instance: "test",
+            place: "route:test",
+            counters: &TEST_COUNTERS,
+        }
+    }
+}
+
+/// The runtime form of plugin `name` with `config` at `place`; `Err` says why it
+/// cannot run (the admin validates the same way, so it should not happen).
+pub fn compile(
+    name: &str,
+    config: &serde_json::Value,
+    place: &PluginPlace<'_>,
+) -> Result<Arc<dyn Plugin>, String> {
     fn typed<T: PluginConfig>(config: &serde_json::Value) -> Result<T, String> {
         let mut v = Validator::new();
         let parsed = read_config::<T>(config, &mut v);
@@ -46,7 +77,7 @@ pub fn compile(name: &str, config: &serde_json::Value) -> Result<Arc<dyn Plugin>
         "basic-auth" => Arc::new(BasicAuth::compile(&typed(config)?)?),
         "jwt-auth" => Arc::new(JwtAuth::compile(&typed(config)?)?),
         "consumer-restriction" => Arc::new(ConsumerRestriction::compile(&typed(config)?)?),
-        "limit-count" => Arc::new(LimitCount::compile(&typed(config)?)?),
+        "limit-count" => Arc::new(LimitCount::compile(&typed(config)?, place)?),
         other => return Err(format!("plugin {other:?} is not built into this gateway")),
     })
 }
@@ -70,10 +101,19 @@ mod tests {
                 .iter()
                 .find(|(n, _)| *n == info.name)
                 .unwrap_or_else(|| panic!("no sample for {}", info.name));
-            let plugin = super::compile(info.name, &serde_json::from_str(config).unwrap())
-                .unwrap_or_else(|e| panic!("{}: {e}", info.name));
+            let plugin = super::compile(
+                info.name,
+                &serde_json::from_str(config).unwrap(),
+                &super::PluginPlace::test(),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", info.name));
             assert_eq!(plugin.name(), info.name);
         }
-        assert!(super::compile("key-auth", &serde_json::json!({"header": 1})).is_err());
+        assert!(super::compile(
+            "key-auth",
+            &serde_json::json!({"header": 1}),
+            &super::PluginPlace::test()
+        )
+        .is_err());
     }
 }

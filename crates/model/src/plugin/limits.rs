@@ -1,4 +1,4 @@
-//! The configurations of the traffic limits: `limit-count`.
+//! The configurations of the traffic limits: `limit-count` (local or Redis).
 
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +55,50 @@ pub enum Policy {
     /// In the node's memory: exact per node, each node counts alone.
     #[default]
     Local,
+    /// In Redis, shared by every node (a Lua script checks and counts atomically, so
+    /// the count is exact per cluster); the node's memory while Redis is down or slow.
+    Redis,
+}
+
+/// The Redis of the `redis` policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisPolicy {
+    /// `redis://host[:port][/db]` (no credentials: they would show in the config).
+    pub url: String,
+    /// How long a request waits for Redis (1 to 1000 ms; 20 when left out) before it
+    /// is counted in the node's memory instead; Redis is then left alone for a second.
+    #[serde(default = "RedisPolicy::default_timeout")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub timeout_ms: u64,
+}
+
+impl RedisPolicy {
+    fn default_timeout() -> u64 {
+        20
+    }
+
+    fn validate(&self, v: &mut Validator) {
+        let ok = self.url.strip_prefix("redis://").is_some_and(|rest| {
+            let host_port = rest.split('/').next().unwrap_or("");
+            !host_port.is_empty()
+                && !rest.contains('@')
+                && !rest.contains('?')
+                && rest.bytes().all(|b| b.is_ascii_graphic())
+                && rest
+                    .split_once('/')
+                    .is_none_or(|(_, db)| db.is_empty() || db.parse::<u8>().is_ok())
+        });
+        if !ok {
+            v.error(
+                "url",
+                "must be redis://host[:port][/db] without credentials or options",
+            );
+        }
+        if !(1..=1000).contains(&self.timeout_ms) {
+            v.error("timeout_ms", "must be between 1 and 1000");
+        }
+    }
 }
 
 /// APISIX's `limit-count`: at most `count` requests per `time_window` seconds and
@@ -79,6 +123,9 @@ pub struct LimitCount {
     pub header: Option<String>,
     #[serde(default)]
     pub policy: Policy,
+    /// Required with `policy: redis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisPolicy>,
     /// The refusal's status (400-599; 429 when left out).
     #[serde(default = "LimitCount::default_code")]
     pub rejected_code: u16,
@@ -114,6 +161,12 @@ impl PluginConfig for LimitCount {
             (LimitKey::Header, Some(_)) => {}
             (_, Some(_)) => v.error("header", "is read only with key_type header"),
             (_, None) => {}
+        }
+        match (self.policy, &self.redis) {
+            (Policy::Redis, None) => v.error("redis", "is required with policy redis"),
+            (Policy::Redis, Some(redis)) => v.at("redis", |v| redis.validate(v)),
+            (Policy::Local, Some(_)) => v.error("redis", "is read only with policy redis"),
+            (Policy::Local, None) => {}
         }
         if !(400..=599).contains(&self.rejected_code) {
             v.error("rejected_code", "must be between 400 and 599");

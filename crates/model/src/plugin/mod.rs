@@ -24,7 +24,7 @@ pub use effective::{
     consumer_layers, effective, route_layers, Effective, EffectivePlugin, Layer, Skipped, Source,
 };
 pub use filters::{IpRestriction, Redirect, RequestId};
-pub use limits::{LimitCount, LimitKey, Policy, Window};
+pub use limits::{LimitCount, LimitKey, Policy, RedisPolicy, Window};
 
 use crate::validate::{ValidationErrors, Validator};
 
