@@ -24,6 +24,7 @@ pub mod core;
 mod fastpath;
 pub mod health;
 mod heartbeat;
+pub mod metrics;
 pub mod normalize;
 pub mod plugins;
 mod proxy;

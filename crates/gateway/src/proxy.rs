@@ -43,7 +43,7 @@ use crate::core::headers::{append_forwarded_for, nominated, upstream_host};
 use crate::core::phase::{Chain, HeaderEdits, LogRecord, PhaseCtx, RequestView, NO_SCOPE};
 use crate::core::refusal::Refusal;
 use crate::core::retry::{replay_is_safe, AfterFailure, Attempts};
-use crate::core::route::{route_request, Incoming, Routed};
+use crate::core::route::{find_route, run_access, Incoming, Routed};
 use crate::router::CompiledRoute;
 use crate::runtime::RuntimeConfig;
 use crate::settings::HttpSettings;
@@ -77,6 +77,8 @@ pub struct RequestCtx {
     route: Option<Arc<CompiledRoute>>,
     /// The matched route's effective plugins (empty before routing).
     plugins: Arc<Chain>,
+    /// Time to the last upstream response head.
+    upstream_latency: Option<std::time::Duration>,
     /// Per-request state of the route's plugins.
     phase: PhaseCtx,
     started: std::time::Instant,
@@ -94,33 +96,25 @@ impl Proxy {
         let req = session.req_header();
         let host = head::check_decoded(&req.method, &req.uri, &req.headers, Limits::of(settings))?;
         let config = self.config.load_full();
-        let routed = route_request(
-            &config,
-            settings,
-            &Incoming {
-                host: &host,
-                method: req.method.as_str(),
-                path: req.uri.path(),
-                query: req.uri.query(),
-                headers: &req.headers,
-                peer: session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip()),
-                tls: is_tls(session),
-            },
-            &mut ctx.phase,
-        )
-        .await?;
-        let Routed {
-            upstream,
-            route,
-            plugins,
-            client_ip,
-            path,
-        } = routed;
-        ctx.route = Some(route);
-        ctx.plugins = plugins;
+        let incoming = Incoming {
+            host: &host,
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            query: req.uri.query(),
+            headers: &req.headers,
+            peer: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            tls: is_tls(session),
+        };
+        let routed = find_route(&config, settings, &incoming)?;
+        // Known before the access phase, so the log phase sees refused requests too.
+        ctx.route = Some(routed.route.clone());
+        ctx.plugins = routed.plugins.clone();
+        ctx.client_ip = routed.client_ip;
+        run_access(&config, &routed, &incoming, &mut ctx.phase).await?;
+        let Routed { upstream, path, .. } = routed;
         let normal = match path {
             Cow::Owned(normal) => Some(normal),
             Cow::Borrowed(_) => None,
@@ -137,7 +131,6 @@ impl Proxy {
             session.req_header_mut().set_uri(uri);
         }
         ctx.upstream = Some(upstream);
-        ctx.client_ip = client_ip;
         Ok(())
     }
 
@@ -202,6 +195,7 @@ impl ProxyHttp for Proxy {
             body_bytes: 0,
             route: None,
             plugins: Arc::default(),
+            upstream_latency: None,
             phase: PhaseCtx::default(),
             started: std::time::Instant::now(),
             _in_flight: self.in_flight.enter(),
@@ -421,6 +415,7 @@ impl ProxyHttp for Proxy {
         };
         let index = pick.index;
         let latency = pick.elapsed();
+        ctx.upstream_latency = Some(latency);
         Self::report(ctx, Outcome::Status(status, latency));
         let retry = ctx
             .upstream
@@ -452,6 +447,8 @@ impl ProxyHttp for Proxy {
             ctx.plugins.log(
                 &LogRecord {
                     route_id: &route.route.id,
+                    service_id: None,
+                    upstream: ctx.upstream_latency,
                     status: session.response_written().map_or(0, |r| r.status.as_u16()),
                     duration: ctx.started.elapsed(),
                     client_ip: ctx.client_ip,

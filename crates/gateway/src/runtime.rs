@@ -64,6 +64,8 @@ pub struct RuntimeConfig {
 pub struct NodeCounters {
     /// Requests counted in the node's memory because their Redis was down or slow.
     pub redis_fallbacks: std::sync::atomic::AtomicU64,
+    /// The request metrics the `prometheus` plugin records.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Something in the store that is not served as written, and why.

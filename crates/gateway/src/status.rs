@@ -1,6 +1,7 @@
 //! The node's own HTTP endpoints, on a listener of their own (not the traffic port):
 //! `/healthz` (the process is up), `/readyz` (config loaded and not draining: put the
-//! node in a load balancer's rotation), `/status` (what it serves, as JSON).
+//! node in a load balancer's rotation), `/status` (what it serves, as JSON),
+//! `/metrics` (Prometheus text format, `metrics.rs`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub(crate) async fn serve(
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(ready))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .with_state(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -72,4 +74,15 @@ async fn status(State(state): State<StatusState>) -> Json<Value> {
         "in_flight": state.in_flight.count(),
         "draining": state.draining.load(Ordering::Acquire),
     }))
+}
+
+async fn metrics(State(state): State<StatusState>) -> impl axum::response::IntoResponse {
+    let config = state.config.load();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        config.counters.metrics.render(&config),
+    )
 }

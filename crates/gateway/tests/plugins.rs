@@ -525,3 +525,72 @@ async fn jwt_auth_takes_signed_tokens_only() {
     }
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_counts_by_route_consumer_and_status_on_the_status_port() {
+    let app = echo().await;
+    let status: std::net::SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
+        .parse()
+        .unwrap();
+    let mut node = Node::start_with_options(common::Options {
+        status_listen: Some(status),
+        ..common::Options::default()
+    })
+    .await;
+    node.put(
+        "upstreams/app",
+        json!({"id": "app", "nodes": [{"host": "127.0.0.1", "port": app.port(), "weight": 1}]}),
+    )
+    .await;
+    put_consumers(&mut node).await;
+    node.put(
+        "routes/counted",
+        json!({"id": "counted", "paths": ["/counted"], "upstream_id": "app",
+               "plugins": {"key-auth": {}, "prometheus": {}}}),
+    )
+    .await;
+    node.until("/counted", 401, "").await;
+    for _ in 0..2 {
+        let (status, _, _) = node
+            .send(
+                node.http
+                    .get(node.at("/counted"))
+                    .header("apikey", "alice-key-000"),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let metrics = || async {
+        reqwest::get(format!("http://{status}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let text = metrics().await;
+    assert!(
+        text.contains(
+            r#"portico_http_requests_total{route="counted",service="",consumer="alice",code="200"} 2"#
+        ),
+        "{text}"
+    );
+    // The 401s of `until` and this one, without a consumer.
+    assert!(
+        text.contains(
+            r#"portico_http_requests_total{route="counted",service="",consumer="",code="401"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"portico_http_request_duration_seconds_count{route="counted"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"portico_upstream_duration_seconds_count{route="counted"} 2"#),
+        "{text}"
+    );
+    assert!(text.contains("portico_config_revision "), "{text}");
+    assert!(text.contains("portico_redis_fallbacks_total 0"), "{text}");
+    node.stop().await;
+}

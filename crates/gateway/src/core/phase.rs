@@ -196,6 +196,11 @@ impl HeaderEdits {
 #[derive(Debug, Clone)]
 pub struct LogRecord<'a> {
     pub route_id: &'a str,
+    /// The route's service (set by the chain).
+    pub service_id: Option<&'a str>,
+    /// Time from sending to the upstream node to its response head; `None` when no
+    /// node answered.
+    pub upstream: Option<Duration>,
     /// The status the client got (0: no response was sent).
     pub status: u16,
     pub duration: Duration,
@@ -464,8 +469,12 @@ impl Chain {
     pub fn log(&self, record: &LogRecord<'_>, ctx: &PhaseCtx) {
         let merged = ctx.merged.clone();
         let chain = merged.as_deref().unwrap_or(self);
+        let record = LogRecord {
+            service_id: self.scope.service_id.as_deref(),
+            ..record.clone()
+        };
         for entry in &chain.entries {
-            entry.plugin.log(record, ctx);
+            entry.plugin.log(&record, ctx);
         }
     }
 }

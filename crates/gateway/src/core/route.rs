@@ -44,23 +44,10 @@ pub(crate) struct Routed<'a> {
     pub path: Cow<'a, str>,
 }
 
-/// Routes the request and runs its plugins' access phase: what Pingora's adapter
-/// does in one step. The fast paths call [`find_route`] and [`run_access`] apart,
-/// since they hand some routes to Pingora first (which then runs the access phase
-/// itself: it must run once, limits count).
-pub(crate) async fn route_request<'a>(
-    config: &RuntimeConfig,
-    settings: &HttpSettings,
-    req: &Incoming<'a>,
-    ctx: &mut PhaseCtx,
-) -> Result<Routed<'a>, Refusal> {
-    let routed = find_route(config, settings, req)?;
-    run_access(config, &routed, req, ctx).await?;
-    Ok(routed)
-}
-
 /// Normalises the path and matches the request against one config snapshot: the
-/// routing every engine shares. Limits are checked by the caller.
+/// routing every engine shares. Limits are checked by the caller; then
+/// [`run_access`] runs the route's plugins (the fast paths first hand some routes to
+/// Pingora's path, which runs it there: it must run once, limits count).
 pub(crate) fn find_route<'a>(
     config: &RuntimeConfig,
     settings: &HttpSettings,

@@ -157,7 +157,6 @@ where
             Err(refusal) => return send_refusal(&mut respond, &refusal),
         };
         let config = self.config.load();
-        let mut phase = PhaseCtx::default();
         let incoming = Incoming {
             host: &host,
             method: parts.method.as_str(),
@@ -179,11 +178,14 @@ where
                 .forward(http::Request::from_parts(parts, recv), respond)
                 .await;
         }
-        if let Err(refusal) = run_access(&config, &routed, &incoming, &mut phase).await {
+        let chain = &*routed.plugins;
+        // The log phase runs when `log` drops, however the stream ends.
+        let mut log = LogPhase::new(&routed.route, chain, PhaseCtx::default(), routed.client_ip);
+        if let Err(refusal) = run_access(&config, &routed, &incoming, &mut log.phase).await {
+            log.status = refusal.status();
             return send_refusal(&mut respond, &refusal);
         }
         let _in_flight = self.in_flight.enter();
-        let chain = &*routed.plugins;
         let query = parts.uri.query();
         let upstream_edits = chain.upstream_request(
             &RequestView {
@@ -196,11 +198,10 @@ where
                 tls: peer.tls,
                 scope: &NO_SCOPE,
             },
-            &mut phase,
+            &mut log.phase,
         );
         // The query sent upstream (a plugin may have removed a credential from it).
         let sent_query = upstream_edits.query(query);
-        let mut log = LogPhase::new(&routed.route, chain, phase, routed.client_ip);
 
         // The request head as HTTP/1.1: the core's header policy, cookies joined
         // (RFC 9113 §8.2.3), framed by Content-Length or else chunked.
@@ -307,6 +308,7 @@ where
                 return send_refusal(&mut respond, &refusal);
             }
         };
+        log.upstream = Some(pick.elapsed());
         let _ = up_buf.split_to(response.len);
         chain
             .response_head(response.status, &mut log.phase)

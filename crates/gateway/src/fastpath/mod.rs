@@ -307,7 +307,6 @@ where
         };
         let head_len = head.len;
         let close = head.close;
-        let mut phase = PhaseCtx::default();
         let incoming = Incoming {
             host: &head.host,
             method: head.method,
@@ -329,9 +328,13 @@ where
         // The body that came with the head, and whether that is all of it.
         let body_in_buf = (body_len.min((buf.len() - head_len) as u64)) as usize;
         let used = head_len + body_in_buf;
-        if let Err(refusal) = run_access(&config, &routed, &incoming, &mut phase).await {
+        let chain = &*routed.plugins;
+        // The log phase runs when `log` drops, however the request ends.
+        let mut log = LogPhase::new(&routed.route, chain, PhaseCtx::default(), routed.client_ip);
+        if let Err(refusal) = run_access(&config, &routed, &incoming, &mut log.phase).await {
             // Answered here (the access phase ran; it must not run again on Pingora's
             // path). The connection stays when the request was read whole.
+            log.status = refusal.status();
             let whole = body_in_buf as u64 == body_len;
             if whole && !close && refusal.keeps_connection() && head.method != "HEAD" {
                 let _ = write_all(stream, &refusal.to_h1_open(), &mut send_meter).await;
@@ -340,7 +343,6 @@ where
             return (reply_refusal(stream, &refusal, &mut send_meter).await, used);
         }
         let _in_flight = self.in_flight.enter();
-        let chain = &*routed.plugins;
         let upstream_edits = chain.upstream_request(
             &RequestView {
                 method: head.method,
@@ -352,9 +354,8 @@ where
                 tls: peer.tls,
                 scope: &NO_SCOPE,
             },
-            &mut phase,
+            &mut log.phase,
         );
-        let mut log = LogPhase::new(&routed.route, chain, phase, routed.client_ip);
 
         // The request head without Host, which depends on the node.
         scratch.line.clear();
@@ -419,9 +420,11 @@ where
             Ok(exchanged) => exchanged,
             Err(Ended::Client) => return (Step::Close, used),
             Err(Ended::Refused(refusal)) => {
-                return (reply_refusal(stream, &refusal, &mut send_meter).await, used)
+                log.status = refusal.status();
+                return (reply_refusal(stream, &refusal, &mut send_meter).await, used);
             }
         };
+        log.upstream = Some(pick.elapsed());
         scratch.up_buf.advance(response.len);
         chain
             .response_head(response.status, &mut log.phase)
@@ -488,6 +491,8 @@ pub(super) struct LogPhase<'a> {
     client_ip: Option<IpAddr>,
     /// The status sent to the client; 0 while none was.
     pub status: u16,
+    /// Time to the upstream node's response head.
+    pub upstream: Option<std::time::Duration>,
 }
 
 impl<'a> LogPhase<'a> {
@@ -505,6 +510,7 @@ impl<'a> LogPhase<'a> {
             started: (!chain.is_empty()).then(Instant::now),
             client_ip,
             status: 0,
+            upstream: None,
         }
     }
 }
@@ -517,6 +523,8 @@ impl Drop for LogPhase<'_> {
         self.chain.log(
             &LogRecord {
                 route_id: &self.route.route.id,
+                service_id: None,
+                upstream: self.upstream,
                 status: self.status,
                 duration: started.elapsed(),
                 client_ip: self.client_ip,

@@ -10,6 +10,7 @@ mod ip_restriction;
 mod jwt_auth;
 mod key_auth;
 mod limit_count;
+mod prometheus;
 mod redirect;
 pub mod redis;
 mod request_id;
@@ -27,6 +28,7 @@ pub use ip_restriction::IpRestriction;
 pub use jwt_auth::JwtAuth;
 pub use key_auth::KeyAuth;
 pub use limit_count::LimitCount;
+pub use prometheus::Prometheus;
 pub use redirect::Redirect;
 pub use request_id::RequestId;
 
@@ -78,6 +80,7 @@ pub fn compile(
         "jwt-auth" => Arc::new(JwtAuth::compile(&typed(config)?)?),
         "consumer-restriction" => Arc::new(ConsumerRestriction::compile(&typed(config)?)?),
         "limit-count" => Arc::new(LimitCount::compile(&typed(config)?, place)?),
+        "prometheus" => Arc::new(Prometheus::compile(&typed(config)?, place.counters)?),
         other => return Err(format!("plugin {other:?} is not built into this gateway")),
     })
 }
@@ -95,6 +98,7 @@ mod tests {
             ("jwt-auth", "{}"),
             ("consumer-restriction", r#"{"allowlist":["a"]}"#),
             ("limit-count", r#"{"count":1,"time_window":1}"#),
+            ("prometheus", "{}"),
         ];
         for info in model::plugin::CATALOG {
             let (_, config) = samples

@@ -13,6 +13,7 @@ mod auth;
 mod effective;
 mod filters;
 mod limits;
+mod observability;
 
 use std::collections::BTreeMap;
 
@@ -25,6 +26,7 @@ pub use effective::{
 };
 pub use filters::{IpRestriction, Redirect, RequestId};
 pub use limits::{LimitCount, LimitKey, Policy, RedisPolicy, Window};
+pub use observability::Prometheus;
 
 use crate::validate::{ValidationErrors, Validator};
 
@@ -189,6 +191,14 @@ pub const LIMIT_COUNT: PluginInfo = entry::<LimitCount>(
     "admits at most `count` requests per time window and key (fixed or sliding window)",
 );
 
+pub const PROMETHEUS: PluginInfo = entry::<Prometheus>(
+    "prometheus",
+    500,
+    &["log"],
+    false,
+    "counts requests and times them (route, service, consumer, status) for the node's /metrics",
+);
+
 pub const REDIRECT: PluginInfo = entry::<Redirect>(
     "redirect",
     900,
@@ -207,6 +217,7 @@ pub const CATALOG: &[PluginInfo] = &[
     CONSUMER_RESTRICTION,
     LIMIT_COUNT,
     REDIRECT,
+    PROMETHEUS,
 ];
 
 /// The catalog entry of `name`.
