@@ -9,12 +9,16 @@
 #  3. the gateway with 1, 10k and 100k routes, and 10k routes replaced under load
 #     (crates/portico/benches/dataplane.rs);
 #  4. HTTP/2 (h2c) and TLS (keep-alive, new handshakes) against nginx
-#     (bench/protocols.sh; ONLY=protocols runs it alone).
+#     (bench/protocols.sh; ONLY=protocols runs it alone);
+#  5. plugin cost (key-auth + limit-count + prometheus, local and Redis) against the
+#     same route without plugins and nginx, and limit-count accuracy under 64
+#     connections (bench/plugins.sh; ONLY=plugins runs it alone).
 # The route table micro-benchmarks: cargo bench -p gateway --bench router.
 # Loopback only. Results are printed and written to bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${ONLY:-}" = protocols ] && exec bash bench/protocols.sh
+[ "${ONLY:-}" = plugins ] && exec bash bench/plugins.sh
 
 WORKERS=${WORKERS:-1}          # worker threads of the gateway and worker processes of nginx
 DURATION=${DURATION:-10s}
@@ -153,3 +157,6 @@ cargo bench -q -p portico --bench dataplane 2>/dev/null | tee "$out/dataplane.md
 
 echo
 bash bench/protocols.sh
+
+echo
+bash bench/plugins.sh
