@@ -230,7 +230,13 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len() as u64;
-            if ctx.body_bytes > self.settings.max_body_bytes {
+            let limit = ctx
+                .phase
+                .max_body
+                .map_or(self.settings.max_body_bytes, |m| {
+                    m.min(self.settings.max_body_bytes)
+                });
+            if ctx.body_bytes > limit {
                 // A chunked body that outgrew the limit on the way; Content-Length ones
                 // were refused before anything was sent.
                 return Error::e_explain(
@@ -376,19 +382,20 @@ impl ProxyHttp for Proxy {
                 },
                 &mut ctx.phase,
             );
-            if edits.replaces_query() {
+            if edits.replaces_target() {
                 let uri = &upstream_request.uri;
-                let target = match edits.query(None) {
-                    Some(query) => format!("{}?{query}", uri.path()),
-                    None => uri.path().to_owned(),
+                let path = edits.path(uri.path());
+                let target = match edits.query(uri.query()) {
+                    Some(query) => format!("{path}?{query}"),
+                    None => path.to_owned(),
                 };
                 let mut parts = http::uri::Parts::from(uri.clone());
                 parts.path_and_query =
                     Some(target.parse().map_err(|_| {
-                        Error::explain(ErrorType::InternalError, "a plugin's query")
+                        Error::explain(ErrorType::InternalError, "a plugin's target")
                     })?);
                 let uri = http::Uri::from_parts(parts)
-                    .map_err(|_| Error::explain(ErrorType::InternalError, "a plugin's query"))?;
+                    .map_err(|_| Error::explain(ErrorType::InternalError, "a plugin's target"))?;
                 upstream_request.set_uri(uri);
             }
             apply(&edits, upstream_request)?;
@@ -502,6 +509,9 @@ fn apply(edits: &HeaderEdits, head: &mut impl HeaderEdit) -> Result<()> {
     for (name, value) in edits.sets() {
         head.insert(name.clone(), value.clone())?;
     }
+    for (name, value) in edits.additions() {
+        head.append(name.clone(), value.clone())?;
+    }
     Ok(())
 }
 
@@ -510,6 +520,7 @@ fn apply(edits: &HeaderEdits, head: &mut impl HeaderEdit) -> Result<()> {
 trait HeaderEdit {
     fn remove(&mut self, name: &http::HeaderName);
     fn insert(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()>;
+    fn append(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()>;
 }
 
 impl HeaderEdit for RequestHeader {
@@ -519,6 +530,9 @@ impl HeaderEdit for RequestHeader {
     fn insert(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()> {
         self.insert_header(name, value)
     }
+    fn append(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()> {
+        self.append_header(name, value).map(|_| ())
+    }
 }
 
 impl HeaderEdit for ResponseHeader {
@@ -527,6 +541,9 @@ impl HeaderEdit for ResponseHeader {
     }
     fn insert(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()> {
         self.insert_header(name, value)
+    }
+    fn append(&mut self, name: http::HeaderName, value: http::HeaderValue) -> Result<()> {
+        self.append_header(name, value).map(|_| ())
     }
 }
 

@@ -71,6 +71,8 @@ fn seeds() -> Vec<Vec<u8>> {
         b"GET /admin/x HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(),
         b"POST /get-only HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n".to_vec(),
         b"GET /keyed/x HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(),
+        b"GET /rw/a/b?q=1 HTTP/1.1\r\nHost: h\r\nX-Drop: 1\r\nX-Add: 0\r\nOrigin: https://o.example\r\n\r\n".to_vec(),
+        b"OPTIONS /rw/a HTTP/1.1\r\nHost: h\r\nOrigin: https://o.example\r\nAccess-Control-Request-Method: PUT\r\n\r\n".to_vec(),
         b"POST /keyed/x?a=1 HTTP/1.1\r\nHost: h\r\napikey: nope-nope\r\nContent-Length: 2\r\n\r\nhi".to_vec(),
         b"GET /keyed/x?apikey=diff-key-0000&z=1 HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(),
         b"POST /keyed/y HTTP/1.1\r\nHost: h\r\nApiKey: diff-key-0000\r\nContent-Length: 2\r\n\r\nhi".to_vec(),

@@ -164,6 +164,13 @@ fn cases() -> Vec<Case> {
         case("POST", "http://h/get-only"),
         case("GET", "http://h/admin/x"),
         case("GET", "http://h/keyed/x"),
+        case("GET", "http://h/rw/a/b?q=1")
+            .header("x-drop", "1")
+            .header("x-add", "0")
+            .header("origin", "https://o.example"),
+        case("OPTIONS", "http://h/rw/a")
+            .header("origin", "https://o.example")
+            .header("access-control-request-method", "PUT"),
         case("GET", "http://h/keyed/x?apikey=diff-key-0000&z=1"),
         case("POST", "http://h/keyed/y")
             .header("apikey", "diff-key-0000")

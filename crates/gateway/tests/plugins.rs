@@ -594,3 +594,146 @@ async fn prometheus_counts_by_route_consumer_and_status_on_the_status_port() {
     assert!(text.contains("portico_redis_fallbacks_total 0"), "{text}");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_proxy_rewrite_and_request_size_limit() {
+    let app = echo().await;
+    let mut node = Node::start().await;
+    node.put(
+        "upstreams/app",
+        json!({"id": "app", "nodes": [{"host": "127.0.0.1", "port": app.port(), "weight": 1}],
+               "pass_host": "node"}),
+    )
+    .await;
+    node.put(
+        "routes/web",
+        json!({"id": "web", "paths": ["/web/*"], "upstream_id": "app",
+               "plugins": {"cors": {"allow_origins": ["https://app.example.com"],
+                                    "allow_methods": ["GET", "POST"],
+                                    "expose_headers": ["x-total"], "max_age": 600,
+                                    "allow_credentials": true}}}),
+    )
+    .await;
+    node.put(
+        "routes/rewrite",
+        json!({"id": "rewrite", "paths": ["/api/*"], "upstream_id": "app",
+               "plugins": {"proxy-rewrite": {
+                   "regex_uri": ["^/api/(\\w+)/(.*)", "/${1}-svc/$2"],
+                   "host": "internal.example:8443",
+                   "headers": {"set": {"x-env": "prod"}, "add": {"x-tag": "a"},
+                               "remove": ["x-secret"]}}}}),
+    )
+    .await;
+    node.put(
+        "routes/small",
+        json!({"id": "small", "paths": ["/small"], "upstream_id": "app",
+               "plugins": {"request-size-limit": {"max_body_bytes": 8}}}),
+    )
+    .await;
+    node.until("/small", 200, "").await;
+
+    // CORS: the preflight is answered here, the upstream never sees it.
+    let before = app.received().len();
+    let (status, body, headers) = node
+        .send(
+            node.http
+                .request(reqwest::Method::OPTIONS, node.at("/web/a"))
+                .header("origin", "https://app.example.com")
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", "x-one, content-type"),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(headers["access-control-allow-methods"], "GET, POST");
+    assert_eq!(
+        headers["access-control-allow-headers"],
+        "x-one, content-type"
+    );
+    assert_eq!(headers["access-control-max-age"], "600");
+    assert_eq!(headers["access-control-allow-credentials"], "true");
+    assert_eq!(app.received().len(), before);
+    let (status, _, headers) = node
+        .send(
+            node.http
+                .get(node.at("/web/a"))
+                .header("origin", "https://app.example.com"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(headers["access-control-expose-headers"], "x-total");
+    assert_eq!(headers["vary"], "Origin");
+    let (status, _, headers) = node
+        .send(
+            node.http
+                .get(node.at("/web/a"))
+                .header("origin", "https://evil.example"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(headers.get("access-control-allow-origin").is_none());
+
+    // proxy-rewrite: path by regex, Host over pass_host, headers; the query stays.
+    let (status, body, _) = node
+        .send(
+            node.http
+                .get(node.at("/api/users/7?full=1"))
+                .header("x-secret", "s")
+                .header("x-tag", "client"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("/users-svc/7?full=1\n"), "{body}");
+    let got = app.received().pop().unwrap();
+    assert_eq!(got.header("host"), Some("internal.example:8443"));
+    assert_eq!(got.header("x-env"), Some("prod"));
+    assert!(got.header("x-secret").is_none());
+    let tags: Vec<&str> = got
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("x-tag"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(tags, ["client", "a"]);
+
+    // request-size-limit: an announced body over 8 bytes is refused before it is read.
+    let (status, _, _) = node
+        .send(node.http.post(node.at("/small")).body("12345678"))
+        .await;
+    assert_eq!(status, 200);
+    let before = app.received().len();
+    let (status, body, _) = node
+        .send(node.http.post(node.at("/small")).body("123456789"))
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("payload_too_large"), "{body}");
+    // Streamed (chunked) over the limit: refused, never delivered whole.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(node.listen).await.unwrap();
+        conn.write_all(
+            b"POST /small HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n12345\r\n5\r\n67890\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut answer = vec![0; 1024];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    }
+    assert!(
+        app.received()[before..].iter().all(|r| r.body.len() <= 8),
+        "a body over the limit reached the upstream"
+    );
+    node.stop().await;
+}

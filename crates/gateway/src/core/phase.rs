@@ -62,6 +62,9 @@ pub struct PhaseCtx {
     pub consumers: Option<Arc<Consumers>>,
     /// The route's chain with the consumer's plugins merged in.
     merged: Option<Arc<Chain>>,
+    /// The smallest request body limit a plugin set (request-size-limit); the engines
+    /// hold a streamed body to it as well as to the node's limit.
+    pub max_body: Option<u64>,
 }
 
 impl PhaseCtx {
@@ -77,17 +80,50 @@ impl PhaseCtx {
     }
 }
 
-/// Header changes a phase asks for: names removed, then values set (replacing any);
-/// for the request sent upstream, also a new query string.
+/// Header changes a phase asks for: names removed, then values set (replacing any),
+/// then values added; for the request sent upstream, also a new path and query string,
+/// and the `Host` (which the engines write per node: see [`HeaderEdits::host`]).
 #[derive(Debug, Default, Clone)]
 pub struct HeaderEdits {
     remove: Vec<HeaderName>,
     set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
     /// `Some(None)`: the query is dropped; `Some(Some(q))`: replaced by `q`.
     query: Option<Option<String>>,
+    path: Option<String>,
 }
 
 impl HeaderEdits {
+    /// Replaces the path sent upstream.
+    pub fn set_path(&mut self, path: String) {
+        self.path = Some(path);
+    }
+
+    /// The path to send upstream: the replacement, else `original`.
+    pub fn path<'a>(&'a self, original: &'a str) -> &'a str {
+        self.path.as_deref().unwrap_or(original)
+    }
+
+    /// Whether a phase replaced the path or the query.
+    pub fn replaces_target(&self) -> bool {
+        self.path.is_some() || self.query.is_some()
+    }
+
+    /// Appends a value of `name` (after what the message has).
+    pub fn add(&mut self, name: HeaderName, value: HeaderValue) {
+        self.add.push((name, value));
+    }
+
+    /// The `Host` a phase set for the upstream request: the engines send it instead of
+    /// the one the upstream's `pass_host` picks; [`HeaderEdits::write_set`] leaves it
+    /// out.
+    pub fn host(&self) -> Option<&str> {
+        self.set
+            .iter()
+            .find(|(n, _)| n == http::header::HOST)
+            .and_then(|(_, v)| v.to_str().ok())
+    }
+
     /// Replaces the request's query string (`None`: no query) upstream.
     pub fn set_query(&mut self, query: Option<String>) {
         self.query = Some(query);
@@ -101,11 +137,6 @@ impl HeaderEdits {
         }
     }
 
-    /// Whether a phase replaced the query.
-    pub fn replaces_query(&self) -> bool {
-        self.query.is_some()
-    }
-
     /// Sets `name` to `value`, replacing what the message had and what an earlier
     /// plugin set.
     pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
@@ -115,14 +146,19 @@ impl HeaderEdits {
         }
     }
 
-    /// Removes `name` from the message (and what an earlier plugin set).
+    /// Removes `name` from the message (and what an earlier plugin set or added).
     pub fn remove(&mut self, name: HeaderName) {
         self.set.retain(|(n, _)| *n != name);
+        self.add.retain(|(n, _)| *n != name);
         self.remove.push(name);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.set.is_empty() && self.query.is_none()
+        self.remove.is_empty()
+            && self.set.is_empty()
+            && self.add.is_empty()
+            && self.query.is_none()
+            && self.path.is_none()
     }
 
     /// Whether a header the engine would forward as it is is removed or replaced.
@@ -145,7 +181,7 @@ impl HeaderEdits {
     /// (status or request line, header lines, blank line): lines of touched names go,
     /// set ones are added before the blank line.
     pub fn apply_to_head(&self, head: &mut Vec<u8>) {
-        if self.remove.is_empty() && self.set.is_empty() {
+        if self.remove.is_empty() && self.set.is_empty() && self.add.is_empty() {
             return;
         }
         let mut out = Vec::with_capacity(head.len() + 64);
@@ -178,12 +214,23 @@ impl HeaderEdits {
         for (name, value) in &self.set {
             headers.insert(name.clone(), value.clone());
         }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
     }
 
-    /// Writes the set headers as header lines (the fast path, after the headers it
-    /// kept, which skipped every name [`touches`](Self::touches) names).
+    pub fn additions(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.add
+    }
+
+    /// Writes the set and added headers as header lines (the fast path, after the
+    /// headers it kept, which skipped every name [`touches`](Self::touches) names);
+    /// never `Host`, which the engine writes.
     pub fn write_set(&self, out: &mut Vec<u8>) {
-        for (name, value) in &self.set {
+        for (name, value) in self.set.iter().chain(&self.add) {
+            if name == http::header::HOST {
+                continue;
+            }
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());

@@ -208,7 +208,7 @@ where
         let mut line = Vec::with_capacity(64);
         line.extend_from_slice(parts.method.as_str().as_bytes());
         line.push(b' ');
-        line.extend_from_slice(routed.path.as_bytes());
+        line.extend_from_slice(upstream_edits.path(&routed.path).as_bytes());
         if let Some(query) = sent_query {
             line.push(b'?');
             line.extend_from_slice(query.as_bytes());
@@ -283,6 +283,7 @@ where
             input: &input,
             line: &line,
             client_host,
+            host_override: upstream_edits.host(),
             rest: &rest,
             body_start: &[],
             replay_safe: replay_is_safe(parts.method.as_str(), body_len),
@@ -296,7 +297,12 @@ where
             respond: &mut respond,
             chunked,
             body_rate: self.settings.body_rate,
-            max_body: self.settings.max_body_bytes,
+            max_body: log
+                .phase
+                .max_body
+                .map_or(self.settings.max_body_bytes, |m| {
+                    m.min(self.settings.max_body_bytes)
+                }),
             headers: &mut headers,
         };
         let exchanged = exchange(&self.idle, &outgoing, &mut client, &mut out, &mut up_buf).await;

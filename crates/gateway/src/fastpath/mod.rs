@@ -362,7 +362,7 @@ where
         let line = &mut scratch.line;
         line.extend_from_slice(head.method.as_bytes());
         line.push(b' ');
-        line.extend_from_slice(routed.path.as_bytes());
+        line.extend_from_slice(upstream_edits.path(&routed.path).as_bytes());
         if let Some(query) = upstream_edits.query(head.query) {
             line.push(b'?');
             line.extend_from_slice(query.as_bytes());
@@ -399,6 +399,7 @@ where
             input: &input,
             line: &scratch.line,
             client_host: head.host_header,
+            host_override: upstream_edits.host(),
             rest: &scratch.rest,
             body_start: &buf[head_len..used],
             replay_safe,

@@ -254,6 +254,8 @@ pub(super) struct Outgoing<'a> {
     pub line: &'a [u8],
     /// The Host the client sent, when `pass_host` keeps it.
     pub client_host: Option<&'a str>,
+    /// A plugin's `Host` (proxy-rewrite): sent instead of the one `pass_host` picks.
+    pub host_override: Option<&'a str>,
     /// The header lines after Host, with the blank line.
     pub rest: &'a [u8],
     /// Body bytes that came with the head.
@@ -323,7 +325,8 @@ pub(super) async fn exchange(
         out.extend_from_slice(req.line);
         out.extend_from_slice(b"Host: ");
         out.extend_from_slice(
-            upstream_host(pool, &pick)
+            req.host_override
+                .or_else(|| upstream_host(pool, &pick))
                 .or(req.client_host)
                 .unwrap_or("")
                 .as_bytes(),

@@ -6,14 +6,17 @@
 
 mod basic_auth;
 mod consumer_restriction;
+mod cors;
 mod ip_restriction;
 mod jwt_auth;
 mod key_auth;
 mod limit_count;
 mod prometheus;
+mod proxy_rewrite;
 mod redirect;
 pub mod redis;
 mod request_id;
+mod request_size_limit;
 
 use std::sync::Arc;
 
@@ -24,13 +27,16 @@ use crate::core::phase::Plugin;
 
 pub use basic_auth::BasicAuth;
 pub use consumer_restriction::ConsumerRestriction;
+pub use cors::Cors;
 pub use ip_restriction::IpRestriction;
 pub use jwt_auth::JwtAuth;
 pub use key_auth::KeyAuth;
 pub use limit_count::LimitCount;
 pub use prometheus::Prometheus;
+pub use proxy_rewrite::ProxyRewrite;
 pub use redirect::Redirect;
 pub use request_id::RequestId;
+pub use request_size_limit::RequestSizeLimit;
 
 /// Where a plugin runs: state shared beyond the node (Redis keys) is named by it.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +86,9 @@ pub fn compile(
         "jwt-auth" => Arc::new(JwtAuth::compile(&typed(config)?)?),
         "consumer-restriction" => Arc::new(ConsumerRestriction::compile(&typed(config)?)?),
         "limit-count" => Arc::new(LimitCount::compile(&typed(config)?, place)?),
+        "cors" => Arc::new(Cors::compile(&typed(config)?)?),
+        "request-size-limit" => Arc::new(RequestSizeLimit::compile(&typed(config)?)?),
+        "proxy-rewrite" => Arc::new(ProxyRewrite::compile(&typed(config)?)?),
         "prometheus" => Arc::new(Prometheus::compile(&typed(config)?, place.counters)?),
         other => return Err(format!("plugin {other:?} is not built into this gateway")),
     })
@@ -99,6 +108,9 @@ mod tests {
             ("consumer-restriction", r#"{"allowlist":["a"]}"#),
             ("limit-count", r#"{"count":1,"time_window":1}"#),
             ("prometheus", "{}"),
+            ("cors", "{}"),
+            ("request-size-limit", r#"{"max_body_bytes":10}"#),
+            ("proxy-rewrite", r#"{"uri":"/x"}"#),
         ];
         for info in model::plugin::CATALOG {
             let (_, config) = samples

@@ -328,8 +328,9 @@ pub fn comparable(
 
 /// What both differential tests start from: upstream `app` on `port`, a route
 /// `/admin/*` whose ip-restriction refuses loopback clients (403), `/get-only` for
-/// GET alone (405 otherwise), and `/keyed/*` behind key-auth (401 without the key
-/// [`DIFF_KEY`], which never reaches the upstream) and a limit (headers only).
+/// GET alone (405 otherwise), `/keyed/*` behind key-auth (401 without the key
+/// [`DIFF_KEY`], which never reaches the upstream) and a limit (headers only), and
+/// `/rw/*` with proxy-rewrite (path, Host, headers) and cors.
 /// The key of the differential tests' consumer.
 pub const DIFF_KEY: &str = "diff-key-0000";
 
@@ -339,6 +340,16 @@ pub async fn put_refusing_routes(node: &mut Node, port: u16) {
         json!({"id": "differ", "credentials": [
             {"type": "key-auth", "id": "k", "key_hash": model::consumer::hash_key(DIFF_KEY)}
         ]}),
+    )
+    .await;
+    node.put(
+        "routes/rewritten",
+        json!({"id": "rewritten", "paths": ["/rw/*"], "upstream_id": "app",
+               "plugins": {"proxy-rewrite": {"regex_uri": ["^/rw/(.*)", "/new/$1"],
+                                             "host": "inside.example",
+                                             "headers": {"set": {"x-set": "1"}, "add": {"x-add": "2"},
+                                                         "remove": ["x-drop"]}},
+                           "cors": {"allow_origins": ["https://o.example"]}}}),
     )
     .await;
     node.put(

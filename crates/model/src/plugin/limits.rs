@@ -1,4 +1,5 @@
-//! The configurations of the traffic limits: `limit-count` (local or Redis).
+//! The configurations of the traffic limits: `limit-count` (local or Redis) and
+//! `request-size-limit`.
 
 use serde::{Deserialize, Serialize};
 
@@ -178,6 +179,25 @@ impl PluginConfig for LimitCount {
                     "must be 1 to 1024 characters without control characters",
                 );
             }
+        }
+    }
+}
+
+/// A per-route limit on the request body (Kong's `request-size-limiting`): a body
+/// announced larger is refused with 413 before it is read; a chunked one is cut when
+/// it outgrows the limit. The node's own limit still applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSizeLimit {
+    /// Bytes (1 to 1 GiB).
+    #[schemars(range(min = 1, max = 1073741824))]
+    pub max_body_bytes: u64,
+}
+
+impl PluginConfig for RequestSizeLimit {
+    fn validate(&self, v: &mut Validator) {
+        if !(1..=1 << 30).contains(&self.max_body_bytes) {
+            v.error("max_body_bytes", "must be between 1 and 1073741824");
         }
     }
 }

@@ -14,6 +14,7 @@ mod effective;
 mod filters;
 mod limits;
 mod observability;
+mod transform;
 
 use std::collections::BTreeMap;
 
@@ -25,8 +26,9 @@ pub use effective::{
     consumer_layers, effective, route_layers, Effective, EffectivePlugin, Layer, Skipped, Source,
 };
 pub use filters::{IpRestriction, Redirect, RequestId};
-pub use limits::{LimitCount, LimitKey, Policy, RedisPolicy, Window};
+pub use limits::{LimitCount, LimitKey, Policy, RedisPolicy, RequestSizeLimit, Window};
 pub use observability::Prometheus;
+pub use transform::{Cors, HeaderChanges, ProxyRewrite};
 
 use crate::validate::{ValidationErrors, Validator};
 
@@ -191,6 +193,30 @@ pub const LIMIT_COUNT: PluginInfo = entry::<LimitCount>(
     "admits at most `count` requests per time window and key (fixed or sliding window)",
 );
 
+pub const CORS: PluginInfo = entry::<Cors>(
+    "cors",
+    4000,
+    &["access", "response_head"],
+    false,
+    "answers CORS preflights and adds the CORS headers for allowed origins",
+);
+
+pub const REQUEST_SIZE_LIMIT: PluginInfo = entry::<RequestSizeLimit>(
+    "request-size-limit",
+    1010,
+    &["access"],
+    false,
+    "refuses request bodies over a per-route size (413)",
+);
+
+pub const PROXY_REWRITE: PluginInfo = entry::<ProxyRewrite>(
+    "proxy-rewrite",
+    1008,
+    &["upstream_request"],
+    false,
+    "rewrites the path (with regex captures), Host and headers sent upstream",
+);
+
 pub const PROMETHEUS: PluginInfo = entry::<Prometheus>(
     "prometheus",
     500,
@@ -210,11 +236,14 @@ pub const REDIRECT: PluginInfo = entry::<Redirect>(
 /// Every plugin, by default priority (highest first).
 pub const CATALOG: &[PluginInfo] = &[
     REQUEST_ID,
+    CORS,
     IP_RESTRICTION,
     BASIC_AUTH,
     JWT_AUTH,
     KEY_AUTH,
     CONSUMER_RESTRICTION,
+    REQUEST_SIZE_LIMIT,
+    PROXY_REWRITE,
     LIMIT_COUNT,
     REDIRECT,
     PROMETHEUS,

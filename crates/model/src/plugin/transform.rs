@@ -1,0 +1,238 @@
+//! The configurations of the request and response transformations: `proxy-rewrite`
+//! and `cors`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::PluginConfig;
+use crate::route::http_token;
+use crate::validate::Validator;
+
+/// Header changes: `set` replaces (or adds) a header, `add` appends a value, `remove`
+/// drops every value. Applied in that order: remove, set, add.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderChanges {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// Names the engines own: framing and hop-by-hop headers a plugin must not write.
+const RESERVED: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+];
+
+impl HeaderChanges {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    fn validate(&self, v: &mut Validator, host_allowed: bool) {
+        let name_ok = |v: &mut Validator, field: String, name: &str| {
+            let lower = name.to_ascii_lowercase();
+            if name.len() > 128 || !http_token(name) {
+                v.error(&field, "must be a header name (1 to 128 token characters)");
+            } else if RESERVED.contains(&lower.as_str()) || (!host_allowed && lower == "host") {
+                v.error(
+                    &field,
+                    format!("{name} is set by the gateway, not by a plugin"),
+                );
+            }
+        };
+        for (list, map) in [("set", &self.set), ("add", &self.add)] {
+            for (name, value) in map {
+                name_ok(v, format!("{list}.{name}"), name);
+                if value.len() > 4096 || value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                    v.error(
+                        &format!("{list}.{name}"),
+                        "the value must be at most 4096 bytes without control characters",
+                    );
+                }
+            }
+        }
+        for (i, name) in self.remove.iter().enumerate() {
+            name_ok(v, format!("remove[{i}]"), name);
+        }
+    }
+}
+
+/// APISIX's `proxy-rewrite`: what is sent upstream instead of what the client sent:
+/// the path (`uri`, or `regex_uri` with captures), the `Host`, and headers. The query
+/// string is kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyRewrite {
+    /// The path sent upstream; `$uri` is the request's normalised path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// `[regex, template]`: a path matching the regex is sent as the template, `$1`,
+    /// `${2}`… from its captures; other paths are sent as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex_uri: Option<[String; 2]>,
+    /// The `Host` sent upstream (over the upstream's `pass_host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "HeaderChanges::is_empty")]
+    pub headers: HeaderChanges,
+}
+
+impl PluginConfig for ProxyRewrite {
+    fn validate(&self, v: &mut Validator) {
+        if self.uri.is_some() && self.regex_uri.is_some() {
+            v.error("uri", "give uri or regex_uri, not both");
+        }
+        if self.uri.is_none()
+            && self.regex_uri.is_none()
+            && self.host.is_none()
+            && self.headers.is_empty()
+        {
+            v.error("", "give uri, regex_uri, host or headers");
+        }
+        let path_ok = |p: &str| {
+            p.starts_with('/')
+                && p.len() <= 4096
+                && p.bytes()
+                    .all(|b| (0x21..0x7f).contains(&b) && b != b'?' && b != b'#')
+        };
+        if let Some(uri) = &self.uri {
+            if !path_ok(uri) {
+                v.error(
+                    "uri",
+                    "must be a path starting with / without spaces, ? or #",
+                );
+            }
+        }
+        if let Some([pattern, template]) = &self.regex_uri {
+            if let Err(e) = regex::Regex::new(pattern) {
+                v.error("regex_uri[0]", format!("not a valid regex: {e}"));
+            }
+            if !path_ok(template) {
+                v.error(
+                    "regex_uri[1]",
+                    "must be a path starting with / without spaces, ? or #",
+                );
+            }
+        }
+        if let Some(host) = &self.host {
+            let bare = host.rsplit_once(':').map_or(host.as_str(), |(h, port)| {
+                if port.parse::<u16>().is_ok() {
+                    h
+                } else {
+                    host
+                }
+            });
+            if !crate::validate::is_valid_host(bare) {
+                v.error(
+                    "host",
+                    "must be a host name or address, with an optional port",
+                );
+            }
+        }
+        v.at("headers", |v| self.headers.validate(v, false));
+    }
+}
+
+/// CORS (the Fetch standard): a preflight (`OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`) from an allowed origin is answered by the gateway;
+/// other responses to allowed origins carry `Access-Control-Allow-Origin` and the
+/// exposed headers. Requests from other origins are proxied without CORS headers (the
+/// browser then withholds the response).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cors {
+    /// Origins allowed (`https://app.example.com`), or `["*"]` for any.
+    #[serde(default = "Cors::any")]
+    pub allow_origins: Vec<String>,
+    /// Methods a preflight allows.
+    #[serde(default = "Cors::default_methods")]
+    pub allow_methods: Vec<String>,
+    /// Request headers a preflight allows (`["*"]`: whatever it asks for).
+    #[serde(default = "Cors::any")]
+    pub allow_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// Seconds a browser may cache a preflight (0 to 86400).
+    #[serde(default = "Cors::default_max_age")]
+    pub max_age: u32,
+    /// Credentials (cookies) allowed; needs explicit origins.
+    #[serde(default)]
+    pub allow_credentials: bool,
+}
+
+impl Cors {
+    fn any() -> Vec<String> {
+        vec!["*".to_owned()]
+    }
+
+    fn default_methods() -> Vec<String> {
+        ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+            .map(str::to_owned)
+            .to_vec()
+    }
+
+    fn default_max_age() -> u32 {
+        5
+    }
+}
+
+impl PluginConfig for Cors {
+    fn validate(&self, v: &mut Validator) {
+        if self.allow_origins.is_empty() {
+            v.error("allow_origins", "must list at least one origin, or \"*\"");
+        }
+        for (i, origin) in self.allow_origins.iter().enumerate() {
+            let ok = origin == "*"
+                || origin.split_once("://").is_some_and(|(scheme, rest)| {
+                    matches!(scheme, "http" | "https")
+                        && !rest.is_empty()
+                        && !rest.contains('/')
+                        && rest.bytes().all(|b| b.is_ascii_graphic())
+                });
+            if !ok {
+                v.error(
+                    &format!("allow_origins[{i}]"),
+                    "must be \"*\" or an origin like https://app.example.com (scheme, host, optional port)",
+                );
+            }
+        }
+        if self.allow_credentials && self.allow_origins.iter().any(|o| o == "*") {
+            v.error(
+                "allow_credentials",
+                "cannot be true with the origin \"*\" (browsers refuse it): list the origins",
+            );
+        }
+        for (i, method) in self.allow_methods.iter().enumerate() {
+            if !crate::route::METHODS.contains(&method.as_str()) {
+                v.error(
+                    &format!("allow_methods[{i}]"),
+                    "must be an HTTP method in capitals",
+                );
+            }
+        }
+        for (list, names) in [
+            ("allow_headers", &self.allow_headers),
+            ("expose_headers", &self.expose_headers),
+        ] {
+            for (i, name) in names.iter().enumerate() {
+                if name != "*" && (name.len() > 128 || !http_token(name)) {
+                    v.error(&format!("{list}[{i}]"), "must be a header name or \"*\"");
+                }
+            }
+        }
+        if self.max_age > 86_400 {
+            v.error("max_age", "must be at most 86400 seconds");
+        }
+    }
+}
