@@ -737,3 +737,104 @@ async fn cors_proxy_rewrite_and_request_size_limit() {
     );
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_req_limit_conn_api_breaker_and_fault_injection() {
+    // /slow answers after 300 ms, /fail with 502, anything else 200.
+    let app = ScriptedUpstream::start(|r| {
+        if r.target.contains("/slow") {
+            Answer {
+                delay: std::time::Duration::from_millis(300),
+                ..Answer::new(200, "slow")
+            }
+        } else if r.target.contains("/fail") {
+            Answer::new(502, "down")
+        } else {
+            Answer::new(200, "ok")
+        }
+    })
+    .await;
+    let mut node = Node::start().await;
+    node.put(
+        "upstreams/app",
+        json!({"id": "app", "nodes": [{"host": "127.0.0.1", "port": app.port(), "weight": 1}],
+               "retries": 0}),
+    )
+    .await;
+    let routes = [
+        (
+            "req",
+            json!({"limit-req": {"rate": 1, "key_type": "constant"}}),
+        ),
+        (
+            "conn",
+            json!({"limit-conn": {"conn": 2, "key_type": "constant"}}),
+        ),
+        (
+            "breaker",
+            json!({"api-breaker": {"unhealthy": {"http_statuses": [502], "count": 2}}}),
+        ),
+        (
+            "fault",
+            json!({"fault-injection": {
+            "abort": {"http_status": 418, "body": "injected"},
+            "delay": {"duration_ms": 200},
+            "match_headers": {"x-chaos": "on"}}}),
+        ),
+    ];
+    for (id, plugins) in routes {
+        node.put(
+            &format!("routes/{id}"),
+            json!({"id": id, "paths": [format!("/{id}/*")], "upstream_id": "app", "plugins": plugins}),
+        )
+        .await;
+    }
+    node.until("/fault/warm", 200, "ok").await;
+
+    // limit-req: 1/s without burst: the second request at once is refused.
+    let (first, _, _) = node.get("GET", "/req/a").await;
+    let (second, body, _) = node.get("GET", "/req/a").await;
+    assert_eq!((first, second), (200, 429), "{body}");
+
+    // limit-conn: 4 at once against 2 slots; slots come back when requests end.
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, url) = (node.http.clone(), node.at("/conn/slow"));
+            tokio::spawn(async move {
+                http.get(url)
+                    .header("host", "api.example.com:8080")
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for call in calls {
+        statuses.push(call.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    assert_eq!(node.get("GET", "/conn/slow").await.0, 200);
+
+    // api-breaker: two 502s in a row break the route (503, the upstream spared).
+    assert_eq!(node.get("GET", "/breaker/fail").await.0, 502);
+    assert_eq!(node.get("GET", "/breaker/fail").await.0, 502);
+    let before = app.received().len();
+    let (status, body, _) = node.get("GET", "/breaker/ok").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("circuit_open"), "{body}");
+    assert_eq!(app.received().len(), before);
+
+    // fault-injection: only requests with the header, delayed then aborted.
+    assert_eq!(node.get("GET", "/fault/a").await.0, 200);
+    let started = std::time::Instant::now();
+    let (status, body, _) = node
+        .send(node.http.get(node.at("/fault/a")).header("x-chaos", "on"))
+        .await;
+    assert_eq!((status, body.as_str()), (418, "injected"));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+    node.stop().await;
+}

@@ -65,6 +65,18 @@ pub struct PhaseCtx {
     /// The smallest request body limit a plugin set (request-size-limit); the engines
     /// hold a streamed body to it as well as to the node's limit.
     pub max_body: Option<u64>,
+    /// What plugins hold until the request ends (limit-conn's slot): dropped with the
+    /// context, however the request ends.
+    held: Vec<Held>,
+}
+
+/// Something a plugin holds for the request's lifetime.
+struct Held(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl fmt::Debug for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Held")
+    }
 }
 
 impl PhaseCtx {
@@ -77,6 +89,11 @@ impl PhaseCtx {
 
     pub fn get(&self, key: &str) -> Option<&HeaderValue> {
         self.vars.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// Keeps `guard` until the request ends; its `Drop` runs then.
+    pub fn hold(&mut self, guard: impl Send + Sync + 'static) {
+        self.held.push(Held(Box::new(guard)));
     }
 }
 

@@ -19,14 +19,14 @@
 //! expiring after two windows. While Redis is down or slower than `timeout_ms` the
 //! node counts in its memory (`plugins::redis`).
 
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use http::{HeaderName, HeaderValue};
-use model::plugin::{LimitKey, Policy, Window};
+use model::plugin::{Policy, Window};
 
+use super::keys::{Key, KeySpec, SHARDS};
 use super::redis::RedisLink;
 use super::PluginPlace;
 use crate::core::phase::{HeaderEdits, PhaseCtx, Plugin, RequestView};
@@ -34,16 +34,6 @@ use crate::core::refusal::Refusal;
 use crate::runtime::NodeCounters;
 
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-
-const SHARDS: usize = 16;
-
-/// What requests share a counter.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Ip(IpAddr),
-    Text(Box<str>),
-    Constant,
-}
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Counter {
@@ -105,8 +95,7 @@ pub struct LimitCount {
     count: u64,
     window_ms: u64,
     sliding: bool,
-    key: LimitKey,
-    header: Option<HeaderName>,
+    key: KeySpec,
     status: u16,
     message: Arc<str>,
     show_headers: bool,
@@ -149,19 +138,11 @@ impl LimitCount {
             (Policy::Redis, None) => return Err("redis: required with policy redis".to_owned()),
             (Policy::Local, _) => None,
         };
-        let header = match &config.header {
-            Some(name) => Some(
-                HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| "header: not a header name".to_owned())?,
-            ),
-            None => None,
-        };
         Ok(Self {
             count: config.count,
             window_ms: config.time_window * 1000,
             sliding: config.window == Window::Sliding,
-            key: config.key_type,
-            header,
+            key: KeySpec::new(config.key_type, &config.header)?,
             status: config.rejected_code,
             message: config
                 .rejected_msg
@@ -174,41 +155,12 @@ impl LimitCount {
         })
     }
 
-    fn key(&self, req: &RequestView<'_>, ctx: &PhaseCtx) -> Key {
-        let ip = || req.client_ip.map_or(Key::Constant, Key::Ip);
-        match self.key {
-            LimitKey::RemoteAddr => ip(),
-            LimitKey::Consumer => match &ctx.consumer {
-                Some(consumer) => Key::Text(format!("consumer:{}", consumer.id).into()),
-                None => ip(),
-            },
-            LimitKey::Header => match self
-                .header
-                .as_ref()
-                .and_then(|h| req.headers.get(h))
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(value) => Key::Text(value.into()),
-                None => ip(),
-            },
-            LimitKey::Route => Key::Text(req.scope.route_id.as_str().into()),
-            LimitKey::Service => Key::Text(
-                req.scope
-                    .service_id
-                    .as_deref()
-                    .unwrap_or(&req.scope.route_id)
-                    .into(),
-            ),
-            LimitKey::Constant => Key::Constant,
-        }
-    }
-
     /// Counts one request of `key` at `now_ms` (Unix milliseconds).
     fn hit(&self, key: Key, now_ms: u64) -> Verdict {
         let window = now_ms / self.window_ms;
         let into = now_ms % self.window_ms;
         let reset = (self.window_ms - into).div_ceil(1000).max(1);
-        let shard = &self.shards[shard_of(&key)];
+        let shard = &self.shards[key.shard()];
         let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
         if shard.counters.len() > 1024 && shard.counters.len() >= shard.swept_at * 2 {
             // Counters of finished windows (the previous one is kept for sliding).
@@ -253,11 +205,7 @@ impl LimitCount {
     async fn hit_shared(&self, shared: &Shared, key: &Key, now_ms: u64) -> Option<Verdict> {
         let window = now_ms / self.window_ms;
         let into = now_ms % self.window_ms;
-        let key = match key {
-            Key::Ip(ip) => ip.to_string(),
-            Key::Text(text) => text.to_string(),
-            Key::Constant => String::new(),
-        };
+        let key = key.text();
         let current = format!("{}:{key}:{window}", shared.prefix);
         let previous = format!("{}:{key}:{}", shared.prefix, window.saturating_sub(1));
         let (admitted, remaining): (i64, i64) = shared
@@ -317,11 +265,6 @@ impl LimitCount {
     }
 }
 
-fn shard_of(key: &Key) -> usize {
-    use std::hash::BuildHasher;
-    (foldhash::fast::FixedState::default().hash_one(key) as usize) % SHARDS
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -334,11 +277,11 @@ impl Plugin for LimitCount {
     }
 
     fn reads_headers(&self) -> bool {
-        self.key == LimitKey::Header
+        self.key.reads_headers()
     }
 
     fn access(&self, req: &RequestView<'_>, ctx: &mut PhaseCtx) -> Result<(), Refusal> {
-        let verdict = self.hit(self.key(req, ctx), now_ms());
+        let verdict = self.hit(self.key.of(req, ctx), now_ms());
         self.answer(verdict, ctx)
     }
 
@@ -352,7 +295,7 @@ impl Plugin for LimitCount {
         ctx: &'a mut PhaseCtx,
     ) -> BoxFuture<'a, Result<(), Refusal>> {
         Box::pin(async move {
-            let key = self.key(req, ctx);
+            let key = self.key.of(req, ctx);
             let now = now_ms();
             let verdict = match &self.shared {
                 Some(shared) => match self.hit_shared(shared, &key, now).await {

@@ -4,13 +4,18 @@
 //! while the plugin's configuration and place stay the same, so its state (counters)
 //! survives other changes.
 
+mod api_breaker;
 mod basic_auth;
 mod consumer_restriction;
 mod cors;
+mod fault_injection;
 mod ip_restriction;
 mod jwt_auth;
 mod key_auth;
+mod keys;
+mod limit_conn;
 mod limit_count;
+mod limit_req;
 mod prometheus;
 mod proxy_rewrite;
 mod redirect;
@@ -25,13 +30,17 @@ use model::validate::Validator;
 
 use crate::core::phase::Plugin;
 
+pub use api_breaker::ApiBreaker;
 pub use basic_auth::BasicAuth;
 pub use consumer_restriction::ConsumerRestriction;
 pub use cors::Cors;
+pub use fault_injection::FaultInjection;
 pub use ip_restriction::IpRestriction;
 pub use jwt_auth::JwtAuth;
 pub use key_auth::KeyAuth;
+pub use limit_conn::LimitConn;
 pub use limit_count::LimitCount;
+pub use limit_req::LimitReq;
 pub use prometheus::Prometheus;
 pub use proxy_rewrite::ProxyRewrite;
 pub use redirect::Redirect;
@@ -87,6 +96,10 @@ pub fn compile(
         "consumer-restriction" => Arc::new(ConsumerRestriction::compile(&typed(config)?)?),
         "limit-count" => Arc::new(LimitCount::compile(&typed(config)?, place)?),
         "cors" => Arc::new(Cors::compile(&typed(config)?)?),
+        "fault-injection" => Arc::new(FaultInjection::compile(&typed(config)?)?),
+        "limit-req" => Arc::new(LimitReq::compile(&typed(config)?)?),
+        "limit-conn" => Arc::new(LimitConn::compile(&typed(config)?)?),
+        "api-breaker" => Arc::new(ApiBreaker::compile(&typed(config)?)?),
         "request-size-limit" => Arc::new(RequestSizeLimit::compile(&typed(config)?)?),
         "proxy-rewrite" => Arc::new(ProxyRewrite::compile(&typed(config)?)?),
         "prometheus" => Arc::new(Prometheus::compile(&typed(config)?, place.counters)?),
@@ -109,6 +122,10 @@ mod tests {
             ("limit-count", r#"{"count":1,"time_window":1}"#),
             ("prometheus", "{}"),
             ("cors", "{}"),
+            ("fault-injection", r#"{"abort":{"http_status":503}}"#),
+            ("limit-req", r#"{"rate":1}"#),
+            ("limit-conn", r#"{"conn":1}"#),
+            ("api-breaker", "{}"),
             ("request-size-limit", r#"{"max_body_bytes":10}"#),
             ("proxy-rewrite", r#"{"uri":"/x"}"#),
         ];

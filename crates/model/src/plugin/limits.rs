@@ -1,5 +1,5 @@
-//! The configurations of the traffic limits: `limit-count` (local or Redis) and
-//! `request-size-limit`.
+//! The configurations of traffic control: `limit-count` (local or Redis), `limit-req`,
+//! `limit-conn`, `api-breaker` and `request-size-limit`.
 
 use serde::{Deserialize, Serialize};
 
@@ -153,33 +153,14 @@ impl PluginConfig for LimitCount {
         if !(1..=86_400).contains(&self.time_window) {
             v.error("time_window", "must be between 1 and 86400 seconds");
         }
-        match (&self.key_type, &self.header) {
-            (LimitKey::Header, None) => v.error("header", "is required with key_type header"),
-            (LimitKey::Header, Some(name)) if name.len() > 128 || !http_token(name) => v.error(
-                "header",
-                "must be a header name (1 to 128 token characters)",
-            ),
-            (LimitKey::Header, Some(_)) => {}
-            (_, Some(_)) => v.error("header", "is read only with key_type header"),
-            (_, None) => {}
-        }
+        check_key(v, self.key_type, &self.header);
         match (self.policy, &self.redis) {
             (Policy::Redis, None) => v.error("redis", "is required with policy redis"),
             (Policy::Redis, Some(redis)) => v.at("redis", |v| redis.validate(v)),
             (Policy::Local, Some(_)) => v.error("redis", "is read only with policy redis"),
             (Policy::Local, None) => {}
         }
-        if !(400..=599).contains(&self.rejected_code) {
-            v.error("rejected_code", "must be between 400 and 599");
-        }
-        if let Some(message) = &self.rejected_msg {
-            if message.is_empty() || message.len() > 1024 || message.chars().any(char::is_control) {
-                v.error(
-                    "rejected_msg",
-                    "must be 1 to 1024 characters without control characters",
-                );
-            }
-        }
+        check_refusal(v, self.rejected_code, &self.rejected_msg);
     }
 }
 
@@ -198,6 +179,189 @@ impl PluginConfig for RequestSizeLimit {
     fn validate(&self, v: &mut Validator) {
         if !(1..=1 << 30).contains(&self.max_body_bytes) {
             v.error("max_body_bytes", "must be between 1 and 1073741824");
+        }
+    }
+}
+
+fn check_key(v: &mut Validator, key_type: LimitKey, header: &Option<String>) {
+    match (key_type, header) {
+        (LimitKey::Header, None) => v.error("header", "is required with key_type header"),
+        (LimitKey::Header, Some(name)) if name.len() > 128 || !http_token(name) => v.error(
+            "header",
+            "must be a header name (1 to 128 token characters)",
+        ),
+        (LimitKey::Header, Some(_)) => {}
+        (_, Some(_)) => v.error("header", "is read only with key_type header"),
+        (_, None) => {}
+    }
+}
+
+fn check_refusal(v: &mut Validator, code: u16, message: &Option<String>) {
+    if !(400..=599).contains(&code) {
+        v.error("rejected_code", "must be between 400 and 599");
+    }
+    if let Some(message) = message {
+        if message.is_empty() || message.len() > 1024 || message.chars().any(char::is_control) {
+            v.error(
+                "rejected_msg",
+                "must be 1 to 1024 characters without control characters",
+            );
+        }
+    }
+}
+
+/// nginx's `limit_req` (APISIX's `limit-req`): a leaky bucket per key draining `rate`
+/// requests per second. Up to `burst` requests above the rate are let in — delayed
+/// until the bucket drained enough (`nodelay` false) or at once (`nodelay` true); the
+/// rest are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitReq {
+    /// Requests per second (more than 0, at most 1e6).
+    pub rate: f64,
+    /// Requests above the rate let in (0 to 1e6).
+    #[serde(default)]
+    pub burst: f64,
+    #[serde(default)]
+    pub key_type: LimitKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub nodelay: bool,
+    #[serde(default = "LimitCount::default_code")]
+    pub rejected_code: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_msg: Option<String>,
+}
+
+impl PluginConfig for LimitReq {
+    fn validate(&self, v: &mut Validator) {
+        if !(self.rate > 0.0 && self.rate <= 1e6) {
+            v.error("rate", "must be > 0 and at most 1000000");
+        }
+        if !(0.0..=1e6).contains(&self.burst) {
+            v.error("burst", "must be between 0 and 1000000");
+        }
+        check_key(v, self.key_type, &self.header);
+        check_refusal(v, self.rejected_code, &self.rejected_msg);
+    }
+}
+
+/// APISIX's `limit-conn`: at most `conn` requests of a key in progress at once; more
+/// are refused. A request counts from its access phase until it ends, however it ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConn {
+    /// Requests in progress per key (1 to 1e6).
+    #[schemars(range(min = 1, max = 1000000))]
+    pub conn: u32,
+    #[serde(default)]
+    pub key_type: LimitKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default = "LimitCount::default_code")]
+    pub rejected_code: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_msg: Option<String>,
+}
+
+impl PluginConfig for LimitConn {
+    fn validate(&self, v: &mut Validator) {
+        if !(1..=1_000_000).contains(&self.conn) {
+            v.error("conn", "must be between 1 and 1000000");
+        }
+        check_key(v, self.key_type, &self.header);
+        check_refusal(v, self.rejected_code, &self.rejected_msg);
+    }
+}
+
+/// Statuses and how many in a row make a verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerThreshold {
+    pub http_statuses: Vec<u16>,
+    /// In a row (1 to 1000).
+    #[schemars(range(min = 1, max = 1000))]
+    pub count: u32,
+}
+
+/// APISIX's `api-breaker`, a circuit breaker per route: after `unhealthy.count`
+/// responses in a row with an unhealthy status the route is broken — answered with
+/// `break_response_code` — for 2 s, then for twice as long at each new break, up to
+/// `max_breaker_sec`. After a break one probe request at a time goes through
+/// (half-open): `healthy.count` healthy responses in a row close the breaker, an
+/// unhealthy one breaks it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiBreaker {
+    #[serde(default = "ApiBreaker::default_code")]
+    pub break_response_code: u16,
+    #[serde(default = "ApiBreaker::default_unhealthy")]
+    pub unhealthy: BreakerThreshold,
+    #[serde(default = "ApiBreaker::default_healthy")]
+    pub healthy: BreakerThreshold,
+    /// Longest break, in seconds (3 to 86400).
+    #[serde(default = "ApiBreaker::default_max")]
+    pub max_breaker_sec: u64,
+}
+
+impl ApiBreaker {
+    fn default_code() -> u16 {
+        503
+    }
+    fn default_unhealthy() -> BreakerThreshold {
+        BreakerThreshold {
+            http_statuses: vec![500, 502, 503, 504],
+            count: 3,
+        }
+    }
+    fn default_healthy() -> BreakerThreshold {
+        BreakerThreshold {
+            http_statuses: vec![200],
+            count: 3,
+        }
+    }
+    fn default_max() -> u64 {
+        300
+    }
+}
+
+impl PluginConfig for ApiBreaker {
+    fn validate(&self, v: &mut Validator) {
+        if !(200..=599).contains(&self.break_response_code) {
+            v.error("break_response_code", "must be between 200 and 599");
+        }
+        for (field, threshold) in [("unhealthy", &self.unhealthy), ("healthy", &self.healthy)] {
+            v.at(field, |v| {
+                if threshold.http_statuses.is_empty() {
+                    v.error("http_statuses", "must list at least one status");
+                }
+                for (i, status) in threshold.http_statuses.iter().enumerate() {
+                    if !(100..=599).contains(status) {
+                        v.error(
+                            &format!("http_statuses[{i}]"),
+                            "must be between 100 and 599",
+                        );
+                    }
+                }
+                if !(1..=1000).contains(&threshold.count) {
+                    v.error("count", "must be between 1 and 1000");
+                }
+            });
+        }
+        if self
+            .unhealthy
+            .http_statuses
+            .iter()
+            .any(|s| self.healthy.http_statuses.contains(s))
+        {
+            v.error(
+                "healthy.http_statuses",
+                "must not share a status with unhealthy",
+            );
+        }
+        if !(3..=86_400).contains(&self.max_breaker_sec) {
+            v.error("max_breaker_sec", "must be between 3 and 86400");
         }
     }
 }

@@ -26,9 +26,12 @@ pub use effective::{
     consumer_layers, effective, route_layers, Effective, EffectivePlugin, Layer, Skipped, Source,
 };
 pub use filters::{IpRestriction, Redirect, RequestId};
-pub use limits::{LimitCount, LimitKey, Policy, RedisPolicy, RequestSizeLimit, Window};
+pub use limits::{
+    ApiBreaker, BreakerThreshold, LimitConn, LimitCount, LimitKey, LimitReq, Policy, RedisPolicy,
+    RequestSizeLimit, Window,
+};
 pub use observability::Prometheus;
-pub use transform::{Cors, HeaderChanges, ProxyRewrite};
+pub use transform::{Cors, FaultAbort, FaultDelay, FaultInjection, HeaderChanges, ProxyRewrite};
 
 use crate::validate::{ValidationErrors, Validator};
 
@@ -217,6 +220,38 @@ pub const PROXY_REWRITE: PluginInfo = entry::<ProxyRewrite>(
     "rewrites the path (with regex captures), Host and headers sent upstream",
 );
 
+pub const FAULT_INJECTION: PluginInfo = entry::<FaultInjection>(
+    "fault-injection",
+    11000,
+    &["access"],
+    false,
+    "aborts or delays a share of the requests (resilience tests)",
+);
+
+pub const LIMIT_CONN: PluginInfo = entry::<LimitConn>(
+    "limit-conn",
+    1003,
+    &["access", "log"],
+    false,
+    "admits at most `conn` requests of a key in progress at once",
+);
+
+pub const LIMIT_REQ: PluginInfo = entry::<LimitReq>(
+    "limit-req",
+    1001,
+    &["access"],
+    false,
+    "a leaky bucket per key: `rate` requests per second, `burst` above it delayed or let in",
+);
+
+pub const API_BREAKER: PluginInfo = entry::<ApiBreaker>(
+    "api-breaker",
+    1005,
+    &["access", "log"],
+    false,
+    "a circuit breaker: breaks the route after unhealthy responses in a row, probes it half-open",
+);
+
 pub const PROMETHEUS: PluginInfo = entry::<Prometheus>(
     "prometheus",
     500,
@@ -236,6 +271,7 @@ pub const REDIRECT: PluginInfo = entry::<Redirect>(
 /// Every plugin, by default priority (highest first).
 pub const CATALOG: &[PluginInfo] = &[
     REQUEST_ID,
+    FAULT_INJECTION,
     CORS,
     IP_RESTRICTION,
     BASIC_AUTH,
@@ -244,7 +280,10 @@ pub const CATALOG: &[PluginInfo] = &[
     CONSUMER_RESTRICTION,
     REQUEST_SIZE_LIMIT,
     PROXY_REWRITE,
+    API_BREAKER,
+    LIMIT_CONN,
     LIMIT_COUNT,
+    LIMIT_REQ,
     REDIRECT,
     PROMETHEUS,
 ];

@@ -236,3 +236,75 @@ impl PluginConfig for Cors {
         }
     }
 }
+
+/// Fault injection for resilience tests (APISIX's `fault-injection`): abort requests
+/// with a status, or delay them, each for a share of the requests (`percentage`) and
+/// only for requests whose headers match `match_headers` (all of them, exact values).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultInjection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbort {
+    pub http_status: u16,
+    #[serde(default)]
+    pub body: String,
+    /// Share of the requests, 0 to 100 (100 when left out).
+    #[serde(default = "FaultInjection::all")]
+    pub percentage: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelay {
+    /// Milliseconds (1 to 60000).
+    pub duration_ms: u64,
+    #[serde(default = "FaultInjection::all")]
+    pub percentage: u8,
+}
+
+impl FaultInjection {
+    fn all() -> u8 {
+        100
+    }
+}
+
+impl PluginConfig for FaultInjection {
+    fn validate(&self, v: &mut Validator) {
+        if self.abort.is_none() && self.delay.is_none() {
+            v.error("", "give abort, delay or both");
+        }
+        if let Some(abort) = &self.abort {
+            if !(200..=599).contains(&abort.http_status) {
+                v.error("abort.http_status", "must be between 200 and 599");
+            }
+            if abort.body.len() > 65_536 {
+                v.error("abort.body", "must be at most 65536 bytes");
+            }
+            if abort.percentage > 100 {
+                v.error("abort.percentage", "must be between 0 and 100");
+            }
+        }
+        if let Some(delay) = &self.delay {
+            if !(1..=60_000).contains(&delay.duration_ms) {
+                v.error("delay.duration_ms", "must be between 1 and 60000");
+            }
+            if delay.percentage > 100 {
+                v.error("delay.percentage", "must be between 0 and 100");
+            }
+        }
+        for name in self.match_headers.keys() {
+            if name.len() > 128 || !http_token(name) {
+                v.error(&format!("match_headers.{name}"), "must be a header name");
+            }
+        }
+    }
+}
