@@ -11,6 +11,7 @@
 //! portico_config_revision                                    gauge
 //! portico_config_skipped_objects                             gauge
 //! portico_redis_fallbacks_total                              counter
+//! portico_log_lines_dropped_total                            counter
 //! ```
 
 use std::sync::atomic::Ordering;
@@ -136,6 +137,11 @@ impl Metrics {
             "redis_fallbacks",
             "Requests counted in memory because their Redis was down or slow",
             ConstCounter::new(config.counters.redis_fallbacks.load(Ordering::Relaxed)),
+        );
+        registry.register(
+            "log_lines_dropped",
+            "Access-log lines dropped because a sink's queue was full",
+            ConstCounter::new(config.counters.log_dropped.load(Ordering::Relaxed)),
         );
         let mut out = String::new();
         // Writing to a String cannot fail.

@@ -40,7 +40,9 @@ use tokio::sync::Notify;
 use crate::balancer::{HashInput, Outcome, Pick, UpstreamPool};
 use crate::core::head::{self, Limits};
 use crate::core::headers::{append_forwarded_for, nominated, upstream_host};
-use crate::core::phase::{Chain, HeaderEdits, LogRecord, PhaseCtx, RequestView, NO_SCOPE};
+use crate::core::phase::{
+    Chain, Compress, HeaderEdits, LogRecord, PhaseCtx, RequestView, NO_SCOPE,
+};
 use crate::core::refusal::Refusal;
 use crate::core::retry::{replay_is_safe, AfterFailure, Attempts};
 use crate::core::route::{find_route, run_access, Incoming, Routed};
@@ -204,7 +206,23 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let refusal = match self.route(session, ctx).await {
-            Ok(()) => return Ok(false),
+            Ok(()) => {
+                // gzip / brotli: Pingora's compression, negotiated per request.
+                for (algorithm, level) in &ctx.phase.compression {
+                    let algorithm = match algorithm {
+                        Compress::Gzip => {
+                            pingora_core::protocols::http::compression::Algorithm::Gzip
+                        }
+                        Compress::Brotli => {
+                            pingora_core::protocols::http::compression::Algorithm::Brotli
+                        }
+                    };
+                    session
+                        .upstream_compression
+                        .adjust_algorithm_level(algorithm, *level);
+                }
+                return Ok(false);
+            }
             Err(refusal) => refusal,
         };
         // Refusals of a well-formed request keep the connection open; a request whose

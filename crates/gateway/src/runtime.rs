@@ -66,6 +66,8 @@ pub struct NodeCounters {
     pub redis_fallbacks: std::sync::atomic::AtomicU64,
     /// The request metrics the `prometheus` plugin records.
     pub metrics: crate::metrics::Metrics,
+    /// Access-log lines dropped because a sink's queue was full.
+    pub log_dropped: std::sync::atomic::AtomicU64,
 }
 
 /// Something in the store that is not served as written, and why.

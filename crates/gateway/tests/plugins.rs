@@ -838,3 +838,226 @@ async fn limit_req_limit_conn_api_breaker_and_fault_injection() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(200));
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traceparent_and_compression() {
+    let big = "compressible ".repeat(400);
+    let answer = big.clone();
+    let app = ScriptedUpstream::start(move |r| {
+        if r.target.starts_with("/zip") {
+            Answer::new(200, answer.clone()).with_header("content-type", "text/plain")
+        } else {
+            Answer::new(200, r.header("traceparent").unwrap_or("none").to_owned())
+        }
+    })
+    .await;
+    let mut node = Node::start().await;
+    node.put(
+        "upstreams/app",
+        json!({"id": "app", "nodes": [{"host": "127.0.0.1", "port": app.port(), "weight": 1}]}),
+    )
+    .await;
+    node.put(
+        "routes/trace",
+        json!({"id": "trace", "paths": ["/trace"], "upstream_id": "app",
+               "plugins": {"traceparent": {}}}),
+    )
+    .await;
+    node.put(
+        "routes/zip",
+        json!({"id": "zip", "paths": ["/zip"], "upstream_id": "app",
+               "plugins": {"gzip": {"comp_level": 6}, "brotli": {}}}),
+    )
+    .await;
+    node.until("/trace", 200, "").await;
+
+    // Started here: a sampled trace with fresh ids.
+    let (_, started, _) = node.get("GET", "/trace").await;
+    let parts: Vec<&str> = started.split('-').collect();
+    assert_eq!(parts.len(), 4, "{started}");
+    assert_eq!(
+        (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+        ("00", 32, 16, "01")
+    );
+    // Continued: the trace id and flags stay, the parent is the gateway's span.
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let (_, continued, _) = node
+        .send(
+            node.http
+                .get(node.at("/trace"))
+                .header("traceparent", incoming),
+        )
+        .await;
+    assert!(
+        continued.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{continued}"
+    );
+    assert!(
+        continued.ends_with("-00") && !continued.contains("00f067aa0ba902b7"),
+        "{continued}"
+    );
+    // Invalid: a new trace.
+    let (_, replaced, _) = node
+        .send(
+            node.http
+                .get(node.at("/trace"))
+                .header("traceparent", "00-zz-1-01"),
+        )
+        .await;
+    assert!(
+        !replaced.contains("zz") && replaced.len() == 55,
+        "{replaced}"
+    );
+
+    // Compression, negotiated: gzip, brotli, or none.
+    for (accept, encoding) in [
+        ("gzip", Some("gzip")),
+        ("br", Some("br")),
+        ("identity", None),
+    ] {
+        let response = node
+            .http
+            .get(node.at("/zip"))
+            .header("host", "api.example.com:8080")
+            .header("accept-encoding", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let got = response
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(got.as_deref(), encoding, "{accept}");
+        let body = response.bytes().await.unwrap();
+        if encoding.is_some() {
+            assert!(body.len() < big.len() / 4, "{accept}: {} bytes", body.len());
+        } else {
+            assert_eq!(body, big.as_bytes());
+        }
+    }
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_logs_reach_files_and_http_endpoints() {
+    let app = echo().await;
+    let collector = ScriptedUpstream::start(|_| Answer::new(200, "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let mut node = Node::start().await;
+    node.put(
+        "upstreams/app",
+        json!({"id": "app", "nodes": [{"host": "127.0.0.1", "port": app.port(), "weight": 1}]}),
+    )
+    .await;
+    put_consumers(&mut node).await;
+    node.put(
+        "routes/logged",
+        json!({"id": "logged", "paths": ["/logged/*"], "upstream_id": "app",
+               "plugins": {"key-auth": {}, "request-id": {},
+                           "file-logger": {"path": path.to_str().unwrap()},
+                           "http-logger": {"uri": format!("http://127.0.0.1:{}/logs", collector.port()),
+                                           "batch_max_size": 2, "inactive_timeout_ms": 100}}}),
+    )
+    .await;
+    node.until("/logged/warm", 401, "").await;
+    let (status, _, _) = node
+        .send(
+            node.http
+                .get(node.at("/logged/a?x=1"))
+                .header("apikey", "alice-key-000"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let lines = || {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let mut logged = Vec::new();
+    for _ in 0..100 {
+        logged = lines();
+        if logged.iter().any(|l| l["status"] == 200) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let ok = logged
+        .iter()
+        .find(|l| l["status"] == 200)
+        .expect("the 200 is logged");
+    assert_eq!(ok["route"], "logged");
+    assert_eq!(ok["consumer"], "alice");
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["path"], "/logged/a?x=1");
+    assert_eq!(ok["request_id"].as_str().map(str::len), Some(36));
+    assert!(ok["upstream_ms"].as_f64().is_some());
+    let refused = logged
+        .iter()
+        .find(|l| l["status"] == 401)
+        .expect("refusals are logged");
+    assert_eq!(refused["consumer"], serde_json::Value::Null);
+    assert!(!std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("alice-key-000"));
+
+    // logrotate: renamed away, a new file is started; SIGUSR1: opened again.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    let mut fresh = false;
+    for _ in 0..100 {
+        node.get("GET", "/logged/rotated").await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if lines().iter().any(|l| l["path"] == "/logged/rotated") {
+            fresh = true;
+            break;
+        }
+    }
+    assert!(fresh, "a renamed log is followed by a new file");
+    let kept = std::fs::read_to_string(&rotated).unwrap();
+    assert!(kept.contains("/logged/a?x=1"));
+    let status = std::process::Command::new("kill")
+        .args(["-USR1", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    node.get("GET", "/logged/after-signal").await;
+    let mut after = false;
+    for _ in 0..100 {
+        if lines().iter().any(|l| l["path"] == "/logged/after-signal") {
+            after = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(after, "the log goes on after SIGUSR1");
+
+    // The HTTP endpoint got JSON arrays of at most two lines.
+    let mut batches = Vec::new();
+    for _ in 0..100 {
+        batches = collector.received();
+        let total: usize = batches
+            .iter()
+            .map(|b| {
+                serde_json::from_slice::<Vec<serde_json::Value>>(&b.body)
+                    .unwrap()
+                    .len()
+            })
+            .sum();
+        if total >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!batches.is_empty());
+    for batch in &batches {
+        assert_eq!(batch.method, "POST");
+        let lines: Vec<serde_json::Value> = serde_json::from_slice(&batch.body).unwrap();
+        assert!((1..=2).contains(&lines.len()));
+        assert!(lines.iter().all(|l| l["route"] == "logged"));
+    }
+    node.stop().await;
+}

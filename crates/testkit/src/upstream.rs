@@ -101,6 +101,8 @@ pub struct Answer {
     pub body: String,
     /// Wait this long before answering (timeouts).
     pub delay: std::time::Duration,
+    /// Header fields besides Content-Length.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Answer {
@@ -109,7 +111,14 @@ impl Answer {
             status,
             body: body.into(),
             delay: std::time::Duration::ZERO,
+            headers: Vec::new(),
         }
+    }
+
+    /// The answer with one more header field.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
     }
 }
 
@@ -277,8 +286,13 @@ async fn serve_connection(
             .unwrap_or_else(|e| e.into_inner())
             .push(received);
         tokio::time::sleep(answer.delay).await;
+        let fields: String = answer
+            .headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
         let response = format!(
-            "HTTP/1.1 {} Scripted\r\ncontent-length: {}\r\n\r\n{}",
+            "HTTP/1.1 {} Scripted\r\n{fields}content-length: {}\r\n\r\n{}",
             answer.status,
             answer.body.len(),
             answer.body

@@ -68,6 +68,27 @@ pub struct PhaseCtx {
     /// What plugins hold until the request ends (limit-conn's slot): dropped with the
     /// context, however the request ends.
     held: Vec<Held>,
+    /// Response compression the route's plugins ask for (gzip, brotli), with levels.
+    pub compression: Vec<(Compress, u32)>,
+    /// What access logs show of the request; kept only when a plugin of the chain
+    /// [wants it](Plugin::wants_request_summary).
+    pub request: Option<Box<RequestSummary>>,
+}
+
+/// The request as an access-log line shows it.
+#[derive(Debug, Clone)]
+pub struct RequestSummary {
+    pub method: String,
+    pub host: String,
+    /// Normalised, with the query.
+    pub path: String,
+}
+
+/// A response compression algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compress {
+    Gzip,
+    Brotli,
 }
 
 /// Something a plugin holds for the request's lifetime.
@@ -328,6 +349,11 @@ pub trait Plugin: Send + Sync + fmt::Debug {
         false
     }
     fn log(&self, _record: &LogRecord<'_>, _ctx: &PhaseCtx) {}
+    /// Whether the log phase reads [`PhaseCtx::request`] (access loggers): the chain
+    /// then keeps it before any plugin may refuse the request.
+    fn wants_request_summary(&self) -> bool {
+        false
+    }
 }
 
 /// One plugin of a chain with the priority it runs at.
@@ -377,6 +403,7 @@ pub struct Chain {
     entries: Vec<Entry>,
     scope: RouteScope,
     authenticates: bool,
+    summary: bool,
 }
 
 impl Chain {
@@ -389,10 +416,12 @@ impl Chain {
                 .then_with(|| a.plugin.name().cmp(b.plugin.name()))
         });
         let authenticates = entries.iter().any(Entry::authenticates);
+        let summary = entries.iter().any(|e| e.plugin.wants_request_summary());
         Self {
             entries,
             scope,
             authenticates,
+            summary,
         }
     }
 
@@ -438,6 +467,16 @@ impl Chain {
     /// later phases run the merged chain.
     pub async fn access(&self, req: &RequestView<'_>, ctx: &mut PhaseCtx) -> Result<(), Refusal> {
         let req = self.view(req);
+        if self.summary {
+            ctx.request = Some(Box::new(RequestSummary {
+                method: req.method.to_owned(),
+                host: req.host.to_owned(),
+                path: match req.query {
+                    Some(query) => format!("{}?{query}", req.path),
+                    None => req.path.to_owned(),
+                },
+            }));
+        }
         for (i, entry) in self.entries.iter().enumerate() {
             if !entry.authenticates() {
                 entry.access(&req, ctx).await?;

@@ -6,6 +6,7 @@
 
 mod api_breaker;
 mod basic_auth;
+mod compression;
 mod consumer_restriction;
 mod cors;
 mod fault_injection;
@@ -16,12 +17,14 @@ mod keys;
 mod limit_conn;
 mod limit_count;
 mod limit_req;
+mod loggers;
 mod prometheus;
 mod proxy_rewrite;
 mod redirect;
 pub mod redis;
 mod request_id;
 mod request_size_limit;
+mod traceparent;
 
 use std::sync::Arc;
 
@@ -32,6 +35,7 @@ use crate::core::phase::Plugin;
 
 pub use api_breaker::ApiBreaker;
 pub use basic_auth::BasicAuth;
+pub use compression::Compression;
 pub use consumer_restriction::ConsumerRestriction;
 pub use cors::Cors;
 pub use fault_injection::FaultInjection;
@@ -41,11 +45,13 @@ pub use key_auth::KeyAuth;
 pub use limit_conn::LimitConn;
 pub use limit_count::LimitCount;
 pub use limit_req::LimitReq;
+pub use loggers::{FileLogger, HttpLogger};
 pub use prometheus::Prometheus;
 pub use proxy_rewrite::ProxyRewrite;
 pub use redirect::Redirect;
 pub use request_id::RequestId;
 pub use request_size_limit::RequestSizeLimit;
+pub use traceparent::Traceparent;
 
 /// Where a plugin runs: state shared beyond the node (Redis keys) is named by it.
 #[derive(Debug, Clone, Copy)]
@@ -96,12 +102,17 @@ pub fn compile(
         "consumer-restriction" => Arc::new(ConsumerRestriction::compile(&typed(config)?)?),
         "limit-count" => Arc::new(LimitCount::compile(&typed(config)?, place)?),
         "cors" => Arc::new(Cors::compile(&typed(config)?)?),
+        "traceparent" => Arc::new(Traceparent::compile(&typed(config)?)?),
+        "gzip" => Arc::new(Compression::gzip(&typed(config)?)?),
+        "brotli" => Arc::new(Compression::brotli(&typed(config)?)?),
         "fault-injection" => Arc::new(FaultInjection::compile(&typed(config)?)?),
         "limit-req" => Arc::new(LimitReq::compile(&typed(config)?)?),
         "limit-conn" => Arc::new(LimitConn::compile(&typed(config)?)?),
         "api-breaker" => Arc::new(ApiBreaker::compile(&typed(config)?)?),
         "request-size-limit" => Arc::new(RequestSizeLimit::compile(&typed(config)?)?),
         "proxy-rewrite" => Arc::new(ProxyRewrite::compile(&typed(config)?)?),
+        "file-logger" => Arc::new(FileLogger::compile(&typed(config)?, place.counters)?),
+        "http-logger" => Arc::new(HttpLogger::compile(&typed(config)?, place.counters)?),
         "prometheus" => Arc::new(Prometheus::compile(&typed(config)?, place.counters)?),
         other => return Err(format!("plugin {other:?} is not built into this gateway")),
     })
@@ -109,8 +120,8 @@ pub fn compile(
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn every_catalog_plugin_compiles() {
+    #[tokio::test]
+    async fn every_catalog_plugin_compiles() {
         let samples = [
             ("ip-restriction", r#"{"denylist":["10.0.0.0/8"]}"#),
             ("request-id", "{}"),
@@ -121,7 +132,12 @@ mod tests {
             ("consumer-restriction", r#"{"allowlist":["a"]}"#),
             ("limit-count", r#"{"count":1,"time_window":1}"#),
             ("prometheus", "{}"),
+            ("file-logger", r#"{"path":"/dev/null"}"#),
+            ("http-logger", r#"{"uri":"http://127.0.0.1:9/logs"}"#),
             ("cors", "{}"),
+            ("traceparent", "{}"),
+            ("gzip", "{}"),
+            ("brotli", "{}"),
             ("fault-injection", r#"{"abort":{"http_status":503}}"#),
             ("limit-req", r#"{"rate":1}"#),
             ("limit-conn", r#"{"conn":1}"#),

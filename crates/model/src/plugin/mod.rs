@@ -30,8 +30,11 @@ pub use limits::{
     ApiBreaker, BreakerThreshold, LimitConn, LimitCount, LimitKey, LimitReq, Policy, RedisPolicy,
     RequestSizeLimit, Window,
 };
-pub use observability::Prometheus;
-pub use transform::{Cors, FaultAbort, FaultDelay, FaultInjection, HeaderChanges, ProxyRewrite};
+pub use observability::{FileLogger, HttpLogger, Prometheus, Traceparent};
+pub use transform::{
+    Brotli, Compression, Cors, FaultAbort, FaultDelay, FaultInjection, Gzip, HeaderChanges,
+    ProxyRewrite,
+};
 
 use crate::validate::{ValidationErrors, Validator};
 
@@ -252,6 +255,46 @@ pub const API_BREAKER: PluginInfo = entry::<ApiBreaker>(
     "a circuit breaker: breaks the route after unhealthy responses in a row, probes it half-open",
 );
 
+pub const TRACEPARENT: PluginInfo = entry::<Traceparent>(
+    "traceparent",
+    12010,
+    &["upstream_request"],
+    false,
+    "propagates W3C traceparent, starting a trace when the request has none",
+);
+
+pub const GZIP: PluginInfo = entry::<Gzip>(
+    "gzip",
+    995,
+    &["response_body"],
+    false,
+    "compresses responses with gzip when the client accepts it",
+);
+
+pub const BROTLI: PluginInfo = entry::<Brotli>(
+    "brotli",
+    996,
+    &["response_body"],
+    false,
+    "compresses responses with brotli when the client accepts it",
+);
+
+pub const FILE_LOGGER: PluginInfo = entry::<FileLogger>(
+    "file-logger",
+    399,
+    &["access", "log"],
+    false,
+    "writes an access-log JSON line per request to a file (reopened on SIGUSR1 or rotation)",
+);
+
+pub const HTTP_LOGGER: PluginInfo = entry::<HttpLogger>(
+    "http-logger",
+    410,
+    &["access", "log"],
+    false,
+    "sends access-log JSON lines to an HTTP endpoint in batches, dropping and counting on overflow",
+);
+
 pub const PROMETHEUS: PluginInfo = entry::<Prometheus>(
     "prometheus",
     500,
@@ -271,6 +314,7 @@ pub const REDIRECT: PluginInfo = entry::<Redirect>(
 /// Every plugin, by default priority (highest first).
 pub const CATALOG: &[PluginInfo] = &[
     REQUEST_ID,
+    TRACEPARENT,
     FAULT_INJECTION,
     CORS,
     IP_RESTRICTION,
@@ -284,8 +328,12 @@ pub const CATALOG: &[PluginInfo] = &[
     LIMIT_CONN,
     LIMIT_COUNT,
     LIMIT_REQ,
+    BROTLI,
+    GZIP,
     REDIRECT,
     PROMETHEUS,
+    HTTP_LOGGER,
+    FILE_LOGGER,
 ];
 
 /// The catalog entry of `name`.

@@ -308,3 +308,48 @@ impl PluginConfig for FaultInjection {
         }
     }
 }
+
+/// Response compression, negotiated with the client's `Accept-Encoding` (`gzip`:
+/// level 1 to 9; `brotli`: level 0 to 11). Routes with it are served by Pingora's path,
+/// which compresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Compression {
+    #[serde(default = "Compression::default_level")]
+    pub comp_level: u32,
+}
+
+impl Compression {
+    fn default_level() -> u32 {
+        5
+    }
+
+    /// Checks the level against `max`.
+    pub fn check(&self, v: &mut Validator, min: u32, max: u32) {
+        if !(min..=max).contains(&self.comp_level) {
+            v.error("comp_level", format!("must be between {min} and {max}"));
+        }
+    }
+}
+
+/// `gzip`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(transparent)]
+pub struct Gzip(pub Compression);
+
+/// `brotli`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(transparent)]
+pub struct Brotli(pub Compression);
+
+impl PluginConfig for Gzip {
+    fn validate(&self, v: &mut Validator) {
+        self.0.check(v, 1, 9);
+    }
+}
+
+impl PluginConfig for Brotli {
+    fn validate(&self, v: &mut Validator) {
+        self.0.check(v, 0, 11);
+    }
+}
