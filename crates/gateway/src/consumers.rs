@@ -46,6 +46,8 @@ pub struct Consumers {
     basic: HashMap<String, (String, Arc<ConsumerEntry>)>,
     /// JWT key id → how its tokens verify, and the consumer.
     jwt: HashMap<String, (JwtKey, Arc<ConsumerEntry>)>,
+    /// HMAC key id → its secret, and the consumer.
+    hmac: HashMap<String, (HmacSecret, Arc<ConsumerEntry>)>,
     verified: Mutex<HashSet<[u8; 32]>>,
     len: usize,
 }
@@ -54,6 +56,11 @@ impl Consumers {
     /// The JWT key named `kid`, and its consumer.
     pub fn jwt_key(&self, kid: &str) -> Option<&(JwtKey, Arc<ConsumerEntry>)> {
         self.jwt.get(kid)
+    }
+
+    /// The HMAC secret named `key_id`, and its consumer.
+    pub fn hmac_key(&self, key_id: &str) -> Option<&(HmacSecret, Arc<ConsumerEntry>)> {
+        self.hmac.get(key_id)
     }
 
     pub fn builder() -> ConsumersBuilder {
@@ -168,6 +175,22 @@ impl ConsumersBuilder {
                         }
                     },
                 },
+                Credential::HmacAuth(c) => match &c.secret {
+                    None => {
+                        problems.push(format!("credentials[{i}]: no secret; not served"));
+                        continue;
+                    }
+                    Some(secret) => match self.table.hmac.get(&c.key_id) {
+                        Some((_, owner)) => Some(owner.id.clone()),
+                        None => {
+                            self.table.hmac.insert(
+                                c.key_id.clone(),
+                                (HmacSecret(secret.as_bytes().to_vec()), entry.clone()),
+                            );
+                            None
+                        }
+                    },
+                },
             };
             if let Some(owner) = taken {
                 problems.push(format!(
@@ -241,5 +264,20 @@ impl JwtKey {
             Verifier::Hmac(key) => ring::hmac::verify(key, message, signature).is_ok(),
             Verifier::Public(key) => key.verify(message, signature).is_ok(),
         }
+    }
+}
+
+/// An HMAC credential's secret (never shown by `Debug`).
+pub struct HmacSecret(Vec<u8>);
+
+impl HmacSecret {
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for HmacSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HmacSecret(..)")
     }
 }

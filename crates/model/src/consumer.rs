@@ -143,6 +143,20 @@ pub enum Credential {
     BasicAuth(BasicCredential),
     #[serde(rename = "jwt-auth")]
     JwtAuth(JwtCredential),
+    #[serde(rename = "hmac-auth")]
+    HmacAuth(HmacCredential),
+}
+
+/// An HMAC signing key of a consumer (`hmac-auth`): requests signed with `secret`
+/// name `key_id`. The secret must stay usable: encrypted at rest by the admin, never
+/// shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmacCredential {
+    pub id: String,
+    pub key_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 /// The signature algorithms `jwt-auth` accepts (RFC 7518); `none` is not one.
@@ -273,6 +287,16 @@ impl Credential {
             Self::KeyAuth(c) => &c.id,
             Self::BasicAuth(c) => &c.id,
             Self::JwtAuth(c) => &c.id,
+            Self::HmacAuth(c) => &c.id,
+        }
+    }
+
+    /// A secret that must stay usable (JWT HS*, HMAC): the admin seals it at rest.
+    pub fn sealable_secret(&mut self) -> Option<&mut String> {
+        match self {
+            Self::JwtAuth(c) => c.secret.as_mut(),
+            Self::HmacAuth(c) => c.secret.as_mut(),
+            Self::KeyAuth(_) | Self::BasicAuth(_) => None,
         }
     }
 
@@ -281,6 +305,7 @@ impl Credential {
             Self::KeyAuth(_) => "key-auth",
             Self::BasicAuth(_) => "basic-auth",
             Self::JwtAuth(_) => "jwt-auth",
+            Self::HmacAuth(_) => "hmac-auth",
         }
     }
 
@@ -291,6 +316,7 @@ impl Credential {
             Self::BasicAuth(c) => c.password.is_some() || c.password_hash.is_some(),
             // A public key is not secret: it is always given.
             Self::JwtAuth(c) => !c.algorithm.is_hmac() || c.secret.is_some(),
+            Self::HmacAuth(c) => c.secret.is_some(),
         }
     }
 
@@ -299,7 +325,7 @@ impl Credential {
         match self {
             Self::KeyAuth(_) => "key",
             Self::BasicAuth(_) => "password",
-            Self::JwtAuth(_) => "secret",
+            Self::JwtAuth(_) | Self::HmacAuth(_) => "secret",
         }
     }
 
@@ -356,6 +382,22 @@ impl Credential {
                 }
             }
             Self::JwtAuth(c) => c.validate(v),
+            Self::HmacAuth(c) => {
+                let ok = !c.key_id.is_empty()
+                    && c.key_id.len() <= 256
+                    && c.key_id.bytes().all(|b| b.is_ascii_graphic() && b != b'"');
+                if !ok {
+                    v.error(
+                        "key_id",
+                        "must be 1 to 256 visible ASCII characters without quotes",
+                    );
+                }
+                if let Some(secret) = &c.secret {
+                    if secret.len() < 32 || secret.len() > 1024 {
+                        v.error("secret", "must be 32 to 1024 bytes");
+                    }
+                }
+            }
         }
     }
 }
@@ -445,7 +487,7 @@ impl Consumer {
                     }
                 }
                 // Must stay usable: encrypted at rest by the admin instead.
-                Credential::JwtAuth(_) => {}
+                Credential::JwtAuth(_) | Credential::HmacAuth(_) => {}
             }
         }
     }
@@ -471,6 +513,9 @@ impl Consumer {
                 (Credential::JwtAuth(new), Some(Credential::JwtAuth(old)))
                     if new.algorithm == old.algorithm =>
                 {
+                    new.secret = old.secret.clone();
+                }
+                (Credential::HmacAuth(new), Some(Credential::HmacAuth(old))) => {
                     new.secret = old.secret.clone();
                 }
                 _ => {}
@@ -510,6 +555,10 @@ impl Consumer {
                     format!("credentials[{i}].key"),
                     format!("jwt-auth:{}", j.key),
                 )),
+                Credential::HmacAuth(h) => Some((
+                    format!("credentials[{i}].key_id"),
+                    format!("hmac-auth:{}", h.key_id),
+                )),
             })
             .collect()
     }
@@ -528,6 +577,7 @@ impl Consumer {
                     c.password_hash = None;
                 }
                 Credential::JwtAuth(c) => c.secret = None,
+                Credential::HmacAuth(c) => c.secret = None,
             }
         }
         shown

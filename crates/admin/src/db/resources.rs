@@ -22,7 +22,6 @@ use super::{
 };
 use crate::error::ApiError;
 use crate::secrets::Keyring;
-use model::consumer::Credential;
 
 /// MySQL's TEXT holds 65,535 bytes; a stored resource (a sealed key is longer than the
 /// key) must fit on every database.
@@ -259,8 +258,8 @@ impl Db {
         })
     }
 
-    /// The resource's JSON as stored: a certificate's key and a consumer's JWT secrets
-    /// sealed, anything else as is.
+    /// The resource's JSON as stored: a certificate's key and a consumer's JWT and HMAC
+    /// secrets sealed, anything else as is.
     fn stored_body(
         &self,
         cluster: &str,
@@ -270,16 +269,14 @@ impl Db {
         if let Resource::Consumer(consumer) = resource {
             let mut stored = consumer.clone();
             for (i, credential) in stored.credentials.iter_mut().enumerate() {
-                let Credential::JwtAuth(jwt) = credential else {
-                    continue;
-                };
-                let Some(secret) = jwt.secret.as_mut() else {
+                let id = credential.id().to_owned();
+                let Some(secret) = credential.sealable_secret() else {
                     continue;
                 };
                 if Keyring::is_sealed(secret) {
                     continue;
                 }
-                let context = consumer_secret_context(cluster, instance, &consumer.id, &jwt.id);
+                let context = consumer_secret_context(cluster, instance, &consumer.id, &id);
                 *secret = self.keyring.seal(&context, secret).map_err(|e| {
                     secret_error(
                         &format!("credentials[{i}].secret"),
@@ -323,14 +320,12 @@ impl Db {
         })?;
         if let Resource::Consumer(mut consumer) = resource {
             for credential in &mut consumer.credentials {
-                let Credential::JwtAuth(jwt) = credential else {
-                    continue;
-                };
-                let Some(secret) = jwt.secret.as_mut() else {
+                let id = credential.id().to_owned();
+                let Some(secret) = credential.sealable_secret() else {
                     continue;
                 };
                 if Keyring::is_sealed(secret) {
-                    let context = consumer_secret_context(cluster, instance, &consumer.id, &jwt.id);
+                    let context = consumer_secret_context(cluster, instance, &consumer.id, &id);
                     *secret = self.keyring.open(&context, secret).map_err(|e| {
                         ApiError::Internal(anyhow::anyhow!("the secret of {context}: {e}"))
                     })?;

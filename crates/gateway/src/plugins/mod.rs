@@ -10,6 +10,7 @@ mod compression;
 mod consumer_restriction;
 mod cors;
 mod fault_injection;
+mod hmac_auth;
 mod ip_restriction;
 mod jwt_auth;
 mod key_auth;
@@ -39,6 +40,7 @@ pub use compression::Compression;
 pub use consumer_restriction::ConsumerRestriction;
 pub use cors::Cors;
 pub use fault_injection::FaultInjection;
+pub use hmac_auth::HmacAuth;
 pub use ip_restriction::IpRestriction;
 pub use jwt_auth::JwtAuth;
 pub use key_auth::KeyAuth;
@@ -99,6 +101,7 @@ pub fn compile(
         "key-auth" => Arc::new(KeyAuth::compile(&typed(config)?)?),
         "basic-auth" => Arc::new(BasicAuth::compile(&typed(config)?)?),
         "jwt-auth" => Arc::new(JwtAuth::compile(&typed(config)?)?),
+        "hmac-auth" => Arc::new(HmacAuth::compile(&typed(config)?)?),
         "consumer-restriction" => Arc::new(ConsumerRestriction::compile(&typed(config)?)?),
         "limit-count" => Arc::new(LimitCount::compile(&typed(config)?, place)?),
         "cors" => Arc::new(Cors::compile(&typed(config)?)?),
@@ -129,6 +132,7 @@ mod tests {
             ("key-auth", "{}"),
             ("basic-auth", "{}"),
             ("jwt-auth", "{}"),
+            ("hmac-auth", "{}"),
             ("consumer-restriction", r#"{"allowlist":["a"]}"#),
             ("limit-count", r#"{"count":1,"time_window":1}"#),
             ("prometheus", "{}"),

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use auth::{BasicAuth, ConsumerRestriction, JwtAuth, KeyAuth, RestrictBy};
+pub use auth::{BasicAuth, ConsumerRestriction, HmacAuth, JwtAuth, KeyAuth, RestrictBy};
 pub use effective::{
     consumer_layers, effective, route_layers, Effective, EffectivePlugin, Layer, Skipped, Source,
 };
@@ -175,6 +175,14 @@ pub const JWT_AUTH: PluginInfo = entry::<JwtAuth>(
     "identifies the consumer by a signed JSON Web Token (HS256/384/512, RS256, ES256, EdDSA)",
 );
 
+pub const HMAC_AUTH: PluginInfo = entry::<HmacAuth>(
+    "hmac-auth",
+    2530,
+    &["access", "upstream_request"],
+    true,
+    "identifies the consumer by an HMAC request signature, refusing skewed dates and replays",
+);
+
 pub const KEY_AUTH: PluginInfo = entry::<KeyAuth>(
     "key-auth",
     2500,
@@ -318,6 +326,7 @@ pub const CATALOG: &[PluginInfo] = &[
     FAULT_INJECTION,
     CORS,
     IP_RESTRICTION,
+    HMAC_AUTH,
     BASIC_AUTH,
     JWT_AUTH,
     KEY_AUTH,
