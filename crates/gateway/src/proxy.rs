@@ -453,6 +453,9 @@ impl ProxyHttp for Proxy {
                 let chain = ctx.plugins.clone();
                 let edits = chain.response_head(status, &mut ctx.phase);
                 apply(&edits, upstream_response)?;
+                if let Some(status) = edits.status() {
+                    upstream_response.set_status(status)?;
+                }
             }
             return Ok(());
         }
@@ -465,6 +468,24 @@ impl ProxyHttp for Proxy {
         );
         e.as_up();
         Err(e)
+    }
+
+    /// A body a plugin replaces (response-rewrite): the upstream's chunks are dropped,
+    /// the replacement goes out at the end (its length was set with the head).
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<std::time::Duration>> {
+        if session.req_header().method == http::Method::HEAD {
+            return Ok(None);
+        }
+        if let Some(replacement) = &ctx.phase.replace_body {
+            *body = end_of_stream.then(|| replacement.clone());
+        }
+        Ok(None)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {

@@ -1148,3 +1148,40 @@ async fn hmac_auth_refuses_skew_tampering_and_replays() {
     assert!(body.contains("cover"), "{body}");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_rewrite_changes_status_headers_and_body() {
+    let app = ScriptedUpstream::start(|_| {
+        Answer::new(200, "original body").with_header("x-up", "secret-ish")
+    })
+    .await;
+    let mut node = Node::start().await;
+    node.put(
+        "upstreams/app",
+        json!({"id": "app", "nodes": [{"host": "127.0.0.1", "port": app.port(), "weight": 1}]}),
+    )
+    .await;
+    node.put(
+        "routes/head-only",
+        json!({"id": "head-only", "paths": ["/head-only"], "upstream_id": "app",
+               "plugins": {"response-rewrite": {"status_code": 203,
+                   "headers": {"set": {"x-rw": "1"}, "remove": ["x-up"]}}}}),
+    )
+    .await;
+    node.put(
+        "routes/body",
+        json!({"id": "body", "paths": ["/body"], "upstream_id": "app",
+               "plugins": {"response-rewrite": {"body": "replaced"}}}),
+    )
+    .await;
+    node.until("/body", 200, "replaced").await;
+    let (status, body, headers) = node.get("GET", "/head-only").await;
+    assert_eq!((status, body.as_str()), (203, "original body"));
+    assert_eq!(headers["x-rw"], "1");
+    assert!(headers.get("x-up").is_none());
+    let (status, body, headers) = node.get("GET", "/body").await;
+    assert_eq!((status, body.as_str()), (200, "replaced"));
+    assert_eq!(headers["content-length"], "8");
+    assert_eq!(headers["x-up"], "secret-ish");
+    node.stop().await;
+}

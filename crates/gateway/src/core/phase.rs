@@ -70,6 +70,8 @@ pub struct PhaseCtx {
     held: Vec<Held>,
     /// Response compression the route's plugins ask for (gzip, brotli), with levels.
     pub compression: Vec<(Compress, u32)>,
+    /// A body that replaces the upstream's (response-rewrite; Pingora's path).
+    pub replace_body: Option<bytes::Bytes>,
     /// What access logs show of the request; kept only when a plugin of the chain
     /// [wants it](Plugin::wants_request_summary).
     pub request: Option<Box<RequestSummary>>,
@@ -129,9 +131,21 @@ pub struct HeaderEdits {
     /// `Some(None)`: the query is dropped; `Some(Some(q))`: replaced by `q`.
     query: Option<Option<String>>,
     path: Option<String>,
+    /// A new response status (response-rewrite).
+    status: Option<u16>,
 }
 
 impl HeaderEdits {
+    /// Replaces the response's status.
+    pub fn set_status(&mut self, status: u16) {
+        self.status = Some(status);
+    }
+
+    /// The status a phase set.
+    pub fn status(&self) -> Option<u16> {
+        self.status
+    }
+
     /// Replaces the path sent upstream.
     pub fn set_path(&mut self, path: String) {
         self.path = Some(path);
@@ -197,6 +211,7 @@ impl HeaderEdits {
             && self.add.is_empty()
             && self.query.is_none()
             && self.path.is_none()
+            && self.status.is_none()
     }
 
     /// Whether a header the engine would forward as it is is removed or replaced.
@@ -219,14 +234,30 @@ impl HeaderEdits {
     /// (status or request line, header lines, blank line): lines of touched names go,
     /// set ones are added before the blank line.
     pub fn apply_to_head(&self, head: &mut Vec<u8>) {
-        if self.remove.is_empty() && self.set.is_empty() && self.add.is_empty() {
+        if self.remove.is_empty()
+            && self.set.is_empty()
+            && self.add.is_empty()
+            && self.status.is_none()
+        {
             return;
         }
         let mut out = Vec::with_capacity(head.len() + 64);
         let mut lines = head.split(|&b| b == b'\n').peekable();
         if let Some(first) = lines.next() {
-            out.extend_from_slice(first);
-            out.push(b'\n');
+            match self.status {
+                // A response head: its status line is written anew.
+                Some(status) => {
+                    let reason = http::StatusCode::from_u16(status)
+                        .ok()
+                        .and_then(|s| s.canonical_reason())
+                        .unwrap_or("");
+                    out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+                }
+                None => {
+                    out.extend_from_slice(first);
+                    out.push(b'\n');
+                }
+            }
         }
         for line in lines {
             let line = line.strip_suffix(b"\r").unwrap_or(line);

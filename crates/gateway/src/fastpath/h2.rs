@@ -316,13 +316,13 @@ where
         };
         log.upstream = Some(pick.elapsed());
         let _ = up_buf.split_to(response.len);
-        chain
-            .response_head(response.status, &mut log.phase)
-            .apply(&mut headers);
-        log.status = response.status;
+        let edits = chain.response_head(response.status, &mut log.phase);
+        edits.apply(&mut headers);
+        let status = edits.status().unwrap_or(response.status);
+        log.status = status;
         let mut head = http::Response::new(());
         *head.status_mut() =
-            http::StatusCode::from_u16(response.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
         *head.headers_mut() = headers;
         let empty = response.framing == Framing::Empty;
         let Ok(mut send) = respond.send_response(head, empty) else {

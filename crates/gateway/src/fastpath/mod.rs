@@ -427,10 +427,9 @@ where
         };
         log.upstream = Some(pick.elapsed());
         scratch.up_buf.advance(response.len);
-        chain
-            .response_head(response.status, &mut log.phase)
-            .apply_to_head(&mut scratch.head);
-        log.status = response.status;
+        let edits = chain.response_head(response.status, &mut log.phase);
+        edits.apply_to_head(&mut scratch.head);
+        log.status = edits.status().unwrap_or(response.status);
 
         // The client's connection stays open unless it or the body framing says
         // otherwise, or the node is shutting down.

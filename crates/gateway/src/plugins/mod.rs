@@ -25,6 +25,7 @@ mod redirect;
 pub mod redis;
 mod request_id;
 mod request_size_limit;
+mod response_rewrite;
 mod traceparent;
 
 use std::sync::Arc;
@@ -53,6 +54,7 @@ pub use proxy_rewrite::ProxyRewrite;
 pub use redirect::Redirect;
 pub use request_id::RequestId;
 pub use request_size_limit::RequestSizeLimit;
+pub use response_rewrite::ResponseRewrite;
 pub use traceparent::Traceparent;
 
 /// Where a plugin runs: state shared beyond the node (Redis keys) is named by it.
@@ -114,6 +116,7 @@ pub fn compile(
         "api-breaker" => Arc::new(ApiBreaker::compile(&typed(config)?)?),
         "request-size-limit" => Arc::new(RequestSizeLimit::compile(&typed(config)?)?),
         "proxy-rewrite" => Arc::new(ProxyRewrite::compile(&typed(config)?)?),
+        "response-rewrite" => Arc::new(ResponseRewrite::compile(&typed(config)?)?),
         "file-logger" => Arc::new(FileLogger::compile(&typed(config)?, place.counters)?),
         "http-logger" => Arc::new(HttpLogger::compile(&typed(config)?, place.counters)?),
         "prometheus" => Arc::new(Prometheus::compile(&typed(config)?, place.counters)?),
@@ -148,6 +151,7 @@ mod tests {
             ("api-breaker", "{}"),
             ("request-size-limit", r#"{"max_body_bytes":10}"#),
             ("proxy-rewrite", r#"{"uri":"/x"}"#),
+            ("response-rewrite", r#"{"status_code":201}"#),
         ];
         for info in model::plugin::CATALOG {
             let (_, config) = samples

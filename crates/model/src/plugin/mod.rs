@@ -33,7 +33,7 @@ pub use limits::{
 pub use observability::{FileLogger, HttpLogger, Prometheus, Traceparent};
 pub use transform::{
     Brotli, Compression, Cors, FaultAbort, FaultDelay, FaultInjection, Gzip, HeaderChanges,
-    ProxyRewrite,
+    ProxyRewrite, ResponseRewrite,
 };
 
 use crate::validate::{ValidationErrors, Validator};
@@ -303,6 +303,14 @@ pub const HTTP_LOGGER: PluginInfo = entry::<HttpLogger>(
     "sends access-log JSON lines to an HTTP endpoint in batches, dropping and counting on overflow",
 );
 
+pub const RESPONSE_REWRITE: PluginInfo = entry::<ResponseRewrite>(
+    "response-rewrite",
+    899,
+    &["response_head", "response_body"],
+    false,
+    "rewrites the status, headers and body of the response",
+);
+
 pub const PROMETHEUS: PluginInfo = entry::<Prometheus>(
     "prometheus",
     500,
@@ -340,6 +348,7 @@ pub const CATALOG: &[PluginInfo] = &[
     BROTLI,
     GZIP,
     REDIRECT,
+    RESPONSE_REWRITE,
     PROMETHEUS,
     HTTP_LOGGER,
     FILE_LOGGER,

@@ -353,3 +353,35 @@ impl PluginConfig for Brotli {
         self.0.check(v, 0, 11);
     }
 }
+
+/// APISIX's `response-rewrite`: the status, headers and body the client gets instead of
+/// the upstream's. With `body`, the route's responses are served by Pingora's path,
+/// which rewrites bodies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseRewrite {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    #[serde(default, skip_serializing_if = "HeaderChanges::is_empty")]
+    pub headers: HeaderChanges,
+    /// Replaces the body (at most 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+impl PluginConfig for ResponseRewrite {
+    fn validate(&self, v: &mut Validator) {
+        if self.status_code.is_none() && self.headers.is_empty() && self.body.is_none() {
+            v.error("", "give status_code, headers or body");
+        }
+        if let Some(code) = self.status_code {
+            if !(200..=599).contains(&code) {
+                v.error("status_code", "must be between 200 and 599");
+            }
+        }
+        if self.body.as_ref().is_some_and(|b| b.len() > 1 << 20) {
+            v.error("body", "must be at most 1 MiB");
+        }
+        v.at("headers", |v| self.headers.validate(v, true));
+    }
+}
