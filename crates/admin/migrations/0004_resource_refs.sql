@@ -8,7 +8,7 @@ CREATE TABLE resource_refs (
     instance VARCHAR(64) NOT NULL,
     kind VARCHAR(16) NOT NULL,
     id VARCHAR(64) NOT NULL,
-    field VARCHAR(32) NOT NULL,
+    field VARCHAR(255) NOT NULL,
     ref_kind VARCHAR(16) NOT NULL,
     ref_id VARCHAR(64) NOT NULL,
     PRIMARY KEY (cluster, instance, kind, id, field)

@@ -98,6 +98,25 @@ async fn services_take_part_in_references() {
         "{}",
         in_use.body
     );
+    // A traffic-split naming an upstream is a reference too.
+    let split = admin
+        .send(
+            "POST",
+            &format!("{BASE}/global_rules"),
+            json!({"id": "g", "plugins": {"traffic-split": {"rules": [
+                {"weighted_upstreams": [{"upstream_id": "nope", "weight": 1}]}]}}}),
+        )
+        .await;
+    assert_eq!(
+        split.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        split.body
+    );
+    assert_eq!(
+        split.fields(),
+        ["plugins.traffic-split.rules[0].weighted_upstreams[0].upstream_id"]
+    );
     // The route lets go of the service: now it can be deleted, then the upstream.
     let put = admin
         .send(

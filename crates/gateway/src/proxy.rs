@@ -117,6 +117,8 @@ impl Proxy {
         ctx.client_ip = routed.client_ip;
         run_access(&config, &routed, &incoming, &mut ctx.phase).await?;
         let Routed { upstream, path, .. } = routed;
+        // traffic-split's pick, else the route's.
+        let upstream = ctx.phase.upstream.take().unwrap_or(upstream);
         let normal = match path {
             Cow::Owned(normal) => Some(normal),
             Cow::Borrowed(_) => None,

@@ -55,6 +55,8 @@ pub struct RuntimeConfig {
     pub consumers: Arc<Consumers>,
     /// What the build left out and why (reported in the heartbeat).
     pub problems: Vec<Problem>,
+    /// Stand-alone upstreams by id (traffic-split picks among them).
+    pub upstreams_by_id: Arc<crate::core::phase::UpstreamsById>,
     /// The node's counters, the same object in every config the node builds.
     pub counters: Arc<NodeCounters>,
 }
@@ -709,6 +711,17 @@ impl Compiler {
                     continue;
                 }
             };
+            if let Some(missing) = chain
+                .upstream_refs()
+                .iter()
+                .find(|id| !by_id.contains_key(id.as_str()))
+            {
+                report(
+                    key,
+                    format!("traffic-split: upstream {missing:?} is missing or unusable"),
+                );
+                continue;
+            }
             let service = match &route.service_id {
                 None => None,
                 Some(id) => match services.get(id.as_str()) {
@@ -787,6 +800,12 @@ impl Compiler {
                 consumers: self.consumer_table.0.clone(),
                 problems: Vec::new(),
                 counters: self.counters.clone(),
+                upstreams_by_id: Arc::new(
+                    by_id
+                        .iter()
+                        .map(|(id, pool)| ((*id).to_owned(), (*pool).clone()))
+                        .collect(),
+                ),
             },
             problems,
             new_pools,
@@ -838,13 +857,29 @@ fn route_chain(
         return Err(format!("invalid: {}", join_errors(&merged.errors)));
     }
     let entries = plugins.entries(instance, counters, &merged)?;
-    Ok(Arc::new(Chain::new(
+    let refs = merged
+        .plugins
+        .iter()
+        .filter(|p| p.name == model::plugin::TRAFFIC_SPLIT.name)
+        .filter_map(|p| {
+            serde_json::from_value::<model::plugin::TrafficSplit>(p.config.clone()).ok()
+        })
+        .flat_map(|split| {
+            split
+                .upstream_refs()
+                .into_iter()
+                .map(|(_, id)| id.to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let chain = Chain::new(
         entries,
         RouteScope {
             route_id: route.id.clone(),
             service_id: route.service_id.clone(),
         },
-    )))
+    );
+    Ok(Arc::new(chain.with_upstream_refs(refs)))
 }
 
 fn join_errors(errors: &[model::validate::FieldError]) -> String {

@@ -1185,3 +1185,63 @@ async fn response_rewrite_changes_status_headers_and_body() {
     assert_eq!(headers["x-up"], "secret-ish");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_split_sends_canaries_and_weights() {
+    let stable = ScriptedUpstream::start(|_| Answer::new(200, "stable")).await;
+    let canary = ScriptedUpstream::start(|_| Answer::new(200, "canary")).await;
+    let mut node = Node::start().await;
+    for (id, port) in [("stable", stable.port()), ("canary", canary.port())] {
+        node.put(
+            &format!("upstreams/{id}"),
+            json!({"id": id, "nodes": [{"host": "127.0.0.1", "port": port, "weight": 1}]}),
+        )
+        .await;
+    }
+    node.put(
+        "routes/split",
+        json!({"id": "split", "paths": ["/split"], "upstream_id": "stable",
+        "plugins": {"traffic-split": {"rules": [
+            {"match": [{"type": "header", "name": "x-canary", "value": "1"}],
+             "weighted_upstreams": [{"upstream_id": "canary", "weight": 1}]},
+            {"match": [{"type": "cookie", "name": "beta", "value": "yes"}],
+             "weighted_upstreams": [{"upstream_id": "canary", "weight": 1}, {"weight": 1}]}
+        ]}}}),
+    )
+    .await;
+    node.until("/split", 200, "stable").await;
+    // No rule holds: the route's own upstream.
+    for _ in 0..5 {
+        assert_eq!(node.get("GET", "/split").await.1, "stable");
+    }
+    let (_, body, _) = node
+        .send(node.http.get(node.at("/split")).header("x-canary", "1"))
+        .await;
+    assert_eq!(body, "canary");
+    // 50/50 between the canary and the route's upstream.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let (_, body, _) = node
+            .send(
+                node.http
+                    .get(node.at("/split"))
+                    .header("cookie", "a=b; beta=yes"),
+            )
+            .await;
+        seen.insert(body);
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // An upstream it names is missing: the route is not served.
+    node.delete("upstreams/canary").await;
+    let mut gone = false;
+    for _ in 0..100 {
+        if node.get("GET", "/split").await.0 == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(gone);
+    node.stop().await;
+}

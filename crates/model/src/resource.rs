@@ -184,28 +184,35 @@ impl Resource {
 
     /// The other resources this one names, each with the field that names it: they
     /// must exist when it is written, and cannot be deleted while it names them.
-    pub fn references(&self) -> Vec<(&'static str, ResourceKind, &str)> {
+    pub fn references(&self) -> Vec<(String, ResourceKind, String)> {
         let mut refs = Vec::new();
-        match self {
+        let mut push = |field: &str, kind, id: &Option<String>| {
+            if let Some(id) = id {
+                refs.push((field.to_owned(), kind, id.clone()));
+            }
+        };
+        let plugins = match self {
             Self::Route(r) => {
-                if let Some(id) = &r.upstream_id {
-                    refs.push(("upstream_id", ResourceKind::Upstreams, id.as_str()));
-                }
-                if let Some(id) = &r.service_id {
-                    refs.push(("service_id", ResourceKind::Services, id.as_str()));
-                }
+                push("upstream_id", ResourceKind::Upstreams, &r.upstream_id);
+                push("service_id", ResourceKind::Services, &r.service_id);
+                Some(&r.plugins)
             }
             Self::Service(s) => {
-                if let Some(id) = &s.upstream_id {
-                    refs.push(("upstream_id", ResourceKind::Upstreams, id.as_str()));
-                }
+                push("upstream_id", ResourceKind::Upstreams, &s.upstream_id);
+                Some(&s.plugins)
             }
             Self::Consumer(c) => {
-                if let Some(id) = &c.group_id {
-                    refs.push(("group_id", ResourceKind::ConsumerGroups, id.as_str()));
-                }
+                push("group_id", ResourceKind::ConsumerGroups, &c.group_id);
+                Some(&c.plugins)
             }
-            _ => {}
+            Self::ConsumerGroup(g) => Some(&g.plugins),
+            Self::GlobalRule(g) => Some(&g.plugins),
+            _ => None,
+        };
+        if let Some(plugins) = plugins {
+            for (field, id) in plugins.upstream_refs() {
+                refs.push((field, ResourceKind::Upstreams, id));
+            }
         }
         refs
     }

@@ -398,9 +398,9 @@ impl Db {
     ) -> Result<(), ApiError> {
         let mut errors = Vec::new();
         for (field, kind, id) in resource.references() {
-            if !self.exists(tx, cluster, instance, kind, id).await? {
+            if !self.exists(tx, cluster, instance, kind, &id).await? {
                 errors.push(model::validate::FieldError {
-                    field: field.to_owned(),
+                    field,
                     message: format!(
                         "{} {id:?} does not exist in instance {instance:?}",
                         kind.singular()

@@ -72,6 +72,11 @@ pub struct PhaseCtx {
     pub compression: Vec<(Compress, u32)>,
     /// A body that replaces the upstream's (response-rewrite; Pingora's path).
     pub replace_body: Option<bytes::Bytes>,
+    /// The snapshot's upstreams by id, handed over by routing when the chain
+    /// [selects an upstream](Plugin::selects_upstream).
+    pub pools: Option<Arc<UpstreamsById>>,
+    /// The upstream a plugin picked instead of the route's (traffic-split).
+    pub upstream: Option<Arc<crate::balancer::UpstreamPool>>,
     /// What access logs show of the request; kept only when a plugin of the chain
     /// [wants it](Plugin::wants_request_summary).
     pub request: Option<Box<RequestSummary>>,
@@ -85,6 +90,9 @@ pub struct RequestSummary {
     /// Normalised, with the query.
     pub path: String,
 }
+
+/// Upstream pools by id.
+pub type UpstreamsById = std::collections::HashMap<String, Arc<crate::balancer::UpstreamPool>>;
 
 /// A response compression algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -380,6 +388,12 @@ pub trait Plugin: Send + Sync + fmt::Debug {
         false
     }
     fn log(&self, _record: &LogRecord<'_>, _ctx: &PhaseCtx) {}
+    /// Whether the access phase may send the request to another upstream than the
+    /// route's ([`PhaseCtx::upstream`]): the fast paths then hand the route to
+    /// Pingora's path, as for response bodies.
+    fn selects_upstream(&self) -> bool {
+        false
+    }
     /// Whether the log phase reads [`PhaseCtx::request`] (access loggers): the chain
     /// then keeps it before any plugin may refuse the request.
     fn wants_request_summary(&self) -> bool {
@@ -435,6 +449,9 @@ pub struct Chain {
     scope: RouteScope,
     authenticates: bool,
     summary: bool,
+    /// Upstream ids the plugins may send requests to (traffic-split): the route is
+    /// served only while they all exist.
+    upstream_refs: Vec<String>,
 }
 
 impl Chain {
@@ -453,11 +470,22 @@ impl Chain {
             scope,
             authenticates,
             summary,
+            upstream_refs: Vec::new(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// The chain, naming the upstreams its plugins may pick.
+    pub fn with_upstream_refs(mut self, refs: Vec<String>) -> Self {
+        self.upstream_refs = refs;
+        self
+    }
+
+    pub fn upstream_refs(&self) -> &[String] {
+        &self.upstream_refs
     }
 
     /// The names in running order (the effective order an operator can be shown).
@@ -477,6 +505,16 @@ impl Chain {
 
     pub fn wants_response_body(&self) -> bool {
         self.entries.iter().any(|e| e.plugin.wants_response_body())
+    }
+
+    pub fn selects_upstream(&self) -> bool {
+        self.entries.iter().any(|e| e.plugin.selects_upstream())
+    }
+
+    /// Whether the route is served by Pingora's path only: a plugin reads response
+    /// bodies or picks the upstream.
+    pub fn pingora_only(&self) -> bool {
+        self.wants_response_body() || self.selects_upstream()
     }
 
     fn view<'a>(&'a self, req: &RequestView<'a>) -> RequestView<'a> {

@@ -93,6 +93,9 @@ pub(crate) async fn run_access(
     if routed.plugins.authenticates() {
         ctx.consumers = Some(config.consumers.clone());
     }
+    if routed.plugins.selects_upstream() {
+        ctx.pools = Some(config.upstreams_by_id.clone());
+    }
     routed
         .plugins
         .access(

@@ -171,7 +171,7 @@ where
             Err(refusal) => return send_refusal(&mut respond, &refusal),
         };
         let pool = routed.upstream.clone();
-        if pool.scheme != Scheme::Http || routed.plugins.wants_response_body() {
+        if pool.scheme != Scheme::Http || routed.plugins.pingora_only() {
             // Pingora runs the access phase itself: it must run once.
             drop(routed);
             return bridge

@@ -322,7 +322,7 @@ where
             return (Step::Fallback, 0);
         };
         let pool = routed.upstream.clone();
-        if pool.scheme != Scheme::Http || routed.plugins.wants_response_body() {
+        if pool.scheme != Scheme::Http || routed.plugins.pingora_only() {
             return (Step::Fallback, 0);
         }
         // The body that came with the head, and whether that is all of it.

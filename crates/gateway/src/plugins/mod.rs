@@ -27,6 +27,7 @@ mod request_id;
 mod request_size_limit;
 mod response_rewrite;
 mod traceparent;
+mod traffic_split;
 
 use std::sync::Arc;
 
@@ -56,6 +57,7 @@ pub use request_id::RequestId;
 pub use request_size_limit::RequestSizeLimit;
 pub use response_rewrite::ResponseRewrite;
 pub use traceparent::Traceparent;
+pub use traffic_split::TrafficSplit;
 
 /// Where a plugin runs: state shared beyond the node (Redis keys) is named by it.
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +118,7 @@ pub fn compile(
         "api-breaker" => Arc::new(ApiBreaker::compile(&typed(config)?)?),
         "request-size-limit" => Arc::new(RequestSizeLimit::compile(&typed(config)?)?),
         "proxy-rewrite" => Arc::new(ProxyRewrite::compile(&typed(config)?)?),
+        "traffic-split" => Arc::new(TrafficSplit::compile(&typed(config)?)?),
         "response-rewrite" => Arc::new(ResponseRewrite::compile(&typed(config)?)?),
         "file-logger" => Arc::new(FileLogger::compile(&typed(config)?, place.counters)?),
         "http-logger" => Arc::new(HttpLogger::compile(&typed(config)?, place.counters)?),
@@ -152,6 +155,10 @@ mod tests {
             ("request-size-limit", r#"{"max_body_bytes":10}"#),
             ("proxy-rewrite", r#"{"uri":"/x"}"#),
             ("response-rewrite", r#"{"status_code":201}"#),
+            (
+                "traffic-split",
+                r#"{"rules":[{"weighted_upstreams":[{"weight":1}]}]}"#,
+            ),
         ];
         for info in model::plugin::CATALOG {
             let (_, config) = samples

@@ -33,7 +33,7 @@ pub use limits::{
 pub use observability::{FileLogger, HttpLogger, Prometheus, Traceparent};
 pub use transform::{
     Brotli, Compression, Cors, FaultAbort, FaultDelay, FaultInjection, Gzip, HeaderChanges,
-    ProxyRewrite, ResponseRewrite,
+    ProxyRewrite, ResponseRewrite, SplitMatch, SplitOn, SplitRule, TrafficSplit, WeightedUpstream,
 };
 
 use crate::validate::{ValidationErrors, Validator};
@@ -311,6 +311,14 @@ pub const RESPONSE_REWRITE: PluginInfo = entry::<ResponseRewrite>(
     "rewrites the status, headers and body of the response",
 );
 
+pub const TRAFFIC_SPLIT: PluginInfo = entry::<TrafficSplit>(
+    "traffic-split",
+    966,
+    &["access"],
+    false,
+    "sends requests to weighted upstreams, by rules on headers, cookies and query (canaries)",
+);
+
 pub const PROMETHEUS: PluginInfo = entry::<Prometheus>(
     "prometheus",
     500,
@@ -347,6 +355,7 @@ pub const CATALOG: &[PluginInfo] = &[
     LIMIT_REQ,
     BROTLI,
     GZIP,
+    TRAFFIC_SPLIT,
     REDIRECT,
     RESPONSE_REWRITE,
     PROMETHEUS,
@@ -384,6 +393,21 @@ impl Plugins {
 
     pub fn get(&self, name: &str) -> Option<&serde_json::Value> {
         self.0.get(name)
+    }
+
+    /// The upstreams the plugins name (traffic-split), each with its field path.
+    pub fn upstream_refs(&self) -> Vec<(String, String)> {
+        let Some(config) = self.0.get(TRAFFIC_SPLIT.name) else {
+            return Vec::new();
+        };
+        let Ok(split) = serde_json::from_value::<TrafficSplit>(config.clone()) else {
+            return Vec::new();
+        };
+        split
+            .upstream_refs()
+            .into_iter()
+            .map(|(field, id)| (format!("plugins.traffic-split.{field}"), id.to_owned()))
+            .collect()
     }
 
     /// Records every problem, each under `<name>.<field>`.

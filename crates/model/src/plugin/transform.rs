@@ -385,3 +385,125 @@ impl PluginConfig for ResponseRewrite {
         v.at("headers", |v| self.headers.validate(v, true));
     }
 }
+
+/// What a traffic-split rule tests: a header, cookie or query argument equal to
+/// `value`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitMatch {
+    #[serde(rename = "type")]
+    pub kind: SplitOn,
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitOn {
+    Header,
+    Cookie,
+    Query,
+}
+
+/// An upstream of the instance (`upstream_id`) or, without it, the route's own, with
+/// its weight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedUpstream {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_id: Option<String>,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitRule {
+    /// Every test must hold; none: the rule takes every request.
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<SplitMatch>,
+    pub weighted_upstreams: Vec<WeightedUpstream>,
+}
+
+/// APISIX's `traffic-split`: the first rule whose tests hold picks among its weighted
+/// upstreams (canaries by header, cookie or query; blue-green; percentages); a request
+/// no rule takes goes to the route's upstream. Routes with it are served by Pingora's
+/// path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficSplit {
+    pub rules: Vec<SplitRule>,
+}
+
+impl TrafficSplit {
+    /// Every upstream named, with its field path under the plugin.
+    pub fn upstream_refs(&self) -> Vec<(String, &str)> {
+        let mut refs = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            for (j, weighted) in rule.weighted_upstreams.iter().enumerate() {
+                if let Some(id) = &weighted.upstream_id {
+                    refs.push((
+                        format!("rules[{i}].weighted_upstreams[{j}].upstream_id"),
+                        id.as_str(),
+                    ));
+                }
+            }
+        }
+        refs
+    }
+}
+
+impl PluginConfig for TrafficSplit {
+    fn validate(&self, v: &mut Validator) {
+        if self.rules.is_empty() {
+            v.error("rules", "must hold at least one rule");
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            v.at(&format!("rules[{i}]"), |v| {
+                for (j, m) in rule.matches.iter().enumerate() {
+                    let ok = !m.name.is_empty()
+                        && m.name.len() <= 256
+                        && (m.kind != SplitOn::Header || http_token(&m.name));
+                    if !ok {
+                        v.error(
+                            &format!("match[{j}].name"),
+                            "must be a header, cookie or argument name",
+                        );
+                    }
+                    if m.value.len() > 1024 {
+                        v.error(
+                            &format!("match[{j}].value"),
+                            "must be at most 1024 characters",
+                        );
+                    }
+                }
+                if rule.weighted_upstreams.is_empty() {
+                    v.error("weighted_upstreams", "must list at least one upstream");
+                }
+                if rule
+                    .weighted_upstreams
+                    .iter()
+                    .map(|w| u64::from(w.weight))
+                    .sum::<u64>()
+                    == 0
+                {
+                    v.error("weighted_upstreams", "the weights must not all be 0");
+                }
+                for (j, weighted) in rule.weighted_upstreams.iter().enumerate() {
+                    if weighted.weight > 10_000 {
+                        v.error(
+                            &format!("weighted_upstreams[{j}].weight"),
+                            "must be at most 10000",
+                        );
+                    }
+                    if let Some(id) = &weighted.upstream_id {
+                        crate::validate::check_id(
+                            v,
+                            &format!("weighted_upstreams[{j}].upstream_id"),
+                            id,
+                        );
+                    }
+                }
+            });
+        }
+    }
+}
