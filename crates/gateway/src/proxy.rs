@@ -248,6 +248,14 @@ impl ProxyHttp for Proxy {
         _end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if let (Some(chunk), Some(mirror)) = (body.as_ref(), ctx.phase.mirror.as_mut()) {
+            if mirror.body.len() + chunk.len() > crate::plugins::MAX_MIRRORED_BODY {
+                mirror.too_big = true;
+                mirror.body = Vec::new();
+            } else if !mirror.too_big {
+                mirror.body.extend_from_slice(chunk);
+            }
+        }
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len() as u64;
             let limit = ctx
@@ -491,6 +499,23 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+        if let Some(mirror) = ctx.phase.mirror.take() {
+            let mut headers = session.req_header().headers.clone();
+            for name in connection_listed(&headers) {
+                headers.remove(&name);
+            }
+            for name in [
+                http::header::HOST,
+                http::header::CONNECTION,
+                http::header::CONTENT_LENGTH,
+                http::header::TRANSFER_ENCODING,
+                http::header::TE,
+                http::header::UPGRADE,
+            ] {
+                headers.remove(name);
+            }
+            crate::plugins::send_mirror(*mirror, headers);
+        }
         if let (Some(route), false) = (&ctx.route, ctx.plugins.is_empty()) {
             ctx.plugins.log(
                 &LogRecord {

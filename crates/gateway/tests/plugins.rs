@@ -1245,3 +1245,75 @@ async fn traffic_split_sends_canaries_and_weights() {
     assert!(gone);
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mirror_copies_requests_without_touching_the_client_s() {
+    let app = ScriptedUpstream::start(|_| Answer::new(200, "main")).await;
+    let mirror = ScriptedUpstream::start(|_| Answer {
+        delay: std::time::Duration::from_millis(500),
+        ..Answer::new(500, "mirror")
+    })
+    .await;
+    let dead = testkit::free_port();
+    let mut node = Node::start().await;
+    node.put(
+        "upstreams/app",
+        json!({"id": "app", "nodes": [{"host": "127.0.0.1", "port": app.port(), "weight": 1}]}),
+    )
+    .await;
+    node.put(
+        "routes/mirrored",
+        json!({"id": "mirrored", "paths": ["/mirrored"], "upstream_id": "app",
+               "plugins": {"proxy-mirror": {"host": format!("http://127.0.0.1:{}", mirror.port())}}}),
+    )
+    .await;
+    node.put(
+        "routes/dead",
+        json!({"id": "dead", "paths": ["/dead"], "upstream_id": "app",
+               "plugins": {"proxy-mirror": {"host": format!("http://127.0.0.1:{dead}")}}}),
+    )
+    .await;
+    node.put(
+        "routes/never",
+        json!({"id": "never", "paths": ["/never"], "upstream_id": "app",
+               "plugins": {"proxy-mirror": {"host": format!("http://127.0.0.1:{}", mirror.port()),
+                                            "sample_ratio": 0.0}}}),
+    )
+    .await;
+    node.until("/never", 200, "main").await;
+
+    // The mirror is slow and fails: the client neither waits nor sees it.
+    let started = std::time::Instant::now();
+    let (status, body, _) = node
+        .send(
+            node.http
+                .post(node.at("/mirrored?q=1"))
+                .header("x-copy", "yes")
+                .body("payload"),
+        )
+        .await;
+    assert_eq!((status, body.as_str()), (200, "main"));
+    assert!(started.elapsed() < std::time::Duration::from_millis(450));
+    let mut copy = None;
+    for _ in 0..100 {
+        if let Some(got) = mirror.received().pop() {
+            copy = Some(got);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let copy = copy.expect("the copy reached the mirror");
+    assert_eq!(copy.method, "POST");
+    assert_eq!(copy.target, "/mirrored?q=1");
+    assert_eq!(copy.body, b"payload");
+    assert_eq!(copy.header("x-copy"), Some("yes"));
+    // A mirror that is down changes nothing for the client; ratio 0 sends nothing.
+    assert_eq!(node.get("GET", "/dead").await.0, 200);
+    let before = mirror.received().len();
+    for _ in 0..5 {
+        assert_eq!(node.get("GET", "/never").await.0, 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(mirror.received().len(), before);
+    node.stop().await;
+}

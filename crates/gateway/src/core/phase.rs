@@ -77,6 +77,8 @@ pub struct PhaseCtx {
     pub pools: Option<Arc<UpstreamsById>>,
     /// The upstream a plugin picked instead of the route's (traffic-split).
     pub upstream: Option<Arc<crate::balancer::UpstreamPool>>,
+    /// A copy of the request to send elsewhere when it ends (proxy-mirror).
+    pub mirror: Option<Box<Mirror>>,
     /// What access logs show of the request; kept only when a plugin of the chain
     /// [wants it](Plugin::wants_request_summary).
     pub request: Option<Box<RequestSummary>>,
@@ -89,6 +91,16 @@ pub struct RequestSummary {
     pub host: String,
     /// Normalised, with the query.
     pub path: String,
+}
+
+/// A request copy proxy-mirror sends (Pingora's adapter fills the body).
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    pub url: String,
+    pub method: String,
+    pub body: Vec<u8>,
+    /// The body outgrew what is mirrored: no copy is sent.
+    pub too_big: bool,
 }
 
 /// Upstream pools by id.
@@ -388,6 +400,11 @@ pub trait Plugin: Send + Sync + fmt::Debug {
         false
     }
     fn log(&self, _record: &LogRecord<'_>, _ctx: &PhaseCtx) {}
+    /// Whether the route must be served by Pingora's path (the fast paths hand it over
+    /// before the access phase): response bodies, request copies.
+    fn needs_pingora(&self) -> bool {
+        self.wants_response_body() || self.selects_upstream()
+    }
     /// Whether the access phase may send the request to another upstream than the
     /// route's ([`PhaseCtx::upstream`]): the fast paths then hand the route to
     /// Pingora's path, as for response bodies.
@@ -512,9 +529,9 @@ impl Chain {
     }
 
     /// Whether the route is served by Pingora's path only: a plugin reads response
-    /// bodies or picks the upstream.
+    /// bodies, picks the upstream or copies requests ([`Plugin::needs_pingora`]).
     pub fn pingora_only(&self) -> bool {
-        self.wants_response_body() || self.selects_upstream()
+        self.entries.iter().any(|e| e.plugin.needs_pingora())
     }
 
     fn view<'a>(&'a self, req: &RequestView<'a>) -> RequestView<'a> {

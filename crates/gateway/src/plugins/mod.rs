@@ -20,6 +20,7 @@ mod limit_count;
 mod limit_req;
 mod loggers;
 mod prometheus;
+mod proxy_mirror;
 mod proxy_rewrite;
 mod redirect;
 pub mod redis;
@@ -51,6 +52,8 @@ pub use limit_count::LimitCount;
 pub use limit_req::LimitReq;
 pub use loggers::{FileLogger, HttpLogger};
 pub use prometheus::Prometheus;
+pub use proxy_mirror::ProxyMirror;
+pub(crate) use proxy_mirror::{send as send_mirror, MAX_MIRRORED_BODY};
 pub use proxy_rewrite::ProxyRewrite;
 pub use redirect::Redirect;
 pub use request_id::RequestId;
@@ -118,6 +121,7 @@ pub fn compile(
         "api-breaker" => Arc::new(ApiBreaker::compile(&typed(config)?)?),
         "request-size-limit" => Arc::new(RequestSizeLimit::compile(&typed(config)?)?),
         "proxy-rewrite" => Arc::new(ProxyRewrite::compile(&typed(config)?)?),
+        "proxy-mirror" => Arc::new(ProxyMirror::compile(&typed(config)?)?),
         "traffic-split" => Arc::new(TrafficSplit::compile(&typed(config)?)?),
         "response-rewrite" => Arc::new(ResponseRewrite::compile(&typed(config)?)?),
         "file-logger" => Arc::new(FileLogger::compile(&typed(config)?, place.counters)?),

@@ -33,7 +33,8 @@ pub use limits::{
 pub use observability::{FileLogger, HttpLogger, Prometheus, Traceparent};
 pub use transform::{
     Brotli, Compression, Cors, FaultAbort, FaultDelay, FaultInjection, Gzip, HeaderChanges,
-    ProxyRewrite, ResponseRewrite, SplitMatch, SplitOn, SplitRule, TrafficSplit, WeightedUpstream,
+    ProxyMirror, ProxyRewrite, ResponseRewrite, SplitMatch, SplitOn, SplitRule, TrafficSplit,
+    WeightedUpstream,
 };
 
 use crate::validate::{ValidationErrors, Validator};
@@ -319,6 +320,14 @@ pub const TRAFFIC_SPLIT: PluginInfo = entry::<TrafficSplit>(
     "sends requests to weighted upstreams, by rules on headers, cookies and query (canaries)",
 );
 
+pub const PROXY_MIRROR: PluginInfo = entry::<ProxyMirror>(
+    "proxy-mirror",
+    998,
+    &["request_body", "log"],
+    false,
+    "sends a copy of a share of the requests to another host, fire-and-forget",
+);
+
 pub const PROMETHEUS: PluginInfo = entry::<Prometheus>(
     "prometheus",
     500,
@@ -353,6 +362,7 @@ pub const CATALOG: &[PluginInfo] = &[
     LIMIT_CONN,
     LIMIT_COUNT,
     LIMIT_REQ,
+    PROXY_MIRROR,
     BROTLI,
     GZIP,
     TRAFFIC_SPLIT,

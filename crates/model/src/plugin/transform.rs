@@ -507,3 +507,43 @@ impl PluginConfig for TrafficSplit {
         }
     }
 }
+
+/// APISIX's `proxy-mirror`: a copy of a share of the requests (`sample_ratio`) is sent
+/// to `host`, fire-and-forget: the client's request never waits for it or fails with
+/// it. Bodies up to 1 MiB are copied (larger ones are not mirrored). Routes with it
+/// are served by Pingora's path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyMirror {
+    /// `http://host[:port]`, no path.
+    pub host: String,
+    /// 0 to 1 (1 when left out).
+    #[serde(default = "ProxyMirror::all")]
+    pub sample_ratio: f64,
+}
+
+impl ProxyMirror {
+    fn all() -> f64 {
+        1.0
+    }
+}
+
+impl PluginConfig for ProxyMirror {
+    fn validate(&self, v: &mut Validator) {
+        let ok = self.host.strip_prefix("http://").is_some_and(|rest| {
+            !rest.is_empty()
+                && !rest.contains('/')
+                && !rest.contains('@')
+                && rest.bytes().all(|b| b.is_ascii_graphic())
+        });
+        if !ok {
+            v.error(
+                "host",
+                "must be http://host[:port] without a path or credentials",
+            );
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            v.error("sample_ratio", "must be between 0 and 1");
+        }
+    }
+}
