@@ -23,7 +23,7 @@ const VERIFIED_PAIRS: usize = 10_000;
 /// One consumer as requests see it.
 #[derive(Debug)]
 pub struct ConsumerEntry {
-    pub id: String,
+    pub id: Arc<str>,
     pub group: Option<String>,
     pub subscriptions: Option<Subscriptions>,
     /// The consumer's plugins (its group's under its own), compiled; empty when none.
@@ -40,8 +40,8 @@ pub enum BasicFailure {
 /// The lookup tables.
 #[derive(Debug, Default)]
 pub struct Consumers {
-    /// `sha256:<hex>` of a key → its consumer.
-    keys: HashMap<String, Arc<ConsumerEntry>>,
+    /// SHA-256 of a key → its consumer.
+    keys: HashMap<[u8; 32], Arc<ConsumerEntry>>,
     /// Basic username → (password hash, consumer).
     basic: HashMap<String, (String, Arc<ConsumerEntry>)>,
     /// JWT key id → how its tokens verify, and the consumer.
@@ -78,7 +78,10 @@ impl Consumers {
 
     /// The consumer whose key this is.
     pub fn by_key(&self, key: &str) -> Option<&Arc<ConsumerEntry>> {
-        self.keys.get(&model::consumer::hash_key(key))
+        let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(digest.as_ref());
+        self.keys.get(&hash)
     }
 
     /// The consumer of a Basic credential.
@@ -139,13 +142,20 @@ impl ConsumersBuilder {
                         problems.push(format!("credentials[{i}]: no key_hash; not served"));
                         continue;
                     }
-                    Some(hash) => match self.table.keys.get(hash) {
-                        Some(owner) => Some(owner.id.clone()),
-                        None => {
-                            self.table.keys.insert(hash.clone(), entry.clone());
-                            None
+                    Some(hash) => {
+                        let Some(digest) = key_digest(hash) else {
+                            problems
+                                .push(format!("credentials[{i}]: key_hash unreadable; not served"));
+                            continue;
+                        };
+                        match self.table.keys.get(&digest) {
+                            Some(owner) => Some(owner.id.clone()),
+                            None => {
+                                self.table.keys.insert(digest, entry.clone());
+                                None
+                            }
                         }
-                    },
+                    }
                 },
                 Credential::BasicAuth(c) => match &c.password_hash {
                     None => {
@@ -205,6 +215,12 @@ impl ConsumersBuilder {
     pub fn build(self) -> Consumers {
         self.table
     }
+}
+
+/// The digest of a stored `sha256:<hex>` key hash.
+fn key_digest(hash: &str) -> Option<[u8; 32]> {
+    let bytes = hex::decode(hash.strip_prefix("sha256:")?).ok()?;
+    bytes.try_into().ok()
 }
 
 /// How the tokens of one JWT credential verify: its algorithm (the only one a token

@@ -14,7 +14,9 @@
 //! portico_log_lines_dropped_total                            counter
 //! ```
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -54,12 +56,24 @@ fn histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
 
-/// The node's request metrics; one per node, kept across config builds.
+/// The node's request metrics; one per node, kept across config builds (clones share
+/// the series).
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub upstream_latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Handles of the series seen, by route.
+    handles: Arc<RwLock<HashMap<String, RouteHandles>>>,
+}
+
+/// A route's series handles; requests by status, service and consumer (nested, so a
+/// lookup borrows the request's strings).
+#[derive(Debug)]
+struct RouteHandles {
+    latency: Histogram,
+    upstream: Histogram,
+    requests: HashMap<u16, HashMap<Box<str>, HashMap<Box<str>, Counter>>>,
 }
 
 impl Default for Metrics {
@@ -68,24 +82,99 @@ impl Default for Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(histogram),
             upstream_latency: Family::new_with_constructor(histogram),
+            handles: Arc::default(),
         }
     }
 }
 
 impl Metrics {
-    /// Records one request.
-    pub fn record(&self, labels: &RequestLabels, duration: Duration, upstream: Option<Duration>) {
-        self.requests.get_or_create(labels).inc();
-        let route = RouteLabels {
-            route: labels.route.clone(),
+    /// Records one request. The series' handles are kept per route, service, status
+    /// and consumer after their first request, so a request costs a few map reads
+    /// under a read lock and no allocation.
+    pub fn record(
+        &self,
+        route: &str,
+        service: Option<&str>,
+        consumer: Option<&str>,
+        code: u16,
+        duration: Duration,
+        upstream: Option<Duration>,
+    ) {
+        let known = {
+            let handles = self.handles.read().unwrap_or_else(|e| e.into_inner());
+            handles.get(route).map(|h| {
+                h.latency.observe(duration.as_secs_f64());
+                if let Some(upstream) = upstream {
+                    h.upstream.observe(upstream.as_secs_f64());
+                }
+                match h
+                    .requests
+                    .get(&code)
+                    .and_then(|by_service| by_service.get(service.unwrap_or_default()))
+                    .and_then(|by_consumer| by_consumer.get(consumer.unwrap_or_default()))
+                {
+                    Some(counter) => {
+                        counter.inc();
+                        true
+                    }
+                    None => false,
+                }
+            })
         };
-        self.latency
-            .get_or_create(&route)
-            .observe(duration.as_secs_f64());
+        match known {
+            Some(true) => {}
+            Some(false) => self.new_series(route, service, consumer, code),
+            None => {
+                self.new_route(route, duration, upstream);
+                self.new_series(route, service, consumer, code);
+            }
+        }
+    }
+
+    fn new_route(&self, route: &str, duration: Duration, upstream: Option<Duration>) {
+        let labels = RouteLabels {
+            route: route.to_owned(),
+        };
+        let latency = self.latency.get_or_create(&labels).clone();
+        let upstream_latency = self.upstream_latency.get_or_create(&labels).clone();
+        latency.observe(duration.as_secs_f64());
         if let Some(upstream) = upstream {
-            self.upstream_latency
-                .get_or_create(&route)
-                .observe(upstream.as_secs_f64());
+            upstream_latency.observe(upstream.as_secs_f64());
+        }
+        self.handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(route.to_owned())
+            .or_insert(RouteHandles {
+                latency,
+                upstream: upstream_latency,
+                requests: HashMap::new(),
+            });
+    }
+
+    fn new_series(&self, route: &str, service: Option<&str>, consumer: Option<&str>, code: u16) {
+        let labels = RequestLabels {
+            route: route.to_owned(),
+            service: service.unwrap_or_default().to_owned(),
+            consumer: consumer.unwrap_or_default().to_owned(),
+            code,
+        };
+        let counter = self.requests.get_or_create(&labels).clone();
+        counter.inc();
+        if let Some(handles) = self
+            .handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(route)
+        {
+            handles
+                .requests
+                .entry(code)
+                .or_default()
+                .entry(labels.service.into())
+                .or_default()
+                .entry(labels.consumer.into())
+                .or_insert(counter);
         }
     }
 

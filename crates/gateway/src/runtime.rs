@@ -47,9 +47,9 @@ pub struct RuntimeConfig {
     pub upstreams: usize,
     /// Number of valid certificates.
     pub certificates: usize,
-    /// Routing, balancing or a plugin reads request headers (header/cookie
-    /// predicates, hashing on a header or cookie, key-auth…); when not, the fast path
-    /// does not collect them.
+    /// Routing or balancing reads request headers (header/cookie predicates, hashing
+    /// on a header or cookie); when not, the fast path collects them only for routes
+    /// whose plugins read them (key-auth …), after routing.
     pub reads_headers: bool,
     /// The consumers authentication plugins look credentials up in.
     pub consumers: Arc<Consumers>,
@@ -598,7 +598,7 @@ impl Compiler {
                     }
                 };
             let entry = Arc::new(ConsumerEntry {
-                id: consumer.id.clone(),
+                id: consumer.id.as_str().into(),
                 group: consumer.group_id.clone(),
                 subscriptions: consumer.subscriptions.clone(),
                 plugins: entries,
@@ -771,7 +771,9 @@ impl Compiler {
                     continue;
                 }
             };
-            reads_headers |= pool.reads_headers() || chain.reads_headers();
+            // The chain's needs are met per route (the fast path collects headers
+            // after routing for such routes); this is what routing and balancing need.
+            reads_headers |= pool.reads_headers();
             table.push(RouteTarget {
                 route: state.route.clone(),
                 upstream: pool,

@@ -325,6 +325,22 @@ where
         if pool.scheme != Scheme::Http || routed.plugins.pingora_only() {
             return (Step::Fallback, 0);
         }
+        // Routing did not need the headers but this route's plugins do: collected now,
+        // for this route only (a plain route beside a key-auth one pays nothing).
+        let late;
+        let header_map = if !collect && routed.plugins.reads_headers() {
+            late = match Self::admit(&head, headers, true) {
+                Some(map) => map,
+                None => return (Step::Fallback, 0),
+            };
+            &late
+        } else {
+            &header_map
+        };
+        let incoming = Incoming {
+            headers: header_map,
+            ..incoming
+        };
         // The body that came with the head, and whether that is all of it.
         let body_in_buf = (body_len.min((buf.len() - head_len) as u64)) as usize;
         let used = head_len + body_in_buf;
@@ -349,7 +365,7 @@ where
                 path: &routed.path,
                 query: head.query,
                 host: &head.host,
-                headers: &header_map,
+                headers: header_map,
                 client_ip: routed.client_ip,
                 tls: peer.tls,
                 scope: &NO_SCOPE,
@@ -382,7 +398,7 @@ where
         let input = HashInput {
             client_ip: routed.client_ip,
             path: &routed.path,
-            headers: &header_map,
+            headers: header_map,
             query: head.query,
         };
 

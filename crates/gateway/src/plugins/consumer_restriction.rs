@@ -53,7 +53,7 @@ impl Plugin for ConsumerRestriction {
             ));
         };
         let name = match self.by {
-            RestrictBy::ConsumerName => Some(consumer.id.as_str()),
+            RestrictBy::ConsumerName => Some(&*consumer.id),
             RestrictBy::ConsumerGroupId => consumer.group.as_deref(),
         };
         if self.admits(name) {

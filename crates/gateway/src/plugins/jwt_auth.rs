@@ -524,7 +524,7 @@ mod tests {
         ];
         for (what, token, plugin, want) in cases {
             let got = plugin.verify(&token, &consumers, NOW).map(|c| {
-                assert_eq!(c.id, "alice");
+                assert_eq!(&*c.id, "alice");
             });
             assert_eq!(got, want, "{what}");
         }

@@ -3,6 +3,7 @@
 //! key (`model::plugin::LimitKey`), and the shards their tables are split into.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::HeaderName;
 use model::plugin::LimitKey;
@@ -16,6 +17,8 @@ pub(crate) const SHARDS: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Key {
     Ip(IpAddr),
+    /// A consumer, by id (the same key across consumer-table rebuilds).
+    Consumer(Arc<str>),
     Text(Box<str>),
     Constant,
 }
@@ -25,6 +28,7 @@ impl Key {
     pub(crate) fn text(&self) -> String {
         match self {
             Key::Ip(ip) => ip.to_string(),
+            Key::Consumer(id) => format!("consumer:{id}"),
             Key::Text(text) => text.to_string(),
             Key::Constant => String::new(),
         }
@@ -67,7 +71,7 @@ impl KeySpec {
         match self.kind {
             LimitKey::RemoteAddr => ip(),
             LimitKey::Consumer => match &ctx.consumer {
-                Some(consumer) => Key::Text(format!("consumer:{}", consumer.id).into()),
+                Some(consumer) => Key::Consumer(consumer.id.clone()),
                 None => ip(),
             },
             LimitKey::Header => match self

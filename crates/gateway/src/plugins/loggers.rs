@@ -74,7 +74,7 @@ pub(crate) fn line(record: &LogRecord<'_>, ctx: &PhaseCtx) -> serde_json::Value 
         "time_ms": crate::now_ms(),
         "route": record.route_id,
         "service": record.service_id,
-        "consumer": ctx.consumer.as_ref().map(|c| c.id.as_str()),
+        "consumer": ctx.consumer.as_ref().map(|c| &*c.id),
         "client_ip": record.client_ip.map(|ip| ip.to_string()),
         "method": request.map(|r| r.method.as_str()),
         "host": request.map(|r| r.host.as_str()),

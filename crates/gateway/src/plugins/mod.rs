@@ -159,6 +159,7 @@ mod tests {
             ("request-size-limit", r#"{"max_body_bytes":10}"#),
             ("proxy-rewrite", r#"{"uri":"/x"}"#),
             ("response-rewrite", r#"{"status_code":201}"#),
+            ("proxy-mirror", r#"{"host":"http://127.0.0.1:9"}"#),
             (
                 "traffic-split",
                 r#"{"rules":[{"weighted_upstreams":[{"weight":1}]}]}"#,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::core::phase::{LogRecord, PhaseCtx, Plugin};
-use crate::metrics::{Metrics, RequestLabels};
+use crate::metrics::Metrics;
 
 #[derive(Debug)]
 pub struct Prometheus {
@@ -32,16 +32,14 @@ impl Plugin for Prometheus {
 
     fn log(&self, record: &LogRecord<'_>, ctx: &PhaseCtx) {
         let consumer = match (&ctx.consumer, self.consumer_label) {
-            (Some(consumer), true) => consumer.id.clone(),
-            _ => String::new(),
+            (Some(consumer), true) => Some(&*consumer.id),
+            _ => None,
         };
         self.metrics.record(
-            &RequestLabels {
-                route: record.route_id.to_owned(),
-                service: record.service_id.unwrap_or_default().to_owned(),
-                consumer,
-                code: record.status,
-            },
+            record.route_id,
+            record.service_id,
+            consumer,
+            record.status,
             record.duration,
             record.upstream,
         );

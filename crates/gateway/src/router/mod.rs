@@ -230,7 +230,7 @@ impl Router {
                 }
             }
             router.len += 1;
-            router.reads_headers |= compiled.reads_headers() || target.plugins.reads_headers();
+            router.reads_headers |= compiled.reads_headers();
         }
         let tables = std::iter::once(&mut router.any_host)
             .chain(router.by_host.values_mut())
