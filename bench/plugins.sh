@@ -48,7 +48,7 @@ limit() { # policy count key_type
 ectl put /portico/instances/bench/routes/plug "{\"id\":\"plug\",\"paths\":[\"/plug/*\"],\"upstream_id\":\"up\",\"plugins\":{\"key-auth\":{},$(limit local 1000000000 consumer),\"prometheus\":{}}}"
 ectl put /portico/instances/bench/routes/redis "{\"id\":\"redis\",\"paths\":[\"/redis/*\"],\"upstream_id\":\"up\",\"plugins\":{\"key-auth\":{},$(limit redis 1000000000 consumer),\"prometheus\":{}}}"
 ectl put /portico/instances/bench/routes/acc-local "{\"id\":\"acc-local\",\"paths\":[\"/acc-local/*\"],\"upstream_id\":\"up\",\"plugins\":{$(limit local "$LIMIT" constant)}}"
-ectl put /portico/instances/bench/routes/acc-redis "{\"id\":\"acc-redis-$run_id\",\"paths\":[\"/acc-redis/*\"],\"upstream_id\":\"up\",\"plugins\":{$(limit redis "$LIMIT" constant)}}"
+ectl put "/portico/instances/bench/routes/acc-redis-$run_id" "{\"id\":\"acc-redis-$run_id\",\"paths\":[\"/acc-redis/*\"],\"upstream_id\":\"up\",\"plugins\":{$(limit redis "$LIMIT" constant)}}"
 ectl put /portico/instances/bench/meta '{"revision":2}'
 
 start_gateway() { # port node-id
@@ -70,6 +70,8 @@ run_wrk() { # name round
   taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "apikey: $key" "$url" > "$out/plugins-$1-$2.txt"
   echo "cpu_ns $(( $(cpu_ns "$(pid_of "$1")") - before ))" >> "$out/plugins-$1-$2.txt"
 }
+# ONLY_ACCURACY=1 skips the throughput rounds.
+if [ -z "${ONLY_ACCURACY:-}" ]; then
 for round in $(seq "$ROUNDS"); do
   for p in nginx plain plugins redis; do run_wrk "$p" "$round"; done
 done
@@ -105,6 +107,7 @@ print(f"ratios (medians): plugins/no plugins {plug/plain:.2f}x, plugins/nginx {p
       f"redis/no plugins {redis/plain:.2f}x, redis/nginx {redis/n:.2f}x, no plugins/nginx {plain/n:.2f}x")
 PY
 } | tee "$out/plugins.md"
+fi
 
 # Accuracy: 64 connections for 3 s against a limit of $LIMIT per day-long window.
 admitted() { python3 - "$@" <<'PY'
@@ -124,8 +127,10 @@ wait_port "$gw2_port"
 for _ in $(seq 100); do curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$gw2_port/none" | grep -q 404 && break; sleep 0.05; done
 sleep 1
 taskset -c "$LOAD_CPUS" wrk -t1 -c32 -d3s "http://127.0.0.1:$gw_port/acc-redis/x" > "$out/acc-redis-1.txt" &
+w1=$!
 taskset -c "$LOAD_CPUS" wrk -t1 -c32 -d3s "http://127.0.0.1:$gw2_port/acc-redis/x" > "$out/acc-redis-2.txt" &
-wait
+w2=$!
+wait "$w1" "$w2"
 redis-cli --scan --pattern "portico:limit-count:bench:route:acc-redis-$run_id:*" | xargs -r redis-cli del >/dev/null
 {
   echo

@@ -73,8 +73,11 @@ pub struct Metrics {
 struct RouteHandles {
     latency: Histogram,
     upstream: Histogram,
-    requests: HashMap<u16, HashMap<Box<str>, HashMap<Box<str>, Counter>>>,
+    requests: HashMap<u16, ByService>,
 }
+
+/// Request counters of one status: by service, then consumer.
+type ByService = HashMap<Box<str>, HashMap<Box<str>, Counter>>;
 
 impl Default for Metrics {
     fn default() -> Self {
