@@ -8,7 +8,7 @@
 //! counters (`runtime::NodeCounters`) for the heartbeat and the metrics.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -25,7 +25,8 @@ pub(crate) struct RedisLink {
     url: String,
     client: redis::Client,
     conn: ArcSwapOption<ConnectionManager>,
-    connecting: AtomicBool,
+    /// Held while connecting: one attempt at a time, the others wait for it.
+    connecting: tokio::sync::Mutex<()>,
     /// Unix milliseconds before which the link is not tried.
     down_until_ms: std::sync::atomic::AtomicI64,
 }
@@ -48,7 +49,7 @@ impl RedisLink {
             url: url.to_owned(),
             client,
             conn: ArcSwapOption::empty(),
-            connecting: AtomicBool::new(false),
+            connecting: tokio::sync::Mutex::new(()),
             down_until_ms: std::sync::atomic::AtomicI64::new(0),
         });
         links.insert(url.to_owned(), link.clone());
@@ -64,20 +65,29 @@ impl RedisLink {
         }
     }
 
-    /// A connection, or `None` when Redis is cooling down, being connected to by
-    /// another request, or does not answer within `timeout`.
+    /// A connection, or `None` when Redis is cooling down or does not answer within
+    /// `timeout`. Requests arriving while the link connects wait for that connection
+    /// (within their timeout) rather than counting locally: a cold start under load
+    /// stays exact.
     async fn connection(&self, timeout: Duration) -> Option<ConnectionManager> {
         if let Some(conn) = self.conn.load_full() {
             return Some((*conn).clone());
         }
-        if crate::now_ms() < self.down_until_ms.load(Ordering::Relaxed)
-            || self.connecting.swap(true, Ordering::AcqRel)
-        {
+        if crate::now_ms() < self.down_until_ms.load(Ordering::Relaxed) {
+            return None;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let _connecting = tokio::time::timeout_at(deadline, self.connecting.lock())
+            .await
+            .ok()?;
+        if let Some(conn) = self.conn.load_full() {
+            return Some((*conn).clone());
+        }
+        if crate::now_ms() < self.down_until_ms.load(Ordering::Relaxed) {
             return None;
         }
         let connected =
-            tokio::time::timeout(timeout, ConnectionManager::new(self.client.clone())).await;
-        self.connecting.store(false, Ordering::Release);
+            tokio::time::timeout_at(deadline, ConnectionManager::new(self.client.clone())).await;
         match connected {
             Ok(Ok(conn)) => {
                 self.conn.store(Some(Arc::new(conn.clone())));
