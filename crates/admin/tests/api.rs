@@ -354,13 +354,16 @@ async fn the_plugin_catalog_is_served_with_schemas() {
     let names: Vec<&str> = items.iter().map(|p| p["name"].as_str().unwrap()).collect();
     let every: Vec<&str> = model::plugin::CATALOG.iter().map(|p| p.name).collect();
     assert_eq!(names, every);
-    assert!(names.starts_with(&["request-id", "ip-restriction", "basic-auth", "key-auth"]));
+    assert_eq!(names[0], "request-id");
     let priorities: Vec<i64> = items
         .iter()
         .map(|p| p["priority"].as_i64().unwrap())
         .collect();
     assert!(priorities.windows(2).all(|w| w[0] > w[1]), "{priorities:?}");
-    let ip = &items[1];
+    let ip = items
+        .iter()
+        .find(|p| p["name"] == "ip-restriction")
+        .unwrap();
     assert_eq!(ip["phases"], serde_json::json!(["access"]));
     assert_eq!(ip["schema"]["type"], "object");
     assert!(ip["schema"]["properties"]["denylist"].is_object());

@@ -208,26 +208,10 @@ impl Db {
             Change::Delete { .. } => {
                 self.check_unreferenced(&mut tx, cluster, instance, kind, id)
                     .await?;
-                let sql = self.sql(
-                    "DELETE FROM resource_refs WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
-                );
-                sqlx::query(&sql)
-                    .bind(cluster)
-                    .bind(instance)
-                    .bind(kind.as_str())
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                let sql = self.sql(
-                    "DELETE FROM resources WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
-                );
-                sqlx::query(&sql)
-                    .bind(cluster)
-                    .bind(instance)
-                    .bind(kind.as_str())
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                for table in ["resource_refs", "resources"] {
+                    self.delete_rows(&mut tx, table, cluster, instance, kind, id)
+                        .await?;
+                }
                 None
             }
         };
@@ -425,17 +409,16 @@ impl Db {
         instance: &str,
         resource: &Resource,
     ) -> Result<(), sqlx::Error> {
+        self.delete_rows(
+            tx,
+            "resource_refs",
+            cluster,
+            instance,
+            resource.kind(),
+            resource.id(),
+        )
+        .await?;
         let kind = resource.kind().as_str();
-        let sql = self.sql(
-            "DELETE FROM resource_refs WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
-        );
-        sqlx::query(&sql)
-            .bind(cluster)
-            .bind(instance)
-            .bind(kind)
-            .bind(resource.id())
-            .execute(&mut **tx)
-            .await?;
         let sql = self.sql(
             "INSERT INTO resource_refs (cluster, instance, kind, id, field, ref_kind, ref_id) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -452,6 +435,31 @@ impl Db {
                 .execute(&mut **tx)
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Deletes a resource's rows of `table` (`resources` or `resource_refs`).
+    async fn delete_rows(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        table: &str,
+        cluster: &str,
+        instance: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> Result<(), sqlx::Error> {
+        let sql = self.sql(if table == "resource_refs" {
+            "DELETE FROM resource_refs WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?"
+        } else {
+            "DELETE FROM resources WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?"
+        });
+        sqlx::query(&sql)
+            .bind(cluster)
+            .bind(instance)
+            .bind(kind.as_str())
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 

@@ -26,12 +26,7 @@ impl BasicAuth {
     }
 
     fn unauthorized(&self, message: &'static str) -> Refusal {
-        Refusal::denied_with(
-            401,
-            "unauthorized",
-            message,
-            vec![(http::header::WWW_AUTHENTICATE, self.challenge.clone())],
-        )
+        super::unauthorized(self.challenge.clone(), message)
     }
 }
 

@@ -68,16 +68,9 @@ pub(crate) fn params(value: &str) -> Option<Params<'_>> {
 }
 
 fn unauthorized(message: &'static str) -> Refusal {
-    Refusal::denied_with(
-        401,
-        "unauthorized",
+    super::unauthorized(
+        HeaderValue::from_static("Signature realm=\"portico\",headers=\"(request-target) date\""),
         message,
-        vec![(
-            http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(
-                "Signature realm=\"portico\",headers=\"(request-target) date\"",
-            ),
-        )],
     )
 }
 

@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::consumers::{ConsumerEntry, Consumers};
 use crate::core::phase::{AuthOutcome, HeaderEdits, PhaseCtx, Plugin, RequestView};
 use crate::core::refusal::Refusal;
-use crate::plugins::key_auth::without_argument;
+use crate::plugins::key_auth::hide_argument;
 
 /// Larger tokens are refused before decoding.
 const MAX_TOKEN: usize = 8 * 1024;
@@ -205,14 +205,9 @@ impl JwtAuth {
 }
 
 fn unauthorized(message: &'static str) -> Refusal {
-    Refusal::denied_with(
-        401,
-        "unauthorized",
+    super::unauthorized(
+        http::HeaderValue::from_static("Bearer realm=\"portico\""),
         message,
-        vec![(
-            http::header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Bearer realm=\"portico\""),
-        )],
     )
 }
 
@@ -244,11 +239,8 @@ impl Plugin for JwtAuth {
         }
         if req.headers.contains_key(&self.header) {
             edits.remove(self.header.clone());
-        } else if let Some(query) = edits.query(req.query) {
-            if form_urlencoded::parse(query.as_bytes()).any(|(n, _)| n == self.query) {
-                let rest = without_argument(query, &self.query);
-                edits.set_query(rest);
-            }
+        } else {
+            hide_argument(req, edits, &self.query);
         }
     }
 }

@@ -40,15 +40,7 @@ impl KeyAuth {
 
 /// A 401 with a Key challenge (Kong's answer).
 fn unauthorized(message: &'static str) -> Refusal {
-    Refusal::denied_with(
-        401,
-        "unauthorized",
-        message,
-        vec![(
-            http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Key realm=\"portico\""),
-        )],
-    )
+    super::unauthorized(HeaderValue::from_static("Key realm=\"portico\""), message)
 }
 
 /// `query` without the arguments named `name` (the others kept byte for byte);
@@ -66,6 +58,17 @@ pub(crate) fn without_argument(query: &str, name: &str) -> Option<String> {
         })
         .collect();
     (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+/// Removes the query argument `name` (a credential) from the query sent upstream.
+pub(crate) fn hide_argument(req: &RequestView<'_>, edits: &mut HeaderEdits, name: &str) {
+    let Some(query) = edits.query(req.query) else {
+        return;
+    };
+    if form_urlencoded::parse(query.as_bytes()).any(|(n, _)| n == name) {
+        let rest = without_argument(query, name);
+        edits.set_query(rest);
+    }
 }
 
 impl Plugin for KeyAuth {
@@ -92,13 +95,7 @@ impl Plugin for KeyAuth {
             return;
         }
         edits.remove(self.header.clone());
-        if let Some(query) = edits.query(req.query) {
-            let has_key = form_urlencoded::parse(query.as_bytes()).any(|(n, _)| n == self.query);
-            if has_key {
-                let rest = without_argument(query, &self.query);
-                edits.set_query(rest);
-            }
-        }
+        hide_argument(req, edits, &self.query);
     }
 }
 

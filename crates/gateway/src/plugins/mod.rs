@@ -10,6 +10,7 @@ mod compression;
 mod consumer_restriction;
 mod cors;
 mod fault_injection;
+mod header_changes;
 mod hmac_auth;
 mod ip_restriction;
 mod jwt_auth;
@@ -61,6 +62,20 @@ pub use request_size_limit::RequestSizeLimit;
 pub use response_rewrite::ResponseRewrite;
 pub use traceparent::Traceparent;
 pub use traffic_split::TrafficSplit;
+
+/// The 401 of the authentication plugins: the JSON error with `message` and the
+/// scheme's `WWW-Authenticate` challenge.
+pub(crate) fn unauthorized(
+    challenge: http::HeaderValue,
+    message: &'static str,
+) -> crate::core::refusal::Refusal {
+    crate::core::refusal::Refusal::denied_with(
+        401,
+        "unauthorized",
+        message,
+        vec![(http::header::WWW_AUTHENTICATE, challenge)],
+    )
+}
 
 /// Where a plugin runs: state shared beyond the node (Redis keys) is named by it.
 #[derive(Debug, Clone, Copy)]

@@ -3,9 +3,10 @@
 //! rewrites a matching path with `$1`/`${1}` from its captures (the regex is compiled
 //! once, with the config). The query string is kept.
 
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use regex::Regex;
 
+use super::header_changes::CompiledChanges;
 use crate::core::phase::{HeaderEdits, PhaseCtx, Plugin, RequestView};
 
 #[derive(Debug)]
@@ -13,17 +14,7 @@ pub struct ProxyRewrite {
     uri: Option<String>,
     regex_uri: Option<(Regex, String)>,
     host: Option<HeaderValue>,
-    remove: Vec<HeaderName>,
-    set: Vec<(HeaderName, HeaderValue)>,
-    add: Vec<(HeaderName, HeaderValue)>,
-}
-
-fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
-    Ok((
-        HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("{name}: not a header name"))?,
-        HeaderValue::from_str(value).map_err(|_| format!("{name}: not a header value"))?,
-    ))
+    headers: CompiledChanges,
 }
 
 impl ProxyRewrite {
@@ -35,7 +26,6 @@ impl ProxyRewrite {
             )),
             None => None,
         };
-        let changes = &config.headers;
         Ok(Self {
             uri: config.uri.clone(),
             regex_uri,
@@ -45,24 +35,7 @@ impl ProxyRewrite {
                 .map(HeaderValue::from_str)
                 .transpose()
                 .map_err(|_| "host: not a header value".to_owned())?,
-            remove: changes
-                .remove
-                .iter()
-                .map(|n| {
-                    HeaderName::from_bytes(n.as_bytes())
-                        .map_err(|_| format!("{n}: not a header name"))
-                })
-                .collect::<Result<_, _>>()?,
-            set: changes
-                .set
-                .iter()
-                .map(|(n, v)| header(n, v))
-                .collect::<Result<_, _>>()?,
-            add: changes
-                .add
-                .iter()
-                .map(|(n, v)| header(n, v))
-                .collect::<Result<_, _>>()?,
+            headers: CompiledChanges::compile(&config.headers)?,
         })
     }
 
@@ -99,15 +72,7 @@ impl Plugin for ProxyRewrite {
         if let Some(host) = &self.host {
             edits.set(http::header::HOST, host.clone());
         }
-        for name in &self.remove {
-            edits.remove(name.clone());
-        }
-        for (name, value) in &self.set {
-            edits.set(name.clone(), value.clone());
-        }
-        for (name, value) in &self.add {
-            edits.add(name.clone(), value.clone());
-        }
+        self.headers.apply(edits);
     }
 }
 

@@ -5,50 +5,23 @@
 //! `Content-Length`.
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 
+use super::header_changes::CompiledChanges;
 use crate::core::phase::{HeaderEdits, PhaseCtx, Plugin};
 
 #[derive(Debug)]
 pub struct ResponseRewrite {
     status: Option<u16>,
-    remove: Vec<HeaderName>,
-    set: Vec<(HeaderName, HeaderValue)>,
-    add: Vec<(HeaderName, HeaderValue)>,
+    headers: CompiledChanges,
     body: Option<Bytes>,
-}
-
-fn pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
-    Ok((
-        HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("{name}: not a header name"))?,
-        HeaderValue::from_str(value).map_err(|_| format!("{name}: not a header value"))?,
-    ))
 }
 
 impl ResponseRewrite {
     pub fn compile(config: &model::plugin::ResponseRewrite) -> Result<Self, String> {
-        let changes = &config.headers;
         Ok(Self {
             status: config.status_code,
-            remove: changes
-                .remove
-                .iter()
-                .map(|n| {
-                    HeaderName::from_bytes(n.as_bytes())
-                        .map_err(|_| format!("{n}: not a header name"))
-                })
-                .collect::<Result<_, _>>()?,
-            set: changes
-                .set
-                .iter()
-                .map(|(n, v)| pair(n, v))
-                .collect::<Result<_, _>>()?,
-            add: changes
-                .add
-                .iter()
-                .map(|(n, v)| pair(n, v))
-                .collect::<Result<_, _>>()?,
+            headers: CompiledChanges::compile(&config.headers)?,
             body: config.body.clone().map(Bytes::from),
         })
     }
@@ -67,15 +40,7 @@ impl Plugin for ResponseRewrite {
         if let Some(status) = self.status {
             edits.set_status(status);
         }
-        for name in &self.remove {
-            edits.remove(name.clone());
-        }
-        for (name, value) in &self.set {
-            edits.set(name.clone(), value.clone());
-        }
-        for (name, value) in &self.add {
-            edits.add(name.clone(), value.clone());
-        }
+        self.headers.apply(edits);
         if let Some(body) = &self.body {
             edits.remove(http::header::TRANSFER_ENCODING);
             edits.set(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
