@@ -305,10 +305,7 @@ impl PluginCache {
                         plugin
                     }
                 };
-                Ok(Entry {
-                    priority: p.priority,
-                    plugin,
-                })
+                Ok(Entry::new(p.priority, plugin))
             })
             .collect()
     }
@@ -862,17 +859,8 @@ fn route_chain(
     let refs = merged
         .plugins
         .iter()
-        .filter(|p| p.name == model::plugin::TRAFFIC_SPLIT.name)
-        .filter_map(|p| {
-            serde_json::from_value::<model::plugin::TrafficSplit>(p.config.clone()).ok()
-        })
-        .flat_map(|split| {
-            split
-                .upstream_refs()
-                .into_iter()
-                .map(|(_, id)| id.to_owned())
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|p| model::plugin::upstream_refs(p.name, &p.config))
+        .map(|(_, id)| id)
         .collect();
     let chain = Chain::new(
         entries,

@@ -423,11 +423,23 @@ pub trait Plugin: Send + Sync + fmt::Debug {
 pub struct Entry {
     pub priority: i32,
     pub plugin: Arc<dyn Plugin>,
+    /// The catalog marks it as identifying the consumer; looked up once, here, not
+    /// per request.
+    authenticates: bool,
 }
 
 impl Entry {
+    pub fn new(priority: i32, plugin: Arc<dyn Plugin>) -> Self {
+        let authenticates = model::plugin::find(plugin.name()).is_some_and(|p| p.authenticates);
+        Self {
+            priority,
+            plugin,
+            authenticates,
+        }
+    }
+
     fn authenticates(&self) -> bool {
-        model::plugin::find(self.plugin.name()).is_some_and(|p| p.authenticates)
+        self.authenticates
     }
 
     fn same(&self, other: &Entry) -> bool {
@@ -701,10 +713,7 @@ mod tests {
 
     #[test]
     fn plugins_run_by_priority_then_name() {
-        let entry = |name, priority| Entry {
-            priority,
-            plugin: Arc::new(Named(name)) as Arc<dyn Plugin>,
-        };
+        let entry = |name, priority| Entry::new(priority, Arc::new(Named(name)));
         let chain = Chain::new(
             vec![entry("b", 1), entry("c", 5), entry("a", 1)],
             RouteScope::default(),

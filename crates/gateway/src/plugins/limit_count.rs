@@ -99,6 +99,8 @@ pub struct LimitCount {
     status: u16,
     message: Arc<str>,
     show_headers: bool,
+    /// `count` as the `X-RateLimit-Limit` value, made once.
+    limit_value: HeaderValue,
     shards: Vec<Mutex<Shard>>,
     /// `None` for the local policy.
     shared: Option<Shared>,
@@ -150,6 +152,7 @@ impl LimitCount {
                 .unwrap_or(model::plugin::LimitCount::DEFAULT_MESSAGE)
                 .into(),
             show_headers: config.show_limit_headers,
+            limit_value: HeaderValue::from(config.count),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             shared,
         })
@@ -233,7 +236,7 @@ impl LimitCount {
     fn answer(&self, verdict: Verdict, ctx: &mut PhaseCtx) -> Result<(), Refusal> {
         if verdict.admitted {
             if self.show_headers {
-                ctx.set(LIMIT, HeaderValue::from(self.count));
+                ctx.set(LIMIT, self.limit_value.clone());
                 ctx.set(REMAINING, HeaderValue::from(verdict.remaining));
                 ctx.set(RESET, HeaderValue::from(verdict.reset));
             }
@@ -244,7 +247,7 @@ impl LimitCount {
             headers.extend([
                 (
                     HeaderName::from_static("x-ratelimit-limit"),
-                    HeaderValue::from(self.count),
+                    self.limit_value.clone(),
                 ),
                 (
                     HeaderName::from_static("x-ratelimit-remaining"),

@@ -386,6 +386,23 @@ fn known_names() -> String {
         .join(", ")
 }
 
+/// The upstreams plugin `name` with `config` names (traffic-split's), each with its
+/// field path (`plugins.traffic-split.rules[0]…`): references the admin checks and
+/// the gateway needs present to serve the route.
+pub fn upstream_refs(name: &str, config: &serde_json::Value) -> Vec<(String, String)> {
+    if name != TRAFFIC_SPLIT.name {
+        return Vec::new();
+    }
+    let Ok(split) = serde_json::from_value::<TrafficSplit>(config.clone()) else {
+        return Vec::new();
+    };
+    split
+        .upstream_refs()
+        .into_iter()
+        .map(|(field, id)| (format!("plugins.{name}.{field}"), id.to_owned()))
+        .collect()
+}
+
 /// The plugins of a route, service, global rule, consumer or consumer group: plugin
 /// name → its configuration. Every name must be in the catalog and every
 /// configuration valid for its type ([`Plugins::validate`]): an unknown name is
@@ -407,16 +424,9 @@ impl Plugins {
 
     /// The upstreams the plugins name (traffic-split), each with its field path.
     pub fn upstream_refs(&self) -> Vec<(String, String)> {
-        let Some(config) = self.0.get(TRAFFIC_SPLIT.name) else {
-            return Vec::new();
-        };
-        let Ok(split) = serde_json::from_value::<TrafficSplit>(config.clone()) else {
-            return Vec::new();
-        };
-        split
-            .upstream_refs()
-            .into_iter()
-            .map(|(field, id)| (format!("plugins.traffic-split.{field}"), id.to_owned()))
+        self.0
+            .iter()
+            .flat_map(|(name, config)| upstream_refs(name, config))
             .collect()
     }
 
