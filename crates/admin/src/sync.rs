@@ -59,6 +59,7 @@ pub(crate) struct Written {
 /// Commits `change` (already parsed and validated) and pushes it to the cluster's agent.
 pub(crate) async fn write(
     state: &AppState,
+    namespace: &str,
     cluster: &str,
     instance: &str,
     change: Change,
@@ -67,7 +68,7 @@ pub(crate) async fn write(
     let _in_revision_order = lock.lock().await;
     let committed = state
         .db
-        .commit(cluster, instance, &change, db::now())
+        .commit(namespace, cluster, instance, &change, db::now())
         .await?;
     let agent = Target {
         address: &committed.agent_address,
@@ -205,14 +206,18 @@ async fn poll_cluster(state: &AppState, record: &AgentRecord) {
     for instance in &report.instances {
         let mut v = model::validate::Validator::new();
         model::validate::check_id(&mut v, "name", &instance.name);
+        if let Some(namespace) = &instance.namespace {
+            model::validate::check_id(&mut v, "namespace", namespace);
+        }
         if let Err(e) = v.finish() {
             tracing::warn!(cluster = %cluster.name, instance = %instance.name, error = %e,
-                "ignoring an instance with an invalid name");
+                "ignoring an instance with an invalid name or namespace");
             continue;
         }
         reported.push(InstanceReport {
             name: instance.name.clone(),
             revision: instance.revision.unwrap_or_default(),
+            namespace: instance.namespace.clone(),
         });
     }
     let outcome = match state

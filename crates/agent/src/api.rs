@@ -75,10 +75,11 @@ async fn list_instances(
     State(state): State<AgentState>,
 ) -> Result<Json<AgentInstances>, AgentError> {
     let mut instances = Vec::new();
-    for name in state.instance_names() {
+    for (name, namespace) in state.instance_names() {
         let revision = state.meta_revision(name).await?;
         instances.push(AgentInstance {
             name: name.clone(),
+            namespace: namespace.clone(),
             revision: (revision.0 > 0).then_some(revision),
             nodes: state.nodes(name).await?,
         });

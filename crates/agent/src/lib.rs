@@ -11,7 +11,7 @@ mod api;
 mod error;
 mod writer;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use store::keys::Keyspace;
@@ -25,7 +25,8 @@ pub use error::AgentError;
 pub struct AgentState {
     store: Arc<dyn ConfigStore>,
     keyspace: Keyspace,
-    instances: Arc<BTreeSet<String>>,
+    /// Instance name → the namespace its environment puts it in (`None`: unsaid).
+    instances: Arc<BTreeMap<String, Option<String>>>,
     /// Hash of the bearer token the admin must present (checked by `apikit::auth`).
     token: Arc<apikit::TokenHash>,
     /// Body limit and client timeouts of the API.
@@ -35,23 +36,37 @@ pub struct AgentState {
 }
 
 impl AgentState {
-    /// Fails when an instance name is not a valid id or the token is empty.
+    /// `instances` are names, each optionally with the namespace it belongs to
+    /// (`orders@team-a`); `namespace` is the namespace of those without one (`None`:
+    /// the agent says nothing, and the admin puts them in `default`). Fails when a
+    /// name or namespace is not a valid id or the token is empty.
     pub fn new(
         store: Arc<dyn ConfigStore>,
         keyspace: Keyspace,
         instances: impl IntoIterator<Item = String>,
+        namespace: Option<&str>,
         token: &str,
     ) -> anyhow::Result<Self> {
-        let instances: BTreeSet<String> = instances.into_iter().collect();
+        let mut map = BTreeMap::new();
+        for entry in instances {
+            let (name, own) = match entry.split_once('@') {
+                Some((name, ns)) => (name.to_owned(), Some(ns.to_owned())),
+                None => (entry, None),
+            };
+            let namespace = own.or_else(|| namespace.map(str::to_owned));
+            let mut v = model::validate::Validator::new();
+            model::validate::check_id(&mut v, "instance", &name);
+            if let Some(ns) = &namespace {
+                model::validate::check_id(&mut v, "namespace", ns);
+            }
+            if let Err(e) = v.finish() {
+                anyhow::bail!("invalid instance entry {name:?}: {e}");
+            }
+            map.insert(name, namespace);
+        }
+        let instances = map;
         if instances.is_empty() {
             anyhow::bail!("the agent needs at least one instance name (PORTICO_INSTANCES)");
-        }
-        for name in &instances {
-            let mut v = model::validate::Validator::new();
-            model::validate::check_id(&mut v, "instance", name);
-            if let Err(e) = v.finish() {
-                anyhow::bail!("invalid instance name {name:?}: {e}");
-            }
         }
         if token.trim().is_empty() {
             anyhow::bail!("the agent token must not be empty (PORTICO_AGENT_TOKEN)");

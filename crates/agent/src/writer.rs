@@ -29,7 +29,7 @@ pub(crate) enum Change {
 
 impl AgentState {
     pub(crate) fn check_instance(&self, instance: &str) -> Result<(), AgentError> {
-        if self.instances.contains(instance) {
+        if self.instances.contains_key(instance) {
             Ok(())
         } else {
             Err(AgentError::NotFound(format!(
@@ -38,7 +38,8 @@ impl AgentState {
         }
     }
 
-    pub(crate) fn instance_names(&self) -> impl Iterator<Item = &String> {
+    /// Each instance with the namespace its environment names, if any.
+    pub(crate) fn instance_names(&self) -> impl Iterator<Item = (&String, &Option<String>)> {
         self.instances.iter()
     }
 

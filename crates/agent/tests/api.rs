@@ -32,6 +32,7 @@ impl Agent {
             store.clone(),
             keyspace.clone(),
             agent::parse_instance_list("instance_a, instance_b"),
+            None,
             TOKEN,
         )
         .unwrap();
@@ -145,6 +146,7 @@ async fn oversized_and_slow_clients_are_cut() {
         store.clone(),
         keyspace.clone(),
         ["instance_a".to_owned()],
+        None,
         TOKEN,
     )
     .unwrap()

@@ -15,7 +15,7 @@ use model::consumer::Subscriptions;
 
 use crate::core::phase::Entry;
 
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+use crate::HashMap;
 
 /// Verified Basic pairs remembered per table; beyond this the memory starts over.
 const VERIFIED_PAIRS: usize = 10_000;

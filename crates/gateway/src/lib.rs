@@ -50,6 +50,11 @@ use store::watch::{PrefixWatcher, Update};
 use store::ConfigStore;
 use tokio::sync::watch;
 
+/// The gateway's hash map: keys such as hosts, paths, ids and credentials come from
+/// clients or config, so the hasher is seeded per process; foldhash is several times
+/// faster than SipHash on short keys.
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use crate::core::rate::MinRate;
 use crate::proxy::{InFlight, Proxy};
 use crate::runtime::{Compiler, ConfigObjects, RuntimeConfig};

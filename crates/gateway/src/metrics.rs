@@ -14,7 +14,6 @@
 //! portico_log_lines_dropped_total                            counter
 //! ```
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -27,6 +26,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::runtime::RuntimeConfig;
+use crate::HashMap;
 
 /// Request latency buckets, in seconds: 0.5 ms to 10 s.
 const BUCKETS: [f64; 14] = [
@@ -151,7 +151,7 @@ impl Metrics {
             .or_insert(RouteHandles {
                 latency,
                 upstream: upstream_latency,
-                requests: HashMap::new(),
+                requests: HashMap::default(),
             });
     }
 

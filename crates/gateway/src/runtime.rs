@@ -32,8 +32,7 @@ use crate::core::phase::{Chain, Entry, Plugin, RouteScope};
 use crate::router::{CompiledRoute, RouteTarget, Router};
 use crate::tls::CertTable;
 
-/// Keyed by store keys and ids; foldhash is several times faster than SipHash on them.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+use crate::HashMap;
 
 /// What requests read; never mutated after it is built.
 #[derive(Debug, Default)]

@@ -98,6 +98,30 @@ pub struct Instance {
     /// The revision the agent last reported the store to hold, if known.
     #[serde(default)]
     pub applied_revision: Option<Revision>,
+    /// The namespace the instance and everything under it belong to.
+    pub namespace: String,
+    /// Who put it there: an operator (the agent's report no longer moves it) or the
+    /// agent's environment (`default` when it names none).
+    pub namespace_source: NamespaceSource,
+    /// False when `namespace` names no namespace (the agent reported one that was never
+    /// created): the instance is unbound, and its gateways load nothing.
+    pub namespace_exists: bool,
+}
+
+/// Who decided an instance's namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamespaceSource {
+    Agent,
+    Operator,
+}
+
+/// Body of `PUT …/clusters/{cluster}/instances/{instance}/namespace`: moves the
+/// instance (and its config) to a namespace; `null` hands the choice back to its agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceNamespace {
+    pub namespace: Option<String>,
 }
 
 /// A gateway node's heartbeat, kept in the store under the instance's `nodes/` with a lease.
@@ -177,6 +201,10 @@ pub struct NodeHealth {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentInstance {
     pub name: String,
+    /// The namespace the agent's environment puts the instance in (`None`: it says
+    /// nothing, which means `default` unless an operator chose).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// The admin revision the store holds for this instance (its `meta`), if any.
     pub revision: Option<Revision>,
     pub nodes: Vec<NodeHeartbeat>,

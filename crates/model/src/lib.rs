@@ -10,6 +10,7 @@ pub mod certificate;
 pub mod cluster;
 pub mod consumer;
 pub mod json;
+pub mod namespace;
 pub mod plugin;
 pub mod resource;
 pub mod route;

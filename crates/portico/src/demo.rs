@@ -59,6 +59,7 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
         store.clone(),
         keyspace.clone(),
         [INSTANCE.to_owned()],
+        None,
         &agent_token,
     )?;
     let agent_listener = crate::bind(args.agent_listen).await?;

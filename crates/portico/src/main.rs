@@ -69,9 +69,14 @@ enum Command {
         // Boxed like the gateway's HTTP settings: it keeps `Command` small.
         #[command(flatten)]
         store_access: Box<StoreArgs>,
-        /// Instance names this agent manages, comma-separated.
+        /// Instance names this agent manages, comma-separated; `name@namespace` puts
+        /// one in a namespace (its id).
         #[arg(long, env = "PORTICO_INSTANCES")]
         instances: String,
+        /// The namespace (id) of the instances listed without one; unset: `default`,
+        /// unless an operator assigns them in the admin.
+        #[arg(long, env = "PORTICO_NAMESPACE")]
+        namespace: Option<String>,
         /// Serve HTTPS with this certificate (PEM chain, leaf first).
         #[arg(long, env = "PORTICO_AGENT_TLS_CERT", requires = "tls_key")]
         tls_cert: Option<std::path::PathBuf>,
@@ -446,6 +451,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             store,
             store_access,
             instances,
+            namespace,
             tls_cert,
             tls_key,
             tls_client_ca,
@@ -456,7 +462,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )?;
             let (store, keyspace) = store::open_with(&store, &store_access.options()?).await?;
             let names = agent::parse_instance_list(&instances);
-            let mut state = agent::AgentState::new(store, keyspace, names, &token)?
+            let mut state = agent::AgentState::new(store, keyspace, names, namespace.as_deref(), &token)?
                 .with_timeouts(timeouts.header_read_timeout, timeouts.body_timeout);
             if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
                 let client_ca = tls_client_ca

@@ -11,10 +11,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use model::cluster::{Cluster, Instance};
+use model::cluster::{Cluster, Instance, InstanceNamespace};
 use serde_json::{json, Value};
 
-use super::{parse_json, ApiPath};
+use super::{parse_json, ApiPath, Scope};
 use crate::db;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -115,25 +115,56 @@ pub(super) async fn list_instances(
 
 pub(super) async fn get_instance(
     State(state): State<Arc<AppState>>,
+    scope: Scope,
     ApiPath((cluster, instance)): ApiPath<(String, String)>,
 ) -> Result<Json<Instance>, ApiError> {
-    Ok(Json(state.db.require_instance(&cluster, &instance).await?))
+    Ok(Json(scope.instance(&state, &cluster, &instance).await?))
+}
+
+/// Moves the instance and its config to another namespace (pinned there: its agent's
+/// report no longer moves it), or with `{"namespace": null}` hands the choice back to
+/// the agent. Addressed by cluster and instance alone: the move spans two namespaces.
+pub(super) async fn set_instance_namespace(
+    State(state): State<Arc<AppState>>,
+    ApiPath((cluster, instance)): ApiPath<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Instance>, ApiError> {
+    let wanted: InstanceNamespace = parse_json("instance namespace", &body?)?;
+    if let Some(namespace) = &wanted.namespace {
+        let mut v = model::validate::Validator::new();
+        model::validate::check_id(&mut v, "namespace", namespace);
+        v.finish().map_err(|errors| ApiError::Invalid {
+            what: "instance namespace".into(),
+            errors,
+        })?;
+    }
+    state
+        .db
+        .set_instance_namespace(&cluster, &instance, wanted.namespace.as_deref())
+        .await?;
+    let moved = state.db.require_instance(&cluster, &instance).await?;
+    tracing::info!(cluster, instance, namespace = %moved.namespace,
+        source = ?moved.namespace_source, "instance namespace set");
+    Ok(Json(moved))
 }
 
 /// The instance's gateway nodes as its agent last reported them.
 pub(super) async fn list_nodes(
     State(state): State<Arc<AppState>>,
+    scope: Scope,
     ApiPath((cluster, instance)): ApiPath<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    state.db.require_instance(&cluster, &instance).await?;
+    scope.instance(&state, &cluster, &instance).await?;
     Ok(Json(json!({ "items": state.nodes(&cluster, &instance) })))
 }
 
 /// The instance's change log, newest first (certificate keys are never in it).
 pub(super) async fn list_changes(
     State(state): State<Arc<AppState>>,
+    scope: Scope,
     ApiPath((cluster, instance)): ApiPath<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    scope.instance(&state, &cluster, &instance).await?;
     let items = state.db.changes(&cluster, &instance).await?;
     Ok(Json(json!({ "items": items })))
 }

@@ -5,6 +5,7 @@
 //! column), or which field is unknown, missing or of the wrong type (its full path).
 
 mod clusters;
+mod namespaces;
 mod plugins;
 mod resources;
 
@@ -42,6 +43,21 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/clusters/{cluster}/instances",
             get(clusters::list_instances),
         )
+        .route(
+            "/namespaces",
+            get(namespaces::list).post(namespaces::create),
+        )
+        .route(
+            "/namespaces/{id}",
+            get(namespaces::get_one)
+                .put(namespaces::put)
+                .delete(namespaces::delete),
+        )
+        .route("/namespaces/{id}/instances", get(namespaces::instances))
+        .route(
+            &format!("{instance}/namespace"),
+            axum::routing::put(clusters::set_instance_namespace),
+        )
         .route("/plugins", get(plugins::list_plugins))
         .route("/plugins/{name}", get(plugins::get_plugin))
         .route(instance, get(clusters::get_instance))
@@ -77,6 +93,60 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub(crate) struct ApiPath<T>(pub T);
+
+/// The namespace a request works in: the `namespace` query parameter (a namespace
+/// id), `default` when absent. Everything under an instance is reached through it: an
+/// instance of another namespace is not found (requirement N2).
+pub(crate) struct Scope {
+    pub namespace: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ScopeQuery {
+    namespace: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Scope {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, ApiError> {
+        let query = axum::extract::Query::<ScopeQuery>::try_from_uri(&parts.uri)
+            .map_err(|e| ApiError::BadRequest {
+                message: format!("bad query string: {}", e.body_text()),
+                details: Vec::new(),
+            })?;
+        let namespace = query
+            .0
+            .namespace
+            .unwrap_or_else(|| model::namespace::DEFAULT_NAMESPACE.to_owned());
+        let mut v = model::validate::Validator::new();
+        model::validate::check_id(&mut v, "namespace", &namespace);
+        v.finish().map_err(|errors| ApiError::Invalid {
+            what: "query".into(),
+            errors,
+        })?;
+        Ok(Self { namespace })
+    }
+}
+
+impl Scope {
+    /// The instance, when it lives in this scope's namespace; 404 otherwise (also
+    /// when the namespace does not exist).
+    pub(crate) async fn instance(
+        &self,
+        state: &AppState,
+        cluster: &str,
+        instance: &str,
+    ) -> Result<model::cluster::Instance, ApiError> {
+        state
+            .db
+            .require_instance_in(&self.namespace, cluster, instance)
+            .await
+    }
+}
 
 /// Parses a JSON body into `T`; `what` names it in messages ("route", "cluster").
 pub(crate) fn parse_json<T: DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, ApiError> {

@@ -10,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::ApiPath;
+use super::{ApiPath, Scope};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -40,6 +40,7 @@ pub(super) async fn get_plugin(ApiPath(name): ApiPath<String>) -> Result<Json<Va
 /// builds its chains with.
 pub(super) async fn effective_plugins(
     State(state): State<Arc<AppState>>,
+    scope: Scope,
     ApiPath((cluster, instance, route_id)): ApiPath<(String, String, String)>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -47,12 +48,18 @@ pub(super) async fn effective_plugins(
         message: format!("invalid query: {e}"),
         details: Vec::new(),
     })?;
-    if let Some(unknown) = query.keys().find(|k| *k != "consumer") {
+    if let Some(unknown) = query
+        .keys()
+        .find(|k| !matches!(k.as_str(), "consumer" | "namespace"))
+    {
         return Err(ApiError::BadRequest {
-            message: format!("unknown query parameter {unknown:?}: only consumer is read"),
+            message: format!(
+                "unknown query parameter {unknown:?}: only consumer and namespace are read"
+            ),
             details: Vec::new(),
         });
     }
+    scope.instance(&state, &cluster, &instance).await?;
     let snapshot = state
         .db
         .snapshot(&cluster, &instance)

@@ -18,7 +18,7 @@ use model::resource::{Resource, ResourceKind};
 use model::validate::FieldError;
 use serde_json::{json, Value};
 
-use super::ApiPath;
+use super::{ApiPath, Scope};
 use crate::db::Change;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -32,9 +32,11 @@ const MAX_RESOURCE_JSON: usize = 65_535;
 
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
+    scope: Scope,
     ApiPath((cluster, instance, kind)): ApiPath<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let kind = parse_kind(&kind)?;
+    scope.instance(&state, &cluster, &instance).await?;
     let (items, revision) = state.db.resources(&cluster, &instance, kind).await?;
     let items: Vec<Value> = items.iter().map(|r| r.redacted().to_json()).collect();
     Ok(Json(json!({ "items": items, "revision": revision })))
@@ -42,37 +44,55 @@ pub(super) async fn list(
 
 pub(super) async fn get_one(
     State(state): State<Arc<AppState>>,
+    scope: Scope,
     ApiPath((cluster, instance, kind, id)): ApiPath<(String, String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let kind = parse_kind(&kind)?;
+    scope.instance(&state, &cluster, &instance).await?;
     let resource = state.db.resource(&cluster, &instance, kind, &id).await?;
     Ok(Json(resource.redacted().to_json()))
 }
 
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
+    scope: Scope,
     ApiPath((cluster, instance, kind)): ApiPath<(String, String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let kind = parse_kind(&kind)?;
-    state.db.require_instance(&cluster, &instance).await?;
+    scope.instance(&state, &cluster, &instance).await?;
     let resource = parse_resource(kind, &body?, None)?;
     let shown = resource.redacted().to_json();
-    let written = sync::write(&state, &cluster, &instance, Change::Create(resource)).await?;
+    let written = sync::write(
+        &state,
+        &scope.namespace,
+        &cluster,
+        &instance,
+        Change::Create(resource),
+    )
+    .await?;
     Ok(answer(StatusCode::CREATED, Some(shown), written))
 }
 
 /// Replaces the resource, or creates it when absent (201 then).
 pub(super) async fn put(
     State(state): State<Arc<AppState>>,
+    scope: Scope,
     ApiPath((cluster, instance, kind, id)): ApiPath<(String, String, String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let kind = parse_kind(&kind)?;
-    state.db.require_instance(&cluster, &instance).await?;
+    scope.instance(&state, &cluster, &instance).await?;
     let resource = parse_resource(kind, &body?, Some(&id))?;
     let shown = resource.redacted().to_json();
-    let written = sync::write(&state, &cluster, &instance, Change::Upsert(resource)).await?;
+    let written = sync::write(
+        &state,
+        &scope.namespace,
+        &cluster,
+        &instance,
+        Change::Upsert(resource),
+    )
+    .await?;
     let status = if written.created {
         StatusCode::CREATED
     } else {
@@ -83,10 +103,18 @@ pub(super) async fn put(
 
 pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
+    scope: Scope,
     ApiPath((cluster, instance, kind, id)): ApiPath<(String, String, String, String)>,
 ) -> Result<Response, ApiError> {
     let kind = parse_kind(&kind)?;
-    let written = sync::write(&state, &cluster, &instance, Change::Delete { kind, id }).await?;
+    let written = sync::write(
+        &state,
+        &scope.namespace,
+        &cluster,
+        &instance,
+        Change::Delete { kind, id },
+    )
+    .await?;
     Ok(answer(StatusCode::NO_CONTENT, None, written))
 }
 

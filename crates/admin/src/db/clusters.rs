@@ -4,10 +4,12 @@
 //! read back only for calls to that cluster's agent, never into an API answer.
 
 use model::cluster::{Cluster, Instance, InstanceStatus};
+use model::namespace::DEFAULT_NAMESPACE;
 use model::snapshot::Revision;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use super::namespaces::namespace_source;
 use super::{is_unique_violation, optional_text, secret_error, text, token_context, Db};
 use crate::error::ApiError;
 
@@ -17,6 +19,8 @@ pub(crate) struct InstanceReport {
     pub name: String,
     /// The admin revision the store holds (its `meta`), 0 when never written.
     pub revision: Revision,
+    /// The namespace the agent's environment names for it, if any.
+    pub namespace: Option<String>,
 }
 
 /// A cluster as the admin's calls to its agent need it: its token opened and whether
@@ -239,8 +243,11 @@ impl Db {
 
     pub(crate) async fn instances(&self, cluster: &str) -> Result<Vec<Instance>, sqlx::Error> {
         let sql = self.sql(
-            "SELECT cluster, name, agent_address, status, first_seen, last_seen, revision, applied_revision \
-             FROM instances WHERE cluster = ? ORDER BY name",
+            "SELECT i.cluster AS cluster, i.name AS name, i.agent_address AS agent_address, i.status AS status, \
+             i.first_seen AS first_seen, i.last_seen AS last_seen, i.revision AS revision, \
+             i.applied_revision AS applied_revision, i.namespace AS namespace, \
+             i.namespace_pinned AS namespace_pinned, n.id AS namespace_found \
+             FROM instances i LEFT JOIN namespaces n ON n.id = i.namespace WHERE i.cluster = ? ORDER BY i.name",
         );
         let rows = sqlx::query(&sql)
             .bind(cluster)
@@ -255,8 +262,11 @@ impl Db {
         name: &str,
     ) -> Result<Option<Instance>, sqlx::Error> {
         let sql = self.sql(
-            "SELECT cluster, name, agent_address, status, first_seen, last_seen, revision, applied_revision \
-             FROM instances WHERE cluster = ? AND name = ?",
+            "SELECT i.cluster AS cluster, i.name AS name, i.agent_address AS agent_address, i.status AS status, \
+             i.first_seen AS first_seen, i.last_seen AS last_seen, i.revision AS revision, \
+             i.applied_revision AS applied_revision, i.namespace AS namespace, \
+             i.namespace_pinned AS namespace_pinned, n.id AS namespace_found \
+             FROM instances i LEFT JOIN namespaces n ON n.id = i.namespace WHERE i.cluster = ? AND i.name = ?",
         );
         let row = sqlx::query(&sql)
             .bind(cluster)
@@ -279,6 +289,27 @@ impl Db {
         Err(ApiError::NotFound(format!(
             "instance {name:?} does not exist in cluster {cluster:?}"
         )))
+    }
+
+    /// The instance when it lives in `namespace`; else 404 naming what is missing: the
+    /// namespace, the cluster, the instance, or the instance in this namespace.
+    pub(crate) async fn require_instance_in(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        name: &str,
+    ) -> Result<Instance, ApiError> {
+        let found = self.instance(cluster, name).await?;
+        match found {
+            Some(instance) if instance.namespace == namespace => Ok(instance),
+            _ => {
+                self.require_namespace(namespace).await?;
+                self.require_cluster(cluster).await?;
+                Err(ApiError::NotFound(format!(
+                    "instance {name:?} does not exist in cluster {cluster:?} of namespace {namespace:?}"
+                )))
+            }
+        }
     }
 
     /// Records an agent's answer: reported instances become (or stay) online with the
@@ -314,14 +345,18 @@ impl Db {
             let previous = known.iter().find(|(n, _)| n == &report.name);
             let applied = report.revision.0 as i64;
             if let Some((_, status)) = previous {
+                // The agent's namespace applies unless an operator pinned another.
                 let sql = self.sql(
-                    "UPDATE instances SET status = 'online', last_seen = ?, agent_address = ?, applied_revision = ? \
+                    "UPDATE instances SET status = 'online', last_seen = ?, agent_address = ?, applied_revision = ?, \
+                     reported_namespace = ?, namespace = CASE WHEN namespace_pinned = 0 THEN ? ELSE namespace END \
                      WHERE cluster = ? AND name = ?",
                 );
                 sqlx::query(&sql)
                     .bind(now)
                     .bind(agent_address)
                     .bind(applied)
+                    .bind(report.namespace.as_deref())
+                    .bind(report.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE))
                     .bind(cluster)
                     .bind(&report.name)
                     .execute(&mut *tx)
@@ -340,8 +375,9 @@ impl Db {
                     .await?
                     .try_get("revision")?;
                 let sql = self.sql(
-                    "INSERT INTO instances (cluster, name, agent_address, status, first_seen, last_seen, revision, applied_revision) \
-                     VALUES (?, ?, ?, 'online', ?, ?, ?, ?)",
+                    "INSERT INTO instances (cluster, name, agent_address, status, first_seen, last_seen, revision, applied_revision, \
+                     namespace, namespace_pinned, reported_namespace) \
+                     VALUES (?, ?, ?, 'online', ?, ?, ?, ?, ?, 0, ?)",
                 );
                 sqlx::query(&sql)
                     .bind(cluster)
@@ -351,6 +387,8 @@ impl Db {
                     .bind(now)
                     .bind(revision)
                     .bind(applied)
+                    .bind(report.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE))
+                    .bind(report.namespace.as_deref())
                     .execute(&mut *tx)
                     .await?;
                 outcome.discovered.push(report.name.clone());
@@ -455,6 +493,9 @@ fn instance_from_row(row: &AnyRow) -> Result<Instance, sqlx::Error> {
         last_seen: row.try_get("last_seen")?,
         revision: revision(row.try_get("revision")?),
         applied_revision: applied.map(revision),
+        namespace: text(row, "namespace")?,
+        namespace_source: namespace_source(row.try_get("namespace_pinned")?),
+        namespace_exists: optional_text(row, "namespace_found")?.is_some(),
     })
 }
 

@@ -8,6 +8,7 @@
 //! failing to upgrade a read lock.
 
 mod clusters;
+mod namespaces;
 mod resources;
 mod sealing;
 mod settings;

@@ -87,8 +87,11 @@ pub(crate) struct ChangeEntry {
 
 impl Db {
     /// Applies one change in one transaction and returns the revision it produced.
+    /// The instance must be in `namespace` (checked under the same lock as the
+    /// write, so a concurrent move cannot slip between).
     pub(crate) async fn commit(
         &self,
+        namespace: &str,
         cluster: &str,
         instance: &str,
         change: &Change,
@@ -97,17 +100,20 @@ impl Db {
         let mut tx = self.pool.begin().await?;
         // The bump comes first: it is the write that locks the instance row (and SQLite's
         // database), so every later check in this transaction sees a settled state.
-        let sql =
-            self.sql("UPDATE instances SET revision = revision + 1 WHERE cluster = ? AND name = ?");
+        let sql = self.sql(
+            "UPDATE instances SET revision = revision + 1 \
+             WHERE cluster = ? AND name = ? AND namespace = ?",
+        );
         let done = sqlx::query(&sql)
             .bind(cluster)
             .bind(instance)
+            .bind(namespace)
             .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
             drop(tx);
             return Err(self
-                .require_instance(cluster, instance)
+                .require_instance_in(namespace, cluster, instance)
                 .await
                 .err()
                 .unwrap_or_else(|| {

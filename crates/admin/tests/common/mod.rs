@@ -144,7 +144,11 @@ impl TestAdmin {
             answer.body.get("agent_token").is_none(),
             "a given token is never answered"
         );
-        let mut want: Vec<String> = instances.iter().map(|s| s.to_string()).collect();
+        // `name@namespace` entries are reported as `name`.
+        let mut want: Vec<String> = instances
+            .iter()
+            .map(|s| s.split('@').next().unwrap().to_owned())
+            .collect();
         want.sort();
         wait_until(&format!("instances of {name} discovered"), || async {
             (self.online_instances(name).await == want).then_some(())
@@ -285,6 +289,7 @@ impl TestAgent {
             store,
             self.keyspace.clone(),
             instances.iter().map(|s| s.to_string()),
+            None,
             &self.token,
         )
         .unwrap();

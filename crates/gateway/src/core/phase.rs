@@ -261,6 +261,14 @@ impl HeaderEdits {
         {
             return;
         }
+        // The usual case (headers only added, none of the head's replaced or removed):
+        // the new lines go in before the blank line, without copying the head.
+        if self.status.is_none() && head.ends_with(b"\r\n\r\n") && !self.touches_any(head) {
+            head.truncate(head.len() - 2);
+            self.write_set(head);
+            head.extend_from_slice(b"\r\n");
+            return;
+        }
         let mut out = Vec::with_capacity(head.len() + 64);
         let mut lines = head.split(|&b| b == b'\n').peekable();
         if let Some(first) = lines.next() {
@@ -293,6 +301,17 @@ impl HeaderEdits {
         self.write_set(&mut out);
         out.extend_from_slice(b"\r\n");
         *head = out;
+    }
+
+    /// Whether a header line of `head` (after its first line) is removed or replaced.
+    fn touches_any(&self, head: &[u8]) -> bool {
+        if self.remove.is_empty() && self.set.is_empty() {
+            return false;
+        }
+        head.split(|&b| b == b'\n').skip(1).any(|line| {
+            let name = line.split(|&b| b == b':').next().unwrap_or(line);
+            !name.is_empty() && name != b"\r" && self.touches(name)
+        })
     }
 
     /// Applies the edits to a header map (Pingora's adapter).
@@ -744,5 +763,21 @@ mod tests {
         let mut head = b"HTTP/1.1 200 OK\r\nX-Order: old\r\nA: 1\r\n\r\n".to_vec();
         edits.apply_to_head(&mut head);
         assert_eq!(head, b"HTTP/1.1 200 OK\r\nA: 1\r\nx-order: cab\r\n\r\n");
+        // Nothing replaced: added in place, the same bytes as a rebuild would give.
+        let mut head = b"HTTP/1.1 200 OK\r\nA: 1\r\nX-Order-2: x\r\n\r\n".to_vec();
+        edits.apply_to_head(&mut head);
+        assert_eq!(
+            head,
+            b"HTTP/1.1 200 OK\r\nA: 1\r\nX-Order-2: x\r\nx-order: cab\r\n\r\n"
+        );
+        let mut edits = HeaderEdits::default();
+        edits.set_status(503);
+        edits.set(HeaderName::from_static("b"), HeaderValue::from_static("2"));
+        let mut head = b"HTTP/1.1 200 OK\r\nA: 1\r\n\r\n".to_vec();
+        edits.apply_to_head(&mut head);
+        assert_eq!(
+            head,
+            b"HTTP/1.1 503 Service Unavailable\r\nA: 1\r\nb: 2\r\n\r\n"
+        );
     }
 }

@@ -26,7 +26,7 @@ use crate::consumers::Consumers;
 use crate::core::phase::{AuthOutcome, HeaderEdits, PhaseCtx, Plugin, RequestView};
 use crate::core::refusal::Refusal;
 
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+use crate::HashMap;
 
 /// Signatures remembered at most (a flood of valid ones beyond this starts over).
 const REMEMBERED: usize = 100_000;

@@ -113,9 +113,7 @@ pub enum Match<'a> {
     NotFound,
 }
 
-/// Hash maps of the route table: hosts and paths come from clients, so the hasher is
-/// seeded per process; foldhash is several times faster than SipHash on short keys.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+use crate::HashMap;
 
 #[derive(Debug, Default)]
 pub struct Router {
