@@ -17,6 +17,7 @@ mod api;
 mod auth;
 mod db;
 mod error;
+mod history;
 mod secrets;
 mod state;
 mod sync;

@@ -27,7 +27,7 @@ use model::snapshot::Revision;
 use tokio::sync::watch;
 
 use crate::agent_client::{AgentCallError, Target};
-use crate::db::{self, AgentRecord, Change, InstanceReport};
+use crate::db::{self, AgentRecord, Change, Committed, InstanceReport, RevisionNote};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -63,13 +63,25 @@ pub(crate) async fn write(
     cluster: &str,
     instance: &str,
     change: Change,
+    note: &RevisionNote,
 ) -> Result<Written, ApiError> {
     let lock = state.instance_lock(cluster, instance);
     let _in_revision_order = lock.lock().await;
     let committed = state
         .db
-        .commit(namespace, cluster, instance, &change, db::now())
+        .commit(namespace, cluster, instance, &change, note, db::now())
         .await?;
+    push_committed(state, cluster, instance, committed).await
+}
+
+/// Pushes what a commit wrote, under the instance's lock (held by the caller): one
+/// change as such, several as the full snapshot (one revision in one agent write).
+pub(crate) async fn push_committed(
+    state: &AppState,
+    cluster: &str,
+    instance: &str,
+    committed: Committed,
+) -> Result<Written, ApiError> {
     let agent = Target {
         address: &committed.agent_address,
         token: committed.agent_token.as_deref(),
@@ -81,9 +93,16 @@ pub(crate) async fn write(
             created: committed.created,
         });
     }
+    let [change] = committed.stored.as_slice() else {
+        return Ok(Written {
+            revision: committed.revision,
+            sync: push_snapshot(state, cluster, instance, agent).await,
+            created: committed.created,
+        });
+    };
     let sync = match state
         .agents
-        .push_change(agent, instance, committed.revision, &committed.stored)
+        .push_change(agent, instance, committed.revision, change)
         .await
     {
         Ok(()) => {

@@ -56,7 +56,12 @@ async fn namespaces_have_generated_immutable_ids_and_default_stays() {
     let given = admin
         .send("POST", "/namespaces", json!({"id": "mine", "name": "B"}))
         .await;
-    assert_eq!(given.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", given.body);
+    assert_eq!(
+        given.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        given.body
+    );
     assert_eq!(given.fields(), ["id"]);
     let moved = admin
         .send(
@@ -65,14 +70,21 @@ async fn namespaces_have_generated_immutable_ids_and_default_stays() {
             json!({"id": "other", "name": "Team A"}),
         )
         .await;
-    assert_eq!(moved.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", moved.body);
+    assert_eq!(
+        moved.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        moved.body
+    );
     assert_eq!(moved.fields(), ["id"]);
     // Names are unique; bad names and unknown fields are refused with the field.
     let twin = admin
         .send("POST", "/namespaces", json!({"name": "Team A"}))
         .await;
     assert_eq!(twin.status, StatusCode::CONFLICT, "{}", twin.body);
-    let blank = admin.send("POST", "/namespaces", json!({"name": " "})).await;
+    let blank = admin
+        .send("POST", "/namespaces", json!({"name": " "}))
+        .await;
     assert_eq!(blank.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(blank.fields(), ["name"]);
     let unknown = admin
@@ -96,9 +108,14 @@ async fn namespaces_have_generated_immutable_ids_and_default_stays() {
     assert!(default.body["error"].as_str().unwrap().contains("default"));
     let missing = admin.call("DELETE", "/namespaces/ns-nope", None).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
-    let gone = admin.call("DELETE", &format!("/namespaces/{id}"), None).await;
+    let gone = admin
+        .call("DELETE", &format!("/namespaces/{id}"), None)
+        .await;
     assert_eq!(gone.status, StatusCode::NO_CONTENT, "{}", gone.body);
-    assert_eq!(namespace_ids(&admin.get("/namespaces").await.body), ["default"]);
+    assert_eq!(
+        namespace_ids(&admin.get("/namespaces").await.body),
+        ["default"]
+    );
     admin.stop().await;
 }
 
@@ -112,11 +129,7 @@ async fn instances_are_placed_by_their_agent_or_an_operator() {
     let a_team = format!("inst_team@{team}");
     let agent = TestAgent::start(&["inst_default", &a_team, "inst_ghost@ghost"]).await;
     admin
-        .register(
-            "c1",
-            &agent,
-            &["inst_default", &a_team, "inst_ghost@ghost"],
-        )
+        .register("c1", &agent, &["inst_default", &a_team, "inst_ghost@ghost"])
         .await;
     let listed = admin.get("/clusters/c1/instances").await;
     let placed: Vec<(String, String, bool)> = listed.body["items"]
@@ -222,7 +235,11 @@ async fn online_nodes_are_counted_per_namespace() {
     let team = create_namespace(&admin, "team").await;
     let a_team = format!("inst_team@{team}");
     let agent = TestAgent::start(&["inst_default", &a_team]).await;
-    for (instance, node) in [("inst_team", "n1"), ("inst_team", "n2"), ("inst_default", "n3")] {
+    for (instance, node) in [
+        ("inst_team", "n1"),
+        ("inst_team", "n2"),
+        ("inst_default", "n3"),
+    ] {
         let heartbeat = json!({"node_id": node, "address": "127.0.0.1:1", "applied_revision": 0,
             "updated_at_ms": 0});
         let put = store::Op::Put {
@@ -270,7 +287,10 @@ async fn namespaces_are_isolated_through_every_instance_endpoint() {
         .await;
     // Seed both instances, each through its own namespace.
     for (instance, ns) in [("inst_default", "default"), ("inst_team", team.as_str())] {
-        for (kind, body) in [("upstreams", upstream("up", 8080)), ("routes", route("r1", "up"))] {
+        for (kind, body) in [
+            ("upstreams", upstream("up", 8080)),
+            ("routes", route("r1", "up")),
+        ] {
             let answer = admin
                 .send(
                     "POST",
@@ -304,7 +324,9 @@ async fn namespaces_are_isolated_through_every_instance_endpoint() {
         for (method, suffix, body, own_status) in &endpoints {
             let base = format!("/clusters/c1/instances/{instance}{suffix}");
             let before = admin
-                .get(&format!("/clusters/c1/instances/{instance}?namespace={own}"))
+                .get(&format!(
+                    "/clusters/c1/instances/{instance}?namespace={own}"
+                ))
                 .await
                 .body["revision"]
                 .clone();
@@ -321,7 +343,9 @@ async fn namespaces_are_isolated_through_every_instance_endpoint() {
                 );
             }
             let after = admin
-                .get(&format!("/clusters/c1/instances/{instance}?namespace={own}"))
+                .get(&format!(
+                    "/clusters/c1/instances/{instance}?namespace={own}"
+                ))
                 .await
                 .body["revision"]
                 .clone();

@@ -9,6 +9,7 @@
 pub mod certificate;
 pub mod cluster;
 pub mod consumer;
+pub mod diff;
 pub mod json;
 pub mod namespace;
 pub mod plugin;

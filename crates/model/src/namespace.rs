@@ -62,7 +62,11 @@ impl NamespaceSpec {
                 format!("must be at most {MAX_DESCRIPTION} characters"),
             );
         }
-        if self.description.chars().any(|c| c.is_control() && c != '\n') {
+        if self
+            .description
+            .chars()
+            .any(|c| c.is_control() && c != '\n')
+        {
             v.error("description", "must not contain control characters");
         }
         v.finish()

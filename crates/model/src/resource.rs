@@ -29,6 +29,20 @@ pub enum ResourceKind {
 }
 
 impl ResourceKind {
+    /// Every kind after every kind it may name (a route its upstream and service, a
+    /// service its upstream, a consumer its group, plugins upstreams): writes of many
+    /// objects create and update in this order and delete in the reverse one.
+    pub const DEPENDENCY_ORDER: [ResourceKind; 8] = [
+        Self::Upstreams,
+        Self::Certificates,
+        Self::ConsumerGroups,
+        Self::Services,
+        Self::PluginTemplates,
+        Self::GlobalRules,
+        Self::Consumers,
+        Self::Routes,
+    ];
+
     pub const ALL: [ResourceKind; 8] = [
         Self::Routes,
         Self::Upstreams,

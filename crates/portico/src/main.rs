@@ -462,8 +462,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )?;
             let (store, keyspace) = store::open_with(&store, &store_access.options()?).await?;
             let names = agent::parse_instance_list(&instances);
-            let mut state = agent::AgentState::new(store, keyspace, names, namespace.as_deref(), &token)?
-                .with_timeouts(timeouts.header_read_timeout, timeouts.body_timeout);
+            let mut state =
+                agent::AgentState::new(store, keyspace, names, namespace.as_deref(), &token)?
+                    .with_timeouts(timeouts.header_read_timeout, timeouts.body_timeout);
             if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
                 let client_ca = tls_client_ca
                     .map(|p| read_file(&p, "--tls-client-ca"))

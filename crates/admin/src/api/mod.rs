@@ -8,6 +8,7 @@ mod clusters;
 mod namespaces;
 mod plugins;
 mod resources;
+mod revisions;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use tower_http::trace::TraceLayer;
 
+use crate::db::RevisionNote;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -63,6 +65,16 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route(instance, get(clusters::get_instance))
         .route(&format!("{instance}/nodes"), get(clusters::list_nodes))
         .route(&format!("{instance}/changes"), get(clusters::list_changes))
+        .route(&format!("{instance}/revisions"), get(revisions::list))
+        .route(
+            &format!("{instance}/revisions/{{revision}}"),
+            get(revisions::get_one),
+        )
+        .route(
+            &format!("{instance}/revisions/{{revision}}/rollback"),
+            axum::routing::post(revisions::rollback),
+        )
+        .route(&format!("{instance}/diff"), get(revisions::diff))
         .route(
             &format!("{instance}/routes/{{id}}/plugins/effective"),
             get(plugins::effective_plugins),
@@ -113,11 +125,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Scope {
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, ApiError> {
-        let query = axum::extract::Query::<ScopeQuery>::try_from_uri(&parts.uri)
-            .map_err(|e| ApiError::BadRequest {
+        let query = axum::extract::Query::<ScopeQuery>::try_from_uri(&parts.uri).map_err(|e| {
+            ApiError::BadRequest {
                 message: format!("bad query string: {}", e.body_text()),
                 details: Vec::new(),
-            })?;
+            }
+        })?;
         let namespace = query
             .0
             .namespace
@@ -146,6 +159,53 @@ impl Scope {
             .require_instance_in(&self.namespace, cluster, instance)
             .await
     }
+}
+
+/// Header carrying the message of the revision a write makes (UTF-8, at most
+/// [`MAX_MESSAGE`] characters).
+pub(crate) const MESSAGE_HEADER: &str = "x-portico-message";
+
+/// Longest revision message accepted.
+pub(crate) const MAX_MESSAGE: usize = 1024;
+
+/// Who writes (the admin token's holder: `admin`) and the message they gave.
+impl<S: Send + Sync> FromRequestParts<S> for RevisionNote {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, ApiError> {
+        let message = match parts.headers.get(MESSAGE_HEADER) {
+            None => None,
+            Some(value) => Some(revision_message(value.as_bytes())?),
+        };
+        Ok(RevisionNote {
+            author: "admin".to_owned(),
+            message,
+        })
+    }
+}
+
+/// A revision message as given: UTF-8, no control characters, not too long.
+pub(crate) fn revision_message(bytes: &[u8]) -> Result<String, ApiError> {
+    let invalid = |why: &str| ApiError::BadRequest {
+        message: format!("the {MESSAGE_HEADER} header {why}"),
+        details: vec![model::validate::FieldError {
+            field: MESSAGE_HEADER.to_owned(),
+            message: why.to_owned(),
+        }],
+    };
+    let text = std::str::from_utf8(bytes).map_err(|_| invalid("must be UTF-8"))?;
+    if text.chars().count() > MAX_MESSAGE {
+        return Err(invalid(&format!(
+            "must be at most {MAX_MESSAGE} characters"
+        )));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(invalid("must not contain control characters"));
+    }
+    Ok(text.trim().to_owned())
 }
 
 /// Parses a JSON body into `T`; `what` names it in messages ("route", "cluster").

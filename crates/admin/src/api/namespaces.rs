@@ -92,8 +92,8 @@ pub(super) async fn instances(
         for instance in state.db.instances(&cluster.name).await? {
             if instance.namespace == id {
                 let nodes = state.nodes(&instance.cluster, &instance.name).len();
-                let mut value = serde_json::to_value(&instance)
-                    .map_err(|e| ApiError::Internal(e.into()))?;
+                let mut value =
+                    serde_json::to_value(&instance).map_err(|e| ApiError::Internal(e.into()))?;
                 value["online_nodes"] = json!(nodes);
                 items.push(value);
             }

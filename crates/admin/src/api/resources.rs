@@ -19,13 +19,13 @@ use model::validate::FieldError;
 use serde_json::{json, Value};
 
 use super::{ApiPath, Scope};
-use crate::db::Change;
+use crate::db::{Change, RevisionNote};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::sync::{self, Written};
 
 /// Header saying whether the change reached the store: `applied` or `pending`.
-const SYNC_HEADER: &str = "x-portico-sync";
+pub(super) const SYNC_HEADER: &str = "x-portico-sync";
 
 /// MySQL's TEXT holds 65,535 bytes; one resource's JSON must fit on every database.
 const MAX_RESOURCE_JSON: usize = 65_535;
@@ -56,6 +56,7 @@ pub(super) async fn get_one(
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
     scope: Scope,
+    note: RevisionNote,
     ApiPath((cluster, instance, kind)): ApiPath<(String, String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -69,6 +70,7 @@ pub(super) async fn create(
         &cluster,
         &instance,
         Change::Create(resource),
+        &note,
     )
     .await?;
     Ok(answer(StatusCode::CREATED, Some(shown), written))
@@ -78,6 +80,7 @@ pub(super) async fn create(
 pub(super) async fn put(
     State(state): State<Arc<AppState>>,
     scope: Scope,
+    note: RevisionNote,
     ApiPath((cluster, instance, kind, id)): ApiPath<(String, String, String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -91,6 +94,7 @@ pub(super) async fn put(
         &cluster,
         &instance,
         Change::Upsert(resource),
+        &note,
     )
     .await?;
     let status = if written.created {
@@ -104,6 +108,7 @@ pub(super) async fn put(
 pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
     scope: Scope,
+    note: RevisionNote,
     ApiPath((cluster, instance, kind, id)): ApiPath<(String, String, String, String)>,
 ) -> Result<Response, ApiError> {
     let kind = parse_kind(&kind)?;
@@ -113,6 +118,7 @@ pub(super) async fn delete(
         &cluster,
         &instance,
         Change::Delete { kind, id },
+        &note,
     )
     .await?;
     Ok(answer(StatusCode::NO_CONTENT, None, written))

@@ -10,6 +10,7 @@
 mod clusters;
 mod namespaces;
 mod resources;
+mod revisions;
 mod sealing;
 mod settings;
 
@@ -24,7 +25,8 @@ use crate::error::ApiError;
 use crate::secrets::{Keyring, SecretError};
 
 pub(crate) use clusters::{AgentRecord, InstanceReport};
-pub(crate) use resources::Change;
+pub(crate) use resources::{Batch, Change, Committed, RevisionNote};
+pub(crate) use revisions::MAX_LISTED;
 
 /// Migrations embedded at compile time from `crates/admin/migrations`.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -80,8 +80,8 @@ impl Db {
         spec: &NamespaceSpec,
         now: i64,
     ) -> Result<Namespace, ApiError> {
-        let sql =
-            self.sql("UPDATE namespaces SET name = ?, description = ?, updated_at = ? WHERE id = ?");
+        let sql = self
+            .sql("UPDATE namespaces SET name = ?, description = ?, updated_at = ? WHERE id = ?");
         let done = sqlx::query(&sql)
             .bind(&spec.name)
             .bind(&spec.description)
@@ -115,9 +115,8 @@ impl Db {
                 "namespace {id:?} does not exist"
             )));
         }
-        let sql = self.sql(
-            "SELECT cluster, name FROM instances WHERE namespace = ? ORDER BY cluster, name",
-        );
+        let sql = self
+            .sql("SELECT cluster, name FROM instances WHERE namespace = ? ORDER BY cluster, name");
         let rows = sqlx::query(&sql).bind(id).fetch_all(&mut *tx).await?;
         if !rows.is_empty() {
             let mut holders = rows

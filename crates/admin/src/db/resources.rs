@@ -55,10 +55,35 @@ impl Change {
     }
 }
 
+/// Who made a revision and why: its author and the operator's message.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RevisionNote {
+    pub author: String,
+    pub message: Option<String>,
+}
+
+/// What a revision of several objects is (a single change is named by its own op).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Batch {
+    /// One change through the resource endpoints.
+    Single,
+    /// A rollback to an earlier revision.
+    Rollback,
+}
+
+impl Batch {
+    fn op(self) -> Option<&'static str> {
+        match self {
+            Batch::Single => None,
+            Batch::Rollback => Some("rollback"),
+        }
+    }
+}
+
 /// What a committed change produced.
 #[derive(Debug, Clone)]
 pub(crate) struct Committed {
-    /// The instance's new revision.
+    /// The instance's new revision (for a dry run: the one it would have been).
     pub revision: Revision,
     /// Where the cluster's agent listens, read in the same transaction.
     pub agent_address: String,
@@ -67,11 +92,11 @@ pub(crate) struct Committed {
     pub agent_token: Option<String>,
     /// Whether that address has proven it holds the token.
     pub agent_verified: bool,
-    /// For an upsert: whether the resource did not exist before.
+    /// For an upsert of one resource: whether it did not exist before.
     pub created: bool,
-    /// The change as stored, what the agent is sent: a consumer's credentials sent
+    /// The changes as stored, what the agent is sent: a consumer's credentials sent
     /// back without their secrets carry the stored hashes again.
-    pub stored: Change,
+    pub stored: Vec<Change>,
 }
 
 /// One row of the change log as the API shows it (certificate keys never stored there).
@@ -83,6 +108,21 @@ pub(crate) struct ChangeEntry {
     pub id: Option<String>,
     pub body: Option<serde_json::Value>,
     pub at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One object a revision wrote, as the commit did it.
+struct Written {
+    op: &'static str,
+    created: bool,
+    stored: Change,
+    /// The object as the change log shows it (no secret, no hash); `None` for deletes.
+    logged: Option<String>,
+    /// The object as stored (secrets sealed); `None` for deletes.
+    body: Option<String>,
 }
 
 impl Db {
@@ -95,8 +135,51 @@ impl Db {
         cluster: &str,
         instance: &str,
         change: &Change,
+        note: &RevisionNote,
         now: i64,
     ) -> Result<Committed, ApiError> {
+        self.commit_many(
+            namespace,
+            cluster,
+            instance,
+            std::slice::from_ref(change),
+            Batch::Single,
+            note,
+            false,
+            now,
+        )
+        .await
+    }
+
+    /// Applies `changes` in order as one revision, all or nothing: every check of a
+    /// single change holds for each, against the state the ones before it left. With
+    /// `dry_run`, everything is checked and nothing is kept (the transaction rolls
+    /// back). An object may appear once.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn commit_many(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        instance: &str,
+        changes: &[Change],
+        batch: Batch,
+        note: &RevisionNote,
+        dry_run: bool,
+        now: i64,
+    ) -> Result<Committed, ApiError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for change in changes {
+            if !seen.insert((change.kind(), change.id())) {
+                return Err(ApiError::BadRequest {
+                    message: format!(
+                        "{} {:?} appears twice in one revision",
+                        change.kind().singular(),
+                        change.id()
+                    ),
+                    details: Vec::new(),
+                });
+            }
+        }
         let mut tx = self.pool.begin().await?;
         // The bump comes first: it is the write that locks the instance row (and SQLite's
         // database), so every later check in this transaction sees a settled state.
@@ -137,9 +220,84 @@ impl Db {
         let agent_verified =
             optional_text(&row, "verified_address")?.as_deref() == Some(agent_address.as_str());
 
+        let mut written = Vec::with_capacity(changes.len());
+        for change in changes {
+            let one = self
+                .write_one(&mut tx, cluster, instance, change, new_revision, now)
+                .await?;
+            let sql = self.sql(
+                "INSERT INTO revision_objects (cluster, instance, revision, kind, id, op, body) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            );
+            sqlx::query(&sql)
+                .bind(cluster)
+                .bind(instance)
+                .bind(new_revision)
+                .bind(change.kind().as_str())
+                .bind(change.id())
+                .bind(one.op)
+                .bind(one.body.as_deref())
+                .execute(&mut *tx)
+                .await?;
+            written.push(one);
+        }
+
+        // The change log: one row per revision, naming its object when it has one.
+        let (kind, id, op, logged) = match (batch.op(), written.as_slice(), changes) {
+            (None, [one], [change]) => (
+                Some(change.kind().as_str()),
+                Some(change.id()),
+                one.op,
+                one.logged.clone(),
+            ),
+            (op, _, _) => (None, None, op.unwrap_or("batch"), None),
+        };
+        let sql = self.sql(
+            "INSERT INTO changes (cluster, instance, revision, kind, resource_id, op, body, changed_at, author, message) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        );
+        sqlx::query(&sql)
+            .bind(cluster)
+            .bind(instance)
+            .bind(new_revision)
+            .bind(kind)
+            .bind(id)
+            .bind(op)
+            .bind(logged)
+            .bind(now)
+            .bind(&note.author)
+            .bind(note.message.as_deref())
+            .execute(&mut *tx)
+            .await?;
+        if dry_run {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        Ok(Committed {
+            revision: revision(new_revision),
+            agent_address,
+            agent_token,
+            agent_verified,
+            created: written.first().is_some_and(|w| w.created),
+            stored: written.into_iter().map(|w| w.stored).collect(),
+        })
+    }
+
+    /// One change of a revision: the checks that involve other rows (duplicate ids,
+    /// references, objects in use, consumers' secrets and identities), then the rows.
+    async fn write_one(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        cluster: &str,
+        instance: &str,
+        change: &Change,
+        new_revision: i64,
+        now: i64,
+    ) -> Result<Written, ApiError> {
         let kind = change.kind();
         let id = change.id();
-        let exists = self.exists(&mut tx, cluster, instance, kind, id).await?;
+        let exists = self.exists(tx, cluster, instance, kind, id).await?;
         let (op, created) = match change {
             Change::Create(_) if exists => {
                 return Err(ApiError::AlreadyExists(format!(
@@ -157,94 +315,78 @@ impl Db {
             }
             Change::Delete { .. } => ("delete", false),
         };
-
-        let mut stored = change.clone();
-        let logged_body = match change {
+        let (resource, stored) = match change {
             Change::Create(resource) | Change::Upsert(resource) => {
-                self.check_references_exist(&mut tx, cluster, instance, resource)
+                self.check_references_exist(tx, cluster, instance, resource)
                     .await?;
-                let kept;
-                let resource = match resource {
+                match resource {
                     Resource::Consumer(consumer) => {
-                        kept = self
-                            .consumer_secrets(&mut tx, cluster, instance, consumer, exists)
+                        let kept = self
+                            .consumer_secrets(tx, cluster, instance, consumer, exists)
                             .await?;
-                        stored = match change {
+                        let stored = match change {
                             Change::Create(_) => Change::Create(kept.clone()),
                             _ => Change::Upsert(kept.clone()),
                         };
-                        &kept
+                        (kept, stored)
                     }
-                    other => other,
-                };
-                let body = self.stored_body(cluster, instance, resource)?;
-                if body.len() > MAX_STORED_JSON {
-                    return Err(ApiError::PayloadTooLarge(format!(
-                        "a {} may take at most {MAX_STORED_JSON} bytes of JSON as stored",
-                        kind.singular()
-                    )));
+                    other => (other.clone(), change.clone()),
                 }
-                let sql = if exists {
-                    self.sql(
-                        "UPDATE resources SET body = ?, revision = ?, updated_at = ? \
-                         WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
-                    )
-                } else {
-                    self.sql(
-                        "INSERT INTO resources (body, revision, updated_at, cluster, instance, kind, id) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    )
-                };
-                sqlx::query(&sql)
-                    .bind(body)
-                    .bind(new_revision)
-                    .bind(now)
-                    .bind(cluster)
-                    .bind(instance)
-                    .bind(kind.as_str())
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                self.write_references(&mut tx, cluster, instance, resource)
-                    .await?;
-                // The change log keeps what an operator may see: never a private key,
-                // a credential's secret or its hash.
-                Some(resource.redacted().to_json().to_string())
             }
             Change::Delete { .. } => {
-                self.check_unreferenced(&mut tx, cluster, instance, kind, id)
+                self.check_unreferenced(tx, cluster, instance, kind, id)
                     .await?;
                 for table in ["resource_refs", "resources"] {
-                    self.delete_rows(&mut tx, table, cluster, instance, kind, id)
+                    self.delete_rows(tx, table, cluster, instance, kind, id)
                         .await?;
                 }
-                None
+                return Ok(Written {
+                    op,
+                    created,
+                    stored: change.clone(),
+                    logged: None,
+                    body: None,
+                });
             }
         };
-
-        let sql = self.sql(
-            "INSERT INTO changes (cluster, instance, revision, kind, resource_id, op, body, changed_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        );
+        let body = self.stored_body(cluster, instance, &resource)?;
+        if body.len() > MAX_STORED_JSON {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "a {} may take at most {MAX_STORED_JSON} bytes of JSON as stored",
+                kind.singular()
+            )));
+        }
+        let sql = if exists {
+            self.sql(
+                "UPDATE resources SET body = ?, revision = ?, updated_at = ? \
+                 WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
+            )
+        } else {
+            self.sql(
+                "INSERT INTO resources (body, revision, updated_at, cluster, instance, kind, id) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+        };
         sqlx::query(&sql)
+            .bind(&body)
+            .bind(new_revision)
+            .bind(now)
             .bind(cluster)
             .bind(instance)
-            .bind(new_revision)
             .bind(kind.as_str())
             .bind(id)
-            .bind(op)
-            .bind(logged_body)
-            .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
-        tx.commit().await?;
-        Ok(Committed {
-            revision: revision(new_revision),
-            agent_address,
-            agent_token,
-            agent_verified,
+        self.write_references(tx, cluster, instance, &resource)
+            .await?;
+        Ok(Written {
+            op,
             created,
             stored,
+            // The change log keeps what an operator may see: never a private key,
+            // a credential's secret or its hash.
+            logged: Some(resource.redacted().to_json().to_string()),
+            body: Some(body),
         })
     }
 
@@ -294,7 +436,7 @@ impl Db {
     }
 
     /// A stored resource row, a certificate's key opened.
-    fn resource_from_row(
+    pub(super) fn resource_from_row(
         &self,
         cluster: &str,
         instance: &str,
@@ -689,7 +831,7 @@ impl Db {
     ) -> Result<Vec<ChangeEntry>, ApiError> {
         self.require_instance(cluster, instance).await?;
         let sql = self.sql(
-            "SELECT revision, op, kind, resource_id, body, changed_at FROM changes \
+            "SELECT revision, op, kind, resource_id, body, changed_at, author, message FROM changes \
              WHERE cluster = ? AND instance = ? ORDER BY revision DESC LIMIT 1000",
         );
         let rows = sqlx::query(&sql)
@@ -710,6 +852,8 @@ impl Db {
                     id: optional_text(row, "resource_id")?,
                     body,
                     at: row.try_get("changed_at")?,
+                    author: optional_text(row, "author")?,
+                    message: optional_text(row, "message")?,
                 })
             })
             .collect()

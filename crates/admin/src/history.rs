@@ -1,0 +1,221 @@
+//! Rollback: bring an instance's config back to what it was at an earlier revision by
+//! writing a new revision equal to it (history is never deleted or rewritten), with a
+//! preview of what would change first (requirement D4).
+//!
+//! ```text
+//! lock instance → objects now, objects at the target revision (secrets opened)
+//! → a secret the old version does not carry (history from before revisions kept
+//!   them) is the one the object has now → every old object checked against today's
+//!   rules → the difference as changes: creates and updates in dependency order,
+//!   deletes in reverse → one revision (commit_many; a dry run rolls it back) → push
+//! ```
+
+use model::diff::{self, ObjectDiff, ObjectOp, Objects};
+use model::resource::{Resource, ResourceKind};
+use model::snapshot::Revision;
+use model::validate::{FieldError, ValidationErrors};
+
+use crate::db::{self, Batch, Change, RevisionNote};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::sync::{self, Written};
+
+/// What a rollback did, or would do.
+pub(crate) struct RolledBack {
+    /// What changes from the current config to the target's.
+    pub diff: Vec<ObjectDiff>,
+    /// `None` for a dry run, or when nothing differs (no revision is made then).
+    pub written: Option<Written>,
+    /// The revision it made, or would make.
+    pub revision: Revision,
+}
+
+/// Rolls the instance back to `target` (0: the empty config), or with `dry_run` only
+/// answers what that would change.
+pub(crate) async fn rollback(
+    state: &AppState,
+    namespace: &str,
+    cluster: &str,
+    instance: &str,
+    target: Revision,
+    note: RevisionNote,
+    dry_run: bool,
+) -> Result<RolledBack, ApiError> {
+    let lock = state.instance_lock(cluster, instance);
+    let _in_revision_order = lock.lock().await;
+    let (now, current) = state
+        .db
+        .objects_now(cluster, instance)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("instance {instance:?} does not exist")))?;
+    if target > current {
+        return Err(ApiError::invalid_field(
+            "rollback",
+            "revision",
+            format!("instance {instance:?} is at revision {current}; {target} is in its future"),
+        ));
+    }
+    let mut wanted = state.db.objects_at(cluster, instance, target).await?;
+    keep_current_secrets(&mut wanted, &now);
+    check_all(&wanted)?;
+    let diff = diff::diff(&now, &wanted);
+    if diff.is_empty() {
+        return Ok(RolledBack {
+            diff,
+            written: None,
+            revision: current,
+        });
+    }
+    let changes = changes_for(&diff, &wanted);
+    let note = RevisionNote {
+        message: Some(
+            note.message
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| format!("rollback to revision {target}")),
+        ),
+        ..note
+    };
+    let committed = state
+        .db
+        .commit_many(
+            namespace,
+            cluster,
+            instance,
+            &changes,
+            Batch::Rollback,
+            &note,
+            dry_run,
+            db::now(),
+        )
+        .await?;
+    let revision = committed.revision;
+    let written = if dry_run {
+        None
+    } else {
+        tracing::info!(cluster, instance, to = %target, revision = %revision,
+            objects = changes.len(), "rolled back");
+        Some(sync::push_committed(state, cluster, instance, committed).await?)
+    };
+    Ok(RolledBack {
+        diff,
+        written,
+        revision,
+    })
+}
+
+/// Old versions written before revisions kept secrets have none: a certificate
+/// without its key takes the key it has now (a consumer's credentials keep theirs in
+/// the commit, as any consumer sent back without secrets does).
+fn keep_current_secrets(wanted: &mut Objects, now: &Objects) {
+    for (key, resource) in wanted.iter_mut() {
+        if let (Resource::Certificate(old), Some(Resource::Certificate(current))) =
+            (resource, now.get(key))
+        {
+            if old.key.is_empty() {
+                old.key = current.key.clone();
+            }
+        }
+    }
+}
+
+/// Every object of the target must pass today's rules; each failure is named by the
+/// object (`routes[r1].paths[0]`).
+fn check_all(objects: &Objects) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    for ((kind, id), resource) in objects {
+        if let Err(e) = resource.validate() {
+            errors.extend(e.0.into_iter().map(|f| FieldError {
+                field: format!("{}[{id}].{}", kind.as_str(), f.field),
+                message: f.message,
+            }));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid {
+            what: "rollback target".into(),
+            errors: ValidationErrors(errors),
+        })
+    }
+}
+
+/// The changes that turn the current objects into `wanted`: creates and updates in
+/// dependency order (what is named exists first), then deletes in reverse (what names
+/// goes first).
+pub(crate) fn changes_for(diff: &[ObjectDiff], wanted: &Objects) -> Vec<Change> {
+    let rank = |kind: ResourceKind| {
+        ResourceKind::DEPENDENCY_ORDER
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(usize::MAX)
+    };
+    let mut writes: Vec<&ObjectDiff> = diff.iter().filter(|d| d.op != ObjectOp::Delete).collect();
+    writes.sort_by_key(|d| rank(d.kind));
+    let mut deletes: Vec<&ObjectDiff> = diff.iter().filter(|d| d.op == ObjectOp::Delete).collect();
+    deletes.sort_by_key(|d| std::cmp::Reverse(rank(d.kind)));
+    let mut changes = Vec::with_capacity(diff.len());
+    for d in writes {
+        if let Some(resource) = wanted.get(&(d.kind, d.id.clone())) {
+            changes.push(Change::Upsert(resource.clone()));
+        }
+    }
+    for d in deletes {
+        changes.push(Change::Delete {
+            kind: d.kind,
+            id: d.id.clone(),
+        });
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn objects(items: &[(ResourceKind, serde_json::Value)]) -> Objects {
+        diff::objects(
+            items
+                .iter()
+                .map(|(kind, v)| kind.parse(v.to_string().as_bytes()).unwrap()),
+        )
+    }
+
+    #[test]
+    fn named_objects_are_written_first_and_deleted_last() {
+        let now = objects(&[
+            (
+                ResourceKind::Upstreams,
+                json!({"id": "old", "nodes": [{"host": "127.0.0.1", "port": 1}]}),
+            ),
+            (
+                ResourceKind::Routes,
+                json!({"id": "r", "paths": ["/"], "upstream_id": "old"}),
+            ),
+        ]);
+        let wanted = objects(&[
+            (
+                ResourceKind::Upstreams,
+                json!({"id": "new", "nodes": [{"host": "127.0.0.1", "port": 2}]}),
+            ),
+            (
+                ResourceKind::Routes,
+                json!({"id": "r", "paths": ["/"], "upstream_id": "new"}),
+            ),
+        ]);
+        let changes = changes_for(&diff::diff(&now, &wanted), &wanted);
+        let order: Vec<(ResourceKind, &str, bool)> = changes
+            .iter()
+            .map(|c| (c.kind(), c.id(), matches!(c, Change::Delete { .. })))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (ResourceKind::Upstreams, "new", false),
+                (ResourceKind::Routes, "r", false),
+                (ResourceKind::Upstreams, "old", true),
+            ]
+        );
+    }
+}
