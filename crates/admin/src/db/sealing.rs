@@ -6,7 +6,11 @@
 //!
 //! Every rewrite is a compare-and-set on the value read, so two admins starting on one
 //! database at once cannot overwrite each other's work with stale content. Nothing but
-//! the secret changes: revisions and the change log stay as they are.
+//! the secret changes. Old versions of objects that history keeps
+//! (`revision_objects`) are covered too, so a revision sealed under a retired key stays
+//! restorable.
+
+use sqlx::Row;
 
 use super::{certificate_context, consumer_secret_context, optional_text, text, token_context, Db};
 use crate::secrets::{Keyring, SecretError};
@@ -30,22 +34,19 @@ struct Stored {
 
 /// Which row holds a secret.
 enum Place {
-    Certificate {
+    /// A resource's JSON body, live (`revision: None`, in `resources`) or as an old
+    /// revision wrote it (in `revision_objects`), at a JSON pointer (`/key`,
+    /// `/credentials/0/secret`).
+    Body {
+        revision: Option<i64>,
         cluster: String,
         instance: String,
+        kind: &'static str,
         id: String,
-        body: serde_json::Value,
-        raw: String,
+        pointer: String,
     },
     Token {
         cluster: String,
-    },
-    /// A consumer's credential `index` (a JWT HS* secret).
-    Consumer {
-        cluster: String,
-        instance: String,
-        id: String,
-        index: usize,
     },
 }
 
@@ -82,70 +83,62 @@ impl Db {
 
     async fn stored_secrets(&self) -> anyhow::Result<Vec<Stored>> {
         let mut found = Vec::new();
-        let sql = self.sql(
-            "SELECT cluster, instance, id, body FROM resources WHERE kind = 'certificates' \
-             ORDER BY cluster, instance, id",
-        );
-        for row in sqlx::query(&sql).fetch_all(&self.pool).await? {
-            let (cluster, instance, id) = (
-                text(&row, "cluster")?,
-                text(&row, "instance")?,
-                text(&row, "id")?,
-            );
-            let raw = text(&row, "body")?;
-            let body: serde_json::Value = serde_json::from_str(&raw).map_err(|e| {
-                anyhow::anyhow!("certificate {cluster}/{instance}/{id} is not JSON: {e}")
-            })?;
-            let Some(key) = body
-                .get("key")
-                .and_then(|k| k.as_str())
-                .filter(|k| !k.is_empty())
-            else {
-                continue;
-            };
-            found.push(Stored {
-                context: certificate_context(&cluster, &instance, &id),
-                value: key.to_owned(),
-                place: Place::Certificate {
-                    cluster,
-                    instance,
-                    id,
-                    body,
-                    raw,
-                },
-            });
-        }
-        let sql = self.sql(
-            "SELECT cluster, instance, id, body FROM resources WHERE kind = 'consumers' \
-             ORDER BY cluster, instance, id",
-        );
-        for row in sqlx::query(&sql).fetch_all(&self.pool).await? {
-            let (cluster, instance, id) = (
-                text(&row, "cluster")?,
-                text(&row, "instance")?,
-                text(&row, "id")?,
-            );
-            let body: serde_json::Value =
-                serde_json::from_str(&text(&row, "body")?).map_err(|e| {
-                    anyhow::anyhow!("consumer {cluster}/{instance}/{id} is not JSON: {e}")
-                })?;
-            let credentials = body["credentials"].as_array().cloned().unwrap_or_default();
-            for (index, credential) in credentials.iter().enumerate() {
-                let (Some(secret), Some(credential_id)) =
-                    (credential["secret"].as_str(), credential["id"].as_str())
-                else {
-                    continue;
+        // Live rows, then every version history keeps (so old revisions stay
+        // restorable after a rotation retires the key they were sealed with).
+        for (table, sql) in [
+            (
+                false,
+                "SELECT cluster, instance, kind, id, body, 0 AS revision FROM resources \
+                 WHERE kind IN ('certificates', 'consumers') ORDER BY cluster, instance, kind, id",
+            ),
+            (
+                true,
+                "SELECT cluster, instance, kind, id, body, revision FROM revision_objects \
+                 WHERE kind IN ('certificates', 'consumers') AND body IS NOT NULL \
+                 ORDER BY cluster, instance, kind, id, revision",
+            ),
+        ] {
+            let sql = self.sql(sql);
+            for row in sqlx::query(&sql).fetch_all(&self.pool).await? {
+                let (cluster, instance, id) = (
+                    text(&row, "cluster")?,
+                    text(&row, "instance")?,
+                    text(&row, "id")?,
+                );
+                let revision: i64 = row.try_get("revision")?;
+                let body: serde_json::Value = serde_json::from_str(&text(&row, "body")?)
+                    .map_err(|e| anyhow::anyhow!("{cluster}/{instance}/{id} is not JSON: {e}"))?;
+                let place = |kind: &'static str, pointer: String| Place::Body {
+                    revision: table.then_some(revision),
+                    cluster: cluster.clone(),
+                    instance: instance.clone(),
+                    kind,
+                    id: id.clone(),
+                    pointer,
                 };
-                found.push(Stored {
-                    context: consumer_secret_context(&cluster, &instance, &id, credential_id),
-                    value: secret.to_owned(),
-                    place: Place::Consumer {
-                        cluster: cluster.clone(),
-                        instance: instance.clone(),
-                        id: id.clone(),
-                        index,
-                    },
-                });
+                if text(&row, "kind")? == "certificates" {
+                    if let Some(key) = body["key"].as_str().filter(|k| !k.is_empty()) {
+                        found.push(Stored {
+                            context: certificate_context(&cluster, &instance, &id),
+                            value: key.to_owned(),
+                            place: place("certificates", "/key".into()),
+                        });
+                    }
+                    continue;
+                }
+                let credentials = body["credentials"].as_array().cloned().unwrap_or_default();
+                for (index, credential) in credentials.iter().enumerate() {
+                    let (Some(secret), Some(credential_id)) =
+                        (credential["secret"].as_str(), credential["id"].as_str())
+                    else {
+                        continue;
+                    };
+                    found.push(Stored {
+                        context: consumer_secret_context(&cluster, &instance, &id, credential_id),
+                        value: secret.to_owned(),
+                        place: place("consumers", format!("/credentials/{index}/secret")),
+                    });
+                }
             }
         }
         let sql = self.sql(
@@ -168,44 +161,38 @@ impl Db {
     /// Replaces the secret if the row still holds what was read; false when it changed.
     async fn rewrite(&self, stored: &Stored, resealed: String) -> anyhow::Result<bool> {
         let done = match &stored.place {
-            Place::Certificate {
+            Place::Body {
+                revision,
                 cluster,
                 instance,
+                kind,
                 id,
-                body,
-                raw,
+                pointer,
             } => {
-                let mut body = body.clone();
-                body["key"] = serde_json::Value::String(resealed);
-                let sql = self.sql(
-                    "UPDATE resources SET body = ? WHERE cluster = ? AND instance = ? \
-                     AND kind = 'certificates' AND id = ? AND body = ?",
-                );
-                sqlx::query(&sql)
-                    .bind(body.to_string())
-                    .bind(cluster)
-                    .bind(instance)
-                    .bind(id)
-                    .bind(raw)
-                    .execute(&self.pool)
-                    .await?
-            }
-            Place::Consumer {
-                cluster,
-                instance,
-                id,
-                index,
-            } => {
-                // A consumer may hold several secrets: each rewrite reads the row
-                // afresh and changes it only if this secret is still what was read.
-                let sql = self.sql(
-                    "SELECT body FROM resources WHERE cluster = ? AND instance = ? \
-                     AND kind = 'consumers' AND id = ?",
-                );
+                // A body may hold several secrets: each rewrite reads the row afresh
+                // and changes it only if this secret is still what was read.
+                let (select, update) = match revision {
+                    None => (
+                        "SELECT body FROM resources WHERE cluster = ? AND instance = ? \
+                         AND kind = ? AND id = ? AND 0 = ?",
+                        "UPDATE resources SET body = ? WHERE cluster = ? AND instance = ? \
+                         AND kind = ? AND id = ? AND 0 = ? AND body = ?",
+                    ),
+                    Some(_) => (
+                        "SELECT body FROM revision_objects WHERE cluster = ? AND instance = ? \
+                         AND kind = ? AND id = ? AND revision = ?",
+                        "UPDATE revision_objects SET body = ? WHERE cluster = ? AND instance = ? \
+                         AND kind = ? AND id = ? AND revision = ? AND body = ?",
+                    ),
+                };
+                let at = revision.unwrap_or(0);
+                let sql = self.sql(select);
                 let Some(row) = sqlx::query(&sql)
                     .bind(cluster)
                     .bind(instance)
+                    .bind(*kind)
                     .bind(id)
+                    .bind(at)
                     .fetch_optional(&self.pool)
                     .await?
                 else {
@@ -213,20 +200,21 @@ impl Db {
                 };
                 let raw = text(&row, "body")?;
                 let mut body: serde_json::Value = serde_json::from_str(&raw)?;
-                let slot = &mut body["credentials"][*index]["secret"];
+                let Some(slot) = body.pointer_mut(pointer) else {
+                    return Ok(false);
+                };
                 if slot.as_str() != Some(stored.value.as_str()) {
                     return Ok(false);
                 }
                 *slot = serde_json::Value::String(resealed);
-                let sql = self.sql(
-                    "UPDATE resources SET body = ? WHERE cluster = ? AND instance = ? \
-                     AND kind = 'consumers' AND id = ? AND body = ?",
-                );
+                let sql = self.sql(update);
                 sqlx::query(&sql)
                     .bind(body.to_string())
                     .bind(cluster)
                     .bind(instance)
+                    .bind(*kind)
                     .bind(id)
+                    .bind(at)
                     .bind(&raw)
                     .execute(&self.pool)
                     .await?

@@ -761,10 +761,20 @@ pub async fn secrets_flow(url: &str) {
     admin.stop().await;
 
     // k2 alone is enough now; k1 alone or no key at all is refused with the key's id.
-    TestAdmin::start_with(config(Some(k2.clone()), vec![]))
-        .await
-        .stop()
-        .await;
+    // Old revisions open under it too: history was sealed again with the rest.
+    let admin = TestAdmin::start_with(config(Some(k2.clone()), vec![])).await;
+    for revision in 0..=2 {
+        let preview = admin
+            .call(
+                "POST",
+                &format!("{base}/revisions/{revision}/rollback?dry_run=true"),
+                None,
+            )
+            .await;
+        assert_eq!(preview.status, StatusCode::OK, "{}", preview.body);
+        assert!(!preview.body.to_string().contains("jwt-secret-"));
+    }
+    admin.stop().await;
     for (primary, old) in [(Some(k1.clone()), vec![]), (None, vec![])] {
         let error = Admin::open(config(primary, old)).await.err().unwrap();
         let message = format!("{error:#}");
