@@ -3,7 +3,7 @@
 //! Every handler returns [`ApiError`]; nothing else in the crate picks a status code for
 //! a failure, and the body is rendered by `apikit::error`, shared with the agent.
 //! Variants say which side failed: the caller (400/404/408/409/413/422, do not retry
-//! unchanged; 401 is answered by `apikit::auth`), a dependency that is down (503, retry
+//! unchanged; 401 without a valid token, 403 with the wrong role), a dependency that is down (503, retry
 //! later), or the admin itself (500).
 
 use apikit::error::BodyFailure;
@@ -14,6 +14,13 @@ use model::validate::{FieldError, ValidationErrors};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// No valid token, or a sign-in that failed.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// Authenticated, but the caller's role does not allow this (or not in this
+    /// namespace).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     /// The resource (or cluster) exists already.
@@ -70,6 +77,8 @@ impl ApiError {
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
             ApiError::InUse { .. } => (StatusCode::CONFLICT, "in_use"),
@@ -123,6 +132,9 @@ impl From<PathRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Unauthorized = self {
+            return apikit::error::unauthorized();
+        }
         if let ApiError::BodyTimedOut = self {
             // Also closes the connection: the rest of the body is never read.
             return apikit::error::request_timeout();

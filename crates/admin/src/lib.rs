@@ -157,7 +157,7 @@ impl Admin {
                 "secrets stored in clear by an earlier version; set a data key (--data-key-file or PORTICO_DATA_KEY) to encrypt them"
             );
         }
-        let (token_hash, new_token) = auth::set_up_token(&db, config.admin_token.as_deref())
+        let (_token_hash, new_token) = auth::set_up_token(&db, config.admin_token.as_deref())
             .await
             .context("cannot set up the admin token")?;
         if config.data_key.is_none() {
@@ -167,7 +167,7 @@ impl Admin {
         }
         let agents = agent_client::AgentClient::new(config.agent_token, config.agent_tls.as_ref())?;
         let admin = Admin {
-            state: Arc::new(state::AppState::new(db, token_hash, agents)),
+            state: Arc::new(state::AppState::new(db, agents)),
             poll_interval: config.poll_interval,
             limits: apikit::Limits {
                 max_body: MAX_BODY,

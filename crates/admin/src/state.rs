@@ -14,8 +14,6 @@ type InstanceKey = (String, String);
 
 pub(crate) struct AppState {
     pub db: Db,
-    /// SHA-256 of the admin token; requests are checked against it, never the token.
-    pub token_hash: Arc<apikit::TokenHash>,
     pub agents: AgentClient,
     /// One lock per (cluster, instance). A write commits and pushes under it, and the
     /// reconcile loop pushes snapshots under it, so pushes leave in revision order and
@@ -38,10 +36,9 @@ enum AgentHealth {
 }
 
 impl AppState {
-    pub(crate) fn new(db: Db, token_hash: apikit::TokenHash, agents: AgentClient) -> Self {
+    pub(crate) fn new(db: Db, agents: AgentClient) -> Self {
         Self {
             db,
-            token_hash: Arc::new(token_hash),
             agents,
             instance_locks: Mutex::default(),
             agent_health: Mutex::default(),

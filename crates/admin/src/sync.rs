@@ -48,12 +48,14 @@ impl SyncStatus {
 }
 
 /// The outcome of an accepted change.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Written {
     pub revision: Revision,
     pub sync: SyncStatus,
     /// For an upsert: the resource did not exist before.
     pub created: bool,
+    /// For one change: the object before it, as the API shows it.
+    pub before: Option<serde_json::Value>,
 }
 
 /// Commits `change` (already parsed and validated) and pushes it to the cluster's agent.
@@ -91,6 +93,7 @@ pub(crate) async fn push_committed(
             revision: committed.revision,
             sync: SyncStatus::Pending,
             created: committed.created,
+            before: committed.previous.first().cloned().flatten(),
         });
     }
     let [change] = committed.stored.as_slice() else {
@@ -98,6 +101,7 @@ pub(crate) async fn push_committed(
             revision: committed.revision,
             sync: push_snapshot(state, cluster, instance, agent).await,
             created: committed.created,
+            before: None,
         });
     };
     let sync = match state
@@ -129,6 +133,7 @@ pub(crate) async fn push_committed(
         revision: committed.revision,
         sync,
         created: committed.created,
+        before: committed.previous.first().cloned().flatten(),
     })
 }
 

@@ -78,7 +78,16 @@ pub async fn serve_with(
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let (http, service, watcher) = (http.clone(), service.clone(), graceful.watcher());
+        // Handlers may ask who connected (`axum::extract::ConnectInfo`: audit logs).
+        let service = {
+            let service = service.clone();
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                hyper::service::Service::call(&service, req)
+            })
+        };
+        let (http, watcher) = (http.clone(), graceful.watcher());
         let Some(tls) = tls.clone() else {
             tokio::spawn(async move {
                 let io = TokioIo::new(Lingering::new(stream));

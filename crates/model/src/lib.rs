@@ -18,4 +18,5 @@ pub mod route;
 pub mod service;
 pub mod snapshot;
 pub mod upstream;
+pub mod user;
 pub mod validate;

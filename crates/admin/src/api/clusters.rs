@@ -15,6 +15,7 @@ use model::cluster::{Cluster, Instance, InstanceNamespace};
 use serde_json::{json, Value};
 
 use super::{parse_json, ApiPath, Scope};
+use crate::auth::Principal;
 use crate::db;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -32,8 +33,10 @@ pub(super) async fn list_clusters(
 
 pub(super) async fn create_cluster(
     State(state): State<Arc<AppState>>,
+    caller: Principal,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    caller.require_platform_admin()?;
     let mut cluster = parse_cluster(&state, &body?)?;
     // Without a token of its own, a cluster gets a generated one, answered this once;
     // unless the shared token of earlier versions is configured, which it then uses.
@@ -68,9 +71,11 @@ pub(super) async fn get_cluster(
 /// Changes the agent address; the body is the whole cluster and its name must match.
 pub(super) async fn update_cluster(
     State(state): State<Arc<AppState>>,
+    caller: Principal,
     ApiPath(name): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Cluster>, ApiError> {
+    caller.require_platform_admin()?;
     state.db.require_cluster(&name).await?;
     let cluster = parse_cluster(&state, &body?)?;
     if cluster.name != name {
@@ -96,8 +101,10 @@ pub(super) async fn update_cluster(
 
 pub(super) async fn delete_cluster(
     State(state): State<Arc<AppState>>,
+    caller: Principal,
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require_platform_admin()?;
     state.db.delete_cluster(&name).await?;
     state.forget_cluster(&name);
     tracing::info!(cluster = %name, "cluster removed");
@@ -106,10 +113,18 @@ pub(super) async fn delete_cluster(
 
 pub(super) async fn list_instances(
     State(state): State<Arc<AppState>>,
+    caller: Principal,
     ApiPath(cluster): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     state.db.require_cluster(&cluster).await?;
-    let items = state.db.instances(&cluster).await?;
+    // Everyone sees the instances of the namespaces they have a role in.
+    let items: Vec<Instance> = state
+        .db
+        .instances(&cluster)
+        .await?
+        .into_iter()
+        .filter(|i| caller.role(&i.namespace).is_some())
+        .collect();
     Ok(Json(json!({ "items": items })))
 }
 
@@ -126,9 +141,11 @@ pub(super) async fn get_instance(
 /// the agent. Addressed by cluster and instance alone: the move spans two namespaces.
 pub(super) async fn set_instance_namespace(
     State(state): State<Arc<AppState>>,
+    caller: Principal,
     ApiPath((cluster, instance)): ApiPath<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Instance>, ApiError> {
+    caller.require_platform_admin()?;
     let wanted: InstanceNamespace = parse_json("instance namespace", &body?)?;
     if let Some(namespace) = &wanted.namespace {
         let mut v = model::validate::Validator::new();

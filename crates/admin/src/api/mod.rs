@@ -4,11 +4,13 @@
 //! has our JSON error shape and names what is wrong: where the JSON breaks (line and
 //! column), or which field is unknown, missing or of the wrong type (its full path).
 
+mod audit;
 mod clusters;
 mod namespaces;
 mod plugins;
 mod resources;
 mod revisions;
+mod users;
 
 use std::sync::Arc;
 
@@ -18,6 +20,9 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use tower_http::trace::TraceLayer;
 
+use model::user::Role;
+
+use crate::auth::Principal;
 use crate::db::RevisionNote;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -26,8 +31,8 @@ use crate::state::AppState;
 /// by the server, refuses one announced larger before reading it).
 pub(crate) const MAX_BODY: usize = 2 * 1024 * 1024;
 
-/// The admin's router, authentication included: every route, known or not, needs the
-/// admin token.
+/// The admin's router, authentication and audit included: every route, known or not,
+/// needs a token (`POST /login` aside); every change and sign-in is audited.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let instance = "/clusters/{cluster}/instances/{instance}";
     let api = Router::new()
@@ -45,6 +50,23 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/clusters/{cluster}/instances",
             get(clusters::list_instances),
         )
+        .route("/login", axum::routing::post(users::login))
+        .route("/logout", axum::routing::post(users::logout))
+        .route("/me", get(users::me))
+        .route("/users", get(users::list).post(users::create))
+        .route(
+            "/users/{name}",
+            get(users::get_one).put(users::put).delete(users::delete),
+        )
+        .route(
+            "/users/{name}/tokens",
+            get(users::list_tokens).post(users::create_token),
+        )
+        .route(
+            "/users/{name}/tokens/{id}",
+            axum::routing::delete(users::delete_token),
+        )
+        .route("/audit", get(audit::list))
         .route(
             "/namespaces",
             get(namespaces::list).post(namespaces::create),
@@ -94,8 +116,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(
-            state.token_hash.clone(),
-            apikit::auth::require_bearer,
+            state.clone(),
+            audit::record,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::authenticate,
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -108,7 +134,8 @@ pub(crate) struct ApiPath<T>(pub T);
 
 /// The namespace a request works in: the `namespace` query parameter (a namespace
 /// id), `default` when absent. Everything under an instance is reached through it: an
-/// instance of another namespace is not found (requirement N2).
+/// instance of another namespace is not found (requirement N2). Extracting it checks
+/// the caller's role there: a viewer reads, an editor writes (403 otherwise).
 pub(crate) struct Scope {
     pub namespace: String,
 }
@@ -141,6 +168,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Scope {
             what: "query".into(),
             errors,
         })?;
+        // Reading needs a viewer, anything else an editor, of this namespace.
+        let caller = parts
+            .extensions
+            .get::<Principal>()
+            .ok_or(ApiError::Unauthorized)?;
+        let needed = match parts.method {
+            axum::http::Method::GET | axum::http::Method::HEAD => Role::Viewer,
+            _ => Role::Editor,
+        };
+        caller.require(&namespace, needed)?;
         Ok(Self { namespace })
     }
 }
@@ -168,7 +205,7 @@ pub(crate) const MESSAGE_HEADER: &str = "x-portico-message";
 /// Longest revision message accepted.
 pub(crate) const MAX_MESSAGE: usize = 1024;
 
-/// Who writes (the admin token's holder: `admin`) and the message they gave.
+/// Who writes (the caller's user name) and the message they gave.
 impl<S: Send + Sync> FromRequestParts<S> for RevisionNote {
     type Rejection = ApiError;
 
@@ -180,10 +217,12 @@ impl<S: Send + Sync> FromRequestParts<S> for RevisionNote {
             None => None,
             Some(value) => Some(revision_message(value.as_bytes())?),
         };
-        Ok(RevisionNote {
-            author: "admin".to_owned(),
-            message,
-        })
+        let author = parts
+            .extensions
+            .get::<Principal>()
+            .map(|p| p.user.clone())
+            .ok_or(ApiError::Unauthorized)?;
+        Ok(RevisionNote { author, message })
     }
 }
 

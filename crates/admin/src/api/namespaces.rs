@@ -12,17 +12,29 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use model::namespace::{Namespace, NamespaceSpec};
+use model::user::Role;
 use serde_json::{json, Value};
 
 use super::{parse_json, ApiPath};
+use crate::auth::Principal;
 use crate::db;
 use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Every namespace with how many instances live there and how many of their gateway
 /// nodes are online (heartbeats their agents last reported).
-pub(super) async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let namespaces = state.db.namespaces().await?;
+pub(super) async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Principal,
+) -> Result<Json<Value>, ApiError> {
+    // Everyone sees the namespaces they have a role in; a platform admin all.
+    let namespaces: Vec<Namespace> = state
+        .db
+        .namespaces()
+        .await?
+        .into_iter()
+        .filter(|ns| caller.role(&ns.id).is_some())
+        .collect();
     let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
     for (namespace, cluster, instance) in state.db.instance_namespaces().await? {
         let entry = counts.entry(namespace).or_default();
@@ -41,8 +53,10 @@ pub(super) async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Valu
 
 pub(super) async fn get_one(
     State(state): State<Arc<AppState>>,
+    caller: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(&id, Role::Viewer)?;
     let ns = state.db.require_namespace(&id).await?;
     let (instances, nodes) = counts_of(&state, &id).await?;
     Ok(Json(shown(ns, instances, nodes)))
@@ -51,8 +65,10 @@ pub(super) async fn get_one(
 /// Creates a namespace; the answer carries its generated id.
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
+    caller: Principal,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    caller.require_platform_admin()?;
     let spec = parse_spec(&body?, None)?;
     let ns = state.db.insert_namespace(&spec, db::now()).await?;
     tracing::info!(namespace = %ns.id, name = %ns.name, "namespace created");
@@ -62,9 +78,11 @@ pub(super) async fn create(
 /// Changes a namespace's name and description; its id never changes.
 pub(super) async fn put(
     State(state): State<Arc<AppState>>,
+    caller: Principal,
     ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(&id, Role::Admin)?;
     let spec = parse_spec(&body?, Some(&id))?;
     let ns = state.db.update_namespace(&id, &spec, db::now()).await?;
     tracing::info!(namespace = %ns.id, name = %ns.name, "namespace changed");
@@ -74,8 +92,10 @@ pub(super) async fn put(
 
 pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
+    caller: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require_platform_admin()?;
     state.db.delete_namespace(&id).await?;
     tracing::info!(namespace = %id, "namespace deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -84,8 +104,10 @@ pub(super) async fn delete(
 /// The instances living in the namespace, across clusters, with their online nodes.
 pub(super) async fn instances(
     State(state): State<Arc<AppState>>,
+    caller: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(&id, Role::Viewer)?;
     state.db.require_namespace(&id).await?;
     let mut items = Vec::new();
     for cluster in state.db.clusters().await? {

@@ -18,6 +18,7 @@ use model::resource::{Resource, ResourceKind};
 use model::validate::FieldError;
 use serde_json::{json, Value};
 
+use super::audit::AuditDetail;
 use super::{ApiPath, Scope};
 use crate::db::{Change, RevisionNote};
 use crate::error::ApiError;
@@ -170,12 +171,20 @@ fn parse_resource(
     Ok(resource)
 }
 
-/// A write's answer: the resource as stored (keys removed) and where the change stands.
+/// A write's answer: the resource as stored (keys removed) and where the change stands;
+/// the audit record gets the object before and after.
 fn answer(status: StatusCode, body: Option<Value>, written: Written) -> Response {
+    let detail = AuditDetail {
+        actor: None,
+        before: written.before.clone(),
+        after: body.clone(),
+        revision: Some(written.revision.0),
+    };
     let mut response = match body {
         Some(body) => (status, Json(body)).into_response(),
         None => status.into_response(),
     };
+    response.extensions_mut().insert(detail);
     let headers = response.headers_mut();
     headers.insert(
         HeaderName::from_static(REVISION_HEADER),

@@ -163,7 +163,12 @@ pub(super) async fn rollback(
         "revision": done.revision,
         "changes": done.diff,
     });
-    let mut response = Json(body).into_response();
+    let detail = super::audit::AuditDetail {
+        after: Some(body["changes"].clone()),
+        revision: done.written.as_ref().map(|w| w.revision.0),
+        ..Default::default()
+    };
+    let mut response = detail.attach(Json(body).into_response());
     if let Some(written) = done.written {
         let headers = response.headers_mut();
         headers.insert(

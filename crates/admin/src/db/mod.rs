@@ -7,12 +7,14 @@
 //! transaction starts with a write, so SQLite takes its write lock up front instead of
 //! failing to upgrade a read lock.
 
+mod audit;
 mod clusters;
 mod namespaces;
 mod resources;
 mod revisions;
 mod sealing;
 mod settings;
+mod users;
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -24,9 +26,11 @@ use sqlx::{AnyPool, Executor, Row};
 use crate::error::ApiError;
 use crate::secrets::{Keyring, SecretError};
 
+pub(crate) use audit::{AuditEntry, AuditFilter};
 pub(crate) use clusters::{AgentRecord, InstanceReport};
 pub(crate) use resources::{Batch, Change, Committed, RevisionNote};
 pub(crate) use revisions::MAX_LISTED;
+pub(crate) use users::TokenKind;
 
 /// Migrations embedded at compile time from `crates/admin/migrations`.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -204,6 +208,14 @@ pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// Unix milliseconds now.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
 }
 

@@ -97,6 +97,8 @@ pub(crate) struct Committed {
     /// The changes as stored, what the agent is sent: a consumer's credentials sent
     /// back without their secrets carry the stored hashes again.
     pub stored: Vec<Change>,
+    /// Each object before the change, as the API shows it (`None`: it did not exist).
+    pub previous: Vec<Option<serde_json::Value>>,
 }
 
 /// One row of the change log as the API shows it (certificate keys never stored there).
@@ -123,6 +125,8 @@ struct Written {
     logged: Option<String>,
     /// The object as stored (secrets sealed); `None` for deletes.
     body: Option<String>,
+    /// The object before, as the API shows it; `None` when it did not exist.
+    previous: Option<serde_json::Value>,
 }
 
 impl Db {
@@ -280,6 +284,7 @@ impl Db {
             agent_token,
             agent_verified,
             created: written.first().is_some_and(|w| w.created),
+            previous: written.iter().map(|w| w.previous.clone()).collect(),
             stored: written.into_iter().map(|w| w.stored).collect(),
         })
     }
@@ -297,7 +302,20 @@ impl Db {
     ) -> Result<Written, ApiError> {
         let kind = change.kind();
         let id = change.id();
-        let exists = self.exists(tx, cluster, instance, kind, id).await?;
+        let sql = self.sql(
+            "SELECT body FROM resources WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
+        );
+        let previous = sqlx::query(&sql)
+            .bind(cluster)
+            .bind(instance)
+            .bind(kind.as_str())
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|row| self.resource_from_row(cluster, instance, kind, &row))
+            .transpose()?
+            .map(|r| r.redacted().to_json());
+        let exists = previous.is_some();
         let (op, created) = match change {
             Change::Create(_) if exists => {
                 return Err(ApiError::AlreadyExists(format!(
@@ -346,6 +364,7 @@ impl Db {
                     stored: change.clone(),
                     logged: None,
                     body: None,
+                    previous,
                 });
             }
         };
@@ -387,6 +406,7 @@ impl Db {
             // a credential's secret or its hash.
             logged: Some(resource.redacted().to_json().to_string()),
             body: Some(body),
+            previous,
         })
     }
 

@@ -407,12 +407,23 @@ pub async fn crud_flow(admin: &TestAdmin, agent: &TestAgent, cluster: &str) {
     let base = format!("/clusters/{cluster}/instances/instance_a");
     let start = admin.desired(cluster, "instance_a").await.1;
 
-    // Create: 201, revision +1, applied to the store.
+    // Create: 201, revision +1, applied to the store, audited.
     let answer = admin
         .send("POST", &format!("{base}/upstreams"), upstream("up", 8080))
         .await;
     assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
     assert_eq!(answer.revision(), start + 1);
+    let audit = admin
+        .get("/audit?namespace=default&actor=admin&limit=5")
+        .await;
+    assert_eq!(audit.status, StatusCode::OK, "{}", audit.body);
+    assert_eq!(
+        audit.body["items"][0]["revision"],
+        start + 1,
+        "{}",
+        audit.body
+    );
+    assert_eq!(audit.body["items"][0]["after"]["id"], "up");
     assert_eq!(answer.header("x-portico-sync"), "applied");
     assert_eq!(answer.body["nodes"][0]["port"], 8080);
     // The singular segment is accepted too.
