@@ -30,7 +30,7 @@ pub(crate) struct RolledBack {
     pub revision: Revision,
 }
 
-/// Rolls the instance back to `target` (0: the empty config), or with `dry_run` only
+/// Rolls the instance back to `target` (0: the empty config), or for a dry run only
 /// answers what that would change.
 pub(crate) async fn rollback(
     state: &AppState,
@@ -39,8 +39,8 @@ pub(crate) async fn rollback(
     instance: &str,
     target: Revision,
     note: RevisionNote,
-    dry_run: bool,
 ) -> Result<RolledBack, ApiError> {
+    let dry_run = note.dry_run;
     let lock = state.instance_lock(cluster, instance);
     let _in_revision_order = lock.lock().await;
     let (now, current) = state

@@ -36,6 +36,8 @@ use crate::state::AppState;
 pub(crate) enum SyncStatus {
     Applied,
     Pending,
+    /// A dry run: checked, not stored, not sent.
+    DryRun,
 }
 
 impl SyncStatus {
@@ -43,6 +45,7 @@ impl SyncStatus {
         match self {
             SyncStatus::Applied => "applied",
             SyncStatus::Pending => "pending",
+            SyncStatus::DryRun => "dry_run",
         }
     }
 }
@@ -73,6 +76,14 @@ pub(crate) async fn write(
         .db
         .commit(namespace, cluster, instance, &change, note, db::now())
         .await?;
+    if note.dry_run {
+        return Ok(Written {
+            revision: committed.revision,
+            sync: SyncStatus::DryRun,
+            created: committed.created,
+            before: committed.previous.first().cloned().flatten(),
+        });
+    }
     push_committed(state, cluster, instance, committed).await
 }
 

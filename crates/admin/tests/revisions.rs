@@ -323,3 +323,76 @@ async fn revision_messages_are_checked() {
     assert_eq!(admin.instance("c1", "instance_a").await["revision"], 0);
     admin.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_runs_check_everything_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, agent) = start(&dir).await;
+    write(
+        &admin,
+        "POST",
+        "/upstreams",
+        Some(upstream("up", 8080)),
+        "up",
+    )
+    .await;
+    write(&admin, "POST", "/routes", Some(route("r1", "up")), "r1").await;
+    let revision = || async { admin.instance("c1", "instance_a").await["revision"].clone() };
+    assert_eq!(revision().await, 2);
+
+    let created = admin
+        .send(
+            "POST",
+            &format!("{BASE}/routes?dry_run=true"),
+            route("r2", "up"),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    assert_eq!(created.header("x-portico-sync"), "dry_run");
+    assert_eq!(created.body["op"], "create");
+    assert_eq!(created.body["revision"], 3);
+    let mut changed = route("r1", "up");
+    changed["paths"] = json!(["/v2/*"]);
+    let updated = admin
+        .send("PUT", &format!("{BASE}/routes/r1?dry_run=true"), changed)
+        .await;
+    assert_eq!(updated.status, StatusCode::OK, "{}", updated.body);
+    assert_eq!(updated.body["op"], "update");
+    assert_eq!(updated.body["fields"][0]["path"], "paths[0]");
+    assert_eq!(updated.body["fields"][0]["after"], "/v2/*");
+    // What a real write would refuse, a dry run refuses the same way.
+    let in_use = admin
+        .call("DELETE", &format!("{BASE}/upstreams/up?dry_run=true"), None)
+        .await;
+    assert_eq!(in_use.status, StatusCode::CONFLICT, "{}", in_use.body);
+    let missing = admin
+        .send(
+            "POST",
+            &format!("{BASE}/routes?dry_run=true"),
+            route("r3", "nope"),
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let deleted = admin
+        .call("DELETE", &format!("{BASE}/routes/r1?dry_run=true"), None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
+    assert_eq!(deleted.body["op"], "delete");
+    // Nothing of it stored, logged or sent.
+    assert_eq!(revision().await, 2);
+    assert_eq!(agent.meta("instance_a").await, Some(2));
+    assert_eq!(
+        agent.stored_ids("instance_a", ResourceKind::Routes).await,
+        ["r1"]
+    );
+    let r1 = admin.get(&format!("{BASE}/routes/r1")).await;
+    assert_eq!(r1.body["paths"], json!(["/api/*"]));
+    assert_eq!(
+        admin.get(&format!("{BASE}/revisions")).await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    admin.stop().await;
+}

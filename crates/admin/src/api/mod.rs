@@ -205,7 +205,8 @@ pub(crate) const MESSAGE_HEADER: &str = "x-portico-message";
 /// Longest revision message accepted.
 pub(crate) const MAX_MESSAGE: usize = 1024;
 
-/// Who writes (the caller's user name) and the message they gave.
+/// Who writes (the caller's user name), the message they gave, and whether it is a
+/// dry run (`?dry_run=true`: checked, answered, not stored).
 impl<S: Send + Sync> FromRequestParts<S> for RevisionNote {
     type Rejection = ApiError;
 
@@ -217,13 +218,30 @@ impl<S: Send + Sync> FromRequestParts<S> for RevisionNote {
             None => None,
             Some(value) => Some(revision_message(value.as_bytes())?),
         };
+        let dry_run = axum::extract::Query::<DryRunQuery>::try_from_uri(&parts.uri)
+            .map_err(|e| ApiError::BadRequest {
+                message: format!("bad query string: {}", e.body_text()),
+                details: Vec::new(),
+            })?
+            .0
+            .dry_run;
         let author = parts
             .extensions
             .get::<Principal>()
             .map(|p| p.user.clone())
             .ok_or(ApiError::Unauthorized)?;
-        Ok(RevisionNote { author, message })
+        Ok(RevisionNote {
+            author,
+            message,
+            dry_run,
+        })
     }
+}
+
+#[derive(serde::Deserialize)]
+struct DryRunQuery {
+    #[serde(default)]
+    dry_run: bool,
 }
 
 /// A revision message as given: UTF-8, no control characters, not too long.

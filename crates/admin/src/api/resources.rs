@@ -23,7 +23,7 @@ use super::{ApiPath, Scope};
 use crate::db::{Change, RevisionNote};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::sync::{self, Written};
+use crate::sync::{self, SyncStatus, Written};
 
 /// Header saying whether the change reached the store: `applied` or `pending`.
 pub(super) const SYNC_HEADER: &str = "x-portico-sync";
@@ -171,9 +171,43 @@ fn parse_resource(
     Ok(resource)
 }
 
+/// A dry run's answer (200, nothing stored): the revision it would have made and what
+/// it would change, per field.
+fn dry_run_answer(body: Option<Value>, written: Written) -> Response {
+    let mut fields = Vec::new();
+    model::diff::fields_of(
+        "",
+        written.before.as_ref().unwrap_or(&Value::Null),
+        body.as_ref().unwrap_or(&Value::Null),
+        &mut fields,
+    );
+    let op = match (&written.before, &body) {
+        (None, _) => "create",
+        (Some(_), None) => "delete",
+        (Some(_), Some(_)) => "update",
+    };
+    let mut response = Json(json!({
+        "dry_run": true,
+        "revision": written.revision,
+        "op": op,
+        "before": written.before,
+        "after": body,
+        "fields": if op == "update" { json!(fields) } else { json!([]) },
+    }))
+    .into_response();
+    response.headers_mut().insert(
+        HeaderName::from_static(SYNC_HEADER),
+        HeaderValue::from_static(written.sync.as_str()),
+    );
+    response
+}
+
 /// A write's answer: the resource as stored (keys removed) and where the change stands;
 /// the audit record gets the object before and after.
 fn answer(status: StatusCode, body: Option<Value>, written: Written) -> Response {
+    if written.sync == SyncStatus::DryRun {
+        return dry_run_answer(body, written);
+    }
     let detail = AuditDetail {
         actor: None,
         before: written.before.clone(),

@@ -33,12 +33,6 @@ pub(super) struct DiffQuery {
     to: Option<u64>,
 }
 
-#[derive(Deserialize)]
-pub(super) struct RollbackQuery {
-    #[serde(default)]
-    dry_run: bool,
-}
-
 /// A query string that does not parse: 400 naming why.
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(q)| q).map_err(|e| ApiError::BadRequest {
@@ -142,10 +136,9 @@ pub(super) async fn rollback(
     scope: Scope,
     note: RevisionNote,
     ApiPath((cluster, instance, at)): ApiPath<(String, String, u64)>,
-    q: Result<Query<RollbackQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
     scope.instance(&state, &cluster, &instance).await?;
+    let dry_run = note.dry_run;
     let done = history::rollback(
         &state,
         &scope.namespace,
@@ -153,12 +146,11 @@ pub(super) async fn rollback(
         &instance,
         Revision(at),
         note,
-        q.dry_run,
     )
     .await?;
     let body = json!({
         "rolled_back_to": at,
-        "dry_run": q.dry_run,
+        "dry_run": dry_run,
         "changed": !done.diff.is_empty(),
         "revision": done.revision,
         "changes": done.diff,

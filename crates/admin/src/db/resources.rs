@@ -60,6 +60,8 @@ impl Change {
 pub(crate) struct RevisionNote {
     pub author: String,
     pub message: Option<String>,
+    /// Check everything, store nothing (`?dry_run=true`).
+    pub dry_run: bool,
 }
 
 /// What a revision of several objects is (a single change is named by its own op).
@@ -130,8 +132,8 @@ struct Written {
 }
 
 impl Db {
-    /// Applies one change in one transaction and returns the revision it produced.
-    /// The instance must be in `namespace` (checked under the same lock as the
+    /// Applies one change in one transaction and returns the revision it produced (a
+    /// dry run: would produce, nothing kept). The instance must be in `namespace` (checked under the same lock as the
     /// write, so a concurrent move cannot slip between).
     pub(crate) async fn commit(
         &self,
@@ -149,7 +151,7 @@ impl Db {
             std::slice::from_ref(change),
             Batch::Single,
             note,
-            false,
+            note.dry_run,
             now,
         )
         .await
