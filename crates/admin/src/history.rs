@@ -1,9 +1,10 @@
-//! Rollback: bring an instance's config back to what it was at an earlier revision by
-//! writing a new revision equal to it (history is never deleted or rewritten), with a
-//! preview of what would change first (requirement D4).
+//! Rollback and declarative apply: make an instance's config what it was at an earlier
+//! revision, or what a file says, by writing one new revision equal to it (history is
+//! never deleted or rewritten), with a preview of what would change first (D4).
 //!
 //! ```text
-//! lock instance → objects now, objects at the target revision (secrets opened)
+//! lock instance → objects now, the wanted objects (at the target revision, secrets
+//!   opened; or the applied file's)
 //! → a secret the old version does not carry (history from before revisions kept
 //!   them) is the one the object has now → every old object checked against today's
 //!   rules → the difference as changes: creates and updates in dependency order,
@@ -20,8 +21,8 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::sync::{self, Written};
 
-/// What a rollback did, or would do.
-pub(crate) struct RolledBack {
+/// What a rollback or an apply did, or would do.
+pub(crate) struct Converged {
     /// What changes from the current config to the target's.
     pub diff: Vec<ObjectDiff>,
     /// `None` for a dry run, or when nothing differs (no revision is made then).
@@ -39,8 +40,83 @@ pub(crate) async fn rollback(
     instance: &str,
     target: Revision,
     note: RevisionNote,
-) -> Result<RolledBack, ApiError> {
-    let dry_run = note.dry_run;
+) -> Result<Converged, ApiError> {
+    let note = RevisionNote {
+        message: Some(
+            note.message
+                .clone()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| format!("rollback to revision {target}")),
+        ),
+        ..note
+    };
+    converge(
+        state,
+        Target {
+            namespace,
+            cluster,
+            instance,
+        },
+        Wanted::Revision(target),
+        Batch::Rollback,
+        &note,
+    )
+    .await
+}
+
+/// Makes the instance's config exactly `objects` (a declarative apply): creates,
+/// updates and deletes in one revision, or for a dry run only answers what would change.
+pub(crate) async fn apply(
+    state: &AppState,
+    namespace: &str,
+    cluster: &str,
+    instance: &str,
+    objects: Objects,
+    note: &RevisionNote,
+) -> Result<Converged, ApiError> {
+    converge(
+        state,
+        Target {
+            namespace,
+            cluster,
+            instance,
+        },
+        Wanted::Objects(objects),
+        Batch::Apply,
+        note,
+    )
+    .await
+}
+
+/// The instance a convergence writes.
+struct Target<'a> {
+    namespace: &'a str,
+    cluster: &'a str,
+    instance: &'a str,
+}
+
+/// What the instance's config should become.
+enum Wanted {
+    /// As it was at this revision.
+    Revision(Revision),
+    /// These objects.
+    Objects(Objects),
+}
+
+/// Under the instance's lock: the difference from now to `wanted`, written as one
+/// revision (unless nothing differs, or it is a dry run) and pushed.
+async fn converge(
+    state: &AppState,
+    at: Target<'_>,
+    wanted: Wanted,
+    batch: Batch,
+    note: &RevisionNote,
+) -> Result<Converged, ApiError> {
+    let Target {
+        namespace,
+        cluster,
+        instance,
+    } = at;
     let lock = state.instance_lock(cluster, instance);
     let _in_revision_order = lock.lock().await;
     let (now, current) = state
@@ -48,33 +124,30 @@ pub(crate) async fn rollback(
         .objects_now(cluster, instance)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("instance {instance:?} does not exist")))?;
-    if target > current {
-        return Err(ApiError::invalid_field(
-            "rollback",
-            "revision",
-            format!("instance {instance:?} is at revision {current}; {target} is in its future"),
-        ));
-    }
-    let mut wanted = state.db.objects_at(cluster, instance, target).await?;
+    let mut wanted = match wanted {
+        Wanted::Objects(objects) => objects,
+        Wanted::Revision(target) if target > current => {
+            return Err(ApiError::invalid_field(
+                "rollback",
+                "revision",
+                format!(
+                    "instance {instance:?} is at revision {current}; {target} is in its future"
+                ),
+            ));
+        }
+        Wanted::Revision(target) => state.db.objects_at(cluster, instance, target).await?,
+    };
     keep_current_secrets(&mut wanted, &now);
     check_all(&wanted)?;
     let diff = diff::diff(&now, &wanted);
     if diff.is_empty() {
-        return Ok(RolledBack {
+        return Ok(Converged {
             diff,
             written: None,
             revision: current,
         });
     }
     let changes = changes_for(&diff, &wanted);
-    let note = RevisionNote {
-        message: Some(
-            note.message
-                .filter(|m| !m.is_empty())
-                .unwrap_or_else(|| format!("rollback to revision {target}")),
-        ),
-        ..note
-    };
     let committed = state
         .db
         .commit_many(
@@ -82,21 +155,21 @@ pub(crate) async fn rollback(
             cluster,
             instance,
             &changes,
-            Batch::Rollback,
-            &note,
-            dry_run,
+            batch,
+            note,
+            note.dry_run,
             db::now(),
         )
         .await?;
     let revision = committed.revision;
-    let written = if dry_run {
+    let written = if note.dry_run {
         None
     } else {
-        tracing::info!(cluster, instance, to = %target, revision = %revision,
-            objects = changes.len(), "rolled back");
+        tracing::info!(cluster, instance, ?batch, revision = %revision,
+            objects = changes.len(), "config converged");
         Some(sync::push_committed(state, cluster, instance, committed).await?)
     };
-    Ok(RolledBack {
+    Ok(Converged {
         diff,
         written,
         revision,

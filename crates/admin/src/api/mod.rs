@@ -6,6 +6,7 @@
 
 mod audit;
 mod clusters;
+mod config;
 mod namespaces;
 mod plugins;
 mod resources;
@@ -97,6 +98,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             axum::routing::post(revisions::rollback),
         )
         .route(&format!("{instance}/diff"), get(revisions::diff))
+        .route(
+            &format!("{instance}/config"),
+            get(config::export).put(config::apply),
+        )
+        .route("/namespaces/{id}/config", get(config::export_namespace))
         .route(
             &format!("{instance}/routes/{{id}}/plugins/effective"),
             get(plugins::effective_plugins),

@@ -26,7 +26,7 @@ use crate::state::AppState;
 use crate::sync::{self, SyncStatus, Written};
 
 /// Header saying whether the change reached the store: `applied` or `pending`.
-pub(super) const SYNC_HEADER: &str = "x-portico-sync";
+const SYNC_HEADER: &str = "x-portico-sync";
 
 /// MySQL's TEXT holds 65,535 bytes; one resource's JSON must fit on every database.
 const MAX_RESOURCE_JSON: usize = 65_535;
@@ -219,6 +219,12 @@ fn answer(status: StatusCode, body: Option<Value>, written: Written) -> Response
         None => status.into_response(),
     };
     response.extensions_mut().insert(detail);
+    revision_headers(&mut response, &written);
+    response
+}
+
+/// The revision a write made and whether it reached the store, as headers.
+pub(super) fn revision_headers(response: &mut Response, written: &Written) {
     let headers = response.headers_mut();
     headers.insert(
         HeaderName::from_static(REVISION_HEADER),
@@ -228,5 +234,4 @@ fn answer(status: StatusCode, body: Option<Value>, written: Written) -> Response
         HeaderName::from_static(SYNC_HEADER),
         HeaderValue::from_static(written.sync.as_str()),
     );
-    response
 }

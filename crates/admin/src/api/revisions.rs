@@ -7,10 +7,8 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use model::cluster::REVISION_HEADER;
 use model::snapshot::Revision;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -162,15 +160,7 @@ pub(super) async fn rollback(
     };
     let mut response = detail.attach(Json(body).into_response());
     if let Some(written) = done.written {
-        let headers = response.headers_mut();
-        headers.insert(
-            HeaderName::from_static(REVISION_HEADER),
-            HeaderValue::from(written.revision.0),
-        );
-        headers.insert(
-            HeaderName::from_static(super::resources::SYNC_HEADER),
-            HeaderValue::from_static(written.sync.as_str()),
-        );
+        super::resources::revision_headers(&mut response, &written);
     }
     Ok(response)
 }

@@ -71,6 +71,8 @@ pub(crate) enum Batch {
     Single,
     /// A rollback to an earlier revision.
     Rollback,
+    /// A declarative apply of a whole config.
+    Apply,
 }
 
 impl Batch {
@@ -78,6 +80,7 @@ impl Batch {
         match self {
             Batch::Single => None,
             Batch::Rollback => Some("rollback"),
+            Batch::Apply => Some("apply"),
         }
     }
 }
