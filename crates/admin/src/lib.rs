@@ -18,6 +18,7 @@ mod auth;
 mod db;
 mod error;
 mod history;
+mod lease;
 mod secrets;
 mod state;
 mod sync;
@@ -184,26 +185,57 @@ impl Admin {
     }
 
     /// Serves HTTP on `listener` (through `apikit::serve`: early 413, header-read and
-    /// body timeouts) and runs the poll/reconcile loop until `shutdown` flips to true
-    /// (or its sender is dropped).
+    /// body timeouts) and, while this process holds the reconciler lease, the
+    /// poll/reconcile loop, until `shutdown` flips to true (or its sender is dropped).
     pub async fn run(
         self,
         listener: tokio::net::TcpListener,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        let reconcile = tokio::spawn(sync::run_loop(
+        // Take the reconciler lease now if it is free, so the first tick reconciles.
+        self.state.lease.renew(&self.state.db).await;
+        // Both loops end with this future, even when it is dropped unfinished: a
+        // process that stops serving neither reconciles nor holds the lease.
+        let mut lease = Owned(Some({
+            let (state, shutdown) = (self.state.clone(), shutdown.clone());
+            tokio::spawn(async move { state.lease.keep(&state.db, shutdown).await })
+        }));
+        let mut reconcile = Owned(Some(tokio::spawn(sync::run_loop(
             self.state.clone(),
             self.poll_interval,
             shutdown.clone(),
-        ));
+        ))));
         let served = apikit::serve(listener, self.router(), self.limits, shutdown).await;
         if served.is_err() {
-            // Serving failed without a shutdown: the loop would never see one.
-            reconcile.abort();
+            // Serving failed without a shutdown: the loops would never see one.
+            drop(reconcile);
+            drop(lease);
+        } else {
+            // They see the same signal and end between two steps; the lease is handed
+            // over before the database closes.
+            reconcile.join().await;
+            lease.join().await;
         }
-        // Otherwise the loop sees the same signal and ends between two steps.
-        let _ = reconcile.await;
         self.state.db.close().await;
         served.context("the admin HTTP server failed")
+    }
+}
+
+/// A task that ends with its owner: aborted when dropped before it was joined.
+struct Owned(Option<tokio::task::JoinHandle<()>>);
+
+impl Owned {
+    async fn join(&mut self) {
+        if let Some(task) = self.0.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }

@@ -8,12 +8,15 @@ use model::cluster::{AgentInstances, NodeHeartbeat};
 
 use crate::agent_client::{AgentCallError, AgentClient};
 use crate::db::Db;
+use crate::lease::Lease;
 
 /// Names one instance: (cluster, instance).
 type InstanceKey = (String, String);
 
 pub(crate) struct AppState {
     pub db: Db,
+    /// Whether this process reconciles (several admins may share the database).
+    pub lease: Lease,
     pub agents: AgentClient,
     /// One lock per (cluster, instance). A write commits and pushes under it, and the
     /// reconcile loop pushes snapshots under it, so pushes leave in revision order and
@@ -39,6 +42,7 @@ impl AppState {
     pub(crate) fn new(db: Db, agents: AgentClient) -> Self {
         Self {
             db,
+            lease: Lease::new(),
             agents,
             instance_locks: Mutex::default(),
             agent_health: Mutex::default(),

@@ -11,7 +11,9 @@
 //!            moved, or with a new token), the agent must prove it holds the cluster's
 //!            token (a challenge answered with an HMAC; the token is not sent); until
 //!            it does, nothing goes there and changes stay pending
-//! reconcile: every poll interval, per cluster: GET the agent's instances → record them
+//! reconcile: every poll interval, when this admin holds the reconciler lease (one
+//!            admin of those sharing a database does, `lease.rs`), per cluster:
+//!            GET the agent's instances → record them
 //!            (online / missing) → for each instance whose store revision differs from
 //!            the DB's, push the full snapshot
 //! ```
@@ -162,7 +164,10 @@ pub(crate) async fn run_loop(
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = async {
                 ticker.tick().await;
-                poll_all(&state).await;
+                // Another admin on the same database may be the one reconciling.
+                if state.lease.held() {
+                    poll_all(&state).await;
+                }
             } => {}
         }
     }

@@ -35,6 +35,97 @@ async fn secrets_sealed_and_rotated_on_mysql() {
     common::secrets_flow(&db.url).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_share_postgres_and_one_takes_over() {
+    let db = TempDatabase::create(Server::Postgres).await;
+    failover_flow(&db.url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_share_mysql_and_one_takes_over() {
+    let db = TempDatabase::create(Server::MySql).await;
+    failover_flow(&db.url).await;
+}
+
+/// Whether the admin says it reconciles.
+async fn reconciles(admin: &TestAdmin) -> bool {
+    let status = admin.get("/status").await;
+    status.body["reconciler"].as_bool().unwrap()
+}
+
+/// Two admins on one database: both serve the API, one reconciles; it dies while
+/// changes are written through both, the other takes over within seconds, and the
+/// store ends with every change once, in revision order.
+async fn failover_flow(url: &str) {
+    let interval = Duration::from_millis(200);
+    let first = TestAdmin::start(url, interval).await;
+    let second = TestAdmin::start(url, interval).await;
+    let (a, b) = (reconciles(&first).await, reconciles(&second).await);
+    assert!(a ^ b, "exactly one admin reconciles: {a} {b}");
+    let (leader, other) = if a { (first, second) } else { (second, first) };
+    let mut agent = TestAgent::start(&["instance_a"]).await;
+    other.register("c1", &agent, &["instance_a"]).await;
+    let base = "/clusters/c1/instances/instance_a";
+    for i in 0..10 {
+        let via = if i % 2 == 0 { &leader } else { &other };
+        let answer = via
+            .send(
+                "POST",
+                &format!("{base}/upstreams"),
+                common::upstream(&format!("u{i}"), 8000 + i),
+            )
+            .await;
+        assert_eq!(
+            answer.status,
+            reqwest::StatusCode::CREATED,
+            "{}",
+            answer.body
+        );
+    }
+    let died = std::time::Instant::now();
+    leader.kill().await;
+    for i in 10..20 {
+        let answer = other
+            .send(
+                "POST",
+                &format!("{base}/upstreams"),
+                common::upstream(&format!("u{i}"), 8000 + i),
+            )
+            .await;
+        assert_eq!(
+            answer.status,
+            reqwest::StatusCode::CREATED,
+            "{}",
+            answer.body
+        );
+    }
+    common::wait_until("the other admin takes over", || async {
+        reconciles(&other).await.then_some(())
+    })
+    .await;
+    let took = died.elapsed();
+    assert!(took < Duration::from_secs(10), "took over after {took:?}");
+    // The survivor reconciles: a wiped store gets everything back.
+    agent.restart_with_empty_store(&["instance_a"]).await;
+    common::wait_until("the store is rebuilt by the new reconciler", || async {
+        (agent.meta("instance_a").await == Some(20)).then_some(())
+    })
+    .await;
+    let ids = agent
+        .stored_ids("instance_a", model::resource::ResourceKind::Upstreams)
+        .await;
+    assert_eq!(ids.len(), 20, "{ids:?}");
+    let history = other.get(&format!("{base}/revisions?limit=100")).await;
+    let revisions: Vec<u64> = history.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["revision"].as_u64().unwrap())
+        .collect();
+    assert_eq!(revisions, (1..=20).rev().collect::<Vec<_>>());
+    other.stop().await;
+}
+
 async fn run_flow(url: &str) {
     let admin = TestAdmin::start(url, Duration::from_secs(3600)).await;
     let agent = TestAgent::start(&["instance_a"]).await;

@@ -212,3 +212,18 @@ fn parse_cluster(state: &AppState, body: &[u8]) -> Result<Cluster, ApiError> {
         ..cluster
     })
 }
+
+/// `GET /status`: this admin process and who reconciles (platform admin): `holder` is
+/// this process, `reconciler` whether it is the one, `lease` the lease as stored.
+pub(super) async fn status(
+    State(state): State<Arc<AppState>>,
+    caller: Principal,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_platform_admin()?;
+    let (holder, expires_at_ms) = state.db.lease(crate::lease::RECONCILER).await?;
+    Ok(Json(json!({
+        "holder": state.lease.holder,
+        "reconciler": state.lease.held(),
+        "lease": { "holder": holder, "expires_at_ms": expires_at_ms },
+    })))
+}

@@ -68,6 +68,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             axum::routing::delete(users::delete_token),
         )
         .route("/audit", get(audit::list))
+        .route("/status", get(clusters::status))
         .route(
             "/namespaces",
             get(namespaces::list).post(namespaces::create),

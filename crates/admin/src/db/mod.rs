@@ -9,6 +9,7 @@
 
 mod audit;
 mod clusters;
+mod leases;
 mod namespaces;
 mod resources;
 mod revisions;

@@ -81,6 +81,17 @@ impl TestAdmin {
         }
     }
 
+    /// Ends the admin as a crash would: its task is aborted without the shutdown
+    /// signal, so nothing is handed over.
+    pub async fn kill(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        // Dropping the sender would read as a shutdown to anything still listening.
+        std::mem::forget(self.stop.clone());
+    }
+
     /// A call with the admin token and a raw body; the answer's status, headers and JSON.
     pub async fn call(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
         self.call_as(Some(ADMIN_TOKEN), method, path, body).await
