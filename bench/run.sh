@@ -12,13 +12,17 @@
 #     (bench/protocols.sh; ONLY=protocols runs it alone);
 #  5. plugin cost (key-auth + limit-count + prometheus, local and Redis) against the
 #     same route without plugins and nginx, and limit-count accuracy under 64
-#     connections (bench/plugins.sh; ONLY=plugins runs it alone).
+#     connections (bench/plugins.sh; ONLY=plugins runs it alone);
+#  6. the admin's writes: changes/s through the API into SQLite and PostgreSQL, and
+#     the time to apply a 10k-route YAML file (crates/portico/benches/admin_writes.rs;
+#     ONLY=admin runs it alone).
 # The route table micro-benchmarks: cargo bench -p gateway --bench router.
 # Loopback only. Results are printed and written to bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${ONLY:-}" = protocols ] && exec bash bench/protocols.sh
 [ "${ONLY:-}" = plugins ] && exec bash bench/plugins.sh
+[ "${ONLY:-}" = admin ] && exec cargo bench -q -p portico --bench admin_writes
 
 WORKERS=${WORKERS:-1}          # worker threads of the gateway and worker processes of nginx
 DURATION=${DURATION:-10s}
@@ -160,3 +164,6 @@ bash bench/protocols.sh
 
 echo
 bash bench/plugins.sh
+
+echo
+cargo bench -q -p portico --bench admin_writes 2>/dev/null | tee "$out/admin_writes.md"
