@@ -307,18 +307,9 @@ impl Db {
     ) -> Result<Written, ApiError> {
         let kind = change.kind();
         let id = change.id();
-        let sql = self.sql(
-            "SELECT body FROM resources WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
-        );
-        let previous = sqlx::query(&sql)
-            .bind(cluster)
-            .bind(instance)
-            .bind(kind.as_str())
-            .bind(id)
-            .fetch_optional(&mut **tx)
+        let previous = self
+            .stored_resource(tx, cluster, instance, kind, id)
             .await?
-            .map(|row| self.resource_from_row(cluster, instance, kind, &row))
-            .transpose()?
             .map(|r| r.redacted().to_json());
         let exists = previous.is_some();
         let (op, created) = match change {
@@ -791,6 +782,26 @@ impl Db {
         id: &str,
     ) -> Result<Resource, ApiError> {
         self.require_instance(cluster, instance).await?;
+        let mut conn = self.pool.acquire().await?;
+        self.stored_resource(&mut conn, cluster, instance, kind, id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "{} {id:?} does not exist in instance {instance:?}",
+                    kind.singular()
+                ))
+            })
+    }
+
+    /// One resource as stored, secrets opened; `None` when absent.
+    async fn stored_resource(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        cluster: &str,
+        instance: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> Result<Option<Resource>, ApiError> {
         let sql = self.sql(
             "SELECT body FROM resources WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
         );
@@ -799,15 +810,10 @@ impl Db {
             .bind(instance)
             .bind(kind.as_str())
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await?;
-        match row {
-            Some(row) => self.resource_from_row(cluster, instance, kind, &row),
-            None => Err(ApiError::NotFound(format!(
-                "{} {id:?} does not exist in instance {instance:?}",
-                kind.singular()
-            ))),
-        }
+        row.map(|row| self.resource_from_row(cluster, instance, kind, &row))
+            .transpose()
     }
 
     /// Everything the instance serves at its current revision, read in one transaction.
