@@ -288,37 +288,40 @@ struct ServiceState {
     warnings: Vec<String>,
 }
 
-/// See [`Compiler::plugins`]: (place, name, configuration as JSON) → plugin.
-#[derive(Debug, Default)]
-struct PluginCache(HashMap<(String, &'static str, String), Arc<dyn Plugin>>);
+/// See [`Compiler::plugins`]: (place, name, configuration as JSON) → plugin; and
+/// what compiling a plugin may do ([`Effects`]).
+#[derive(Debug)]
+struct PluginCache {
+    plugins: HashMap<(String, &'static str, String), Arc<dyn Plugin>>,
+    effects: Effects,
+}
 
 impl PluginCache {
     /// The plugins of an effective list, each reused when its place and
     /// configuration are unchanged.
     fn entries(
         &mut self,
-        place: (&str, Effects),
+        instance: &str,
         counters: &Arc<NodeCounters>,
         merged: &model::plugin::Effective,
     ) -> Result<Vec<Entry>, String> {
-        let (instance, effects) = place;
         merged
             .plugins
             .iter()
             .map(|p| {
                 let key = (p.source.to_string(), p.name, p.config.to_string());
-                let plugin = match self.0.get(&key) {
+                let plugin = match self.plugins.get(&key) {
                     Some(plugin) => plugin.clone(),
                     None => {
                         let place = crate::plugins::PluginPlace {
                             instance,
                             place: &key.0,
                             counters,
-                            effects,
+                            effects: self.effects,
                         };
                         let plugin = crate::plugins::compile(p.name, &p.config, &place)
                             .map_err(|e| format!("{}.{}: {e}", p.source.path(), p.name))?;
-                        self.0.insert(key, plugin.clone());
+                        self.plugins.insert(key, plugin.clone());
                         plugin
                     }
                 };
@@ -330,7 +333,8 @@ impl PluginCache {
     /// Forgets plugins no chain holds any more (a config still serving requests may
     /// hold one a build longer).
     fn prune(&mut self) {
-        self.0.retain(|_, plugin| Arc::strong_count(plugin) > 1);
+        self.plugins
+            .retain(|_, plugin| Arc::strong_count(plugin) > 1);
     }
 }
 
@@ -358,7 +362,10 @@ impl Compiler {
             groups: BTreeMap::new(),
             chains: HashMap::default(),
             generation: 0,
-            plugins: PluginCache::default(),
+            plugins: PluginCache {
+                plugins: HashMap::default(),
+                effects,
+            },
             counters: Arc::default(),
             consumer_table: Default::default(),
             cert_problems: Vec::new(),
@@ -550,7 +557,6 @@ impl Compiler {
             chains,
             generation,
             plugins,
-            effects,
             ..
         } = self;
         let templates = Self::template_map(templates);
@@ -577,7 +583,7 @@ impl Compiler {
                 &globals,
                 &templates,
                 plugins,
-                (&objects.instance, *effects),
+                &objects.instance,
                 counters,
             );
             chains.insert(key.clone(), (*generation, chain));
@@ -631,17 +637,17 @@ impl Compiler {
                 report(key, format!("invalid: {}", join_errors(&merged.errors)));
                 continue;
             }
-            let entries = match self.plugins.entries(
-                (&self.objects.instance, self.effects),
-                &self.counters,
-                &merged,
-            ) {
-                Ok(entries) => entries,
-                Err(reason) => {
-                    report(key, reason);
-                    continue;
-                }
-            };
+            let entries =
+                match self
+                    .plugins
+                    .entries(&self.objects.instance, &self.counters, &merged)
+                {
+                    Ok(entries) => entries,
+                    Err(reason) => {
+                        report(key, reason);
+                        continue;
+                    }
+                };
             let entry = Arc::new(ConsumerEntry {
                 id: consumer.id.as_str().into(),
                 group: consumer.group_id.clone(),
@@ -895,7 +901,7 @@ fn route_chain(
     globals: &[&GlobalRule],
     templates: &HashMap<&str, &PluginTemplate>,
     plugins: &mut PluginCache,
-    place: (&str, Effects),
+    instance: &str,
     counters: &Arc<NodeCounters>,
 ) -> Result<Arc<Chain>, String> {
     let service = match &route.service_id {
@@ -911,7 +917,7 @@ fn route_chain(
     if !merged.errors.is_empty() {
         return Err(format!("invalid: {}", join_errors(&merged.errors)));
     }
-    let entries = plugins.entries(place, counters, &merged)?;
+    let entries = plugins.entries(instance, counters, &merged)?;
     let refs = merged
         .plugins
         .iter()
