@@ -33,6 +33,7 @@ pub mod runtime;
 pub mod settings;
 pub mod snapshot;
 mod status;
+pub mod tester;
 pub mod tls;
 
 use std::net::SocketAddr;

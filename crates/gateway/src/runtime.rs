@@ -21,6 +21,7 @@ use model::resource::ResourceKind;
 use model::route::Route;
 use model::service::{GlobalRule, Service};
 use model::snapshot::Revision;
+use model::tester::UpstreamFrom;
 use model::upstream::Upstream;
 use store::keys::{InstanceKey, Keyspace};
 use store::watch::Update;
@@ -77,6 +78,20 @@ pub struct Problem {
     /// The store key of the object.
     pub key: String,
     pub reason: String,
+}
+
+/// What a build may do besides computing. A node's builds are [`Effects::Live`]:
+/// plugins open their log sinks and register their Redis links, upstream host names
+/// are resolved. A [`Effects::Dry`] build (the route tester) does none of that: the
+/// same compile functions run, but no file is opened, no thread or task started, no
+/// name resolved; its plugins must never serve a request. Neither kind starts health
+/// checks or connects anywhere: the node starts checks for [`Built::new_pools`], and
+/// Redis links connect on a request's first count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Effects {
+    #[default]
+    Live,
+    Dry,
 }
 
 /// An instance's config keys and their raw values, as last delivered by the watch.
@@ -261,6 +276,7 @@ pub struct Compiler {
     /// What the last certificate table left out (made again only when a certificate
     /// changes).
     cert_problems: Vec<Problem>,
+    effects: Effects,
 }
 
 /// A service as far as it could be compiled.
@@ -272,9 +288,13 @@ struct ServiceState {
     warnings: Vec<String>,
 }
 
-/// See [`Compiler::plugins`]: (place, name, configuration as JSON) → plugin.
-#[derive(Debug, Default)]
-struct PluginCache(HashMap<(String, &'static str, String), Arc<dyn Plugin>>);
+/// See [`Compiler::plugins`]: (place, name, configuration as JSON) → plugin; and
+/// what compiling a plugin may do ([`Effects`]).
+#[derive(Debug)]
+struct PluginCache {
+    plugins: HashMap<(String, &'static str, String), Arc<dyn Plugin>>,
+    effects: Effects,
+}
 
 impl PluginCache {
     /// The plugins of an effective list, each reused when its place and
@@ -290,21 +310,22 @@ impl PluginCache {
             .iter()
             .map(|p| {
                 let key = (p.source.to_string(), p.name, p.config.to_string());
-                let plugin = match self.0.get(&key) {
+                let plugin = match self.plugins.get(&key) {
                     Some(plugin) => plugin.clone(),
                     None => {
                         let place = crate::plugins::PluginPlace {
                             instance,
                             place: &key.0,
                             counters,
+                            effects: self.effects,
                         };
                         let plugin = crate::plugins::compile(p.name, &p.config, &place)
                             .map_err(|e| format!("{}.{}: {e}", p.source.path(), p.name))?;
-                        self.0.insert(key, plugin.clone());
+                        self.plugins.insert(key, plugin.clone());
                         plugin
                     }
                 };
-                Ok(Entry::new(p.priority, plugin))
+                Ok(Entry::new(Arc::new(p.clone()), plugin))
             })
             .collect()
     }
@@ -312,12 +333,23 @@ impl PluginCache {
     /// Forgets plugins no chain holds any more (a config still serving requests may
     /// hold one a build longer).
     fn prune(&mut self) {
-        self.0.retain(|_, plugin| Arc::strong_count(plugin) > 1);
+        self.plugins
+            .retain(|_, plugin| Arc::strong_count(plugin) > 1);
     }
 }
 
 impl Compiler {
+    /// A node's compiler.
     pub fn new(objects: ConfigObjects) -> Self {
+        Self::with_effects(objects, Effects::Live)
+    }
+
+    /// A compiler whose builds have no effects (see [`Effects::Dry`]).
+    pub fn dry(objects: ConfigObjects) -> Self {
+        Self::with_effects(objects, Effects::Dry)
+    }
+
+    fn with_effects(objects: ConfigObjects, effects: Effects) -> Self {
         Self {
             objects,
             routes: HashMap::default(),
@@ -330,11 +362,34 @@ impl Compiler {
             groups: BTreeMap::new(),
             chains: HashMap::default(),
             generation: 0,
-            plugins: PluginCache::default(),
+            plugins: PluginCache {
+                plugins: HashMap::default(),
+                effects,
+            },
             counters: Arc::default(),
             consumer_table: Default::default(),
             cert_problems: Vec::new(),
+            effects,
         }
+    }
+
+    /// Every route object: its store key, its id (the key's) and its compiled form,
+    /// or why it has none; as of the last build.
+    pub(crate) fn route_states(
+        &self,
+    ) -> impl Iterator<Item = (&str, &str, Result<&Arc<CompiledRoute>, &str>)> + '_ {
+        self.routes.iter().map(|(key, state)| {
+            let id = self
+                .objects
+                .resources
+                .get(key)
+                .map_or("", |(_, id, _)| id.as_str());
+            let compiled = match state {
+                Ok(state) => Ok(&state.route),
+                Err(reason) => Err(reason.as_str()),
+            };
+            (key.as_str(), id, compiled)
+        })
     }
 
     /// Recompiles what changed since the last build and assembles a new config.
@@ -362,7 +417,7 @@ impl Compiler {
             };
             match kind {
                 ResourceKind::Services => {
-                    let state = compile_service(value, id);
+                    let state = compile_service(value, id, self.effects);
                     if let Ok(ServiceState {
                         inline: Some(Ok(pool)),
                         ..
@@ -419,7 +474,7 @@ impl Compiler {
                     consumers_changed = true;
                 }
                 ResourceKind::Routes => {
-                    let state = compile_route(value, id);
+                    let state = compile_route(value, id, self.effects);
                     if let Ok(RouteState {
                         inline: Some(Ok(pool)),
                         ..
@@ -430,7 +485,7 @@ impl Compiler {
                     self.routes.insert(key, state);
                 }
                 ResourceKind::Upstreams => {
-                    let state = compile_upstream(value, id);
+                    let state = compile_upstream(value, id, self.effects);
                     if let Ok(state) = &state {
                         new_pools.push(state.pool.clone());
                     }
@@ -728,9 +783,8 @@ impl Compiler {
                     }
                 },
             };
-            // The route's own upstream, else its service's.
-            let (upstream_id, inline, place) = match (&route.upstream_id, &state.inline, service) {
-                (None, None, Some(service)) => (
+            let (upstream_id, inline, place) = match (upstream_from(route), service) {
+                (UpstreamFrom::Service, Some(service)) => (
                     service.service.upstream_id.as_ref(),
                     service.inline.as_ref(),
                     "service upstream",
@@ -812,11 +866,11 @@ impl Compiler {
     }
 }
 
-fn compile_route(value: &[u8], id: &str) -> Result<RouteState, String> {
+fn compile_route(value: &[u8], id: &str, effects: Effects) -> Result<RouteState, String> {
     let route = parse::<Route>(value, id, |r| &r.id, Route::validate, unreadable)?;
     let mut warnings = Vec::new();
     let inline = route.upstream.as_ref().map(|inline| {
-        UpstreamPool::build(inline)
+        UpstreamPool::build_with(inline, effects)
             .map(|built| {
                 warnings.extend(built.warnings.into_iter().map(|w| format!("upstream.{w}")));
                 Arc::new(built.pool)
@@ -828,6 +882,15 @@ fn compile_route(value: &[u8], id: &str) -> Result<RouteState, String> {
         inline,
         warnings,
     })
+}
+
+/// Whose upstream a route's requests go to: its own (named or inline), else its
+/// service's.
+pub(crate) fn upstream_from(route: &Route) -> UpstreamFrom {
+    match (&route.upstream_id, &route.upstream, &route.service_id) {
+        (None, None, Some(_)) => UpstreamFrom::Service,
+        _ => UpstreamFrom::Route,
+    }
 }
 
 /// The chain of `route`: its plugins over its service's over the global rules', under
@@ -879,11 +942,11 @@ fn join_errors(errors: &[model::validate::FieldError]) -> String {
         .join("; ")
 }
 
-fn compile_service(value: &[u8], id: &str) -> Result<ServiceState, String> {
+fn compile_service(value: &[u8], id: &str, effects: Effects) -> Result<ServiceState, String> {
     let service = parse::<Service>(value, id, |s| &s.id, Service::validate, unreadable)?;
     let mut warnings = Vec::new();
     let inline = service.upstream.as_ref().map(|inline| {
-        UpstreamPool::build(inline)
+        UpstreamPool::build_with(inline, effects)
             .map(|built| {
                 warnings.extend(built.warnings.into_iter().map(|w| format!("upstream.{w}")));
                 Arc::new(built.pool)
@@ -897,9 +960,9 @@ fn compile_service(value: &[u8], id: &str) -> Result<ServiceState, String> {
     })
 }
 
-fn compile_upstream(value: &[u8], id: &str) -> Result<PoolState, String> {
+fn compile_upstream(value: &[u8], id: &str, effects: Effects) -> Result<PoolState, String> {
     let upstream = parse::<Upstream>(value, id, |u| &u.id, Upstream::validate, unreadable)?;
-    let built = UpstreamPool::build(&upstream).map_err(|e| e.to_string())?;
+    let built = UpstreamPool::build_with(&upstream, effects).map_err(|e| e.to_string())?;
     Ok(PoolState {
         pool: Arc::new(built.pool),
         warnings: built.warnings,

@@ -17,6 +17,7 @@ pub mod resource;
 pub mod route;
 pub mod service;
 pub mod snapshot;
+pub mod tester;
 pub mod upstream;
 pub mod user;
 pub mod validate;

@@ -79,6 +79,8 @@ fn main() -> anyhow::Result<()> {
                     "plugins",
                     "--test",
                     "redis_limits",
+                    "--test",
+                    "tester",
                 ])
                 .env("PORTICO_TEST_PINGORA_ONLY", "1")
                 .args(rest);

@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 use model::upstream::{LoadBalancing, PassHost, Scheme, Upstream};
 use pingora_core::upstreams::peer::HttpPeer;
 
+use crate::runtime::Effects;
+
 use self::chash::Chash;
 use self::ewma::{Ewma, PeakEwma};
 pub(crate) use self::health_state::ActivePolicy;
@@ -169,6 +171,12 @@ impl UpstreamPool {
     ///
     /// Resolving a DNS name blocks, so this runs off the async runtime's workers.
     pub fn build(upstream: &Upstream) -> Result<BuiltPool, PoolError> {
+        Self::build_with(upstream, Effects::Live)
+    }
+
+    /// [`build`](Self::build); in a dry build host names are not resolved and their
+    /// nodes left out without a warning (the pool is never picked from).
+    pub fn build_with(upstream: &Upstream, effects: Effects) -> Result<BuiltPool, PoolError> {
         let timeouts = PoolTimeouts {
             connect: seconds("timeout.connect", upstream.timeout.connect)?,
             read: seconds("timeout.read", upstream.timeout.read)?,
@@ -232,18 +240,27 @@ impl UpstreamPool {
                 warnings.push(format!("nodes[{i}].port {} is out of range", node.port));
                 continue;
             };
-            match resolve(&node.host, port) {
-                Some(addr) => nodes.push(Node::new(
+            let addr = match effects {
+                Effects::Live => resolve(&node.host, port),
+                Effects::Dry => node
+                    .host
+                    .parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, port)),
+            };
+            match (addr, effects) {
+                (Some(addr), _) => nodes.push(Node::new(
                     addr,
                     node.host.clone(),
                     node.weight,
                     peer(addr, &node.host),
                     epoch,
                 )),
-                None => warnings.push(format!(
+                (None, Effects::Live) => warnings.push(format!(
                     "nodes[{i}].host {:?} does not resolve; node left out",
                     node.host
                 )),
+                (None, Effects::Dry) => {}
             }
         }
         let balancer = Balancer::new(upstream, &nodes);

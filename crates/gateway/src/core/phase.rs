@@ -437,24 +437,31 @@ pub trait Plugin: Send + Sync + fmt::Debug {
     }
 }
 
-/// One plugin of a chain with the priority it runs at.
+/// One plugin of a chain, with the effective plugin it was compiled from (its
+/// priority, the layer that configured it, its configuration).
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub priority: i32,
     pub plugin: Arc<dyn Plugin>,
+    /// What `model::plugin::effective` said of it: what the route tester shows.
+    pub spec: Arc<model::plugin::EffectivePlugin>,
     /// The catalog marks it as identifying the consumer; looked up once, here, not
     /// per request.
     authenticates: bool,
 }
 
 impl Entry {
-    pub fn new(priority: i32, plugin: Arc<dyn Plugin>) -> Self {
+    pub fn new(spec: Arc<model::plugin::EffectivePlugin>, plugin: Arc<dyn Plugin>) -> Self {
         let authenticates = model::plugin::find(plugin.name()).is_some_and(|p| p.authenticates);
         Self {
-            priority,
             plugin,
+            spec,
             authenticates,
         }
+    }
+
+    /// The priority it runs at (the catalog's or the instance's template's).
+    pub fn priority(&self) -> i32 {
+        self.spec.priority
     }
 
     fn authenticates(&self) -> bool {
@@ -507,8 +514,8 @@ impl Chain {
     /// order never depends on how the config listed them.
     pub fn new(mut entries: Vec<Entry>, scope: RouteScope) -> Self {
         entries.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
+            b.priority()
+                .cmp(&a.priority())
                 .then_with(|| a.plugin.name().cmp(b.plugin.name()))
         });
         let authenticates = entries.iter().any(Entry::authenticates);
@@ -539,6 +546,11 @@ impl Chain {
     /// The names in running order (the effective order an operator can be shown).
     pub fn names(&self) -> Vec<&'static str> {
         self.entries.iter().map(|e| e.plugin.name()).collect()
+    }
+
+    /// The plugins in running order, as `model::plugin::effective` gave them.
+    pub fn specs(&self) -> impl Iterator<Item = &model::plugin::EffectivePlugin> {
+        self.entries.iter().map(|e| &*e.spec)
     }
 
     pub fn reads_headers(&self) -> bool {
@@ -732,7 +744,15 @@ mod tests {
 
     #[test]
     fn plugins_run_by_priority_then_name() {
-        let entry = |name, priority| Entry::new(priority, Arc::new(Named(name)));
+        let entry = |name: &'static str, priority| {
+            let spec = model::plugin::EffectivePlugin {
+                name,
+                priority,
+                source: model::plugin::Source::Route("test".into()),
+                config: serde_json::json!({}),
+            };
+            Entry::new(Arc::new(spec), Arc::new(Named(name)))
+        };
         let chain = Chain::new(
             vec![entry("b", 1), entry("c", 5), entry("a", 1)],
             RouteScope::default(),

@@ -44,6 +44,48 @@ pub(crate) struct Routed<'a> {
     pub path: Cow<'a, str>,
 }
 
+/// What routing derives from a request before the lookup: the node's rules applied.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared<'a> {
+    /// The client's address after the trusted-proxy rules.
+    pub client_ip: Option<std::net::IpAddr>,
+    /// The normalised path; `Owned` when it differs from the path received.
+    pub path: Cow<'a, str>,
+    /// When the request is routed, in milliseconds since the Unix epoch.
+    pub now_ms: i64,
+}
+
+impl<'a> Prepared<'a> {
+    /// The client's address and the normalised path (400 when it does not normalise).
+    #[inline]
+    pub(crate) fn new(
+        settings: &HttpSettings,
+        req: &Incoming<'a>,
+        now_ms: i64,
+    ) -> Result<Self, Refusal> {
+        Ok(Self {
+            client_ip: settings.client_ip(req.peer, req.headers),
+            path: normalize(req.path, settings.path).map_err(|_| Refusal::BadRequest)?,
+            now_ms,
+        })
+    }
+
+    /// What the router reads of the request.
+    #[inline]
+    pub(crate) fn info<'s>(&'s self, req: &Incoming<'s>) -> RequestInfo<'s> {
+        RequestInfo {
+            host: req.host,
+            path: &self.path,
+            method: req.method,
+            headers: req.headers,
+            query: req.query,
+            client_ip: self.client_ip,
+            now_ms: self.now_ms,
+            tls: req.tls,
+        }
+    }
+}
+
 /// Normalises the path and matches the request against one config snapshot: the
 /// routing every engine shares. Limits are checked by the caller; then
 /// [`run_access`] runs the route's plugins (the fast paths first hand some routes to
@@ -53,19 +95,19 @@ pub(crate) fn find_route<'a>(
     settings: &HttpSettings,
     req: &Incoming<'a>,
 ) -> Result<Routed<'a>, Refusal> {
-    let client_ip = settings.client_ip(req.peer, req.headers);
-    let path = normalize(req.path, settings.path).map_err(|_| Refusal::BadRequest)?;
-    let info = RequestInfo {
-        host: req.host,
-        path: &path,
-        method: req.method,
-        headers: req.headers,
-        query: req.query,
-        client_ip,
-        now_ms: crate::now_ms(),
-        tls: req.tls,
-    };
-    let target = match config.router.lookup(&info) {
+    let prepared = Prepared::new(settings, req, crate::now_ms())?;
+    route_prepared(config, req, prepared)
+}
+
+/// The lookup of [`find_route`], for a request already [`Prepared`] (the route
+/// tester prepares it once and explains the other routes with the same view).
+#[inline]
+pub(crate) fn route_prepared<'a>(
+    config: &RuntimeConfig,
+    req: &Incoming<'a>,
+    prepared: Prepared<'a>,
+) -> Result<Routed<'a>, Refusal> {
+    let target = match config.router.lookup(&prepared.info(req)) {
         Match::Found(target) => target,
         Match::MethodNotAllowed { allow } => return Err(Refusal::MethodNotAllowed(allow)),
         Match::NotFound => return Err(Refusal::NoRoute),
@@ -74,8 +116,8 @@ pub(crate) fn find_route<'a>(
         upstream: target.upstream.clone(),
         route: target.route.clone(),
         plugins: target.plugins.clone(),
-        client_ip,
-        path,
+        client_ip: prepared.client_ip,
+        path: prepared.path,
     })
 }
 

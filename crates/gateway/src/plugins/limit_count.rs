@@ -124,8 +124,13 @@ impl LimitCount {
             (Policy::Redis, Some(redis)) => {
                 let text = serde_json::to_string(config).map_err(|e| e.to_string())?;
                 let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+                let link = match place.effects {
+                    crate::runtime::Effects::Live => RedisLink::shared(&redis.url)?,
+                    // Checked the same way, but not registered for the process.
+                    crate::runtime::Effects::Dry => Arc::new(RedisLink::new(&redis.url)?),
+                };
                 Some(Shared {
-                    link: RedisLink::shared(&redis.url)?,
+                    link,
                     timeout: Duration::from_millis(redis.timeout_ms),
                     prefix: format!(
                         "portico:limit-count:{}:{}:{}",

@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::PluginPlace;
 use crate::core::phase::{LogRecord, PhaseCtx, Plugin};
-use crate::runtime::NodeCounters;
+use crate::runtime::{Effects, NodeCounters};
 
 /// Lines a file sink holds before it drops.
 const FILE_QUEUE: usize = 65_536;
@@ -165,13 +166,19 @@ pub struct FileLogger {
 }
 
 impl FileLogger {
+    /// In a dry build the file is not opened and no writer started: the plugin's
+    /// lines would be dropped (it never serves a request).
     pub fn compile(
         config: &model::plugin::FileLogger,
-        counters: &Arc<NodeCounters>,
+        place: &PluginPlace<'_>,
     ) -> Result<Self, String> {
+        let tx = match place.effects {
+            Effects::Live => file_sink(&config.path)?,
+            Effects::Dry => std::sync::mpsc::sync_channel(1).0,
+        };
         Ok(Self {
-            tx: file_sink(&config.path)?,
-            counters: counters.clone(),
+            tx,
+            counters: place.counters.clone(),
         })
     }
 }
@@ -284,13 +291,18 @@ pub struct HttpLogger {
 }
 
 impl HttpLogger {
+    /// In a dry build no sender task is started (see [`FileLogger::compile`]).
     pub fn compile(
         config: &model::plugin::HttpLogger,
-        counters: &Arc<NodeCounters>,
+        place: &PluginPlace<'_>,
     ) -> Result<Self, String> {
+        let tx = match place.effects {
+            Effects::Live => http_sink(config)?,
+            Effects::Dry => tokio::sync::mpsc::channel(1).0,
+        };
         Ok(Self {
-            tx: http_sink(config)?,
-            counters: counters.clone(),
+            tx,
+            counters: place.counters.clone(),
         })
     }
 }

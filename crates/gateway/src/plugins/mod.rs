@@ -85,6 +85,8 @@ pub struct PluginPlace<'a> {
     pub place: &'a str,
     /// The node's counters (fallbacks …).
     pub counters: &'a Arc<crate::runtime::NodeCounters>,
+    /// Whether compiling may open sinks and register links (not in a dry build).
+    pub effects: crate::runtime::Effects,
 }
 
 #[cfg(test)]
@@ -99,6 +101,7 @@ impl PluginPlace<'static> {
             instance: "test",
             place: "route:test",
             counters: &TEST_COUNTERS,
+            effects: crate::runtime::Effects::Live,
         }
     }
 }
@@ -139,8 +142,8 @@ pub fn compile(
         "proxy-mirror" => Arc::new(ProxyMirror::compile(&typed(config)?)?),
         "traffic-split" => Arc::new(TrafficSplit::compile(&typed(config)?)?),
         "response-rewrite" => Arc::new(ResponseRewrite::compile(&typed(config)?)?),
-        "file-logger" => Arc::new(FileLogger::compile(&typed(config)?, place.counters)?),
-        "http-logger" => Arc::new(HttpLogger::compile(&typed(config)?, place.counters)?),
+        "file-logger" => Arc::new(FileLogger::compile(&typed(config)?, place)?),
+        "http-logger" => Arc::new(HttpLogger::compile(&typed(config)?, place)?),
         "prometheus" => Arc::new(Prometheus::compile(&typed(config)?, place.counters)?),
         other => return Err(format!("plugin {other:?} is not built into this gateway")),
     })

@@ -44,16 +44,21 @@ impl RedisLink {
         if let Some(link) = links.get(url) {
             return Ok(link.clone());
         }
+        let link = Arc::new(RedisLink::new(url)?);
+        links.insert(url.to_owned(), link.clone());
+        Ok(link)
+    }
+
+    /// A link of its own, not shared (a dry build's); it connects on first use only.
+    pub(crate) fn new(url: &str) -> Result<RedisLink, String> {
         let client = redis::Client::open(url).map_err(|e| format!("redis.url: {e}"))?;
-        let link = Arc::new(RedisLink {
+        Ok(RedisLink {
             url: url.to_owned(),
             client,
             conn: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
             down_until_ms: std::sync::atomic::AtomicI64::new(0),
-        });
-        links.insert(url.to_owned(), link.clone());
-        Ok(link)
+        })
     }
 
     fn down(&self, why: &dyn std::fmt::Display) {

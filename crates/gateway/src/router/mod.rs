@@ -25,8 +25,10 @@
 //! of less specific ones, and when nothing accepts the method the answer is 405 with the
 //! methods that would have been accepted.
 //!
-//! This file is the index (host tables, radix trees, lookup and precedence);
-//! `route.rs` compiles one route: its paths, methods, predicates and plugins.
+//! This file is the index (host tables, radix trees, lookup and precedence) and
+//! [`CompiledRoute::check`], one route's verdict on a request with the same tests in
+//! the same order, for the route tester to explain the routes a lookup never looks
+//! at; `route.rs` compiles one route: its paths, methods, predicates and plugins.
 
 mod route;
 
@@ -36,8 +38,8 @@ use std::sync::Arc;
 use http::HeaderMap;
 use model::route::METHODS;
 
-pub(crate) use self::route::cidrs;
 pub use self::route::CompiledRoute;
+pub(crate) use self::route::{cidrs, Failure};
 use self::route::{method_bit, CompiledPath};
 use crate::balancer::UpstreamPool;
 use crate::core::phase::Chain;
@@ -123,7 +125,8 @@ pub struct Router {
     by_wildcard: HashMap<Box<str>, PathTable>,
     /// Routes without hosts.
     any_host: PathTable,
-    len: usize,
+    /// Every route of the table, in the order given (the route tester explains each).
+    routes: Vec<Arc<RouteTarget>>,
     /// Some route's predicates read request headers or cookies.
     reads_headers: bool,
 }
@@ -184,6 +187,43 @@ fn path_rank(kind: Kind, literal_len: usize) -> u64 {
     }
 }
 
+/// Host ranks: an exact host above every wildcard (ranked by suffix length), a route
+/// without hosts below all.
+const EXACT_HOST: usize = usize::MAX;
+const ANY_HOST: usize = 0;
+
+fn wildcard_rank(suffix: &str) -> usize {
+    suffix.len()
+}
+
+/// How a route's host is indexed.
+enum HostKey<'h> {
+    Exact(&'h str),
+    /// `*.example.com`, by its suffix with the dot: `.example.com`.
+    Wildcard(&'h str),
+}
+
+impl<'h> HostKey<'h> {
+    /// `host` is lowercase (see `CompiledRoute::hosts`).
+    fn of(host: &'h str) -> Self {
+        match host.strip_prefix('*') {
+            Some(suffix) => HostKey::Wildcard(suffix),
+            None => HostKey::Exact(host),
+        }
+    }
+}
+
+/// The wildcard keys a request's host falls under, longest first: every suffix that
+/// starts at a dot after the first character, so `a.b.example.com` gives
+/// `.b.example.com`, `.example.com`, `.com`, and `example.com` is not under
+/// `.example.com`.
+#[inline]
+fn wildcard_suffixes(host: &str) -> impl Iterator<Item = &str> {
+    host.match_indices('.')
+        .filter(|(i, _)| *i > 0)
+        .map(move |(i, _)| &host[i..])
+}
+
 impl Router {
     /// Builds the table from compiled, enabled routes and their upstream pools.
     pub fn build(routes: Vec<impl Into<RouteTarget>>) -> Self {
@@ -201,18 +241,15 @@ impl Router {
             for host in hosts {
                 let table = match host {
                     None => &mut router.any_host,
-                    Some(h) => match h.strip_prefix('*') {
-                        Some(suffix) => router.by_wildcard.entry(suffix.into()).or_default(),
-                        None => router.by_host.entry(h.clone()).or_default(),
+                    Some(h) => match HostKey::of(h) {
+                        HostKey::Wildcard(suffix) => {
+                            router.by_wildcard.entry(suffix.into()).or_default()
+                        }
+                        HostKey::Exact(_) => router.by_host.entry(h.clone()).or_default(),
                     },
                 };
                 for (i, path) in compiled.paths.iter().enumerate() {
-                    let (kind, key) = match path {
-                        CompiledPath::Exact(p) => (Kind::Exact, p),
-                        CompiledPath::Prefix(p) => (Kind::Prefix, p),
-                        CompiledPath::Template { literal, .. } => (Kind::Template, literal),
-                        CompiledPath::Regex { literal, .. } => (Kind::Regex, literal),
-                    };
+                    let (kind, key) = (path.kind(), path.literal());
                     let entry = Entry {
                         kind,
                         priority: route.priority,
@@ -227,8 +264,8 @@ impl Router {
                     }
                 }
             }
-            router.len += 1;
             router.reads_headers |= compiled.reads_headers();
+            router.routes.push(target);
         }
         let tables = std::iter::once(&mut router.any_host)
             .chain(router.by_host.values_mut())
@@ -253,11 +290,16 @@ impl Router {
 
     /// Number of routes in the table.
     pub fn len(&self) -> usize {
-        self.len
+        self.routes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.routes.is_empty()
+    }
+
+    /// Every route of the table, in the order it was built from.
+    pub fn routes(&self) -> &[Arc<RouteTarget>] {
+        &self.routes
     }
 
     pub fn lookup(&self, req: &RequestInfo<'_>) -> Match<'_> {
@@ -270,19 +312,16 @@ impl Router {
             allowed: None,
         };
         if let Some(table) = self.by_host.get(host) {
-            search.table(table, usize::MAX);
+            search.table(table, EXACT_HOST);
         }
-        // Wildcards: every suffix of the host that starts at a dot, longest first, so
-        // `a.b.example.com` tries `.b.example.com`, `.example.com`, `.com`.
         if !self.by_wildcard.is_empty() {
-            for (i, _) in host.match_indices('.').filter(|(i, _)| *i > 0) {
-                let suffix = &host[i..];
+            for suffix in wildcard_suffixes(host) {
                 if let Some(table) = self.by_wildcard.get(suffix) {
-                    search.table(table, suffix.len());
+                    search.table(table, wildcard_rank(suffix));
                 }
             }
         }
-        search.table(&self.any_host, 0);
+        search.table(&self.any_host, ANY_HOST);
         match (search.best, search.allowed) {
             (Some((_, target)), _) => Match::Found(target),
             (None, Some(methods)) => Match::MethodNotAllowed {
@@ -362,13 +401,161 @@ impl<'r> Search<'r, '_> {
             if !path_matches || !route.accepts(self.req) {
                 continue;
             }
-            if entry.methods & self.method != 0 {
+            if CompiledRoute::accepts_method(entry.methods, self.method) {
                 self.best = Some((rank, &entry.target));
                 return true;
             }
             self.allowed = Some(self.allowed.unwrap_or(0) | entry.methods);
         }
         false
+    }
+}
+
+/// How far a request gets through one route's checks, taken in the router's order
+/// (host, path, predicates, method) with the router's own tests; the route tester's
+/// view of what [`Router::lookup`] does for many routes at once through the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// None of its hosts is the request's.
+    Host,
+    /// None of its paths matches.
+    Path,
+    /// A predicate fails.
+    Predicate(Failure),
+    /// It does not accept the method.
+    Method,
+    /// It takes the request.
+    Takes(Fit),
+}
+
+/// Where a route takes a request: which of its paths and hosts, and how specifically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fit {
+    /// Index into the route's `paths`.
+    pub path: usize,
+    /// Index into its lowercase hosts ([`CompiledRoute::host`]); `None` for a route
+    /// without hosts.
+    pub host: Option<usize>,
+    rank: Rank,
+}
+
+/// The precedence rule that puts one route taking a request ahead of another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ahead {
+    /// A more specific path (exact, then the longer literal prefix, then prefix over
+    /// template over regex).
+    Path,
+    /// An equally specific path under a more specific host.
+    Host,
+    /// Equally specific, a higher priority.
+    Priority,
+    /// Equal in all of those, the smaller route id.
+    Id,
+}
+
+impl CompiledRoute {
+    /// The verdict of this route alone on `req`.
+    pub(crate) fn check(&self, req: &RequestInfo<'_>) -> Verdict {
+        let Some((host, host_rank)) = self.host_fit(req.host) else {
+            return Verdict::Host;
+        };
+        let Some((path, path_rank)) = self.path_fit(req.path) else {
+            return Verdict::Path;
+        };
+        if let Some(failure) = self.failure(req) {
+            return Verdict::Predicate(failure);
+        }
+        if !CompiledRoute::accepts_method(self.methods, method_bit(req.method)) {
+            return Verdict::Method;
+        }
+        Verdict::Takes(Fit {
+            path,
+            host,
+            rank: Rank {
+                path: path_rank,
+                host: host_rank,
+            },
+        })
+    }
+
+    /// The most specific of its hosts the request's host is under, with its rank.
+    fn host_fit(&self, host: &str) -> Option<(Option<usize>, usize)> {
+        if self.hosts.is_empty() {
+            return Some((None, ANY_HOST));
+        }
+        self.hosts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, pattern)| {
+                let rank = match HostKey::of(pattern.as_deref()?) {
+                    HostKey::Exact(exact) => (exact == host).then_some(EXACT_HOST)?,
+                    HostKey::Wildcard(suffix) => wildcard_suffixes(host)
+                        .any(|s| s == suffix)
+                        .then(|| wildcard_rank(suffix))?,
+                };
+                Some((Some(i), rank))
+            })
+            .max_by_key(|(_, rank)| *rank)
+    }
+
+    /// The most specific of its paths that matches, with its rank; the first listed
+    /// among equals, as the index tries them.
+    fn path_fit(&self, path: &str) -> Option<(usize, u64)> {
+        self.paths
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.matches(path))
+            .map(|(i, p)| {
+                let literal = match p {
+                    CompiledPath::Exact(_) => path.len(),
+                    _ => p.literal().len(),
+                };
+                (i, path_rank(p.kind(), literal))
+            })
+            .min_by_key(|&(i, rank)| (std::cmp::Reverse(rank), i))
+    }
+
+    /// Its host at `index` of [`Fit::host`], lowercase as matched.
+    pub(crate) fn host(&self, index: usize) -> Option<&str> {
+        self.hosts.get(index).and_then(|h| h.as_deref())
+    }
+
+    /// Why `self` (taking the request as `fit`) comes before `other` (taking it as
+    /// `other_fit`) in the router's precedence; `None` when it does not.
+    pub(crate) fn ahead_of(
+        &self,
+        fit: &Fit,
+        other: &CompiledRoute,
+        other_fit: &Fit,
+    ) -> Option<Ahead> {
+        use std::cmp::Ordering::{Greater, Less};
+        match fit.rank.path.cmp(&other_fit.rank.path) {
+            Greater => return Some(Ahead::Path),
+            Less => return None,
+            _ => {}
+        }
+        match fit.rank.host.cmp(&other_fit.rank.host) {
+            Greater => return Some(Ahead::Host),
+            Less => return None,
+            _ => {}
+        }
+        match self.route.priority.cmp(&other.route.priority) {
+            Greater => return Some(Ahead::Priority),
+            Less => return None,
+            _ => {}
+        }
+        (self.route.id < other.route.id).then_some(Ahead::Id)
+    }
+}
+
+impl CompiledPath {
+    fn kind(&self) -> Kind {
+        match self {
+            CompiledPath::Exact(_) => Kind::Exact,
+            CompiledPath::Prefix(_) => Kind::Prefix,
+            CompiledPath::Template { .. } => Kind::Template,
+            CompiledPath::Regex { .. } => Kind::Regex,
+        }
     }
 }
 

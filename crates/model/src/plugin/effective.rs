@@ -15,7 +15,7 @@
 //!    that gave the plugin (the gateway then does not serve the route).
 //! 4. Order: priority, highest first; equal priorities by name.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{find, PluginTemplate, Plugins};
@@ -25,7 +25,7 @@ use crate::service::{GlobalRule, Service};
 use crate::validate::{FieldError, Validator};
 
 /// Where a plugin's configuration comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "id", rename_all = "snake_case")]
 pub enum Source {
     GlobalRule(String),
@@ -113,13 +113,36 @@ pub fn consumer_layers<'a>(
     layers
 }
 
-/// A plugin that runs, with its final configuration.
+/// A plugin that runs, with its final configuration. Read back (API clients), its
+/// name must be one of this build's catalog.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EffectivePlugin {
     pub name: &'static str,
     pub priority: i32,
     pub source: Source,
     pub config: Value,
+}
+
+/// Written by hand: a derive would borrow `name` from the input for `'static`.
+impl<'de> Deserialize<'de> for EffectivePlugin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Read {
+            name: String,
+            priority: i32,
+            source: Source,
+            config: Value,
+        }
+        let read = Read::deserialize(d)?;
+        let info = find(&read.name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown plugin {:?}", read.name)))?;
+        Ok(Self {
+            name: info.name,
+            priority: read.priority,
+            source: read.source,
+            config: read.config,
+        })
+    }
 }
 
 /// A configured plugin that does not run, and why.
