@@ -28,6 +28,9 @@ pub(crate) struct AppState {
     /// Gateway nodes of each (cluster, instance) from the agent's last answer: observed
     /// state, refreshed every poll, so it is kept in memory rather than in the DB.
     nodes: RwLock<HashMap<InstanceKey, Vec<NodeHeartbeat>>>,
+    /// The route tester's compiled config of each instance, at the revision it was
+    /// built from (rebuilt when the instance moves on).
+    test_tables: Mutex<HashMap<InstanceKey, Arc<gateway::tester::TestTable>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +50,7 @@ impl AppState {
             instance_locks: Mutex::default(),
             agent_health: Mutex::default(),
             nodes: RwLock::default(),
+            test_tables: Mutex::default(),
         }
     }
 
@@ -124,6 +128,33 @@ impl AppState {
             .unwrap_or_default()
     }
 
+    /// The route tester's table of the instance, if one was built at `revision`.
+    pub(crate) fn test_table(
+        &self,
+        cluster: &str,
+        instance: &str,
+        revision: model::snapshot::Revision,
+    ) -> Option<Arc<gateway::tester::TestTable>> {
+        self.test_tables
+            .lock()
+            .expect("test tables poisoned")
+            .get(&(cluster.to_owned(), instance.to_owned()))
+            .filter(|t| t.revision() == revision)
+            .cloned()
+    }
+
+    pub(crate) fn keep_test_table(
+        &self,
+        cluster: &str,
+        instance: &str,
+        table: Arc<gateway::tester::TestTable>,
+    ) {
+        self.test_tables
+            .lock()
+            .expect("test tables poisoned")
+            .insert((cluster.to_owned(), instance.to_owned()), table);
+    }
+
     /// Forgets what is known of a deleted cluster.
     pub(crate) fn forget_cluster(&self, cluster: &str) {
         self.nodes
@@ -134,5 +165,9 @@ impl AppState {
             .lock()
             .expect("health map poisoned")
             .remove(cluster);
+        self.test_tables
+            .lock()
+            .expect("test tables poisoned")
+            .retain(|(c, _), _| c != cluster);
     }
 }

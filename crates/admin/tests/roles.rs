@@ -145,6 +145,12 @@ async fn every_endpoint_checks_the_callers_role() {
             [OK, OK, OK, 403, 403, 401],
         ),
         (
+            "POST",
+            format!("{inst_team}/route-test?namespace={team}"),
+            Box::new(|_| Some(json!({"path": "/api/x"}).to_string())),
+            [OK, OK, OK, OK, 403, 401],
+        ),
+        (
             "GET",
             format!("{inst_default}/routes"),
             none(),

@@ -11,6 +11,7 @@ mod namespaces;
 mod plugins;
 mod resources;
 mod revisions;
+mod tester;
 mod users;
 
 use std::sync::Arc;
@@ -100,6 +101,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         )
         .route(&format!("{instance}/diff"), get(revisions::diff))
         .route(
+            &format!("{instance}/route-test"),
+            axum::routing::post(tester::route_test),
+        )
+        .route(
             &format!("{instance}/config"),
             get(config::export).put(config::apply),
         )
@@ -159,6 +164,30 @@ impl<S: Send + Sync> FromRequestParts<S> for Scope {
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, ApiError> {
+        let needed = match parts.method {
+            axum::http::Method::GET | axum::http::Method::HEAD => Role::Viewer,
+            _ => Role::Editor,
+        };
+        Scope::of(parts, needed)
+    }
+}
+
+/// A [`Scope`] for a POST that only reads (the route tester): a viewer may call it.
+pub(crate) struct ReadScope(pub Scope);
+
+impl<S: Send + Sync> FromRequestParts<S> for ReadScope {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, ApiError> {
+        Scope::of(parts, Role::Viewer).map(ReadScope)
+    }
+}
+
+impl Scope {
+    fn of(parts: &axum::http::request::Parts, needed: Role) -> Result<Self, ApiError> {
         let query = axum::extract::Query::<ScopeQuery>::try_from_uri(&parts.uri).map_err(|e| {
             ApiError::BadRequest {
                 message: format!("bad query string: {}", e.body_text()),
@@ -180,16 +209,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Scope {
             .extensions
             .get::<Principal>()
             .ok_or(ApiError::Unauthorized)?;
-        let needed = match parts.method {
-            axum::http::Method::GET | axum::http::Method::HEAD => Role::Viewer,
-            _ => Role::Editor,
-        };
         caller.require(&namespace, needed)?;
         Ok(Self { namespace })
     }
-}
 
-impl Scope {
     /// The instance, when it lives in this scope's namespace; 404 otherwise (also
     /// when the namespace does not exist).
     pub(crate) async fn instance(
