@@ -29,6 +29,8 @@ pub(crate) struct Converged {
     pub written: Option<Written>,
     /// The revision it made, or would make.
     pub revision: Revision,
+    /// For a dry run: the requests whose route it would change.
+    pub rerouted: Vec<crate::impact::Rerouted>,
 }
 
 /// Rolls the instance back to `target` (0: the empty config), or for a dry run only
@@ -145,6 +147,7 @@ async fn converge(
             diff,
             written: None,
             revision: current,
+            rerouted: Vec::new(),
         });
     }
     let changes = changes_for(&diff, &wanted);
@@ -162,7 +165,9 @@ async fn converge(
         )
         .await?;
     let revision = committed.revision;
+    let mut rerouted = Vec::new();
     let written = if note.dry_run {
+        rerouted = crate::impact::rerouted(&now, &wanted, &diff).await;
         None
     } else {
         tracing::info!(cluster, instance, ?batch, revision = %revision,
@@ -173,6 +178,7 @@ async fn converge(
         diff,
         written,
         revision,
+        rerouted,
     })
 }
 

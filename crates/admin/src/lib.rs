@@ -18,6 +18,7 @@ mod auth;
 mod db;
 mod error;
 mod history;
+mod impact;
 mod lease;
 mod secrets;
 mod state;

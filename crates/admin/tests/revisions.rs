@@ -360,6 +360,29 @@ async fn dry_runs_check_everything_and_store_nothing() {
     assert_eq!(updated.body["op"], "update");
     assert_eq!(updated.body["fields"][0]["path"], "paths[0]");
     assert_eq!(updated.body["fields"][0]["after"], "/v2/*");
+    // Which requests change route: the gateway's router on the config before and after.
+    let mut rerouted: Vec<(String, Value, Value)> = updated.body["rerouted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["path"].as_str().unwrap().to_owned(),
+                r["before"].clone(),
+                r["after"].clone(),
+            )
+        })
+        .collect();
+    rerouted.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        rerouted,
+        [
+            ("/api/x".to_owned(), json!("r1"), Value::Null),
+            ("/v2/x".to_owned(), Value::Null, json!("r1")),
+        ],
+        "{}",
+        updated.body
+    );
     // What a real write would refuse, a dry run refuses the same way.
     let in_use = admin
         .call("DELETE", &format!("{BASE}/upstreams/up?dry_run=true"), None)
@@ -378,6 +401,21 @@ async fn dry_runs_check_everything_and_store_nothing() {
         .await;
     assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
     assert_eq!(deleted.body["op"], "delete");
+    assert_eq!(deleted.body["rerouted"][0]["path"], "/api/x");
+    assert_eq!(deleted.body["rerouted"][0]["after"], Value::Null);
+    // A rollback preview says the same of the routes it would change.
+    let preview = admin
+        .call(
+            "POST",
+            &format!("{BASE}/revisions/1/rollback?dry_run=true"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        preview.body["rerouted"][0]["before"], "r1",
+        "{}",
+        preview.body
+    );
     // Nothing of it stored, logged or sent.
     assert_eq!(revision().await, 2);
     assert_eq!(agent.meta("instance_a").await, Some(2));

@@ -181,6 +181,7 @@ pub(super) async fn apply(
         "changed": !done.diff.is_empty(),
         "revision": done.revision,
         "changes": done.diff,
+        "rerouted": done.rerouted,
     });
     let detail = AuditDetail {
         after: Some(body["changes"].clone()),

@@ -65,15 +65,19 @@ pub(super) async fn create(
     scope.instance(&state, &cluster, &instance).await?;
     let resource = parse_resource(kind, &body?, None)?;
     let shown = resource.redacted().to_json();
+    let change = Change::Create(resource);
     let written = sync::write(
         &state,
         &scope.namespace,
         &cluster,
         &instance,
-        Change::Create(resource),
+        change.clone(),
         &note,
     )
     .await?;
+    if written.sync == SyncStatus::DryRun {
+        return dry_run_answer(&state, &cluster, &instance, &change, Some(shown), written).await;
+    }
     Ok(answer(StatusCode::CREATED, Some(shown), written))
 }
 
@@ -89,15 +93,19 @@ pub(super) async fn put(
     scope.instance(&state, &cluster, &instance).await?;
     let resource = parse_resource(kind, &body?, Some(&id))?;
     let shown = resource.redacted().to_json();
+    let change = Change::Upsert(resource);
     let written = sync::write(
         &state,
         &scope.namespace,
         &cluster,
         &instance,
-        Change::Upsert(resource),
+        change.clone(),
         &note,
     )
     .await?;
+    if written.sync == SyncStatus::DryRun {
+        return dry_run_answer(&state, &cluster, &instance, &change, Some(shown), written).await;
+    }
     let status = if written.created {
         StatusCode::CREATED
     } else {
@@ -113,15 +121,19 @@ pub(super) async fn delete(
     ApiPath((cluster, instance, kind, id)): ApiPath<(String, String, String, String)>,
 ) -> Result<Response, ApiError> {
     let kind = parse_kind(&kind)?;
+    let change = Change::Delete { kind, id };
     let written = sync::write(
         &state,
         &scope.namespace,
         &cluster,
         &instance,
-        Change::Delete { kind, id },
+        change.clone(),
         &note,
     )
     .await?;
+    if written.sync == SyncStatus::DryRun {
+        return dry_run_answer(&state, &cluster, &instance, &change, None, written).await;
+    }
     Ok(answer(StatusCode::NO_CONTENT, None, written))
 }
 
@@ -171,9 +183,33 @@ fn parse_resource(
     Ok(resource)
 }
 
-/// A dry run's answer (200, nothing stored): the revision it would have made and what
-/// it would change, per field.
-fn dry_run_answer(body: Option<Value>, written: Written) -> Response {
+/// A dry run's answer (200, nothing stored): the revision it would have made, what it
+/// would change, per field, and for a route the requests it would reroute.
+async fn dry_run_answer(
+    state: &AppState,
+    cluster: &str,
+    instance: &str,
+    change: &Change,
+    body: Option<Value>,
+    written: Written,
+) -> Result<Response, ApiError> {
+    let mut rerouted = Vec::new();
+    if change.kind() == ResourceKind::Routes {
+        if let Some((now, _)) = state.db.objects_now(cluster, instance).await? {
+            let mut wanted = now.clone();
+            let key = (change.kind(), change.id().to_owned());
+            match change {
+                Change::Create(r) | Change::Upsert(r) => {
+                    wanted.insert(key, r.clone());
+                }
+                Change::Delete { .. } => {
+                    wanted.remove(&key);
+                }
+            }
+            let diff = model::diff::diff(&now, &wanted);
+            rerouted = crate::impact::rerouted(&now, &wanted, &diff).await;
+        }
+    }
     let mut fields = Vec::new();
     model::diff::fields_of(
         "",
@@ -193,21 +229,19 @@ fn dry_run_answer(body: Option<Value>, written: Written) -> Response {
         "before": written.before,
         "after": body,
         "fields": if op == "update" { json!(fields) } else { json!([]) },
+        "rerouted": rerouted,
     }))
     .into_response();
     response.headers_mut().insert(
         HeaderName::from_static(SYNC_HEADER),
         HeaderValue::from_static(written.sync.as_str()),
     );
-    response
+    Ok(response)
 }
 
 /// A write's answer: the resource as stored (keys removed) and where the change stands;
 /// the audit record gets the object before and after.
 fn answer(status: StatusCode, body: Option<Value>, written: Written) -> Response {
-    if written.sync == SyncStatus::DryRun {
-        return dry_run_answer(body, written);
-    }
     let detail = AuditDetail {
         actor: None,
         before: written.before.clone(),

@@ -152,6 +152,7 @@ pub(super) async fn rollback(
         "changed": !done.diff.is_empty(),
         "revision": done.revision,
         "changes": done.diff,
+        "rerouted": done.rerouted,
     });
     let detail = super::audit::AuditDetail {
         after: Some(body["changes"].clone()),
