@@ -31,12 +31,9 @@ use crate::state::AppState;
 
 const TOKEN_SETTING: &str = "admin_token_sha256";
 
-/// Returns the hash to check requests against and, on a first start without a given
-/// token, the token just generated.
-pub(crate) async fn set_up_token(
-    db: &Db,
-    given: Option<&str>,
-) -> anyhow::Result<(TokenHash, Option<String>)> {
+/// Makes the admin token the first platform admin's; returns, on a first start
+/// without a given token, the token just generated.
+pub(crate) async fn set_up_token(db: &Db, given: Option<&str>) -> anyhow::Result<Option<String>> {
     if let Some(token) = given {
         anyhow::ensure!(
             !token.trim().is_empty(),
@@ -47,10 +44,11 @@ pub(crate) async fn set_up_token(
             .await?;
         db.set_bootstrap_token(&hex::encode(hash.as_bytes()), crate::db::now())
             .await?;
-        return Ok((hash, None));
+        return Ok(None);
     }
     if let Some(stored) = db.setting(TOKEN_SETTING).await? {
-        return Ok((parse_hash(&stored)?, None));
+        parse_hash(&stored)?;
+        return Ok(None);
     }
     let token = generate_token();
     let hash = TokenHash::of(&token);
@@ -60,14 +58,15 @@ pub(crate) async fn set_up_token(
     {
         db.set_bootstrap_token(&hex::encode(hash.as_bytes()), crate::db::now())
             .await?;
-        return Ok((hash, Some(token)));
+        return Ok(Some(token));
     }
-    // Another admin process on the same database generated one first: use theirs.
+    // Another admin process on the same database generated one first: theirs stands.
     let stored = db
         .setting(TOKEN_SETTING)
         .await?
         .ok_or_else(|| anyhow::anyhow!("the admin token hash vanished while starting"))?;
-    Ok((parse_hash(&stored)?, None))
+    parse_hash(&stored)?;
+    Ok(None)
 }
 
 fn parse_hash(stored: &str) -> anyhow::Result<TokenHash> {

@@ -54,11 +54,7 @@ pub(crate) async fn rollback(
     };
     converge(
         state,
-        Target {
-            namespace,
-            cluster,
-            instance,
-        },
+        (namespace, cluster, instance),
         Wanted::Revision(target),
         Batch::Rollback,
         &note,
@@ -78,23 +74,12 @@ pub(crate) async fn apply(
 ) -> Result<Converged, ApiError> {
     converge(
         state,
-        Target {
-            namespace,
-            cluster,
-            instance,
-        },
+        (namespace, cluster, instance),
         Wanted::Objects(objects),
         Batch::Apply,
         note,
     )
     .await
-}
-
-/// The instance a convergence writes.
-struct Target<'a> {
-    namespace: &'a str,
-    cluster: &'a str,
-    instance: &'a str,
 }
 
 /// What the instance's config should become.
@@ -105,20 +90,15 @@ enum Wanted {
     Objects(Objects),
 }
 
-/// Under the instance's lock: the difference from now to `wanted`, written as one
-/// revision (unless nothing differs, or it is a dry run) and pushed.
+/// Under the lock of the instance (namespace, cluster, name): the difference from
+/// now to `wanted`, written as one revision (unless nothing differs, or it is a dry run) and pushed.
 async fn converge(
     state: &AppState,
-    at: Target<'_>,
+    (namespace, cluster, instance): (&str, &str, &str),
     wanted: Wanted,
     batch: Batch,
     note: &RevisionNote,
 ) -> Result<Converged, ApiError> {
-    let Target {
-        namespace,
-        cluster,
-        instance,
-    } = at;
     let lock = state.instance_lock(cluster, instance);
     let _in_revision_order = lock.lock().await;
     let (now, current) = state

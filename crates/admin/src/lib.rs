@@ -159,7 +159,7 @@ impl Admin {
                 "secrets stored in clear by an earlier version; set a data key (--data-key-file or PORTICO_DATA_KEY) to encrypt them"
             );
         }
-        let (_token_hash, new_token) = auth::set_up_token(&db, config.admin_token.as_deref())
+        let new_token = auth::set_up_token(&db, config.admin_token.as_deref())
             .await
             .context("cannot set up the admin token")?;
         if config.data_key.is_none() {

@@ -69,14 +69,14 @@ pub(crate) async fn write(
     namespace: &str,
     cluster: &str,
     instance: &str,
-    change: Change,
+    change: &Change,
     note: &RevisionNote,
 ) -> Result<Written, ApiError> {
     let lock = state.instance_lock(cluster, instance);
     let _in_revision_order = lock.lock().await;
     let committed = state
         .db
-        .commit(namespace, cluster, instance, &change, note, db::now())
+        .commit(namespace, cluster, instance, change, note, db::now())
         .await?;
     if note.dry_run {
         return Ok(Written {

@@ -62,7 +62,7 @@ pub(crate) async fn record(
     } else {
         format!("{} {path}", req.method())
     };
-    let namespace = namespace_of(&path, req.uri().query());
+    let namespace = namespace_of(&path, req.uri());
     let response = next.run(req).await;
     let detail = response
         .extensions()
@@ -88,8 +88,9 @@ pub(crate) async fn record(
 }
 
 /// The namespace a request works in: a namespace's own path, or an instance path's
-/// `?namespace=` (`default` when absent); `None` for platform-wide calls.
-fn namespace_of(path: &str, query: Option<&str>) -> Option<String> {
+/// namespace parameter (read as the request's scope reads it); `None` for
+/// platform-wide calls.
+fn namespace_of(path: &str, uri: &axum::http::Uri) -> Option<String> {
     let rest = path.strip_prefix("/gateway/apiserver/v1/")?;
     if let Some(ns) = rest.strip_prefix("namespaces/") {
         return ns.split('/').next().map(str::to_owned);
@@ -102,13 +103,7 @@ fn namespace_of(path: &str, query: Option<&str>) -> Option<String> {
     if !instance_scoped {
         return None;
     }
-    let given = query.and_then(|q| {
-        q.split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(k, _)| *k == "namespace")
-            .map(|(_, v)| v.to_owned())
-    });
-    Some(given.unwrap_or_else(|| model::namespace::DEFAULT_NAMESPACE.to_owned()))
+    super::namespace_param(uri).ok()
 }
 
 /// The object a path names, without the API prefix.
@@ -159,26 +154,29 @@ mod tests {
 
     #[test]
     fn namespaces_of_paths() {
+        let of = |path: &str| {
+            let uri: axum::http::Uri = path.parse().unwrap();
+            namespace_of(uri.path(), &uri)
+        };
         let base = "/gateway/apiserver/v1";
         assert_eq!(
-            namespace_of(&format!("{base}/namespaces/ns-1/instances"), None).as_deref(),
+            of(&format!("{base}/namespaces/ns-1/instances")).as_deref(),
             Some("ns-1")
         );
         assert_eq!(
-            namespace_of(
-                &format!("{base}/clusters/c/instances/i/routes"),
-                Some("namespace=t&x=1")
-            )
+            of(&format!(
+                "{base}/clusters/c/instances/i/routes?namespace=t&x=1"
+            ))
             .as_deref(),
             Some("t")
         );
         assert_eq!(
-            namespace_of(&format!("{base}/clusters/c/instances/i/routes/r"), None).as_deref(),
+            of(&format!("{base}/clusters/c/instances/i/routes/r")).as_deref(),
             Some("default")
         );
-        assert_eq!(namespace_of(&format!("{base}/clusters/c"), None), None);
+        assert_eq!(of(&format!("{base}/clusters/c")), None);
         assert_eq!(
-            namespace_of(&format!("{base}/clusters/c/instances/i/namespace"), None),
+            of(&format!("{base}/clusters/c/instances/i/namespace")),
             None
         );
     }

@@ -172,6 +172,29 @@ impl<S: Send + Sync> FromRequestParts<S> for Scope {
     }
 }
 
+/// The namespace a request names: its `namespace` query parameter (a namespace id),
+/// `default` when absent. The one reading of the parameter (the scope of a request,
+/// its audit record).
+pub(crate) fn namespace_param(uri: &axum::http::Uri) -> Result<String, ApiError> {
+    let query = axum::extract::Query::<ScopeQuery>::try_from_uri(uri).map_err(|e| {
+        ApiError::BadRequest {
+            message: format!("bad query string: {}", e.body_text()),
+            details: Vec::new(),
+        }
+    })?;
+    let namespace = query
+        .0
+        .namespace
+        .unwrap_or_else(|| model::namespace::DEFAULT_NAMESPACE.to_owned());
+    let mut v = model::validate::Validator::new();
+    model::validate::check_id(&mut v, "namespace", &namespace);
+    v.finish().map_err(|errors| ApiError::Invalid {
+        what: "query".into(),
+        errors,
+    })?;
+    Ok(namespace)
+}
+
 /// A [`Scope`] for a POST that only reads (the route tester): a viewer may call it.
 pub(crate) struct ReadScope(pub Scope);
 
@@ -188,22 +211,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ReadScope {
 
 impl Scope {
     fn of(parts: &axum::http::request::Parts, needed: Role) -> Result<Self, ApiError> {
-        let query = axum::extract::Query::<ScopeQuery>::try_from_uri(&parts.uri).map_err(|e| {
-            ApiError::BadRequest {
-                message: format!("bad query string: {}", e.body_text()),
-                details: Vec::new(),
-            }
-        })?;
-        let namespace = query
-            .0
-            .namespace
-            .unwrap_or_else(|| model::namespace::DEFAULT_NAMESPACE.to_owned());
-        let mut v = model::validate::Validator::new();
-        model::validate::check_id(&mut v, "namespace", &namespace);
-        v.finish().map_err(|errors| ApiError::Invalid {
-            what: "query".into(),
-            errors,
-        })?;
+        let namespace = namespace_param(&parts.uri)?;
         // Reading needs a viewer, anything else an editor, of this namespace.
         let caller = parts
             .extensions

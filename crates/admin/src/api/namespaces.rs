@@ -35,12 +35,7 @@ pub(super) async fn list(
         .into_iter()
         .filter(|ns| caller.role(&ns.id).is_some())
         .collect();
-    let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
-    for (namespace, cluster, instance) in state.db.instance_namespaces().await? {
-        let entry = counts.entry(namespace).or_default();
-        entry.0 += 1;
-        entry.1 += state.nodes(&cluster, &instance).len();
-    }
+    let counts = counts(&state).await?;
     let items: Vec<Value> = namespaces
         .into_iter()
         .map(|ns| {
@@ -124,15 +119,19 @@ pub(super) async fn instances(
     Ok(Json(json!({ "items": items })))
 }
 
-async fn counts_of(state: &AppState, id: &str) -> Result<(usize, usize), ApiError> {
-    let mut counts = (0, 0);
+/// Per namespace: its instances and their online gateway nodes.
+async fn counts(state: &AppState) -> Result<HashMap<String, (usize, usize)>, ApiError> {
+    let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
     for (namespace, cluster, instance) in state.db.instance_namespaces().await? {
-        if namespace == id {
-            counts.0 += 1;
-            counts.1 += state.nodes(&cluster, &instance).len();
-        }
+        let entry = counts.entry(namespace).or_default();
+        entry.0 += 1;
+        entry.1 += state.nodes(&cluster, &instance).len();
     }
     Ok(counts)
+}
+
+async fn counts_of(state: &AppState, id: &str) -> Result<(usize, usize), ApiError> {
+    Ok(counts(state).await?.get(id).copied().unwrap_or_default())
 }
 
 fn shown(ns: Namespace, instances: usize, online_nodes: usize) -> Value {

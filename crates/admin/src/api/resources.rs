@@ -65,20 +65,12 @@ pub(super) async fn create(
     scope.instance(&state, &cluster, &instance).await?;
     let resource = parse_resource(kind, &body?, None)?;
     let shown = resource.redacted().to_json();
+    let at = (cluster.as_str(), instance.as_str());
     let change = Change::Create(resource);
-    let written = sync::write(
-        &state,
-        &scope.namespace,
-        &cluster,
-        &instance,
-        change.clone(),
-        &note,
-    )
-    .await?;
-    if written.sync == SyncStatus::DryRun {
-        return dry_run_answer(&state, &cluster, &instance, &change, Some(shown), written).await;
+    match submit(&state, &scope, &note, at, &change, Some(&shown)).await? {
+        Ok(written) => Ok(answer(StatusCode::CREATED, Some(shown), written)),
+        Err(dry_run) => Ok(dry_run),
     }
-    Ok(answer(StatusCode::CREATED, Some(shown), written))
 }
 
 /// Replaces the resource, or creates it when absent (201 then).
@@ -93,19 +85,12 @@ pub(super) async fn put(
     scope.instance(&state, &cluster, &instance).await?;
     let resource = parse_resource(kind, &body?, Some(&id))?;
     let shown = resource.redacted().to_json();
+    let at = (cluster.as_str(), instance.as_str());
     let change = Change::Upsert(resource);
-    let written = sync::write(
-        &state,
-        &scope.namespace,
-        &cluster,
-        &instance,
-        change.clone(),
-        &note,
-    )
-    .await?;
-    if written.sync == SyncStatus::DryRun {
-        return dry_run_answer(&state, &cluster, &instance, &change, Some(shown), written).await;
-    }
+    let written = match submit(&state, &scope, &note, at, &change, Some(&shown)).await? {
+        Ok(written) => written,
+        Err(dry_run) => return Ok(dry_run),
+    };
     let status = if written.created {
         StatusCode::CREATED
     } else {
@@ -121,20 +106,30 @@ pub(super) async fn delete(
     ApiPath((cluster, instance, kind, id)): ApiPath<(String, String, String, String)>,
 ) -> Result<Response, ApiError> {
     let kind = parse_kind(&kind)?;
+    let at = (cluster.as_str(), instance.as_str());
     let change = Change::Delete { kind, id };
-    let written = sync::write(
-        &state,
-        &scope.namespace,
-        &cluster,
-        &instance,
-        change.clone(),
-        &note,
-    )
-    .await?;
-    if written.sync == SyncStatus::DryRun {
-        return dry_run_answer(&state, &cluster, &instance, &change, None, written).await;
+    match submit(&state, &scope, &note, at, &change, None).await? {
+        Ok(written) => Ok(answer(StatusCode::NO_CONTENT, None, written)),
+        Err(dry_run) => Ok(dry_run),
     }
-    Ok(answer(StatusCode::NO_CONTENT, None, written))
+}
+
+/// Writes `change` to the instance at (cluster, instance): `Ok` what was written, or
+/// for a dry run `Err` its whole answer.
+async fn submit(
+    state: &AppState,
+    scope: &Scope,
+    note: &RevisionNote,
+    (cluster, instance): (&str, &str),
+    change: &Change,
+    shown: Option<&Value>,
+) -> Result<Result<Written, Response>, ApiError> {
+    let written = sync::write(state, &scope.namespace, cluster, instance, change, note).await?;
+    if written.sync != SyncStatus::DryRun {
+        return Ok(Ok(written));
+    }
+    let answer = dry_run_answer(state, cluster, instance, change, shown.cloned(), written).await?;
+    Ok(Err(answer))
 }
 
 fn parse_kind(kind: &str) -> Result<ResourceKind, ApiError> {
