@@ -20,7 +20,7 @@ use serde::Serialize;
 const MAX_SAMPLES: usize = 200;
 
 /// A request whose route the change would change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub(crate) struct Rerouted {
     pub method: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -9,7 +9,7 @@ use crate::validate::{check_id, is_valid_host, ValidationErrors, Validator};
 /// A certificate resource. The `key` travels to the store (gateways need it) but is
 /// never returned by an API's list or get: call [`Certificate::redacted`] first. Its
 /// `Debug` output leaves the key out, so no log line or panic message can carry it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
     pub id: String,

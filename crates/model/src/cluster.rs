@@ -10,7 +10,7 @@ use crate::validate::{check_id, ValidationErrors, Validator};
 ///
 /// `agent_token` is write-only: an API answer carries it once, when the admin generated
 /// it at registration, and never otherwise. `Debug` leaves it out.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub name: String,
@@ -75,7 +75,7 @@ impl Cluster {
 }
 
 /// Whether the admin's last poll of the agent still reported the instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceStatus {
     Online,
@@ -84,7 +84,7 @@ pub enum InstanceStatus {
 }
 
 /// A gateway instance under management: one name within one cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Instance {
     pub cluster: String,
     pub name: String,
@@ -109,7 +109,7 @@ pub struct Instance {
 }
 
 /// Who decided an instance's namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NamespaceSource {
     Agent,
@@ -118,14 +118,14 @@ pub enum NamespaceSource {
 
 /// Body of `PUT …/clusters/{cluster}/instances/{instance}/namespace`: moves the
 /// instance (and its config) to a namespace; `null` hands the choice back to its agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceNamespace {
     pub namespace: Option<String>,
 }
 
 /// A gateway node's heartbeat, kept in the store under the instance's `nodes/` with a lease.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeHeartbeat {
     pub node_id: String,
     /// Address the node serves traffic on.
@@ -161,14 +161,14 @@ impl NodeHeartbeat {
 }
 
 /// A config object a node skipped: its store key and the reason.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SkippedObject {
     pub key: String,
     pub reason: String,
 }
 
 /// Where a gateway node's config came from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConfigSource {
     /// Nothing loaded yet: every request gets 404.
@@ -181,14 +181,14 @@ pub enum ConfigSource {
 }
 
 /// The health of one upstream's nodes as one gateway node sees them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpstreamHealth {
     pub upstream_id: String,
     pub nodes: Vec<NodeHealth>,
 }
 
 /// One upstream node's health.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeHealth {
     pub address: String,
     pub healthy: bool,
@@ -198,7 +198,7 @@ pub struct NodeHealth {
 }
 
 /// What an agent reports for one of its instances.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentInstance {
     pub name: String,
     /// The namespace the agent's environment puts the instance in (`None`: it says
@@ -211,7 +211,7 @@ pub struct AgentInstance {
 }
 
 /// Body of `GET {agent}/agent/apiserver/v1/instances`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentInstances {
     pub instances: Vec<AgentInstance>,
 }
@@ -225,7 +225,7 @@ pub const REVISION_HEADER: &str = "x-portico-revision";
 pub const PROOF_PATH: &str = "/agent/apiserver/v1/proof";
 
 /// Body of a proof request: 32 random bytes, hex.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenChallenge {
     pub challenge: String,
@@ -233,13 +233,13 @@ pub struct TokenChallenge {
 
 /// Answer to a [`TokenChallenge`]: HMAC-SHA256 of the challenge keyed by the SHA-256 of
 /// the agent's token, hex (see `apikit::auth`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenProof {
     pub proof: String,
 }
 
 /// The content of an instance's `meta` key in the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceMeta {
     pub revision: Revision,
 }

@@ -134,7 +134,7 @@ fn key_hash_ok(hash: &str) -> bool {
 /// One credential of a consumer. `id` names it within the consumer, so a client can
 /// send the consumer back without its secrets and keep them (see
 /// [`Consumer::keep_secrets_from`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type")]
 pub enum Credential {
     #[serde(rename = "key-auth")]
@@ -150,7 +150,7 @@ pub enum Credential {
 /// An HMAC signing key of a consumer (`hmac-auth`): requests signed with `secret`
 /// name `key_id`. The secret must stay usable: encrypted at rest by the admin, never
 /// shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HmacCredential {
     pub id: String,
@@ -160,7 +160,7 @@ pub struct HmacCredential {
 }
 
 /// The signature algorithms `jwt-auth` accepts (RFC 7518); `none` is not one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum JwtAlgorithm {
     HS256,
     HS384,
@@ -194,7 +194,7 @@ impl JwtAlgorithm {
 /// `secret` (HS*) or `public_key` (PEM SubjectPublicKeyInfo; RS256, ES256, EdDSA).
 /// The secret must stay usable, so it cannot be hashed: the admin stores it encrypted
 /// at rest, like certificate keys, and never shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtCredential {
     pub id: String,
@@ -258,7 +258,7 @@ impl JwtCredential {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyCredential {
     pub id: String,
@@ -269,7 +269,7 @@ pub struct KeyCredential {
     pub key_hash: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BasicCredential {
     pub id: String,
@@ -405,7 +405,7 @@ impl Credential {
 /// The routes and services a consumer may call; with subscriptions, an authenticated
 /// request to anything else is refused (403). Without, every route whose
 /// authentication accepts the consumer is open to it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Subscriptions {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -422,7 +422,7 @@ impl Subscriptions {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Consumer {
     /// The consumer's name (APISIX's `username`).
@@ -586,7 +586,7 @@ impl Consumer {
 
 /// Consumers sharing plugins (APISIX's consumer group): a consumer's own plugins
 /// override its group's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerGroup {
     pub id: String,

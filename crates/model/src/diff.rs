@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::resource::{Resource, ResourceKind};
 
 /// What happens to one object between two versions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ObjectOp {
     Create,
@@ -23,7 +23,7 @@ pub enum ObjectOp {
 /// One field that differs: its path (`paths[0]`, `plugins.limit-count.count`) and its
 /// value before and after (`None`: absent). `secret`: the field holds a secret whose
 /// value is never shown, only that it changed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldChange {
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,7 +35,7 @@ pub struct FieldChange {
 }
 
 /// One object that differs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ObjectDiff {
     pub kind: ResourceKind,
     pub id: String,

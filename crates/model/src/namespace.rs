@@ -17,7 +17,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub const MAX_DESCRIPTION: usize = 1024;
 
 /// A namespace as the API answers it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Namespace {
     /// Generated on creation (`ns-` and 16 hex digits; `default` for the default one).
     pub id: String,
@@ -32,7 +32,7 @@ pub struct Namespace {
 /// A namespace as an operator writes it: `POST` creates one (the id is generated),
 /// `PUT` changes name and description (an id in the body must be the one in the path:
 /// ids never change).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -15,7 +15,19 @@ use crate::upstream::Upstream;
 use crate::validate::ValidationErrors;
 
 /// A kind of resource; its plural name is the URL segment and the store key segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ResourceKind {
     Routes,
@@ -134,7 +146,7 @@ impl FromStr for ResourceKind {
 // Values are short-lived (one request body, one snapshot entry): boxing the larger
 // variants would only add indirection.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Resource {
     Route(Route),

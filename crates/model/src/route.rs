@@ -18,7 +18,7 @@ pub const METHODS: &[&str] = &[
 /// whole segment; a template may end in `*` too) and `~regex` (matched against the
 /// whole normalised path, as in Kong). Precedence is documented in the gateway's
 /// router and in `docs/routing.md`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub id: String,
@@ -75,7 +75,7 @@ pub(crate) const CIDR_EXPECTED: &str =
     "must be an IP address or a CIDR like 10.0.0.0/8 or 2001:db8::/32";
 
 /// A test on one header, query argument or cookie.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Matcher {
     pub name: String,
@@ -90,7 +90,7 @@ pub struct Matcher {
 
 /// How a [`Matcher`] tests its value. A header sent several times matches when any of
 /// its values does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MatchOp {
     Equals,
@@ -102,7 +102,7 @@ pub enum MatchOp {
 
 /// A period in which a route is in force: after and/or before an instant, each an RFC
 /// 3339 timestamp with its offset (`2026-12-24T18:00:00+01:00`); both make a window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeWindow {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -8,7 +8,7 @@ use crate::plugin::Plugins;
 use crate::upstream::Upstream;
 use crate::validate::{check_id, ValidationErrors, Validator};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     pub id: String,
@@ -50,7 +50,7 @@ impl Service {
 
 /// Plugins that run for every route of the instance (APISIX's global rules), below
 /// services and routes in the merge rule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GlobalRule {
     pub id: String,

@@ -13,7 +13,18 @@ use crate::validate::{FieldError, ValidationErrors};
 
 /// Admin revision of an instance's config: bumped by every accepted change.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(transparent)]
 pub struct Revision(pub u64);
@@ -25,7 +36,7 @@ impl std::fmt::Display for Revision {
 }
 
 /// Everything an instance serves, as the admin's DB has it at `revision`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
     pub revision: Revision,

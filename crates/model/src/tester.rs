@@ -18,7 +18,7 @@ use crate::snapshot::Revision;
 use crate::validate::{ValidationErrors, Validator};
 
 /// One request to test, as a client would send it to a node of the instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteTest {
     /// `GET` when left out; any HTTP method token (methods no route can list are
@@ -50,7 +50,7 @@ pub struct RouteTest {
 }
 
 /// The value of a request header: one, or a list when the name is sent several times.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum HeaderValues {
     One(String),
@@ -230,7 +230,7 @@ pub fn shown_value(name: &str, value: &str) -> String {
 }
 
 /// The tester's answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RouteTestResult {
     /// The admin revision of the config the answer is for.
     pub revision: Revision,
@@ -255,7 +255,7 @@ pub struct RouteTestResult {
 pub const MAX_NEAR_MISSES: usize = 50;
 
 /// What a node does with the request before any plugin runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
     /// A route takes it: `matched`.
@@ -274,7 +274,7 @@ pub enum Outcome {
 
 /// The request after the node's rules: canonical host, normalised path, the client
 /// address after the trusted-proxy rules.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SeenRequest {
     pub method: String,
     /// Lowercase, without port; empty when the request names none.
@@ -287,7 +287,7 @@ pub struct SeenRequest {
 }
 
 /// The route that takes the request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MatchedRoute {
     pub route_id: String,
     /// Which of its `paths` matched (the most specific, when several do).
@@ -308,7 +308,7 @@ pub struct MatchedRoute {
 }
 
 /// Whose upstream a route's requests go to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamFrom {
     Route,
@@ -316,7 +316,7 @@ pub enum UpstreamFrom {
 }
 
 /// A route that does not take the request, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NearMiss {
     pub route_id: String,
     pub reason: MissReason,
@@ -337,7 +337,7 @@ pub struct NearMiss {
 /// path, the predicates (time window, client address, headers, query, cookies) and
 /// the method, then precedence among the routes that pass; a route that fails a later
 /// check came closer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MissReason {
     /// None of its hosts is the request's.

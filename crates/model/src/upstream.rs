@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::validate::{check_id, is_valid_host, ValidationErrors, Validator};
 
 /// A pool of backend nodes, referenced by routes through `upstream_id` or inlined.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     /// Unique within an instance; optional only when the upstream is inlined in a route.
@@ -55,7 +55,7 @@ pub struct Upstream {
 }
 
 /// One backend node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamNode {
     pub host: String,
@@ -75,7 +75,7 @@ fn default_retries() -> u32 {
 }
 
 /// Protocol spoken to the nodes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
     #[default]
@@ -95,7 +95,7 @@ impl Scheme {
 }
 
 /// Load-balancing policy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LoadBalancing {
     /// Smooth weighted round robin; equal weights give plain round robin.
@@ -112,7 +112,7 @@ pub enum LoadBalancing {
 }
 
 /// What `chash` hashes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HashOn {
     /// The client's address.
@@ -129,7 +129,7 @@ pub enum HashOn {
 }
 
 /// The `Host` header sent to the node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PassHost {
     /// The client's `Host`, unchanged.
@@ -142,7 +142,7 @@ pub enum PassHost {
 }
 
 /// TLS towards the nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// Verify the node's certificate (against the system roots and `sni`).
@@ -162,7 +162,7 @@ fn default_true() -> bool {
 }
 
 /// Idle connections kept to the nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeepalivePool {
     /// Seconds an idle connection is kept for reuse.
@@ -183,7 +183,7 @@ impl Default for KeepalivePool {
 }
 
 /// Health checks; a node is down when either kind says so.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthChecks {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -193,7 +193,7 @@ pub struct HealthChecks {
 }
 
 /// Probes sent to every node by each gateway node, whether or not traffic flows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActiveCheck {
     #[serde(rename = "type", default)]
@@ -217,7 +217,7 @@ pub struct ActiveCheck {
 }
 
 /// How a node is probed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckKind {
     /// `GET http_path`; healthy when the status is in `healthy.statuses`.
@@ -240,7 +240,7 @@ fn default_probe_timeout() -> f64 {
 }
 
 /// When a down node comes back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActiveHealthy {
     #[serde(default = "default_healthy_statuses")]
@@ -269,7 +269,7 @@ impl Default for ActiveHealthy {
 
 /// When a node goes down: a failure is a connect error, a timeout, or a status not in
 /// `healthy.statuses`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActiveUnhealthy {
     /// Consecutive failed probes that make a node unhealthy; 1-254.
@@ -290,7 +290,7 @@ impl Default for ActiveUnhealthy {
 }
 
 /// Health judged from real traffic: a node failing too often is ejected for a while.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PassiveCheck {
     #[serde(default)]
@@ -315,7 +315,7 @@ impl Default for PassiveCheck {
 
 /// What ejects a node: `failures` consecutive responses with a status in
 /// `http_statuses`, connect errors or timeouts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PassiveUnhealthy {
     #[serde(default = "default_passive_statuses")]
@@ -339,7 +339,7 @@ impl Default for PassiveUnhealthy {
 }
 
 /// Timeouts in seconds (fractions allowed), as in APISIX's `timeout` object.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     #[serde(default = "default_connect")]

@@ -9,7 +9,19 @@ use serde::{Deserialize, Serialize};
 use crate::validate::{check_id, ValidationErrors, Validator};
 
 /// What a user may do in one namespace; each role includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Reads everything in the namespace.
@@ -46,7 +58,7 @@ pub const MAX_PASSWORD: usize = 1024;
 
 /// A user as an operator writes it. `password` is write-only; on update, an absent
 /// password keeps the current one.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserSpec {
     pub name: String,
@@ -98,7 +110,7 @@ pub fn check_password(v: &mut Validator, field: &str, password: &str) {
 }
 
 /// A user as the API answers it: never a password or its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct User {
     pub name: String,
     pub platform_admin: bool,
@@ -110,7 +122,7 @@ pub struct User {
 }
 
 /// Body of `POST /login`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
     pub name: String,
@@ -118,7 +130,7 @@ pub struct Login {
 }
 
 /// Body of `POST /users/{name}/tokens`: an API token for automation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSpec {
     /// What the token is for (`ci`, `terraform`).

@@ -28,6 +28,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 ];
 const BENCH_PACKAGES: &[(&str, &str)] = &[("nginx", "nginx"), ("wrk", "wrk")];
 
+/// The schemathesis release the OpenAPI test runs (from PyPI, into a virtualenv under
+/// the target directory; `crates/admin/tests/openapi.rs`).
+const SCHEMATHESIS: &str = "4.32.5";
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (task, rest) = args
@@ -45,6 +49,7 @@ fn main() -> anyhow::Result<()> {
             ensure_packages(BUILD_PACKAGES)?;
             ensure_packages(TEST_PACKAGES)?;
             ensure_services();
+            let schemathesis = ensure_schemathesis()?;
             let mut fmt = cargo();
             fmt.args(["fmt", "--all", "--", "--check"]);
             run(fmt)?;
@@ -59,7 +64,9 @@ fn main() -> anyhow::Result<()> {
             ]);
             run(clippy)?;
             let mut test = cargo();
-            test.args(["test", "--workspace"]).args(rest);
+            test.args(["test", "--workspace"])
+                .env("PORTICO_SCHEMATHESIS", &schemathesis)
+                .args(rest);
             run(test)?;
             // The gateway's proxy suites again with the fast path off: what they check
             // must hold on Pingora's path too (tests/common/mod.rs reads the variable).
@@ -149,6 +156,11 @@ fn ensure_packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    apt_install(&missing)
+}
+
+/// Installs Debian packages (as root with apt-get; otherwise says what to install).
+fn apt_install(missing: &[&str]) -> anyhow::Result<()> {
     if !is_root() || !has_command("apt-get") {
         bail!(
             "missing system packages: {}; install them (e.g. sudo apt-get install {})",
@@ -163,7 +175,7 @@ fn ensure_packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
     let mut install = Command::new("apt-get");
     install
         .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
+        .args(missing)
         .env("DEBIAN_FRONTEND", "noninteractive");
     run(install)?;
     // Debian starts packaged daemons on install; the tests start their own etcd and
@@ -172,6 +184,45 @@ fn ensure_packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
         let _ = Command::new("service").args([service, "stop"]).status();
     }
     Ok(())
+}
+
+/// Installs schemathesis from PyPI into a virtualenv of its own (nothing system-wide
+/// changes but, when missing, Debian's `python3` and `python3-venv`) and answers the
+/// path of its `st` command.
+fn ensure_schemathesis() -> anyhow::Result<std::path::PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let venv = target
+        .join("tools")
+        .join(format!("schemathesis-{SCHEMATHESIS}"));
+    let st = venv.join("bin").join("st");
+    if st.is_file() {
+        return Ok(st);
+    }
+    ensure_packages(&[("python3", "python3")])?;
+    let venv_works = || {
+        Command::new("python3")
+            .args(["-c", "import venv, ensurepip"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !venv_works() {
+        // Debian splits venv's pip bootstrap into its own package.
+        apt_install(&["python3-venv"])?;
+    }
+    let mut create = Command::new("python3");
+    create.args(["-m", "venv"]).arg(&venv);
+    run(create)?;
+    let mut install = Command::new(venv.join("bin").join("pip"));
+    install
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("schemathesis=={SCHEMATHESIS}"));
+    run(install)?;
+    if !st.is_file() {
+        bail!("schemathesis installed, but {} is missing", st.display());
+    }
+    Ok(st)
 }
 
 /// The PostgreSQL and MariaDB tests expect the machine's servers; start them if they are

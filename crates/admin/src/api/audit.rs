@@ -16,7 +16,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::auth::{Principal, LOGIN_PATH};
 use crate::db::{AuditEntry, AuditFilter};
@@ -113,21 +113,29 @@ fn object_of(path: &str) -> String {
         .to_owned()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct AuditQuery {
+    /// Only this namespace's records (a namespace admin must name its namespace).
     namespace: Option<String>,
+    /// Only this user's.
     actor: Option<String>,
+    /// Older than this (unix milliseconds), for paging.
     before_ms: Option<i64>,
+    /// At most this many (default 100).
     limit: Option<i64>,
 }
 
 /// Audit records newest first. A platform admin reads all (or one namespace's); a
 /// namespace admin reads its namespace's, naming it.
+#[utoipa::path(get, path = "/audit", tag = "audit",
+    params(AuditQuery),
+    responses((status = 200, description = "audit records, newest first", body = super::Items<AuditEntry>)))]
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
     caller: Principal,
     q: Result<Query<AuditQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::Items<AuditEntry>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest {
         message: format!("bad query string: {}", e.body_text()),
         details: Vec::new(),
@@ -145,7 +153,7 @@ pub(super) async fn list(
             limit: q.limit.unwrap_or(100),
         })
         .await?;
-    Ok(Json(json!({ "items": items })))
+    Ok(super::Items::of(items))
 }
 
 #[cfg(test)]

@@ -11,12 +11,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use model::cluster::{Cluster, Instance, InstanceNamespace};
-use serde_json::{json, Value};
+use model::cluster::{Cluster, Instance, InstanceNamespace, NodeHeartbeat};
 
-use super::{parse_json, ApiPath, Scope};
+use super::{parse_json, ApiPath, Items, NamespaceQuery, Scope};
 use crate::auth::Principal;
 use crate::db;
+use crate::db::ChangeEntry;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::sync;
@@ -24,13 +24,20 @@ use crate::sync;
 /// `agent_address` is stored in a VARCHAR(255).
 const MAX_ADDRESS: usize = 255;
 
+/// Every cluster (agent tokens never shown).
+#[utoipa::path(get, path = "/clusters", tag = "clusters",
+    responses((status = 200, description = "the clusters", body = Items<Cluster>)))]
 pub(super) async fn list_clusters(
     State(state): State<Arc<AppState>>,
-) -> Result<Json<Value>, ApiError> {
-    let items = state.db.clusters().await?;
-    Ok(Json(json!({ "items": items })))
+) -> Result<Json<Items<Cluster>>, ApiError> {
+    Ok(Items::of(state.db.clusters().await?))
 }
 
+/// Registers a cluster; its agent is polled at once. A generated agent token is
+/// answered in this 201 only.
+#[utoipa::path(post, path = "/clusters", tag = "clusters",
+    request_body = Cluster,
+    responses((status = 201, description = "the cluster", body = Cluster)))]
 pub(super) async fn create_cluster(
     State(state): State<Arc<AppState>>,
     caller: Principal,
@@ -61,6 +68,10 @@ pub(super) async fn create_cluster(
     Ok((StatusCode::CREATED, Json(cluster)).into_response())
 }
 
+/// One cluster.
+#[utoipa::path(get, path = "/clusters/{cluster}", tag = "clusters",
+    params(("cluster" = String, Path, description = "the cluster's name")),
+    responses((status = 200, description = "the cluster", body = Cluster)))]
 pub(super) async fn get_cluster(
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
@@ -69,6 +80,10 @@ pub(super) async fn get_cluster(
 }
 
 /// Changes the agent address; the body is the whole cluster and its name must match.
+#[utoipa::path(put, path = "/clusters/{cluster}", tag = "clusters",
+    params(("cluster" = String, Path, description = "the cluster's name")),
+    request_body = Cluster,
+    responses((status = 200, description = "the cluster", body = Cluster)))]
 pub(super) async fn update_cluster(
     State(state): State<Arc<AppState>>,
     caller: Principal,
@@ -99,6 +114,10 @@ pub(super) async fn update_cluster(
     }))
 }
 
+/// Removes a cluster (refused while its instances hold config).
+#[utoipa::path(delete, path = "/clusters/{cluster}", tag = "clusters",
+    params(("cluster" = String, Path, description = "the cluster's name")),
+    responses((status = 204, description = "removed")))]
 pub(super) async fn delete_cluster(
     State(state): State<Arc<AppState>>,
     caller: Principal,
@@ -111,11 +130,15 @@ pub(super) async fn delete_cluster(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The cluster's instances in the namespaces the caller has a role in.
+#[utoipa::path(get, path = "/clusters/{cluster}/instances", tag = "clusters",
+    params(("cluster" = String, Path, description = "the cluster's name")),
+    responses((status = 200, description = "the instances", body = Items<Instance>)))]
 pub(super) async fn list_instances(
     State(state): State<Arc<AppState>>,
     caller: Principal,
     ApiPath(cluster): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Items<Instance>>, ApiError> {
     state.db.require_cluster(&cluster).await?;
     // Everyone sees the instances of the namespaces they have a role in.
     let items: Vec<Instance> = state
@@ -125,9 +148,17 @@ pub(super) async fn list_instances(
         .into_iter()
         .filter(|i| caller.role(&i.namespace).is_some())
         .collect();
-    Ok(Json(json!({ "items": items })))
+    Ok(Items::of(items))
 }
 
+/// One instance of the namespace.
+#[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}", tag = "instances",
+    params(
+        ("cluster" = String, Path, description = "the cluster's name"),
+        ("instance" = String, Path, description = "the instance's name"),
+        NamespaceQuery,
+    ),
+    responses((status = 200, description = "the instance", body = Instance)))]
 pub(super) async fn get_instance(
     State(state): State<Arc<AppState>>,
     scope: Scope,
@@ -139,6 +170,13 @@ pub(super) async fn get_instance(
 /// Moves the instance and its config to another namespace (pinned there: its agent's
 /// report no longer moves it), or with `{"namespace": null}` hands the choice back to
 /// the agent. Addressed by cluster and instance alone: the move spans two namespaces.
+#[utoipa::path(put, path = "/clusters/{cluster}/instances/{instance}/namespace", tag = "instances",
+    params(
+        ("cluster" = String, Path, description = "the cluster's name"),
+        ("instance" = String, Path, description = "the instance's name"),
+    ),
+    request_body = InstanceNamespace,
+    responses((status = 200, description = "the instance", body = Instance)))]
 pub(super) async fn set_instance_namespace(
     State(state): State<Arc<AppState>>,
     caller: Principal,
@@ -166,24 +204,37 @@ pub(super) async fn set_instance_namespace(
 }
 
 /// The instance's gateway nodes as its agent last reported them.
+#[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/nodes", tag = "instances",
+    params(
+        ("cluster" = String, Path, description = "the cluster's name"),
+        ("instance" = String, Path, description = "the instance's name"),
+        NamespaceQuery,
+    ),
+    responses((status = 200, description = "the nodes", body = Items<NodeHeartbeat>)))]
 pub(super) async fn list_nodes(
     State(state): State<Arc<AppState>>,
     scope: Scope,
     ApiPath((cluster, instance)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Items<NodeHeartbeat>>, ApiError> {
     scope.instance(&state, &cluster, &instance).await?;
-    Ok(Json(json!({ "items": state.nodes(&cluster, &instance) })))
+    Ok(Items::of(state.nodes(&cluster, &instance)))
 }
 
 /// The instance's change log, newest first (certificate keys are never in it).
+#[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/changes", tag = "history",
+    params(
+        ("cluster" = String, Path, description = "the cluster's name"),
+        ("instance" = String, Path, description = "the instance's name"),
+        NamespaceQuery,
+    ),
+    responses((status = 200, description = "the change log", body = Items<ChangeEntry>)))]
 pub(super) async fn list_changes(
     State(state): State<Arc<AppState>>,
     scope: Scope,
     ApiPath((cluster, instance)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Items<ChangeEntry>>, ApiError> {
     scope.instance(&state, &cluster, &instance).await?;
-    let items = state.db.changes(&cluster, &instance).await?;
-    Ok(Json(json!({ "items": items })))
+    Ok(Items::of(state.db.changes(&cluster, &instance).await?))
 }
 
 fn parse_cluster(state: &AppState, body: &[u8]) -> Result<Cluster, ApiError> {
@@ -213,17 +264,40 @@ fn parse_cluster(state: &AppState, body: &[u8]) -> Result<Cluster, ApiError> {
     })
 }
 
+/// This admin process and who reconciles.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct AdminStatus {
+    /// This process's lease holder name.
+    holder: String,
+    /// Whether this process holds the reconciler lease (polls agents, reconciles).
+    reconciler: bool,
+    lease: LeaseView,
+}
+
+/// The reconciler lease as the database holds it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct LeaseView {
+    holder: String,
+    /// Unix milliseconds.
+    expires_at_ms: i64,
+}
+
 /// `GET /status`: this admin process and who reconciles (platform admin): `holder` is
 /// this process, `reconciler` whether it is the one, `lease` the lease as stored.
+#[utoipa::path(get, path = "/status", tag = "clusters",
+    responses((status = 200, description = "this admin and the reconciler lease", body = AdminStatus)))]
 pub(super) async fn status(
     State(state): State<Arc<AppState>>,
     caller: Principal,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AdminStatus>, ApiError> {
     caller.require_platform_admin()?;
     let (holder, expires_at_ms) = state.db.lease(crate::lease::RECONCILER).await?;
-    Ok(Json(json!({
-        "holder": state.lease.holder,
-        "reconciler": state.lease.held(),
-        "lease": { "holder": holder, "expires_at_ms": expires_at_ms },
-    })))
+    Ok(Json(AdminStatus {
+        holder: state.lease.holder.clone(),
+        reconciler: state.lease.held(),
+        lease: LeaseView {
+            holder,
+            expires_at_ms,
+        },
+    }))
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use model::resource::Resource;
@@ -21,7 +21,6 @@ use model::user::Role;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::audit::AuditDetail;
 use super::{ApiPath, Scope};
 use crate::auth::Principal;
 use crate::db::RevisionNote;
@@ -29,9 +28,27 @@ use crate::error::ApiError;
 use crate::history;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ExportQuery {
+    /// `yaml` (the default) or `json`.
     format: Option<String>,
+}
+
+/// A namespace's config: every instance of it with its config.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct NamespaceConfig {
+    namespace: String,
+    name: String,
+    instances: Vec<InstanceConfig>,
+}
+
+/// One instance's config in a namespace export.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct InstanceConfig {
+    cluster: String,
+    instance: String,
+    config: Snapshot,
 }
 
 /// Output format of an export: YAML unless JSON is asked for.
@@ -57,7 +74,7 @@ fn format_of(q: Result<Query<ExportQuery>, QueryRejection>) -> Result<Format, Ap
     }
 }
 
-fn render(value: &Value, format: Format) -> Result<Response, ApiError> {
+fn render<T: serde::Serialize>(value: &T, format: Format) -> Result<Response, ApiError> {
     match format {
         Format::Json => Ok(Json(value).into_response()),
         Format::Yaml => {
@@ -74,6 +91,15 @@ fn render(value: &Value, format: Format) -> Result<Response, ApiError> {
 
 /// The instance's config as a file: every object as the API shows it, in the shape
 /// `PUT …/config` takes (its `revision` is informative).
+#[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/config", tag = "config",
+    params(
+        ("cluster" = String, Path, description = "the cluster's name"),
+        ("instance" = String, Path, description = "the instance's name"),
+        ExportQuery,
+        super::NamespaceQuery,
+    ),
+    responses((status = 200, description = "the instance's config, without secrets",
+        content((Snapshot = "application/yaml"), (Snapshot = "application/json")))))]
 pub(super) async fn export(
     State(state): State<Arc<AppState>>,
     scope: Scope,
@@ -86,6 +112,10 @@ pub(super) async fn export(
 }
 
 /// Every instance of the namespace with its config.
+#[utoipa::path(get, path = "/namespaces/{id}/config", tag = "config",
+    params(("id" = String, Path, description = "the namespace's id"), ExportQuery),
+    responses((status = 200, description = "the namespace's instances with their config, without secrets",
+        content((NamespaceConfig = "application/yaml"), (NamespaceConfig = "application/json")))))]
 pub(super) async fn export_namespace(
     State(state): State<Arc<AppState>>,
     caller: Principal,
@@ -96,20 +126,22 @@ pub(super) async fn export_namespace(
     caller.require(&id, Role::Viewer)?;
     let ns = state.db.require_namespace(&id).await?;
     let mut instances = Vec::new();
-    for (namespace, cluster, instance) in state.db.instance_namespaces().await? {
-        if namespace == id {
-            let config = exported(&state, &cluster, &instance).await?;
-            instances.push(json!({ "cluster": cluster, "instance": instance, "config": config }));
-        }
+    for found in state.db.instances_in(&id).await? {
+        instances.push(InstanceConfig {
+            config: exported(&state, &found.cluster, &found.name).await?,
+            cluster: found.cluster,
+            instance: found.name,
+        });
     }
-    instances.sort_by_key(|i| (i["cluster"].to_string(), i["instance"].to_string()));
-    render(
-        &json!({ "namespace": ns.id, "name": ns.name, "instances": instances }),
-        format,
-    )
+    let shown = NamespaceConfig {
+        namespace: ns.id,
+        name: ns.name,
+        instances,
+    };
+    render(&shown, format)
 }
 
-async fn exported(state: &AppState, cluster: &str, instance: &str) -> Result<Value, ApiError> {
+async fn exported(state: &AppState, cluster: &str, instance: &str) -> Result<Snapshot, ApiError> {
     let snapshot = state
         .db
         .snapshot(cluster, instance)
@@ -122,12 +154,22 @@ async fn exported(state: &AppState, cluster: &str, instance: &str) -> Result<Val
     for resource in snapshot.resources() {
         shown.push(resource.redacted());
     }
-    serde_json::to_value(&shown).map_err(|e| ApiError::Internal(e.into()))
+    Ok(shown)
 }
 
 /// Makes the instance's config exactly the file's (YAML, or JSON with a JSON content
 /// type): what is missing is created, what differs updated, what the file lacks
 /// deleted, as one revision; `?dry_run=true` answers the same without writing.
+#[utoipa::path(put, path = "/clusters/{cluster}/instances/{instance}/config", tag = "config",
+    params(
+        ("cluster" = String, Path, description = "the cluster's name"),
+        ("instance" = String, Path, description = "the instance's name"),
+        ("x-portico-message" = Option<String>, Header, description = "the revision's message"),
+        super::InstanceWriteQuery,
+    ),
+    request_body(content((Snapshot = "application/yaml"), (Snapshot = "application/json")),
+        description = "the whole config the instance is to have"),
+    responses((status = 200, description = "what changed (or would, with dry_run)", body = super::revisions::Convergence)))]
 pub(super) async fn apply(
     State(state): State<Arc<AppState>>,
     scope: Scope,
@@ -176,23 +218,7 @@ pub(super) async fn apply(
         &note,
     )
     .await?;
-    let body = json!({
-        "dry_run": dry_run,
-        "changed": !done.diff.is_empty(),
-        "revision": done.revision,
-        "changes": done.diff,
-        "rerouted": done.rerouted,
-    });
-    let detail = AuditDetail {
-        after: Some(body["changes"].clone()),
-        revision: done.written.as_ref().map(|w| w.revision.0),
-        ..AuditDetail::default()
-    };
-    let mut response = detail.attach((StatusCode::OK, Json(body)).into_response());
-    if let Some(written) = done.written {
-        super::resources::revision_headers(&mut response, &written);
-    }
-    Ok(response)
+    Ok(super::revisions::Convergence::answer(None, dry_run, done))
 }
 
 /// A config file: JSON when the content type says so, YAML otherwise; errors name the

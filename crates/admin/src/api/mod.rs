@@ -8,6 +8,7 @@ mod audit;
 mod clusters;
 mod config;
 mod namespaces;
+mod openapi;
 mod plugins;
 mod resources;
 mod revisions;
@@ -69,6 +70,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             axum::routing::delete(users::delete_token),
         )
         .route("/audit", get(audit::list))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/status", get(clusters::status))
         .route(
             "/namespaces",
@@ -137,6 +139,58 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// A listing: `{"items": [...]}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Items<T> {
+    pub items: Vec<T>,
+}
+
+impl<T> Items<T> {
+    pub(crate) fn of(items: Vec<T>) -> axum::Json<Self> {
+        axum::Json(Self { items })
+    }
+}
+
+/// The query of a read under an instance: the namespace it lives in.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct NamespaceQuery {
+    /// The namespace's id (`default` when absent); an instance of another namespace is
+    /// not found.
+    #[allow(dead_code)] // read by `Scope`, declared here for the API's description
+    pub namespace: Option<String>,
+}
+
+/// The query of a write under an instance: its namespace, and whether to only check
+/// and answer what it would change.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct InstanceWriteQuery {
+    /// The namespace's id (`default` when absent).
+    #[allow(dead_code)] // read by `Scope`
+    pub namespace: Option<String>,
+    /// Check everything, answer what would change, store nothing.
+    #[allow(dead_code)] // read by `RevisionNote`
+    pub dry_run: Option<bool>,
+}
+
+/// A dry run's answer (nothing stored): the revision the write would make, the
+/// object before and after, the fields that would change, and for routes the
+/// requests whose route would change.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct DryRunAnswer {
+    /// Always `true`.
+    pub dry_run: bool,
+    pub revision: model::snapshot::Revision,
+    /// `create`, `update` or `delete`.
+    pub op: &'static str,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+    /// For an update: the fields that differ.
+    pub fields: Vec<model::diff::FieldChange>,
+    pub rerouted: Vec<crate::impact::Rerouted>,
 }
 
 /// `Path` whose rejection is an [`ApiError`] (JSON) rather than axum's plain text.

@@ -11,22 +11,41 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use model::cluster::Instance;
 use model::namespace::{Namespace, NamespaceSpec};
 use model::user::Role;
-use serde_json::{json, Value};
 
-use super::{parse_json, ApiPath};
+use super::{parse_json, ApiPath, Items};
 use crate::auth::Principal;
 use crate::db;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Every namespace with how many instances live there and how many of their gateway
-/// nodes are online (heartbeats their agents last reported).
+/// A namespace as the API shows it: with how many instances live there and how many
+/// of their gateway nodes are online (heartbeats their agents last reported).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct NamespaceView {
+    #[serde(flatten)]
+    namespace: Namespace,
+    instances: usize,
+    online_nodes: usize,
+}
+
+/// An instance of a namespace, with its online gateway nodes.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct NamespaceInstance {
+    #[serde(flatten)]
+    instance: Instance,
+    online_nodes: usize,
+}
+
+/// Every namespace the caller has a role in (all for a platform admin).
+#[utoipa::path(get, path = "/namespaces", tag = "namespaces",
+    responses((status = 200, description = "the namespaces", body = Items<NamespaceView>)))]
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
     caller: Principal,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Items<NamespaceView>>, ApiError> {
     // Everyone sees the namespaces they have a role in; a platform admin all.
     let namespaces: Vec<Namespace> = state
         .db
@@ -36,21 +55,25 @@ pub(super) async fn list(
         .filter(|ns| caller.role(&ns.id).is_some())
         .collect();
     let counts = counts(&state).await?;
-    let items: Vec<Value> = namespaces
+    let items = namespaces
         .into_iter()
         .map(|ns| {
             let (instances, nodes) = counts.get(&ns.id).copied().unwrap_or_default();
             shown(ns, instances, nodes)
         })
         .collect();
-    Ok(Json(json!({ "items": items })))
+    Ok(Items::of(items))
 }
 
+/// One namespace.
+#[utoipa::path(get, path = "/namespaces/{id}", tag = "namespaces",
+    params(("id" = String, Path, description = "the namespace's id")),
+    responses((status = 200, description = "the namespace", body = NamespaceView)))]
 pub(super) async fn get_one(
     State(state): State<Arc<AppState>>,
     caller: Principal,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NamespaceView>, ApiError> {
     caller.require(&id, Role::Viewer)?;
     let ns = state.db.require_namespace(&id).await?;
     let (instances, nodes) = counts_of(&state, &id).await?;
@@ -58,6 +81,9 @@ pub(super) async fn get_one(
 }
 
 /// Creates a namespace; the answer carries its generated id.
+#[utoipa::path(post, path = "/namespaces", tag = "namespaces",
+    request_body = NamespaceSpec,
+    responses((status = 201, description = "the namespace with its generated id", body = NamespaceView)))]
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
     caller: Principal,
@@ -71,12 +97,16 @@ pub(super) async fn create(
 }
 
 /// Changes a namespace's name and description; its id never changes.
+#[utoipa::path(put, path = "/namespaces/{id}", tag = "namespaces",
+    params(("id" = String, Path, description = "the namespace's id")),
+    request_body = NamespaceSpec,
+    responses((status = 200, description = "the namespace", body = NamespaceView)))]
 pub(super) async fn put(
     State(state): State<Arc<AppState>>,
     caller: Principal,
     ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NamespaceView>, ApiError> {
     caller.require(&id, Role::Admin)?;
     let spec = parse_spec(&body?, Some(&id))?;
     let ns = state.db.update_namespace(&id, &spec, db::now()).await?;
@@ -85,6 +115,10 @@ pub(super) async fn put(
     Ok(Json(shown(ns, instances, nodes)))
 }
 
+/// Deletes a namespace (never `default`, nor one holding instances).
+#[utoipa::path(delete, path = "/namespaces/{id}", tag = "namespaces",
+    params(("id" = String, Path, description = "the namespace's id")),
+    responses((status = 204, description = "deleted")))]
 pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
     caller: Principal,
@@ -97,26 +131,27 @@ pub(super) async fn delete(
 }
 
 /// The instances living in the namespace, across clusters, with their online nodes.
+#[utoipa::path(get, path = "/namespaces/{id}/instances", tag = "namespaces",
+    params(("id" = String, Path, description = "the namespace's id")),
+    responses((status = 200, description = "the namespace's instances", body = Items<NamespaceInstance>)))]
 pub(super) async fn instances(
     State(state): State<Arc<AppState>>,
     caller: Principal,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Items<NamespaceInstance>>, ApiError> {
     caller.require(&id, Role::Viewer)?;
     state.db.require_namespace(&id).await?;
-    let mut items = Vec::new();
-    for cluster in state.db.clusters().await? {
-        for instance in state.db.instances(&cluster.name).await? {
-            if instance.namespace == id {
-                let nodes = state.nodes(&instance.cluster, &instance.name).len();
-                let mut value =
-                    serde_json::to_value(&instance).map_err(|e| ApiError::Internal(e.into()))?;
-                value["online_nodes"] = json!(nodes);
-                items.push(value);
-            }
-        }
-    }
-    Ok(Json(json!({ "items": items })))
+    let items = state
+        .db
+        .instances_in(&id)
+        .await?
+        .into_iter()
+        .map(|instance| NamespaceInstance {
+            online_nodes: state.nodes(&instance.cluster, &instance.name).len(),
+            instance,
+        })
+        .collect();
+    Ok(Items::of(items))
 }
 
 /// Per namespace: its instances and their online gateway nodes.
@@ -134,16 +169,12 @@ async fn counts_of(state: &AppState, id: &str) -> Result<(usize, usize), ApiErro
     Ok(counts(state).await?.get(id).copied().unwrap_or_default())
 }
 
-fn shown(ns: Namespace, instances: usize, online_nodes: usize) -> Value {
-    json!({
-        "id": ns.id,
-        "name": ns.name,
-        "description": ns.description,
-        "created_at": ns.created_at,
-        "updated_at": ns.updated_at,
-        "instances": instances,
-        "online_nodes": online_nodes,
-    })
+fn shown(namespace: Namespace, instances: usize, online_nodes: usize) -> NamespaceView {
+    NamespaceView {
+        namespace,
+        instances,
+        online_nodes,
+    }
 }
 
 fn parse_spec(body: &[u8], path_id: Option<&str>) -> Result<NamespaceSpec, ApiError> {

@@ -8,27 +8,52 @@ use std::sync::Arc;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
-use serde_json::{json, Value};
+use model::plugin::{EffectivePlugin, PluginDescription, Skipped};
+use model::snapshot::Revision;
+use model::validate::FieldError;
 
-use super::{ApiPath, Scope};
+use super::{ApiPath, Items, Scope};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// The plugins that run for a route, as `GET …/plugins/effective` answers.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct EffectiveView {
+    route: String,
+    /// The consumer merged in, if one was named.
+    consumer: Option<String>,
+    revision: Revision,
+    /// False: a merged configuration is invalid and the gateway does not serve the
+    /// route.
+    servable: bool,
+    /// In running order.
+    plugins: Vec<EffectivePlugin>,
+    skipped: Vec<Skipped>,
+    errors: Vec<FieldError>,
+}
+
 /// `GET /plugins`: every plugin, highest priority (first to run) first.
-pub(super) async fn list_plugins() -> Json<Value> {
+#[utoipa::path(get, path = "/plugins", tag = "plugins",
+    responses((status = 200, description = "the plugin catalog", body = Items<PluginDescription>)))]
+pub(super) async fn list_plugins() -> Json<Items<PluginDescription>> {
     let mut items: Vec<_> = model::plugin::CATALOG
         .iter()
         .map(|p| p.describe())
         .collect();
     items.sort_by_key(|p| std::cmp::Reverse(p.priority));
-    Json(json!({ "items": items }))
+    Items::of(items)
 }
 
-/// `GET /plugins/{name}`: one plugin.
-pub(super) async fn get_plugin(ApiPath(name): ApiPath<String>) -> Result<Json<Value>, ApiError> {
+/// `GET /plugins/{name}`: one plugin, with the JSON Schema of its configuration.
+#[utoipa::path(get, path = "/plugins/{name}", tag = "plugins",
+    params(("name" = String, Path, description = "the plugin's name")),
+    responses((status = 200, description = "the plugin", body = PluginDescription)))]
+pub(super) async fn get_plugin(
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<PluginDescription>, ApiError> {
     let plugin = model::plugin::find(&name)
         .ok_or_else(|| ApiError::NotFound(format!("no plugin named {name:?}")))?;
-    Ok(Json(json!(plugin.describe())))
+    Ok(Json(plugin.describe()))
 }
 
 /// `GET …/routes/{id}/plugins/effective[?consumer=<id>]`: the plugins that run for the
@@ -38,12 +63,21 @@ pub(super) async fn get_plugin(ApiPath(name): ApiPath<String>) -> Result<Json<Va
 /// consumer's (and its group's) plugins are merged in as they are after
 /// authentication. Computed by `model::plugin::effective`, the function the gateway
 /// builds its chains with.
+#[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/routes/{id}/plugins/effective", tag = "plugins",
+    params(
+        ("cluster" = String, Path, description = "the cluster's name"),
+        ("instance" = String, Path, description = "the instance's name"),
+        ("id" = String, Path, description = "the route's id"),
+        ("consumer" = Option<String>, Query, description = "merge in this consumer's (and its group's) plugins"),
+        super::NamespaceQuery,
+    ),
+    responses((status = 200, description = "the effective plugins", body = EffectiveView)))]
 pub(super) async fn effective_plugins(
     State(state): State<Arc<AppState>>,
     scope: Scope,
     ApiPath((cluster, instance, route_id)): ApiPath<(String, String, String)>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EffectiveView>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest {
         message: format!("invalid query: {e}"),
         details: Vec::new(),
@@ -105,13 +139,13 @@ pub(super) async fn effective_plugins(
     let merged = model::plugin::effective(&layers, |name| {
         snapshot.plugin_templates.iter().find(|t| t.id == name)
     });
-    Ok(Json(json!({
-        "route": route.id,
-        "consumer": consumer.map(|c| &c.id),
-        "revision": snapshot.revision,
-        "servable": merged.errors.is_empty(),
-        "plugins": merged.plugins,
-        "skipped": merged.skipped,
-        "errors": merged.errors,
-    })))
+    Ok(Json(EffectiveView {
+        route: route.id.clone(),
+        consumer: consumer.map(|c| c.id.clone()),
+        revision: snapshot.revision,
+        servable: merged.errors.is_empty(),
+        plugins: merged.plugins,
+        skipped: merged.skipped,
+        errors: merged.errors,
+    }))
 }

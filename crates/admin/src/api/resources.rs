@@ -19,7 +19,7 @@ use model::validate::FieldError;
 use serde_json::{json, Value};
 
 use super::audit::AuditDetail;
-use super::{ApiPath, Scope};
+use super::{ApiPath, DryRunAnswer, Scope};
 use crate::db::{Change, RevisionNote};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -217,15 +217,18 @@ async fn dry_run_answer(
         (Some(_), None) => "delete",
         (Some(_), Some(_)) => "update",
     };
-    let mut response = Json(json!({
-        "dry_run": true,
-        "revision": written.revision,
-        "op": op,
-        "before": written.before,
-        "after": body,
-        "fields": if op == "update" { json!(fields) } else { json!([]) },
-        "rerouted": rerouted,
-    }))
+    if op != "update" {
+        fields.clear();
+    }
+    let mut response = Json(DryRunAnswer {
+        dry_run: true,
+        revision: written.revision,
+        op,
+        before: written.before,
+        after: body,
+        fields,
+        rerouted,
+    })
     .into_response();
     response.headers_mut().insert(
         HeaderName::from_static(SYNC_HEADER),

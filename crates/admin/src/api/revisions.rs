@@ -9,26 +9,104 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use model::diff::ObjectDiff;
 use model::snapshot::Revision;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
-use super::{ApiPath, Scope};
-use crate::db::{RevisionNote, MAX_LISTED};
+use super::{ApiPath, InstanceWriteQuery, NamespaceQuery, Scope};
+use crate::db::{RevisionEntry, RevisionNote, MAX_LISTED};
 use crate::error::ApiError;
 use crate::history;
+use crate::impact::Rerouted;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    /// Only revisions below this one (paging back).
     before: Option<u64>,
+    /// At most this many (default 100, at most 500).
     limit: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct DiffQuery {
+    /// The revision to compare from (0: the empty config).
     from: u64,
+    /// The revision to compare to (default: the current one).
     to: Option<u64>,
+}
+
+/// A page of the history.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct RevisionPage {
+    items: Vec<RevisionEntry>,
+    /// The instance's current revision.
+    revision: Revision,
+    /// The largest `limit` taken.
+    limit_max: i64,
+}
+
+/// One revision and what it changed.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct RevisionDetail {
+    #[serde(flatten)]
+    entry: RevisionEntry,
+    changes: Vec<ObjectDiff>,
+}
+
+/// The difference between two revisions.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct DiffView {
+    from: u64,
+    to: u64,
+    changes: Vec<ObjectDiff>,
+}
+
+/// What a rollback or a declarative apply did, or would do (`dry_run`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Convergence {
+    /// The revision a rollback went back to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolled_back_to: Option<u64>,
+    pub dry_run: bool,
+    /// False: the config already was the target; no revision was made.
+    pub changed: bool,
+    /// The revision made (or that would be made).
+    pub revision: Revision,
+    pub changes: Vec<ObjectDiff>,
+    /// For a dry run: the requests whose route would change.
+    pub rerouted: Vec<Rerouted>,
+}
+
+impl Convergence {
+    /// The answer to a rollback (`Some(at)`) or apply, with the audit record's detail
+    /// and the revision headers of what was written.
+    pub(super) fn answer(
+        rolled_back_to: Option<u64>,
+        dry_run: bool,
+        done: history::Converged,
+    ) -> Response {
+        let detail = super::audit::AuditDetail {
+            after: Some(serde_json::json!(done.diff)),
+            revision: done.written.as_ref().map(|w| w.revision.0),
+            ..Default::default()
+        };
+        let body = Convergence {
+            rolled_back_to,
+            dry_run,
+            changed: !done.diff.is_empty(),
+            revision: done.revision,
+            changes: done.diff,
+            rerouted: done.rerouted,
+        };
+        let mut response = detail.attach(Json(body).into_response());
+        if let Some(written) = done.written {
+            super::resources::revision_headers(&mut response, &written);
+        }
+        response
+    }
 }
 
 /// A query string that does not parse: 400 naming why.
@@ -41,12 +119,20 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 
 /// Revisions newest first, with author, time, message and the objects each wrote;
 /// `?before=N` pages back, `?limit=` (at most 500).
+#[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/revisions", tag = "history",
+    params(
+        ("cluster" = String, Path, description = "the cluster's name"),
+        ("instance" = String, Path, description = "the instance's name"),
+        ListQuery,
+        NamespaceQuery,
+    ),
+    responses((status = 200, description = "revisions, newest first", body = RevisionPage)))]
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
     scope: Scope,
     ApiPath((cluster, instance)): ApiPath<(String, String)>,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RevisionPage>, ApiError> {
     let q = query(q)?;
     let found = scope.instance(&state, &cluster, &instance).await?;
     let items = state
@@ -58,19 +144,27 @@ pub(super) async fn list(
             q.limit.unwrap_or(100),
         )
         .await?;
-    Ok(Json(json!({
-        "items": items,
-        "revision": found.revision,
-        "limit_max": MAX_LISTED,
-    })))
+    Ok(Json(RevisionPage {
+        items,
+        revision: found.revision,
+        limit_max: MAX_LISTED,
+    }))
 }
 
 /// One revision and what it changed, per object and field.
+#[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/revisions/{revision}", tag = "history",
+    params(
+        ("cluster" = String, Path, description = "the cluster's name"),
+        ("instance" = String, Path, description = "the instance's name"),
+        ("revision" = u64, Path, description = "the revision"),
+        NamespaceQuery,
+    ),
+    responses((status = 200, description = "the revision", body = RevisionDetail)))]
 pub(super) async fn get_one(
     State(state): State<Arc<AppState>>,
     scope: Scope,
     ApiPath((cluster, instance, at)): ApiPath<(String, String, u64)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RevisionDetail>, ApiError> {
     scope.instance(&state, &cluster, &instance).await?;
     let entry = state
         .db
@@ -84,18 +178,27 @@ pub(super) async fn get_one(
         .db
         .objects_at(&cluster, &instance, Revision(at))
         .await?;
-    let mut shown = serde_json::to_value(&entry).map_err(|e| ApiError::Internal(e.into()))?;
-    shown["changes"] = json!(model::diff::diff(&before, &after));
-    Ok(Json(shown))
+    Ok(Json(RevisionDetail {
+        entry,
+        changes: model::diff::diff(&before, &after),
+    }))
 }
 
 /// The difference from revision `from` to `to` (default: the current one).
+#[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/diff", tag = "history",
+    params(
+        ("cluster" = String, Path, description = "the cluster's name"),
+        ("instance" = String, Path, description = "the instance's name"),
+        DiffQuery,
+        NamespaceQuery,
+    ),
+    responses((status = 200, description = "per object and field", body = DiffView)))]
 pub(super) async fn diff(
     State(state): State<Arc<AppState>>,
     scope: Scope,
     ApiPath((cluster, instance)): ApiPath<(String, String)>,
     q: Result<Query<DiffQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DiffView>, ApiError> {
     let q = query(q)?;
     let found = scope.instance(&state, &cluster, &instance).await?;
     let to = q.to.unwrap_or(found.revision.0);
@@ -119,16 +222,25 @@ pub(super) async fn diff(
         .db
         .objects_at(&cluster, &instance, Revision(to))
         .await?;
-    Ok(Json(json!({
-        "from": q.from,
-        "to": to,
-        "changes": model::diff::diff(&before, &after),
-    })))
+    Ok(Json(DiffView {
+        from: q.from,
+        to,
+        changes: model::diff::diff(&before, &after),
+    }))
 }
 
 /// Rolls back to the revision in the path by writing a new revision equal to it;
 /// `?dry_run=true` answers the same without writing. The revision message is the
 /// `x-portico-message` header, else "rollback to revision N".
+#[utoipa::path(post, path = "/clusters/{cluster}/instances/{instance}/revisions/{revision}/rollback", tag = "history",
+    params(
+        ("cluster" = String, Path, description = "the cluster's name"),
+        ("instance" = String, Path, description = "the instance's name"),
+        ("revision" = u64, Path, description = "the revision to go back to (0: empty)"),
+        ("x-portico-message" = Option<String>, Header, description = "the new revision's message"),
+        InstanceWriteQuery,
+    ),
+    responses((status = 200, description = "what changed (or would, with dry_run)", body = Convergence)))]
 pub(super) async fn rollback(
     State(state): State<Arc<AppState>>,
     scope: Scope,
@@ -146,22 +258,5 @@ pub(super) async fn rollback(
         note,
     )
     .await?;
-    let body = json!({
-        "rolled_back_to": at,
-        "dry_run": dry_run,
-        "changed": !done.diff.is_empty(),
-        "revision": done.revision,
-        "changes": done.diff,
-        "rerouted": done.rerouted,
-    });
-    let detail = super::audit::AuditDetail {
-        after: Some(body["changes"].clone()),
-        revision: done.written.as_ref().map(|w| w.revision.0),
-        ..Default::default()
-    };
-    let mut response = detail.attach(Json(body).into_response());
-    if let Some(written) = done.written {
-        super::resources::revision_headers(&mut response, &written);
-    }
-    Ok(response)
+    Ok(Convergence::answer(Some(at), dry_run, done))
 }

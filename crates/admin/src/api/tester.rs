@@ -20,6 +20,15 @@ use super::{parse_json, ApiPath, ReadScope};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// Which route of the instance takes the request, and why the others do not.
+#[utoipa::path(post, path = "/clusters/{cluster}/instances/{instance}/route-test", tag = "instances",
+    params(
+        ("cluster" = String, Path, description = "the cluster's name"),
+        ("instance" = String, Path, description = "the instance's name"),
+        super::NamespaceQuery,
+    ),
+    request_body = RouteTest,
+    responses((status = 200, description = "the router's answer", body = RouteTestResult)))]
 pub(super) async fn route_test(
     State(state): State<Arc<AppState>>,
     ReadScope(scope): ReadScope,

@@ -10,18 +10,54 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use model::user::User;
 use model::user::{Login, TokenSpec, UserSpec};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::audit::AuditDetail;
-use super::{parse_json, ApiPath};
+use super::{parse_json, ApiPath, Items};
 use crate::auth::{self, Principal, SESSION_TTL_SECS};
+use crate::db::TokenInfo;
 use crate::db::{self, TokenKind};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// A console session, answered by `POST /login`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Session {
+    /// The session's bearer token (shown this once).
+    token: String,
+    /// Unix seconds.
+    expires_at: i64,
+    user: User,
+}
+
+/// The caller, answered by `GET /me`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Me {
+    user: User,
+    /// Whether the call came with a console session (else an API token).
+    session: bool,
+}
+
+/// A token as listed, and with `token` this once when it is made.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct NewToken {
+    id: String,
+    name: String,
+    /// Unix seconds.
+    created_at: i64,
+    expires_at: Option<i64>,
+    /// The token itself: answered at creation only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
 /// `POST /login`: a console session for a user with a password. A wrong name and a
 /// wrong password get the same answer, after the same work.
+#[utoipa::path(post, path = "/login", tag = "users",
+    request_body = model::user::Login,
+    responses((status = 200, description = "a console session (12 h)", body = Session)))]
 pub(super) async fn login(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
@@ -56,11 +92,17 @@ pub(super) async fn login(
         .await?;
     let user = state.db.require_user(&login.name).await?;
     tracing::info!(user = %login.name, "signed in");
-    let answer = Json(json!({ "token": token, "expires_at": expires_at, "user": user }));
+    let answer = Json(Session {
+        token,
+        expires_at,
+        user,
+    });
     Ok(tried.attach(answer.into_response()))
 }
 
 /// `POST /logout`: ends the calling session (an API token is revoked through its id).
+#[utoipa::path(post, path = "/logout", tag = "users",
+    responses((status = 204, description = "the session ended")))]
 pub(super) async fn logout(
     State(state): State<Arc<AppState>>,
     caller: Principal,
@@ -79,33 +121,47 @@ pub(super) async fn logout(
 }
 
 /// `GET /me`: the caller and its roles.
+#[utoipa::path(get, path = "/me", tag = "users",
+    responses((status = 200, description = "the caller", body = Me)))]
 pub(super) async fn me(
     State(state): State<Arc<AppState>>,
     caller: Principal,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Me>, ApiError> {
     let user = state.db.require_user(&caller.user).await?;
-    Ok(Json(
-        json!({ "user": user, "session": caller.kind == TokenKind::Session }),
-    ))
+    Ok(Json(Me {
+        user,
+        session: caller.kind == TokenKind::Session,
+    }))
 }
 
+/// Every user (platform admin).
+#[utoipa::path(get, path = "/users", tag = "users",
+    responses((status = 200, description = "the users", body = Items<User>)))]
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
     caller: Principal,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Items<User>>, ApiError> {
     caller.require_platform_admin()?;
-    Ok(Json(json!({ "items": state.db.users().await? })))
+    Ok(Items::of(state.db.users().await?))
 }
 
+/// One user (itself, or any for a platform admin).
+#[utoipa::path(get, path = "/users/{name}", tag = "users",
+    params(("name" = String, Path, description = "the user's name")),
+    responses((status = 200, description = "the user", body = User)))]
 pub(super) async fn get_one(
     State(state): State<Arc<AppState>>,
     caller: Principal,
     ApiPath(name): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<User>, ApiError> {
     caller.require_self_or_platform_admin(&name)?;
-    Ok(Json(json!(state.db.require_user(&name).await?)))
+    Ok(Json(state.db.require_user(&name).await?))
 }
 
+/// Creates a user (platform admin).
+#[utoipa::path(post, path = "/users", tag = "users",
+    request_body = model::user::UserSpec,
+    responses((status = 201, description = "the user", body = User)))]
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
     caller: Principal,
@@ -124,6 +180,10 @@ pub(super) async fn create(
 
 /// Replaces a user's admin flag and roles (platform admin), or its password (itself
 /// too: a body with its own name and unchanged flag and roles).
+#[utoipa::path(put, path = "/users/{name}", tag = "users",
+    params(("name" = String, Path, description = "the user's name")),
+    request_body = model::user::UserSpec,
+    responses((status = 200, description = "the user", body = User)))]
 pub(super) async fn put(
     State(state): State<Arc<AppState>>,
     caller: Principal,
@@ -150,6 +210,10 @@ pub(super) async fn put(
     .attach(Json(after).into_response()))
 }
 
+/// Removes a user and its tokens (platform admin; never the last one).
+#[utoipa::path(delete, path = "/users/{name}", tag = "users",
+    params(("name" = String, Path, description = "the user's name")),
+    responses((status = 204, description = "removed")))]
 pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
     caller: Principal,
@@ -165,17 +229,25 @@ pub(super) async fn delete(
     .attach(StatusCode::NO_CONTENT.into_response()))
 }
 
+/// A user's API tokens and sessions (never the tokens themselves).
+#[utoipa::path(get, path = "/users/{name}/tokens", tag = "users",
+    params(("name" = String, Path, description = "the user's name")),
+    responses((status = 200, description = "the tokens", body = Items<TokenInfo>)))]
 pub(super) async fn list_tokens(
     State(state): State<Arc<AppState>>,
     caller: Principal,
     ApiPath(name): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Items<TokenInfo>>, ApiError> {
     caller.require_self_or_platform_admin(&name)?;
     state.db.require_user(&name).await?;
-    Ok(Json(json!({ "items": state.db.tokens(&name).await? })))
+    Ok(Items::of(state.db.tokens(&name).await?))
 }
 
 /// Makes an API token; the answer carries it this once.
+#[utoipa::path(post, path = "/users/{name}/tokens", tag = "users",
+    params(("name" = String, Path, description = "the user's name")),
+    request_body = model::user::TokenSpec,
+    responses((status = 201, description = "the token, shown this once", body = NewToken)))]
 pub(super) async fn create_token(
     State(state): State<Arc<AppState>>,
     caller: Principal,
@@ -205,9 +277,15 @@ pub(super) async fn create_token(
             now,
         )
         .await?;
-    let shown = json!({ "id": id, "name": spec.name, "created_at": now, "expires_at": expires_at });
-    let mut answer = shown.clone();
-    answer["token"] = json!(token);
+    let mut answer = NewToken {
+        id,
+        name: spec.name,
+        created_at: now,
+        expires_at,
+        token: None,
+    };
+    let shown = json!(answer);
+    answer.token = Some(token);
     Ok(AuditDetail {
         after: Some(shown),
         ..AuditDetail::default()
@@ -215,6 +293,10 @@ pub(super) async fn create_token(
     .attach((StatusCode::CREATED, Json(answer)).into_response()))
 }
 
+/// Revokes a token or session.
+#[utoipa::path(delete, path = "/users/{name}/tokens/{id}", tag = "users",
+    params(("name" = String, Path, description = "the user's name"), ("id" = String, Path, description = "the token's id")),
+    responses((status = 204, description = "revoked")))]
 pub(super) async fn delete_token(
     State(state): State<Arc<AppState>>,
     caller: Principal,

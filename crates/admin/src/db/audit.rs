@@ -9,7 +9,7 @@ use super::{optional_text, text, Db};
 use crate::error::ApiError;
 
 /// One audit record.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub(crate) struct AuditEntry {
     /// Unix milliseconds.
     pub at_ms: i64,

@@ -40,6 +40,22 @@ pub(crate) struct ReportOutcome {
     pub went_missing: Vec<String>,
 }
 
+/// A query of instances with the columns [`instance_from_row`] reads, completed by
+/// its `WHERE` clause.
+macro_rules! select_instances {
+    ($where:literal) => {
+        concat!(
+            "SELECT i.cluster AS cluster, i.name AS name, i.agent_address AS agent_address, \
+             i.status AS status, i.first_seen AS first_seen, i.last_seen AS last_seen, \
+             i.revision AS revision, i.applied_revision AS applied_revision, \
+             i.namespace AS namespace, i.namespace_pinned AS namespace_pinned, \
+             n.id AS namespace_found FROM instances i \
+             LEFT JOIN namespaces n ON n.id = i.namespace WHERE ",
+            $where
+        )
+    };
+}
+
 impl Db {
     /// Registers a cluster, its agent token (if any) sealed; false when the name is taken.
     pub(crate) async fn insert_cluster(
@@ -241,14 +257,20 @@ impl Db {
         Ok(())
     }
 
+    /// The instances of a namespace, across clusters.
+    pub(crate) async fn instances_in(&self, namespace: &str) -> Result<Vec<Instance>, sqlx::Error> {
+        let sql = self.sql(select_instances!(
+            "i.namespace = ? ORDER BY i.cluster, i.name"
+        ));
+        let rows = sqlx::query(&sql)
+            .bind(namespace)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(instance_from_row).collect()
+    }
+
     pub(crate) async fn instances(&self, cluster: &str) -> Result<Vec<Instance>, sqlx::Error> {
-        let sql = self.sql(
-            "SELECT i.cluster AS cluster, i.name AS name, i.agent_address AS agent_address, i.status AS status, \
-             i.first_seen AS first_seen, i.last_seen AS last_seen, i.revision AS revision, \
-             i.applied_revision AS applied_revision, i.namespace AS namespace, \
-             i.namespace_pinned AS namespace_pinned, n.id AS namespace_found \
-             FROM instances i LEFT JOIN namespaces n ON n.id = i.namespace WHERE i.cluster = ? ORDER BY i.name",
-        );
+        let sql = self.sql(select_instances!("i.cluster = ? ORDER BY i.name"));
         let rows = sqlx::query(&sql)
             .bind(cluster)
             .fetch_all(&self.pool)
@@ -261,13 +283,7 @@ impl Db {
         cluster: &str,
         name: &str,
     ) -> Result<Option<Instance>, sqlx::Error> {
-        let sql = self.sql(
-            "SELECT i.cluster AS cluster, i.name AS name, i.agent_address AS agent_address, i.status AS status, \
-             i.first_seen AS first_seen, i.last_seen AS last_seen, i.revision AS revision, \
-             i.applied_revision AS applied_revision, i.namespace AS namespace, \
-             i.namespace_pinned AS namespace_pinned, n.id AS namespace_found \
-             FROM instances i LEFT JOIN namespaces n ON n.id = i.namespace WHERE i.cluster = ? AND i.name = ?",
-        );
+        let sql = self.sql(select_instances!("i.cluster = ? AND i.name = ?"));
         let row = sqlx::query(&sql)
             .bind(cluster)
             .bind(name)

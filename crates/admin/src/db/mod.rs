@@ -29,9 +29,9 @@ use crate::secrets::{Keyring, SecretError};
 
 pub(crate) use audit::{AuditEntry, AuditFilter};
 pub(crate) use clusters::{AgentRecord, InstanceReport};
-pub(crate) use resources::{Batch, Change, Committed, RevisionNote};
-pub(crate) use revisions::MAX_LISTED;
-pub(crate) use users::TokenKind;
+pub(crate) use resources::{Batch, Change, ChangeEntry, Committed, RevisionNote};
+pub(crate) use revisions::{RevisionEntry, MAX_LISTED};
+pub(crate) use users::{TokenInfo, TokenKind};
 
 /// Migrations embedded at compile time from `crates/admin/migrations`.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

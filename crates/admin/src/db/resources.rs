@@ -107,7 +107,7 @@ pub(crate) struct Committed {
 }
 
 /// One row of the change log as the API shows it (certificate keys never stored there).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct ChangeEntry {
     pub revision: Revision,
     pub op: String,

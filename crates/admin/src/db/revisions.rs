@@ -19,7 +19,7 @@ use crate::error::ApiError;
 pub(crate) const MAX_LISTED: i64 = 500;
 
 /// One revision as the history lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct RevisionEntry {
     pub revision: Revision,
     /// `create`, `update`, `delete` (one object), `rollback`, `apply` (several) or
@@ -33,7 +33,7 @@ pub(crate) struct RevisionEntry {
 }
 
 /// An object a revision wrote.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct RevisionObject {
     pub kind: String,
     pub id: String,

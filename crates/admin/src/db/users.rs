@@ -40,7 +40,7 @@ pub(crate) struct TokenOwner {
 }
 
 /// An API token as listed (never the token).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct TokenInfo {
     pub id: String,
     pub name: String,

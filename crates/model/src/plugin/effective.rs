@@ -25,7 +25,9 @@ use crate::service::{GlobalRule, Service};
 use crate::validate::{FieldError, Validator};
 
 /// Where a plugin's configuration comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(tag = "kind", content = "id", rename_all = "snake_case")]
 pub enum Source {
     GlobalRule(String),
@@ -115,7 +117,7 @@ pub fn consumer_layers<'a>(
 
 /// A plugin that runs, with its final configuration. Read back (API clients), its
 /// name must be one of this build's catalog.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct EffectivePlugin {
     pub name: &'static str,
     pub priority: i32,
@@ -146,7 +148,7 @@ impl<'de> Deserialize<'de> for EffectivePlugin {
 }
 
 /// A configured plugin that does not run, and why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Skipped {
     pub name: String,
     pub source: Source,
@@ -154,7 +156,7 @@ pub struct Skipped {
 }
 
 /// The outcome of the merge.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Effective {
     /// In running order.
     pub plugins: Vec<EffectivePlugin>,

@@ -108,7 +108,7 @@ impl PluginInfo {
 }
 
 /// A catalog entry with its schema, as JSON.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PluginDescription {
     pub name: &'static str,
     pub priority: i32,
@@ -409,8 +409,9 @@ pub fn upstream_refs(name: &str, config: &serde_json::Value) -> Vec<(String, Str
 /// refused, not ignored, since a security filter must never be silently off. Kept as
 /// JSON so layers and template defaults merge field by field (`effective`); the
 /// gateway reads each into its type when it builds the chain.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(example = json!({"limit-count": {"count": 100, "time_window": 60}}))]
 pub struct Plugins(pub BTreeMap<String, serde_json::Value>);
 
 impl Plugins {
@@ -447,7 +448,7 @@ impl Plugins {
 /// The instance's template for one plugin (ShenYu's plugin template): whether it runs
 /// at all on the instance, its priority there, and defaults for the fields a
 /// configuration leaves out. Its id is the plugin's name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginTemplate {
     /// The plugin's name (`limit-count`).
