@@ -627,7 +627,9 @@ fn config_history_export_apply_and_route_tests() {
             && run.stdout.contains("1. cors (priority")
             && run.stdout.contains("canary")
             && run.stdout.contains("header_mismatch")
-            && run.stdout.contains("from 1.2.3.4"),
+            && run
+                .stdout
+                .contains("request: GET /api/x?a=b, host api.example.com, from 1.2.3.4"),
         "{run:?}"
     );
     let tested = a(&["test-route", "--path", "/nowhere", "-o", "json"])

@@ -129,17 +129,15 @@ fn render(result: &Value) -> String {
     let _ = writeln!(out, "revision: {}", result["revision"]);
     let request = &result["request"];
     if request.is_object() {
-        let mut seen = format!(
-            "{} {}{}",
-            text(&request["method"]),
-            text(&request["host"]),
-            text(&request["path"])
-        );
+        let mut seen = format!("{} {}", text(&request["method"]), text(&request["path"]));
         if let Some(query) = request["query"].as_str() {
             let _ = write!(seen, "?{query}");
         }
+        if let Some(host) = request["host"].as_str().filter(|h| !h.is_empty()) {
+            let _ = write!(seen, ", host {host}");
+        }
         if let Some(ip) = request["client_ip"].as_str() {
-            let _ = write!(seen, " from {ip}");
+            let _ = write!(seen, ", from {ip}");
         }
         let _ = writeln!(out, "request: {seen}");
     }
@@ -233,7 +231,7 @@ mod tests {
             render(&result),
             "outcome: matched\n\
              revision: 4\n\
-             request: GET api.example/api/x from 1.2.3.4\n\
+             request: GET /api/x, host api.example, from 1.2.3.4\n\
              matched: route r1 (path /api/*, host -) → upstream u1\n\
              plugins, in running order:\n\
              \x20 1. key-auth (priority 2500, from route r1)\n\
