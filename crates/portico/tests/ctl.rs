@@ -540,6 +540,8 @@ fn config_history_export_apply_and_route_tests() {
         "{run:?}"
     );
     a(&["get", "route", "r2"]).code(5);
+    // A message must be one line (clap refuses it: nothing is sent).
+    a(&["delete", "route", "r1", "-m", "two\nlines"]).code(2);
     // In use: deleting the upstream routes use is a conflict.
     a(&["delete", "upstream", "up"]).code(6);
 
@@ -692,6 +694,25 @@ fn config_history_export_apply_and_route_tests() {
     assert!(run.stdout.contains("c1"), "{run:?}");
     let run = dep.as_admin(&["get", "namespaces", "default"]).ok();
     assert!(run.stdout.contains("default"), "{run:?}");
+    // A global kind through its whole life, from YAML; no revisions, so no dry run.
+    let ns = dep.file("ns.yaml", "name: payments\ndescription: team P\n");
+    dep.as_admin(&["create", "namespace", "-f", &ns, "--dry-run"])
+        .code(2);
+    let created = dep
+        .as_admin(&["create", "namespace", "-f", &ns, "-o", "json"])
+        .ok()
+        .json();
+    let id = created["id"].as_str().unwrap();
+    let renamed = dep.file(
+        "ns2.yaml",
+        &format!("id: {id}\nname: payments\ndescription: team Q\n"),
+    );
+    let run = dep.as_admin(&["update", "ns", "-f", &renamed]).ok();
+    assert_eq!(run.stdout.trim(), format!("namespace {id} updated"));
+    let run = dep.as_admin(&["get", "ns", id]).ok();
+    assert!(run.stdout.contains("team Q"), "{run:?}");
+    dep.as_admin(&["delete", "namespace", id]).ok();
+    dep.as_admin(&["get", "namespace", id]).code(5);
 }
 
 #[test]
@@ -722,6 +743,26 @@ fn completions_usage_and_an_unreachable_admin() {
     assert!(run.stderr.contains("--admin"), "{run:?}");
     ctl_in(home.path(), &[], &["--admin", "nope", "whoami"], None).code(2);
     ctl_in(home.path(), &[], &["delete", "route"], None).code(2);
+    // 1: anything else, such as a config file that cannot be read (a directory).
+    let run = ctl_in(
+        home.path(),
+        &[("PORTICO_CONFIG", home.path().to_str().unwrap())],
+        &["--admin", "http://127.0.0.1:1", "whoami"],
+        None,
+    )
+    .code(1);
+    assert!(run.stderr.contains("cannot read"), "{run:?}");
+    // A config file that is not one: named, with line and column.
+    let bad = home.path().join("bad.json");
+    std::fs::write(&bad, "{\"admin\": 1}").unwrap();
+    let run = ctl_in(
+        home.path(),
+        &[("PORTICO_CONFIG", bad.to_str().unwrap())],
+        &["whoami"],
+        None,
+    )
+    .code(7);
+    assert!(run.stderr.contains("bad.json:1:"), "{run:?}");
     // The exit codes are in the help.
     let run = ctl_in(home.path(), &[], &["--help"], None).ok();
     assert!(run.stdout.contains("Exit codes:") && run.stdout.contains("8  admin unreachable"));

@@ -62,6 +62,8 @@ impl Client {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .user_agent(concat!("portico-ctl/", env!("CARGO_PKG_VERSION")))
+            // The admin never redirects; following one would carry the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| anyhow::anyhow!("cannot set up the HTTP client: {e}"))?;
         Ok(Self { http, admin, token })
@@ -136,6 +138,10 @@ impl Client {
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> CtlError {
+        if e.is_builder() {
+            // The request could not be made (a header value, a URL): nothing was sent.
+            return CtlError::Other(anyhow::anyhow!("cannot make the request: {e}"));
+        }
         // The innermost cause says why (connection refused, timed out, DNS).
         let mut reason = e.to_string();
         let mut source = std::error::Error::source(e);

@@ -90,11 +90,22 @@ pub struct InstanceArgs {
 #[derive(clap::Args, Clone, Debug)]
 pub struct WriteArgs {
     /// The message of the revision this write makes.
-    #[arg(short = 'm', long)]
+    #[arg(short = 'm', long, value_parser = revision_message)]
     message: Option<String>,
     /// Check and show what would change; write nothing.
     #[arg(long)]
     dry_run: bool,
+}
+
+/// A revision message the admin takes: one line, at most 1024 characters.
+fn revision_message(text: &str) -> std::result::Result<String, String> {
+    if text.chars().any(char::is_control) {
+        return Err("must be one line, without control characters".into());
+    }
+    if text.chars().count() > 1024 {
+        return Err("must be at most 1024 characters".into());
+    }
+    Ok(text.to_owned())
 }
 
 impl WriteArgs {
