@@ -340,6 +340,22 @@ fn login_tokens_and_exit_codes() {
     )
     .code(3);
     assert!(run.stderr.contains("not logged in"), "{run:?}");
+    // A stored session known to have ended is not sent.
+    let ended = home.join("ended.json");
+    let mut old = stored.clone();
+    old["expires_at"] = json!(1);
+    std::fs::write(&ended, old.to_string()).unwrap();
+    let run = ctl_in(
+        home,
+        &[("PORTICO_CONFIG", ended.to_str().unwrap())],
+        &["whoami"],
+        None,
+    )
+    .code(3);
+    assert!(
+        run.stderr.contains("ended at 1970-01-01T00:00:01Z"),
+        "{run:?}"
+    );
     // The stored session goes only to the admin it came from.
     let run = ctl_in(
         home,

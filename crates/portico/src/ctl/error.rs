@@ -17,6 +17,9 @@ pub enum CtlError {
     /// No token to send: nobody logged in and none given.
     #[error("not logged in: run `portico ctl login --admin URL --user NAME`, or give --token (PORTICO_TOKEN)")]
     NotLoggedIn,
+    /// The stored session has ended (its end is known without asking the admin).
+    #[error("the session of the last login ended at {0}: log in again with `portico ctl login`")]
+    SessionEnded(String),
     /// A local file that does not parse or is not the expected shape.
     #[error("{0}")]
     Input(String),
@@ -112,7 +115,7 @@ impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::Usage(_) => code::USAGE,
-            CtlError::NotLoggedIn => code::UNAUTHENTICATED,
+            CtlError::NotLoggedIn | CtlError::SessionEnded(_) => code::UNAUTHENTICATED,
             CtlError::Input(_) => code::INVALID,
             CtlError::Api { status, .. } => match status {
                 401 => code::UNAUTHENTICATED,

@@ -30,7 +30,7 @@ use client::{seg, Client, WriteOptions};
 use error::{CtlError, Result};
 use output::OutputArgs;
 
-pub use resources::Kind;
+use resources::Kind;
 
 /// Shown under `portico ctl --help` and in `docs/cli.md`.
 const EXIT_CODES: &str = "\
@@ -481,7 +481,14 @@ impl Session {
         };
         let token = match conn.token.as_deref().map(str::trim) {
             Some(token) if !token.is_empty() => Some(token.to_owned()),
-            _ if stored.admin.as_deref() == Some(admin.as_str()) => stored.token.clone(),
+            _ if stored.admin.as_deref() == Some(admin.as_str()) => {
+                if let (true, Some(_), Some(end)) = (need_token, &stored.token, stored.expires_at) {
+                    if end <= now_secs() {
+                        return Err(CtlError::SessionEnded(output::time_secs(&end.into())));
+                    }
+                }
+                stored.token.clone()
+            }
             _ => None,
         };
         if need_token && token.is_none() {
@@ -493,6 +500,13 @@ impl Session {
             stored,
         })
     }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// One instance, as the API addresses it.
