@@ -371,6 +371,8 @@ fn login_tokens_and_exit_codes() {
     let viewer = [
         ("PORTICO_CONFIG", viewer_config.as_str()),
         ("PORTICO_ADMIN", dep.url.as_str()),
+        ("PORTICO_CLUSTER", "c1"),
+        ("PORTICO_INSTANCE", "instance_a"),
     ];
     ctl_in(
         home,
@@ -383,40 +385,25 @@ fn login_tokens_and_exit_codes() {
         "up.yaml",
         "id: up\nnodes:\n  - host: 127.0.0.1\n    port: 8080\n",
     );
-    let at = ["--cluster", "c1", "--instance", "instance_a"];
-    let args = |more: &[&str]| {
-        let mut all: Vec<String> = more.iter().map(|s| (*s).to_owned()).collect();
-        all.extend(at.iter().map(|s| (*s).to_owned()));
-        all
-    };
     let run = ctl_in(
         home,
         &viewer,
-        &args(&["create", "upstream", "-f", &upstream])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+        &["create", "upstream", "-f", &upstream],
         None,
     )
     .code(4);
     assert!(run.stderr.contains("(403)"), "{run:?}");
     // …who may read.
-    ctl_in(
-        home,
-        &viewer,
-        &args(&["list", "routes"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-        None,
-    )
-    .ok();
+    ctl_in(home, &viewer, &["list", "routes"], None).ok();
 
     // 5: not found; 6: created twice; 7: invalid, with every field.
-    let as_alice = |more: &[&str]| {
+    let as_alice = |args: &[&str]| {
         dep.ctl(
-            &[],
-            &args(more).iter().map(String::as_str).collect::<Vec<_>>(),
+            &[
+                ("PORTICO_CLUSTER", "c1"),
+                ("PORTICO_INSTANCE", "instance_a"),
+            ],
+            args,
         )
     };
     let run = as_alice(&["get", "route", "nope"]).code(5);
