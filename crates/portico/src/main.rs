@@ -1,14 +1,17 @@
 //! `portico`: the one binary. `portico admin|agent|gateway` run one component each;
-//! `portico demo` runs all three in one process on SQLite and the in-process store.
+//! `portico demo` runs all three in one process on SQLite and the in-process store;
+//! `portico ctl` is the command-line client of the admin API (`ctl/`).
 
+mod ctl;
 mod demo;
 mod echo;
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -143,6 +146,9 @@ enum Command {
     /// Admin + agent + gateway in one process, SQLite and the in-process store, with a
     /// sample route to a built-in echo upstream.
     Demo(demo::DemoArgs),
+    /// The command-line client of the admin API: log in, manage config, history and
+    /// rollbacks, export and apply, test routes (docs/cli.md).
+    Ctl(ctl::CtlArgs),
 }
 
 /// How the agent and the gateway reach an etcd with TLS or authentication (both take
@@ -381,8 +387,24 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Ctl(args) = cli.command {
+        // A client: no log, exit codes of its own.
+        return ctl::run(args, Cli::command);
+    }
+    match serve(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // As `main` returning the error would print it.
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a component (or the demo) until it stops.
+fn serve(cli: Cli) -> anyhow::Result<()> {
     init_logging(cli.log_format);
     // A gateway's data plane has a runtime of its own (`--threads`); its control work
     // (store, heartbeat, status) needs one thread.
@@ -519,6 +541,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             gateway::run(config, store, keyspace, shutdown).await
         }
         Command::Demo(args) => demo::run(args, shutdown).await,
+        Command::Ctl(_) => unreachable!("ctl runs without the server runtime"),
     }
 }
 

@@ -1,0 +1,521 @@
+//! get, list, create, update and delete for every kind of object: the instance's
+//! config (routes, services, upstreams, certificates, consumers, consumer groups,
+//! global rules, plugin templates; revisions, messages, dry runs) and the global
+//! objects (clusters, namespaces, users), each with the columns its table shows.
+
+use std::path::Path;
+
+use reqwest::Method;
+use serde_json::Value;
+
+use super::changes;
+use super::client::{seg, Answer, Body};
+use super::error::{CtlError, Result};
+use super::input;
+use super::output::{self, text, yes_no, Column, Format, OutputArgs};
+use super::{InstanceArgs, Session, Target, WriteArgs};
+
+/// The kinds `get`, `list`, `create`, `update` and `delete` take (the singular, and
+/// `-` for `_`, are accepted too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    #[value(alias = "route")]
+    Routes,
+    #[value(alias = "service")]
+    Services,
+    #[value(alias = "upstream")]
+    Upstreams,
+    #[value(aliases = ["certificate", "cert", "certs"])]
+    Certificates,
+    #[value(alias = "consumer")]
+    Consumers,
+    #[value(name = "consumer_groups", aliases = ["consumer_group", "consumer-groups", "consumer-group"])]
+    ConsumerGroups,
+    #[value(name = "global_rules", aliases = ["global_rule", "global-rules", "global-rule"])]
+    GlobalRules,
+    #[value(name = "plugin_templates", aliases = ["plugin_template", "plugin-templates", "plugin-template"])]
+    PluginTemplates,
+    #[value(alias = "cluster")]
+    Clusters,
+    #[value(aliases = ["namespace", "ns"])]
+    Namespaces,
+    #[value(alias = "user")]
+    Users,
+}
+
+impl Kind {
+    /// The path segment of the API (`consumer_groups`).
+    fn plural(self) -> &'static str {
+        match self {
+            Kind::Routes => "routes",
+            Kind::Services => "services",
+            Kind::Upstreams => "upstreams",
+            Kind::Certificates => "certificates",
+            Kind::Consumers => "consumers",
+            Kind::ConsumerGroups => "consumer_groups",
+            Kind::GlobalRules => "global_rules",
+            Kind::PluginTemplates => "plugin_templates",
+            Kind::Clusters => "clusters",
+            Kind::Namespaces => "namespaces",
+            Kind::Users => "users",
+        }
+    }
+
+    /// For messages (`route r1 created`).
+    fn singular(self) -> &'static str {
+        match self {
+            Kind::Routes => "route",
+            Kind::Services => "service",
+            Kind::Upstreams => "upstream",
+            Kind::Certificates => "certificate",
+            Kind::Consumers => "consumer",
+            Kind::ConsumerGroups => "consumer group",
+            Kind::GlobalRules => "global rule",
+            Kind::PluginTemplates => "plugin template",
+            Kind::Clusters => "cluster",
+            Kind::Namespaces => "namespace",
+            Kind::Users => "user",
+        }
+    }
+
+    /// Whether objects of this kind belong to an instance (and so have revisions).
+    fn per_instance(self) -> bool {
+        !matches!(self, Kind::Clusters | Kind::Namespaces | Kind::Users)
+    }
+
+    /// The field naming an object in its body.
+    fn id_field(self) -> &'static str {
+        match self {
+            Kind::Clusters | Kind::Users => "name",
+            _ => "id",
+        }
+    }
+
+    /// The collection's path: under the instance, or at the top.
+    fn collection(self, at: &InstanceArgs) -> Result<(String, Vec<(&'static str, String)>)> {
+        if self.per_instance() {
+            let target: Target = at.target()?;
+            Ok((
+                format!("{}/{}", target.path(), self.plural()),
+                target.query(),
+            ))
+        } else {
+            Ok((format!("/{}", self.plural()), Vec::new()))
+        }
+    }
+
+    fn columns(self) -> Vec<Column> {
+        let id = Column {
+            header: "ID",
+            cell: |v| text(&v["id"]),
+        };
+        let name = Column {
+            header: "NAME",
+            cell: |v| text(&v["name"]),
+        };
+        let plugins = Column {
+            header: "PLUGINS",
+            cell: |v| text(&v["plugins"]),
+        };
+        let description = Column {
+            header: "DESCRIPTION",
+            cell: |v| text(&v["description"]),
+        };
+        match self {
+            Kind::Routes => vec![
+                id,
+                name,
+                Column {
+                    header: "PATHS",
+                    cell: |v| text(&v["paths"]),
+                },
+                Column {
+                    header: "HOSTS",
+                    cell: |v| text(&v["hosts"]),
+                },
+                Column {
+                    header: "UPSTREAM",
+                    cell: upstream_of,
+                },
+            ],
+            Kind::Services => vec![
+                id,
+                name,
+                Column {
+                    header: "UPSTREAM",
+                    cell: upstream_of,
+                },
+                plugins,
+            ],
+            Kind::Upstreams => vec![
+                id,
+                name,
+                Column {
+                    header: "NODES",
+                    cell: |v| {
+                        let nodes = v["nodes"].as_array().map(Vec::as_slice).unwrap_or_default();
+                        let shown: Vec<String> = nodes
+                            .iter()
+                            .map(|n| format!("{}:{}", text(&n["host"]), n["port"]))
+                            .collect();
+                        if shown.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            shown.join(",")
+                        }
+                    },
+                },
+                Column {
+                    header: "LB",
+                    cell: |v| text(&v["lb"]),
+                },
+            ],
+            Kind::Certificates => vec![
+                id,
+                Column {
+                    header: "SNIS",
+                    cell: |v| text(&v["snis"]),
+                },
+            ],
+            Kind::Consumers => vec![
+                id,
+                Column {
+                    header: "GROUP",
+                    cell: |v| text(&v["group_id"]),
+                },
+                Column {
+                    header: "CREDENTIALS",
+                    cell: |v| {
+                        let list = v["credentials"]
+                            .as_array()
+                            .map(Vec::as_slice)
+                            .unwrap_or_default();
+                        let types: Vec<String> = list.iter().map(|c| text(&c["type"])).collect();
+                        text(&Value::from(types))
+                    },
+                },
+                plugins,
+            ],
+            Kind::ConsumerGroups => vec![id, plugins, description],
+            Kind::GlobalRules => vec![id, plugins],
+            Kind::PluginTemplates => vec![
+                id,
+                Column {
+                    header: "ENABLED",
+                    cell: |v| match v["enabled"] {
+                        // Absent means on.
+                        Value::Null => "yes".to_owned(),
+                        ref b => yes_no(b),
+                    },
+                },
+                Column {
+                    header: "PRIORITY",
+                    cell: |v| text(&v["priority"]),
+                },
+                Column {
+                    header: "DEFAULTS",
+                    cell: |v| text(&v["defaults"]),
+                },
+            ],
+            Kind::Clusters => vec![
+                name,
+                Column {
+                    header: "AGENT",
+                    cell: |v| text(&v["agent_address"]),
+                },
+            ],
+            Kind::Namespaces => vec![
+                id,
+                name,
+                Column {
+                    header: "INSTANCES",
+                    cell: |v| text(&v["instances"]),
+                },
+                Column {
+                    header: "ONLINE_NODES",
+                    cell: |v| text(&v["online_nodes"]),
+                },
+                description,
+            ],
+            Kind::Users => vec![
+                name,
+                Column {
+                    header: "PLATFORM_ADMIN",
+                    cell: |v| yes_no(&v["platform_admin"]),
+                },
+                Column {
+                    header: "ROLES",
+                    cell: |v| roles(&v["roles"]),
+                },
+                Column {
+                    header: "PASSWORD",
+                    cell: |v| yes_no(&v["has_password"]),
+                },
+            ],
+        }
+    }
+}
+
+/// Where a route's or service's traffic goes: an upstream id, a service, or inline.
+fn upstream_of(v: &Value) -> String {
+    if let Some(id) = v["upstream_id"].as_str() {
+        id.to_owned()
+    } else if v["upstream"].is_object() {
+        "(inline)".to_owned()
+    } else if let Some(service) = v["service_id"].as_str() {
+        format!("service:{service}")
+    } else {
+        "-".to_owned()
+    }
+}
+
+/// `{"ns": "editor"}` as `ns=editor`.
+pub fn roles(v: &Value) -> String {
+    match v.as_object() {
+        Some(map) if !map.is_empty() => map
+            .iter()
+            .map(|(ns, role)| format!("{ns}={}", text(role)))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => "-".to_owned(),
+    }
+}
+
+pub async fn get(
+    session: &Session,
+    kind: Kind,
+    id: &str,
+    at: &InstanceArgs,
+    output: OutputArgs,
+) -> Result<()> {
+    let (path, query) = kind.collection(at)?;
+    let answer = session
+        .client
+        .get(&format!("{path}/{}", seg(id)), &query)
+        .await?;
+    if !output::print_raw(output.format, &answer.body)? {
+        print!(
+            "{}",
+            output::table(&kind.columns(), std::slice::from_ref(&answer.body))
+        );
+    }
+    Ok(())
+}
+
+pub async fn list(
+    session: &Session,
+    kind: Kind,
+    at: &InstanceArgs,
+    output: OutputArgs,
+) -> Result<()> {
+    let (path, query) = kind.collection(at)?;
+    let answer = session.client.get(&path, &query).await?;
+    if !output::print_raw(output.format, &answer.body)? {
+        let items = answer.body["items"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        print!("{}", output::table(&kind.columns(), items));
+    }
+    Ok(())
+}
+
+pub async fn create(
+    session: &Session,
+    kind: Kind,
+    file: &Path,
+    at: &InstanceArgs,
+    write: &WriteArgs,
+    output: OutputArgs,
+) -> Result<()> {
+    check_write(kind, write)?;
+    let doc = input::read(file)?;
+    input::object(&doc, kind.singular())?;
+    let (path, query) = kind.collection(at)?;
+    let answer = session
+        .client
+        .send(
+            Method::POST,
+            &path,
+            &query,
+            Body::Json(doc.value.clone()),
+            write.options(),
+        )
+        .await
+        .map_err(|e| e.in_file(&doc.name))?;
+    let id = text(&answer.body[kind.id_field()]);
+    let id = if id == "-" {
+        text(&doc.value[kind.id_field()])
+    } else {
+        id
+    };
+    written(kind, &id, "created", &answer, write, output)?;
+    if kind == Kind::Clusters {
+        // A token the admin generated is answered this once: the agent needs it.
+        if let (Format::Table, Some(token)) = (output.format, answer.body["agent_token"].as_str()) {
+            eprintln!("the admin generated the cluster's agent token, shown only this once: give it to the agent as PORTICO_AGENT_TOKEN");
+            println!("{token}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn update(
+    session: &Session,
+    kind: Kind,
+    id: Option<&str>,
+    file: &Path,
+    at: &InstanceArgs,
+    write: &WriteArgs,
+    output: OutputArgs,
+) -> Result<()> {
+    check_write(kind, write)?;
+    let doc = input::read(file)?;
+    let object = input::object(&doc, kind.singular())?;
+    let id = match id {
+        Some(id) => id.to_owned(),
+        None => object
+            .get(kind.id_field())
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                CtlError::Input(format!(
+                    "{}: no `{}` to say which {} to update (or give it after the kind)",
+                    doc.name,
+                    kind.id_field(),
+                    kind.singular()
+                ))
+            })?,
+    };
+    let (path, query) = kind.collection(at)?;
+    let answer = session
+        .client
+        .send(
+            Method::PUT,
+            &format!("{path}/{}", seg(&id)),
+            &query,
+            Body::Json(doc.value.clone()),
+            write.options(),
+        )
+        .await
+        .map_err(|e| e.in_file(&doc.name))?;
+    let done = if answer.status == 201 {
+        "created"
+    } else {
+        "updated"
+    };
+    written(kind, &id, done, &answer, write, output)
+}
+
+pub async fn delete(
+    session: &Session,
+    kind: Kind,
+    id: &str,
+    at: &InstanceArgs,
+    write: &WriteArgs,
+    output: OutputArgs,
+) -> Result<()> {
+    check_write(kind, write)?;
+    let (path, query) = kind.collection(at)?;
+    let answer = session
+        .client
+        .send(
+            Method::DELETE,
+            &format!("{path}/{}", seg(id)),
+            &query,
+            Body::None,
+            write.options(),
+        )
+        .await?;
+    written(kind, id, "deleted", &answer, write, output)
+}
+
+/// Clusters, namespaces and users have no revisions: no message, no dry run.
+fn check_write(kind: Kind, write: &WriteArgs) -> Result<()> {
+    if !kind.per_instance() && (write.dry_run || write.message.is_some()) {
+        return Err(CtlError::Usage(format!(
+            "{} have no revisions: --message and --dry-run are for an instance's config",
+            kind.plural()
+        )));
+    }
+    Ok(())
+}
+
+/// Prints what a write did (or, for a dry run, would do).
+fn written(
+    kind: Kind,
+    id: &str,
+    done: &str,
+    answer: &Answer,
+    write: &WriteArgs,
+    output: OutputArgs,
+) -> Result<()> {
+    if output::print_raw(output.format, &answer.body)? {
+        return Ok(());
+    }
+    let what = format!("{} {id}", kind.singular());
+    if write.dry_run {
+        print!("{}", changes::dry_run(&what, &answer.body));
+        return Ok(());
+    }
+    match (
+        answer.header("x-portico-revision"),
+        answer.header("x-portico-sync"),
+    ) {
+        (Some(revision), Some(sync)) => {
+            println!("{what} {done} (revision {revision}, {sync})");
+            if sync == "pending" {
+                eprintln!("note: the cluster's agent has not got it yet; the admin keeps trying");
+            }
+        }
+        _ => println!("{what} {done}"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::ValueEnum;
+    use serde_json::json;
+
+    #[test]
+    fn kinds_read_as_the_api_spells_them_and_loosely() {
+        for (given, kind) in [
+            ("routes", Kind::Routes),
+            ("route", Kind::Routes),
+            ("consumer_groups", Kind::ConsumerGroups),
+            ("consumer-group", Kind::ConsumerGroups),
+            ("global-rules", Kind::GlobalRules),
+            ("plugin_template", Kind::PluginTemplates),
+            ("ns", Kind::Namespaces),
+            ("cert", Kind::Certificates),
+        ] {
+            assert_eq!(Kind::from_str(given, false), Ok(kind), "{given}");
+        }
+        // Every instance kind is one the model knows by the same name.
+        for kind in Kind::value_variants() {
+            if kind.per_instance() {
+                let parsed: model::resource::ResourceKind = kind.plural().parse().unwrap();
+                assert_eq!(parsed.as_str(), kind.plural());
+            }
+        }
+    }
+
+    #[test]
+    fn route_rows_name_where_traffic_goes() {
+        let items = [
+            json!({"id": "r1", "name": "api", "paths": ["/api/*"], "hosts": ["a.example"], "upstream_id": "u1"}),
+            json!({"id": "r2", "paths": ["/s"], "service_id": "s1"}),
+            json!({"id": "r3", "paths": ["/i"], "upstream": {"nodes": []}}),
+        ];
+        assert_eq!(
+            output::table(&Kind::Routes.columns(), &items),
+            "ID  NAME  PATHS   HOSTS      UPSTREAM\n\
+             r1  api   /api/*  a.example  u1\n\
+             r2  -     /s      -          service:s1\n\
+             r3  -     /i      -          (inline)\n"
+        );
+        assert_eq!(roles(&json!({"default": "viewer"})), "default=viewer");
+    }
+}

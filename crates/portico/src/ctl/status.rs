@@ -1,0 +1,188 @@
+//! Where things stand: the admin process (who reconciles), the instances (online or
+//! missing, the revision the admin holds and the one the store serves) and an
+//! instance's gateway nodes (the revision each serves, where its config came from).
+
+use serde_json::Value;
+
+use super::client::seg;
+use super::error::Result;
+use super::output::{self, text, time_ms, time_secs, yes_no, Column, OutputArgs};
+use super::{Session, Target};
+
+pub async fn status(session: &Session, output: OutputArgs) -> Result<()> {
+    let answer = session.client.get("/status", &[]).await?;
+    if output::print_raw(output.format, &answer.body)? {
+        return Ok(());
+    }
+    let body = &answer.body;
+    print!(
+        "{}",
+        output::fields(&[
+            ("admin", session.client.admin().to_owned()),
+            ("process", text(&body["holder"])),
+            ("reconciler", yes_no(&body["reconciler"])),
+            ("lease holder", text(&body["lease"]["holder"])),
+            ("lease expires", time_ms(&body["lease"]["expires_at_ms"])),
+        ])
+    );
+    Ok(())
+}
+
+/// The instances of a cluster, of a namespace (both: those of the cluster in the
+/// namespace), or of every cluster.
+pub async fn instances(
+    session: &Session,
+    cluster: Option<&str>,
+    namespace: Option<&str>,
+    output: OutputArgs,
+) -> Result<()> {
+    let (mut body, filtered) = match (cluster, namespace) {
+        (Some(cluster), _) => (
+            session
+                .client
+                .get(&format!("/clusters/{}/instances", seg(cluster)), &[])
+                .await?
+                .body,
+            namespace,
+        ),
+        (None, Some(ns)) => (
+            session
+                .client
+                .get(&format!("/namespaces/{}/instances", seg(ns)), &[])
+                .await?
+                .body,
+            None,
+        ),
+        (None, None) => {
+            let clusters = session.client.get("/clusters", &[]).await?.body;
+            let mut items = Vec::new();
+            for c in clusters["items"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                let Some(name) = c["name"].as_str() else {
+                    continue;
+                };
+                let answer = session
+                    .client
+                    .get(&format!("/clusters/{}/instances", seg(name)), &[])
+                    .await?;
+                items.extend(answer.body["items"].as_array().cloned().unwrap_or_default());
+            }
+            (serde_json::json!({ "items": items }), None)
+        }
+    };
+    if let (Some(ns), Some(items)) = (filtered, body["items"].as_array_mut()) {
+        items.retain(|i| i["namespace"] == ns);
+    }
+    if output::print_raw(output.format, &body)? {
+        return Ok(());
+    }
+    let columns = [
+        Column {
+            header: "CLUSTER",
+            cell: |v| text(&v["cluster"]),
+        },
+        Column {
+            header: "INSTANCE",
+            cell: |v| text(&v["name"]),
+        },
+        Column {
+            header: "NAMESPACE",
+            cell: |v| text(&v["namespace"]),
+        },
+        Column {
+            header: "STATUS",
+            cell: |v| text(&v["status"]),
+        },
+        Column {
+            header: "REVISION",
+            cell: |v| text(&v["revision"]),
+        },
+        Column {
+            header: "APPLIED",
+            cell: |v| text(&v["applied_revision"]),
+        },
+        Column {
+            header: "LAST_SEEN",
+            cell: |v| time_secs(&v["last_seen"]),
+        },
+    ];
+    print!("{}", output::table(&columns, items(&body)));
+    Ok(())
+}
+
+pub async fn nodes(session: &Session, target: &Target, output: OutputArgs) -> Result<()> {
+    let answer = session
+        .client
+        .get(&format!("{}/nodes", target.path()), &target.query())
+        .await?;
+    if output::print_raw(output.format, &answer.body)? {
+        return Ok(());
+    }
+    let columns = [
+        Column {
+            header: "NODE",
+            cell: |v| text(&v["node_id"]),
+        },
+        Column {
+            header: "ADDRESS",
+            cell: |v| text(&v["address"]),
+        },
+        Column {
+            header: "REVISION",
+            cell: |v| text(&v["applied_revision"]),
+        },
+        Column {
+            header: "CONFIG_FROM",
+            cell: |v| text(&v["config_source"]),
+        },
+        Column {
+            header: "UNHEALTHY_UPSTREAM_NODES",
+            cell: unhealthy,
+        },
+        Column {
+            header: "UPDATED",
+            cell: |v| time_ms(&v["updated_at_ms"]),
+        },
+    ];
+    print!("{}", output::table(&columns, items(&answer.body)));
+    Ok(())
+}
+
+/// `upstream/address` of each upstream node a gateway sees as unhealthy.
+fn unhealthy(node: &Value) -> String {
+    let mut out = Vec::new();
+    for upstream in node["upstreams"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        for n in upstream["nodes"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            if n["healthy"] == false {
+                out.push(format!(
+                    "{}/{}",
+                    text(&upstream["upstream_id"]),
+                    text(&n["address"])
+                ));
+            }
+        }
+    }
+    if out.is_empty() {
+        "-".to_owned()
+    } else {
+        out.join(",")
+    }
+}
+
+fn items(body: &Value) -> &[Value] {
+    body["items"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
