@@ -195,6 +195,28 @@ impl AgentClient {
         check(response).await.map(drop)
     }
 
+    /// Tells the agent what the instance is bound to (its namespace, whether it
+    /// exists, the namespace's plugin templates).
+    pub(crate) async fn push_binding(
+        &self,
+        agent: Target<'_>,
+        instance: &str,
+        binding: &model::cluster::InstanceBinding,
+    ) -> Result<(), AgentCallError> {
+        let body = serde_json::to_value(binding).expect("bindings always serialise");
+        let response = self
+            .request(
+                Method::PUT,
+                agent,
+                &format!("/{instance}/binding"),
+                Some(&body),
+            )
+            .send()
+            .await
+            .map_err(unreachable)?;
+        check(response).await.map(drop)
+    }
+
     /// Replaces the instance's whole content with `snapshot`.
     pub(crate) async fn push_snapshot(
         &self,

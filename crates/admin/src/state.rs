@@ -128,18 +128,20 @@ impl AppState {
             .unwrap_or_default()
     }
 
-    /// The route tester's table of the instance, if one was built at `revision`.
+    /// The route tester's table of the instance, if one was built at `revision` under
+    /// `binding`.
     pub(crate) fn test_table(
         &self,
         cluster: &str,
         instance: &str,
         revision: model::snapshot::Revision,
+        binding: &model::cluster::InstanceBinding,
     ) -> Option<Arc<gateway::tester::TestTable>> {
         self.test_tables
             .lock()
             .expect("test tables poisoned")
             .get(&(cluster.to_owned(), instance.to_owned()))
-            .filter(|t| t.revision() == revision)
+            .filter(|t| t.built_from(revision, Some(binding)))
             .cloned()
     }
 

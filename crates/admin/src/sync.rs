@@ -15,7 +15,10 @@
 //!            admin of those sharing a database does, `lease.rs`), per cluster:
 //!            GET the agent's instances → record them
 //!            (online / missing) → for each instance whose store revision differs from
-//!            the DB's, push the full snapshot
+//!            the DB's, push the full snapshot; whose binding (namespace, whether it
+//!            exists, its plugin templates) differs from the DB's, push the binding
+//! bind:      a change to a namespace (created, deleted, its plugin templates) or an
+//!            instance moved pushes the binding of its instances at once
 //! ```
 //!
 //! The database is the desired state, so nothing here undoes an accepted change: a
@@ -284,6 +287,85 @@ async fn poll_cluster(state: &AppState, record: &AgentRecord) {
     state.set_nodes(&cluster.name, &report);
     for instance in &reported {
         reconcile(state, cluster, agent, instance).await;
+    }
+    for instance in &report.instances {
+        rebind(
+            state,
+            &cluster.name,
+            agent,
+            &instance.name,
+            instance.binding.as_ref(),
+        )
+        .await;
+    }
+}
+
+/// Pushes the instance's binding when its store holds another (`held`, as its agent
+/// reported it; `None`: none, or not known).
+async fn rebind(
+    state: &AppState,
+    cluster: &str,
+    agent: Target<'_>,
+    instance: &str,
+    held: Option<&model::cluster::InstanceBinding>,
+) {
+    let wanted = match state.db.instance(cluster, instance).await {
+        Ok(Some(found)) => state.db.binding(&found).await,
+        Ok(None) => return,
+        Err(e) => Err(e.into()),
+    };
+    let wanted = match wanted {
+        Ok(wanted) => wanted,
+        Err(e) => {
+            tracing::warn!(cluster, instance, error = %e, "cannot read the instance's binding");
+            return;
+        }
+    };
+    if held == Some(&wanted) {
+        return;
+    }
+    match state.agents.push_binding(agent, instance, &wanted).await {
+        Ok(()) => tracing::info!(cluster, instance, namespace = %wanted.namespace,
+            exists = wanted.exists, templates = wanted.plugin_templates.len(), "binding sent"),
+        Err(e) => {
+            state.note_agent(cluster, Err(&e));
+            tracing::debug!(cluster, instance, error = %e, "binding pending");
+        }
+    }
+}
+
+/// Pushes the binding of every instance of `namespace` (after the namespace or its
+/// plugin templates changed); an agent that cannot be reached gets it when next
+/// polled.
+pub(crate) async fn rebind_namespace(state: Arc<AppState>, namespace: String) {
+    let instances = match state.db.instances_in(&namespace).await {
+        Ok(instances) => instances,
+        Err(e) => {
+            tracing::warn!(namespace, error = %e, "cannot read the namespace's instances");
+            return;
+        }
+    };
+    for instance in instances {
+        rebind_instance(&state, &instance.cluster, &instance.name).await;
+    }
+}
+
+/// Pushes one instance's binding now (after it moved namespace).
+pub(crate) async fn rebind_instance(state: &AppState, cluster: &str, instance: &str) {
+    let record = match state.db.agent_record(cluster).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(cluster, error = ?e, "cannot read the cluster");
+            return;
+        }
+    };
+    let agent = Target {
+        address: &record.cluster.agent_address,
+        token: record.token.as_deref(),
+    };
+    if verified(state, cluster, agent, record.verified).await {
+        rebind(state, cluster, agent, instance, None).await;
     }
 }
 

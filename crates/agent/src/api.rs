@@ -9,7 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use model::cluster::{
-    AgentInstance, AgentInstances, TokenChallenge, TokenProof, PROOF_PATH, REVISION_HEADER,
+    AgentInstance, AgentInstances, InstanceBinding, TokenChallenge, TokenProof, PROOF_PATH,
+    REVISION_HEADER,
 };
 use model::resource::{Resource, ResourceKind};
 use model::snapshot::{Revision, Snapshot};
@@ -29,6 +30,7 @@ pub fn app(state: AgentState) -> Router {
     Router::new()
         .route(base, get(list_instances))
         .route(&format!("{base}/{{instance}}/snapshot"), put(put_snapshot))
+        .route(&format!("{base}/{{instance}}/binding"), put(put_binding))
         .route(
             &format!("{base}/{{instance}}/{{kind}}"),
             get(list_resources).post(create_resource),
@@ -71,6 +73,25 @@ async fn prove(
     }))
 }
 
+/// `PUT …/instances/{instance}/binding`: what the admin says the instance is bound to.
+async fn put_binding(
+    State(state): State<AgentState>,
+    Path(instance): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, AgentError> {
+    state.check_instance(&instance)?;
+    let binding: InstanceBinding =
+        model::json::parse(&body?).map_err(|e| bad_json("binding", &e))?;
+    binding.validate().map_err(|errors| AgentError::Invalid {
+        what: "binding".to_owned(),
+        errors,
+    })?;
+    state.set_binding(&instance, &binding).await?;
+    tracing::info!(instance, namespace = %binding.namespace, exists = binding.exists,
+        templates = binding.plugin_templates.len(), "binding written");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn list_instances(
     State(state): State<AgentState>,
 ) -> Result<Json<AgentInstances>, AgentError> {
@@ -82,6 +103,7 @@ async fn list_instances(
             namespace: namespace.clone(),
             revision: (revision.0 > 0).then_some(revision),
             nodes: state.nodes(name).await?,
+            binding: state.binding(name).await?,
         });
     }
     Ok(Json(AgentInstances { instances }))

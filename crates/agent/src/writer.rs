@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use model::cluster::{InstanceMeta, NodeHeartbeat};
+use model::cluster::{InstanceBinding, InstanceMeta, NodeHeartbeat};
 use model::resource::{Resource, ResourceKind};
 use model::snapshot::{Revision, Snapshot};
 use store::keys::InstanceKey;
@@ -47,6 +47,44 @@ impl AgentState {
     pub(crate) async fn meta_revision(&self, instance: &str) -> Result<Revision, AgentError> {
         let kv = self.store.get(&self.keyspace.meta(instance)).await?;
         Ok(kv.map(|kv| parse_meta(&kv)).unwrap_or_default())
+    }
+
+    /// The binding the store holds for `instance`, if any (an unreadable one is
+    /// reported as none, so the admin writes it again).
+    pub(crate) async fn binding(
+        &self,
+        instance: &str,
+    ) -> Result<Option<InstanceBinding>, AgentError> {
+        let kv = self.store.get(&self.keyspace.binding(instance)).await?;
+        Ok(kv.and_then(|kv| match serde_json::from_slice(&kv.value) {
+            Ok(binding) => Some(binding),
+            Err(e) => {
+                tracing::warn!(key = %kv.key, error = %e, "unreadable binding");
+                None
+            }
+        }))
+    }
+
+    /// Writes the instance's binding (its namespace, whether that exists, the
+    /// namespace's plugin template overrides). Not a config revision: gateways
+    /// rebuild when it changes, whatever the revision.
+    pub(crate) async fn set_binding(
+        &self,
+        instance: &str,
+        binding: &InstanceBinding,
+    ) -> Result<(), AgentError> {
+        let value = serde_json::to_vec(binding).expect("model types always serialise");
+        self.store
+            .txn(Txn {
+                compares: Vec::new(),
+                ops: vec![Op::Put {
+                    key: self.keyspace.binding(instance),
+                    value,
+                    lease: None,
+                }],
+            })
+            .await?;
+        Ok(())
     }
 
     pub(crate) async fn nodes(&self, instance: &str) -> Result<Vec<NodeHeartbeat>, AgentError> {

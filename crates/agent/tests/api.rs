@@ -564,6 +564,7 @@ async fn instances_report_revision_and_node_heartbeats() {
         }],
         skipped: vec![],
         redis_fallbacks: 0,
+        unbound: None,
     };
     agent
         .store

@@ -125,6 +125,7 @@ async fn beat(
             .counters
             .redis_fallbacks
             .load(std::sync::atomic::Ordering::Relaxed),
+        unbound: config.unbound.clone(),
     };
     let value = serde_json::to_vec(&beat).map_err(|e| StoreError::Rejected(e.to_string()))?;
     let put = Txn {

@@ -83,6 +83,9 @@ pub struct GatewayConfig {
     pub client_ca: Option<PathBuf>,
     /// The instance whose config this node serves.
     pub instance: String,
+    /// The namespace the node is bound to (requirement N3): it serves the instance only
+    /// while the instance belongs to it. `None`: the node follows its instance's.
+    pub namespace: Option<String>,
     /// Unique per node; names the heartbeat key.
     pub node_id: String,
     /// Shown in the heartbeat; usually the listen address.
@@ -159,10 +162,10 @@ pub async fn run(
     let config_loop = tokio::spawn(
         ConfigLoop {
             watcher: PrefixWatcher::new(store.clone(), keyspace.instance_prefix(&config.instance)),
-            compiler: Some(Compiler::new(ConfigObjects::new(
-                keyspace.clone(),
-                config.instance.clone(),
-            ))),
+            compiler: Some(Compiler::new(
+                ConfigObjects::new(keyspace.clone(), config.instance.clone())
+                    .bound_to(config.namespace.clone()),
+            )),
             current: current.clone(),
             cert_table,
             status: status_tx,
@@ -396,6 +399,9 @@ impl ConfigLoop {
         // Each task ends by itself once its pool is no longer in any config.
         for pool in new_pools {
             health::spawn_active_checks(pool);
+        }
+        if let Some(reason) = &config.unbound {
+            tracing::error!(instance = %self.instance, %reason, "serving nothing");
         }
         for p in &problems {
             tracing::warn!(key = %p.key, reason = %p.reason, "config object not served");

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use model::certificate::Certificate;
-use model::cluster::InstanceMeta;
+use model::cluster::{InstanceBinding, InstanceMeta};
 use model::consumer::{Consumer, ConsumerGroup};
 use model::plugin::{consumer_layers, effective, route_layers, PluginTemplate};
 use model::resource::ResourceKind;
@@ -59,6 +59,9 @@ pub struct RuntimeConfig {
     pub upstreams_by_id: Arc<crate::core::phase::UpstreamsById>,
     /// The node's counters, the same object in every config the node builds.
     pub counters: Arc<NodeCounters>,
+    /// Why the node serves nothing though the store holds config (requirement N3):
+    /// the instance's namespace does not exist, or is not the node's.
+    pub unbound: Option<String>,
 }
 
 /// What a node's plugins count beyond one config (for the heartbeat and metrics).
@@ -105,6 +108,15 @@ pub struct ConfigObjects {
     /// The store key of `meta`.
     meta_key: String,
     meta: Option<Vec<u8>>,
+    /// The store key of the binding.
+    binding_key: String,
+    /// The instance's binding (its namespace, whether that exists, the namespace's
+    /// plugin templates), as the store holds it.
+    binding: Option<Vec<u8>>,
+    /// The binding changed since the last build.
+    binding_dirty: bool,
+    /// The namespace the node itself is bound to (`portico gateway --namespace`).
+    namespace: Option<String>,
     /// Store key → (kind, id, value); ordered by key so builds are deterministic.
     pub resources: BTreeMap<String, (ResourceKind, String, Vec<u8>)>,
     /// Keys put or deleted since the last build.
@@ -117,11 +129,50 @@ impl ConfigObjects {
         let instance = instance.into();
         Self {
             meta_key: keyspace.meta(&instance),
+            binding_key: keyspace.binding(&instance),
             keyspace,
             instance,
             meta: None,
+            binding: None,
+            binding_dirty: false,
+            namespace: None,
             resources: BTreeMap::new(),
             dirty: BTreeSet::new(),
+        }
+    }
+
+    /// Binds the node itself to `namespace`: it serves the instance only while the
+    /// instance's binding names that namespace, and it exists.
+    pub fn bound_to(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
+    /// The instance's binding as the store holds it, if readable.
+    fn binding(&self) -> Option<InstanceBinding> {
+        serde_json::from_slice(self.binding.as_deref()?).ok()
+    }
+
+    /// Why the node must serve nothing (requirement N3), or `None` when it may serve
+    /// the instance: the instance's namespace does not exist, or the node is bound to
+    /// another namespace (or to one, while the store does not say the instance's).
+    pub fn unbound(&self) -> Option<String> {
+        let instance = &self.instance;
+        match (self.binding(), &self.namespace) {
+            (Some(binding), _) if !binding.exists => Some(format!(
+                "instance {instance:?} is bound to namespace {:?}, which does not exist",
+                binding.namespace
+            )),
+            (Some(binding), Some(own)) if binding.namespace != *own => Some(format!(
+                "this node is bound to namespace {own:?}; instance {instance:?} belongs to \
+                 namespace {:?}",
+                binding.namespace
+            )),
+            (None, Some(own)) => Some(format!(
+                "this node is bound to namespace {own:?}; the store does not say which \
+                 namespace instance {instance:?} belongs to"
+            )),
+            _ => None,
         }
     }
 
@@ -133,6 +184,7 @@ impl ConfigObjects {
                 // relist after a reconnect recompiles only what really changed.
                 let mut gone: BTreeSet<String> = self.resources.keys().cloned().collect();
                 self.meta = None;
+                let binding = self.binding.take();
                 for kv in listing.kvs {
                     gone.remove(&kv.key);
                     self.put(kv.key, kv.value);
@@ -140,6 +192,7 @@ impl ConfigObjects {
                 for key in gone {
                     self.delete(&key);
                 }
+                self.binding_dirty |= self.binding != binding;
                 // Even an identical listing is a rebuild: the first one must build.
                 true
             }
@@ -160,6 +213,10 @@ impl ConfigObjects {
     pub fn put(&mut self, key: String, value: Vec<u8>) -> bool {
         match self.keyspace.parse(&self.instance, &key) {
             Some(InstanceKey::Meta) => self.meta = Some(value),
+            Some(InstanceKey::Binding) => {
+                self.binding_dirty |= self.binding.as_ref() != Some(&value);
+                self.binding = Some(value);
+            }
             Some(InstanceKey::Resource { kind, id }) => {
                 if self
                     .resources
@@ -181,6 +238,9 @@ impl ConfigObjects {
     pub fn delete(&mut self, key: &str) -> bool {
         match self.keyspace.parse(&self.instance, key) {
             Some(InstanceKey::Meta) => self.meta = None,
+            Some(InstanceKey::Binding) => {
+                self.binding_dirty |= self.binding.take().is_some();
+            }
             Some(InstanceKey::Resource { .. }) => {
                 if self.resources.remove(key).is_some() {
                     self.dirty.insert(key.to_owned());
@@ -191,19 +251,26 @@ impl ConfigObjects {
         true
     }
 
-    /// Every config key and its value, meta included (for the snapshot file).
+    /// Every config key and its value, meta and binding included (for the snapshot
+    /// file).
     pub fn entries(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         let meta = self.meta.as_deref().map(|m| (self.meta_key.as_str(), m));
-        meta.into_iter().chain(
+        let binding = self
+            .binding
+            .as_deref()
+            .map(|b| (self.binding_key.as_str(), b));
+        meta.into_iter().chain(binding).chain(
             self.resources
                 .iter()
                 .map(|(k, (_, _, v))| (k.as_str(), v.as_slice())),
         )
     }
 
-    /// Number of config keys held (meta included).
+    /// Number of config keys held (meta and binding included).
     pub fn len(&self) -> usize {
-        self.resources.len() + usize::from(self.meta.is_some())
+        self.resources.len()
+            + usize::from(self.meta.is_some())
+            + usize::from(self.binding.is_some())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -395,10 +462,15 @@ impl Compiler {
     /// Recompiles what changed since the last build and assembles a new config.
     /// Resolves upstream host names, so it may block: call it off the async workers.
     pub fn build(&mut self) -> Built {
+        if let Some(reason) = self.objects.unbound() {
+            return self.build_unbound(reason);
+        }
         let mut new_pools = Vec::new();
         let mut certificates_changed = false;
-        let mut context_changed = false;
-        let mut consumers_changed = false;
+        // The namespace's plugin templates come with the binding.
+        let binding_changed = std::mem::take(&mut self.objects.binding_dirty);
+        let mut context_changed = binding_changed;
+        let mut consumers_changed = binding_changed;
         let first = self.consumer_table.0.is_empty() && self.chains.is_empty();
         for key in std::mem::take(&mut self.objects.dirty) {
             self.routes.remove(&key);
@@ -533,15 +605,55 @@ impl Compiler {
         built
     }
 
-    /// The instance's templates that are valid, by plugin name.
+    /// The empty config of a node that must serve nothing (requirement N3): no route,
+    /// no certificate, revision 0, and why. Everything compiled is forgotten and every
+    /// object marked to compile again, so the build after the binding is right again
+    /// starts from scratch (its pools' health checks included).
+    fn build_unbound(&mut self, reason: String) -> Built {
+        self.routes.clear();
+        self.upstreams.clear();
+        self.certificates.clear();
+        self.services.clear();
+        self.global_rules.clear();
+        self.templates.clear();
+        self.consumers.clear();
+        self.groups.clear();
+        self.chains.clear();
+        self.consumer_table = Default::default();
+        self.cert_problems.clear();
+        self.generation += 1;
+        self.objects.dirty = self.objects.resources.keys().cloned().collect();
+        self.objects.binding_dirty = true;
+        let mut built = self.assemble(Vec::new());
+        self.plugins.prune();
+        built.config.revision = Revision(0);
+        built.problems.insert(
+            0,
+            Problem {
+                key: self.objects.binding_key.clone(),
+                reason: format!("serving nothing: {reason}"),
+            },
+        );
+        built.config.problems = built.problems.clone();
+        built.config.unbound = Some(reason);
+        built.certificates = Some(CertTable::from_objects(&[]).0);
+        built
+    }
+
+    /// The templates the instance's plugins run under, by plugin name: its valid
+    /// templates with its namespace's overrides on top (`model::plugin::layered_templates`).
     fn template_map(
         templates: &BTreeMap<String, Result<PluginTemplate, String>>,
-    ) -> HashMap<&str, &PluginTemplate> {
-        templates
-            .values()
-            .filter_map(|t| t.as_ref().ok())
-            .map(|t| (t.id.as_str(), t))
-            .collect()
+        objects: &ConfigObjects,
+    ) -> BTreeMap<String, PluginTemplate> {
+        let namespace = objects
+            .binding()
+            .map(|b| b.plugin_templates)
+            .unwrap_or_default();
+        model::plugin::layered_templates(
+            templates.values().filter_map(|t| t.as_ref().ok()),
+            &namespace,
+        )
     }
 
     /// Makes the chain of every route whose chain is missing or older than the
@@ -559,7 +671,9 @@ impl Compiler {
             plugins,
             ..
         } = self;
-        let templates = Self::template_map(templates);
+        let layered = Self::template_map(templates, objects);
+        let templates: HashMap<&str, &PluginTemplate> =
+            layered.iter().map(|(k, t)| (k.as_str(), t)).collect();
         let globals: Vec<&GlobalRule> = global_rules
             .values()
             .filter_map(|g| g.as_ref().ok())
@@ -592,7 +706,9 @@ impl Compiler {
 
     /// The consumer table and what keeps consumers or credentials out of it.
     fn build_consumers(&mut self) -> (Arc<Consumers>, Vec<Problem>) {
-        let templates = Self::template_map(&self.templates);
+        let layered = Self::template_map(&self.templates, &self.objects);
+        let templates: HashMap<&str, &PluginTemplate> =
+            layered.iter().map(|(k, t)| (k.as_str(), t)).collect();
         let groups: HashMap<&str, &ConsumerGroup> = self
             .groups
             .values()
@@ -852,6 +968,7 @@ impl Compiler {
                 consumers: self.consumer_table.0.clone(),
                 problems: Vec::new(),
                 counters: self.counters.clone(),
+                unbound: None,
                 upstreams_by_id: Arc::new(
                     by_id
                         .iter()

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use model::cluster::InstanceBinding;
 use model::resource::ResourceKind;
 use model::snapshot::{Revision, Snapshot};
 use model::tester::{
@@ -48,6 +49,8 @@ pub struct TestTable {
     config: RuntimeConfig,
     /// Every route object of the instance, by id.
     routes: Vec<RouteObject>,
+    /// What it was built from: the snapshot's revision and the instance's binding.
+    built_from: (Revision, Option<InstanceBinding>),
 }
 
 /// A route object and what the node makes of it.
@@ -78,8 +81,21 @@ pub fn test_route(
 impl TestTable {
     /// The config of an admin snapshot, as a node of its instance builds it.
     pub fn from_snapshot(snapshot: &Snapshot) -> Self {
+        Self::bound(snapshot, None)
+    }
+
+    /// The config of an admin snapshot with the instance's binding (its namespace,
+    /// whether that exists, the namespace's plugin templates), as a node of the
+    /// instance builds it.
+    pub fn bound(snapshot: &Snapshot, binding: Option<&InstanceBinding>) -> Self {
         let keyspace = Keyspace::default();
         let mut objects = ConfigObjects::new(keyspace.clone(), INSTANCE);
+        if let Some(binding) = binding {
+            objects.put(
+                keyspace.binding(INSTANCE),
+                serde_json::to_vec(binding).expect("bindings always serialise"),
+            );
+        }
         objects.put(
             keyspace.meta(INSTANCE),
             serde_json::json!({ "revision": snapshot.revision })
@@ -95,7 +111,14 @@ impl TestTable {
                 resource.to_json().to_string().into_bytes(),
             );
         }
-        Self::from_objects(objects)
+        let mut table = Self::from_objects(objects);
+        table.built_from = (snapshot.revision, binding.cloned());
+        table
+    }
+
+    /// Whether this table is the config of `revision` under `binding`.
+    pub fn built_from(&self, revision: Revision, binding: Option<&InstanceBinding>) -> bool {
+        self.built_from.0 == revision && self.built_from.1.as_ref() == binding
     }
 
     /// The config of an instance's store objects (a node's view).
@@ -138,6 +161,7 @@ impl TestTable {
             .collect();
         routes.sort_by(|a, b| a.id.cmp(&b.id));
         Self {
+            built_from: (built.config.revision, None),
             config: built.config,
             routes,
         }
@@ -173,6 +197,7 @@ impl TestTable {
                 matched: None,
                 near_misses: Vec::new(),
                 truncated: 0,
+                unbound: self.config.unbound.clone(),
             };
         let Ok(uri) = target.parse::<http::Uri>() else {
             let reason = "the request target does not parse".to_owned();
@@ -237,6 +262,7 @@ impl TestTable {
             matched,
             near_misses,
             truncated,
+            unbound: self.config.unbound.clone(),
         })
     }
 

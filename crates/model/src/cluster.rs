@@ -149,6 +149,11 @@ pub struct NodeHeartbeat {
     /// slow, since the node started (`limit-count`'s `redis` policy).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub redis_fallbacks: u64,
+    /// Why the node serves nothing though the store holds config: its instance is
+    /// bound to a namespace that does not exist, or to another namespace than the
+    /// node's own (`--namespace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unbound: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -208,6 +213,39 @@ pub struct AgentInstance {
     /// The admin revision the store holds for this instance (its `meta`), if any.
     pub revision: Option<Revision>,
     pub nodes: Vec<NodeHeartbeat>,
+    /// The binding the store holds for this instance, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<InstanceBinding>,
+}
+
+/// What an instance is bound to (requirement N3), as the admin tells its agent and
+/// the agent writes it beside the instance's config
+/// (`{root}/instances/{instance}/binding`): its namespace, whether that namespace
+/// exists (a gateway serving an instance bound to a namespace that does not loads
+/// nothing), and the namespace's plugin template overrides (N5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceBinding {
+    pub namespace: String,
+    pub exists: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugin_templates: Vec<crate::plugin::NamespacePluginTemplate>,
+}
+
+impl InstanceBinding {
+    /// Every namespace id valid and every override valid, each named by its path.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut v = Validator::new();
+        check_id(&mut v, "namespace", &self.namespace);
+        for (i, template) in self.plugin_templates.iter().enumerate() {
+            if let Err(errors) = template.validate() {
+                for e in errors.0 {
+                    v.error(&format!("plugin_templates[{i}].{}", e.field), e.message);
+                }
+            }
+        }
+        v.finish()
+    }
 }
 
 /// Body of `GET {agent}/agent/apiserver/v1/instances`.

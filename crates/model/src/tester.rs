@@ -249,6 +249,10 @@ pub struct RouteTestResult {
     /// Routes left out of `near_misses` beyond the cap.
     #[serde(default)]
     pub truncated: usize,
+    /// Why the instance's nodes serve nothing (its namespace does not exist): every
+    /// request is then `not_found`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unbound: Option<String>,
 }
 
 /// Near misses an answer lists at most.
@@ -477,6 +481,7 @@ mod tests {
                 shadowed_by: None,
             }],
             truncated: 0,
+            unbound: None,
         };
         let json = serde_json::to_value(&result).unwrap();
         assert_eq!(json["outcome"]["kind"], "method_not_allowed");

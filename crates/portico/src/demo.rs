@@ -87,6 +87,7 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
             tls_listen: None,
             client_ca: None,
             instance: INSTANCE.to_owned(),
+            namespace: None,
             node_id: format!("demo-{}", std::process::id()),
             advertise_address: args.gateway_listen.to_string(),
             heartbeat_interval: Duration::from_secs(2),

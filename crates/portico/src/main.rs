@@ -108,6 +108,12 @@ enum Command {
         tls_client_ca: Option<std::path::PathBuf>,
         #[arg(long, env = "PORTICO_INSTANCE")]
         instance: String,
+        /// The namespace (id) this node is bound to: it serves its instance only while
+        /// the instance belongs to that namespace and the namespace exists (otherwise
+        /// nothing, saying why in its log and heartbeat). Unset: the node follows its
+        /// instance's namespace.
+        #[arg(long, env = "PORTICO_NAMESPACE", value_parser = namespace_id)]
+        namespace: Option<String>,
         #[arg(long, env = "PORTICO_STORE", default_value = "etcd://127.0.0.1:2379")]
         store: String,
         #[command(flatten)]
@@ -506,6 +512,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tls_listen,
             tls_client_ca,
             instance,
+            namespace,
             store,
             store_access,
             node_id,
@@ -530,6 +537,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 client_ca: tls_client_ca,
                 node_id: node_id.unwrap_or_else(|| default_node_id(&instance)),
                 instance,
+                namespace,
                 advertise_address: advertise_address.unwrap_or_else(|| listen.to_string()),
                 heartbeat_interval,
                 http: http.settings()?,
@@ -578,6 +586,14 @@ fn print_new_admin_token(token: &str) {
     println!("Generated admin token (shown only this once; store it safely):");
     println!("  {token}");
     println!("Clients send it as: Authorization: Bearer <token>");
+}
+
+/// A namespace id as the admin generates and accepts them.
+fn namespace_id(value: &str) -> Result<String, String> {
+    let mut v = model::validate::Validator::new();
+    model::validate::check_id(&mut v, "namespace", value);
+    v.finish().map_err(|e| e.to_string())?;
+    Ok(value.to_owned())
 }
 
 fn default_node_id(instance: &str) -> String {

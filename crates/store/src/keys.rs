@@ -1,7 +1,8 @@
 //! The one place store keys are spelled (see `ARCHITECTURE.md`, "Key layout").
 //!
 //! `{root}/instances/{instance}/{kind}/{id}` holds a resource's JSON,
-//! `{root}/instances/{instance}/meta` the admin revision the content corresponds to, and
+//! `{root}/instances/{instance}/meta` the admin revision the content corresponds to,
+//! `{root}/instances/{instance}/binding` the namespace the instance is bound to, and
 //! `{root}/instances/{instance}/nodes/{node_id}` a gateway node's heartbeat (leased).
 
 use model::resource::ResourceKind;
@@ -24,6 +25,7 @@ impl Default for Keyspace {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstanceKey<'a> {
     Meta,
+    Binding,
     Resource { kind: ResourceKind, id: &'a str },
     Node { node_id: &'a str },
 }
@@ -52,6 +54,10 @@ impl Keyspace {
         format!("{}meta", self.instance_prefix(instance))
     }
 
+    pub fn binding(&self, instance: &str) -> String {
+        format!("{}binding", self.instance_prefix(instance))
+    }
+
     pub fn kind_prefix(&self, instance: &str, kind: ResourceKind) -> String {
         format!("{}{}/", self.instance_prefix(instance), kind.as_str())
     }
@@ -72,8 +78,10 @@ impl Keyspace {
     pub fn parse<'k>(&self, instance: &str, key: &'k str) -> Option<InstanceKey<'k>> {
         let prefix = self.instance_prefix(instance);
         let rest = key.strip_prefix(prefix.as_str())?;
-        if rest == "meta" {
-            return Some(InstanceKey::Meta);
+        match rest {
+            "meta" => return Some(InstanceKey::Meta),
+            "binding" => return Some(InstanceKey::Binding),
+            _ => {}
         }
         let (segment, id) = rest.split_once('/')?;
         if id.is_empty() || id.contains('/') {
@@ -111,6 +119,8 @@ mod tests {
             })
         );
         assert_eq!(ks.parse("i", &ks.meta("i")), Some(InstanceKey::Meta));
+        assert_eq!(ks.binding("i"), "/portico/instances/i/binding");
+        assert_eq!(ks.parse("i", &ks.binding("i")), Some(InstanceKey::Binding));
         assert_eq!(ks.parse("i", "/portico/instances/ii/meta"), None);
         assert_eq!(ks.parse("i", "/portico/instances/i/widgets/x"), None);
         let custom = Keyspace::new("/staging").unwrap();

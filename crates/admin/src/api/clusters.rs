@@ -200,6 +200,9 @@ pub(super) async fn set_instance_namespace(
     let moved = state.db.require_instance(&cluster, &instance).await?;
     tracing::info!(cluster, instance, namespace = %moved.namespace,
         source = ?moved.namespace_source, "instance namespace set");
+    // Its gateways follow their new namespace (and its plugin templates) at once.
+    let (s, c, i) = (state.clone(), cluster.clone(), instance.clone());
+    tokio::spawn(async move { sync::rebind_instance(&s, &c, &i).await });
     Ok(Json(moved))
 }
 

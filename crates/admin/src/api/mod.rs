@@ -84,6 +84,16 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         )
         .route("/namespaces/{id}/instances", get(namespaces::instances))
         .route(
+            "/namespaces/{id}/plugin_templates",
+            get(namespaces::list_templates),
+        )
+        .route(
+            "/namespaces/{id}/plugin_templates/{plugin}",
+            get(namespaces::get_template)
+                .put(namespaces::put_template)
+                .delete(namespaces::delete_template),
+        )
+        .route(
             &format!("{instance}/namespace"),
             axum::routing::put(clusters::set_instance_namespace),
         )

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use model::cluster::Instance;
 use model::namespace::{Namespace, NamespaceSpec};
+use model::plugin::NamespacePluginTemplate;
 use model::user::Role;
 
 use super::{parse_json, ApiPath, Items};
@@ -93,6 +94,8 @@ pub(super) async fn create(
     let spec = parse_spec(&body?, None)?;
     let ns = state.db.insert_namespace(&spec, db::now()).await?;
     tracing::info!(namespace = %ns.id, name = %ns.name, "namespace created");
+    // Instances whose agents named it before it existed are bound now.
+    tokio::spawn(crate::sync::rebind_namespace(state.clone(), ns.id.clone()));
     Ok((StatusCode::CREATED, Json(shown(ns, 0, 0))).into_response())
 }
 
@@ -152,6 +155,115 @@ pub(super) async fn instances(
         })
         .collect();
     Ok(Items::of(items))
+}
+
+/// The namespace's plugin template overrides (requirement N5).
+#[utoipa::path(get, path = "/namespaces/{id}/plugin_templates", tag = "namespaces",
+    params(("id" = String, Path, description = "the namespace's id")),
+    responses((status = 200, description = "the overrides, by plugin name", body = Items<NamespacePluginTemplate>)))]
+pub(super) async fn list_templates(
+    State(state): State<Arc<AppState>>,
+    caller: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Items<NamespacePluginTemplate>>, ApiError> {
+    caller.require(&id, Role::Viewer)?;
+    state.db.require_namespace(&id).await?;
+    Ok(Items::of(state.db.namespace_templates(&id).await?))
+}
+
+/// One plugin's override in the namespace.
+#[utoipa::path(get, path = "/namespaces/{id}/plugin_templates/{plugin}", tag = "namespaces",
+    params(
+        ("id" = String, Path, description = "the namespace's id"),
+        ("plugin" = String, Path, description = "the plugin's name"),
+    ),
+    responses((status = 200, description = "the override", body = NamespacePluginTemplate)))]
+pub(super) async fn get_template(
+    State(state): State<Arc<AppState>>,
+    caller: Principal,
+    ApiPath((id, plugin)): ApiPath<(String, String)>,
+) -> Result<Json<NamespacePluginTemplate>, ApiError> {
+    caller.require(&id, Role::Viewer)?;
+    state.db.require_namespace(&id).await?;
+    state
+        .db
+        .namespace_templates(&id)
+        .await?
+        .into_iter()
+        .find(|t| t.id == plugin)
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "namespace {id:?} has no plugin template {plugin:?}"
+            ))
+        })
+}
+
+/// Sets one plugin's override for every instance of the namespace (namespace admin);
+/// their gateways get it with their binding at once.
+#[utoipa::path(put, path = "/namespaces/{id}/plugin_templates/{plugin}", tag = "namespaces",
+    params(
+        ("id" = String, Path, description = "the namespace's id"),
+        ("plugin" = String, Path, description = "the plugin's name"),
+    ),
+    request_body = NamespacePluginTemplate,
+    responses(
+        (status = 200, description = "replaced", body = NamespacePluginTemplate),
+        (status = 201, description = "created", body = NamespacePluginTemplate),
+    ))]
+pub(super) async fn put_template(
+    State(state): State<Arc<AppState>>,
+    caller: Principal,
+    ApiPath((id, plugin)): ApiPath<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(&id, Role::Admin)?;
+    let template: NamespacePluginTemplate = parse_json("plugin template", &body?)?;
+    let mut errors = template.validate().err().unwrap_or_default();
+    if template.id != plugin {
+        errors.0.push(model::validate::FieldError {
+            field: "id".into(),
+            message: format!("must equal the plugin in the path ({plugin:?})"),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid {
+            what: "plugin template".into(),
+            errors,
+        });
+    }
+    let created = state
+        .db
+        .put_namespace_template(&id, &template, db::now())
+        .await?;
+    tracing::info!(namespace = %id, plugin = %plugin, created, "namespace plugin template set");
+    tokio::spawn(crate::sync::rebind_namespace(state.clone(), id));
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(template)).into_response())
+}
+
+/// Removes one plugin's override (namespace admin): its instances' own templates
+/// apply again.
+#[utoipa::path(delete, path = "/namespaces/{id}/plugin_templates/{plugin}", tag = "namespaces",
+    params(
+        ("id" = String, Path, description = "the namespace's id"),
+        ("plugin" = String, Path, description = "the plugin's name"),
+    ),
+    responses((status = 204, description = "removed")))]
+pub(super) async fn delete_template(
+    State(state): State<Arc<AppState>>,
+    caller: Principal,
+    ApiPath((id, plugin)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(&id, Role::Admin)?;
+    state.db.delete_namespace_template(&id, &plugin).await?;
+    tracing::info!(namespace = %id, plugin = %plugin, "namespace plugin template removed");
+    tokio::spawn(crate::sync::rebind_namespace(state.clone(), id));
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Per namespace: its instances and their online gateway nodes.

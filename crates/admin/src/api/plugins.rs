@@ -93,7 +93,8 @@ pub(super) async fn effective_plugins(
             details: Vec::new(),
         });
     }
-    scope.instance(&state, &cluster, &instance).await?;
+    let found = scope.instance(&state, &cluster, &instance).await?;
+    let binding = state.db.binding(&found).await?;
     let snapshot = state
         .db
         .snapshot(&cluster, &instance)
@@ -136,9 +137,10 @@ pub(super) async fn effective_plugins(
             .and_then(|id| snapshot.consumer_groups.iter().find(|g| &g.id == id));
         layers.extend(model::plugin::consumer_layers(group, consumer));
     }
-    let merged = model::plugin::effective(&layers, |name| {
-        snapshot.plugin_templates.iter().find(|t| t.id == name)
-    });
+    // The instance's templates under its namespace's, as its gateways layer them.
+    let templates =
+        model::plugin::layered_templates(&snapshot.plugin_templates, &binding.plugin_templates);
+    let merged = model::plugin::effective(&layers, |name| templates.get(name));
     Ok(Json(EffectiveView {
         route: route.id.clone(),
         consumer: consumer.map(|c| c.id.clone()),

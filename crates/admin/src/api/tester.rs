@@ -14,6 +14,7 @@ use axum::extract::State;
 use axum::Json;
 use gateway::tester::TestTable;
 use gateway::HttpSettings;
+use model::cluster::InstanceBinding;
 use model::tester::{RouteTest, RouteTestResult};
 
 use super::{parse_json, ApiPath, ReadScope};
@@ -37,7 +38,8 @@ pub(super) async fn route_test(
 ) -> Result<Json<RouteTestResult>, ApiError> {
     let test: RouteTest = parse_json("route test", &body?)?;
     let found = scope.instance(&state, &cluster, &instance).await?;
-    let table = table(&state, &cluster, &instance, found.revision).await?;
+    let binding = state.db.binding(&found).await?;
+    let table = table(&state, &cluster, &instance, found.revision, binding).await?;
     let answer = table
         .test(&HttpSettings::default(), &test)
         .map_err(|errors| ApiError::Invalid {
@@ -47,15 +49,17 @@ pub(super) async fn route_test(
     Ok(Json(answer))
 }
 
-/// The instance's compiled config at `revision`: the cached one, or built off the
-/// async workers (it compiles every route and plugin).
+/// The instance's compiled config at `revision` under its binding (its namespace and
+/// that namespace's plugin templates): the cached one, or built off the async workers
+/// (it compiles every route and plugin).
 async fn table(
     state: &AppState,
     cluster: &str,
     instance: &str,
     revision: model::snapshot::Revision,
+    binding: InstanceBinding,
 ) -> Result<Arc<TestTable>, ApiError> {
-    if let Some(table) = state.test_table(cluster, instance, revision) {
+    if let Some(table) = state.test_table(cluster, instance, revision, &binding) {
         return Ok(table);
     }
     let snapshot = state
@@ -63,7 +67,7 @@ async fn table(
         .snapshot(cluster, instance)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("instance {instance:?} does not exist")))?;
-    let table = tokio::task::spawn_blocking(move || TestTable::from_snapshot(&snapshot))
+    let table = tokio::task::spawn_blocking(move || TestTable::bound(&snapshot, Some(&binding)))
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
     let table = Arc::new(table);

@@ -6,6 +6,7 @@
 
 use model::cluster::NamespaceSource;
 use model::namespace::{Namespace, NamespaceSpec, DEFAULT_NAMESPACE};
+use model::plugin::NamespacePluginTemplate;
 use rand::RngCore;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -135,10 +136,131 @@ impl Db {
                 details: Vec::new(),
             });
         }
+        let sql = self.sql(
+            "SELECT plugin FROM namespace_plugin_templates WHERE namespace = ? ORDER BY plugin",
+        );
+        let rows = sqlx::query(&sql).bind(id).fetch_all(&mut *tx).await?;
+        if !rows.is_empty() {
+            let plugins = rows
+                .iter()
+                .map(|r| text(r, "plugin"))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            return Err(ApiError::InUse {
+                message: format!(
+                    "namespace {id:?} still holds plugin templates {}; delete them first",
+                    plugins.join(", ")
+                ),
+                details: Vec::new(),
+            });
+        }
         let sql = self.sql("DELETE FROM namespaces WHERE id = ?");
         sqlx::query(&sql).bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The namespace's plugin template overrides, by plugin name.
+    pub(crate) async fn namespace_templates(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<NamespacePluginTemplate>, ApiError> {
+        let sql = self
+            .sql("SELECT body FROM namespace_plugin_templates WHERE namespace = ? ORDER BY plugin");
+        let rows = sqlx::query(&sql)
+            .bind(namespace)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let body = text(row, "body")?;
+                serde_json::from_str(&body).map_err(|e| ApiError::Internal(e.into()))
+            })
+            .collect()
+    }
+
+    /// Creates or replaces one override of an existing namespace; true when created.
+    pub(crate) async fn put_namespace_template(
+        &self,
+        namespace: &str,
+        template: &NamespacePluginTemplate,
+        now: i64,
+    ) -> Result<bool, ApiError> {
+        let body = serde_json::to_string(template).map_err(|e| ApiError::Internal(e.into()))?;
+        let mut tx = self.pool.begin().await?;
+        // Lock the namespace: a delete of it waits for us, or we for it.
+        let sql = self.sql("UPDATE namespaces SET updated_at = updated_at WHERE id = ?");
+        let done = sqlx::query(&sql).bind(namespace).execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::NotFound(format!(
+                "namespace {namespace:?} does not exist"
+            )));
+        }
+        let sql = self.sql(
+            "SELECT plugin FROM namespace_plugin_templates WHERE namespace = ? AND plugin = ?",
+        );
+        let exists = sqlx::query(&sql)
+            .bind(namespace)
+            .bind(&template.id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        let sql = if exists {
+            self.sql(
+                "UPDATE namespace_plugin_templates SET body = ?, updated_at = ? \
+                 WHERE namespace = ? AND plugin = ?",
+            )
+        } else {
+            self.sql(
+                "INSERT INTO namespace_plugin_templates (body, updated_at, namespace, plugin) \
+                 VALUES (?, ?, ?, ?)",
+            )
+        };
+        sqlx::query(&sql)
+            .bind(&body)
+            .bind(now)
+            .bind(namespace)
+            .bind(&template.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(!exists)
+    }
+
+    /// Removes one override; 404 when there is none.
+    pub(crate) async fn delete_namespace_template(
+        &self,
+        namespace: &str,
+        plugin: &str,
+    ) -> Result<(), ApiError> {
+        let sql =
+            self.sql("DELETE FROM namespace_plugin_templates WHERE namespace = ? AND plugin = ?");
+        let done = sqlx::query(&sql)
+            .bind(namespace)
+            .bind(plugin)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::NotFound(format!(
+                "namespace {namespace:?} has no plugin template {plugin:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// What the instance is bound to, as its agent and gateways are to hold it.
+    pub(crate) async fn binding(
+        &self,
+        instance: &model::cluster::Instance,
+    ) -> Result<model::cluster::InstanceBinding, ApiError> {
+        Ok(model::cluster::InstanceBinding {
+            namespace: instance.namespace.clone(),
+            exists: instance.namespace_exists,
+            plugin_templates: if instance.namespace_exists {
+                self.namespace_templates(&instance.namespace).await?
+            } else {
+                Vec::new()
+            },
+        })
     }
 
     /// Every instance as (namespace, cluster, instance), for per-namespace counts.

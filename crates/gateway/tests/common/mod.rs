@@ -119,6 +119,7 @@ impl Node {
                 tls_listen,
                 client_ca: ca_file.as_ref().map(|f| f.path().to_path_buf()),
                 instance: INSTANCE.into(),
+                namespace: None,
                 node_id: "node-1".into(),
                 advertise_address: listen.to_string(),
                 heartbeat_interval: Duration::from_millis(200),

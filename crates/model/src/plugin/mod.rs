@@ -508,9 +508,117 @@ impl PluginTemplate {
     }
 }
 
+/// A namespace's override of one plugin's template (requirement N5, ShenYu's plugin
+/// template per namespace): what it states wins over the instance's template for
+/// every instance of the namespace — `enabled`, `priority`, and each field of
+/// `defaults`; what it leaves out stays the instance's. Its id is the plugin's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamespacePluginTemplate {
+    /// The plugin's name (`limit-count`).
+    pub id: String,
+    /// `false` turns the plugin off in every instance of the namespace; `true` turns
+    /// it on where an instance's template turned it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Replaces the priority on every instance of the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Field values used where a configuration of the plugin does not give them; over
+    /// the instance template's, field by field.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub defaults: serde_json::Map<String, serde_json::Value>,
+}
+
+impl NamespacePluginTemplate {
+    /// The rules of an instance template: a known plugin, a priority in range, and
+    /// defaults the plugin reads with values of its types.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        self.over(None).validate()
+    }
+
+    /// The template an instance uses: its own (`instance`; the catalog's when it has
+    /// none) with what this override states on top.
+    pub fn over(&self, instance: Option<&PluginTemplate>) -> PluginTemplate {
+        let mut merged = instance.cloned().unwrap_or_else(|| PluginTemplate {
+            id: self.id.clone(),
+            enabled: true,
+            priority: None,
+            defaults: serde_json::Map::new(),
+        });
+        if let Some(enabled) = self.enabled {
+            merged.enabled = enabled;
+        }
+        if self.priority.is_some() {
+            merged.priority = self.priority;
+        }
+        for (field, value) in &self.defaults {
+            merged.defaults.insert(field.clone(), value.clone());
+        }
+        merged
+    }
+}
+
+/// The templates an instance's plugins run under: the instance's own, each with its
+/// namespace's override on top (requirement N5), by plugin name. The one merge rule
+/// of the two layers: the gateway builds its chains with it, the admin answers the
+/// effective plugins and route tests with it.
+pub fn layered_templates<'a>(
+    instance: impl IntoIterator<Item = &'a PluginTemplate>,
+    namespace: &[NamespacePluginTemplate],
+) -> BTreeMap<String, PluginTemplate> {
+    let mut templates: BTreeMap<String, PluginTemplate> = instance
+        .into_iter()
+        .map(|t| (t.id.clone(), t.clone()))
+        .collect();
+    for over in namespace {
+        let merged = over.over(templates.get(&over.id));
+        templates.insert(over.id.clone(), merged);
+    }
+    templates
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_namespace_template_wins_where_it_speaks() {
+        let instance = PluginTemplate {
+            id: "limit-count".into(),
+            enabled: false,
+            priority: Some(5),
+            defaults: serde_json::from_str(r#"{"count": 10, "time_window": 60}"#).unwrap(),
+        };
+        let over: NamespacePluginTemplate =
+            serde_json::from_str(r#"{"id": "limit-count", "defaults": {"count": 99}}"#).unwrap();
+        let merged = layered_templates([&instance], std::slice::from_ref(&over));
+        let t = &merged["limit-count"];
+        // Unsaid: the instance's; said: the namespace's, field by field.
+        assert!(!t.enabled);
+        assert_eq!(t.priority, Some(5));
+        assert_eq!(t.defaults["count"], 99);
+        assert_eq!(t.defaults["time_window"], 60);
+        let on: NamespacePluginTemplate =
+            serde_json::from_str(r#"{"id": "limit-count", "enabled": true, "priority": -3}"#)
+                .unwrap();
+        let merged = layered_templates([&instance], &[on]);
+        assert!(merged["limit-count"].enabled);
+        assert_eq!(merged["limit-count"].priority, Some(-3));
+        // A plugin the instance has no template for gets the catalog's, overridden.
+        let merged = layered_templates([], &[over]);
+        assert!(merged["limit-count"].enabled);
+        assert_eq!(merged["limit-count"].defaults["count"], 99);
+        // Checked as an instance template is.
+        let bad: NamespacePluginTemplate =
+            serde_json::from_str(r#"{"id": "limit-count", "defaults": {"count": "many"}}"#)
+                .unwrap();
+        let errors = bad.validate().unwrap_err();
+        assert_eq!(errors.0[0].field, "defaults.count", "{errors:?}");
+        let unknown: NamespacePluginTemplate =
+            serde_json::from_str(r#"{"id": "no-such-plugin"}"#).unwrap();
+        assert_eq!(unknown.validate().unwrap_err().0[0].field, "id");
+    }
 
     fn fields(plugins: &str) -> Vec<String> {
         let plugins: Plugins = serde_json::from_str(plugins).unwrap();
