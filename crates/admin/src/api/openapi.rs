@@ -64,6 +64,7 @@ use super::{DryRunAnswer, InstanceWriteQuery, NamespaceQuery};
         namespaces::delete,
         namespaces::instances,
         config::export_namespace,
+        config::apply_namespace,
         config::export,
         config::apply,
         plugins::list_plugins,
