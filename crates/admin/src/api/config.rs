@@ -696,3 +696,72 @@ fn snapshot_of(mut value: Value) -> Result<Snapshot, model::json::JsonError> {
     let bytes = serde_json::to_vec(&value).expect("a JSON value serialises");
     model::json::parse(&bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn converged(
+        cluster: &str,
+        instance: &str,
+        changed: bool,
+        revision: u64,
+    ) -> InstanceConvergence {
+        InstanceConvergence {
+            cluster: cluster.into(),
+            instance: instance.into(),
+            sync: changed.then_some("applied"),
+            convergence: super::super::revisions::Convergence {
+                rolled_back_to: None,
+                dry_run: false,
+                changed,
+                revision: Revision(revision),
+                from_revision: Revision(revision - u64::from(changed)),
+                changes: Vec::new(),
+                rerouted: Vec::new(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_midway_names_what_was_written() {
+        let cause = ApiError::RevisionConflict {
+            instance: "c".into(),
+            current: Revision(9),
+            expected: Revision(8),
+            field: "instances[2].expected_revision".into(),
+        };
+        let written = [
+            converged("c1", "a", true, 5),
+            converged("c1", "b", false, 3),
+        ];
+        let response = partly_written(cause, &written);
+        assert_eq!(response.status(), 409);
+        assert_eq!(response.headers()["x-portico-revision"], "9");
+        let audit = response.extensions().get::<AuditDetail>().cloned().unwrap();
+        assert_eq!(audit.after.unwrap()[0]["revision"], 5);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "revision_conflict");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .ends_with("written before it stopped: c1/a"),
+            "{body}"
+        );
+        assert_eq!(
+            body["details"],
+            json!([
+                {"field": "c1/a", "message": "written as revision 5"},
+                {"field": "instances[2].expected_revision", "message": "the instance is at revision 9"}
+            ])
+        );
+
+        // Nothing written yet: the failure as it is.
+        let response = partly_written(ApiError::NotFound("gone".into()), &written[1..]);
+        assert_eq!(response.status(), 404);
+    }
+}
