@@ -10,6 +10,8 @@ use apikit::error::BodyFailure;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use model::cluster::REVISION_HEADER;
+use model::snapshot::Revision;
 use model::validate::{FieldError, ValidationErrors};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,23 @@ pub enum ApiError {
     Invalid {
         what: String,
         errors: ValidationErrors,
+    },
+    /// The write named the revision it builds on (`expected_revision`) and the
+    /// instance is at another one: someone changed it since the caller looked.
+    /// `field` names where the expectation was given.
+    #[error("instance {instance:?} is at revision {current}, not {expected} as expected")]
+    RevisionConflict {
+        instance: String,
+        current: Revision,
+        expected: Revision,
+        field: String,
+    },
+    /// A write across several instances stopped at `cause` after `written` (one
+    /// detail per instance written) had been stored: those stay, the rest are unchanged.
+    #[error("{cause}; written before it stopped: {}", .written.iter().map(|w| w.field.as_str()).collect::<Vec<_>>().join(", "))]
+    PartlyWritten {
+        cause: Box<ApiError>,
+        written: Vec<FieldError>,
     },
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -84,6 +103,8 @@ impl ApiError {
             ApiError::InUse { .. } => (StatusCode::CONFLICT, "in_use"),
             ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            ApiError::RevisionConflict { .. } => (StatusCode::CONFLICT, "revision_conflict"),
+            ApiError::PartlyWritten { cause, .. } => cause.status_and_code(),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::BodyTimedOut => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -140,7 +161,11 @@ impl IntoResponse for ApiError {
             return apikit::error::request_timeout();
         }
         let (status, code) = self.status_and_code();
-        match &self {
+        let cause = match &self {
+            ApiError::PartlyWritten { cause, .. } => cause.as_ref(),
+            other => other,
+        };
+        match cause {
             ApiError::Unavailable(source) => {
                 tracing::warn!(error = %source, "database unavailable");
             }
@@ -149,7 +174,27 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let details = match &self {
+        let mut details = match &self {
+            ApiError::PartlyWritten { written, .. } => written.clone(),
+            _ => Vec::new(),
+        };
+        details.extend(cause.details());
+        let mut response = apikit::error::response(status, code, self.to_string(), details);
+        if let ApiError::RevisionConflict { current, .. } = cause {
+            // Machine-readable: where the instance is now (a client's "run again").
+            response.headers_mut().insert(
+                axum::http::HeaderName::from_static(REVISION_HEADER),
+                axum::http::HeaderValue::from(current.0),
+            );
+        }
+        response
+    }
+}
+
+impl ApiError {
+    /// The field details an answer lists for this error.
+    fn details(&self) -> Vec<FieldError> {
+        match self {
             ApiError::BadRequest { details, .. } | ApiError::InUse { details, .. } => {
                 details.clone()
             }
@@ -158,9 +203,13 @@ impl IntoResponse for ApiError {
                 field: field.clone(),
                 message: "is a secret and is never stored unencrypted".to_owned(),
             }],
+            ApiError::RevisionConflict { current, field, .. } => vec![FieldError {
+                field: field.clone(),
+                message: format!("the instance is at revision {current}"),
+            }],
+            ApiError::PartlyWritten { cause, .. } => cause.details(),
             _ => Vec::new(),
-        };
-        apikit::error::response(status, code, self.to_string(), details)
+        }
     }
 }
 
@@ -177,6 +226,24 @@ mod tests {
                 ApiError::invalid_field("route", "id", "bad"),
                 422,
                 "invalid",
+            ),
+            (
+                ApiError::RevisionConflict {
+                    instance: "a".into(),
+                    current: Revision(4),
+                    expected: Revision(3),
+                    field: "expected_revision".into(),
+                },
+                409,
+                "revision_conflict",
+            ),
+            (
+                ApiError::PartlyWritten {
+                    cause: Box::new(ApiError::Unavailable(sqlx::Error::PoolTimedOut)),
+                    written: Vec::new(),
+                },
+                503,
+                "unavailable",
             ),
             (
                 ApiError::PayloadTooLarge("big".into()),

@@ -3,7 +3,8 @@
 //! never deleted or rewritten), with a preview of what would change first (D4).
 //!
 //! ```text
-//! lock instance → objects now, the wanted objects (at the target revision, secrets
+//! lock instance → objects now (refused when not at the caller's expected revision),
+//!   the wanted objects (at the target revision, secrets
 //!   opened; or the applied file's)
 //! → a secret the old version does not carry (history from before revisions kept
 //!   them) is the one the object has now → every old object checked against today's
@@ -29,6 +30,9 @@ pub(crate) struct Converged {
     pub written: Option<Written>,
     /// The revision it made, or would make.
     pub revision: Revision,
+    /// The instance's revision it started from: what a caller passes as
+    /// `expected_revision` to write exactly what a dry run showed.
+    pub from: Revision,
     /// For a dry run: the requests whose route it would change.
     pub rerouted: Vec<crate::impact::Rerouted>,
 }
@@ -106,6 +110,16 @@ async fn converge(
         .objects_now(cluster, instance)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("instance {instance:?} does not exist")))?;
+    // Here for the answer that writes nothing (nothing differs); the commit checks it
+    // again in its transaction.
+    if let Some(expected) = note.expected.filter(|e| *e != current) {
+        return Err(ApiError::RevisionConflict {
+            instance: instance.to_owned(),
+            current,
+            expected,
+            field: "expected_revision".to_owned(),
+        });
+    }
     let mut wanted = match wanted {
         Wanted::Objects(objects) => objects,
         Wanted::Revision(target) if target > current => {
@@ -120,13 +134,14 @@ async fn converge(
         Wanted::Revision(target) => state.db.objects_at(cluster, instance, target).await?,
     };
     keep_current_secrets(&mut wanted, &now);
-    check_all(&wanted)?;
+    check_all(&wanted, batch)?;
     let diff = diff::diff(&now, &wanted);
     if diff.is_empty() {
         return Ok(Converged {
             diff,
             written: None,
             revision: current,
+            from: current,
             rerouted: Vec::new(),
         });
     }
@@ -158,6 +173,7 @@ async fn converge(
         diff,
         written,
         revision,
+        from: current,
         rerouted,
     })
 }
@@ -179,7 +195,7 @@ fn keep_current_secrets(wanted: &mut Objects, now: &Objects) {
 
 /// Every object of the target must pass today's rules; each failure is named by the
 /// object (`routes[r1].paths[0]`).
-fn check_all(objects: &Objects) -> Result<(), ApiError> {
+fn check_all(objects: &Objects, batch: Batch) -> Result<(), ApiError> {
     let mut errors = Vec::new();
     for ((kind, id), resource) in objects {
         if let Err(e) = resource.validate() {
@@ -193,7 +209,12 @@ fn check_all(objects: &Objects) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::Invalid {
-            what: "rollback target".into(),
+            what: if batch == Batch::Rollback {
+                "rollback target"
+            } else {
+                "config"
+            }
+            .into(),
             errors: ValidationErrors(errors),
         })
     }

@@ -3,8 +3,9 @@
 //! in-process store for the instances), and `portico ctl` run as a user runs it, its
 //! stdout, stderr and exit code checked. Covers login and tokens, every kind of
 //! output, create/get/list/update/delete from YAML and JSON, history, diff and
-//! rollback, export then apply to another instance, the route tester, status, and
-//! every exit code.
+//! rollback, export then apply to another instance, a namespace-wide apply, a change
+//! that comes between a preview and its confirmation (on a terminal from util-linux
+//! `script`), the route tester, status, and every exit code.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -716,6 +717,211 @@ fn config_history_export_apply_and_route_tests() {
     assert!(run.stdout.contains("team Q"), "{run:?}");
     dep.as_admin(&["delete", "namespace", id]).ok();
     dep.as_admin(&["get", "namespace", id]).code(5);
+}
+
+/// Runs `portico ctl args…` (as the admin, on cluster c1) on a terminal (`script`
+/// gives it a pty), waits for its confirmation question, runs `between`, then answers
+/// yes: what a person sees who confirms after someone else changed the instance.
+fn confirmed_after(dep: &Deployment, args: &[&str], between: impl FnOnce()) -> Run {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let quoted: Vec<String> = [BIN, "ctl"]
+        .iter()
+        .chain(args)
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &quoted.join(" "), "/dev/null"])
+        .env_clear()
+        .env("HOME", dep.home())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PORTICO_ADMIN", &dep.url)
+        .env("PORTICO_TOKEN", ADMIN_TOKEN)
+        .env("PORTICO_CLUSTER", "c1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let seen = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let seen = seen.clone();
+        let mut out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    dep.until("the confirmation question", || {
+        seen.lock().unwrap().contains("[y/N]").then_some(())
+    });
+    between();
+    child.stdin.take().unwrap().write_all(b"y\n").unwrap();
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let stdout = seen.lock().unwrap().clone();
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout,
+        stderr: String::new(),
+    }
+}
+
+#[test]
+fn namespace_wide_apply_and_changes_after_the_preview() {
+    let dep = Deployment::start();
+    let a = |args: &[&str]| dep.on("instance_a", args);
+    let b = |args: &[&str]| dep.on("instance_b", args);
+    let file = json!({
+        "namespace": "default",
+        "name": "default",
+        "instances": [
+            {"cluster": "c1", "instance": "instance_a", "config": {
+                "upstreams": [{"id": "up", "nodes": [{"host": "127.0.0.1", "port": 8080}]}],
+                "routes": [{"id": "r1", "paths": ["/a/*"], "upstream_id": "up"}]}},
+            {"cluster": "c1", "instance": "instance_b", "config": {
+                "upstreams": [{"id": "up", "nodes": [{"host": "127.0.0.1", "port": 8081}]}],
+                "routes": [{"id": "r2", "paths": ["/b/*"], "upstream_id": "up"}]}}
+        ]
+    });
+    let ns = dep.file("ns.yaml", &serde_yaml_ng::to_string(&file).unwrap());
+
+    // Previewed per instance; refused without a terminal; a dry run writes nothing.
+    let run = dep
+        .as_admin(&["apply", "--namespace-wide", "-f", &ns])
+        .code(2);
+    assert!(
+        run.stdout.contains("c1/instance_a (would be revision 1)")
+            && run.stdout.contains("+ routes/r1")
+            && run.stdout.contains("c1/instance_b (would be revision 1)")
+            && run.stdout.contains("+ routes/r2"),
+        "{run:?}"
+    );
+    dep.as_admin(&["apply", "--namespace-wide", "-f", &ns, "--dry-run"])
+        .ok();
+    a(&["get", "route", "r1"]).code(5);
+    // An instance's apply refuses a namespace file, naming the flag.
+    let run = a(&["apply", "-f", &ns, "--yes"]).code(7);
+    assert!(run.stderr.contains("--namespace-wide"), "{run:?}");
+
+    let run = dep
+        .as_admin(&[
+            "apply",
+            "--namespace-wide",
+            "-f",
+            &ns,
+            "--yes",
+            "-m",
+            "both",
+        ])
+        .ok();
+    assert!(
+        run.stdout.contains("applied c1/instance_a: revision 1")
+            && run.stdout.contains("applied c1/instance_b: revision 1"),
+        "{run:?}"
+    );
+    let exported = dep
+        .as_admin(&["export", "--namespace-wide", "--format", "json"])
+        .ok()
+        .json();
+    for (i, entry) in exported["instances"].as_array().unwrap().iter().enumerate() {
+        let routes = &entry["config"]["routes"];
+        assert_eq!(
+            routes[0]["id"],
+            file["instances"][i]["config"]["routes"][0]["id"]
+        );
+        assert_eq!(
+            routes[0]["paths"],
+            file["instances"][i]["config"]["routes"][0]["paths"]
+        );
+    }
+    let history = b(&["history", "-o", "json"]).ok().json();
+    assert_eq!(history["items"][0]["message"], "both");
+    let run = dep
+        .as_admin(&["apply", "--namespace-wide", "-f", &ns, "--yes"])
+        .ok();
+    assert!(run.stderr.contains("nothing to change"), "{run:?}");
+
+    // A file pinned to a revision the instance has left: a conflict (exit 6).
+    let mut pinned = file.clone();
+    pinned["instances"][0]["expected_revision"] = json!(0);
+    pinned["instances"][0]["config"]["routes"][0]["paths"] = json!(["/a2/*"]);
+    let pinned = dep.file("pinned.yaml", &serde_yaml_ng::to_string(&pinned).unwrap());
+    let run = dep
+        .as_admin(&["apply", "--namespace-wide", "-f", &pinned, "--yes"])
+        .code(6);
+    assert!(
+        run.stderr.contains("revision_conflict") || run.stderr.contains("not 0 as expected"),
+        "{run:?}"
+    );
+
+    // Someone writes between the preview and the confirmation: nothing is written,
+    // exit 6, saying where the instance is now.
+    let mut changed = file.clone();
+    changed["instances"][0]["config"]["routes"][0]["paths"] = json!(["/a3/*"]);
+    changed["instances"][1]["config"]["routes"][0]["paths"] = json!(["/b3/*"]);
+    let changed = dep.file("changed.yaml", &serde_yaml_ng::to_string(&changed).unwrap());
+    let late = dep.file(
+        "late.yaml",
+        &json!({"id": "late", "nodes": [{"host": "127.0.0.1", "port": 1}]}).to_string(),
+    );
+    let run = confirmed_after(&dep, &["apply", "--namespace-wide", "-f", &changed], || {
+        b(&["create", "upstream", "-f", &late]).ok();
+    });
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(
+        run.stdout.contains(
+            "the instance c1/instance_b changed since the preview (now at revision 2); run again"
+        ),
+        "{run:?}"
+    );
+    let route = a(&["get", "route", "r1", "-o", "json"]).ok().json();
+    assert_eq!(
+        route["paths"],
+        json!(["/a/*"]),
+        "instance_a was not written"
+    );
+
+    // The same for one instance's apply and for a rollback.
+    let one = dep.file(
+        "one.yaml",
+        &serde_yaml_ng::to_string(&file["instances"][1]["config"]).unwrap(),
+    );
+    let run = confirmed_after(
+        &dep,
+        &["apply", "--instance", "instance_b", "-f", &one],
+        || {
+            b(&["delete", "upstream", "late"]).ok();
+        },
+    );
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("changed since the preview (now at revision 3); run again"),
+        "{run:?}"
+    );
+    let run = confirmed_after(&dep, &["rollback", "--instance", "instance_b", "0"], || {
+        b(&["create", "upstream", "-f", &late]).ok();
+    });
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("changed since the preview (now at revision 4); run again"),
+        "{run:?}"
+    );
+    b(&["get", "upstream", "late"]).ok();
+    // Confirmed with nothing in between, it is written.
+    let run = confirmed_after(&dep, &["rollback", "--instance", "instance_b", "3"], || {});
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("rolled back: revision 5"), "{run:?}");
+    b(&["get", "upstream", "late"]).code(5);
 }
 
 #[test]

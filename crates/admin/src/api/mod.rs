@@ -120,7 +120,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             &format!("{instance}/config"),
             get(config::export).put(config::apply),
         )
-        .route("/namespaces/{id}/config", get(config::export_namespace))
+        .route(
+            "/namespaces/{id}/config",
+            get(config::export_namespace).put(config::apply_namespace),
+        )
         .route(
             &format!("{instance}/routes/{{id}}/plugins/effective"),
             get(plugins::effective_plugins),
@@ -184,6 +187,10 @@ pub(crate) struct InstanceWriteQuery {
     /// Check everything, answer what would change, store nothing.
     #[allow(dead_code)] // read by `RevisionNote`
     pub dry_run: Option<bool>,
+    /// Write only if the instance is still at this revision (the one the caller
+    /// previewed or read); otherwise 409 `revision_conflict`, nothing written.
+    #[allow(dead_code)] // read by `RevisionNote`
+    pub expected_revision: Option<u64>,
 }
 
 /// A dry run's answer (nothing stored): the revision the write would make, the
@@ -307,8 +314,9 @@ pub(crate) const MESSAGE_HEADER: &str = "x-portico-message";
 /// Longest revision message accepted.
 pub(crate) const MAX_MESSAGE: usize = 1024;
 
-/// Who writes (the caller's user name), the message they gave, and whether it is a
-/// dry run (`?dry_run=true`: checked, answered, not stored).
+/// Who writes (the caller's user name), the message they gave, whether it is a dry
+/// run (`?dry_run=true`: checked, answered, not stored) and the revision it must build
+/// on (`?expected_revision=N`).
 impl<S: Send + Sync> FromRequestParts<S> for RevisionNote {
     type Rejection = ApiError;
 
@@ -320,13 +328,12 @@ impl<S: Send + Sync> FromRequestParts<S> for RevisionNote {
             None => None,
             Some(value) => Some(revision_message(value.as_bytes())?),
         };
-        let dry_run = axum::extract::Query::<DryRunQuery>::try_from_uri(&parts.uri)
+        let query = axum::extract::Query::<WriteQuery>::try_from_uri(&parts.uri)
             .map_err(|e| ApiError::BadRequest {
                 message: format!("bad query string: {}", e.body_text()),
                 details: Vec::new(),
             })?
-            .0
-            .dry_run;
+            .0;
         let author = parts
             .extensions
             .get::<Principal>()
@@ -335,15 +342,18 @@ impl<S: Send + Sync> FromRequestParts<S> for RevisionNote {
         Ok(RevisionNote {
             author,
             message,
-            dry_run,
+            dry_run: query.dry_run,
+            expected: query.expected_revision.map(model::snapshot::Revision),
         })
     }
 }
 
+/// What a write's query says about the revision it makes (see [`InstanceWriteQuery`]).
 #[derive(serde::Deserialize)]
-struct DryRunQuery {
+struct WriteQuery {
     #[serde(default)]
     dry_run: bool,
+    expected_revision: Option<u64>,
 }
 
 /// A revision message as given: UTF-8, no control characters, not too long.

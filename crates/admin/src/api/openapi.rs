@@ -68,6 +68,7 @@ use super::{DryRunAnswer, InstanceWriteQuery, NamespaceQuery};
         namespaces::put_template,
         namespaces::delete_template,
         config::export_namespace,
+        config::apply_namespace,
         config::export,
         config::apply,
         plugins::list_plugins,

@@ -75,12 +75,32 @@ pub(crate) struct Convergence {
     pub changed: bool,
     /// The revision made (or that would be made).
     pub revision: Revision,
+    /// The instance's revision this was computed from: pass it as `expected_revision`
+    /// to write exactly what a dry run showed.
+    pub from_revision: Revision,
     pub changes: Vec<ObjectDiff>,
     /// For a dry run: the requests whose route would change.
     pub rerouted: Vec<Rerouted>,
 }
 
 impl Convergence {
+    /// The body telling what `done` did (`rolled_back_to`: a rollback's target).
+    pub(super) fn of(
+        rolled_back_to: Option<u64>,
+        dry_run: bool,
+        done: &history::Converged,
+    ) -> Self {
+        Convergence {
+            rolled_back_to,
+            dry_run,
+            changed: !done.diff.is_empty(),
+            revision: done.revision,
+            from_revision: done.from,
+            changes: done.diff.clone(),
+            rerouted: done.rerouted.clone(),
+        }
+    }
+
     /// The answer to a rollback (`Some(at)`) or apply, with the audit record's detail
     /// and the revision headers of what was written.
     pub(super) fn answer(
@@ -93,14 +113,7 @@ impl Convergence {
             revision: done.written.as_ref().map(|w| w.revision.0),
             ..Default::default()
         };
-        let body = Convergence {
-            rolled_back_to,
-            dry_run,
-            changed: !done.diff.is_empty(),
-            revision: done.revision,
-            changes: done.diff,
-            rerouted: done.rerouted,
-        };
+        let body = Convergence::of(rolled_back_to, dry_run, &done);
         let mut response = detail.attach(Json(body).into_response());
         if let Some(written) = done.written {
             super::resources::revision_headers(&mut response, &written);

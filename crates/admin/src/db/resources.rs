@@ -62,6 +62,9 @@ pub(crate) struct RevisionNote {
     pub message: Option<String>,
     /// Check everything, store nothing (`?dry_run=true`).
     pub dry_run: bool,
+    /// The revision the writer saw (`?expected_revision=N`): the write builds on it or
+    /// is refused (409 `revision_conflict`), checked inside the write's transaction.
+    pub expected: Option<Revision>,
 }
 
 /// What a revision of several objects is (a single change is named by its own op).
@@ -119,6 +122,27 @@ pub(crate) struct ChangeEntry {
     pub author: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// A refusal of one object of a revision of several, its fields named by the object
+/// (`routes[r1].upstream_id`) as the request had no body of that object alone.
+fn named_by_object(e: ApiError, change: &Change) -> ApiError {
+    match e {
+        ApiError::Invalid { what, errors } => ApiError::Invalid {
+            what,
+            errors: model::validate::ValidationErrors(
+                errors
+                    .0
+                    .into_iter()
+                    .map(|f| model::validate::FieldError {
+                        field: format!("{}[{}].{}", change.kind().as_str(), change.id(), f.field),
+                        message: f.message,
+                    })
+                    .collect(),
+            ),
+        },
+        other => other,
+    }
 }
 
 /// One object a revision wrote, as the commit did it.
@@ -224,6 +248,18 @@ impl Db {
             .fetch_one(&mut *tx)
             .await?;
         let new_revision: i64 = row.try_get("revision")?;
+        // Checked after the bump, which holds the instance row: no other write can
+        // come between this check and this revision.
+        let current = revision(new_revision - 1);
+        if let Some(expected) = note.expected.filter(|e| *e != current) {
+            tx.rollback().await?;
+            return Err(ApiError::RevisionConflict {
+                instance: instance.to_owned(),
+                current,
+                expected,
+                field: "expected_revision".to_owned(),
+            });
+        }
         let agent_address = text(&row, "agent_address")?;
         let agent_token = self.open_token(cluster, optional_text(&row, "agent_token")?)?;
         let agent_verified =
@@ -233,7 +269,11 @@ impl Db {
         for change in changes {
             let one = self
                 .write_one(&mut tx, cluster, instance, change, new_revision, now)
-                .await?;
+                .await
+                .map_err(|e| match batch {
+                    Batch::Single => e,
+                    _ => named_by_object(e, change),
+                })?;
             let sql = self.sql(
                 "INSERT INTO revision_objects (cluster, instance, revision, kind, id, op, body) \
                  VALUES (?, ?, ?, ?, ?, ?, ?)",

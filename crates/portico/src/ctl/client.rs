@@ -16,6 +16,10 @@ pub const API_PREFIX: &str = "/gateway/apiserver/v1";
 /// Header carrying the message of the revision a write makes.
 const MESSAGE_HEADER: &str = "x-portico-message";
 
+/// Header carrying the instance's revision: the one a write made, or on a revision
+/// conflict the one the instance is at.
+const REVISION_HEADER: &str = "x-portico-revision";
+
 /// A connection to one admin, with or without a token.
 pub struct Client {
     http: reqwest::Client,
@@ -48,6 +52,9 @@ pub struct WriteOptions<'a> {
     pub message: Option<&'a str>,
     /// `?dry_run=true`: checked and answered, nothing written.
     pub dry_run: bool,
+    /// `?expected_revision=N`: written only if the instance is still at revision N
+    /// (the one a preview saw), else refused with a revision conflict.
+    pub expected_revision: Option<u64>,
 }
 
 /// A request body.
@@ -101,6 +108,9 @@ impl Client {
         if write.dry_run {
             request = request.query(&[("dry_run", "true")]);
         }
+        if let Some(expected) = write.expected_revision {
+            request = request.query(&[("expected_revision", expected)]);
+        }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -117,7 +127,12 @@ impl Client {
         let headers = response.headers().clone();
         let bytes = response.bytes().await.map_err(|e| self.unreachable(&e))?;
         if !(200..300).contains(&status) {
-            return Err(CtlError::from_answer(status, &bytes));
+            // On a revision conflict the header says where the instance is now.
+            let now = headers
+                .get(REVISION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            return Err(CtlError::from_answer(status, &bytes).at_revision(now));
         }
         let json = headers
             .get(CONTENT_TYPE)

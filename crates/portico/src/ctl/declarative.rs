@@ -1,13 +1,17 @@
 //! Declarative config: `export` writes an instance's (or a namespace's) config as a
-//! file, without secrets; `apply` makes an instance's config exactly a file's, always
-//! previewed first (the admin's dry run: per object the op and the changed fields),
-//! then confirmed on a terminal or by `--yes`, and written as one revision.
+//! file, without secrets; `apply` makes an instance's config exactly a file's (or each
+//! instance a namespace file lists its own), always previewed first (the admin's dry
+//! run: per object the op and the changed fields), then confirmed on a terminal or by
+//! `--yes`, and written as one revision per instance — only if each instance is still
+//! at the revision the preview saw (`expected_revision`), so what was confirmed is
+//! what is written.
 
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
 use reqwest::Method;
+use serde_json::Value;
 
 use super::changes;
 use super::client::{seg, Body, WriteOptions};
@@ -24,8 +28,8 @@ pub enum FileFormat {
     Json,
 }
 
-/// What `export` exports.
-pub enum Exported {
+/// What `export` exports, or `apply` applies to.
+pub enum Subject {
     Instance(Target),
     /// A namespace (its id): every instance in it with its config.
     Namespace(String),
@@ -33,17 +37,17 @@ pub enum Exported {
 
 pub async fn export(
     session: &Session,
-    what: &Exported,
+    what: &Subject,
     format: FileFormat,
     file: Option<&Path>,
 ) -> Result<()> {
     let (path, mut query, name) = match what {
-        Exported::Instance(target) => (
+        Subject::Instance(target) => (
             format!("{}/config", target.path()),
             target.query(),
             target.name(),
         ),
-        Exported::Namespace(id) => (
+        Subject::Namespace(id) => (
             format!("/namespaces/{}/config", seg(id)),
             Vec::new(),
             format!("namespace {id}"),
@@ -85,7 +89,7 @@ pub async fn export(
 
 pub async fn apply(
     session: &Session,
-    target: &Target,
+    subject: &Subject,
     file: &Path,
     yes: bool,
     write: &WriteArgs,
@@ -93,15 +97,32 @@ pub async fn apply(
 ) -> Result<()> {
     let doc = input::read(file)?;
     let object = input::object(&doc, "config")?;
-    if object.contains_key("instances") && object.contains_key("namespace") {
-        return Err(CtlError::Input(format!(
-            "{}: a namespace-wide export: apply each instance's `config` to its instance (one file per instance)",
+    let namespace_file = object.contains_key("instances");
+    match subject {
+        Subject::Instance(_) if namespace_file => Err(CtlError::Input(format!(
+            "{}: a namespace-wide file: apply it with `portico ctl apply --namespace-wide -f {}` (--namespace NS)",
+            doc.name, doc.name
+        ))),
+        Subject::Instance(target) => apply_instance(session, target, &doc, yes, write, output).await,
+        Subject::Namespace(_) if !namespace_file => Err(CtlError::Input(format!(
+            "{}: not a namespace-wide file (one with `instances`, as `export --namespace-wide` writes)",
             doc.name
-        )));
+        ))),
+        Subject::Namespace(id) => apply_namespace(session, id, &doc, yes, write, output).await,
     }
+}
+
+async fn apply_instance(
+    session: &Session,
+    target: &Target,
+    doc: &input::Document,
+    yes: bool,
+    write: &WriteArgs,
+    output: OutputArgs,
+) -> Result<()> {
     let path = format!("{}/config", target.path());
     let query = target.query();
-    let send = |dry_run: bool| {
+    let send = |dry_run: bool, expected_revision: Option<u64>| {
         session.client.send(
             Method::PUT,
             &path,
@@ -110,10 +131,11 @@ pub async fn apply(
             WriteOptions {
                 message: write.message.as_deref(),
                 dry_run,
+                expected_revision,
             },
         )
     };
-    let preview = send(true).await.map_err(|e| e.in_file(&doc.name))?;
+    let preview = send(true, None).await.map_err(|e| e.in_file(&doc.name))?;
     let changed = preview.body["changed"].as_bool() != Some(false);
     let shown = format!(
         "apply {} to {} (would be revision {}): {}\n{}{}",
@@ -129,10 +151,132 @@ pub async fn apply(
     })? {
         return Ok(());
     }
-    let done = send(false).await.map_err(|e| e.in_file(&doc.name))?;
+    let done = send(false, preview.body["from_revision"].as_u64())
+        .await
+        .map_err(|e| {
+            e.since_preview(&format!("the instance {}", target.name()))
+                .in_file(&doc.name)
+        })?;
     if output::print_raw(output.format, &done.body)? {
         return Ok(());
     }
-    history::report_written(&preview.body, &done, "applied");
+    history::report_written(&done, "applied");
     Ok(())
+}
+
+/// `apply --namespace-wide`: every instance the file lists, previewed together, each
+/// written only if still at the revision its preview saw.
+async fn apply_namespace(
+    session: &Session,
+    namespace: &str,
+    doc: &input::Document,
+    yes: bool,
+    write: &WriteArgs,
+    output: OutputArgs,
+) -> Result<()> {
+    let path = format!("/namespaces/{}/config", seg(namespace));
+    let send = |body: Value, dry_run: bool| {
+        session.client.send(
+            Method::PUT,
+            &path,
+            &[],
+            Body::Json(body),
+            WriteOptions {
+                message: write.message.as_deref(),
+                dry_run,
+                expected_revision: None,
+            },
+        )
+    };
+    let preview = send(doc.value.clone(), true)
+        .await
+        .map_err(|e| e.in_file(&doc.name))?;
+    let listed = preview.body["instances"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let changed = listed.iter().any(|i| i["changed"].as_bool() != Some(false));
+    let mut shown = format!("apply {} to namespace {namespace}:\n", doc.name);
+    for one in listed {
+        let name = instance_name(one);
+        if one["changed"].as_bool() == Some(false) {
+            shown.push_str(&format!(
+                "{name}: no changes (revision {})\n",
+                one["revision"]
+            ));
+            continue;
+        }
+        shown.push_str(&format!(
+            "{name} (would be revision {}): {}\n{}{}",
+            one["revision"],
+            changes::summary(&one["changes"]),
+            changes::render(&one["changes"]),
+            changes::rerouted(&one["rerouted"])
+        ));
+    }
+    if !history::go_ahead(&preview.body, &shown, changed, yes, write, output, || {
+        format!("apply these changes to namespace {namespace}")
+    })? {
+        return Ok(());
+    }
+    // Each listed instance pinned to the revision its preview saw (the answer lists
+    // them in the file's order).
+    let mut body = doc.value.clone();
+    if let Some(instances) = body["instances"].as_array_mut() {
+        for (entry, seen) in instances.iter_mut().zip(listed) {
+            if let Some(entry) = entry.as_object_mut() {
+                entry.insert("expected_revision".into(), seen["from_revision"].clone());
+            }
+        }
+    }
+    let done = send(body, false).await.map_err(|e| {
+        let what = conflicting(&e, listed)
+            .map_or_else(|| "an instance".to_owned(), |n| format!("the instance {n}"));
+        e.since_preview(&what).in_file(&doc.name)
+    })?;
+    if output::print_raw(output.format, &done.body)? {
+        return Ok(());
+    }
+    for one in done.body["instances"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let name = instance_name(one);
+        match one["sync"].as_str() {
+            Some(sync) => println!("applied {name}: revision {} ({sync})", one["revision"]),
+            None => println!("unchanged {name}: revision {}", one["revision"]),
+        }
+        if one["sync"] == "pending" {
+            eprintln!(
+                "note: {name}: the cluster's agent has not got it yet; the admin keeps trying"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `cluster/instance` of an entry of a namespace-wide answer.
+fn instance_name(one: &Value) -> String {
+    format!(
+        "{}/{}",
+        one["cluster"].as_str().unwrap_or("?"),
+        one["instance"].as_str().unwrap_or("?")
+    )
+}
+
+/// The instance a revision conflict names (its detail's field is
+/// `instances[N].expected_revision`), as `cluster/instance`.
+fn conflicting(e: &CtlError, listed: &[Value]) -> Option<String> {
+    let CtlError::RevisionConflict { details, .. } = e else {
+        return None;
+    };
+    details.iter().find_map(|(field, _)| {
+        let at: usize = field
+            .strip_prefix("instances[")?
+            .strip_suffix("].expected_revision")?
+            .parse()
+            .ok()?;
+        listed.get(at).map(instance_name)
+    })
 }

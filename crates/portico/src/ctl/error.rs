@@ -32,6 +32,25 @@ pub enum CtlError {
         /// The file the request was made from, to name it in the message.
         origin: Option<String>,
     },
+    /// The admin refused a write that named the revision it builds on (409
+    /// `revision_conflict`): the instance moved on meanwhile.
+    #[error("{message} (409)")]
+    RevisionConflict {
+        message: String,
+        /// The instance's revision now, when the admin said.
+        now: Option<u64>,
+        details: Vec<(String, String)>,
+    },
+    /// A write confirmed from a preview found its instance changed since: what was
+    /// shown is not what would be written, so nothing was.
+    #[error("{what} changed since the preview{}; run again", .now.map(|n| format!(" (now at revision {n})")).unwrap_or_default())]
+    StalePreview {
+        what: String,
+        now: Option<u64>,
+        /// What the admin said besides (a namespace-wide apply: the instances written
+        /// before the conflict).
+        details: Vec<(String, String)>,
+    },
     /// The admin could not be reached, or did not answer in time.
     #[error("cannot reach the admin at {admin}: {reason}")]
     Unreachable { admin: String, reason: String },
@@ -86,11 +105,50 @@ impl CtlError {
                     .collect()
             })
             .unwrap_or_default();
+        let code = parsed.as_ref().and_then(|v| v["code"].as_str());
+        if status == 409 && code == Some("revision_conflict") {
+            return CtlError::RevisionConflict {
+                message,
+                now: None,
+                details,
+            };
+        }
         CtlError::Api {
             status,
             message,
             details,
             origin: None,
+        }
+    }
+
+    /// A revision conflict with where the instance is now (the admin's
+    /// `x-portico-revision` header); any other error as it is.
+    pub fn at_revision(self, revision: Option<u64>) -> Self {
+        match self {
+            CtlError::RevisionConflict {
+                message, details, ..
+            } => CtlError::RevisionConflict {
+                message,
+                now: revision,
+                details,
+            },
+            other => other,
+        }
+    }
+
+    /// For a write confirmed from a preview: a revision conflict says the instance
+    /// (`what`) changed since the preview.
+    pub fn since_preview(self, what: &str) -> Self {
+        match self {
+            CtlError::RevisionConflict { now, details, .. } => CtlError::StalePreview {
+                what: what.to_owned(),
+                now,
+                details: details
+                    .into_iter()
+                    .filter(|(field, _)| !field.ends_with("expected_revision"))
+                    .collect(),
+            },
+            other => other,
         }
     }
 
@@ -126,6 +184,7 @@ impl CtlError {
                 500.. => code::UNAVAILABLE,
                 _ => code::OTHER,
             },
+            CtlError::RevisionConflict { .. } | CtlError::StalePreview { .. } => code::CONFLICT,
             CtlError::Unreachable { .. } => code::UNAVAILABLE,
             CtlError::Other(_) => code::OTHER,
         }
@@ -138,22 +197,32 @@ impl CtlError {
             CtlError::Other(e) => eprintln!("error: {e:#}"),
             other => eprintln!("error: {other}"),
         }
+        if let CtlError::RevisionConflict { details, .. } | CtlError::StalePreview { details, .. } =
+            self
+        {
+            print_details(details);
+        }
         if let CtlError::Api {
             status, details, ..
         } = self
         {
-            for (field, message) in details {
-                if field.is_empty() {
-                    eprintln!("  {message}");
-                } else {
-                    eprintln!("  {field}: {message}");
-                }
-            }
+            print_details(details);
             if *status == 401 {
                 eprintln!("hint: the token is missing, wrong or expired; log in again with `portico ctl login`");
             }
         }
         ExitCode::from(self.exit_code())
+    }
+}
+
+/// The `field: message` lines of an error answer, on stderr.
+fn print_details(details: &[(String, String)]) {
+    for (field, message) in details {
+        if field.is_empty() {
+            eprintln!("  {message}");
+        } else {
+            eprintln!("  {field}: {message}");
+        }
     }
 }
 
@@ -189,6 +258,23 @@ mod tests {
                 "{status}"
             );
         }
+    }
+
+    #[test]
+    fn a_revision_conflict_after_a_preview_says_to_run_again() {
+        let body = br#"{"error": "instance \"b\" is at revision 8, not 7 as expected", "code": "revision_conflict", "details": [{"field": "expected_revision", "message": "the instance is at revision 8"}]}"#;
+        let conflict = CtlError::from_answer(409, body).at_revision(Some(8));
+        assert_eq!(conflict.exit_code(), 6);
+        let stale = conflict.since_preview("the instance c1/b");
+        assert_eq!(
+            stale.to_string(),
+            "the instance c1/b changed since the preview (now at revision 8); run again"
+        );
+        assert_eq!(stale.exit_code(), 6);
+        // Another 409 stays what it is.
+        let in_use = CtlError::from_answer(409, br#"{"error": "in use", "code": "in_use"}"#)
+            .since_preview("the instance c1/b");
+        assert_eq!(in_use.to_string(), "in use (409)");
     }
 
     #[test]

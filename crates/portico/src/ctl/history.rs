@@ -1,6 +1,7 @@
 //! An instance's history: its revisions, one revision with what it changed, the
 //! difference between two, and a rollback that is always previewed first (a dry run),
-//! then confirmed on a terminal or by `--yes`.
+//! then confirmed on a terminal or by `--yes`, and written only if the instance is
+//! still at the revision the preview saw (`expected_revision`).
 
 use reqwest::Method;
 use serde_json::Value;
@@ -164,6 +165,7 @@ pub async fn rollback(
             WriteOptions {
                 message: write.message.as_deref(),
                 dry_run: true,
+                expected_revision: None,
             },
         )
         .await?;
@@ -191,13 +193,17 @@ pub async fn rollback(
             WriteOptions {
                 message: write.message.as_deref(),
                 dry_run: false,
+                // What was confirmed is what is written: refused if the instance
+                // moved on since the preview.
+                expected_revision: preview.body["from_revision"].as_u64(),
             },
         )
-        .await?;
+        .await
+        .map_err(|e| e.since_preview(&format!("the instance {}", target.name())))?;
     if output::print_raw(output.format, &done.body)? {
         return Ok(());
     }
-    report_written(&preview.body, &done, "rolled back");
+    report_written(&done, "rolled back");
     Ok(())
 }
 
@@ -243,19 +249,12 @@ pub fn go_ahead(
     }
 }
 
-/// Says which revision a rollback or apply made and whether it reached the store;
-/// warns when it is not the one the preview announced (another change came between:
-/// what was applied may differ from what was shown).
-pub fn report_written(preview: &Value, done: &super::client::Answer, what: &str) {
-    let revision = done.body["revision"].clone();
+/// Says which revision a rollback or apply made and whether it reached the store (the
+/// write named the revision the preview saw, so it is the one the preview announced).
+pub fn report_written(done: &super::client::Answer, what: &str) {
+    let revision = &done.body["revision"];
     let sync = done.header("x-portico-sync").unwrap_or("unknown");
     println!("{what}: revision {revision} ({sync})");
-    if preview["revision"] != revision {
-        eprintln!(
-            "warning: the preview announced revision {} but revision {revision} was made: another change came in between; check with `portico ctl revision {revision}`",
-            preview["revision"]
-        );
-    }
     if sync == "pending" {
         eprintln!("note: the cluster's agent has not got it yet; the admin keeps trying");
     }

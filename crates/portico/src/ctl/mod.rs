@@ -41,7 +41,8 @@ Exit codes:
   3  not authenticated (401, or no token at all)
   4  forbidden (403: the role does not allow it)
   5  not found (404)
-  6  conflict (409: exists already, in use)
+  6  conflict (409: exists already, in use, or the instance changed since the
+     preview of a rollback or apply)
   7  invalid input (400, 413, 422, or a local file that does not parse)
   8  admin unreachable, or it answered 5xx
 
@@ -113,6 +114,7 @@ impl WriteArgs {
         WriteOptions {
             message: self.message.as_deref(),
             dry_run: self.dry_run,
+            expected_revision: None,
         }
     }
 }
@@ -255,12 +257,17 @@ enum CtlCommand {
         #[command(flatten)]
         at: InstanceArgs,
     },
-    /// Make the instance's config exactly a file's: shows the changes, asks, applies
-    /// them as one revision.
+    /// Make the instance's config exactly a file's (or, with --namespace-wide, each
+    /// instance a namespace file lists its own): shows the changes, asks, applies them
+    /// as one revision per instance.
     Apply {
         /// The file (`-`: stdin), in the shape `export` writes.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        /// A namespace-wide file (`export --namespace-wide`) to the namespace
+        /// (--namespace, default `default`).
+        #[arg(long)]
+        namespace_wide: bool,
         /// Do not ask.
         #[arg(long, short = 'y')]
         yes: bool,
@@ -421,24 +428,20 @@ async fn dispatch(args: CtlArgs) -> Result<()> {
             at,
         } => {
             let session = Session::open(conn, true)?;
-            let what = if namespace_wide {
-                declarative::Exported::Namespace(
-                    at.namespace.clone().unwrap_or_else(|| "default".to_owned()),
-                )
-            } else {
-                declarative::Exported::Instance(at.target()?)
-            };
+            let what = at.subject(namespace_wide)?;
             declarative::export(&session, &what, format, output.as_deref()).await
         }
         CtlCommand::Apply {
             file,
+            namespace_wide,
             yes,
             at,
             write,
             output,
         } => {
             let session = Session::open(conn, true)?;
-            declarative::apply(&session, &at.target()?, &file, yes, &write, output).await
+            let to = at.subject(namespace_wide)?;
+            declarative::apply(&session, &to, &file, yes, &write, output).await
         }
         CtlCommand::TestRoute(test) => tester::run(&Session::open(conn, true)?, &test).await,
         CtlCommand::Status { output } => status::status(&Session::open(conn, true)?, output).await,
@@ -533,6 +536,23 @@ impl InstanceArgs {
                 .ok_or_else(|| missing("instance", "PORTICO_INSTANCE"))?,
             namespace: given(&self.namespace),
         })
+    }
+}
+
+impl InstanceArgs {
+    /// The instance, or with `namespace_wide` its namespace (`default` when none is
+    /// given).
+    fn subject(&self, namespace_wide: bool) -> Result<declarative::Subject> {
+        if namespace_wide {
+            Ok(declarative::Subject::Namespace(
+                self.namespace
+                    .clone()
+                    .filter(|ns| !ns.trim().is_empty())
+                    .unwrap_or_else(|| "default".to_owned()),
+            ))
+        } else {
+            Ok(declarative::Subject::Instance(self.target()?))
+        }
     }
 }
 
