@@ -116,6 +116,36 @@ async fn every_endpoint_checks_the_callers_role() {
         ),
         (
             "GET",
+            format!("/namespaces/{team}/plugin_templates"),
+            none(),
+            [OK, OK, OK, OK, 403, 401],
+        ),
+        (
+            "PUT",
+            format!("/namespaces/{team}/plugin_templates/request-id"),
+            Box::new(|_| Some(json!({"id": "request-id", "enabled": false}).to_string())),
+            [201, OK, 403, 403, 403, 401],
+        ),
+        (
+            "GET",
+            "/openapi.json".into(),
+            none(),
+            [OK, OK, OK, OK, OK, 401],
+        ),
+        (
+            "GET",
+            format!("/namespaces/{team}/config?format=json"),
+            none(),
+            [OK, OK, OK, OK, 403, 401],
+        ),
+        (
+            "PUT",
+            format!("/namespaces/{team}/config?dry_run=true"),
+            Box::new(|_| Some(json!({"instances": []}).to_string())),
+            [OK, OK, OK, 403, 403, 401],
+        ),
+        (
+            "GET",
             format!("{inst_team}?namespace={team}"),
             none(),
             [OK, OK, OK, OK, 403, 401],

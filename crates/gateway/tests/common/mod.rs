@@ -32,6 +32,8 @@ pub struct Options {
     pub drain_timeout: Option<Duration>,
     /// Where to listen; default a free loopback port.
     pub listen: Option<SocketAddr>,
+    /// The namespace the node is bound to (`--namespace`).
+    pub namespace: Option<String>,
 }
 
 pub struct Node {
@@ -119,7 +121,7 @@ impl Node {
                 tls_listen,
                 client_ca: ca_file.as_ref().map(|f| f.path().to_path_buf()),
                 instance: INSTANCE.into(),
-                namespace: None,
+                namespace: options.namespace.clone(),
                 node_id: "node-1".into(),
                 advertise_address: listen.to_string(),
                 heartbeat_interval: Duration::from_millis(200),
