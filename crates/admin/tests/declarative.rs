@@ -541,3 +541,144 @@ async fn namespace_wide_apply_and_expected_revisions() {
     );
     admin.stop().await;
 }
+
+/// What the agent's store holds for an object (secrets included: gateways need them).
+async fn stored(agent: &TestAgent, instance: &str, kind: &str, id: &str) -> Value {
+    let key = format!("{}{kind}/{id}", agent.keyspace.instance_prefix(instance));
+    let kv = store::ConfigStore::get(agent.store.as_ref(), &key)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{key} is not in the store"));
+    serde_json::from_slice(&kv.value).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_exports_carry_secrets_to_an_empty_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/admin.db", dir.path().display());
+    let admin = TestAdmin::start(&db, Duration::from_secs(3600)).await;
+    let team = admin
+        .send("POST", "/namespaces", json!({"name": "team"}))
+        .await;
+    let team = team.body["id"].as_str().unwrap().to_owned();
+    let agent =
+        TestAgent::start(&["instance_a", "instance_b", &format!("instance_t@{team}")]).await;
+    admin
+        .register("c1", &agent, &["instance_a", "instance_b", "instance_t"])
+        .await;
+    let hmac_secret = "an-hmac-secret-of-enough-length-0123456789";
+    for (kind, body) in [
+        ("certificates", common::certificate("cert")),
+        (
+            "consumers",
+            json!({"id": "alice", "credentials": [
+                {"type": "key-auth", "id": "k", "key": "alice-key-0123456789"},
+                {"type": "basic-auth", "id": "b", "username": "alice", "password": "a-long-password-1"},
+                {"type": "jwt-auth", "id": "j", "key": "alice-jwt", "algorithm": "HS256",
+                 "secret": "a-jwt-secret-of-at-least-32-bytes!!"},
+                {"type": "hmac-auth", "id": "h", "key_id": "alice-hmac", "secret": hmac_secret},
+            ]}),
+        ),
+    ] {
+        let answer = admin.send("POST", &format!("{A}/{kind}"), body).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::CREATED,
+            "{kind}: {}",
+            answer.body
+        );
+    }
+    let sealed_export = |base: &'static str, who: Option<String>| {
+        let admin = &admin;
+        async move {
+            let response = admin
+                .http
+                .get(format!("{}{base}/config?secrets=sealed", admin.url))
+                .bearer_auth(who.unwrap_or_else(|| common::ADMIN_TOKEN.to_owned()))
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    };
+    let (status, yaml) = sealed_export(A, None).await;
+    assert_eq!(status, StatusCode::OK, "{yaml}");
+    // No secret shows: each is sealed in its place.
+    for secret in [
+        common::KEY.lines().nth(1).unwrap(),
+        hmac_secret,
+        "a-jwt-secret",
+    ] {
+        assert!(!yaml.contains(secret), "{secret} in {yaml}");
+    }
+    assert!(yaml.matches("enc:v1:").count() >= 5, "{yaml}");
+
+    // Applied to an empty instance of the namespace: the same objects, secrets included.
+    let (status, done) = apply(&admin, B, &yaml, "").await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(
+        objects(&export(&admin, B).await),
+        objects(&export(&admin, A).await)
+    );
+    for (kind, id) in [("certificates", "cert"), ("consumers", "alice")] {
+        assert_eq!(
+            stored(&agent, "instance_b", kind, id).await,
+            stored(&agent, "instance_a", kind, id).await,
+            "{kind} {id}"
+        );
+    }
+    assert_eq!(
+        stored(&agent, "instance_b", "certificates", "cert").await["key"],
+        common::KEY
+    );
+
+    // Not in another namespace, not on another object: refused by field, nothing written.
+    let team_base = "/clusters/c1/instances/instance_t";
+    let (status, refused) = apply(&admin, team_base, &yaml, &format!("?namespace={team}")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    let fields: Vec<&str> = refused["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert!(fields.contains(&"certificates[cert].key"), "{fields:?}");
+    assert!(
+        fields.contains(&"consumers[alice].credentials[3].secret"),
+        "{fields:?}"
+    );
+    let t = admin.get(&format!("{team_base}?namespace={team}")).await;
+    assert_eq!(t.body["revision"], 0, "{}", t.body);
+    let moved = yaml.replace("id: cert", "id: cert2");
+    let (status, refused) = apply(&admin, B, &moved, "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["details"][0]["field"], "certificates[cert2].key");
+
+    // Sealed exports are for editors; a viewer gets 403, and a bad value is named.
+    let user = admin
+        .send(
+            "POST",
+            "/users",
+            json!({"name": "viewer", "roles": {"default": "viewer"}}),
+        )
+        .await;
+    assert_eq!(user.status, StatusCode::CREATED, "{}", user.body);
+    let token = admin
+        .send("POST", "/users/viewer/tokens", json!({"name": "t"}))
+        .await;
+    let token = token.body["token"].as_str().unwrap().to_owned();
+    let (status, _) = sealed_export(A, Some(token.clone())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let plain = admin
+        .http
+        .get(format!("{}{A}/config", admin.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), StatusCode::OK);
+    let odd = admin.get(&format!("{A}/config?secrets=clear")).await;
+    assert_eq!(odd.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(odd.fields(), ["secrets"]);
+    admin.stop().await;
+}

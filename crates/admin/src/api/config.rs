@@ -38,6 +38,7 @@ use crate::auth::Principal;
 use crate::db::RevisionNote;
 use crate::error::ApiError;
 use crate::history;
+use crate::secrets::Keyring;
 use crate::state::AppState;
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -45,6 +46,10 @@ use crate::state::AppState;
 pub(super) struct ExportQuery {
     /// `yaml` (the default) or `json`.
     format: Option<String>,
+    /// `sealed`: certificate keys, credentials' secrets and hashes are exported sealed
+    /// under the admin's data key (they open only on the same object, field and
+    /// namespace); editors only. Absent: the file carries no secret.
+    secrets: Option<String>,
 }
 
 /// A namespace's config: every instance of it with its config.
@@ -70,20 +75,43 @@ enum Format {
     Json,
 }
 
-fn format_of(q: Result<Query<ExportQuery>, QueryRejection>) -> Result<Format, ApiError> {
+/// The export's format, and whether it carries secrets sealed (the caller must then
+/// be an editor of `namespace`).
+fn format_of(
+    q: Result<Query<ExportQuery>, QueryRejection>,
+    caller: &Principal,
+    namespace: &str,
+) -> Result<(Format, bool), ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest {
         message: format!("bad query string: {}", e.body_text()),
         details: Vec::new(),
     })?;
-    match q.format.as_deref() {
-        None | Some("yaml") => Ok(Format::Yaml),
-        Some("json") => Ok(Format::Json),
-        Some(other) => Err(ApiError::invalid_field(
-            "query",
-            "format",
-            format!("must be yaml or json, not {other:?}"),
-        )),
-    }
+    let format = match q.format.as_deref() {
+        None | Some("yaml") => Format::Yaml,
+        Some("json") => Format::Json,
+        Some(other) => {
+            return Err(ApiError::invalid_field(
+                "query",
+                "format",
+                format!("must be yaml or json, not {other:?}"),
+            ))
+        }
+    };
+    let sealed = match q.secrets.as_deref() {
+        None => false,
+        Some("sealed") => {
+            caller.require(namespace, Role::Editor)?;
+            true
+        }
+        Some(other) => {
+            return Err(ApiError::invalid_field(
+                "query",
+                "secrets",
+                format!("must be sealed (or absent: no secrets), not {other:?}"),
+            ))
+        }
+    };
+    Ok((format, sealed))
 }
 
 fn render<T: serde::Serialize>(value: &T, format: Format) -> Result<Response, ApiError> {
@@ -115,12 +143,14 @@ fn render<T: serde::Serialize>(value: &T, format: Format) -> Result<Response, Ap
 pub(super) async fn export(
     State(state): State<Arc<AppState>>,
     scope: Scope,
+    caller: Principal,
     ApiPath((cluster, instance)): ApiPath<(String, String)>,
     q: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let format = format_of(q)?;
+    let (format, sealed) = format_of(q, &caller, &scope.namespace)?;
     scope.instance(&state, &cluster, &instance).await?;
-    render(&exported(&state, &cluster, &instance).await?, format)
+    let seal = sealed.then_some(scope.namespace.as_str());
+    render(&exported(&state, &cluster, &instance, seal).await?, format)
 }
 
 /// Every instance of the namespace with its config.
@@ -134,13 +164,14 @@ pub(super) async fn export_namespace(
     ApiPath(id): ApiPath<String>,
     q: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let format = format_of(q)?;
     caller.require(&id, Role::Viewer)?;
+    let (format, sealed) = format_of(q, &caller, &id)?;
     let ns = state.db.require_namespace(&id).await?;
     let mut instances = Vec::new();
+    let seal = sealed.then_some(id.as_str());
     for found in state.db.instances_in(&id).await? {
         instances.push(InstanceConfig {
-            config: exported(&state, &found.cluster, &found.name).await?,
+            config: exported(&state, &found.cluster, &found.name, seal).await?,
             cluster: found.cluster,
             instance: found.name,
         });
@@ -153,7 +184,14 @@ pub(super) async fn export_namespace(
     render(&shown, format)
 }
 
-async fn exported(state: &AppState, cluster: &str, instance: &str) -> Result<Snapshot, ApiError> {
+/// The instance's config as a file shows it: without secrets, or with them sealed for
+/// `seal` (the namespace they may be applied in again).
+async fn exported(
+    state: &AppState,
+    cluster: &str,
+    instance: &str,
+    seal: Option<&str>,
+) -> Result<Snapshot, ApiError> {
     let snapshot = state
         .db
         .snapshot(cluster, instance)
@@ -164,7 +202,10 @@ async fn exported(state: &AppState, cluster: &str, instance: &str) -> Result<Sna
         ..Snapshot::default()
     };
     for resource in snapshot.resources() {
-        shown.push(resource.redacted());
+        shown.push(match seal {
+            Some(namespace) => super::sealed::sealed(state.db.keyring(), namespace, &resource)?,
+            None => resource.redacted(),
+        });
     }
     Ok(shown)
 }
@@ -191,7 +232,7 @@ pub(super) async fn apply(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     scope.instance(&state, &cluster, &instance).await?;
-    let file = parse_file(&headers, &body?)?;
+    let file = parse_file(&headers, &body?, state.db.keyring(), &scope.namespace)?;
     let (objects, duplicates) = objects_of(&file);
     if !duplicates.is_empty() {
         return Err(ApiError::Invalid {
@@ -311,7 +352,7 @@ pub(super) async fn apply_namespace(
             "a namespace has no revision: give expected_revision per instance in the file",
         ));
     }
-    let file = parse_namespace_file(&headers, &body?)?;
+    let file = parse_namespace_file(&headers, &body?, state.db.keyring(), &id)?;
     let planned = plan(&state, &id, file).await?;
     let note = with_default_message(note);
 
@@ -623,6 +664,8 @@ fn objects_of(file: &Snapshot) -> (model::diff::Objects, Vec<FieldError>) {
 fn parse_namespace_file(
     headers: &HeaderMap,
     body: &[u8],
+    keyring: &Keyring,
+    namespace: &str,
 ) -> Result<(NamespaceFile, Vec<Snapshot>), ApiError> {
     let value = file_value(headers, body)?;
     let bytes = serde_json::to_vec(&value).map_err(|e| ApiError::Internal(e.into()))?;
@@ -632,8 +675,17 @@ fn parse_namespace_file(
     })?;
     let mut configs = Vec::with_capacity(file.instances.len());
     let mut details = Vec::new();
+    let mut unopened = Vec::new();
     for (at, listed) in file.instances.iter().enumerate() {
-        match snapshot_of(listed.config.clone()) {
+        let mut config = listed.config.clone();
+        let prefix = format!("instances[{at}].config.");
+        unopened.extend(super::sealed::open_all(
+            keyring,
+            namespace,
+            &mut config,
+            &prefix,
+        ));
+        match snapshot_of(config) {
             Ok(config) => configs.push(config),
             Err(e) => {
                 let prefix = format!("instances[{at}].config");
@@ -656,13 +708,32 @@ fn parse_namespace_file(
             details,
         });
     }
+    if !unopened.is_empty() {
+        return Err(ApiError::Invalid {
+            what: "namespace config".into(),
+            errors: ValidationErrors(unopened),
+        });
+    }
     Ok((file, configs))
 }
 
 /// A config file: JSON when the content type says so, YAML otherwise; errors name the
 /// field (`routes[0].paths`).
-fn parse_file(headers: &HeaderMap, body: &[u8]) -> Result<Snapshot, ApiError> {
-    snapshot_of(file_value(headers, body)?).map_err(|e| ApiError::BadRequest {
+fn parse_file(
+    headers: &HeaderMap,
+    body: &[u8],
+    keyring: &Keyring,
+    namespace: &str,
+) -> Result<Snapshot, ApiError> {
+    let mut value = file_value(headers, body)?;
+    let unopened = super::sealed::open_all(keyring, namespace, &mut value, "");
+    if !unopened.is_empty() {
+        return Err(ApiError::Invalid {
+            what: "config".into(),
+            errors: ValidationErrors(unopened),
+        });
+    }
+    snapshot_of(value).map_err(|e| ApiError::BadRequest {
         message: e.message("config"),
         details: e.details().to_vec(),
     })

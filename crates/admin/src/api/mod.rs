@@ -12,6 +12,7 @@ mod openapi;
 mod plugins;
 mod resources;
 mod revisions;
+mod sealed;
 mod tester;
 mod users;
 

@@ -67,6 +67,11 @@ pub(crate) struct Db {
 }
 
 impl Db {
+    /// The data keys secrets are sealed with.
+    pub(crate) fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
     /// Connects and runs the migrations. SQLite files are created when missing and use
     /// WAL, so readers never wait for the writer.
     pub(crate) async fn open(url: &str, keyring: Keyring) -> anyhow::Result<Self> {
