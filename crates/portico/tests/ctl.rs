@@ -5,7 +5,8 @@
 //! output, create/get/list/update/delete from YAML and JSON, history, diff and
 //! rollback, export then apply to another instance, a namespace-wide apply, a change
 //! that comes between a preview and its confirmation (on a terminal from util-linux
-//! `script`), the route tester, status, and every exit code.
+//! `script`), the route tester (also of an unbound instance), a namespace's plugin
+//! template overrides, the OpenAPI document, status, and every exit code.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -20,9 +21,12 @@ const ADMIN_TOKEN: &str = "ctl-admin-token-0123456789";
 const AGENT_TOKEN: &str = "ctl-agent-token-0123456789";
 const DATA_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
 const BIN: &str = env!("CARGO_BIN_EXE_portico");
+/// The namespace the agent reports instance `lost` in, which does not exist.
+const GHOST: &str = "ns-0123456789abcdef";
 
-/// An admin and an agent (instances `instance_a` and `instance_b`) registered as
-/// cluster `c1`, killed when dropped.
+/// An admin and an agent (instances `instance_a` and `instance_b` in `default`, and
+/// `lost` in a namespace nobody created, [`GHOST`]) registered as cluster `c1`, killed
+/// when dropped.
 struct Deployment {
     dir: tempfile::TempDir,
     url: String,
@@ -105,7 +109,7 @@ impl Deployment {
                 "--store",
                 "memory://",
                 "--instances",
-                "instance_a,instance_b",
+                &format!("instance_a,instance_b,lost@{GHOST}"),
             ],
             &[("PORTICO_AGENT_TOKEN", AGENT_TOKEN)],
             d,
@@ -156,7 +160,7 @@ impl Deployment {
                 .iter()
                 .filter(|i| i["status"] == "online")
                 .count();
-            (online == 2).then_some(())
+            (online == 3).then_some(())
         });
         deployment
     }
@@ -219,6 +223,26 @@ impl Deployment {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// `GET {path}` of the admin API with the admin token, without ctl: the status and
+/// the JSON body (`Null` when there is none).
+fn api_get(dep: &Deployment, path: &str) -> (u16, Value) {
+    let url = format!("{}/gateway/apiserver/v1{path}", dep.url);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let answer = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        (status, answer.json().await.unwrap_or(Value::Null))
+    })
 }
 
 fn config_path(home: &Path) -> PathBuf {
@@ -693,7 +717,40 @@ fn config_history_export_apply_and_route_tests() {
         .ok();
     assert!(run.stdout.contains("instance_b"), "{run:?}");
     let run = a(&["nodes"]).ok();
-    assert!(run.stdout.starts_with("NODE"), "{run:?}");
+    let header: Vec<&str> = run.stdout.split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NODE",
+            "ADDRESS",
+            "SERVING",
+            "REVISION",
+            "CONFIG_FROM",
+            "UNHEALTHY_UPSTREAM_NODES",
+            "UPDATED"
+        ],
+        "{run:?}"
+    );
+    // An instance whose namespace does not exist: the tester says so first.
+    let run = dep
+        .as_admin(&[
+            "test-route",
+            "--instance",
+            "lost",
+            "--namespace",
+            GHOST,
+            "--path",
+            "/x",
+        ])
+        .ok();
+    assert!(
+        run.stdout.starts_with("UNBOUND: ")
+            && run.stdout.lines().next().unwrap().contains(GHOST)
+            && run.stdout.contains("outcome: not_found"),
+        "{run:?}"
+    );
+    let run = a(&["test-route", "--path", "/x"]).ok();
+    assert!(!run.stdout.contains("UNBOUND"), "{run:?}");
     let run = dep.as_admin(&["list", "clusters"]).ok();
     assert!(run.stdout.contains("c1"), "{run:?}");
     let run = dep.as_admin(&["get", "namespaces", "default"]).ok();
@@ -717,6 +774,127 @@ fn config_history_export_apply_and_route_tests() {
     assert!(run.stdout.contains("team Q"), "{run:?}");
     dep.as_admin(&["delete", "namespace", id]).ok();
     dep.as_admin(&["get", "namespace", id]).code(5);
+
+    // A namespace's plugin template overrides (default: the namespace `default`):
+    // written with PUT, no revisions; checked through the API itself.
+    let at_api = "/namespaces/default/plugin_templates/request-id";
+    let run = dep.as_admin(&["list", "ns-templates"]).ok();
+    assert_eq!(
+        run.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["ID", "ENABLED", "PRIORITY", "DEFAULTS"],
+        "{run:?}"
+    );
+    let template = dep.file(
+        "template.yaml",
+        "id: request-id\npriority: 12000\ndefaults:\n  header_name: x-req\n",
+    );
+    for refused in ["--dry-run", "-m"] {
+        let mut args = vec!["create", "ns-templates", "-f", &template, refused];
+        if refused == "-m" {
+            args.push("why");
+        }
+        let run = dep.as_admin(&args).code(2);
+        assert!(run.stderr.contains("no revisions"), "{run:?}");
+    }
+    assert_eq!(api_get(&dep, at_api).0, 404);
+    let run = dep
+        .as_admin(&["create", "namespace_plugin_template", "-f", &template])
+        .ok();
+    assert_eq!(
+        run.stdout.trim(),
+        "plugin template request-id of namespace default created"
+    );
+    let (status, stored) = api_get(&dep, at_api);
+    assert_eq!(status, 200);
+    assert_eq!(
+        stored,
+        json!({"id": "request-id", "priority": 12000, "defaults": {"header_name": "x-req"}})
+    );
+    // `create` does not replace: exit 6, nothing written.
+    let run = dep
+        .as_admin(&["create", "ns-templates", "-f", &template])
+        .code(6);
+    assert!(run.stderr.contains("exists already"), "{run:?}");
+    let run = dep
+        .as_admin(&[
+            "list",
+            "namespace-plugin-templates",
+            "--namespace",
+            "default",
+        ])
+        .ok();
+    let row: Vec<&str> = run
+        .stdout
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row, ["request-id", "-", "12000", "header_name"], "{run:?}");
+    let got = dep
+        .as_admin(&["get", "ns-templates", "request-id", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(got, stored);
+    let off = dep.file(
+        "template.json",
+        r#"{"id": "request-id", "enabled": false, "defaults": {"header_name": "x-id"}}"#,
+    );
+    let run = dep
+        .ctl(
+            &[
+                ("PORTICO_TOKEN", ADMIN_TOKEN),
+                ("PORTICO_NAMESPACE", "default"),
+            ],
+            &["update", "ns-templates", "-f", &off],
+        )
+        .ok();
+    assert_eq!(
+        run.stdout.trim(),
+        "plugin template request-id of namespace default updated"
+    );
+    assert_eq!(
+        api_get(&dep, at_api).1,
+        json!({"id": "request-id", "enabled": false, "defaults": {"header_name": "x-id"}})
+    );
+    // A default of the wrong type: refused by field, exit 7, nothing written.
+    let bad = dep.file(
+        "bad-template.json",
+        r#"{"id": "request-id", "defaults": {"header_name": 5}}"#,
+    );
+    let run = dep
+        .as_admin(&["update", "ns-templates", "-f", &bad])
+        .code(7);
+    assert!(
+        run.stderr.contains("bad-template.json:") && run.stderr.contains("defaults.header_name"),
+        "{run:?}"
+    );
+    assert_eq!(api_get(&dep, at_api).1["enabled"], false);
+    let run = dep.as_admin(&["delete", "ns-templates", "request-id"]).ok();
+    assert_eq!(
+        run.stdout.trim(),
+        "plugin template request-id of namespace default deleted"
+    );
+    assert_eq!(api_get(&dep, at_api).0, 404);
+    dep.as_admin(&["delete", "ns-templates", "request-id"])
+        .code(5);
+    let run = dep
+        .as_admin(&["create", "ns-templates", "-f", &bad])
+        .code(7);
+    assert!(run.stderr.contains("defaults.header_name"), "{run:?}");
+    assert_eq!(api_get(&dep, at_api).0, 404);
+
+    // The OpenAPI document, as JSON (in the admin's order) and as YAML.
+    let run = dep.as_admin(&["openapi"]).ok();
+    assert!(run.stdout.starts_with("{\n  \"openapi\": \"3."), "{run:?}");
+    let doc = run.json();
+    assert!(
+        doc["paths"]["/namespaces/{id}/plugin_templates/{plugin}"].is_object(),
+        "{doc}"
+    );
+    let yaml = dep.as_admin(&["openapi", "-o", "yaml"]).ok();
+    let from_yaml: Value = serde_yaml_ng::from_str(&yaml.stdout).unwrap();
+    assert_eq!(from_yaml, doc);
 }
 
 /// Runs `portico ctl args…` (as the admin, on cluster c1) on a terminal (`script`

@@ -51,6 +51,10 @@ pub enum CtlError {
         /// before the conflict).
         details: Vec<(String, String)>,
     },
+    /// An object `create` found existing before writing it (for kinds the API writes
+    /// only with `PUT`, where the admin itself would replace it).
+    #[error("{0}")]
+    Exists(String),
     /// The admin could not be reached, or did not answer in time.
     #[error("cannot reach the admin at {admin}: {reason}")]
     Unreachable { admin: String, reason: String },
@@ -184,7 +188,9 @@ impl CtlError {
                 500.. => code::UNAVAILABLE,
                 _ => code::OTHER,
             },
-            CtlError::RevisionConflict { .. } | CtlError::StalePreview { .. } => code::CONFLICT,
+            CtlError::RevisionConflict { .. }
+            | CtlError::StalePreview { .. }
+            | CtlError::Exists(_) => code::CONFLICT,
             CtlError::Unreachable { .. } => code::UNAVAILABLE,
             CtlError::Other(_) => code::OTHER,
         }

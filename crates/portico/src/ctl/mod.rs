@@ -4,10 +4,11 @@
 //! This file holds the command line (clap) and the dispatch; each area has a file:
 //! `auth.rs` (login, tokens), `resources.rs` (get/list/create/update/delete),
 //! `history.rs` (history, diff, rollback), `declarative.rs` (export, apply),
-//! `tester.rs` (the route tester), `status.rs` (status, instances, nodes); beside them
-//! the plumbing: `client.rs` (requests), `config.rs` (the config file), `input.rs`
-//! (`-f` files), `output.rs` (tables, JSON, YAML), `changes.rs` (previews and diffs),
-//! `prompt.rs` (confirmations, the password) and `error.rs` (failures and exit codes).
+//! `tester.rs` (the route tester), `status.rs` (status, instances, nodes, the OpenAPI
+//! document); beside them the plumbing: `client.rs` (requests), `config.rs` (the
+//! config file), `input.rs` (`-f` files), `output.rs` (tables, JSON, YAML),
+//! `changes.rs` (previews and diffs), `prompt.rs` (confirmations, the password) and
+//! `error.rs` (failures and exit codes).
 
 mod auth;
 mod changes;
@@ -82,7 +83,8 @@ pub struct InstanceArgs {
     /// The instance.
     #[arg(long, env = "PORTICO_INSTANCE")]
     instance: Option<String>,
-    /// The instance's namespace (its id); default: `default`.
+    /// The instance's namespace (its id), or the namespace whose
+    /// namespace_plugin_templates are meant; default: `default`.
     #[arg(long, env = "PORTICO_NAMESPACE")]
     namespace: Option<String>,
 }
@@ -302,6 +304,12 @@ enum CtlCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// The admin API's OpenAPI document (GET /openapi.json).
+    Openapi {
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "json")]
+        output: declarative::FileFormat,
+    },
     /// Shell completions for `portico` (source the output in your shell).
     Completion {
         #[arg(value_enum)]
@@ -456,6 +464,9 @@ async fn dispatch(args: CtlArgs) -> Result<()> {
         CtlCommand::Nodes { at, output } => {
             status::nodes(&Session::open(conn, true)?, &at.target()?, output).await
         }
+        CtlCommand::Openapi { output } => {
+            status::openapi(&Session::open(conn, true)?, output).await
+        }
         CtlCommand::Completion { .. } => unreachable!("handled before the runtime starts"),
     }
 }
@@ -544,15 +555,20 @@ impl InstanceArgs {
     /// given).
     fn subject(&self, namespace_wide: bool) -> Result<declarative::Subject> {
         if namespace_wide {
-            Ok(declarative::Subject::Namespace(
-                self.namespace
-                    .clone()
-                    .filter(|ns| !ns.trim().is_empty())
-                    .unwrap_or_else(|| "default".to_owned()),
-            ))
+            Ok(declarative::Subject::Namespace(self.namespace_or_default()))
         } else {
             Ok(declarative::Subject::Instance(self.target()?))
         }
+    }
+}
+
+impl InstanceArgs {
+    /// The namespace given (`--namespace`, PORTICO_NAMESPACE), else `default`.
+    fn namespace_or_default(&self) -> String {
+        self.namespace
+            .clone()
+            .filter(|ns| !ns.trim().is_empty())
+            .unwrap_or_else(|| "default".to_owned())
     }
 }
 

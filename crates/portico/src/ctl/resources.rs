@@ -1,7 +1,8 @@
 //! get, list, create, update and delete for every kind of object: the instance's
 //! config (routes, services, upstreams, certificates, consumers, consumer groups,
-//! global rules, plugin templates; revisions, messages, dry runs) and the global
-//! objects (clusters, namespaces, users), each with the columns its table shows.
+//! global rules, plugin templates; revisions, messages, dry runs), the global objects
+//! (clusters, namespaces, users) and a namespace's plugin template overrides, each
+//! with the columns its table shows.
 
 use std::path::Path;
 
@@ -41,6 +42,12 @@ pub enum Kind {
     Namespaces,
     #[value(alias = "user")]
     Users,
+    /// A namespace's plugin template overrides (`--namespace`, default `default`).
+    #[value(name = "namespace_plugin_templates", aliases = [
+        "namespace_plugin_template", "namespace-plugin-templates",
+        "namespace-plugin-template", "ns-templates", "ns-template",
+    ])]
+    NamespacePluginTemplates,
 }
 
 impl Kind {
@@ -58,7 +65,15 @@ impl Kind {
             Kind::Clusters => "clusters",
             Kind::Namespaces => "namespaces",
             Kind::Users => "users",
+            Kind::NamespacePluginTemplates => "plugin_templates",
         }
+    }
+
+    /// The name the command line takes (`namespace_plugin_templates`).
+    fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_else(|| self.plural().to_owned())
     }
 
     /// For messages (`route r1 created`).
@@ -75,12 +90,30 @@ impl Kind {
             Kind::Clusters => "cluster",
             Kind::Namespaces => "namespace",
             Kind::Users => "user",
+            Kind::NamespacePluginTemplates => "namespace plugin template",
+        }
+    }
+
+    /// One object for messages: `route r1`, `plugin template cors of namespace
+    /// default`.
+    fn what(self, id: &str, at: &InstanceArgs) -> String {
+        match self {
+            Kind::NamespacePluginTemplates => {
+                format!(
+                    "plugin template {id} of namespace {}",
+                    at.namespace_or_default()
+                )
+            }
+            _ => format!("{} {id}", self.singular()),
         }
     }
 
     /// Whether objects of this kind belong to an instance (and so have revisions).
     fn per_instance(self) -> bool {
-        !matches!(self, Kind::Clusters | Kind::Namespaces | Kind::Users)
+        !matches!(
+            self,
+            Kind::Clusters | Kind::Namespaces | Kind::Users | Kind::NamespacePluginTemplates
+        )
     }
 
     /// The field naming an object in its body.
@@ -91,9 +124,18 @@ impl Kind {
         }
     }
 
-    /// The collection's path: under the instance, or at the top.
+    /// The collection's path: under the instance, under the namespace, or at the top.
     fn collection(self, at: &InstanceArgs) -> Result<(String, Vec<(&'static str, String)>)> {
-        if self.per_instance() {
+        if self == Kind::NamespacePluginTemplates {
+            Ok((
+                format!(
+                    "/namespaces/{}/{}",
+                    seg(&at.namespace_or_default()),
+                    self.plural()
+                ),
+                Vec::new(),
+            ))
+        } else if self.per_instance() {
             let target: Target = at.target()?;
             Ok((
                 format!("{}/{}", target.path(), self.plural()),
@@ -217,6 +259,22 @@ impl Kind {
                     cell: |v| text(&v["defaults"]),
                 },
             ],
+            // What an override leaves out (`-`) stays the instance's template's.
+            Kind::NamespacePluginTemplates => vec![
+                id,
+                Column {
+                    header: "ENABLED",
+                    cell: |v| yes_no(&v["enabled"]),
+                },
+                Column {
+                    header: "PRIORITY",
+                    cell: |v| text(&v["priority"]),
+                },
+                Column {
+                    header: "DEFAULTS",
+                    cell: |v| text(&v["defaults"]),
+                },
+            ],
             Kind::Clusters => vec![
                 name,
                 Column {
@@ -330,7 +388,11 @@ pub async fn create(
 ) -> Result<()> {
     check_write(kind, write)?;
     let doc = input::read(file)?;
-    input::object(&doc, kind.singular())?;
+    let object = input::object(&doc, kind.singular())?;
+    if kind == Kind::NamespacePluginTemplates {
+        let id = id_in(&doc, object, kind, "create")?;
+        return create_by_put(session, kind, &id, &doc, at, write, output).await;
+    }
     let (path, query) = kind.collection(at)?;
     let answer = session
         .client
@@ -349,7 +411,7 @@ pub async fn create(
     } else {
         id
     };
-    written(kind, &id, "created", &answer, write, output)?;
+    written(&kind.what(&id, at), "created", &answer, write, output)?;
     if kind == Kind::Clusters {
         // A token the admin generated is answered this once: the agent needs it.
         if let (Format::Table, Some(token)) = (output.format, answer.body["agent_token"].as_str()) {
@@ -374,18 +436,7 @@ pub async fn update(
     let object = input::object(&doc, kind.singular())?;
     let id = match id {
         Some(id) => id.to_owned(),
-        None => object
-            .get(kind.id_field())
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                CtlError::Input(format!(
-                    "{}: no `{}` to say which {} to update (or give it after the kind)",
-                    doc.name,
-                    kind.id_field(),
-                    kind.singular()
-                ))
-            })?,
+        None => id_in(&doc, object, kind, "update")?,
     };
     let (path, query) = kind.collection(at)?;
     let answer = session
@@ -404,7 +455,74 @@ pub async fn update(
     } else {
         "updated"
     };
-    written(kind, &id, done, &answer, write, output)
+    written(&kind.what(&id, at), done, &answer, write, output)
+}
+
+/// The id a file gives its object, or an input error saying it is needed.
+fn id_in(
+    doc: &input::Document,
+    object: &serde_json::Map<String, Value>,
+    kind: Kind,
+    verb: &str,
+) -> Result<String> {
+    object
+        .get(kind.id_field())
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            CtlError::Input(format!(
+                "{}: no `{}` to say which {} to {verb} (or give it after the kind)",
+                doc.name,
+                kind.id_field(),
+                kind.singular()
+            ))
+        })
+}
+
+/// `create` of a kind the API writes only with `PUT` (a namespace's plugin template
+/// overrides): like every `create`, it refuses an object that exists (exit 6) rather
+/// than replace it, so it asks first. `update` replaces.
+async fn create_by_put(
+    session: &Session,
+    kind: Kind,
+    id: &str,
+    doc: &input::Document,
+    at: &InstanceArgs,
+    write: &WriteArgs,
+    output: OutputArgs,
+) -> Result<()> {
+    let (path, query) = kind.collection(at)?;
+    let one = format!("{path}/{}", seg(id));
+    let what = kind.what(id, at);
+    match session.client.get(&one, &query).await {
+        Ok(_) => {
+            return Err(CtlError::Exists(format!(
+                "{}: {what} exists already (`update` replaces it)",
+                doc.name
+            )))
+        }
+        // Absent (or the namespace is: the PUT says which).
+        Err(CtlError::Api { status: 404, .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let answer = session
+        .client
+        .send(
+            Method::PUT,
+            &one,
+            &query,
+            Body::Json(doc.value.clone()),
+            write.options(),
+        )
+        .await
+        .map_err(|e| e.in_file(&doc.name))?;
+    if answer.status == 201 {
+        written(&what, "created", &answer, write, output)
+    } else {
+        // Someone created it between the check and the write: the PUT replaced it.
+        eprintln!("note: {what} was created by someone else meanwhile; this file replaced it");
+        written(&what, "replaced", &answer, write, output)
+    }
 }
 
 pub async fn delete(
@@ -427,24 +545,24 @@ pub async fn delete(
             write.options(),
         )
         .await?;
-    written(kind, id, "deleted", &answer, write, output)
+    written(&kind.what(id, at), "deleted", &answer, write, output)
 }
 
-/// Clusters, namespaces and users have no revisions: no message, no dry run.
+/// Clusters, namespaces, users and namespace plugin templates have no revisions: no
+/// message, no dry run.
 fn check_write(kind: Kind, write: &WriteArgs) -> Result<()> {
     if !kind.per_instance() && (write.dry_run || write.message.is_some()) {
         return Err(CtlError::Usage(format!(
             "{} have no revisions: --message and --dry-run are for an instance's config",
-            kind.plural()
+            kind.name()
         )));
     }
     Ok(())
 }
 
-/// Prints what a write did (or, for a dry run, would do).
+/// Prints what a write did to `what` (`route r1`), or for a dry run would do.
 fn written(
-    kind: Kind,
-    id: &str,
+    what: &str,
     done: &str,
     answer: &Answer,
     write: &WriteArgs,
@@ -453,9 +571,8 @@ fn written(
     if output::print_raw(output.format, &answer.body)? {
         return Ok(());
     }
-    let what = format!("{} {id}", kind.singular());
     if write.dry_run {
-        print!("{}", changes::dry_run(&what, &answer.body));
+        print!("{}", changes::dry_run(what, &answer.body));
         return Ok(());
     }
     match (
@@ -490,6 +607,9 @@ mod tests {
             ("plugin_template", Kind::PluginTemplates),
             ("ns", Kind::Namespaces),
             ("cert", Kind::Certificates),
+            ("ns-templates", Kind::NamespacePluginTemplates),
+            ("namespace-plugin-templates", Kind::NamespacePluginTemplates),
+            ("namespace_plugin_template", Kind::NamespacePluginTemplates),
         ] {
             assert_eq!(Kind::from_str(given, false), Ok(kind), "{given}");
         }
@@ -517,5 +637,42 @@ mod tests {
              r3  -     /i      -          (inline)\n"
         );
         assert_eq!(roles(&json!({"default": "viewer"})), "default=viewer");
+    }
+
+    #[test]
+    fn namespace_templates_live_under_the_namespace() {
+        let at = |namespace: Option<&str>| InstanceArgs {
+            cluster: Some("c1".into()),
+            instance: Some("a".into()),
+            namespace: namespace.map(str::to_owned),
+        };
+        let kind = Kind::NamespacePluginTemplates;
+        assert_eq!(
+            kind.collection(&at(None)).unwrap(),
+            (
+                "/namespaces/default/plugin_templates".to_owned(),
+                Vec::new()
+            )
+        );
+        assert_eq!(
+            kind.collection(&at(Some("ns-1"))).unwrap().0,
+            "/namespaces/ns-1/plugin_templates"
+        );
+        assert_eq!(
+            kind.what("cors", &at(None)),
+            "plugin template cors of namespace default"
+        );
+        assert_eq!(kind.name(), "namespace_plugin_templates");
+        // What an override leaves out shows as `-`: the instance's template applies.
+        let items = [
+            json!({"id": "cors", "enabled": false}),
+            json!({"id": "request-id", "priority": 12000, "defaults": {"header_name": "x-id"}}),
+        ];
+        assert_eq!(
+            output::table(&kind.columns(), &items),
+            "ID          ENABLED  PRIORITY  DEFAULTS\n\
+             cors        no       -         -\n\
+             request-id  -        12000     header_name\n"
+        );
     }
 }

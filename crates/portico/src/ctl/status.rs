@@ -1,10 +1,12 @@
 //! Where things stand: the admin process (who reconciles), the instances (online or
 //! missing, the revision the admin holds and the one the store serves) and an
-//! instance's gateway nodes (the revision each serves, where its config came from).
+//! instance's gateway nodes (whether each serves its config or is unbound, the revision
+//! it serves, where its config came from); and the API's OpenAPI document.
 
 use serde_json::Value;
 
 use super::client::seg;
+use super::declarative::FileFormat;
 use super::error::Result;
 use super::output::{self, text, time_ms, time_secs, yes_no, Column, OutputArgs};
 use super::{Session, Target};
@@ -131,6 +133,10 @@ pub async fn nodes(session: &Session, target: &Target, output: OutputArgs) -> Re
             cell: |v| text(&v["address"]),
         },
         Column {
+            header: "SERVING",
+            cell: serving,
+        },
+        Column {
             header: "REVISION",
             cell: |v| text(&v["applied_revision"]),
         },
@@ -148,6 +154,36 @@ pub async fn nodes(session: &Session, target: &Target, output: OutputArgs) -> Re
         },
     ];
     print!("{}", output::table(&columns, items(&answer.body)));
+    Ok(())
+}
+
+/// `yes`, or `no: <why>` for a node that serves nothing because its instance is
+/// unbound (its namespace does not exist, or is not the node's own).
+fn serving(node: &Value) -> String {
+    match node["unbound"].as_str() {
+        Some(why) => format!("no: {why}"),
+        None => "yes".to_owned(),
+    }
+}
+
+/// `GET /openapi.json`: the document as the admin serves it, pretty-printed as JSON
+/// or converted to YAML, keys in the admin's order.
+pub async fn openapi(session: &Session, format: FileFormat) -> Result<()> {
+    let answer = session.client.get("/openapi.json", &[]).await?;
+    // A YAML value keeps the order of keys (`openapi`, `info`, `paths` …), which
+    // serde_json's map would sort.
+    let doc: serde_yaml_ng::Value = serde_json::from_str(&answer.text)
+        .map_err(|e| anyhow::anyhow!("the admin's OpenAPI document is not JSON: {e}"))?;
+    match format {
+        FileFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(anyhow::Error::from)?
+        ),
+        FileFormat::Yaml => print!(
+            "{}",
+            serde_yaml_ng::to_string(&doc).map_err(anyhow::Error::from)?
+        ),
+    }
     Ok(())
 }
 
@@ -185,4 +221,19 @@ fn items(body: &Value) -> &[Value] {
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_unbound_node_says_why_it_serves_nothing() {
+        assert_eq!(serving(&json!({"node_id": "n1"})), "yes");
+        assert_eq!(
+            serving(&json!({"node_id": "n1", "unbound": "namespace \"x\" does not exist"})),
+            "no: namespace \"x\" does not exist"
+        );
+    }
 }

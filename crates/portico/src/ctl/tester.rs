@@ -1,6 +1,7 @@
 //! `test-route`: asks the admin which route of the instance takes a request (the
 //! gateway's own router on the instance's config) and shows the match, its plugins in
-//! running order and every near miss with its reason.
+//! running order and every near miss with its reason; first of all, when the
+//! instance is unbound (its gateways serve nothing), why.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -98,10 +99,18 @@ fn request(args: &TestRouteArgs) -> Result<Value> {
     Ok(body)
 }
 
-/// The answer for people: outcome, the request as the router saw it, the matched
-/// route with its plugins in running order, the near misses closest first.
+/// The answer for people: why the instance is unbound if it is, the outcome, the
+/// request as the router saw it, the matched route with its plugins in running order,
+/// the near misses closest first.
 fn render(result: &Value) -> String {
     let mut out = String::new();
+    if let Some(why) = result["unbound"].as_str() {
+        let _ = writeln!(out, "UNBOUND: {why}");
+        let _ = writeln!(
+            out,
+            "  the instance's gateways serve nothing: every request gets not_found"
+        );
+    }
     let outcome = &result["outcome"];
     let kind = outcome["kind"].as_str().unwrap_or("?");
     let mut line = format!("outcome: {kind}");
@@ -227,6 +236,7 @@ mod tests {
             "near_misses": [{"route_id": "r2", "reason": "header_mismatch", "detail": "header x-v", "expected": "2", "got": "1"}],
             "truncated": 0
         });
+        assert!(!render(&result).contains("UNBOUND"));
         assert_eq!(
             render(&result),
             "outcome: matched\n\
@@ -239,6 +249,24 @@ mod tests {
              near misses:\n\
              \x20 ROUTE  REASON           EXPECTED  GOT  DETAIL\n\
              \x20 r2     header_mismatch  2         1    header x-v\n"
+        );
+    }
+
+    #[test]
+    fn an_unbound_instance_says_so_first() {
+        let result = json!({
+            "revision": 2, "outcome": {"kind": "not_found"}, "status": 404,
+            "request": {"method": "GET", "path": "/x"},
+            "near_misses": [], "truncated": 0,
+            "unbound": "namespace \"ghost\" does not exist"
+        });
+        assert_eq!(
+            render(&result),
+            "UNBOUND: namespace \"ghost\" does not exist\n\
+             \x20 the instance's gateways serve nothing: every request gets not_found\n\
+             outcome: not_found (404)\n\
+             revision: 2\n\
+             request: GET /x\n"
         );
     }
 }
