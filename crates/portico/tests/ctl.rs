@@ -691,6 +691,11 @@ fn config_history_export_apply_and_route_tests() {
         value
     };
     assert_eq!(config(a(&["export"]).ok()), config(b(&["export"]).ok()));
+    // Sealed secrets are asked for (instance_a has none: the same file).
+    assert_eq!(
+        config(a(&["export", "--sealed-secrets"]).ok()),
+        config(a(&["export"]).ok())
+    );
     let json_export = b(&["export", "--format", "json"]).ok().json();
     assert_eq!(json_export["revision"], 1);
     let run = b(&["apply", "-f", exported, "--yes"]).ok();

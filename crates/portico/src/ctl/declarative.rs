@@ -39,6 +39,7 @@ pub async fn export(
     session: &Session,
     what: &Subject,
     format: FileFormat,
+    sealed_secrets: bool,
     file: Option<&Path>,
 ) -> Result<()> {
     let (path, mut query, name) = match what {
@@ -61,6 +62,9 @@ pub async fn export(
         }
         .to_owned(),
     ));
+    if sealed_secrets {
+        query.push(("secrets", "sealed".to_owned()));
+    }
     let answer = session.client.get(&path, &query).await?;
     // YAML as the admin wrote it; JSON pretty-printed.
     let mut text = match format {

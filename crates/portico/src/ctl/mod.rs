@@ -251,6 +251,11 @@ enum CtlCommand {
         /// Every instance of the namespace (--namespace, default `default`).
         #[arg(long)]
         namespace_wide: bool,
+        /// Put certificate keys and credentials' secrets in the file, sealed under the
+        /// admin's data key: applied again in the same namespace (an empty instance,
+        /// say) it reproduces the config exactly. Editors only.
+        #[arg(long)]
+        sealed_secrets: bool,
         /// Write to this file instead of stdout.
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
@@ -431,13 +436,14 @@ async fn dispatch(args: CtlArgs) -> Result<()> {
         }
         CtlCommand::Export {
             namespace_wide,
+            sealed_secrets,
             output,
             format,
             at,
         } => {
             let session = Session::open(conn, true)?;
             let what = at.subject(namespace_wide)?;
-            declarative::export(&session, &what, format, output.as_deref()).await
+            declarative::export(&session, &what, format, sealed_secrets, output.as_deref()).await
         }
         CtlCommand::Apply {
             file,

@@ -240,41 +240,13 @@ impl Kind {
             ],
             Kind::ConsumerGroups => vec![id, plugins, description],
             Kind::GlobalRules => vec![id, plugins],
-            Kind::PluginTemplates => vec![
-                id,
-                Column {
-                    header: "ENABLED",
-                    cell: |v| match v["enabled"] {
-                        // Absent means on.
-                        Value::Null => "yes".to_owned(),
-                        ref b => yes_no(b),
-                    },
-                },
-                Column {
-                    header: "PRIORITY",
-                    cell: |v| text(&v["priority"]),
-                },
-                Column {
-                    header: "DEFAULTS",
-                    cell: |v| text(&v["defaults"]),
-                },
-            ],
-            // What an override leaves out (`-`) stays the instance's template's.
-            Kind::NamespacePluginTemplates => vec![
-                id,
-                Column {
-                    header: "ENABLED",
-                    cell: |v| yes_no(&v["enabled"]),
-                },
-                Column {
-                    header: "PRIORITY",
-                    cell: |v| text(&v["priority"]),
-                },
-                Column {
-                    header: "DEFAULTS",
-                    cell: |v| text(&v["defaults"]),
-                },
-            ],
+            // An instance's template without `enabled` is on; what a namespace's
+            // override leaves out (`-`) stays the instance template's.
+            Kind::PluginTemplates => template_columns(id, |v| match v["enabled"] {
+                Value::Null => "yes".to_owned(),
+                ref b => yes_no(b),
+            }),
+            Kind::NamespacePluginTemplates => template_columns(id, |v| yes_no(&v["enabled"])),
             Kind::Clusters => vec![
                 name,
                 Column {
@@ -588,6 +560,26 @@ fn written(
         _ => println!("{what} {done}"),
     }
     Ok(())
+}
+
+/// The columns of a plugin template: its id, whether it is on, its priority and its
+/// defaults.
+fn template_columns(id: Column, enabled: fn(&Value) -> String) -> Vec<Column> {
+    vec![
+        id,
+        Column {
+            header: "ENABLED",
+            cell: enabled,
+        },
+        Column {
+            header: "PRIORITY",
+            cell: |v| text(&v["priority"]),
+        },
+        Column {
+            header: "DEFAULTS",
+            cell: |v| text(&v["defaults"]),
+        },
+    ]
 }
 
 #[cfg(test)]
