@@ -552,6 +552,7 @@ async fn instances_report_revision_and_node_heartbeats() {
         node_id: "n1".into(),
         address: "127.0.0.1:9080".into(),
         applied_revision: Revision(1),
+        applied_at_ms: 1,
         updated_at_ms: 1,
         config_source: model::cluster::ConfigSource::Store,
         upstreams: vec![model::cluster::UpstreamHealth {

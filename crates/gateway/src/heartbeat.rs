@@ -109,6 +109,7 @@ async fn beat(
         node_id: hb.node_id.clone(),
         address: hb.address.clone(),
         applied_revision: status.revision,
+        applied_at_ms: status.applied_at_ms,
         updated_at_ms: crate::now_ms(),
         config_source: status.source,
         upstreams: upstream_health(&config),
@@ -159,6 +160,7 @@ mod tests {
         NodeStatus {
             revision: Revision(revision),
             source: ConfigSource::Store,
+            applied_at_ms: 1,
         }
     }
 

@@ -111,6 +111,8 @@ pub struct GatewayConfig {
 pub struct NodeStatus {
     pub revision: Revision,
     pub source: ConfigSource,
+    /// When the node swapped in this revision (unix milliseconds).
+    pub applied_at_ms: i64,
 }
 
 /// Runs the node until `shutdown` flips to true; then stops accepting, lets requests in
@@ -423,7 +425,19 @@ impl ConfigLoop {
         let old = self.current.swap(Arc::new(config));
         // Freeing a large table takes milliseconds: not on an async worker.
         tokio::task::spawn_blocking(move || drop(old));
-        self.status.send_replace(NodeStatus { revision, source });
+        // The time a revision was first served: a rebuild at the same revision (a
+        // binding change) does not move it.
+        let previous = *self.status.borrow();
+        let applied_at_ms = if previous.revision == revision && previous.applied_at_ms != 0 {
+            previous.applied_at_ms
+        } else {
+            now_ms()
+        };
+        self.status.send_replace(NodeStatus {
+            revision,
+            source,
+            applied_at_ms,
+        });
         if source == ConfigSource::Store && self.snapshot.is_some() && self.next_save.is_none() {
             self.next_save = Some(tokio::time::Instant::now() + SNAPSHOT_INTERVAL);
         }

@@ -132,6 +132,9 @@ pub struct NodeHeartbeat {
     pub address: String,
     /// Admin revision of the config the node is serving; 0 before the first load.
     pub applied_revision: Revision,
+    /// When the node swapped that revision in (unix milliseconds; 0: unknown).
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub applied_at_ms: i64,
     /// Unix milliseconds of this heartbeat.
     pub updated_at_ms: i64,
     /// Where the served config came from.
@@ -157,6 +160,10 @@ pub struct NodeHeartbeat {
 }
 
 fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_i64(n: &i64) -> bool {
     *n == 0
 }
 

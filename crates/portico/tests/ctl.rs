@@ -722,7 +722,13 @@ fn config_history_export_apply_and_route_tests() {
         .ok();
     assert!(run.stdout.contains("instance_b"), "{run:?}");
     let run = a(&["nodes"]).ok();
-    let header: Vec<&str> = run.stdout.split_whitespace().collect();
+    // No gateway node in this test: the header, then the convergence line.
+    let (table, summary) = run.stdout.trim_end().rsplit_once('\n').unwrap();
+    assert!(
+        summary.starts_with("revision ") && summary.ends_with("reached 0 of 0 nodes"),
+        "{run:?}"
+    );
+    let header: Vec<&str> = table.split_whitespace().collect();
     assert_eq!(
         header,
         [

@@ -145,6 +145,29 @@ async fn full_flow(spine: &mut Spine) {
             (converged == 2).then_some(())
         })
         .await;
+    // The admin says so in one answer: 2 of 2 nodes, and how long it took from the
+    // commit to the last node swapping it in.
+    let convergence = spine
+        .until("the admin sees the revision on every node", || async {
+            let (_, body) = spine
+                .admin("GET", "/clusters/c1/instances/instance_a/convergence", None)
+                .await;
+            (body["converged"] == true).then_some(body)
+        })
+        .await;
+    assert_eq!(convergence["revision"].as_u64(), Some(revision));
+    assert_eq!(
+        (
+            convergence["nodes"].as_u64(),
+            convergence["reached"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+    assert_eq!(convergence["behind"], serde_json::json!([]));
+    let took = convergence["took_ms"]
+        .as_i64()
+        .expect("both nodes said when");
+    assert!((0..30_000).contains(&took), "{convergence}");
 }
 
 /// Bad input through the admin API: the right status, a message naming the field, and

@@ -223,6 +223,94 @@ pub(super) async fn list_nodes(
     Ok(Items::of(state.nodes(&cluster, &instance)))
 }
 
+/// Whether the instance's latest revision reached all its gateway nodes.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Convergence {
+    /// The instance's latest revision.
+    revision: model::snapshot::Revision,
+    /// When it was committed (unix milliseconds), if known.
+    committed_at_ms: Option<i64>,
+    /// Gateway nodes online (heartbeats its agent last reported).
+    nodes: usize,
+    /// Of those, the nodes serving the latest revision.
+    reached: usize,
+    /// All online nodes serve it (and there is at least one).
+    converged: bool,
+    /// Once converged: from the commit to the last node swapping it in, by the nodes'
+    /// own clocks (`applied_at_ms`); `None` before, or when a time is unknown.
+    took_ms: Option<i64>,
+    /// The nodes not serving it yet: what each serves, and why it serves nothing if
+    /// it is unbound.
+    behind: Vec<NodeBehind>,
+}
+
+/// A node that does not serve the latest revision yet.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct NodeBehind {
+    node_id: String,
+    applied_revision: model::snapshot::Revision,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unbound: Option<String>,
+}
+
+/// `GET …/convergence`: has the latest revision reached every node of the instance
+/// ("N of M"), and how long did it take.
+#[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/convergence", tag = "instances",
+    params(
+        ("cluster" = String, Path, description = "the cluster's name"),
+        ("instance" = String, Path, description = "the instance's name"),
+        NamespaceQuery,
+    ),
+    responses((status = 200, description = "the latest revision across the nodes", body = Convergence)))]
+pub(super) async fn convergence(
+    State(state): State<Arc<AppState>>,
+    scope: Scope,
+    ApiPath((cluster, instance)): ApiPath<(String, String)>,
+) -> Result<Json<Convergence>, ApiError> {
+    let found = scope.instance(&state, &cluster, &instance).await?;
+    let nodes = state.nodes(&cluster, &instance);
+    let committed_at_ms = state
+        .db
+        .committed_at_ms(&cluster, &instance, found.revision)
+        .await?;
+    Ok(Json(converged(found.revision, committed_at_ms, &nodes)))
+}
+
+fn converged(
+    revision: model::snapshot::Revision,
+    committed_at_ms: Option<i64>,
+    nodes: &[NodeHeartbeat],
+) -> Convergence {
+    let behind: Vec<NodeBehind> = nodes
+        .iter()
+        .filter(|n| n.applied_revision != revision)
+        .map(|n| NodeBehind {
+            node_id: n.node_id.clone(),
+            applied_revision: n.applied_revision,
+            unbound: n.unbound.clone(),
+        })
+        .collect();
+    let converged = !nodes.is_empty() && behind.is_empty();
+    let last_applied = nodes.iter().map(|n| n.applied_at_ms).max();
+    let took_ms = match (converged, committed_at_ms, last_applied) {
+        (true, Some(committed), Some(applied))
+            if applied > 0 && nodes.iter().all(|n| n.applied_at_ms > 0) =>
+        {
+            Some((applied - committed).max(0))
+        }
+        _ => None,
+    };
+    Convergence {
+        revision,
+        committed_at_ms,
+        nodes: nodes.len(),
+        reached: nodes.len() - behind.len(),
+        converged,
+        took_ms,
+        behind,
+    }
+}
+
 /// The instance's change log, newest first (certificate keys are never in it).
 #[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/changes", tag = "history",
     params(
@@ -303,4 +391,62 @@ pub(super) async fn status(
             expires_at_ms,
         },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::snapshot::Revision;
+
+    fn node(id: &str, revision: u64, applied_at_ms: i64) -> NodeHeartbeat {
+        NodeHeartbeat {
+            node_id: id.into(),
+            address: "127.0.0.1:9080".into(),
+            applied_revision: Revision(revision),
+            applied_at_ms,
+            updated_at_ms: applied_at_ms,
+            config_source: model::cluster::ConfigSource::Store,
+            upstreams: Vec::new(),
+            skipped: Vec::new(),
+            redis_fallbacks: 0,
+            unbound: None,
+        }
+    }
+
+    #[test]
+    fn n_of_m_and_how_long() {
+        // One node behind: 1 of 2, no time yet.
+        let c = converged(
+            Revision(5),
+            Some(1_000),
+            &[node("a", 5, 1_040), node("b", 4, 900)],
+        );
+        assert_eq!(
+            (c.nodes, c.reached, c.converged, c.took_ms),
+            (2, 1, false, None)
+        );
+        assert_eq!(c.behind[0].node_id, "b");
+        // Both there: the last one decides.
+        let c = converged(
+            Revision(5),
+            Some(1_000),
+            &[node("a", 5, 1_040), node("b", 5, 1_075)],
+        );
+        assert_eq!((c.reached, c.converged, c.took_ms), (2, true, Some(75)));
+        // A node's clock behind the admin's never makes it negative; an unknown time
+        // or commit time gives none; no node is not converged.
+        let c = converged(Revision(5), Some(1_000), &[node("a", 5, 990)]);
+        assert_eq!(c.took_ms, Some(0));
+        let c = converged(Revision(5), Some(1_000), &[node("a", 5, 0)]);
+        assert_eq!((c.converged, c.took_ms), (true, None));
+        let c = converged(Revision(5), None, &[node("a", 5, 1_040)]);
+        assert_eq!(c.took_ms, None);
+        let c = converged(Revision(5), Some(1_000), &[]);
+        assert!(!c.converged);
+        // An unbound node is behind and says why.
+        let mut lost = node("c", 0, 0);
+        lost.unbound = Some("namespace gone".into());
+        let c = converged(Revision(5), Some(1_000), &[node("a", 5, 1_040), lost]);
+        assert_eq!(c.behind[0].unbound.as_deref(), Some("namespace gone"));
+    }
 }

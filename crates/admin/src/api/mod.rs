@@ -102,6 +102,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/plugins/{name}", get(plugins::get_plugin))
         .route(instance, get(clusters::get_instance))
         .route(&format!("{instance}/nodes"), get(clusters::list_nodes))
+        .route(
+            &format!("{instance}/convergence"),
+            get(clusters::convergence),
+        )
         .route(&format!("{instance}/changes"), get(clusters::list_changes))
         .route(&format!("{instance}/revisions"), get(revisions::list))
         .route(

@@ -56,6 +56,7 @@ use super::{DryRunAnswer, InstanceWriteQuery, NamespaceQuery};
         clusters::get_instance,
         clusters::set_instance_namespace,
         clusters::list_nodes,
+        clusters::convergence,
         clusters::list_changes,
         namespaces::list,
         namespaces::create,

@@ -470,14 +470,15 @@ impl Db {
             return Ok(None);
         }
         let sql = self.sql(
-            "INSERT INTO changes (cluster, instance, revision, kind, resource_id, op, body, changed_at) \
-             VALUES (?, ?, ?, NULL, NULL, 'resync', NULL, ?)",
+            "INSERT INTO changes (cluster, instance, revision, kind, resource_id, op, body, changed_at, changed_at_ms) \
+             VALUES (?, ?, ?, NULL, NULL, 'resync', NULL, ?, ?)",
         );
         sqlx::query(&sql)
             .bind(cluster)
             .bind(name)
             .bind(target)
             .bind(now)
+            .bind(super::now_ms())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

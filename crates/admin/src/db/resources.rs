@@ -302,8 +302,8 @@ impl Db {
             (op, _, _) => (None, None, op.unwrap_or("batch"), None),
         };
         let sql = self.sql(
-            "INSERT INTO changes (cluster, instance, revision, kind, resource_id, op, body, changed_at, author, message) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO changes (cluster, instance, revision, kind, resource_id, op, body, changed_at, author, message, changed_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         );
         sqlx::query(&sql)
             .bind(cluster)
@@ -316,6 +316,7 @@ impl Db {
             .bind(now)
             .bind(&note.author)
             .bind(note.message.as_deref())
+            .bind(super::now_ms())
             .execute(&mut *tx)
             .await?;
         if dry_run {

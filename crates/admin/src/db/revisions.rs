@@ -103,6 +103,28 @@ impl Db {
         Ok(entries)
     }
 
+    /// When `revision` of the instance was committed (unix milliseconds), if known.
+    pub(crate) async fn committed_at_ms(
+        &self,
+        cluster: &str,
+        instance: &str,
+        revision: Revision,
+    ) -> Result<Option<i64>, ApiError> {
+        let sql = self.sql(
+            "SELECT changed_at_ms FROM changes WHERE cluster = ? AND instance = ? AND revision = ?",
+        );
+        let row = sqlx::query(&sql)
+            .bind(cluster)
+            .bind(instance)
+            .bind(revision.0 as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get::<Option<i64>, _>("changed_at_ms")?,
+            None => None,
+        })
+    }
+
     /// One revision, or 404.
     pub(crate) async fn revision_entry(
         &self,

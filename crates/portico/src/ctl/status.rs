@@ -154,7 +154,26 @@ pub async fn nodes(session: &Session, target: &Target, output: OutputArgs) -> Re
         },
     ];
     print!("{}", output::table(&columns, items(&answer.body)));
+    let convergence = session
+        .client
+        .get(&format!("{}/convergence", target.path()), &target.query())
+        .await?;
+    println!("{}", reached(&convergence.body));
     Ok(())
+}
+
+/// One line on the instance's latest revision: on how many of its nodes, and how long
+/// it took to reach them all.
+fn reached(convergence: &Value) -> String {
+    let (revision, reached, nodes) = (
+        text(&convergence["revision"]),
+        text(&convergence["reached"]),
+        text(&convergence["nodes"]),
+    );
+    match convergence["took_ms"].as_i64() {
+        Some(ms) => format!("revision {revision} reached {reached} of {nodes} nodes in {ms} ms"),
+        None => format!("revision {revision} reached {reached} of {nodes} nodes"),
+    }
 }
 
 /// `yes`, or `no: <why>` for a node that serves nothing because its instance is
