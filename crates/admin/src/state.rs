@@ -24,7 +24,7 @@ pub(crate) struct AppState {
     instance_locks: Mutex<HashMap<InstanceKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Last known health of each cluster's agent, so a state change is logged once
     /// rather than at every poll.
-    agent_health: Mutex<HashMap<String, AgentHealth>>,
+    agent_health: Mutex<HashMap<String, AgentContact>>,
     /// Gateway nodes of each (cluster, instance) from the agent's last answer: observed
     /// state, refreshed every poll, so it is kept in memory rather than in the DB.
     nodes: RwLock<HashMap<InstanceKey, Vec<NodeHeartbeat>>>,
@@ -33,12 +33,31 @@ pub(crate) struct AppState {
     test_tables: Mutex<HashMap<InstanceKey, Arc<gateway::tester::TestTable>>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AgentHealth {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AgentHealth {
+    /// It answered the last call.
     Ok,
+    /// No usable answer (refused connection, timeout, 5xx).
     Unreachable,
+    /// It refused the admin's token.
     Unauthorized,
+    /// Its address has not proved it holds the cluster's token: nothing is sent there.
     Unverified,
+}
+
+/// What this admin knows of a cluster's agent since it started (`GET /clusters`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct AgentContact {
+    /// How the last call went; `None` before the first.
+    pub state: Option<AgentHealth>,
+    /// When it last answered (unix milliseconds).
+    pub last_contact_ms: Option<i64>,
+    /// Since when `state` holds (unix milliseconds).
+    pub since_ms: Option<i64>,
+    /// Why the last call failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl AppState {
@@ -78,11 +97,22 @@ impl AppState {
             Err(AgentCallError::Unverified(_)) => AgentHealth::Unverified,
             Err(AgentCallError::Refused { .. }) => AgentHealth::Ok,
         };
-        let previous = self
-            .agent_health
-            .lock()
-            .expect("health map poisoned")
-            .insert(cluster.to_owned(), health);
+        let now = crate::db::now_ms();
+        let previous = {
+            let mut contacts = self.agent_health.lock().expect("health map poisoned");
+            let contact = contacts.entry(cluster.to_owned()).or_default();
+            let previous = contact.state;
+            if previous != Some(health) {
+                contact.since_ms = Some(now);
+            }
+            contact.state = Some(health);
+            // An agent that answered, even with a refusal, was in contact.
+            if !matches!(health, AgentHealth::Unreachable | AgentHealth::Unverified) {
+                contact.last_contact_ms = Some(now);
+            }
+            contact.error = outcome.err().map(ToString::to_string);
+            previous
+        };
         if previous == Some(health) {
             return;
         }
@@ -155,6 +185,16 @@ impl AppState {
             .lock()
             .expect("test tables poisoned")
             .insert((cluster.to_owned(), instance.to_owned()), table);
+    }
+
+    /// What this admin knows of the cluster's agent.
+    pub(crate) fn agent_contact(&self, cluster: &str) -> AgentContact {
+        self.agent_health
+            .lock()
+            .expect("health map poisoned")
+            .get(cluster)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Forgets what is known of a deleted cluster.

@@ -393,3 +393,56 @@ async fn a_new_agent_address_proves_it_holds_the_token_before_anything_is_sent()
     );
     admin.stop().await;
 }
+
+/// The cluster view says how the admin last reached each agent: `ok` with the time of
+/// the last contact, then `unreachable` with why and since when (the last contact kept),
+/// and `ok` again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_show_their_agents_reachability() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/admin.db", dir.path().display());
+    let admin = TestAdmin::start(&db, Duration::from_secs(3600)).await;
+    let mut agent = TestAgent::start(&["instance_a"]).await;
+    admin.register("c1", &agent, &["instance_a"]).await;
+    let agent_of = |body: &serde_json::Value| body["agent"].clone();
+    let seen = agent_of(&admin.get("/clusters/c1").await.body);
+    assert_eq!(seen["state"], "ok", "{seen}");
+    let contact = seen["last_contact_ms"].as_i64().unwrap();
+    assert!(seen.get("error").is_none());
+    let listed = admin.get("/clusters").await;
+    assert_eq!(agent_of(&listed.body["items"][0])["state"], "ok");
+
+    agent.stop().await;
+    // A write tries the agent at once: pending, and the view says why.
+    let answer = admin
+        .send(
+            "POST",
+            "/clusters/c1/instances/instance_a/upstreams",
+            common::upstream("up", 8080),
+        )
+        .await;
+    assert_eq!(answer.header("x-portico-sync"), "pending");
+    let down = agent_of(&admin.get("/clusters/c1").await.body);
+    assert_eq!(down["state"], "unreachable", "{down}");
+    assert_eq!(down["last_contact_ms"].as_i64(), Some(contact));
+    assert!(down["since_ms"].as_i64().unwrap() >= contact);
+    assert!(
+        down["error"].as_str().unwrap().contains("unreachable"),
+        "{down}"
+    );
+
+    agent.restart(&["instance_a"]).await;
+    let answer = admin
+        .send(
+            "POST",
+            "/clusters/c1/instances/instance_a/upstreams",
+            common::upstream("up2", 8081),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    let back = agent_of(&admin.get("/clusters/c1").await.body);
+    assert_eq!(back["state"], "ok", "{back}");
+    assert!(back["last_contact_ms"].as_i64().unwrap() >= contact);
+    assert!(back.get("error").is_none());
+    admin.stop().await;
+}

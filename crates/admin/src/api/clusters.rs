@@ -18,19 +18,37 @@ use crate::auth::Principal;
 use crate::db;
 use crate::db::ChangeEntry;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{AgentContact, AppState};
 use crate::sync;
 
 /// `agent_address` is stored in a VARCHAR(255).
 const MAX_ADDRESS: usize = 255;
 
-/// Every cluster (agent tokens never shown).
+/// A cluster as listed: its agent's address and how this admin last reached it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ClusterView {
+    #[serde(flatten)]
+    cluster: Cluster,
+    agent: AgentContact,
+}
+
+fn view(state: &AppState, cluster: Cluster) -> ClusterView {
+    ClusterView {
+        agent: state.agent_contact(&cluster.name),
+        cluster,
+    }
+}
+
+/// Every cluster (agent tokens never shown), with its agent's reachability.
 #[utoipa::path(get, path = "/clusters", tag = "clusters",
-    responses((status = 200, description = "the clusters", body = Items<Cluster>)))]
+    responses((status = 200, description = "the clusters", body = Items<ClusterView>)))]
 pub(super) async fn list_clusters(
     State(state): State<Arc<AppState>>,
-) -> Result<Json<Items<Cluster>>, ApiError> {
-    Ok(Items::of(state.db.clusters().await?))
+) -> Result<Json<Items<ClusterView>>, ApiError> {
+    let clusters = state.db.clusters().await?;
+    Ok(Items::of(
+        clusters.into_iter().map(|c| view(&state, c)).collect(),
+    ))
 }
 
 /// Registers a cluster; its agent is polled at once. A generated agent token is
@@ -68,15 +86,16 @@ pub(super) async fn create_cluster(
     Ok((StatusCode::CREATED, Json(cluster)).into_response())
 }
 
-/// One cluster.
+/// One cluster, with its agent's reachability.
 #[utoipa::path(get, path = "/clusters/{cluster}", tag = "clusters",
     params(("cluster" = String, Path, description = "the cluster's name")),
-    responses((status = 200, description = "the cluster", body = Cluster)))]
+    responses((status = 200, description = "the cluster", body = ClusterView)))]
 pub(super) async fn get_cluster(
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
-) -> Result<Json<Cluster>, ApiError> {
-    Ok(Json(state.db.require_cluster(&name).await?))
+) -> Result<Json<ClusterView>, ApiError> {
+    let cluster = state.db.require_cluster(&name).await?;
+    Ok(Json(view(&state, cluster)))
 }
 
 /// Changes the agent address; the body is the whole cluster and its name must match.
