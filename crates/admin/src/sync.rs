@@ -284,7 +284,32 @@ async fn poll_cluster(state: &AppState, record: &AgentRecord) {
         tracing::warn!(cluster = %cluster.name, instance = %name,
             "instance no longer reported by its agent; marked missing, config kept");
     }
+    // Each instance's nodes now and at the poll before (an instance no longer
+    // reported has none now).
+    let seen: Vec<(&str, &[model::cluster::NodeHeartbeat], Vec<_>)> = report
+        .instances
+        .iter()
+        .map(|i| (i.name.as_str(), i.nodes.as_slice()))
+        .chain(
+            outcome
+                .went_missing
+                .iter()
+                .map(|name| (name.as_str(), &[][..])),
+        )
+        .map(|(name, now)| (name, now, state.nodes(&cluster.name, name)))
+        .collect();
     state.set_nodes(&cluster.name, &report);
+    let now_ms = db::now_ms();
+    for (instance, nodes, previous) in &seen {
+        if let Err(e) = state
+            .db
+            .record_nodes(&cluster.name, instance, nodes, previous, now_ms)
+            .await
+        {
+            tracing::warn!(cluster = %cluster.name, instance, error = %e,
+                "cannot record the instance's nodes");
+        }
+    }
     for instance in &reported {
         reconcile(state, cluster, agent, instance).await;
     }

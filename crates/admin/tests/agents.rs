@@ -446,3 +446,88 @@ async fn clusters_show_their_agents_reachability() {
     assert!(back.get("error").is_none());
     admin.stop().await;
 }
+
+/// A gateway node that stops heartbeating is not forgotten: the admin lists it as gone,
+/// with when it was first and last seen and when it went, and online again when it
+/// comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_go_are_marked_with_a_time() {
+    use store::{ConfigStore, Op, Txn};
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/admin.db", dir.path().display());
+    let admin = TestAdmin::start(&db, Duration::from_millis(100)).await;
+    let agent = TestAgent::start(&["instance_a"]).await;
+    admin.register("c1", &agent, &["instance_a"]).await;
+    let key = agent.keyspace.node("instance_a", "n1");
+    let beat = |at: i64| model::cluster::NodeHeartbeat {
+        node_id: "n1".into(),
+        address: "127.0.0.1:9080".into(),
+        applied_revision: model::snapshot::Revision(0),
+        applied_at_ms: at,
+        updated_at_ms: at,
+        config_source: model::cluster::ConfigSource::Store,
+        upstreams: vec![],
+        skipped: vec![],
+        redis_fallbacks: 0,
+        unbound: None,
+    };
+    let put = |at: i64| {
+        let (store, key) = (agent.store.clone(), key.clone());
+        async move {
+            store
+                .txn(Txn {
+                    compares: vec![],
+                    ops: vec![Op::Put {
+                        key,
+                        value: serde_json::to_vec(&beat(at)).unwrap(),
+                        lease: None,
+                    }],
+                })
+                .await
+                .unwrap();
+        }
+    };
+    let nodes = || async {
+        admin
+            .get("/clusters/c1/instances/instance_a/nodes")
+            .await
+            .body
+    };
+    let start = 1_000;
+    put(start).await;
+    wait_until("n1 online", || async {
+        let body = nodes().await;
+        (body["items"][0]["node_id"] == "n1").then_some(())
+    })
+    .await;
+    assert_eq!(nodes().await["gone"], json!([]));
+
+    // Its heartbeat is gone (its lease ran out): listed as gone, with the times.
+    store::ConfigStore::txn(
+        agent.store.as_ref(),
+        Txn {
+            compares: vec![],
+            ops: vec![Op::Delete { key: key.clone() }],
+        },
+    )
+    .await
+    .unwrap();
+    let gone = wait_until("n1 gone", || async {
+        let body = nodes().await;
+        (body["items"] == json!([]) && body["gone"][0]["node_id"] == "n1").then_some(body)
+    })
+    .await;
+    let n1 = &gone["gone"][0];
+    assert_eq!(n1["address"], "127.0.0.1:9080");
+    assert_eq!(n1["last_seen_ms"], start, "{n1}");
+    assert!(n1["gone_at_ms"].as_i64().unwrap() >= n1["first_seen_ms"].as_i64().unwrap());
+
+    // Back: online again, no longer gone.
+    put(start + 5_000).await;
+    wait_until("n1 back", || async {
+        let body = nodes().await;
+        (body["items"][0]["node_id"] == "n1" && body["gone"] == json!([])).then_some(())
+    })
+    .await;
+    admin.stop().await;
+}

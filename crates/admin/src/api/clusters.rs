@@ -16,7 +16,7 @@ use model::cluster::{Cluster, Instance, InstanceNamespace, NodeHeartbeat};
 use super::{parse_json, ApiPath, Items, NamespaceQuery, Scope};
 use crate::auth::Principal;
 use crate::db;
-use crate::db::ChangeEntry;
+use crate::db::{ChangeEntry, GoneNode};
 use crate::error::ApiError;
 use crate::state::{AgentContact, AppState};
 use crate::sync;
@@ -225,21 +225,34 @@ pub(super) async fn set_instance_namespace(
     Ok(Json(moved))
 }
 
-/// The instance's gateway nodes as its agent last reported them.
+/// An instance's gateway nodes: those its agent reports, and those it reported before
+/// and no longer does.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct NodesView {
+    /// Online: their last heartbeats, as the agent last reported them.
+    items: Vec<NodeHeartbeat>,
+    /// Gone (kept 7 days): when each was first and last seen, and when it went.
+    gone: Vec<GoneNode>,
+}
+
+/// The instance's gateway nodes as its agent last reported them, and those gone.
 #[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/nodes", tag = "instances",
     params(
         ("cluster" = String, Path, description = "the cluster's name"),
         ("instance" = String, Path, description = "the instance's name"),
         NamespaceQuery,
     ),
-    responses((status = 200, description = "the nodes", body = Items<NodeHeartbeat>)))]
+    responses((status = 200, description = "the nodes", body = NodesView)))]
 pub(super) async fn list_nodes(
     State(state): State<Arc<AppState>>,
     scope: Scope,
     ApiPath((cluster, instance)): ApiPath<(String, String)>,
-) -> Result<Json<Items<NodeHeartbeat>>, ApiError> {
+) -> Result<Json<NodesView>, ApiError> {
     scope.instance(&state, &cluster, &instance).await?;
-    Ok(Items::of(state.nodes(&cluster, &instance)))
+    Ok(Json(NodesView {
+        items: state.nodes(&cluster, &instance),
+        gone: state.db.gone_nodes(&cluster, &instance).await?,
+    }))
 }
 
 /// Whether the instance's latest revision reached all its gateway nodes.

@@ -246,6 +246,8 @@ impl Db {
                 details: Vec::new(),
             });
         }
+        let sql = self.sql("DELETE FROM gateway_nodes WHERE cluster = ?");
+        sqlx::query(&sql).bind(name).execute(&mut *tx).await?;
         let sql = self.sql("DELETE FROM clusters WHERE name = ?");
         let done = sqlx::query(&sql).bind(name).execute(&mut *tx).await?;
         if done.rows_affected() == 0 {

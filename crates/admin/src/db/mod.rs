@@ -11,6 +11,7 @@ mod audit;
 mod clusters;
 mod leases;
 mod namespaces;
+mod nodes;
 mod resources;
 mod revisions;
 mod sealing;
@@ -29,6 +30,7 @@ use crate::secrets::{Keyring, SecretError};
 
 pub(crate) use audit::{AuditEntry, AuditFilter};
 pub(crate) use clusters::{AgentRecord, InstanceReport};
+pub(crate) use nodes::GoneNode;
 pub(crate) use resources::{Batch, Change, ChangeEntry, Committed, RevisionNote};
 pub(crate) use revisions::{RevisionEntry, MAX_LISTED};
 pub(crate) use users::{TokenInfo, TokenKind};
