@@ -181,8 +181,11 @@ async fn schemathesis_finds_nothing() {
     )
     .unwrap();
     let admin_url = admin.url.clone();
+    let work = dir.path().to_path_buf();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(st)
+            // Its cache (`.schemathesis/`) goes with the test's directory, not the tree.
+            .current_dir(&work)
             .arg("--config-file")
             .arg(&config)
             .arg("run")

@@ -27,15 +27,17 @@ const MAX_ADDRESS: usize = 255;
 /// A cluster as listed: its agent's address and how this admin last reached it.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct ClusterView {
-    #[serde(flatten)]
-    cluster: Cluster,
+    name: String,
+    agent_address: String,
     agent: AgentContact,
 }
 
+/// The cluster as listed (its agent token never is).
 fn view(state: &AppState, cluster: Cluster) -> ClusterView {
     ClusterView {
         agent: state.agent_contact(&cluster.name),
-        cluster,
+        name: cluster.name,
+        agent_address: cluster.agent_address,
     }
 }
 
@@ -257,7 +259,7 @@ pub(super) async fn list_nodes(
 
 /// Whether the instance's latest revision reached all its gateway nodes.
 #[derive(serde::Serialize, utoipa::ToSchema)]
-pub(crate) struct Convergence {
+pub(crate) struct NodesConvergence {
     /// The instance's latest revision.
     revision: model::snapshot::Revision,
     /// When it was committed (unix milliseconds), if known.
@@ -293,12 +295,12 @@ pub(crate) struct NodeBehind {
         ("instance" = String, Path, description = "the instance's name"),
         NamespaceQuery,
     ),
-    responses((status = 200, description = "the latest revision across the nodes", body = Convergence)))]
+    responses((status = 200, description = "the latest revision across the nodes", body = NodesConvergence)))]
 pub(super) async fn convergence(
     State(state): State<Arc<AppState>>,
     scope: Scope,
     ApiPath((cluster, instance)): ApiPath<(String, String)>,
-) -> Result<Json<Convergence>, ApiError> {
+) -> Result<Json<NodesConvergence>, ApiError> {
     let found = scope.instance(&state, &cluster, &instance).await?;
     let nodes = state.nodes(&cluster, &instance);
     let committed_at_ms = state
@@ -312,7 +314,7 @@ fn converged(
     revision: model::snapshot::Revision,
     committed_at_ms: Option<i64>,
     nodes: &[NodeHeartbeat],
-) -> Convergence {
+) -> NodesConvergence {
     let behind: Vec<NodeBehind> = nodes
         .iter()
         .filter(|n| n.applied_revision != revision)
@@ -332,7 +334,7 @@ fn converged(
         }
         _ => None,
     };
-    Convergence {
+    NodesConvergence {
         revision,
         committed_at_ms,
         nodes: nodes.len(),
