@@ -11,12 +11,35 @@ pub mod upstream;
 
 use std::time::{Duration, Instant};
 
-/// A loopback port that was free a moment ago (bind to 0, read it, release it).
+/// First port [`free_port`] hands out, and the end of its range: below Linux's
+/// ephemeral range (32768–60999), which the kernel picks from for `bind(0)` and for
+/// outgoing connections. A port from `bind(0)` released for a server to take later can
+/// meanwhile be given to another test's `bind(0)` listener or client socket (the
+/// server then fails to start while something else answers on its port); below that
+/// range only `free_port` hands ports out.
+const FREE_PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// A loopback port that is free now and that no other call of this process was given:
+/// taken in turn from [`FREE_PORTS`], from a start that differs per process, skipping
+/// ports something listens on.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(FREE_PORTS.end - FREE_PORTS.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = FREE_PORTS.start + offset as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FREE_PORTS:?}")
 }
 
 /// Waits until something accepts TCP connections on `addr`; panics after `timeout`.
