@@ -107,43 +107,68 @@ impl Node {
                 .parse()
                 .unwrap()
         };
-        let listen = options.listen.unwrap_or_else(loopback);
-        let tls_listen = options.tls.then(loopback);
-        let ca_file = options.client_ca.map(|pem| {
+        let ca_file = options.client_ca.as_ref().map(|pem| {
             let mut file = tempfile::NamedTempFile::new().unwrap();
             std::io::Write::write_all(&mut file, pem.as_bytes()).unwrap();
             file
         });
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(gateway::run(
-            gateway::GatewayConfig {
-                listen,
-                tls_listen,
-                client_ca: ca_file.as_ref().map(|f| f.path().to_path_buf()),
-                instance: INSTANCE.into(),
-                namespace: options.namespace.clone(),
-                node_id: "node-1".into(),
-                advertise_address: listen.to_string(),
-                heartbeat_interval: Duration::from_millis(200),
-                http: options.http,
-                snapshot_file: options.snapshot_file,
-                status_listen: options.status_listen,
-                drain_timeout: options.drain_timeout.unwrap_or(Duration::from_secs(10)),
-                threads: 1,
-            },
-            gateway_store,
-            keyspace.clone(),
-            rx,
-        ));
-        let reach = if listen.ip().is_unspecified() {
-            format!("127.0.0.1:{}", listen.port())
-        } else {
-            listen.to_string()
+        // A node that does not answer right after it started is started again, on
+        // other ports, and says so: seen twice in a few hundred runs (a refused
+        // connection just after the port accepted one), cause not found yet.
+        let mut attempt = 0;
+        let (listen, tls_listen, reach, stop, task) = loop {
+            attempt += 1;
+            let listen = options.listen.unwrap_or_else(loopback);
+            let tls_listen = options.tls.then(loopback);
+            let (stop, rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(gateway::run(
+                gateway::GatewayConfig {
+                    listen,
+                    tls_listen,
+                    client_ca: ca_file.as_ref().map(|f| f.path().to_path_buf()),
+                    instance: INSTANCE.into(),
+                    namespace: options.namespace.clone(),
+                    node_id: "node-1".into(),
+                    advertise_address: listen.to_string(),
+                    heartbeat_interval: Duration::from_millis(200),
+                    http: options.http.clone(),
+                    snapshot_file: options.snapshot_file.clone(),
+                    status_listen: options.status_listen,
+                    drain_timeout: options.drain_timeout.unwrap_or(Duration::from_secs(10)),
+                    threads: 1,
+                },
+                gateway_store.clone(),
+                keyspace.clone(),
+                rx,
+            ));
+            let reach = if listen.ip().is_unspecified() {
+                format!("127.0.0.1:{}", listen.port())
+            } else {
+                listen.to_string()
+            };
+            testkit::wait_for_tcp(&reach, Duration::from_secs(10)).await;
+            if let Some(addr) = tls_listen {
+                testkit::wait_for_tcp(&addr.to_string(), Duration::from_secs(10)).await;
+            }
+            let answered = reqwest::Client::new()
+                .get(format!("http://{reach}/"))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            match answered {
+                Ok(_) => break (listen, tls_listen, reach, stop, task),
+                Err(e) if attempt < 3 => {
+                    eprintln!(
+                        "test node on {reach} did not answer after it started ({e}; its task \
+                         finished: {}); starting it again",
+                        task.is_finished()
+                    );
+                    stop.send_replace(true);
+                    task.abort();
+                }
+                Err(e) => panic!("test node on {reach} did not answer after it started: {e}"),
+            }
         };
-        testkit::wait_for_tcp(&reach, Duration::from_secs(10)).await;
-        if let Some(addr) = tls_listen {
-            testkit::wait_for_tcp(&addr.to_string(), Duration::from_secs(10)).await;
-        }
         Self {
             url: format!("http://{reach}"),
             listen,
