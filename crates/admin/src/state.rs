@@ -150,12 +150,16 @@ impl AppState {
     }
 
     pub(crate) fn nodes(&self, cluster: &str, instance: &str) -> Vec<NodeHeartbeat> {
+        self.known_nodes(cluster, instance).unwrap_or_default()
+    }
+
+    /// The instance's nodes at the last poll; `None` before this admin polled it.
+    pub(crate) fn known_nodes(&self, cluster: &str, instance: &str) -> Option<Vec<NodeHeartbeat>> {
         self.nodes
             .read()
             .expect("node map poisoned")
             .get(&(cluster.to_owned(), instance.to_owned()))
             .cloned()
-            .unwrap_or_default()
     }
 
     /// The route tester's table of the instance, if one was built at `revision` under

@@ -286,7 +286,7 @@ async fn poll_cluster(state: &AppState, record: &AgentRecord) {
     }
     // Each instance's nodes now and at the poll before (an instance no longer
     // reported has none now).
-    let seen: Vec<(&str, &[model::cluster::NodeHeartbeat], Vec<_>)> = report
+    let seen: Vec<(&str, &[model::cluster::NodeHeartbeat], Option<Vec<_>>)> = report
         .instances
         .iter()
         .map(|i| (i.name.as_str(), i.nodes.as_slice()))
@@ -296,11 +296,20 @@ async fn poll_cluster(state: &AppState, record: &AgentRecord) {
                 .iter()
                 .map(|name| (name.as_str(), &[][..])),
         )
-        .map(|(name, now)| (name, now, state.nodes(&cluster.name, name)))
+        .map(|(name, now)| (name, now, state.known_nodes(&cluster.name, name)))
         .collect();
     state.set_nodes(&cluster.name, &report);
     let now_ms = db::now_ms();
     for (instance, nodes, previous) in &seen {
+        // The database changes only when a node appears or goes: the same nodes as at
+        // the last poll need no query (the first poll of this admin always checks).
+        let same = previous
+            .as_deref()
+            .is_some_and(|previous| node_ids(previous) == node_ids(nodes));
+        if same {
+            continue;
+        }
+        let previous = previous.as_deref().unwrap_or_default();
         if let Err(e) = state
             .db
             .record_nodes(&cluster.name, instance, nodes, previous, now_ms)
@@ -323,6 +332,13 @@ async fn poll_cluster(state: &AppState, record: &AgentRecord) {
         )
         .await;
     }
+}
+
+/// The ids of `nodes`, sorted.
+fn node_ids(nodes: &[model::cluster::NodeHeartbeat]) -> Vec<&str> {
+    let mut ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
+    ids.sort_unstable();
+    ids
 }
 
 /// Pushes the instance's binding when its store holds another (`held`, as its agent

@@ -175,8 +175,7 @@ pub(super) async fn list_instances(
 /// One instance of the namespace.
 #[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}", tag = "instances",
     params(
-        ("cluster" = String, Path, description = "the cluster's name"),
-        ("instance" = String, Path, description = "the instance's name"),
+        super::InstancePath,
         NamespaceQuery,
     ),
     responses((status = 200, description = "the instance", body = Instance)))]
@@ -193,8 +192,7 @@ pub(super) async fn get_instance(
 /// the agent. Addressed by cluster and instance alone: the move spans two namespaces.
 #[utoipa::path(put, path = "/clusters/{cluster}/instances/{instance}/namespace", tag = "instances",
     params(
-        ("cluster" = String, Path, description = "the cluster's name"),
-        ("instance" = String, Path, description = "the instance's name"),
+        super::InstancePath,
     ),
     request_body = InstanceNamespace,
     responses((status = 200, description = "the instance", body = Instance)))]
@@ -240,8 +238,7 @@ pub(crate) struct NodesView {
 /// The instance's gateway nodes as its agent last reported them, and those gone.
 #[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/nodes", tag = "instances",
     params(
-        ("cluster" = String, Path, description = "the cluster's name"),
-        ("instance" = String, Path, description = "the instance's name"),
+        super::InstancePath,
         NamespaceQuery,
     ),
     responses((status = 200, description = "the nodes", body = NodesView)))]
@@ -291,8 +288,7 @@ pub(crate) struct NodeBehind {
 /// ("N of M"), and how long did it take.
 #[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/convergence", tag = "instances",
     params(
-        ("cluster" = String, Path, description = "the cluster's name"),
-        ("instance" = String, Path, description = "the instance's name"),
+        super::InstancePath,
         NamespaceQuery,
     ),
     responses((status = 200, description = "the latest revision across the nodes", body = NodesConvergence)))]
@@ -348,8 +344,7 @@ fn converged(
 /// The instance's change log, newest first (certificate keys are never in it).
 #[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/changes", tag = "history",
     params(
-        ("cluster" = String, Path, description = "the cluster's name"),
-        ("instance" = String, Path, description = "the instance's name"),
+        super::InstancePath,
         NamespaceQuery,
     ),
     responses((status = 200, description = "the change log", body = Items<ChangeEntry>)))]

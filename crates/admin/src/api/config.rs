@@ -133,8 +133,7 @@ fn render<T: serde::Serialize>(value: &T, format: Format) -> Result<Response, Ap
 /// `PUT …/config` takes (its `revision` is informative).
 #[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/config", tag = "config",
     params(
-        ("cluster" = String, Path, description = "the cluster's name"),
-        ("instance" = String, Path, description = "the instance's name"),
+        super::InstancePath,
         ExportQuery,
         super::NamespaceQuery,
     ),
@@ -215,8 +214,7 @@ async fn exported(
 /// deleted, as one revision; `?dry_run=true` answers the same without writing.
 #[utoipa::path(put, path = "/clusters/{cluster}/instances/{instance}/config", tag = "config",
     params(
-        ("cluster" = String, Path, description = "the cluster's name"),
-        ("instance" = String, Path, description = "the instance's name"),
+        super::InstancePath,
         ("x-portico-message" = Option<String>, Header, description = "the revision's message"),
         super::InstanceWriteQuery,
     ),

@@ -171,6 +171,17 @@ impl<T> Items<T> {
     }
 }
 
+/// The path of everything under an instance: its cluster and its name.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // read through `ApiPath` tuples; declared for the API's description
+pub(crate) struct InstancePath {
+    /// The cluster's name.
+    pub cluster: String,
+    /// The instance's name.
+    pub instance: String,
+}
+
 /// The query of a read under an instance: the namespace it lives in.
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -22,7 +22,7 @@ use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{audit, clusters, config, namespaces, plugins, revisions, tester, users};
-use super::{DryRunAnswer, InstanceWriteQuery, NamespaceQuery};
+use super::{DryRunAnswer, InstancePath, InstanceWriteQuery, NamespaceQuery};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -241,7 +241,9 @@ impl Modify for ResourceOperations {
                 )
                 .required("revision");
             let path_params = |with_id: bool| {
-                let mut params = vec![path_param("cluster"), path_param("instance")];
+                let mut params = <InstancePath as utoipa::IntoParams>::into_params(|| {
+                    Some(utoipa::openapi::path::ParameterIn::Path)
+                });
                 if with_id {
                     params.push(path_param("id"));
                 }

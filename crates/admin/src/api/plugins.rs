@@ -65,8 +65,7 @@ pub(super) async fn get_plugin(
 /// builds its chains with.
 #[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/routes/{id}/plugins/effective", tag = "plugins",
     params(
-        ("cluster" = String, Path, description = "the cluster's name"),
-        ("instance" = String, Path, description = "the instance's name"),
+        super::InstancePath,
         ("id" = String, Path, description = "the route's id"),
         ("consumer" = Option<String>, Query, description = "merge in this consumer's (and its group's) plugins"),
         super::NamespaceQuery,

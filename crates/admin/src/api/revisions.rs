@@ -134,8 +134,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 /// `?before=N` pages back, `?limit=` (at most 500).
 #[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/revisions", tag = "history",
     params(
-        ("cluster" = String, Path, description = "the cluster's name"),
-        ("instance" = String, Path, description = "the instance's name"),
+        super::InstancePath,
         ListQuery,
         NamespaceQuery,
     ),
@@ -167,8 +166,7 @@ pub(super) async fn list(
 /// One revision and what it changed, per object and field.
 #[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/revisions/{revision}", tag = "history",
     params(
-        ("cluster" = String, Path, description = "the cluster's name"),
-        ("instance" = String, Path, description = "the instance's name"),
+        super::InstancePath,
         ("revision" = u64, Path, description = "the revision"),
         NamespaceQuery,
     ),
@@ -200,8 +198,7 @@ pub(super) async fn get_one(
 /// The difference from revision `from` to `to` (default: the current one).
 #[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/diff", tag = "history",
     params(
-        ("cluster" = String, Path, description = "the cluster's name"),
-        ("instance" = String, Path, description = "the instance's name"),
+        super::InstancePath,
         DiffQuery,
         NamespaceQuery,
     ),
@@ -247,8 +244,7 @@ pub(super) async fn diff(
 /// `x-portico-message` header, else "rollback to revision N".
 #[utoipa::path(post, path = "/clusters/{cluster}/instances/{instance}/revisions/{revision}/rollback", tag = "history",
     params(
-        ("cluster" = String, Path, description = "the cluster's name"),
-        ("instance" = String, Path, description = "the instance's name"),
+        super::InstancePath,
         ("revision" = u64, Path, description = "the revision to go back to (0: empty)"),
         ("x-portico-message" = Option<String>, Header, description = "the new revision's message"),
         InstanceWriteQuery,

@@ -24,8 +24,7 @@ use crate::state::AppState;
 /// Which route of the instance takes the request, and why the others do not.
 #[utoipa::path(post, path = "/clusters/{cluster}/instances/{instance}/route-test", tag = "instances",
     params(
-        ("cluster" = String, Path, description = "the cluster's name"),
-        ("instance" = String, Path, description = "the instance's name"),
+        super::InstancePath,
         super::NamespaceQuery,
     ),
     request_body = RouteTest,

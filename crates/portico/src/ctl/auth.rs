@@ -222,10 +222,7 @@ pub async fn token(session: &Session, command: TokenCommand) -> Result<()> {
                     cell: |v| time_secs(&v["last_used_at"]),
                 },
             ];
-            let items = answer.body["items"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default();
+            let items = output::items(&answer.body);
             print!("{}", output::table(&columns, items));
             Ok(())
         }

@@ -58,10 +58,7 @@ pub async fn list(
             cell: |v| text(&v["message"]),
         },
     ];
-    let items = answer.body["items"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let items = output::items(&answer.body);
     print!("{}", output::table(&columns, items));
     Ok(())
 }

@@ -55,6 +55,14 @@ pub struct Column {
     pub cell: fn(&Value) -> String,
 }
 
+/// The `items` of a listing (none when the answer has no list).
+pub fn items(body: &Value) -> &[Value] {
+    body["items"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
 /// Items as aligned columns, a header line first; the last column is not padded.
 pub fn table(columns: &[Column], items: &[Value]) -> String {
     let rows: Vec<Vec<String>> = items

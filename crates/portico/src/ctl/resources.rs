@@ -341,10 +341,7 @@ pub async fn list(
     let (path, query) = kind.collection(at)?;
     let answer = session.client.get(&path, &query).await?;
     if !output::print_raw(output.format, &answer.body)? {
-        let items = answer.body["items"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let items = output::items(&answer.body);
         print!("{}", output::table(&kind.columns(), items));
     }
     Ok(())

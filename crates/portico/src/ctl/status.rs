@@ -111,7 +111,7 @@ pub async fn instances(
             cell: |v| time_secs(&v["last_seen"]),
         },
     ];
-    print!("{}", output::table(&columns, items(&body)));
+    print!("{}", output::table(&columns, output::items(&body)));
     Ok(())
 }
 
@@ -153,7 +153,7 @@ pub async fn nodes(session: &Session, target: &Target, output: OutputArgs) -> Re
             cell: |v| time_ms(&v["updated_at_ms"]),
         },
     ];
-    print!("{}", output::table(&columns, items(&answer.body)));
+    print!("{}", output::table(&columns, output::items(&answer.body)));
     let convergence = session
         .client
         .get(&format!("{}/convergence", target.path()), &target.query())
@@ -233,13 +233,6 @@ fn unhealthy(node: &Value) -> String {
     } else {
         out.join(",")
     }
-}
-
-fn items(body: &Value) -> &[Value] {
-    body["items"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
