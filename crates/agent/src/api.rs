@@ -1,5 +1,7 @@
 //! The agent's HTTP API: `/agent/apiserver/v1/instances…` (see `ARCHITECTURE.md`).
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -45,10 +47,33 @@ pub fn app(state: AgentState) -> Router {
             state.token.clone(),
             apikit::auth::require_bearer,
         ))
+        .merge(registry_routes(&state))
         // Outside the token check: it proves the agent holds the token to a caller who
         // has not sent it yet.
         .route(PROOF_PATH, post(prove))
         .with_state(state)
+}
+
+/// The registry's routes: the agent's token or the registry token.
+fn registry_routes(state: &AgentState) -> Router<AgentState> {
+    let base = "/agent/apiserver/v1/registry";
+    let accepted: Arc<[apikit::TokenHash]> = std::iter::once((*state.token).clone())
+        .chain(state.registry_token.clone())
+        .collect();
+    Router::new()
+        .route(&format!("{base}/services"), get(crate::registry::list))
+        .route(
+            &format!("{base}/services/{{service}}/nodes"),
+            post(crate::registry::register),
+        )
+        .route(
+            &format!("{base}/leases/{{lease}}"),
+            put(crate::registry::heartbeat).delete(crate::registry::deregister),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            accepted,
+            apikit::auth::require_any_bearer,
+        ))
 }
 
 /// Answers a challenge with the proof of holding the token (see `apikit::auth`).

@@ -9,6 +9,7 @@
 
 mod api;
 mod error;
+mod registry;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,9 @@ pub struct AgentState {
     instances: Arc<BTreeMap<String, Option<String>>>,
     /// Hash of the bearer token the admin must present (checked by `apikit::auth`).
     token: Arc<apikit::TokenHash>,
+    /// Hash of the token services present to register (`registry.rs`); `None`: only
+    /// the admin's token may.
+    registry_token: Option<apikit::TokenHash>,
     /// Body limit and client timeouts of the API.
     limits: apikit::Limits,
     /// Serve HTTPS with this configuration (`apikit::tls::server_config`).
@@ -76,6 +80,7 @@ impl AgentState {
             keyspace,
             instances: Arc::new(instances),
             token: Arc::new(apikit::TokenHash::of(token)),
+            registry_token: None,
             limits: apikit::Limits::with_max_body(api::MAX_BODY),
             tls: None,
         })
@@ -86,6 +91,20 @@ impl AgentState {
     pub fn with_tls(mut self, tls: Arc<rustls::ServerConfig>) -> Self {
         self.tls = Some(tls);
         self
+    }
+
+    /// Lets services register into the registry with this token, which opens nothing
+    /// else. Fails when it is empty or equal to the agent's token.
+    pub fn with_registry_token(mut self, token: &str) -> anyhow::Result<Self> {
+        if token.trim().is_empty() {
+            anyhow::bail!("the registry token must not be empty (PORTICO_REGISTRY_TOKEN)");
+        }
+        let hash = apikit::TokenHash::of(token);
+        if hash == *self.token {
+            anyhow::bail!("the registry token must differ from the agent token: services hold it");
+        }
+        self.registry_token = Some(hash);
+        Ok(self)
     }
 
     /// Other client timeouts than the defaults (10 s for a head, 30 s for a body).

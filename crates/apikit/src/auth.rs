@@ -111,6 +111,27 @@ pub async fn require_bearer(
     }
 }
 
+/// Middleware like [`require_bearer`] for routes that accept any of several tokens (the
+/// agent's registry: its own token or the registry token services hold).
+pub async fn require_any_bearer(
+    State(accepted): State<Arc<[TokenHash]>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    // Every hash is compared, so the time taken does not tell which one matched.
+    let matched = bearer(request.headers()).is_some_and(|token| {
+        let presented = TokenHash::of(token);
+        accepted
+            .iter()
+            .fold(false, |any, hash| any | bool::from(hash.0.ct_eq(&presented.0)))
+    });
+    if matched {
+        next.run(request).await
+    } else {
+        crate::error::unauthorized()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod plugins;
 mod proxy;
+pub mod registry;
 pub mod router;
 pub mod runtime;
 pub mod settings;
@@ -164,6 +165,7 @@ pub async fn run(
     let config_loop = tokio::spawn(
         ConfigLoop {
             watcher: PrefixWatcher::new(store.clone(), keyspace.instance_prefix(&config.instance)),
+            registry: PrefixWatcher::new(store.clone(), keyspace.registry_prefix()),
             compiler: Some(Compiler::new(
                 ConfigObjects::new(keyspace.clone(), config.instance.clone())
                     .bound_to(config.namespace.clone()),
@@ -174,6 +176,7 @@ pub async fn run(
             snapshot: config.snapshot_file.clone().map(SnapshotFile::new),
             instance: config.instance.clone(),
             next_save: None,
+            loaded: false,
         }
         .run(stop_rx.clone()),
     );
@@ -268,6 +271,9 @@ pub async fn run(
 /// keeps the snapshot file and serves it when the store is unreachable at start.
 struct ConfigLoop {
     watcher: PrefixWatcher,
+    /// Follows the registered service nodes (every namespace; the compiler picks the
+    /// instance's).
+    registry: PrefixWatcher,
     /// Moved to a blocking thread for each build and back; `None` only meanwhile.
     compiler: Option<Compiler>,
     current: Arc<ArcSwap<RuntimeConfig>>,
@@ -278,6 +284,8 @@ struct ConfigLoop {
     instance: String,
     /// When the snapshot file is due to be rewritten; `None` when it is up to date.
     next_save: Option<tokio::time::Instant>,
+    /// Whether config (from the store or the snapshot file) has been applied yet.
+    loaded: bool,
 }
 
 impl ConfigLoop {
@@ -298,6 +306,7 @@ impl ConfigLoop {
         }
         enum Event {
             Update(Update),
+            Registry(Update),
             Save,
             Stop,
         }
@@ -305,11 +314,13 @@ impl ConfigLoop {
             let next_save = self.next_save;
             let event = tokio::select! {
                 update = self.watcher.next() => Event::Update(update),
+                update = self.registry.next() => Event::Registry(update),
                 _ = sleep_until(next_save), if next_save.is_some() => Event::Save,
                 _ = stop.wait_for(|stop| *stop) => Event::Stop,
             };
             let go_on = match event {
                 Event::Update(update) => self.apply(update, ConfigSource::Store).await,
+                Event::Registry(update) => self.apply_registry(update).await,
                 Event::Save => self.save().await,
                 Event::Stop => {
                     if self.next_save.is_some() {
@@ -363,13 +374,38 @@ impl ConfigLoop {
     /// Applies an update and, when it changed config, builds and swaps in the new one.
     /// False when the loop cannot go on.
     async fn apply(&mut self, update: Update, source: ConfigSource) -> bool {
-        let Some(mut compiler) = self.compiler.take() else {
+        let Some(compiler) = self.compiler.as_mut() else {
             return false;
         };
         if !compiler.objects.apply(update) {
-            self.compiler = Some(compiler);
             return true;
         }
+        self.loaded = true;
+        self.rebuild(source).await
+    }
+
+    /// Applies a registry update and, when registered nodes changed, builds again (only
+    /// the pools of the services that changed are made anew). The config's source
+    /// stays what it was.
+    async fn apply_registry(&mut self, update: Update) -> bool {
+        let Some(compiler) = self.compiler.as_mut() else {
+            return false;
+        };
+        // Before the instance's config first arrives its build waits for it: an empty
+        // config must not be swapped in (or saved over the snapshot file) for this.
+        if !compiler.registry.apply(update) || !self.loaded {
+            return true;
+        }
+        let source = self.status.borrow().source;
+        self.rebuild(source).await
+    }
+
+    /// Builds from what the compiler holds and swaps the result in. False when the
+    /// loop cannot go on.
+    async fn rebuild(&mut self, source: ConfigSource) -> bool {
+        let Some(mut compiler) = self.compiler.take() else {
+            return false;
+        };
         // Building resolves host names, which blocks: keep it off the async workers.
         let built = tokio::task::spawn_blocking(move || {
             let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compiler.build()));

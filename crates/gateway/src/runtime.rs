@@ -29,6 +29,7 @@ use store::WatchEvent;
 
 use crate::balancer::UpstreamPool;
 use crate::consumers::{ConsumerEntry, Consumers};
+use crate::registry::RegistryView;
 use crate::core::phase::{Chain, Entry, Plugin, RouteScope};
 use crate::router::{CompiledRoute, RouteTarget, Router};
 use crate::tls::CertTable;
@@ -174,6 +175,15 @@ impl ConfigObjects {
             )),
             _ => None,
         }
+    }
+
+    /// The namespace whose registered services the instance's upstreams use: its
+    /// binding's, else the node's own, else `default`.
+    fn registry_namespace(&self) -> String {
+        self.binding()
+            .map(|b| b.namespace)
+            .or_else(|| self.namespace.clone())
+            .unwrap_or_else(|| model::registry::DEFAULT_NAMESPACE.to_owned())
     }
 
     /// Applies a watch update; false when it changed no config key.
@@ -344,6 +354,50 @@ pub struct Compiler {
     /// changes).
     cert_problems: Vec<Problem>,
     effects: Effects,
+    /// The registered service nodes upstreams in registry mode take theirs from.
+    pub registry: RegistryView,
+    /// The namespace whose registry the last build used; `None` before the first.
+    registry_namespace: Option<String>,
+    /// Store key of an object whose pool came from the registry → the service: the
+    /// object compiles again when that service's nodes change.
+    discovery_users: HashMap<String, String>,
+    /// `lb://service` → the pool of its registered nodes, for routes and services
+    /// naming a service instead of an upstream.
+    lb_pools: HashMap<String, Arc<UpstreamPool>>,
+}
+
+/// What building a pool reads besides the upstream: whether it may resolve names, and
+/// the registry (in the instance's namespace) for upstreams in registry mode.
+#[derive(Clone, Copy)]
+struct PoolInputs<'a> {
+    effects: Effects,
+    registry: &'a RegistryView,
+    namespace: &'a str,
+}
+
+impl PoolInputs<'_> {
+    fn build(&self, upstream: &Upstream) -> Result<crate::balancer::BuiltPool, String> {
+        let built = match &upstream.discovery {
+            None => UpstreamPool::build_with(upstream, self.effects),
+            Some(discovery) => {
+                let mut resolved = upstream.clone();
+                resolved.nodes = self.registry.upstream_nodes(self.namespace, discovery);
+                UpstreamPool::build_with(&resolved, self.effects)
+            }
+        };
+        built.map_err(|e| e.to_string())
+    }
+
+    /// The pool of `lb://service`: the service's registered nodes with the defaults
+    /// of an upstream.
+    fn lb_pool(&self, id: &str, service: &str) -> Result<crate::balancer::BuiltPool, String> {
+        let upstream: Upstream = serde_json::from_value(serde_json::json!({
+            "id": id,
+            "discovery": {"type": "registry", "service": service},
+        }))
+        .map_err(|e| e.to_string())?;
+        self.build(&upstream)
+    }
 }
 
 /// A service as far as it could be compiled.
@@ -417,6 +471,7 @@ impl Compiler {
     }
 
     fn with_effects(objects: ConfigObjects, effects: Effects) -> Self {
+        let objects_keyspace = objects.keyspace.clone();
         Self {
             objects,
             routes: HashMap::default(),
@@ -437,6 +492,10 @@ impl Compiler {
             consumer_table: Default::default(),
             cert_problems: Vec::new(),
             effects,
+            registry: RegistryView::new(objects_keyspace),
+            registry_namespace: None,
+            discovery_users: HashMap::default(),
+            lb_pools: HashMap::default(),
         }
     }
 
@@ -472,7 +531,14 @@ impl Compiler {
         let mut context_changed = binding_changed;
         let mut consumers_changed = binding_changed;
         let first = self.consumer_table.0.is_empty() && self.chains.is_empty();
+        let namespace = self.registry_changes();
+        let inputs = PoolInputs {
+            effects: self.effects,
+            registry: &self.registry,
+            namespace: &namespace,
+        };
         for key in std::mem::take(&mut self.objects.dirty) {
+            self.discovery_users.remove(&key);
             self.routes.remove(&key);
             self.chains.remove(&key);
             self.upstreams.remove(&key);
@@ -489,7 +555,12 @@ impl Compiler {
             };
             match kind {
                 ResourceKind::Services => {
-                    let state = compile_service(value, id, self.effects);
+                    let state = compile_service(value, id, &inputs);
+                    if let Some(service) = state.as_ref().ok().and_then(|s| {
+                        discovery_of(s.service.upstream.as_deref())
+                    }) {
+                        self.discovery_users.insert(key.clone(), service);
+                    }
                     if let Ok(ServiceState {
                         inline: Some(Ok(pool)),
                         ..
@@ -546,7 +617,12 @@ impl Compiler {
                     consumers_changed = true;
                 }
                 ResourceKind::Routes => {
-                    let state = compile_route(value, id, self.effects);
+                    let state = compile_route(value, id, &inputs);
+                    if let Some(service) = state.as_ref().ok().and_then(|s| {
+                        discovery_of(s.route.route.upstream.as_deref())
+                    }) {
+                        self.discovery_users.insert(key.clone(), service);
+                    }
                     if let Ok(RouteState {
                         inline: Some(Ok(pool)),
                         ..
@@ -557,10 +633,14 @@ impl Compiler {
                     self.routes.insert(key, state);
                 }
                 ResourceKind::Upstreams => {
-                    let state = compile_upstream(value, id, self.effects);
-                    if let Ok(state) = &state {
+                    let state = compile_upstream(value, id, &inputs);
+                    if let Ok((state, discovery)) = &state {
                         new_pools.push(state.pool.clone());
+                        if let Some(service) = discovery {
+                            self.discovery_users.insert(key.clone(), service.clone());
+                        }
                     }
+                    let state = state.map(|(state, _)| state);
                     self.upstreams.insert(key, state);
                 }
                 ResourceKind::Certificates => {
@@ -583,6 +663,7 @@ impl Compiler {
             self.consumer_table = self.build_consumers();
         }
         self.build_chains();
+        self.build_lb_pools(&namespace, &mut new_pools);
         let mut built = self.assemble(new_pools);
         self.plugins.prune();
         if certificates_changed {
@@ -621,6 +702,9 @@ impl Compiler {
         self.chains.clear();
         self.consumer_table = Default::default();
         self.cert_problems.clear();
+        self.discovery_users.clear();
+        self.lb_pools.clear();
+        self.registry_namespace = None;
         self.generation += 1;
         self.objects.dirty = self.objects.resources.keys().cloned().collect();
         self.objects.binding_dirty = true;
@@ -638,6 +722,68 @@ impl Compiler {
         built.config.unbound = Some(reason);
         built.certificates = Some(CertTable::from_objects(&[]).0);
         built
+    }
+
+    /// The namespace whose registry this build uses; marks the objects and `lb://`
+    /// pools whose registered nodes changed since the last build (all of them when
+    /// the namespace changed) to be built again.
+    fn registry_changes(&mut self) -> String {
+        let namespace = self.objects.registry_namespace();
+        let changed = self.registry.take_changed();
+        let all = self.registry_namespace.as_deref() != Some(namespace.as_str());
+        let touched = |service: &str| {
+            all || changed.contains(&(namespace.clone(), service.to_owned()))
+        };
+        for (key, service) in &self.discovery_users {
+            if touched(service) {
+                self.objects.dirty.insert(key.clone());
+            }
+        }
+        self.lb_pools.retain(|id, _| {
+            model::registry::lb_service(id).is_some_and(|service| !touched(service))
+        });
+        self.registry_namespace = Some(namespace.clone());
+        namespace
+    }
+
+    /// Keeps a pool for every `lb://service` a served route or service names, and
+    /// only those; new ones join `new_pools`.
+    fn build_lb_pools(&mut self, namespace: &str, new_pools: &mut Vec<Arc<UpstreamPool>>) {
+        let routes = self
+            .routes
+            .values()
+            .filter_map(|r| r.as_ref().ok()?.route.route.upstream_id.as_ref());
+        let services = self
+            .services
+            .values()
+            .filter_map(|s| s.as_ref().ok()?.service.upstream_id.as_ref());
+        let wanted: BTreeSet<&String> = routes
+            .chain(services)
+            .filter(|id| model::registry::lb_service(id).is_some())
+            .collect();
+        self.lb_pools.retain(|id, _| wanted.contains(id));
+        let inputs = PoolInputs {
+            effects: self.effects,
+            registry: &self.registry,
+            namespace,
+        };
+        for id in wanted {
+            if self.lb_pools.contains_key(id.as_str()) {
+                continue;
+            }
+            let service = model::registry::lb_service(id).unwrap_or_default();
+            match inputs.lb_pool(id, service) {
+                Ok(built) => {
+                    for warning in built.warnings {
+                        tracing::warn!(upstream = %id, %warning, "registered node left out");
+                    }
+                    let pool = Arc::new(built.pool);
+                    new_pools.push(pool.clone());
+                    self.lb_pools.insert(id.clone(), pool);
+                }
+                Err(e) => tracing::error!(upstream = %id, error = %e, "cannot build the pool"),
+            }
+        }
     }
 
     /// The templates the instance's plugins run under, by plugin name: its valid
@@ -815,6 +961,11 @@ impl Compiler {
             }
         }
         let upstreams = pools.len();
+        // `lb://service` is looked up like an upstream id.
+        for (id, pool) in &self.lb_pools {
+            by_id.insert(id, pool);
+            pools.push(pool.clone());
+        }
 
         let mut services: HashMap<&str, &ServiceState> = HashMap::default();
         for (key, state) in &self.services {
@@ -983,16 +1134,14 @@ impl Compiler {
     }
 }
 
-fn compile_route(value: &[u8], id: &str, effects: Effects) -> Result<RouteState, String> {
+fn compile_route(value: &[u8], id: &str, inputs: &PoolInputs) -> Result<RouteState, String> {
     let route = parse::<Route>(value, id, |r| &r.id, Route::validate, unreadable)?;
     let mut warnings = Vec::new();
     let inline = route.upstream.as_ref().map(|inline| {
-        UpstreamPool::build_with(inline, effects)
-            .map(|built| {
-                warnings.extend(built.warnings.into_iter().map(|w| format!("upstream.{w}")));
-                Arc::new(built.pool)
-            })
-            .map_err(|e| e.to_string())
+        inputs.build(inline).map(|built| {
+            warnings.extend(built.warnings.into_iter().map(|w| format!("upstream.{w}")));
+            Arc::new(built.pool)
+        })
     });
     Ok(RouteState {
         route: Arc::new(CompiledRoute::compile(route)?),
@@ -1059,16 +1208,14 @@ fn join_errors(errors: &[model::validate::FieldError]) -> String {
         .join("; ")
 }
 
-fn compile_service(value: &[u8], id: &str, effects: Effects) -> Result<ServiceState, String> {
+fn compile_service(value: &[u8], id: &str, inputs: &PoolInputs) -> Result<ServiceState, String> {
     let service = parse::<Service>(value, id, |s| &s.id, Service::validate, unreadable)?;
     let mut warnings = Vec::new();
     let inline = service.upstream.as_ref().map(|inline| {
-        UpstreamPool::build_with(inline, effects)
-            .map(|built| {
-                warnings.extend(built.warnings.into_iter().map(|w| format!("upstream.{w}")));
-                Arc::new(built.pool)
-            })
-            .map_err(|e| e.to_string())
+        inputs.build(inline).map(|built| {
+            warnings.extend(built.warnings.into_iter().map(|w| format!("upstream.{w}")));
+            Arc::new(built.pool)
+        })
     });
     Ok(ServiceState {
         service,
@@ -1077,13 +1224,24 @@ fn compile_service(value: &[u8], id: &str, effects: Effects) -> Result<ServiceSt
     })
 }
 
-fn compile_upstream(value: &[u8], id: &str, effects: Effects) -> Result<PoolState, String> {
+/// A stand-alone upstream's pool, and the registered service its nodes come from.
+fn compile_upstream(
+    value: &[u8],
+    id: &str,
+    inputs: &PoolInputs,
+) -> Result<(PoolState, Option<String>), String> {
     let upstream = parse::<Upstream>(value, id, |u| &u.id, Upstream::validate, unreadable)?;
-    let built = UpstreamPool::build_with(&upstream, effects).map_err(|e| e.to_string())?;
-    Ok(PoolState {
+    let built = inputs.build(&upstream)?;
+    let state = PoolState {
         pool: Arc::new(built.pool),
         warnings: built.warnings,
-    })
+    };
+    Ok((state, discovery_of(Some(&upstream))))
+}
+
+/// The registered service an (inline) upstream takes its nodes from.
+fn discovery_of(upstream: Option<&Upstream>) -> Option<String> {
+    Some(upstream?.discovery.as_ref()?.service.clone())
 }
 
 /// The health report of the heartbeat: every pool with health checks, in full, and

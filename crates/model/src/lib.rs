@@ -13,6 +13,7 @@ pub mod diff;
 pub mod json;
 pub mod namespace;
 pub mod plugin;
+pub mod registry;
 pub mod resource;
 pub mod route;
 pub mod service;

@@ -213,7 +213,8 @@ impl Resource {
     pub fn references(&self) -> Vec<(String, ResourceKind, String)> {
         let mut refs = Vec::new();
         let mut push = |field: &str, kind, id: &Option<String>| {
-            if let Some(id) = id {
+            // `lb://service` names a registered service, not a resource.
+            if let Some(id) = id.as_ref().filter(|id| crate::registry::lb_service(id).is_none()) {
                 refs.push((field.to_owned(), kind, id.clone()));
             }
         };

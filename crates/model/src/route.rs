@@ -350,7 +350,7 @@ impl Route {
                 "a route needs upstream_id, an inline upstream or a service_id",
             ),
             (None, None) => {}
-            (Some(id), None) => check_id(&mut v, "upstream_id", id),
+            (Some(id), None) => crate::registry::check_upstream_ref(&mut v, "upstream_id", id),
             (None, Some(up)) => {
                 v.at("upstream", |v| {
                     if !up.id.is_empty() {

@@ -34,7 +34,7 @@ impl Service {
             (Some(_), Some(_)) => {
                 v.error("upstream", "give either upstream_id or upstream, not both")
             }
-            (Some(id), None) => check_id(&mut v, "upstream_id", id),
+            (Some(id), None) => crate::registry::check_upstream_ref(&mut v, "upstream_id", id),
             (None, Some(up)) => v.at("upstream", |v| {
                 if !up.id.is_empty() {
                     check_id(v, "id", &up.id);

@@ -18,7 +18,13 @@ pub struct Upstream {
     pub id: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// The nodes, when listed here (local mode); empty with `discovery`.
+    #[serde(default)]
     pub nodes: Vec<UpstreamNode>,
+    /// Nodes from a registry instead (registry mode, N6): the registered service of
+    /// the instance's namespace, optionally only nodes with some metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<crate::registry::Discovery>,
     #[serde(default)]
     pub scheme: Scheme,
     #[serde(default, rename = "type")]
@@ -382,8 +388,15 @@ impl Upstream {
         if self.name.len() > 256 {
             v.error("name", "must be at most 256 characters");
         }
-        if self.nodes.is_empty() {
-            v.error("nodes", "must list at least one node");
+        match &self.discovery {
+            None if self.nodes.is_empty() => {
+                v.error("nodes", "must list at least one node (or give discovery)")
+            }
+            Some(_) if !self.nodes.is_empty() => {
+                v.error("nodes", "give either nodes or discovery, not both")
+            }
+            Some(discovery) => v.at("discovery", |v| discovery.validate(v)),
+            None => {}
         }
         for (i, node) in self.nodes.iter().enumerate() {
             v.at(&format!("nodes[{i}]"), |v| {

@@ -493,6 +493,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let mut state =
                 agent::AgentState::new(store, keyspace, names, namespace.as_deref(), &token)?
                     .with_timeouts(timeouts.header_read_timeout, timeouts.body_timeout);
+            // Services register with it (the registry routes only); unset: only the
+            // admin's token registers.
+            if let Some(registry_token) = env_secret("PORTICO_REGISTRY_TOKEN") {
+                state = state.with_registry_token(&registry_token)?;
+            }
             if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
                 let client_ca = tls_client_ca
                     .map(|p| read_file(&p, "--tls-client-ca"))

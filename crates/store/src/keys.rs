@@ -3,7 +3,9 @@
 //! `{root}/instances/{instance}/{kind}/{id}` holds a resource's JSON,
 //! `{root}/instances/{instance}/meta` the admin revision the content corresponds to,
 //! `{root}/instances/{instance}/binding` the namespace the instance is bound to, and
-//! `{root}/instances/{instance}/nodes/{node_id}` a gateway node's heartbeat (leased).
+//! `{root}/instances/{instance}/nodes/{node_id}` a gateway node's heartbeat (leased), and
+//! `{root}/registry/{namespace}/{service}/{node_id}` a registered service node (leased,
+//! `model::registry`).
 
 use model::resource::ResourceKind;
 
@@ -74,6 +76,39 @@ impl Keyspace {
         format!("{}{node_id}", self.nodes_prefix(instance))
     }
 
+    /// Every registered service node of every namespace.
+    pub fn registry_prefix(&self) -> String {
+        format!("{}/registry/", self.root)
+    }
+
+    /// The registered nodes of one namespace.
+    pub fn registry_namespace_prefix(&self, namespace: &str) -> String {
+        format!("{}{namespace}/", self.registry_prefix())
+    }
+
+    /// One registered node of a service in a namespace.
+    pub fn registry_node(&self, namespace: &str, service: &str, node_id: &str) -> String {
+        format!(
+            "{}{service}/{node_id}",
+            self.registry_namespace_prefix(namespace)
+        )
+    }
+
+    /// The namespace, service and node id of a key under [`Self::registry_prefix`];
+    /// `None` for anything else.
+    pub fn parse_registry<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str, &'k str)> {
+        let rest = key
+            .strip_prefix(self.root.as_str())?
+            .strip_prefix("/registry/")?;
+        let mut parts = rest.split('/');
+        let (namespace, service, node) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || namespace.is_empty() || service.is_empty() || node.is_empty()
+        {
+            return None;
+        }
+        Some((namespace, service, node))
+    }
+
     /// Classifies a key found under `instance_prefix(instance)`; `None` for foreign keys.
     pub fn parse<'k>(&self, instance: &str, key: &'k str) -> Option<InstanceKey<'k>> {
         let prefix = self.instance_prefix(instance);
@@ -126,5 +161,16 @@ mod tests {
         let custom = Keyspace::new("/staging").unwrap();
         assert_eq!(custom.meta("i"), "/staging/instances/i/meta");
         assert!(Keyspace::new("staging/").is_err());
+        let node = ks.registry_node("team-a", "orders", "10.0.0.1:80");
+        assert_eq!(node, "/portico/registry/team-a/orders/10.0.0.1:80");
+        assert!(node.starts_with(&ks.registry_namespace_prefix("team-a")));
+        assert!(node.starts_with(&ks.registry_prefix()));
+        assert_eq!(
+            ks.parse_registry(&node),
+            Some(("team-a", "orders", "10.0.0.1:80"))
+        );
+        assert_eq!(ks.parse_registry("/portico/registry/a/b"), None);
+        assert_eq!(ks.parse_registry("/portico/registry/a/b/c/d"), None);
+        assert_eq!(ks.parse_registry("/other/registry/a/b/c"), None);
     }
 }
