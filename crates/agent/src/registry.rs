@@ -20,9 +20,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use model::registry::{
-    RegisteredNode, RegisteredService, Registration, RegistrationAnswer,
-};
+use model::registry::{RegisteredNode, RegisteredService, Registration, RegistrationAnswer};
 use model::validate::{check_id, FieldError, Validator};
 use serde::{Deserialize, Serialize};
 use store::{LeaseId, Op, StoreError, Txn};
@@ -67,9 +65,7 @@ pub(crate) async fn register(
                 registered_at_ms,
             };
             Op::Put {
-                key: state
-                    .keyspace
-                    .registry_node(namespace, &service, &node_id),
+                key: state.keyspace.registry_node(namespace, &service, &node_id),
                 value: serde_json::to_vec(&node).expect("registry nodes always serialise"),
                 lease: Some(lease),
             }

@@ -173,11 +173,20 @@ async fn a_registration_writes_one_leased_node_per_namespace() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["namespace"].as_str().unwrap(), s["service"].as_str().unwrap()))
+        .map(|s| {
+            (
+                s["namespace"].as_str().unwrap(),
+                s["service"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         names,
-        [("default", "payments"), ("team-a", "orders"), ("team-b", "orders")]
+        [
+            ("default", "payments"),
+            ("team-a", "orders"),
+            ("team-b", "orders")
+        ]
     );
     let (_, team_b) = agent
         .call(
@@ -220,7 +229,11 @@ async fn bad_registrations_name_their_fields_and_write_nothing() {
     let (status, _) = agent
         .register("bad/name", json!({"host": "h", "port": 1}))
         .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "a service name cannot hold a slash");
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a service name cannot hold a slash"
+    );
     let (status, body) = agent
         .register("bad name", json!({"host": "h", "port": 1}))
         .await;
@@ -233,7 +246,10 @@ async fn bad_registrations_name_their_fields_and_write_nothing() {
 async fn heartbeats_keep_a_registration_and_deregistering_ends_it() {
     let agent = Agent::start().await;
     let (_, answer) = agent
-        .register("orders", json!({"host": "10.0.0.7", "port": 8080, "ttl_secs": 5}))
+        .register(
+            "orders",
+            json!({"host": "10.0.0.7", "port": 8080, "ttl_secs": 5}),
+        )
         .await;
     let lease = answer["lease"].as_str().unwrap();
     let path = format!("/registry/leases/{lease}");
@@ -244,7 +260,10 @@ async fn heartbeats_keep_a_registration_and_deregistering_ends_it() {
         .call(Some(REGISTRY_TOKEN), "DELETE", &path, None)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    assert!(agent.stored().await.is_empty(), "deregistered nodes are gone at once");
+    assert!(
+        agent.stored().await.is_empty(),
+        "deregistered nodes are gone at once"
+    );
     // Gone: a heartbeat says so, and the service registers again.
     for method in ["PUT", "DELETE"] {
         let (status, body) = agent.call(Some(REGISTRY_TOKEN), method, &path, None).await;
@@ -262,10 +281,16 @@ async fn heartbeats_keep_a_registration_and_deregistering_ends_it() {
 async fn a_node_that_stops_heartbeating_is_removed_after_its_ttl() {
     let agent = Agent::start().await;
     let (_, kept) = agent
-        .register("orders", json!({"host": "10.0.0.1", "port": 80, "ttl_secs": 5}))
+        .register(
+            "orders",
+            json!({"host": "10.0.0.1", "port": 80, "ttl_secs": 5}),
+        )
         .await;
     let (_, dropped) = agent
-        .register("orders", json!({"host": "10.0.0.2", "port": 80, "ttl_secs": 5}))
+        .register(
+            "orders",
+            json!({"host": "10.0.0.2", "port": 80, "ttl_secs": 5}),
+        )
         .await;
     assert_eq!(agent.stored().await.len(), 2);
     let kept_path = format!("/registry/leases/{}", kept["lease"].as_str().unwrap());
@@ -278,7 +303,10 @@ async fn a_node_that_stops_heartbeating_is_removed_after_its_ttl() {
         let stored = agent.stored().await;
         if stored.len() == 1 {
             assert!(stored[0].0.ends_with("/10.0.0.1:80"), "{stored:?}");
-            assert!(start.elapsed() >= std::time::Duration::from_secs(3), "removed before its TTL");
+            assert!(
+                start.elapsed() >= std::time::Duration::from_secs(3),
+                "removed before its TTL"
+            );
             break;
         }
         assert!(

@@ -121,9 +121,9 @@ pub async fn require_any_bearer(
     // Every hash is compared, so the time taken does not tell which one matched.
     let matched = bearer(request.headers()).is_some_and(|token| {
         let presented = TokenHash::of(token);
-        accepted
-            .iter()
-            .fold(false, |any, hash| any | bool::from(hash.0.ct_eq(&presented.0)))
+        accepted.iter().fold(false, |any, hash| {
+            any | bool::from(hash.0.ct_eq(&presented.0))
+        })
     });
     if matched {
         next.run(request).await

@@ -182,8 +182,15 @@ mod tests {
         assert_eq!(view.take_changed().len(), 3);
         // The same listing again (a relist after a reconnect) changes nothing.
         assert!(!view.apply(Update::Reset(listing)));
-        let ids: Vec<_> = view.nodes("a", "orders").map(|n| n.node_id.as_str()).collect();
-        assert_eq!(ids, ["n1", "n2"], "orders-x and namespace b are not orders of a");
+        let ids: Vec<_> = view
+            .nodes("a", "orders")
+            .map(|n| n.node_id.as_str())
+            .collect();
+        assert_eq!(
+            ids,
+            ["n1", "n2"],
+            "orders-x and namespace b are not orders of a"
+        );
         let v2 = Discovery {
             metadata: [("version".to_owned(), "v2".to_owned())].into(),
             ..Discovery::of_service("orders")
@@ -212,10 +219,13 @@ mod tests {
         let key = Keyspace::default().registry_node("b", "payments", "n1");
         assert!(!view.apply(Update::Reset(Listing {
             revision: 1,
-            kvs: vec![kv((key, value)), kv((
-                Keyspace::default().registry_node("a", "s", "n"),
-                b"not json".to_vec()
-            ))],
+            kvs: vec![
+                kv((key, value)),
+                kv((
+                    Keyspace::default().registry_node("a", "s", "n"),
+                    b"not json".to_vec()
+                ))
+            ],
         })));
         assert!(view.is_empty());
     }

@@ -29,8 +29,8 @@ use store::WatchEvent;
 
 use crate::balancer::UpstreamPool;
 use crate::consumers::{ConsumerEntry, Consumers};
-use crate::registry::RegistryView;
 use crate::core::phase::{Chain, Entry, Plugin, RouteScope};
+use crate::registry::RegistryView;
 use crate::router::{CompiledRoute, RouteTarget, Router};
 use crate::tls::CertTable;
 
@@ -556,9 +556,11 @@ impl Compiler {
             match kind {
                 ResourceKind::Services => {
                     let state = compile_service(value, id, &inputs);
-                    if let Some(service) = state.as_ref().ok().and_then(|s| {
-                        discovery_of(s.service.upstream.as_deref())
-                    }) {
+                    if let Some(service) = state
+                        .as_ref()
+                        .ok()
+                        .and_then(|s| discovery_of(s.service.upstream.as_deref()))
+                    {
                         self.discovery_users.insert(key.clone(), service);
                     }
                     if let Ok(ServiceState {
@@ -618,9 +620,11 @@ impl Compiler {
                 }
                 ResourceKind::Routes => {
                     let state = compile_route(value, id, &inputs);
-                    if let Some(service) = state.as_ref().ok().and_then(|s| {
-                        discovery_of(s.route.route.upstream.as_deref())
-                    }) {
+                    if let Some(service) = state
+                        .as_ref()
+                        .ok()
+                        .and_then(|s| discovery_of(s.route.route.upstream.as_deref()))
+                    {
                         self.discovery_users.insert(key.clone(), service);
                     }
                     if let Ok(RouteState {
@@ -731,9 +735,8 @@ impl Compiler {
         let namespace = self.objects.registry_namespace();
         let changed = self.registry.take_changed();
         let all = self.registry_namespace.as_deref() != Some(namespace.as_str());
-        let touched = |service: &str| {
-            all || changed.contains(&(namespace.clone(), service.to_owned()))
-        };
+        let touched =
+            |service: &str| all || changed.contains(&(namespace.clone(), service.to_owned()));
         for (key, service) in &self.discovery_users {
             if touched(service) {
                 self.objects.dirty.insert(key.clone());

@@ -175,10 +175,7 @@ pub(crate) fn check_metadata(v: &mut Validator, field: &str, metadata: &BTreeMap
             );
         }
         if value.len() > 256 {
-            v.error(
-                &format!("{field}.{key}"),
-                "must be at most 256 characters",
-            );
+            v.error(&format!("{field}.{key}"), "must be at most 256 characters");
         }
     }
 }
@@ -313,7 +310,15 @@ mod tests {
                 r#"{"host":"bad host","port":0,"weight":-1,"ttl_secs":1,
                     "namespaces":"a,b c","node_id":"x/y","metadata":{"v":"1","bad key":"2"}}"#
             ),
-            ["host", "port", "weight", "ttl_secs", "metadata", "namespaces", "node_id"]
+            [
+                "host",
+                "port",
+                "weight",
+                "ttl_secs",
+                "metadata",
+                "namespaces",
+                "node_id"
+            ]
         );
     }
 

@@ -214,7 +214,10 @@ impl Resource {
         let mut refs = Vec::new();
         let mut push = |field: &str, kind, id: &Option<String>| {
             // `lb://service` names a registered service, not a resource.
-            if let Some(id) = id.as_ref().filter(|id| crate::registry::lb_service(id).is_none()) {
+            if let Some(id) = id
+                .as_ref()
+                .filter(|id| crate::registry::lb_service(id).is_none())
+            {
                 refs.push((field.to_owned(), kind, id.clone()));
             }
         };

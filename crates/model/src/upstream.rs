@@ -392,11 +392,13 @@ impl Upstream {
             None if self.nodes.is_empty() => {
                 v.error("nodes", "must list at least one node (or give discovery)")
             }
-            Some(_) if !self.nodes.is_empty() => {
-                v.error("nodes", "give either nodes or discovery, not both")
-            }
-            Some(discovery) => v.at("discovery", |v| discovery.validate(v)),
             None => {}
+            Some(discovery) => {
+                if !self.nodes.is_empty() {
+                    v.error("nodes", "give either nodes or discovery, not both");
+                }
+                v.at("discovery", |v| discovery.validate(v));
+            }
         }
         for (i, node) in self.nodes.iter().enumerate() {
             v.at(&format!("nodes[{i}]"), |v| {

@@ -102,8 +102,7 @@ impl Keyspace {
             .strip_prefix("/registry/")?;
         let mut parts = rest.split('/');
         let (namespace, service, node) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || namespace.is_empty() || service.is_empty() || node.is_empty()
-        {
+        if parts.next().is_some() || namespace.is_empty() || service.is_empty() || node.is_empty() {
             return None;
         }
         Some((namespace, service, node))

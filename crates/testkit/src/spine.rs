@@ -22,6 +22,8 @@ pub struct Spine {
     pub etcd: EtcdServer,
     pub admin_url: String,
     pub agents: Vec<Process>,
+    /// The agents' base URLs (`http://host:port`), cluster 1 first.
+    pub agent_urls: Vec<String>,
     _admin: Process,
     /// Gateway nodes: cluster-1 instance_a (two nodes), cluster-1 instance_b,
     /// cluster-2 instance_a.
@@ -127,6 +129,7 @@ impl Spine {
             etcd,
             admin_url: format!("http://{admin_listen}/gateway/apiserver/v1"),
             agents,
+            agent_urls: agent_urls.clone(),
             _admin: admin,
             gw_1a,
             gw_1b,
