@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use model::cluster::{AgentInstances, TokenChallenge, TokenProof, PROOF_PATH, REVISION_HEADER};
+use model::registry::RegisteredService;
 use model::snapshot::{Revision, Snapshot};
 use reqwest::{Method, StatusCode};
 
@@ -164,6 +165,30 @@ impl AgentClient {
             .map_err(|e| AgentCallError::Unreachable(format!("unreadable instance list: {e}")))
     }
 
+    /// `GET /registry/services?namespace=`: the services registered into `namespace`
+    /// in the agent's cluster, with their live nodes.
+    pub(crate) async fn registry(
+        &self,
+        agent: Target<'_>,
+        namespace: &str,
+    ) -> Result<Vec<RegisteredService>, AgentCallError> {
+        #[derive(serde::Deserialize)]
+        struct Listing {
+            items: Vec<RegisteredService>,
+        }
+        let response = self
+            .request_to(Method::GET, agent, "registry/services", None)
+            .query(&[("namespace", namespace)])
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let response = check(response).await?;
+        let listing: Listing = response.json().await.map_err(|e| {
+            AgentCallError::Unreachable(format!("unreadable registry listing: {e}"))
+        })?;
+        Ok(listing.items)
+    }
+
     /// Sends one change that produces `revision`.
     pub(crate) async fn push_change(
         &self,
@@ -238,6 +263,7 @@ impl AgentClient {
         check(response).await.map(drop)
     }
 
+    /// A call under the agent's `…/instances`.
     fn request(
         &self,
         method: Method,
@@ -245,8 +271,19 @@ impl AgentClient {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> reqwest::RequestBuilder {
+        self.request_to(method, agent, &format!("instances{path}"), body)
+    }
+
+    /// A call to `{agent}/agent/apiserver/v1/{path}` with the cluster's token.
+    fn request_to(
+        &self,
+        method: Method,
+        agent: Target<'_>,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> reqwest::RequestBuilder {
         let url = format!(
-            "{}/agent/apiserver/v1/instances{path}",
+            "{}/agent/apiserver/v1/{path}",
             agent.address.trim_end_matches('/')
         );
         let mut request = self.http.request(method, url);

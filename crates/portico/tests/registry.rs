@@ -186,6 +186,35 @@ async fn registered_services_serve_through_the_gateway_until_they_stop_heartbeat
         ["502".to_owned()].into()
     );
 
+    // The admin lists what is registered into a namespace, across clusters.
+    let (status, listed) = spine
+        .admin("GET", "/namespaces/default/registry", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed["unreachable"], json!([]), "{listed}");
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(
+        items.len(),
+        1,
+        "only orders is in default, and only in c1: {listed}"
+    );
+    assert_eq!(
+        (&items[0]["cluster"], &items[0]["service"]),
+        (&json!("c1"), &json!("orders"))
+    );
+    let mut versions: Vec<&str> = items[0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["metadata"]["version"].as_str().unwrap())
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, ["v1", "v2"]);
+    let (status, _) = spine
+        .admin("GET", "/namespaces/no-such/registry", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
     // v1 stops heartbeating: gone from the pool once its TTL (5 s) has passed.
     heartbeat_v1.abort();
     let stopped = Instant::now();

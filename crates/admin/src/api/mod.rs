@@ -84,6 +84,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 .delete(namespaces::delete),
         )
         .route("/namespaces/{id}/instances", get(namespaces::instances))
+        .route("/namespaces/{id}/registry", get(namespaces::registry))
         .route(
             "/namespaces/{id}/plugin_templates",
             get(namespaces::list_templates),

@@ -157,6 +157,87 @@ pub(super) async fn instances(
     Ok(Items::of(items))
 }
 
+/// The services registered into a namespace, in every cluster, with their live nodes
+/// (requirement N4); clusters whose agent did not answer are named with why.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct NamespaceRegistry {
+    items: Vec<ClusterService>,
+    /// Clusters whose registry could not be read now: their services are not listed.
+    unreachable: Vec<UnreachableCluster>,
+}
+
+/// A registered service of one cluster.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ClusterService {
+    cluster: String,
+    service: String,
+    nodes: Vec<model::registry::RegisteredNode>,
+}
+
+/// A cluster whose agent could not be asked, and why.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct UnreachableCluster {
+    cluster: String,
+    error: String,
+}
+
+/// The services registered into the namespace across clusters (each agent asked at
+/// once; one that does not answer within the call timeout is listed as unreachable).
+#[utoipa::path(get, path = "/namespaces/{id}/registry", tag = "namespaces",
+    params(("id" = String, Path, description = "the namespace's id")),
+    responses((status = 200, description = "the registered services", body = NamespaceRegistry)))]
+pub(super) async fn registry(
+    State(state): State<Arc<AppState>>,
+    caller: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<NamespaceRegistry>, ApiError> {
+    caller.require(&id, Role::Viewer)?;
+    state.db.require_namespace(&id).await?;
+    let records = state.db.agent_records().await?;
+    let asked = records.iter().map(|record| {
+        let (state, id) = (&state, &id);
+        async move {
+            let cluster = record.cluster.name.clone();
+            if !record.verified {
+                // Nothing is sent to an address that has not proved it is the agent.
+                return (
+                    cluster,
+                    Err("the agent address is not verified yet".to_owned()),
+                );
+            }
+            let agent = crate::agent_client::Target {
+                address: &record.cluster.agent_address,
+                token: record.token.as_deref(),
+            };
+            let listed = state
+                .agents
+                .registry(agent, id)
+                .await
+                .map_err(|e| e.to_string());
+            (cluster, listed)
+        }
+    });
+    let mut answer = NamespaceRegistry {
+        items: Vec::new(),
+        unreachable: Vec::new(),
+    };
+    for (cluster, listed) in futures::future::join_all(asked).await {
+        match listed {
+            Ok(services) => answer
+                .items
+                .extend(services.into_iter().map(|s| ClusterService {
+                    cluster: cluster.clone(),
+                    service: s.service,
+                    nodes: s.nodes,
+                })),
+            Err(error) => answer
+                .unreachable
+                .push(UnreachableCluster { cluster, error }),
+        }
+    }
+    Ok(Json(answer))
+}
+
 /// The namespace's plugin template overrides (requirement N5).
 #[utoipa::path(get, path = "/namespaces/{id}/plugin_templates", tag = "namespaces",
     params(("id" = String, Path, description = "the namespace's id")),

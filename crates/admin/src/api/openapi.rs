@@ -64,6 +64,7 @@ use super::{DryRunAnswer, InstancePath, InstanceWriteQuery, NamespaceQuery};
         namespaces::put,
         namespaces::delete,
         namespaces::instances,
+        namespaces::registry,
         namespaces::list_templates,
         namespaces::get_template,
         namespaces::put_template,
