@@ -350,6 +350,14 @@ impl ConfigLoop {
                     keys = loaded.kvs.len(),
                     "the store did not answer at start; serving the local snapshot until it does"
                 );
+                // The file holds the registered nodes too: registry-mode upstreams
+                // start with the nodes last known.
+                if let Some(compiler) = self.compiler.as_mut() {
+                    compiler.registry.apply(Update::Reset(store::Listing {
+                        revision: 0,
+                        kvs: loaded.kvs.clone(),
+                    }));
+                }
                 let reset = Update::Reset(store::Listing {
                     revision: 0,
                     kvs: loaded.kvs,
@@ -489,7 +497,13 @@ impl ConfigLoop {
         let revision = self.status.borrow().revision.0;
         let instance = self.instance.clone();
         let saved = tokio::task::spawn_blocking(move || {
-            let result = file.save(&instance, revision, compiler.objects.entries());
+            let registry = compiler.registry.entries();
+            let keys = compiler.objects.entries().chain(
+                registry
+                    .iter()
+                    .map(|(key, value)| (key.as_str(), value.as_slice())),
+            );
+            let result = file.save(&instance, revision, keys);
             (compiler, result)
         })
         .await;

@@ -5,7 +5,8 @@
 //! the compiler asks for the nodes of a service in the instance's namespace when it
 //! builds an upstream in registry mode (`discovery`, or `upstream_id: "lb://orders"`),
 //! and rebuilds only the pools whose service changed. When the store is unreachable the
-//! watcher delivers nothing and the last known nodes stay.
+//! watcher delivers nothing and the last known nodes stay; the node's snapshot file
+//! keeps them too, so a cold start without the store serves them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -119,6 +120,17 @@ impl RegistryView {
                 host: node.host.clone(),
                 port: i64::from(node.port),
                 weight: node.weight,
+            })
+            .collect()
+    }
+
+    /// Every node held as its store key and value (for the snapshot file).
+    pub fn entries(&self) -> Vec<(String, Vec<u8>)> {
+        self.nodes
+            .iter()
+            .map(|(key, node)| {
+                let value = serde_json::to_vec(node).expect("registry nodes always serialise");
+                (key.clone(), value)
             })
             .collect()
     }

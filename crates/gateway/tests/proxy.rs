@@ -11,7 +11,8 @@ use model::snapshot::Revision;
 use serde_json::{json, Value};
 use store::memory::MemoryStore;
 use store::{
-    ConfigStore, KeyValue, LeaseId, Listing, RawWatch, StoreError, StoreRevision, Txn, TxnOutcome,
+    ConfigStore, KeyValue, LeaseId, Listing, Op, RawWatch, StoreError, StoreRevision, Txn,
+    TxnOutcome,
 };
 use testkit::upstream::{Answer, NamedUpstream, ScriptedUpstream};
 
@@ -1006,12 +1007,36 @@ async fn cold_start_serves_the_local_snapshot_while_the_store_is_down() {
     )
     .await;
     node.until("/r", 200, "a").await;
+    // A route to a registered service: its nodes are kept in the file as well.
+    let registered = node.keyspace.registry_node("default", "orders", "n1");
+    let registered_node = json!({"namespace": "default", "service": "orders", "node_id": "n1",
+        "host": "127.0.0.1", "port": a.port(), "weight": 1, "lease": "1", "ttl_secs": 30,
+        "registered_at_ms": 1});
+    store
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![Op::Put {
+                key: registered,
+                value: registered_node.to_string().into_bytes(),
+                lease: None,
+            }],
+        })
+        .await
+        .unwrap();
+    node.put(
+        "routes/reg",
+        json!({"id": "reg", "paths": ["/reg"], "upstream_id": "lb://orders"}),
+    )
+    .await;
+    node.until("/reg", 200, "a").await;
     let (healthz, ready, body) = status_of_node(&node.http, status).await;
     assert_eq!((healthz, ready), (200, 200));
     assert_eq!(body["config_source"], "store");
-    assert_eq!(body["routes"], 1);
+    assert_eq!(body["routes"], 2);
     let start = Instant::now();
-    while !snapshot.exists() {
+    while !std::fs::read_to_string(&snapshot)
+        .is_ok_and(|t| t.contains("/registry/default/orders/n1") && t.contains("routes/reg"))
+    {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "no snapshot written"
@@ -1029,6 +1054,7 @@ async fn cold_start_serves_the_local_snapshot_while_the_store_is_down() {
     let (_, ready, _) = status_of_node(&node.http, status).await;
     assert_eq!(ready, 503, "ready before any config");
     node.until("/r", 200, "a").await;
+    node.until("/reg", 200, "a").await;
     let (_, ready, body) = status_of_node(&node.http, status).await;
     assert_eq!(ready, 200);
     assert_eq!(body["config_source"], "local_snapshot");
