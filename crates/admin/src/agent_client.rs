@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use model::cluster::{AgentInstances, TokenChallenge, TokenProof, PROOF_PATH, REVISION_HEADER};
-use model::registry::RegisteredService;
+use model::registry::{RegisteredService, Registration, RegistrationAnswer};
 use model::snapshot::{Revision, Snapshot};
 use reqwest::{Method, StatusCode};
 
@@ -165,28 +165,66 @@ impl AgentClient {
             .map_err(|e| AgentCallError::Unreachable(format!("unreadable instance list: {e}")))
     }
 
-    /// `GET /registry/services?namespace=`: the services registered into `namespace`
-    /// in the agent's cluster, with their live nodes.
+    /// `GET /registry/services[?namespace=]`: the services registered in the agent's
+    /// cluster (into `namespace`, or into any), with their live nodes.
     pub(crate) async fn registry(
         &self,
         agent: Target<'_>,
-        namespace: &str,
+        namespace: Option<&str>,
     ) -> Result<Vec<RegisteredService>, AgentCallError> {
         #[derive(serde::Deserialize)]
         struct Listing {
             items: Vec<RegisteredService>,
         }
-        let response = self
-            .request_to(Method::GET, agent, "registry/services", None)
-            .query(&[("namespace", namespace)])
-            .send()
-            .await
-            .map_err(unreachable)?;
+        let mut request = self.request_to(Method::GET, agent, "registry/services", None);
+        if let Some(namespace) = namespace {
+            request = request.query(&[("namespace", namespace)]);
+        }
+        let response = request.send().await.map_err(unreachable)?;
         let response = check(response).await?;
         let listing: Listing = response.json().await.map_err(|e| {
             AgentCallError::Unreachable(format!("unreadable registry listing: {e}"))
         })?;
         Ok(listing.items)
+    }
+
+    /// `POST /registry/services/{service}/nodes`: registers a node (checked already).
+    pub(crate) async fn register(
+        &self,
+        agent: Target<'_>,
+        service: &str,
+        registration: &Registration,
+    ) -> Result<RegistrationAnswer, AgentCallError> {
+        let body = serde_json::to_value(registration).expect("registrations always serialise");
+        let response = self
+            .request_to(
+                Method::POST,
+                agent,
+                &format!("registry/services/{service}/nodes"),
+                Some(&body),
+            )
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let response = check(response).await?;
+        response.json().await.map_err(|e| {
+            AgentCallError::Unreachable(format!("unreadable registration answer: {e}"))
+        })
+    }
+
+    /// `PUT` (heartbeat) or `DELETE` (deregister) `/registry/leases/{lease}`.
+    pub(crate) async fn registry_lease(
+        &self,
+        agent: Target<'_>,
+        method: Method,
+        lease: &str,
+    ) -> Result<(), AgentCallError> {
+        let response = self
+            .request_to(method, agent, &format!("registry/leases/{lease}"), None)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        check(response).await.map(drop)
     }
 
     /// Sends one change that produces `revision`.

@@ -74,6 +74,13 @@ pub enum ApiError {
     /// A secret (`field`) cannot be stored: the admin has no data key to seal it with.
     #[error("{field} cannot be stored: the admin has no data key to encrypt it with; start the admin with --data-key-file (PORTICO_DATA_KEY_FILE) or PORTICO_DATA_KEY")]
     NoDataKey { field: String },
+    /// A cluster's agent cannot be reached now (or its address is not verified);
+    /// retrying later is safe.
+    #[error("{0}")]
+    AgentUnavailable(String),
+    /// A cluster's agent refused a call the admin relayed (a version mismatch).
+    #[error("{0}")]
+    AgentRefused(String),
     /// The database cannot be reached now; retrying later is safe.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -109,6 +116,8 @@ impl ApiError {
             ApiError::BodyTimedOut => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::NoDataKey { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_data_key"),
+            ApiError::AgentUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "agent_unavailable"),
+            ApiError::AgentRefused(_) => (StatusCode::BAD_GATEWAY, "agent_refused"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -81,6 +81,7 @@ async fn every_endpoint_checks_the_callers_role() {
     let w = world(&dir).await;
     let team = w.team.as_str();
     let inst_team = "/clusters/c1/instances/inst_team";
+    let (team_owned, team_both) = (w.team.clone(), w.team.clone());
     let inst_default = "/clusters/c1/instances/inst_default";
     const OK: u16 = 200;
     // (method, path, body for caller i, statuses per caller)
@@ -112,6 +113,35 @@ async fn every_endpoint_checks_the_callers_role() {
             "POST",
             "/namespaces".into(),
             Box::new(|i| Some(json!({"name": format!("n{i}")}).to_string())),
+            [201, 403, 403, 403, 403, 401],
+        ),
+        (
+            "GET",
+            format!("/namespaces/{team}/registry"),
+            none(),
+            [OK, OK, OK, OK, 403, 401],
+        ),
+        (
+            "POST",
+            "/clusters/c1/registry/services/orders/nodes".into(),
+            Box::new(move |i| {
+                Some(
+                    json!({"host": "10.0.0.1", "port": 8000 + i, "namespaces": team_owned})
+                        .to_string(),
+                )
+            }),
+            [201, 201, 201, 403, 403, 401],
+        ),
+        (
+            "POST",
+            "/clusters/c1/registry/services/orders/nodes".into(),
+            Box::new(move |i| {
+                Some(
+                    json!({"host": "10.0.0.2", "port": 8000 + i,
+                            "namespaces": format!("{team_both},default")})
+                    .to_string(),
+                )
+            }),
             [201, 403, 403, 403, 403, 401],
         ),
         (

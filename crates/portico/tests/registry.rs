@@ -235,6 +235,43 @@ async fn registered_services_serve_through_the_gateway_until_they_stop_heartbeat
         "an expired registration must register again"
     );
 
+    // Through the admin: registering (namespaces checked), heartbeating, deregistering.
+    let (status, body) = spine
+        .admin(
+            "POST",
+            "/clusters/c1/registry/services/orders/nodes",
+            Some(json!({"host": "127.0.0.1", "port": v1.port(), "namespaces": "no-such"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["details"][0]["field"], "namespaces", "{body}");
+    let (status, answer) = spine
+        .admin(
+            "POST",
+            "/clusters/c1/registry/services/orders/nodes",
+            Some(json!({"host": "127.0.0.1", "port": v1.port(), "ttl_secs": 30})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let lease = answer["lease"].as_str().unwrap();
+    until_answering(&spine, &gw, "/orders/1", &["orders-v1", "orders-v2"]).await;
+    let leases = format!("/clusters/c1/registry/leases/{lease}");
+    let (status, body) = spine.admin("PUT", &leases, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = spine.admin("DELETE", &leases, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    until_answering(&spine, &gw, "/orders/1", &["orders-v2"]).await;
+    let (status, _) = spine.admin("PUT", &leases, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = spine
+        .admin("PUT", "/clusters/c9/registry/leases/1", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = spine
+        .admin("DELETE", "/clusters/c1/registry/leases/abc", None)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
     // The store goes down: the gateway keeps the last known nodes.
     spine.etcd.stop();
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -10,6 +10,7 @@ mod config;
 mod namespaces;
 mod openapi;
 mod plugins;
+mod registry;
 mod resources;
 mod revisions;
 mod sealed;
@@ -84,7 +85,15 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 .delete(namespaces::delete),
         )
         .route("/namespaces/{id}/instances", get(namespaces::instances))
-        .route("/namespaces/{id}/registry", get(namespaces::registry))
+        .route("/namespaces/{id}/registry", get(registry::list))
+        .route(
+            "/clusters/{cluster}/registry/services/{service}/nodes",
+            axum::routing::post(registry::register),
+        )
+        .route(
+            "/clusters/{cluster}/registry/leases/{lease}",
+            axum::routing::put(registry::heartbeat).delete(registry::deregister),
+        )
         .route(
             "/namespaces/{id}/plugin_templates",
             get(namespaces::list_templates),

@@ -21,7 +21,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{audit, clusters, config, namespaces, plugins, revisions, tester, users};
+use super::{audit, clusters, config, namespaces, plugins, registry, revisions, tester, users};
 use super::{DryRunAnswer, InstancePath, InstanceWriteQuery, NamespaceQuery};
 
 #[derive(OpenApi)]
@@ -64,7 +64,10 @@ use super::{DryRunAnswer, InstancePath, InstanceWriteQuery, NamespaceQuery};
         namespaces::put,
         namespaces::delete,
         namespaces::instances,
-        namespaces::registry,
+        registry::list,
+        registry::register,
+        registry::heartbeat,
+        registry::deregister,
         namespaces::list_templates,
         namespaces::get_template,
         namespaces::put_template,
@@ -162,7 +165,10 @@ const ERRORS: &[(&str, &str)] = &[
     ),
     ("413", "the body is larger than the admin takes"),
     ("422", "well-formed, but breaks rules: each one is listed"),
-    ("503", "the database is unavailable"),
+    (
+        "503",
+        "the database or the cluster's agent is unavailable now",
+    ),
 ];
 
 /// Adds the error answers to every operation (those it does not describe itself).
