@@ -24,6 +24,7 @@
 //! The database is the desired state, so nothing here undoes an accepted change: a
 //! failed push only leaves the instance behind until the next reconcile.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -322,13 +323,50 @@ async fn poll_cluster(state: &AppState, record: &AgentRecord) {
     for instance in &reported {
         reconcile(state, cluster, agent, instance).await;
     }
-    for instance in &report.instances {
-        rebind(
+    rebind_reported(state, &cluster.name, agent, &report.instances).await;
+}
+
+/// Sends each reported instance the binding the DB wants where its store holds
+/// another: the cluster's instances read in one query, each namespace's binding once.
+async fn rebind_reported(
+    state: &AppState,
+    cluster: &str,
+    agent: Target<'_>,
+    reported: &[model::cluster::AgentInstance],
+) {
+    let known = match state.db.instances(cluster).await {
+        Ok(known) => known,
+        Err(e) => {
+            tracing::warn!(cluster, error = %e, "cannot read the cluster's instances");
+            return;
+        }
+    };
+    let mut bindings: HashMap<String, model::cluster::InstanceBinding> = HashMap::new();
+    for instance in reported {
+        let Some(found) = known.iter().find(|k| k.name == instance.name) else {
+            continue;
+        };
+        let wanted = match bindings.get(&found.namespace) {
+            Some(wanted) => wanted.clone(),
+            None => match state.db.binding(found).await {
+                Ok(wanted) => {
+                    bindings.insert(found.namespace.clone(), wanted.clone());
+                    wanted
+                }
+                Err(e) => {
+                    tracing::warn!(cluster, instance = %found.name, error = %e,
+                        "cannot read the instance's binding");
+                    continue;
+                }
+            },
+        };
+        push_binding(
             state,
-            &cluster.name,
+            cluster,
             agent,
             &instance.name,
             instance.binding.as_ref(),
+            &wanted,
         )
         .await;
     }
@@ -355,17 +393,27 @@ async fn rebind(
         Ok(None) => return,
         Err(e) => Err(e.into()),
     };
-    let wanted = match wanted {
-        Ok(wanted) => wanted,
+    match wanted {
+        Ok(wanted) => push_binding(state, cluster, agent, instance, held, &wanted).await,
         Err(e) => {
             tracing::warn!(cluster, instance, error = %e, "cannot read the instance's binding");
-            return;
         }
-    };
-    if held == Some(&wanted) {
+    }
+}
+
+/// Sends `wanted` unless the store holds it already (`held`).
+async fn push_binding(
+    state: &AppState,
+    cluster: &str,
+    agent: Target<'_>,
+    instance: &str,
+    held: Option<&model::cluster::InstanceBinding>,
+    wanted: &model::cluster::InstanceBinding,
+) {
+    if held == Some(wanted) {
         return;
     }
-    match state.agents.push_binding(agent, instance, &wanted).await {
+    match state.agents.push_binding(agent, instance, wanted).await {
         Ok(()) => tracing::info!(cluster, instance, namespace = %wanted.namespace,
             exists = wanted.exists, templates = wanted.plugin_templates.len(), "binding sent"),
         Err(e) => {
