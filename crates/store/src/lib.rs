@@ -314,34 +314,31 @@ pub async fn open_with(
 }
 
 /// What a store URL says about its backend, for reports: the kind and the endpoints,
-/// never credentials (`None` for a URL [`open`] would refuse).
-pub fn describe_url(url: &str) -> Option<StoreDescription> {
+/// never credentials nor the root (`None` for a URL [`open`] would refuse).
+pub fn describe_url(url: &str) -> Option<model::cluster::StoreInfo> {
+    use model::cluster::StoreBackend;
     let (scheme, rest) = url.split_once("://")?;
     let hosts = rest.split('/').next().unwrap_or_default();
-    let endpoints: Vec<String> = match scheme {
-        "etcd" => hosts
-            .split(',')
-            .filter(|h| !h.is_empty())
-            .map(str::to_owned)
-            .collect(),
+    let (backend, endpoints) = match scheme {
+        "etcd" => (
+            StoreBackend::Etcd,
+            hosts
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ),
         "redis" => {
             let target = redis_target(hosts).ok()?;
-            vec![format!("{}:{}", target.host, target.port)]
+            (
+                StoreBackend::Redis,
+                vec![format!("{}:{}", target.host, target.port)],
+            )
         }
-        "memory" => Vec::new(),
+        "memory" => (StoreBackend::Memory, Vec::new()),
         _ => return None,
     };
-    Some(StoreDescription {
-        kind: scheme.to_owned(),
-        endpoints,
-    })
-}
-
-/// A store's backend kind (`etcd`, `redis`, `memory`) and endpoints.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreDescription {
-    pub kind: String,
-    pub endpoints: Vec<String>,
+    Some(model::cluster::StoreInfo { backend, endpoints })
 }
 
 /// `url` with the password of its user info (`scheme://user:password@…`) replaced,
@@ -434,10 +431,14 @@ mod tests {
         assert_eq!(redact_url("etcd://h:1/root"), "etcd://h:1/root");
         assert_eq!(
             describe_url("redis://app:secret@h:1/root"),
-            Some(StoreDescription {
-                kind: "redis".into(),
+            Some(model::cluster::StoreInfo {
+                backend: model::cluster::StoreBackend::Redis,
                 endpoints: vec!["h:1".into()]
             })
+        );
+        assert_eq!(
+            describe_url("etcd://a:1,b:2/root").map(|i| i.endpoints),
+            Some(vec!["a:1".to_owned(), "b:2".to_owned()])
         );
     }
 
