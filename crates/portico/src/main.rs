@@ -78,7 +78,8 @@ enum Command {
         store: String,
         /// Instances kept in a store of their own rather than --store, as
         /// instance=url pairs, comma-separated:
-        /// instance_a=etcd://h:2379,instance_b=redis://h:6379
+        /// instance_a=etcd://h:2379,instance_b=redis://h:6379 (the --store-* TLS and
+        /// user options apply to these etcd stores too)
         #[arg(long, env = "PORTICO_INSTANCE_STORES", hide_env_values = true)]
         instance_store: Option<String>,
         // Boxed like the gateway's HTTP settings: it keeps `Command` small.

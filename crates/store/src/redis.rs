@@ -528,14 +528,6 @@ impl RedisStore {
             .await
             .map(drop)
     }
-
-    /// Expires the leases past their deadline now (the reaper does it every
-    /// [`REAP_INTERVAL`]); answers how many.
-    pub async fn reap(&self) -> Result<usize, StoreError> {
-        let inner = &self.inner;
-        let (_, mut answer) = inner.call(&inner.scripts.reap, &[]).await?;
-        Ok(usize::try_from(int(answer.pop_front())?).unwrap_or(0))
-    }
 }
 
 /// Runs the reaper every [`REAP_INTERVAL`] while the store is alive.

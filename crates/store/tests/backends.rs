@@ -1224,3 +1224,24 @@ async fn redis_password_is_used_and_never_shown() {
     assert!(matches!(e, StoreError::Rejected(_)), "{e:?}");
     assert!(!format!("{e} {e:?}").contains("wrong-pw"), "{e:?}");
 }
+
+/// The log keeps the last `HISTORY` revisions, like the in-process store; a watch from
+/// before them is refused, naming the oldest one kept.
+#[tokio::test]
+async fn redis_history_is_bounded() {
+    let redis = RedisServer::launch();
+    let store = redis_store(&redis, "/portico");
+    let history = store::redis::HISTORY as StoreRevision;
+    let mut last = 0;
+    for i in 0..history + 50 {
+        last = write(&store, vec![put("/h/k", &i.to_string())]).await;
+    }
+    let oldest = last - (history - 1);
+    let mut watch = store.watch("/h/", oldest).await.unwrap();
+    assert_eq!(next_batch(&mut watch).await.revision, oldest);
+    match watch_failed(store.watch("/h/", oldest - 1).await) {
+        StoreError::Compacted { compact_revision } => assert_eq!(compact_revision, oldest),
+        other => panic!("expected compacted, got {other}"),
+    }
+    assert_eq!(redis.command("XLEN {/portico}:log"), format!(":{history}"));
+}
