@@ -262,6 +262,7 @@ async fn poll_cluster(state: &AppState, record: &AgentRecord) {
             name: instance.name.clone(),
             revision: instance.revision.unwrap_or_default(),
             namespace: instance.namespace.clone(),
+            store: instance.store.clone(),
         });
     }
     let outcome = match state

@@ -68,6 +68,29 @@ fn concrete(path: &str) -> String {
         .replace("{id}", "r1")
 }
 
+/// The instance view names the store its agent keeps it in, and the document says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_show_their_store_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, _agent) = admin_with_config(dir.path()).await;
+    let answer = admin.get("/clusters/c1/instances/instance_a").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(
+        answer.body["store"],
+        json!({"backend": "memory", "endpoints": []})
+    );
+    let doc = document(&admin).await;
+    let schemas = &doc["components"]["schemas"];
+    let store = &schemas["Instance"]["properties"]["store"];
+    assert!(store.to_string().contains("StoreInfo"), "{store}");
+    assert_eq!(
+        schemas["StoreBackend"]["enum"],
+        json!(["etcd", "redis", "memory"]),
+        "{}",
+        schemas["StoreBackend"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_is_served_and_needs_a_token() {
     let dir = tempfile::tempdir().unwrap();

@@ -129,6 +129,7 @@ async fn list_instances(
             revision: (revision.0 > 0).then_some(revision),
             nodes: state.nodes(name).await?,
             binding: state.binding(name).await?,
+            store: state.store_of(name).info.clone(),
         });
     }
     Ok(Json(AgentInstances { instances }))

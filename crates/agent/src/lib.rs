@@ -1,9 +1,11 @@
 //! The cluster agent: the admin's only entry into a cluster.
 //!
 //! It serves `/agent/apiserver/v1/instances…`, reports the instances it manages (named
-//! by `PORTICO_INSTANCES`) with the revision the store holds and the gateway nodes that
-//! heartbeat there, and writes the admin's changes into the config store under each
-//! instance's prefix, every write in one transaction with the instance's `meta` revision.
+//! by `PORTICO_INSTANCES`) with the revision the store holds, the gateway nodes that
+//! heartbeat there and which store that is, and writes the admin's changes into the
+//! config store under each instance's prefix, every write in one transaction with the
+//! instance's `meta` revision. Instances share one store by default; any of them may
+//! have a store of its own (requirement M5, [`AgentState::with_instance_store`]).
 //! A write is applied only on top of the revision just before it, so a lost push can
 //! never be hidden by a later one: the admin then sends the full snapshot instead.
 
@@ -15,6 +17,7 @@ mod writer;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use model::cluster::StoreInfo;
 use store::keys::Keyspace;
 use store::ConfigStore;
 
@@ -24,8 +27,10 @@ pub use error::AgentError;
 /// What the agent needs to serve; cheap to clone (shared by all handlers).
 #[derive(Clone)]
 pub struct AgentState {
-    store: Arc<dyn ConfigStore>,
-    keyspace: Keyspace,
+    /// The store of every instance without one of its own.
+    default_store: Arc<InstanceStore>,
+    /// Instances with a store of their own (a subset of `instances`).
+    own_stores: Arc<BTreeMap<String, Arc<InstanceStore>>>,
     /// Instance name → the namespace its environment puts it in (`None`: unsaid).
     instances: Arc<BTreeMap<String, Option<String>>>,
     /// Hash of the bearer token the admin must present (checked by `apikit::auth`).
@@ -76,14 +81,63 @@ impl AgentState {
             anyhow::bail!("the agent token must not be empty (PORTICO_AGENT_TOKEN)");
         }
         Ok(Self {
-            store,
-            keyspace,
+            default_store: Arc::new(InstanceStore {
+                store,
+                keyspace,
+                info: None,
+            }),
+            own_stores: Arc::new(BTreeMap::new()),
             instances: Arc::new(instances),
             token: Arc::new(apikit::TokenHash::of(token)),
             registry_token: None,
             limits: apikit::Limits::with_max_body(api::MAX_BODY),
             tls: None,
         })
+    }
+
+    /// Says which store the default one is, in the instance report (backend and
+    /// endpoints: [`store::describe_url`]).
+    pub fn with_store_info(mut self, info: StoreInfo) -> Self {
+        let default = InstanceStore {
+            store: self.default_store.store.clone(),
+            keyspace: self.default_store.keyspace.clone(),
+            info: Some(info),
+        };
+        self.default_store = Arc::new(default);
+        self
+    }
+
+    /// Keeps `instance` (one this agent manages) in a store of its own instead of the
+    /// default one: every read and write of its keys goes there, and its report says
+    /// `info`.
+    pub fn with_instance_store(
+        mut self,
+        instance: &str,
+        store: Arc<dyn ConfigStore>,
+        keyspace: Keyspace,
+        info: Option<StoreInfo>,
+    ) -> anyhow::Result<Self> {
+        if !self.instances.contains_key(instance) {
+            anyhow::bail!(
+                "a store is given for instance {instance:?}, which this agent does not manage"
+            );
+        }
+        let mut own = (*self.own_stores).clone();
+        own.insert(
+            instance.to_owned(),
+            Arc::new(InstanceStore {
+                store,
+                keyspace,
+                info,
+            }),
+        );
+        self.own_stores = Arc::new(own);
+        Ok(self)
+    }
+
+    /// The store `instance` is kept in.
+    pub(crate) fn store_of(&self, instance: &str) -> &InstanceStore {
+        self.own_stores.get(instance).unwrap_or(&self.default_store)
     }
 
     /// Serves HTTPS instead of HTTP (see `apikit::tls::server_config`: a certificate
@@ -119,6 +173,42 @@ impl AgentState {
     }
 }
 
+/// One config store and the keyspace an instance's keys are spelled in there.
+pub(crate) struct InstanceStore {
+    pub store: Arc<dyn ConfigStore>,
+    pub keyspace: Keyspace,
+    /// What the instance report says about it (`None`: not told).
+    pub info: Option<StoreInfo>,
+}
+
+/// Parses `--instance-store` / `PORTICO_INSTANCE_STORES`: comma-separated
+/// `instance=url` pairs (a URL holds no comma but etcd's list of hosts, so a piece
+/// without `=` continues the URL before it: `a=etcd://h1:2379,h2:2379,b=redis://h:6379`).
+pub fn parse_instance_stores(list: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for piece in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match piece.split_once('=') {
+            Some((name, url)) if !name.contains("://") => {
+                let name = name.trim();
+                if pairs.iter().any(|(n, _)| n == name) {
+                    anyhow::bail!("instance {name:?} is given two stores");
+                }
+                pairs.push((name.to_owned(), url.trim().to_owned()));
+            }
+            _ => match pairs.last_mut() {
+                Some((_, url)) => {
+                    url.push(',');
+                    url.push_str(piece);
+                }
+                None => anyhow::bail!(
+                    "expected instance=store-url pairs, e.g. instance_a=etcd://127.0.0.1:2379"
+                ),
+            },
+        }
+    }
+    Ok(pairs)
+}
+
 /// Parses `PORTICO_INSTANCES`-style lists: comma-separated, blanks ignored.
 pub fn parse_instance_list(list: &str) -> Vec<String> {
     list.split(',')
@@ -138,4 +228,25 @@ pub async fn run(
     let (limits, tls) = (state.limits, state.tls.clone());
     apikit::serve_with(listener, app(state), limits, tls, shutdown).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn instance_stores_parse() {
+        let pairs = super::parse_instance_stores(
+            "a=etcd://h1:2379,h2:2379/root, b=redis://:p%40w@h:6379/x",
+        )
+        .unwrap();
+        assert_eq!(
+            pairs,
+            [
+                ("a".to_owned(), "etcd://h1:2379,h2:2379/root".to_owned()),
+                ("b".to_owned(), "redis://:p%40w@h:6379/x".to_owned()),
+            ]
+        );
+        assert!(super::parse_instance_stores("etcd://h:1").is_err());
+        assert!(super::parse_instance_stores("a=etcd://h:1,a=etcd://h:2").is_err());
+        assert!(super::parse_instance_stores("").unwrap().is_empty());
+    }
 }

@@ -45,7 +45,11 @@ impl AgentState {
 
     /// The admin revision the store holds for `instance` (0 when never written).
     pub(crate) async fn meta_revision(&self, instance: &str) -> Result<Revision, AgentError> {
-        let kv = self.store.get(&self.keyspace.meta(instance)).await?;
+        let kv = self
+            .store_of(instance)
+            .store
+            .get(&self.store_of(instance).keyspace.meta(instance))
+            .await?;
         Ok(kv.map(|kv| parse_meta(&kv)).unwrap_or_default())
     }
 
@@ -55,7 +59,11 @@ impl AgentState {
         &self,
         instance: &str,
     ) -> Result<Option<InstanceBinding>, AgentError> {
-        let kv = self.store.get(&self.keyspace.binding(instance)).await?;
+        let kv = self
+            .store_of(instance)
+            .store
+            .get(&self.store_of(instance).keyspace.binding(instance))
+            .await?;
         Ok(kv.and_then(|kv| match serde_json::from_slice(&kv.value) {
             Ok(binding) => Some(binding),
             Err(e) => {
@@ -74,11 +82,12 @@ impl AgentState {
         binding: &InstanceBinding,
     ) -> Result<(), AgentError> {
         let value = serde_json::to_vec(binding).expect("model types always serialise");
-        self.store
+        self.store_of(instance)
+            .store
             .txn(Txn {
                 compares: Vec::new(),
                 ops: vec![Op::Put {
-                    key: self.keyspace.binding(instance),
+                    key: self.store_of(instance).keyspace.binding(instance),
                     value,
                     lease: None,
                 }],
@@ -89,8 +98,9 @@ impl AgentState {
 
     pub(crate) async fn nodes(&self, instance: &str) -> Result<Vec<NodeHeartbeat>, AgentError> {
         let listing = self
+            .store_of(instance)
             .store
-            .list(&self.keyspace.nodes_prefix(instance))
+            .list(&self.store_of(instance).keyspace.nodes_prefix(instance))
             .await?;
         Ok(listing
             .kvs
@@ -111,8 +121,16 @@ impl AgentState {
         kind: ResourceKind,
         id: &str,
     ) -> Result<Option<Resource>, AgentError> {
-        let key = self.keyspace.resource(instance, kind, id);
-        Ok(self.store.get(&key).await?.and_then(|kv| decode(kind, &kv)))
+        let key = self
+            .store_of(instance)
+            .keyspace
+            .resource(instance, kind, id);
+        Ok(self
+            .store_of(instance)
+            .store
+            .get(&key)
+            .await?
+            .and_then(|kv| decode(kind, &kv)))
     }
 
     pub(crate) async fn list_resources(
@@ -121,8 +139,9 @@ impl AgentState {
         kind: ResourceKind,
     ) -> Result<Vec<Resource>, AgentError> {
         let listing = self
+            .store_of(instance)
             .store
-            .list(&self.keyspace.kind_prefix(instance, kind))
+            .list(&self.store_of(instance).keyspace.kind_prefix(instance, kind))
             .await?;
         Ok(listing
             .kvs
@@ -145,7 +164,7 @@ impl AgentState {
             });
         }
         let previous = Revision(revision.0 - 1);
-        let meta_key = self.keyspace.meta(instance);
+        let meta_key = self.store_of(instance).keyspace.meta(instance);
         let mut txn = Txn {
             compares: vec![meta_compare(&meta_key, previous)],
             ops: Vec::new(),
@@ -154,7 +173,10 @@ impl AgentState {
             Change::Create(r) | Change::Upsert(r) => (r.kind(), r.id().to_owned()),
             Change::Delete { kind, id } => (*kind, id.clone()),
         };
-        let key = self.keyspace.resource(instance, kind, &id);
+        let key = self
+            .store_of(instance)
+            .keyspace
+            .resource(instance, kind, &id);
         match change {
             Change::Create(resource) => {
                 txn.compares.push(Compare::Absent { key: key.clone() });
@@ -162,7 +184,7 @@ impl AgentState {
             }
             Change::Upsert(resource) => txn.ops.push(put(&key, &resource)),
             Change::Delete { .. } => {
-                let Some(current) = self.store.get(&key).await? else {
+                let Some(current) = self.store_of(instance).store.get(&key).await? else {
                     return Err(not_found(kind, &id));
                 };
                 txn.compares.push(Compare::ValueEquals {
@@ -173,7 +195,7 @@ impl AgentState {
             }
         }
         txn.ops.push(put_meta(&meta_key, revision));
-        if self.store.txn(txn).await?.succeeded {
+        if self.store_of(instance).store.txn(txn).await?.succeeded {
             tracing::info!(instance, %revision, %kind, id, "applied change");
             return Ok(());
         }
@@ -185,7 +207,7 @@ impl AgentState {
                 needed: previous.0,
             });
         }
-        let exists = self.store.get(&key).await?.is_some();
+        let exists = self.store_of(instance).store.get(&key).await?.is_some();
         Err(if exists {
             AgentError::AlreadyExists(format!("{} {id:?} already exists", kind.singular()))
         } else {
@@ -200,9 +222,9 @@ impl AgentState {
         instance: &str,
         snapshot: &Snapshot,
     ) -> Result<(), AgentError> {
-        let prefix = self.keyspace.instance_prefix(instance);
-        let listing = self.store.list(&prefix).await?;
-        let meta_key = self.keyspace.meta(instance);
+        let prefix = self.store_of(instance).keyspace.instance_prefix(instance);
+        let listing = self.store_of(instance).store.list(&prefix).await?;
+        let meta_key = self.store_of(instance).keyspace.meta(instance);
         let meta_kv = listing.kvs.iter().find(|kv| kv.key == meta_key);
         let held = meta_kv.map(parse_meta).unwrap_or_default();
         if held > snapshot.revision {
@@ -217,14 +239,18 @@ impl AgentState {
         let mut wanted: BTreeMap<String, (ResourceKind, Vec<u8>)> = snapshot
             .resources()
             .map(|r| {
-                let key = self.keyspace.resource(instance, r.kind(), r.id());
+                let key = self
+                    .store_of(instance)
+                    .keyspace
+                    .resource(instance, r.kind(), r.id());
                 let value = serde_json::to_vec(&r).expect("model types always serialise");
                 (key, (r.kind(), value))
             })
             .collect();
         let mut deletes = Vec::new();
         for kv in &listing.kvs {
-            let Some(InstanceKey::Resource { kind, .. }) = self.keyspace.parse(instance, &kv.key)
+            let Some(InstanceKey::Resource { kind, .. }) =
+                self.store_of(instance).keyspace.parse(instance, &kv.key)
             else {
                 continue;
             };
@@ -265,6 +291,7 @@ impl AgentState {
         let count = batches.len();
         for (i, ops) in batches.into_iter().enumerate() {
             let outcome = self
+                .store_of(instance)
                 .store
                 .txn(Txn {
                     compares: vec![compare.clone()],

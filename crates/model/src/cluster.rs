@@ -106,6 +106,9 @@ pub struct Instance {
     /// False when `namespace` names no namespace (the agent reported one that was never
     /// created): the instance is unbound, and its gateways load nothing.
     pub namespace_exists: bool,
+    /// The config store its agent last said it keeps the instance in, if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreInfo>,
 }
 
 /// Who decided an instance's namespace.
@@ -223,6 +226,47 @@ pub struct AgentInstance {
     /// The binding the store holds for this instance, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<InstanceBinding>,
+    /// The config store the agent keeps this instance in (M5: instances of one agent may
+    /// each have their own); absent from agents that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreInfo>,
+}
+
+/// Which config store holds an instance: the backend and its endpoints (`host:port`),
+/// never credentials nor the keyspace root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreInfo {
+    pub backend: StoreBackend,
+    /// `host:port` of each server the agent talks to (none for `memory`).
+    pub endpoints: Vec<String>,
+}
+
+/// The config store backends (requirement D6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Etcd,
+    Redis,
+    /// The in-process store of `portico demo`.
+    Memory,
+}
+
+impl StoreBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreBackend::Etcd => "etcd",
+            StoreBackend::Redis => "redis",
+            StoreBackend::Memory => "memory",
+        }
+    }
+
+    /// The backend named `name` (as [`StoreBackend::as_str`] spells it).
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Etcd, Self::Redis, Self::Memory]
+            .into_iter()
+            .find(|b| b.as_str() == name)
+    }
 }
 
 /// What an instance is bound to (requirement N3), as the admin tells its agent and

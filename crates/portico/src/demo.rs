@@ -61,7 +61,11 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
         [INSTANCE.to_owned()],
         None,
         &agent_token,
-    )?;
+    )?
+    .with_store_info(model::cluster::StoreInfo {
+        backend: model::cluster::StoreBackend::Memory,
+        endpoints: Vec::new(),
+    });
     let agent_listener = crate::bind(args.agent_listen).await?;
     let agent = tokio::spawn(agent::run(agent_listener, agent_state, shutdown.clone()));
 

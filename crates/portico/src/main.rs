@@ -66,9 +66,22 @@ enum Command {
     Agent {
         #[arg(long, env = "PORTICO_AGENT_LISTEN", default_value = "127.0.0.1:9190")]
         listen: SocketAddr,
-        /// etcd://host:port[,host:port…][/root] or memory://
-        #[arg(long, env = "PORTICO_STORE", default_value = "etcd://127.0.0.1:2379")]
+        /// etcd://host:port[,host:port…][/root], redis://[user:password@]host:port[/root]
+        /// or memory://
+        // The value may hold a password: `--help` does not show it from the environment.
+        #[arg(
+            long,
+            env = "PORTICO_STORE",
+            hide_env_values = true,
+            default_value = "etcd://127.0.0.1:2379"
+        )]
         store: String,
+        /// Instances kept in a store of their own rather than --store, as
+        /// instance=url pairs, comma-separated:
+        /// instance_a=etcd://h:2379,instance_b=redis://h:6379 (the --store-* TLS and
+        /// user options apply to these etcd stores too)
+        #[arg(long, env = "PORTICO_INSTANCE_STORES", hide_env_values = true)]
+        instance_store: Option<String>,
         // Boxed like the gateway's HTTP settings: it keeps `Command` small.
         #[command(flatten)]
         store_access: Box<StoreArgs>,
@@ -114,7 +127,14 @@ enum Command {
         /// instance's namespace.
         #[arg(long, env = "PORTICO_NAMESPACE", value_parser = namespace_id)]
         namespace: Option<String>,
-        #[arg(long, env = "PORTICO_STORE", default_value = "etcd://127.0.0.1:2379")]
+        /// etcd://host:port[,host:port…][/root], redis://[user:password@]host:port[/root]
+        /// or memory://
+        #[arg(
+            long,
+            env = "PORTICO_STORE",
+            hide_env_values = true,
+            default_value = "etcd://127.0.0.1:2379"
+        )]
         store: String,
         #[command(flatten)]
         store_access: Box<StoreArgs>,
@@ -477,6 +497,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Agent {
             listen,
             store,
+            instance_store,
             store_access,
             instances,
             namespace,
@@ -488,7 +509,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let token = env_secret("PORTICO_AGENT_TOKEN").context(
                 "PORTICO_AGENT_TOKEN must be set: the cluster's agent token, which the admin presents",
             )?;
-            let (store, keyspace) = store::open_with(&store, &store_access.options()?).await?;
+            let options = store_access.options()?;
+            let store_info = store::describe_url(&store);
+            let (store, keyspace) = store::open_with(&store, &options).await?;
             let names = agent::parse_instance_list(&instances);
             let mut state =
                 agent::AgentState::new(store, keyspace, names, namespace.as_deref(), &token)?
@@ -497,6 +520,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
             // admin's token registers.
             if let Some(registry_token) = env_secret("PORTICO_REGISTRY_TOKEN") {
                 state = state.with_registry_token(&registry_token)?;
+            }
+            if let Some(info) = store_info {
+                state = state.with_store_info(info);
+            }
+            let own_stores = instance_store.as_deref().unwrap_or_default();
+            for (instance, url) in agent::parse_instance_stores(own_stores)? {
+                let info = store::describe_url(&url);
+                let (store, keyspace) = store::open_with(&url, &options)
+                    .await
+                    .with_context(|| format!("the store of instance {instance:?}"))?;
+                if let Some(info) = &info {
+                    tracing::info!(instance, backend = info.backend.as_str(), endpoints = ?info.endpoints,
+                        "instance kept in a store of its own");
+                }
+                state = state.with_instance_store(&instance, store, keyspace, info)?;
             }
             if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
                 let client_ca = tls_client_ca

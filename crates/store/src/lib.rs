@@ -2,14 +2,18 @@
 //!
 //! [`ConfigStore`] is the small, etcd-shaped interface every backend implements: get,
 //! list by prefix, a transaction of compares and puts/deletes that yields a revision,
-//! a watch from a revision, and leases. Backends: [`etcd::EtcdStore`] (production) and
-//! [`memory::MemoryStore`] (the single-process default and tests). [`watch::PrefixWatcher`]
+//! a watch from a revision, and leases. Backends: [`etcd::EtcdStore`] (production),
+//! [`redis::RedisStore`] (production, for sites that run Redis rather than etcd: every
+//! call one Lua script, a stream as the change log; its trade-offs in
+//! `docs/decisions.md`) and [`memory::MemoryStore`] (the single-process default and
+//! tests). [`watch::PrefixWatcher`]
 //! turns a backend's raw watch into a stream that survives restarts and compaction, and
 //! [`keys::Keyspace`] is the one place store keys are spelled.
 
 pub mod etcd;
 pub mod keys;
 pub mod memory;
+pub mod redis;
 pub mod watch;
 
 use std::sync::Arc;
@@ -215,9 +219,11 @@ pub trait ConfigStore: Send + Sync + 'static {
 }
 
 /// Opens the store named by `url`, with the keyspace root its path gives:
-/// `etcd://host:port[,host:port…][/root]` or `memory://[/root]` (a fresh in-process
-/// store; share one `Arc` to use it from several components). The root defaults to
-/// `/portico`, so several deployments can share one etcd.
+/// `etcd://host:port[,host:port…][/root]`, `redis://[user:password@]host:port[/root]`
+/// (the root also prefixes every Redis key the backend uses; user and password
+/// percent-encoded) or `memory://[/root]` (a fresh in-process store; share one `Arc` to
+/// use it from several components). The root defaults to `/portico`, so several
+/// deployments can share one etcd or Redis. Errors never show a password.
 pub async fn open(url: &str) -> Result<(Arc<dyn ConfigStore>, keys::Keyspace), StoreError> {
     open_with(url, &StoreOptions::default()).await
 }
@@ -262,18 +268,18 @@ impl std::fmt::Debug for StoreUser {
     }
 }
 
-/// [`open`] with TLS and an etcd user (ignored for `memory://`).
+/// [`open`] with TLS and an etcd user (ignored for `memory://` and `redis://`).
 pub async fn open_with(
     url: &str,
     options: &StoreOptions,
 ) -> Result<(Arc<dyn ConfigStore>, keys::Keyspace), StoreError> {
     let invalid = |reason: &str| StoreError::InvalidUrl {
-        url: url.to_owned(),
+        url: redact_url(url),
         reason: reason.to_owned(),
     };
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or_else(|| invalid("expected etcd://host:port or memory://"))?;
+        .ok_or_else(|| invalid("expected etcd://host:port, redis://host:port or memory://"))?;
     let (hosts, root) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
@@ -296,7 +302,158 @@ pub async fn open_with(
             let store = etcd::EtcdStore::connect(hosts, options).await?;
             Ok((Arc::new(store), keyspace))
         }
+        "redis" => {
+            let target = redis_target(hosts).map_err(|reason| invalid(&reason))?;
+            let store = redis::RedisStore::connect(&target, keyspace.root())
+                .map_err(|_| invalid("not a redis address"))?;
+            Ok((Arc::new(store), keyspace))
+        }
         "memory" => Ok((Arc::new(memory::MemoryStore::new()), keyspace)),
         other => Err(invalid(&format!("unknown scheme {other:?}"))),
+    }
+}
+
+/// What a store URL says about its backend, for reports: the kind and the endpoints,
+/// never credentials nor the root (`None` for a URL [`open`] would refuse).
+pub fn describe_url(url: &str) -> Option<model::cluster::StoreInfo> {
+    use model::cluster::StoreBackend;
+    let (scheme, rest) = url.split_once("://")?;
+    let hosts = rest.split('/').next().unwrap_or_default();
+    let (backend, endpoints) = match scheme {
+        "etcd" => (
+            StoreBackend::Etcd,
+            hosts
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ),
+        "redis" => {
+            let target = redis_target(hosts).ok()?;
+            (
+                StoreBackend::Redis,
+                vec![format!("{}:{}", target.host, target.port)],
+            )
+        }
+        "memory" => (StoreBackend::Memory, Vec::new()),
+        _ => return None,
+    };
+    Some(model::cluster::StoreInfo { backend, endpoints })
+}
+
+/// `url` with the password of its user info (`scheme://user:password@…`) replaced,
+/// so it can go into errors and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let user = rest[..at].split(':').next().unwrap_or_default();
+    format!("{scheme}://{user}:<redacted>@{}", &rest[at + 1..])
+}
+
+/// `[user:password@]host:port` of a `redis://` URL, user and password percent-decoded.
+fn redis_target(authority: &str) -> Result<redis::RedisTarget, String> {
+    let (userinfo, address) = match authority.rsplit_once('@') {
+        Some((userinfo, address)) => (Some(userinfo), address),
+        None => (None, authority),
+    };
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or("expected redis://[user:password@]host:port")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err("no redis host given".to_owned());
+    }
+    let port: u16 = port.parse().map_err(|_| "the redis port is not a number")?;
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(info) => {
+            let (user, password) = match info.split_once(':') {
+                Some((user, password)) => (user, Some(percent_decode(password)?)),
+                None => (info, None),
+            };
+            let user = percent_decode(user)?;
+            ((!user.is_empty()).then_some(user), password)
+        }
+    };
+    Ok(redis::RedisTarget {
+        host: host.to_owned(),
+        port,
+        username,
+        password,
+    })
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("a bad percent escape in the user info")?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the user info is not UTF-8".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_urls_parse_and_never_show_the_password() {
+        let target = redis_target("app:p%40ss%3Aw@127.0.0.1:6380").unwrap();
+        assert_eq!(
+            (target.username.as_deref(), target.password.as_deref()),
+            (Some("app"), Some("p@ss:w"))
+        );
+        assert_eq!((target.host.as_str(), target.port), ("127.0.0.1", 6380));
+        let only_password = redis_target(":secret@h:1").unwrap();
+        assert_eq!(only_password.username, None);
+        assert_eq!(only_password.password.as_deref(), Some("secret"));
+        assert!(redis_target("h").is_err());
+        assert_eq!(
+            redact_url("redis://app:secret@h:1/root"),
+            "redis://app:<redacted>@h:1/root"
+        );
+        assert_eq!(redact_url("etcd://h:1/root"), "etcd://h:1/root");
+        assert_eq!(
+            describe_url("redis://app:secret@h:1/root"),
+            Some(model::cluster::StoreInfo {
+                backend: model::cluster::StoreBackend::Redis,
+                endpoints: vec!["h:1".into()]
+            })
+        );
+        assert_eq!(
+            describe_url("etcd://a:1,b:2/root").map(|i| i.endpoints),
+            Some(vec!["a:1".to_owned(), "b:2".to_owned()])
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_urls_are_refused_without_their_password() {
+        for url in [
+            "redis://u:secret@h/root",
+            "redis://u:secret@h:x",
+            "nope://u:secret@h:1",
+        ] {
+            let Err(e) = open(url).await else {
+                panic!("{url} opened")
+            };
+            assert!(matches!(e, StoreError::InvalidUrl { .. }), "{e:?}");
+            assert!(!format!("{e} {e:?}").contains("secret"), "{e:?}");
+        }
     }
 }

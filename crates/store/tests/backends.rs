@@ -1,7 +1,10 @@
-//! One conformance suite run against every backend (the in-process store and a real
-//! etcd), plus what only one backend can show: `PrefixWatcher` across an etcd restart
-//! under concurrent writes, compaction while disconnected, an etcd that is down when the
-//! store is made, and the in-process store's bounded history and slow watchers.
+//! One conformance suite run against every backend (the in-process store, a real etcd
+//! and a real Redis), plus what only one backend can show: `PrefixWatcher` across an
+//! etcd restart under concurrent writes, compaction while disconnected, a server that is
+//! down when the store is made (etcd and Redis); for Redis, lost connections under
+//! concurrent writes (resumed, nothing lost or twice), a restart without persistence
+//! that sends the revision counter back (watchers relist), roots sharing one Redis and
+//! passwords; the in-process store's bounded history and slow watchers.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,12 +14,14 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use store::etcd::EtcdStore;
 use store::memory::MemoryStore;
+use store::redis::{RedisStore, RedisTarget};
 use store::watch::{PrefixWatcher, Update};
 use store::{
     Compare, ConfigStore, LeaseId, Op, RawWatch, StoreError, StoreRevision, Txn, WatchBatch,
     WatchEvent,
 };
 use testkit::etcd::EtcdServer;
+use testkit::redis::RedisServer;
 
 /// Generous bound for anything that should happen "soon"; only failures wait this long.
 const WAIT: Duration = Duration::from_secs(15);
@@ -30,6 +35,11 @@ struct Backend {
 enum Compactor {
     Memory(Arc<MemoryStore>),
     Etcd(EtcdServer),
+    /// The server is held so it lives as long as the backend.
+    Redis {
+        _server: RedisServer,
+        store: RedisStore,
+    },
 }
 
 impl Backend {
@@ -49,15 +59,29 @@ impl Backend {
         }
     }
 
-    fn compact(&self, revision: StoreRevision) {
+    fn redis() -> Self {
+        let redis = RedisServer::launch();
+        let store = redis_store(&redis, "/portico");
+        Self {
+            store: Arc::new(store.clone()),
+            compactor: Compactor::Redis {
+                _server: redis,
+                store,
+            },
+        }
+    }
+
+    async fn compact(&self, revision: StoreRevision) {
         match &self.compactor {
             Compactor::Memory(memory) => memory.compact(revision),
             Compactor::Etcd(etcd) => etcd.compact(revision),
+            Compactor::Redis { store, .. } => store.compact(revision).await.expect("compact"),
         }
     }
 }
 
-/// Runs each listed suite function once per backend, as `memory::name` and `etcd::name`.
+/// Runs each listed suite function once per backend, as `memory::name`, `etcd::name`
+/// and `redis::name`.
 macro_rules! conformance {
     ($($suite:ident),* $(,)?) => {
         mod memory {
@@ -73,6 +97,14 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $suite() {
                     super::$suite(super::Backend::etcd().await).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $suite() {
+                    super::$suite(super::Backend::redis()).await;
                 }
             )*
         }
@@ -146,6 +178,22 @@ async fn write_retrying(store: &dyn ConfigStore, ops: Vec<Op>) -> StoreRevision 
             Err(e) => panic!("write failed: {e}"),
         }
     }
+}
+
+fn redis_store(redis: &RedisServer, root: &str) -> RedisStore {
+    let target = RedisTarget {
+        host: "127.0.0.1".into(),
+        port: redis
+            .endpoint()
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .parse()
+            .unwrap(),
+        username: None,
+        password: None,
+    };
+    RedisStore::connect(&target, root).unwrap()
 }
 
 async fn etcd_store(etcd: &EtcdServer) -> Arc<dyn ConfigStore> {
@@ -415,7 +463,7 @@ async fn watch_below_compaction_fails(backend: Backend) {
     let r1 = write(s, vec![put("/k/a", "1")]).await;
     let r2 = write(s, vec![put("/k/a", "2")]).await;
     let r3 = write(s, vec![put("/k/b", "3")]).await;
-    backend.compact(r2);
+    backend.compact(r2).await;
 
     // The compact revision itself is still watchable, as in etcd…
     let mut watch = s.watch("/k/", r2).await.unwrap();
@@ -532,13 +580,14 @@ async fn watcher_resets_then_follows(backend: Backend) {
 }
 
 async fn watcher_relists_after_compaction(backend: Backend) {
-    compaction_relists(backend.store.clone(), |rev| backend.compact(rev)).await;
+    compaction_relists(&backend).await;
 }
 
 /// The watcher has delivered a listing at revision R and not yet opened its stream (as
 /// after a disconnect); history is compacted past R; it must come back with a full
 /// listing that reflects every change, not an error and not a partial replay.
-async fn compaction_relists(store: Arc<dyn ConfigStore>, compact: impl Fn(StoreRevision)) {
+async fn compaction_relists(backend: &Backend) {
+    let store = backend.store.clone();
     write(store.as_ref(), vec![put("/c/a", "1")]).await;
     let mut watcher = PrefixWatcher::new(store.clone(), "/c/");
     let mut mirror = Mirror::default();
@@ -547,7 +596,7 @@ async fn compaction_relists(store: Arc<dyn ConfigStore>, compact: impl Fn(StoreR
         write(store.as_ref(), vec![put(&format!("/c/{i}"), "x")]).await;
     }
     let last = write(store.as_ref(), vec![delete("/c/a")]).await;
-    compact(last);
+    backend.compact(last).await;
     let update = tokio::time::timeout(WAIT, watcher.next()).await.unwrap();
     assert!(
         matches!(&update, Update::Reset(l) if l.revision >= last),
@@ -749,7 +798,8 @@ async fn etcd_watcher_relists_when_compacted_while_disconnected() {
     assert_mirrors(store.as_ref(), &mirror, "/d/").await;
 }
 
-/// Every kind of call fails with `Unavailable` within a few seconds while etcd is down.
+/// Every kind of call fails with `Unavailable` within a few seconds while the server is
+/// down.
 async fn assert_all_unavailable(store: &dyn ConfigStore) {
     let bound = Duration::from_secs(6);
     let calls = async {
@@ -768,7 +818,7 @@ async fn assert_all_unavailable(store: &dyn ConfigStore) {
     };
     let (get, list, txn, watch, grant, keep) = tokio::time::timeout(bound, calls)
         .await
-        .expect("a call blocked while etcd is down");
+        .expect("a call blocked while the server is down");
     let unavailable = |e: &StoreError| matches!(e, StoreError::Unavailable(_));
     assert!(get.as_ref().is_err_and(unavailable), "get: {get:?}");
     assert!(list.as_ref().is_err_and(unavailable), "list: {list:?}");
@@ -886,4 +936,312 @@ fn memory_lease_expires_without_a_runtime() {
             Err(StoreError::LeaseNotFound)
         );
     });
+}
+
+/// A watcher whose connections are cut again and again (the server and its data stay)
+/// while a writer keeps going resumes from its last revision each time: nothing lost,
+/// nothing twice, no relist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_watcher_survives_lost_connections_under_concurrent_writes() {
+    let redis = RedisServer::launch();
+    let store: Arc<dyn ConfigStore> = Arc::new(redis_store(&redis, "/portico"));
+    write(store.as_ref(), vec![put("/r/seed", "0")]).await;
+
+    let mirror = Arc::new(Mutex::new(Mirror::default()));
+    let consumer = tokio::spawn({
+        let mut watcher = PrefixWatcher::new(store.clone(), "/r/");
+        let mirror = mirror.clone();
+        async move {
+            loop {
+                let update = watcher.next().await;
+                mirror.lock().unwrap().apply(update);
+            }
+        }
+    });
+    eventually("the first listing", || mirror.lock().unwrap().resets == 1).await;
+    let listed_at = mirror.lock().unwrap().position;
+
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn({
+        let store = store.clone();
+        let written = written.clone();
+        async move {
+            for i in 0..80 {
+                let mut ops = vec![put(&format!("/r/{}", i % 7), &i.to_string())];
+                if i % 3 == 0 {
+                    ops.push(delete(&format!("/r/{}", (i + 3) % 7)));
+                }
+                write_retrying(store.as_ref(), ops).await;
+                written.store(i + 1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    for round in 1..=3 {
+        eventually("writes between cuts", || {
+            written.load(Ordering::SeqCst) >= round * 20
+        })
+        .await;
+        redis.kill_clients();
+    }
+    tokio::time::timeout(Duration::from_secs(60), writer)
+        .await
+        .expect("the writer finished")
+        .unwrap();
+
+    let end = store.list("/r/").await.unwrap();
+    eventually("the watcher caught up", || {
+        mirror.lock().unwrap().last() == Some(end.revision)
+    })
+    .await;
+    consumer.abort();
+
+    let mut history = store.watch("/r/", listed_at + 1).await.unwrap();
+    let mut truth: Vec<StoreRevision> = events_until(&mut history, end.revision)
+        .await
+        .iter()
+        .map(WatchEvent::mod_revision)
+        .collect();
+    truth.dedup();
+    let mirror = std::mem::take(&mut *mirror.lock().unwrap());
+    assert_eq!(truth.len(), 80, "one revision per write");
+    assert_eq!(mirror.delivered, truth, "events lost or duplicated");
+    assert_eq!(
+        mirror.resets, 1,
+        "a lost connection must resume, not relist"
+    );
+    assert_mirrors(store.as_ref(), &mirror, "/r/").await;
+}
+
+/// Redis restarted without persistence comes back empty, its counter at 1. Another
+/// process writes more revisions than the watcher had delivered before the watcher
+/// reconnects: the watcher must relist (old keys gone, new ones there), not wait for
+/// revisions after its old position and skip the new ones before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_watcher_relists_when_a_restart_sends_the_revision_back() {
+    let mut redis = RedisServer::launch();
+    let store: Arc<dyn ConfigStore> = Arc::new(redis_store(&redis, "/portico"));
+    for i in 0..30 {
+        write(store.as_ref(), vec![put(&format!("/b/{}", i % 5), "old")]).await;
+    }
+    let mut watcher = PrefixWatcher::new(store.clone(), "/b/");
+    let mut mirror = Mirror::default();
+    mirror.apply(tokio::time::timeout(WAIT, watcher.next()).await.unwrap());
+    let last = write(store.as_ref(), vec![put("/b/x", "old")]).await;
+    while mirror.position < last {
+        mirror.apply(tokio::time::timeout(WAIT, watcher.next()).await.unwrap());
+    }
+    let delivered = mirror.position;
+
+    tokio::task::block_in_place(|| {
+        redis.stop();
+        redis.start();
+    });
+    // A handle that never saw the old data, as an agent restarted with Redis would be,
+    // writes past the watcher's position; every revision it gets is a new one.
+    let other: Arc<dyn ConfigStore> = Arc::new(redis_store(&redis, "/portico"));
+    let mut revision = 0;
+    let mut i = 0;
+    while revision <= delivered + 5 {
+        revision = write(other.as_ref(), vec![put("/b/new", &i.to_string())]).await;
+        i += 1;
+    }
+    assert!(i > 30, "the counter started again from 1");
+
+    let update = tokio::time::timeout(WAIT, watcher.next()).await.unwrap();
+    assert!(matches!(update, Update::Reset(_)), "{update:?}");
+    mirror.apply(update);
+    assert_eq!(mirror.map.keys().collect::<Vec<_>>(), ["/b/new"]);
+    assert_mirrors(other.as_ref(), &mirror, "/b/").await;
+    // It follows new changes after the relist.
+    let next = write(other.as_ref(), vec![put("/b/after", "1")]).await;
+    mirror.apply(tokio::time::timeout(WAIT, watcher.next()).await.unwrap());
+    assert_eq!(mirror.last(), Some(next));
+    assert_mirrors(other.as_ref(), &mirror, "/b/").await;
+}
+
+/// The handle that wrote before the restart hands out only revisions above its old
+/// ones after it, and a watch from an old revision is refused as compacted even when
+/// the new counter has passed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_handle_never_hands_out_an_old_revision_again() {
+    let mut redis = RedisServer::launch();
+    let store = redis_store(&redis, "/portico");
+    let mut before = 0;
+    for i in 0..10 {
+        before = write(&store, vec![put("/h/k", &i.to_string())]).await;
+    }
+    tokio::task::block_in_place(|| {
+        redis.stop();
+        redis.start();
+    });
+    let other = redis_store(&redis, "/portico");
+    let mut passed = 0;
+    while passed <= before + 3 {
+        passed = write(&other, vec![put("/h/other", "x")]).await;
+    }
+    let after = write_retrying(&store, vec![put("/h/k", "new")]).await;
+    assert!(after > before, "{after} after {before}");
+    match watch_failed(store.watch("/h/", before + 1).await) {
+        StoreError::Compacted { .. } => {}
+        other => panic!("expected compacted, got {other}"),
+    }
+    let listing = store.list("/h/").await.unwrap();
+    assert!(listing.revision >= after);
+    let mut watch = store.watch("/h/", listing.revision + 1).await.unwrap();
+    let next = write(&store, vec![delete("/h/other")]).await;
+    assert_eq!(events_until(&mut watch, next).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_watcher_relists_when_compacted_while_disconnected() {
+    let redis = RedisServer::launch();
+    let redis_store = redis_store(&redis, "/portico");
+    let store: Arc<dyn ConfigStore> = Arc::new(redis_store.clone());
+    write(store.as_ref(), vec![put("/d/a", "1")]).await;
+    let mut watcher = PrefixWatcher::new(store.clone(), "/d/");
+    let mut mirror = Mirror::default();
+    mirror.apply(watcher.next().await);
+    let r = write(store.as_ref(), vec![put("/d/b", "2")]).await;
+    mirror.apply(tokio::time::timeout(WAIT, watcher.next()).await.unwrap());
+    assert_eq!(mirror.last(), Some(r));
+
+    // Its connection is cut; while it is not reading, the store moves on and compacts.
+    redis.kill_clients();
+    write_retrying(store.as_ref(), vec![put("/d/c", "3")]).await;
+    write(store.as_ref(), vec![delete("/d/a")]).await;
+    let last = write(store.as_ref(), vec![put("/d/b", "22")]).await;
+    redis_store.compact(last).await.unwrap();
+
+    let update = tokio::time::timeout(WAIT, watcher.next()).await.unwrap();
+    assert!(
+        matches!(&update, Update::Reset(l) if l.revision >= last),
+        "{update:?}"
+    );
+    mirror.apply(update);
+    assert_mirrors(store.as_ref(), &mirror, "/d/").await;
+    let next = write(store.as_ref(), vec![put("/d/d", "4")]).await;
+    mirror.apply(tokio::time::timeout(WAIT, watcher.next()).await.unwrap());
+    assert_eq!(mirror.last(), Some(next));
+    assert_mirrors(store.as_ref(), &mirror, "/d/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_made_while_redis_is_down_works_once_it_is_up() {
+    let mut redis = RedisServer::launch();
+    redis.stop();
+    let (store, keyspace) = tokio::time::timeout(
+        Duration::from_secs(3),
+        store::open(&format!("{}/deployment", redis.store_url())),
+    )
+    .await
+    .expect("open must not wait for redis")
+    .expect("open must not fail while redis is down");
+    assert_eq!(keyspace.root(), "/deployment");
+    assert_all_unavailable(store.as_ref()).await;
+
+    let watching = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut watcher = PrefixWatcher::new(store, "/o/");
+            let first = watcher.next().await;
+            (watcher, first)
+        }
+    });
+    tokio::task::block_in_place(|| redis.start());
+    let r = write_retrying(store.as_ref(), vec![put("/o/k", "v")]).await;
+    let (mut watcher, first) = tokio::time::timeout(WAIT, watching)
+        .await
+        .expect("the watcher listed once redis was up")
+        .unwrap();
+    let mut mirror = Mirror::default();
+    mirror.apply(first);
+    while !mirror.map.contains_key("/o/k") {
+        mirror.apply(tokio::time::timeout(WAIT, watcher.next()).await.unwrap());
+    }
+    assert!(mirror.position >= r);
+
+    // A second outage: calls fail fast, and Redis comes back empty (no persistence);
+    // the same store works again, its revisions still going forward, and the watcher
+    // relists to the new content.
+    tokio::task::block_in_place(|| redis.stop());
+    assert_all_unavailable(store.as_ref()).await;
+    tokio::task::block_in_place(|| redis.start());
+    let r2 = write_retrying(store.as_ref(), vec![put("/o/k", "w")]).await;
+    assert!(r2 > r, "{r2} after {r}");
+    assert_eq!(store.get("/o/k").await.unwrap().unwrap().mod_revision, r2);
+    while mirror.map.get("/o/k").map(Vec::as_slice) != Some(b"w") {
+        mirror.apply(tokio::time::timeout(WAIT, watcher.next()).await.unwrap());
+    }
+    assert_mirrors(store.as_ref(), &mirror, "/o/").await;
+}
+
+/// Two deployments (roots) share one Redis without seeing each other's keys, revisions
+/// or changes, and every Redis key the backend uses carries its root.
+#[tokio::test]
+async fn redis_roots_share_one_server_apart() {
+    let redis = RedisServer::launch();
+    let (a, _) = store::open(&format!("{}/a", redis.store_url()))
+        .await
+        .unwrap();
+    let (b, _) = store::open(&format!("{}/b", redis.store_url()))
+        .await
+        .unwrap();
+    let mut watch_b = b.watch("/", 0).await.unwrap();
+    let ra = write(a.as_ref(), vec![put("/k/1", "a"), put("/k/2", "a")]).await;
+    for _ in 0..3 {
+        write(a.as_ref(), vec![put("/k/1", "again")]).await;
+    }
+    let rb = write(b.as_ref(), vec![put("/k/1", "b")]).await;
+    assert!(rb < ra + 3, "b counts its own revisions");
+    assert_eq!(a.list("/").await.unwrap().kvs.len(), 2);
+    let listing_b = b.list("/").await.unwrap();
+    assert_eq!(listing_b.kvs.len(), 1);
+    assert_eq!(listing_b.kvs[0].value, b"b");
+    let batch = next_batch(&mut watch_b).await;
+    assert_eq!(batch.events.len(), 1, "{batch:?}");
+    let keys = redis.keys();
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("{/a}:") || k.starts_with("{/b}:")),
+        "{keys:?}"
+    );
+    assert!(keys.contains(&"{/a}:log".to_owned()), "{keys:?}");
+}
+
+/// A password protected Redis: the right password works, a wrong one is refused (not
+/// "unavailable", retrying will not help) and never shows in the error.
+#[tokio::test]
+async fn redis_password_is_used_and_never_shown() {
+    let redis = RedisServer::launch_with_password("s3cret-pw");
+    let (store, _) = store::open(&redis.store_url()).await.unwrap();
+    write(store.as_ref(), vec![put("/p/k", "v")]).await;
+    assert!(store.get("/p/k").await.unwrap().is_some());
+
+    let wrong = redis.store_url().replace("s3cret-pw", "wrong-pw");
+    let (refused, _) = store::open(&wrong).await.unwrap();
+    let e = refused.get("/p/k").await.unwrap_err();
+    assert!(matches!(e, StoreError::Rejected(_)), "{e:?}");
+    assert!(!format!("{e} {e:?}").contains("wrong-pw"), "{e:?}");
+}
+
+/// The log keeps the last `HISTORY` revisions, like the in-process store; a watch from
+/// before them is refused, naming the oldest one kept.
+#[tokio::test]
+async fn redis_history_is_bounded() {
+    let redis = RedisServer::launch();
+    let store = redis_store(&redis, "/portico");
+    let history = store::redis::HISTORY as StoreRevision;
+    let mut last = 0;
+    for i in 0..history + 50 {
+        last = write(&store, vec![put("/h/k", &i.to_string())]).await;
+    }
+    let oldest = last - (history - 1);
+    let mut watch = store.watch("/h/", oldest).await.unwrap();
+    assert_eq!(next_batch(&mut watch).await.revision, oldest);
+    match watch_failed(store.watch("/h/", oldest - 1).await) {
+        StoreError::Compacted { compact_revision } => assert_eq!(compact_revision, oldest),
+        other => panic!("expected compacted, got {other}"),
+    }
+    assert_eq!(redis.command("XLEN {/portico}:log"), format!(":{history}"));
 }

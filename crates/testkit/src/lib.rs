@@ -1,9 +1,10 @@
-//! Test helpers shared by Portico's crates (dev-only): a real etcd on free ports, child
+//! Test helpers shared by Portico's crates (dev-only): a real etcd and a real Redis on free ports, child
 //! processes of the `portico` binary, named upstream servers, a whole deployment,
 //! a test certificate authority and synthetic route tables for benchmarks.
 
 pub mod etcd;
 pub mod process;
+pub mod redis;
 pub mod routes;
 pub mod spine;
 pub mod tls;

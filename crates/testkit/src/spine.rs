@@ -1,7 +1,8 @@
 //! A whole Portico deployment of real processes for end-to-end tests and benchmarks:
-//! one etcd, one admin, two clusters (an agent each, with its own key prefix in the
-//! etcd), and gateway nodes: two for `instance_a` and one for `instance_b` in cluster
-//! `c1`, one for `instance_a` in cluster `c2`. Every process is killed on drop.
+//! one config store server (etcd, or Redis), one admin, two clusters (an agent each,
+//! with its own key prefix in the store), and gateway nodes: two for `instance_a` and
+//! one for `instance_b` in cluster `c1`, one for `instance_a` in cluster `c2`. Every
+//! process is killed on drop.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,15 +12,63 @@ use serde_json::{json, Value};
 
 use crate::etcd::EtcdServer;
 use crate::process::Process;
+use crate::redis::RedisServer;
 use crate::upstream::NamedUpstream;
 
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 pub const AGENT_TOKEN: &str = "e2e-agent-token-9876543210";
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
+/// Which config store a spine runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Etcd,
+    Redis,
+}
+
+/// The config store server of a spine.
+pub enum StoreServer {
+    Etcd(EtcdServer),
+    /// Without persistence: after [`StoreServer::start`] it is empty.
+    Redis(RedisServer),
+}
+
+impl StoreServer {
+    fn launch(kind: StoreKind) -> Self {
+        match kind {
+            StoreKind::Etcd => Self::Etcd(EtcdServer::launch()),
+            StoreKind::Redis => Self::Redis(RedisServer::launch()),
+        }
+    }
+
+    /// The URL `portico --store` takes, without a root.
+    pub fn store_url(&self) -> String {
+        match self {
+            Self::Etcd(etcd) => etcd.store_url(),
+            Self::Redis(redis) => redis.store_url(),
+        }
+    }
+
+    /// Stops the server (SIGKILL, as a crash).
+    pub fn stop(&mut self) {
+        match self {
+            Self::Etcd(etcd) => etcd.stop(),
+            Self::Redis(redis) => redis.stop(),
+        }
+    }
+
+    /// Starts it again after [`StoreServer::stop`]; waits until it answers.
+    pub fn start(&mut self) {
+        match self {
+            Self::Etcd(etcd) => etcd.start(),
+            Self::Redis(redis) => redis.start(),
+        }
+    }
+}
+
 /// Everything the flow needs, killed when dropped.
 pub struct Spine {
-    pub etcd: EtcdServer,
+    pub store: StoreServer,
     pub admin_url: String,
     pub agents: Vec<Process>,
     /// The agents' base URLs (`http://host:port`), cluster 1 first.
@@ -36,10 +85,15 @@ pub struct Spine {
 }
 
 impl Spine {
-    /// Starts everything with the `portico` binary at `bin`, the admin on `database`,
-    /// logs in `dir`; returns once both clusters' instances are discovered.
+    /// Starts everything on etcd with the `portico` binary at `bin`, the admin on
+    /// `database`, logs in `dir`; returns once both clusters' instances are discovered.
     pub async fn start(bin: &Path, dir: &Path, database: &str) -> Self {
-        let etcd = EtcdServer::launch();
+        Self::start_on(StoreKind::Etcd, bin, dir, database).await
+    }
+
+    /// [`Spine::start`] with agents and gateways on a store of `kind`.
+    pub async fn start_on(kind: StoreKind, bin: &Path, dir: &Path, database: &str) -> Self {
+        let store_server = StoreServer::launch(kind);
         let upstreams = [
             NamedUpstream::start("u1").await,
             NamedUpstream::start("u2").await,
@@ -58,7 +112,7 @@ impl Spine {
             .enumerate()
         {
             let listen = format!("127.0.0.1:{}", crate::free_port());
-            let store = format!("{}{prefix}", etcd.store_url());
+            let store = format!("{}{prefix}", store_server.store_url());
             agents.push(Process::start(
                 &format!("agent-c{}", i + 1),
                 bin,
@@ -90,7 +144,7 @@ impl Spine {
         let mut gateways = Vec::new();
         let mut gateway = |name: &str, prefix: &str, instance: &str| {
             let listen = format!("127.0.0.1:{}", crate::free_port());
-            let store = format!("{}{prefix}", etcd.store_url());
+            let store = format!("{}{prefix}", store_server.store_url());
             // Each node keeps its own snapshot file, as separate machines would.
             let snapshot = dir.join(format!("{name}.snapshot.json"));
             let snapshot = snapshot.to_string_lossy();
@@ -126,7 +180,7 @@ impl Spine {
         let gw_1b = gateway("gw-c1-b", "/c1", "instance_b");
         let gw_2a = gateway("gw-c2-a", "/c2", "instance_a");
         let spine = Self {
-            etcd,
+            store: store_server,
             admin_url: format!("http://{admin_listen}/gateway/apiserver/v1"),
             agents,
             agent_urls: agent_urls.clone(),

@@ -25,6 +25,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("etcdctl", "etcd-client"),
     ("h2load", "nghttp2-client"),
     ("openssl", "openssl"),
+    ("redis-server", "redis-server"),
 ];
 const BENCH_PACKAGES: &[(&str, &str)] = &[("nginx", "nginx"), ("wrk", "wrk")];
 

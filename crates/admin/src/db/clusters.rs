@@ -3,7 +3,7 @@
 //! A cluster's agent token is sealed with the data key before it reaches its row and is
 //! read back only for calls to that cluster's agent, never into an API answer.
 
-use model::cluster::{Cluster, Instance, InstanceStatus};
+use model::cluster::{Cluster, Instance, InstanceStatus, StoreBackend, StoreInfo};
 use model::namespace::DEFAULT_NAMESPACE;
 use model::snapshot::Revision;
 use sqlx::any::AnyRow;
@@ -21,6 +21,8 @@ pub(crate) struct InstanceReport {
     pub revision: Revision,
     /// The namespace the agent's environment names for it, if any.
     pub namespace: Option<String>,
+    /// The store the agent keeps it in, if it says.
+    pub store: Option<StoreInfo>,
 }
 
 /// A cluster as the admin's calls to its agent need it: its token opened and whether
@@ -49,6 +51,7 @@ macro_rules! select_instances {
              i.status AS status, i.first_seen AS first_seen, i.last_seen AS last_seen, \
              i.revision AS revision, i.applied_revision AS applied_revision, \
              i.namespace AS namespace, i.namespace_pinned AS namespace_pinned, \
+             i.store_backend AS store_backend, i.store_endpoints AS store_endpoints, \
              n.id AS namespace_found FROM instances i \
              LEFT JOIN namespaces n ON n.id = i.namespace WHERE ",
             $where
@@ -366,15 +369,19 @@ impl Db {
                 // The agent's namespace applies unless an operator pinned another.
                 let sql = self.sql(
                     "UPDATE instances SET status = 'online', last_seen = ?, agent_address = ?, applied_revision = ?, \
-                     reported_namespace = ?, namespace = CASE WHEN namespace_pinned = 0 THEN ? ELSE namespace END \
+                     reported_namespace = ?, namespace = CASE WHEN namespace_pinned = 0 THEN ? ELSE namespace END, \
+                     store_backend = ?, store_endpoints = ? \
                      WHERE cluster = ? AND name = ?",
                 );
+                let (backend, endpoints) = store_columns(report.store.as_ref());
                 sqlx::query(&sql)
                     .bind(now)
                     .bind(agent_address)
                     .bind(applied)
                     .bind(report.namespace.as_deref())
                     .bind(report.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE))
+                    .bind(backend)
+                    .bind(endpoints)
                     .bind(cluster)
                     .bind(&report.name)
                     .execute(&mut *tx)
@@ -394,9 +401,10 @@ impl Db {
                     .try_get("revision")?;
                 let sql = self.sql(
                     "INSERT INTO instances (cluster, name, agent_address, status, first_seen, last_seen, revision, applied_revision, \
-                     namespace, namespace_pinned, reported_namespace) \
-                     VALUES (?, ?, ?, 'online', ?, ?, ?, ?, ?, 0, ?)",
+                     namespace, namespace_pinned, reported_namespace, store_backend, store_endpoints) \
+                     VALUES (?, ?, ?, 'online', ?, ?, ?, ?, ?, 0, ?, ?, ?)",
                 );
+                let (backend, endpoints) = store_columns(report.store.as_ref());
                 sqlx::query(&sql)
                     .bind(cluster)
                     .bind(&report.name)
@@ -407,6 +415,8 @@ impl Db {
                     .bind(applied)
                     .bind(report.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE))
                     .bind(report.namespace.as_deref())
+                    .bind(backend)
+                    .bind(endpoints)
                     .execute(&mut *tx)
                     .await?;
                 outcome.discovered.push(report.name.clone());
@@ -515,7 +525,31 @@ fn instance_from_row(row: &AnyRow) -> Result<Instance, sqlx::Error> {
         namespace: text(row, "namespace")?,
         namespace_source: namespace_source(row.try_get("namespace_pinned")?),
         namespace_exists: optional_text(row, "namespace_found")?.is_some(),
+        store: store_from_columns(
+            optional_text(row, "store_backend")?,
+            optional_text(row, "store_endpoints")?,
+        ),
     })
+}
+
+/// The `store_backend` and `store_endpoints` columns of a reported store.
+fn store_columns(store: Option<&StoreInfo>) -> (Option<&'static str>, Option<String>) {
+    match store {
+        Some(info) => (Some(info.backend.as_str()), Some(info.endpoints.join(","))),
+        None => (None, None),
+    }
+}
+
+/// The store the columns describe; none for a backend this admin does not know.
+fn store_from_columns(backend: Option<String>, endpoints: Option<String>) -> Option<StoreInfo> {
+    let backend = StoreBackend::parse(&backend?)?;
+    let endpoints = endpoints
+        .unwrap_or_default()
+        .split(',')
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect();
+    Some(StoreInfo { backend, endpoints })
 }
 
 /// Revisions are stored as BIGINT and never negative.

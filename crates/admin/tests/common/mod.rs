@@ -303,7 +303,11 @@ impl TestAgent {
             None,
             &self.token,
         )
-        .unwrap();
+        .unwrap()
+        .with_store_info(model::cluster::StoreInfo {
+            backend: model::cluster::StoreBackend::Memory,
+            endpoints: Vec::new(),
+        });
         let state = match &self.tls {
             Some(tls) => state.with_tls(tls.clone()),
             None => state,
