@@ -140,6 +140,26 @@ impl AgentState {
         self.own_stores.get(instance).unwrap_or(&self.default_store)
     }
 
+    /// Every store the agent's instances are kept in, each once, the default store
+    /// first: the registry is written to all of them, so every gateway of the cluster
+    /// sees it in the store it watches.
+    pub(crate) fn registry_stores(&self) -> Vec<&InstanceStore> {
+        let mut stores: Vec<&InstanceStore> = Vec::new();
+        if self
+            .instances
+            .keys()
+            .any(|instance| !self.own_stores.contains_key(instance))
+        {
+            stores.push(&self.default_store);
+        }
+        for own in self.own_stores.values() {
+            if !stores.iter().any(|s| Arc::ptr_eq(&s.store, &own.store)) {
+                stores.push(own);
+            }
+        }
+        stores
+    }
+
     /// Serves HTTPS instead of HTTP (see `apikit::tls::server_config`: a certificate
     /// and key, optionally a CA whose client certificates alone are served).
     pub fn with_tls(mut self, tls: Arc<rustls::ServerConfig>) -> Self {

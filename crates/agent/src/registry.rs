@@ -12,6 +12,11 @@
 //!
 //! These routes accept the agent's token or its registry token (`--registry-token`),
 //! which services hold: it can register nodes and nothing else.
+//!
+//! An agent whose instances live in several stores (`--instance-store`) writes each
+//! registration into every one of them, under a lease of each; the registration's
+//! lease is then those leases' ids joined by `.`, in the order of
+//! `AgentState::registry_stores`, and heartbeats and deregistration act on all.
 
 use std::collections::BTreeMap;
 
@@ -45,49 +50,62 @@ pub(crate) async fn register(
         })?;
     let namespaces = registration.namespace_list();
     let node_id = registration.node_id();
-    let store = &state.store;
-    let lease = store.grant_lease(registration.ttl_secs).await?;
-    let registered_at_ms = now_ms();
-    let ops = namespaces
-        .iter()
-        .map(|namespace| {
-            let node = RegisteredNode {
-                namespace: namespace.clone(),
-                service: service.clone(),
-                node_id: node_id.clone(),
-                host: registration.host.clone(),
-                // Validation keeps the port in 1..=65535.
-                port: u16::try_from(registration.port).unwrap_or_default(),
-                weight: registration.weight,
-                metadata: registration.metadata.clone(),
-                lease: lease.0.to_string(),
-                ttl_secs: registration.ttl_secs,
-                registered_at_ms,
-            };
-            Op::Put {
-                key: state.keyspace.registry_node(namespace, &service, &node_id),
-                value: serde_json::to_vec(&node).expect("registry nodes always serialise"),
-                lease: Some(lease),
+    let stores = state.registry_stores();
+    let mut leases = Vec::with_capacity(stores.len());
+    for target in &stores {
+        match target.store.grant_lease(registration.ttl_secs).await {
+            Ok(lease) => leases.push(lease),
+            Err(e) => {
+                revoke_all(&stores, &leases).await;
+                return Err(e.into());
             }
-        })
-        .collect();
-    let written = store
-        .txn(Txn {
-            compares: Vec::new(),
-            ops,
-        })
-        .await;
-    if let Err(e) = written {
-        // Nothing was written; the lease would only expire unused.
-        let _ = store.revoke_lease(lease).await;
-        return Err(e.into());
+        }
     }
-    tracing::info!(%service, node = %node_id, namespaces = ?namespaces, lease = lease.0,
-        ttl_secs = registration.ttl_secs, "service node registered");
+    let lease = join_leases(&leases);
+    let registered_at_ms = now_ms();
+    for (target, store_lease) in stores.iter().zip(&leases) {
+        let ops = namespaces
+            .iter()
+            .map(|namespace| {
+                let node = RegisteredNode {
+                    namespace: namespace.clone(),
+                    service: service.clone(),
+                    node_id: node_id.clone(),
+                    host: registration.host.clone(),
+                    // Validation keeps the port in 1..=65535.
+                    port: u16::try_from(registration.port).unwrap_or_default(),
+                    weight: registration.weight,
+                    metadata: registration.metadata.clone(),
+                    lease: lease.clone(),
+                    ttl_secs: registration.ttl_secs,
+                    registered_at_ms,
+                };
+                Op::Put {
+                    key: target.keyspace.registry_node(namespace, &service, &node_id),
+                    value: serde_json::to_vec(&node).expect("registry nodes always serialise"),
+                    lease: Some(*store_lease),
+                }
+            })
+            .collect();
+        let written = target
+            .store
+            .txn(Txn {
+                compares: Vec::new(),
+                ops,
+            })
+            .await;
+        if let Err(e) = written {
+            // Revoking the leases removes what the stores before this one got.
+            revoke_all(&stores, &leases).await;
+            return Err(e.into());
+        }
+    }
+    tracing::info!(%service, node = %node_id, namespaces = ?namespaces, %lease,
+        stores = stores.len(), ttl_secs = registration.ttl_secs, "service node registered");
     Ok((
         StatusCode::CREATED,
         Json(RegistrationAnswer {
-            lease: lease.0.to_string(),
+            lease,
             service,
             node_id,
             namespaces,
@@ -107,12 +125,20 @@ pub(crate) async fn heartbeat(
     State(state): State<AgentState>,
     Path(lease): Path<String>,
 ) -> Result<Json<HeartbeatAnswer>, AgentError> {
-    let id = parse_lease(&lease)?;
-    match state.store.keep_alive(id).await {
-        Ok(()) => Ok(Json(HeartbeatAnswer { lease })),
-        Err(StoreError::LeaseNotFound) => Err(expired(&lease)),
-        Err(e) => Err(e.into()),
+    let stores = state.registry_stores();
+    let ids = parse_lease(&lease, stores.len())?;
+    for (target, id) in stores.iter().zip(&ids) {
+        match target.store.keep_alive(*id).await {
+            Ok(()) => {}
+            Err(StoreError::LeaseNotFound) => {
+                // Half a registration would serve some gateways only: end it all.
+                revoke_all(&stores, &ids).await;
+                return Err(expired(&lease));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
+    Ok(Json(HeartbeatAnswer { lease }))
 }
 
 /// `DELETE …/registry/leases/{lease}`: removes the registration's nodes now.
@@ -120,15 +146,21 @@ pub(crate) async fn deregister(
     State(state): State<AgentState>,
     Path(lease): Path<String>,
 ) -> Result<StatusCode, AgentError> {
-    let id = parse_lease(&lease)?;
-    match state.store.revoke_lease(id).await {
-        Ok(()) => {
-            tracing::info!(lease = id.0, "service registration removed");
-            Ok(StatusCode::NO_CONTENT)
+    let stores = state.registry_stores();
+    let ids = parse_lease(&lease, stores.len())?;
+    let mut found = false;
+    for (target, id) in stores.iter().zip(&ids) {
+        match target.store.revoke_lease(*id).await {
+            Ok(()) => found = true,
+            Err(StoreError::LeaseNotFound) => {}
+            Err(e) => return Err(e.into()),
         }
-        Err(StoreError::LeaseNotFound) => Err(expired(&lease)),
-        Err(e) => Err(e.into()),
     }
+    if !found {
+        return Err(expired(&lease));
+    }
+    tracing::info!(%lease, "service registration removed");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Which registrations a listing shows.
@@ -166,14 +198,20 @@ pub(crate) async fn list(
         what: "query".to_owned(),
         errors,
     })?;
-    let prefix = match &query.namespace {
-        Some(namespace) => state.keyspace.registry_namespace_prefix(namespace),
-        None => state.keyspace.registry_prefix(),
+    // Every store holds every registration: the first one answers.
+    let stores = state.registry_stores();
+    let Some(first) = stores.first() else {
+        return Ok(Json(ServiceList { items: Vec::new() }));
     };
-    let listing = state.store.list(&prefix).await?;
+    let keyspace = &first.keyspace;
+    let prefix = match &query.namespace {
+        Some(namespace) => keyspace.registry_namespace_prefix(namespace),
+        None => keyspace.registry_prefix(),
+    };
+    let listing = first.store.list(&prefix).await?;
     let mut services: BTreeMap<(String, String), Vec<RegisteredNode>> = BTreeMap::new();
     for kv in listing.kvs {
-        let Some((namespace, service, _)) = state.keyspace.parse_registry(&kv.key) else {
+        let Some((namespace, service, _)) = keyspace.parse_registry(&kv.key) else {
             continue;
         };
         if query.service.as_deref().is_some_and(|s| s != service) {
@@ -200,19 +238,35 @@ pub(crate) async fn list(
     }))
 }
 
-fn parse_lease(lease: &str) -> Result<LeaseId, AgentError> {
-    lease
-        .parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .map(LeaseId)
-        .ok_or_else(|| AgentError::BadRequest {
-            message: "a lease is the positive number a registration answered".to_owned(),
-            details: vec![FieldError {
-                field: "lease".to_owned(),
-                message: "must be a positive integer".to_owned(),
-            }],
-        })
+/// A registration's lease: one store lease id per store, joined by `.`.
+fn join_leases(leases: &[LeaseId]) -> String {
+    leases
+        .iter()
+        .map(|l| l.0.to_string())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The store leases of a registration's lease; `stores` ids are expected.
+fn parse_lease(lease: &str, stores: usize) -> Result<Vec<LeaseId>, AgentError> {
+    let ids = model::registry::parse_lease(lease).ok_or_else(|| AgentError::BadRequest {
+        message: "a lease is what a registration answered".to_owned(),
+        details: vec![FieldError {
+            field: "lease".to_owned(),
+            message: "must be positive integers joined by '.'".to_owned(),
+        }],
+    })?;
+    if ids.len() != stores {
+        return Err(expired(lease));
+    }
+    Ok(ids.into_iter().map(LeaseId).collect())
+}
+
+/// Revokes what could be revoked: used when a registration cannot be completed.
+async fn revoke_all(stores: &[&crate::InstanceStore], leases: &[LeaseId]) {
+    for (target, lease) in stores.iter().zip(leases) {
+        let _ = target.store.revoke_lease(*lease).await;
+    }
 }
 
 fn expired(lease: &str) -> AgentError {

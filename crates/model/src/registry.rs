@@ -265,6 +265,18 @@ impl Discovery {
     }
 }
 
+/// The store lease ids a registration's lease stands for (one per store its agent
+/// writes the registry to, joined by `.`); `None` when it is not such a lease.
+pub fn parse_lease(lease: &str) -> Option<Vec<i64>> {
+    if lease.is_empty() || lease.len() > 200 {
+        return None;
+    }
+    lease
+        .split('.')
+        .map(|part| part.parse::<i64>().ok().filter(|id| *id > 0))
+        .collect()
+}
+
 /// The prefix of an `upstream_id` that names a registered service instead of an
 /// upstream (`lb://orders`, as in Spring Cloud Gateway).
 pub const LB_PREFIX: &str = "lb://";
@@ -333,6 +345,15 @@ mod tests {
         assert_eq!(r.node_id(), "h:1");
         let r: Registration = serde_json::from_str(r#"{"host":"::1","port":1}"#).unwrap();
         assert_eq!(r.node_id(), "[::1]:1");
+    }
+
+    #[test]
+    fn leases_are_positive_ids_joined_by_dots() {
+        assert_eq!(parse_lease("7"), Some(vec![7]));
+        assert_eq!(parse_lease("7.9"), Some(vec![7, 9]));
+        for bad in ["", "0", "-1", "7.", ".7", "a", "7..9", "1e3"] {
+            assert_eq!(parse_lease(bad), None, "{bad}");
+        }
     }
 
     #[test]

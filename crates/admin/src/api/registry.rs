@@ -202,7 +202,7 @@ async fn authorised_lease(
     cluster: &str,
     lease: &str,
 ) -> Result<AgentRecord, ApiError> {
-    if lease.parse::<i64>().ok().filter(|l| *l > 0).is_none() {
+    if model::registry::parse_lease(lease).is_none() {
         return Err(ApiError::invalid_field(
             "lease",
             "lease",
