@@ -470,6 +470,7 @@ async fn nodes_that_go_are_marked_with_a_time() {
         skipped: vec![],
         redis_fallbacks: 0,
         unbound: None,
+        load: None,
     };
     let put = |at: i64| {
         let (store, key) = (agent.store.clone(), key.clone());

@@ -439,6 +439,7 @@ mod tests {
             skipped: Vec::new(),
             redis_fallbacks: 0,
             unbound: None,
+            load: None,
         }
     }
 
