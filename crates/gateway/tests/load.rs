@@ -37,7 +37,10 @@ async fn applied(node: &Node) {
         .await
         .is_none_or(|beat| beat.applied_revision.0 != node.revision)
     {
-        assert!(start.elapsed() < Duration::from_secs(10), "config not applied");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "config not applied"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -205,12 +205,14 @@ impl NodeLoad {
     /// The load of several nodes together: their requests, errors, connections and
     /// requests in flight added up (so its rates are the nodes' rates together).
     pub fn sum<'a>(loads: impl IntoIterator<Item = &'a NodeLoad>) -> NodeLoad {
-        loads.into_iter().fold(NodeLoad::default(), |total, l| NodeLoad {
-            requests: total.requests.saturating_add(l.requests),
-            errors: total.errors.saturating_add(l.errors),
-            connections: total.connections.saturating_add(l.connections),
-            in_flight: total.in_flight.saturating_add(l.in_flight),
-        })
+        loads
+            .into_iter()
+            .fold(NodeLoad::default(), |total, l| NodeLoad {
+                requests: total.requests.saturating_add(l.requests),
+                errors: total.errors.saturating_add(l.errors),
+                connections: total.connections.saturating_add(l.connections),
+                in_flight: total.in_flight.saturating_add(l.in_flight),
+            })
     }
 }
 

@@ -111,7 +111,11 @@ impl Load {
     /// Counts one request that ended with `status` (0: none was sent) — the rule of
     /// what an error is, here only: a 5xx answer. Called by `end::request_ended`.
     pub(super) fn count(&self, status: u16) {
-        let error = if (500..600).contains(&status) { ERROR } else { 0 };
+        let error = if (500..600).contains(&status) {
+            ERROR
+        } else {
+            0
+        };
         self.counts.fetch_add(1 + error, Ordering::Relaxed);
     }
 
