@@ -169,7 +169,7 @@ where
         };
         let downstream = async {
             let Ok(response) = response.await else {
-                // Pingora had the request: it ended it (and counted it).
+                // Pingora had the request: its adapter ends it (core::end), not this.
                 return send_refusal(&mut respond, &Refusal::BadGateway);
             };
             let (parts, recv) = response.into_parts();

@@ -371,8 +371,9 @@ fn push_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Answers a stream refused before it was routed (no log phase to run) with the
-/// core's error response, and ends it in the core.
+/// Answers a stream no log phase will end (refused before it was routed, or before
+/// the bridge got it to Pingora) with the core's error response, and ends it in the
+/// core.
 pub(super) fn refuse_stream(load: &Load, respond: &mut SendResponse<Bytes>, refusal: &Refusal) {
     send_refusal(respond, refusal);
     request_ended(load, refusal.status(), None);
