@@ -470,6 +470,7 @@ async fn nodes_that_go_are_marked_with_a_time() {
         skipped: vec![],
         redis_fallbacks: 0,
         unbound: None,
+        load: None,
     };
     let put = |at: i64| {
         let (store, key) = (agent.store.clone(), key.clone());
@@ -529,5 +530,107 @@ async fn nodes_that_go_are_marked_with_a_time() {
         (body["items"][0]["node_id"] == "n1" && body["gone"] == json!([])).then_some(())
     })
     .await;
+    admin.stop().await;
+}
+
+/// A real gateway node's load travels its heartbeat → the agent → the admin: each
+/// node's requests per second and error rate in `GET …/nodes`, the instance's total in
+/// `GET …/convergence`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateways_load_reaches_the_nodes_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/admin.db", dir.path().display());
+    let admin = TestAdmin::start(&db, Duration::from_millis(100)).await;
+    let agent = TestAgent::start(&["instance_a"]).await;
+    admin.register("c1", &agent, &["instance_a"]).await;
+    let a = "/clusters/c1/instances/instance_a";
+    let live = testkit::upstream::NamedUpstream::start("live").await;
+    let dead = testkit::free_port();
+    for (kind, body) in [
+        ("upstreams", upstream("live", live.port())),
+        ("upstreams", upstream("dead", dead)),
+        ("routes", route("ok", "live")),
+        (
+            "routes",
+            json!({"id": "down", "paths": ["/down/*"], "upstream_id": "dead"}),
+        ),
+    ] {
+        let answer = admin.send("POST", &format!("{a}/{kind}"), body).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    }
+
+    // A gateway node of the instance on the agent's store.
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
+        .parse()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let node = tokio::spawn(gateway::run(
+        gateway::GatewayConfig {
+            listen,
+            tls_listen: None,
+            client_ca: None,
+            instance: "instance_a".into(),
+            namespace: None,
+            node_id: "gw-1".into(),
+            advertise_address: listen.to_string(),
+            heartbeat_interval: Duration::from_millis(200),
+            http: gateway::HttpSettings::default(),
+            snapshot_file: None,
+            status_listen: None,
+            drain_timeout: Duration::from_secs(5),
+            threads: 1,
+        },
+        agent.store.clone(),
+        agent.keyspace.clone(),
+        stopped,
+    ));
+    // Listening (a connection, not a request), and serving the latest revision,
+    // bound: known from the admin, without a request.
+    testkit::wait_for_tcp(&listen.to_string(), Duration::from_secs(10)).await;
+    wait_until("the node serves the instance's config", || async {
+        let c = admin.get(&format!("{a}/convergence")).await.body;
+        (c["converged"] == true && c["behind"] == json!([])).then_some(())
+    })
+    .await;
+
+    // 8 requests, 2 of them answered 502 by the gateway.
+    let client = reqwest::Client::new();
+    for (path, count, status) in [("/api/x", 6, 200), ("/down/x", 2, 502)] {
+        for _ in 0..count {
+            let answer = client
+                .get(format!("http://{listen}{path}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status().as_u16(), status, "{path}");
+        }
+    }
+    let node_view = wait_until("the load reaches the admin", || async {
+        let body = admin.get(&format!("{a}/nodes")).await.body;
+        let n = body["items"][0].clone();
+        (n["load"]["requests"] == 8).then_some(n)
+    })
+    .await;
+    assert_eq!(node_view["node_id"], "gw-1");
+    assert_eq!(node_view["load"]["errors"], 2, "{node_view}");
+    assert_eq!(node_view["requests_per_second"], 8.0 / 60.0, "{node_view}");
+    assert_eq!(node_view["error_rate"], 0.25, "{node_view}");
+    // The client's keep-alive connection is open (or closing): never more than one.
+    assert!(node_view["load"]["connections"].as_u64().unwrap() <= 1);
+
+    let convergence = admin.get(&format!("{a}/convergence")).await.body;
+    let load = &convergence["load"];
+    assert_eq!(load["nodes_reporting"], 1, "{convergence}");
+    assert_eq!(load["requests"], 8, "{convergence}");
+    assert_eq!(load["requests_per_second"], 8.0 / 60.0, "{convergence}");
+    assert_eq!(load["error_rate"], 0.25, "{convergence}");
+    assert_eq!(convergence["skipped"], json!([]), "{convergence}");
+
+    stop.send_replace(true);
+    tokio::time::timeout(Duration::from_secs(15), node)
+        .await
+        .expect("the gateway stops")
+        .unwrap()
+        .unwrap();
     admin.stop().await;
 }

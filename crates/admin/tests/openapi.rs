@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{certificate, route, upstream, TestAdmin, TestAgent, ADMIN_TOKEN};
+use common::{certificate, route, upstream, wait_until, TestAdmin, TestAgent, ADMIN_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -20,10 +20,38 @@ async fn admin_with_config(dir: &std::path::Path) -> (TestAdmin, TestAgent) {
     let db = format!("sqlite://{}/admin.db", dir.display());
     let admin = TestAdmin::start(&db, Duration::from_secs(3600)).await;
     let agent = TestAgent::start(&["instance_a", "instance_b"]).await;
+    // A gateway node's heartbeat with everything it may carry (load, a skipped object,
+    // an upstream node down), so the nodes and convergence answers hold data the
+    // document must describe; in the store before the admin's one poll.
+    let heartbeat = json!({"node_id": "n1", "address": "127.0.0.1:9080",
+        "applied_revision": 0, "applied_at_ms": 1, "updated_at_ms": 1,
+        "config_source": "store",
+        "upstreams": [{"upstream_id": "up", "nodes": [
+            {"address": "127.0.0.1:8080", "healthy": false, "reason": "passive: 2 failures"}]}],
+        "skipped": [{"key": "/portico/instances/instance_a/routes/r9", "reason": "unknown upstream"}],
+        "load": {"requests": 40, "errors": 10, "connections": 3, "in_flight": 1}});
+    store::ConfigStore::txn(
+        agent.store.as_ref(),
+        store::Txn {
+            compares: vec![],
+            ops: vec![store::Op::Put {
+                key: agent.keyspace.node("instance_a", "n1"),
+                value: heartbeat.to_string().into_bytes(),
+                lease: None,
+            }],
+        },
+    )
+    .await
+    .unwrap();
     admin
         .register("c1", &agent, &["instance_a", "instance_b"])
         .await;
     let base = "/clusters/c1/instances/instance_a";
+    wait_until("the node is listed", || async {
+        let nodes = admin.get(&format!("{base}/nodes")).await.body;
+        (nodes["items"][0]["error_rate"] == 0.25).then_some(())
+    })
+    .await;
     for (kind, body) in [
         ("upstreams", upstream("up", 8080)),
         ("certificates", certificate("cert")),

@@ -566,6 +566,13 @@ async fn instances_report_revision_and_node_heartbeats() {
         skipped: vec![],
         redis_fallbacks: 0,
         unbound: None,
+        // The node's load travels to the admin as the node wrote it.
+        load: Some(model::cluster::NodeLoad {
+            requests: 40,
+            errors: 10,
+            connections: 3,
+            in_flight: 1,
+        }),
     };
     agent
         .store

@@ -1,5 +1,9 @@
 //! The node heartbeat: `nodes/{node_id}` on a lease, refreshed on a timer and rewritten
 //! at once when the applied revision changes, so the admin sees convergence quickly.
+//! Each beat carries the applied revision, where the config came from, upstream
+//! health, skipped objects, Redis fallbacks, why the node serves nothing if unbound,
+//! and its load (`core::load`: the last minute's requests and 5xx, connections and
+//! requests in flight now).
 //!
 //! The lease is granted once and kept alive on every beat; when the store loses it
 //! (expired while the store was unreachable, or the store restarted) a new one is
@@ -10,10 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use model::cluster::NodeHeartbeat;
+use model::cluster::{NodeHeartbeat, NodeLoad};
 use store::{ConfigStore, LeaseId, Op, StoreError, Txn};
 use tokio::sync::watch;
 
+use crate::core::load::Load;
+use crate::proxy::InFlight;
 use crate::runtime::{upstream_health, RuntimeConfig};
 use crate::NodeStatus;
 
@@ -28,6 +34,9 @@ pub(crate) struct Heartbeat {
     pub interval: Duration,
     /// Read at every beat for the upstream health report.
     pub config: Arc<ArcSwap<RuntimeConfig>>,
+    /// Read at every beat for the load report.
+    pub load: Arc<Load>,
+    pub in_flight: Arc<InFlight>,
 }
 
 impl Heartbeat {
@@ -127,6 +136,7 @@ async fn beat(
             .redis_fallbacks
             .load(std::sync::atomic::Ordering::Relaxed),
         unbound: config.unbound.clone(),
+        load: Some(node_load(&hb.load, &hb.in_flight)),
     };
     let value = serde_json::to_vec(&beat).map_err(|e| StoreError::Rejected(e.to_string()))?;
     let put = Txn {
@@ -146,6 +156,18 @@ async fn beat(
             }
             Err(e)
         }
+    }
+}
+
+/// The load as the heartbeat reports it: the last minute's requests and errors (see
+/// `core::load` for the window), connections and requests in flight now.
+fn node_load(load: &Load, in_flight: &InFlight) -> NodeLoad {
+    let minute = load.last_minute();
+    NodeLoad {
+        requests: minute.requests,
+        errors: minute.errors,
+        connections: load.connections(),
+        in_flight: in_flight.count() as u64,
     }
 }
 
@@ -172,6 +194,8 @@ mod tests {
             address: "10.0.0.1:80".into(),
             interval,
             config: Arc::default(),
+            load: Arc::default(),
+            in_flight: Arc::default(),
         }
     }
 
@@ -233,6 +257,8 @@ mod tests {
         assert_eq!(beat.address, "10.0.0.1:80");
         assert!(beat.updated_at_ms > 0);
         assert_eq!(beat.config_source, ConfigSource::Store);
+        // Nothing served: a load of zeros, reported (not left out).
+        assert_eq!(beat.load, Some(NodeLoad::default()));
 
         // Stopping revokes the lease, which removes the key.
         stop_tx.send_replace(true);

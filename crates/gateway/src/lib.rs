@@ -155,6 +155,9 @@ pub async fn run(
         None => None,
     };
     let in_flight = Arc::new(InFlight::default());
+    // Requests and connections of both engines, sampled once a second for the
+    // heartbeat.
+    let load = Arc::new(core::load::Load::default());
     let (status_tx, status_rx) = watch::channel(NodeStatus::default());
     // The config loop and the heartbeat outlive the listener: they stop only once the
     // requests in flight are done, so those keep a current config and the node stays
@@ -188,8 +191,14 @@ pub async fn run(
             address: config.advertise_address.clone(),
             interval: config.heartbeat_interval,
             config: current.clone(),
+            load: load.clone(),
+            in_flight: in_flight.clone(),
         },
         status_rx.clone(),
+        stop_rx.clone(),
+    ));
+    let sampler = tokio::spawn(core::load::sample_every_second(
+        load.clone(),
         stop_rx.clone(),
     ));
     let status_server = status_listener.map(|listener| {
@@ -220,6 +229,7 @@ pub async fn run(
         Proxy {
             config: current.clone(),
             in_flight: in_flight.clone(),
+            load: load.clone(),
             settings: settings.clone(),
         },
     );
@@ -230,14 +240,15 @@ pub async fn run(
     options.h2_idle_timeout = Some(config.http.h2_idle_timeout);
     proxy.server_options = Some(options);
     // The core's admission rules and time limits on every byte Pingora reads.
-    let pingora = core::guard::Guard::new(proxy, &config.http);
+    let pingora = core::guard::Guard::new(proxy, &config.http, load.clone());
     tracing::info!(listen = %config.listen, instance = %config.instance, node = %config.node_id, fast_path = config.http.fast_path, "gateway serving");
     let data_plane = if config.http.fast_path {
         // Plain HTTP/1.1 requests take the fast path, which hands the rest to Pingora.
-        let app = fastpath::FastPath::new(pingora, current, in_flight.clone(), settings);
-        DataPlane::start(app, &config, tls_settings, shutdown)?
+        let app =
+            fastpath::FastPath::new(pingora, current, in_flight.clone(), load.clone(), settings);
+        DataPlane::start(app, load, &config, tls_settings, shutdown)?
     } else {
-        DataPlane::start(pingora, &config, tls_settings, shutdown)?
+        DataPlane::start(pingora, load, &config, tls_settings, shutdown)?
     };
     // Returns once the accept loops have seen `shutdown`; connections already accepted
     // go on in the data plane's tasks until released below.
@@ -255,6 +266,7 @@ pub async fn run(
     stop_tx.send_replace(true);
     let _ = config_loop.await;
     let _ = heartbeat.await;
+    let _ = sampler.await;
     if let Some(server) = status_server {
         let _ = server.await;
     }
@@ -551,9 +563,11 @@ struct DataPlane {
 impl DataPlane {
     /// Serves `app` on the node's listeners until `shutdown`, on `config.threads`
     /// worker threads (one: a current-thread runtime, the way nginx runs one event
-    /// loop per worker process).
+    /// loop per worker process). Every connection the listeners accept is counted in
+    /// `load` while `app` serves it, whichever engine that is.
     fn start<A>(
         app: A,
+        load: Arc<core::load::Load>,
         config: &GatewayConfig,
         tls_settings: Option<pingora_core::listeners::tls::TlsSettings>,
         shutdown: watch::Receiver<bool>,
@@ -561,6 +575,7 @@ impl DataPlane {
     where
         A: pingora_core::apps::ServerApp + Send + Sync + 'static,
     {
+        let app = core::load::Counted::new(app, load);
         let mut service = pingora_core::services::listening::Service::new(SERVICE.into(), app);
         service.add_tcp(&config.listen.to_string());
         if let (Some(addr), Some(settings)) = (config.tls_listen, tls_settings) {

@@ -20,7 +20,7 @@
 //!                    phase's edits
 //! fail_to_connect /  core::retry decides; a pooled connection the node had closed is
 //! error_while_proxy  retried on a new one without using the budget
-//! logging            the log phase
+//! logging            core::end: the request counted in the node's load, the log phase
 //! fail_to_proxy      any failure → Refusal → the core's JSON error
 //! ```
 
@@ -38,11 +38,11 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tokio::sync::Notify;
 
 use crate::balancer::{HashInput, Outcome, Pick, UpstreamPool};
+use crate::core::end::{request_ended, Logged};
 use crate::core::head::{self, Limits};
 use crate::core::headers::{append_forwarded_for, nominated, upstream_host};
-use crate::core::phase::{
-    Chain, Compress, HeaderEdits, LogRecord, PhaseCtx, RequestView, NO_SCOPE,
-};
+use crate::core::load::Load;
+use crate::core::phase::{Chain, Compress, HeaderEdits, PhaseCtx, RequestView, NO_SCOPE};
 use crate::core::refusal::Refusal;
 use crate::core::retry::{replay_is_safe, AfterFailure, Attempts};
 use crate::core::route::{find_route, run_access, Incoming, Routed};
@@ -54,6 +54,8 @@ pub struct Proxy {
     /// Swapped by the config loop; each request loads it once.
     pub config: Arc<ArcSwap<RuntimeConfig>>,
     pub in_flight: Arc<InFlight>,
+    /// Where every request ends (`core::end`), shared with the fast path.
+    pub load: Arc<Load>,
     pub settings: Arc<HttpSettings>,
 }
 
@@ -516,19 +518,19 @@ impl ProxyHttp for Proxy {
             }
             crate::plugins::send_mirror(*mirror, headers);
         }
-        if let (Some(route), false) = (&ctx.route, ctx.plugins.is_empty()) {
-            ctx.plugins.log(
-                &LogRecord {
-                    route_id: &route.route.id,
-                    service_id: None,
-                    upstream: ctx.upstream_latency,
-                    status: session.response_written().map_or(0, |r| r.status.as_u16()),
-                    duration: ctx.started.elapsed(),
-                    client_ip: ctx.client_ip,
-                },
-                &ctx.phase,
-            );
-        }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let logged = match (&ctx.route, ctx.plugins.is_empty()) {
+            (Some(route), false) => Some(Logged {
+                chain: &ctx.plugins,
+                phase: &ctx.phase,
+                route_id: &route.route.id,
+                upstream: ctx.upstream_latency,
+                duration: ctx.started.elapsed(),
+                client_ip: ctx.client_ip,
+            }),
+            _ => None,
+        };
+        request_ended(&self.load, status, logged);
     }
 
     async fn fail_to_proxy(

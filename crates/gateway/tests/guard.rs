@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use gateway::core::guard::Guard;
+use gateway::core::load::{Load, Minute};
 use gateway::{HttpSettings, MinRate};
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
@@ -45,8 +46,13 @@ fn settings() -> HttpSettings {
 
 /// The guarded stream (the gateway's side) and the client's side of a connection.
 async fn connect(settings: HttpSettings) -> (Stream, DuplexStream) {
+    connect_counting(settings, Arc::default()).await
+}
+
+/// [`connect`], the requests the guard ends itself counted in `load`.
+async fn connect_counting(settings: HttpSettings, load: Arc<Load>) -> (Stream, DuplexStream) {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let app = Arc::new(Guard::new(Capture(tx), &settings));
+    let app = Arc::new(Guard::new(Capture(tx), &settings, load));
     let (server, client) = tokio::io::duplex(256 * 1024);
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     app.process_new(Box::new(server), &shutdown).await;
@@ -121,7 +127,8 @@ async fn a_refused_head_is_answered_by_the_core_and_never_reaches_the_engine() {
             501,
         ),
     ] {
-        let (mut stream, mut client) = connect(settings()).await;
+        let load = Arc::new(Load::default());
+        let (mut stream, mut client) = connect_counting(settings(), load.clone()).await;
         client.write_all(head).await.unwrap();
         let err = read_n(&mut stream, 1).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
@@ -134,12 +141,23 @@ async fn a_refused_head_is_answered_by_the_core_and_never_reaches_the_engine() {
         assert!(answer.contains("\"code\""), "{answer}");
         // What the engine would write after the refusal is not sent.
         stream.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        // The engine never saw the request: it ended in the guard, counted once (a
+        // 4xx or 501: a 501 is a 5xx).
+        load.tick();
+        assert_eq!(
+            load.last_minute(),
+            Minute {
+                requests: 1,
+                errors: u64::from(status >= 500)
+            }
+        );
     }
 }
 
 #[tokio::test]
 async fn a_bad_chunk_stops_the_body_where_it_goes_wrong() {
-    let (mut stream, mut client) = connect(settings()).await;
+    let load = Arc::new(Load::default());
+    let (mut stream, mut client) = connect_counting(settings(), load.clone()).await;
     let head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
     client.write_all(head).await.unwrap();
     client
@@ -164,6 +182,17 @@ async fn a_bad_chunk_stops_the_body_where_it_goes_wrong() {
         String::from_utf8_lossy(&seen)
     );
     assert!(client_reads(&mut client).await.starts_with("HTTP/1.1 400 "));
+    // A request whose head the engine read ends in the engine; one whose head never
+    // got there (read together with the bad line) ends in the guard: once either way.
+    load.tick();
+    let ended_here = u64::from(seen.is_empty());
+    assert_eq!(
+        load.last_minute(),
+        Minute {
+            requests: ended_here,
+            errors: 0
+        }
+    );
 }
 
 #[tokio::test]

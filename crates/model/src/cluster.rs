@@ -160,6 +160,63 @@ pub struct NodeHeartbeat {
     /// node's own (`--namespace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unbound: Option<String>,
+    /// The node's load: requests and errors over the last minute, connections and
+    /// requests open now. `None` from a node too old to report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<NodeLoad>,
+}
+
+/// A gateway node's load as its heartbeat reports it (M7): counts, so that every
+/// reader derives the same rates from them ([`NodeLoad::requests_per_second`],
+/// [`NodeLoad::error_rate`]).
+///
+/// The window is the last [`NodeLoad::WINDOW_SECS`] seconds: the node samples its
+/// request counters once a second and reports the difference between its latest
+/// sample and the one 60 samples before (a node up for less than a minute: since it
+/// started). A request is counted once, when it ends (its response sent, or the
+/// client gone), whichever engine or protocol served it; an error is a request
+/// answered with a 5xx status (the gateway's own 500/502/503/504, or an upstream's 5xx
+/// passed on). 4xx answers (404, 401, 403, 429 …) are the clients' errors and are not
+/// counted as errors, as on Kong's and APISIX's dashboards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeLoad {
+    /// Requests that ended in the window.
+    pub requests: u64,
+    /// Of those, answered with a 5xx status.
+    pub errors: u64,
+    /// Client connections open now (TCP, after the TLS handshake; HTTP/1 or HTTP/2).
+    pub connections: u64,
+    /// Requests being proxied now (their upstream exchange under way).
+    pub in_flight: u64,
+}
+
+impl NodeLoad {
+    /// The window's length, in seconds.
+    pub const WINDOW_SECS: u64 = 60;
+
+    /// Requests per second over the window: `requests / 60`.
+    pub fn requests_per_second(&self) -> f64 {
+        self.requests as f64 / Self::WINDOW_SECS as f64
+    }
+
+    /// The share of the window's requests answered with a 5xx (0 to 1); `None` when
+    /// the window holds no request.
+    pub fn error_rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.errors as f64 / self.requests as f64)
+    }
+
+    /// The load of several nodes together: their requests, errors, connections and
+    /// requests in flight added up (so its rates are the nodes' rates together).
+    pub fn sum<'a>(loads: impl IntoIterator<Item = &'a NodeLoad>) -> NodeLoad {
+        loads
+            .into_iter()
+            .fold(NodeLoad::default(), |total, l| NodeLoad {
+                requests: total.requests.saturating_add(l.requests),
+                errors: total.errors.saturating_add(l.errors),
+                connections: total.connections.saturating_add(l.connections),
+                in_flight: total.in_flight.saturating_add(l.in_flight),
+            })
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -360,5 +417,50 @@ mod tests {
             ..ok
         };
         assert_eq!(spaced.validate().unwrap_err().0[0].field, "agent_token");
+    }
+
+    #[test]
+    fn load_rates_come_from_the_counts() {
+        let load = NodeLoad {
+            requests: 40,
+            errors: 10,
+            connections: 3,
+            in_flight: 1,
+        };
+        assert_eq!(load.requests_per_second(), 40.0 / 60.0);
+        assert_eq!(load.error_rate(), Some(0.25));
+        assert_eq!(NodeLoad::default().error_rate(), None);
+        let other = NodeLoad {
+            requests: 80,
+            errors: 0,
+            connections: 2,
+            in_flight: 0,
+        };
+        // Together: 120 requests of which 10 errors, whatever each node's own rate.
+        let total = NodeLoad::sum([&load, &other]);
+        assert_eq!(
+            total,
+            NodeLoad {
+                requests: 120,
+                errors: 10,
+                connections: 5,
+                in_flight: 1
+            }
+        );
+        assert_eq!(total.requests_per_second(), 2.0);
+        assert_eq!(total.error_rate(), Some(10.0 / 120.0));
+        // An old node's heartbeat has no load; a new one's reads back the same.
+        let beat: NodeHeartbeat = serde_json::from_str(
+            r#"{"node_id": "n", "address": "a", "applied_revision": 1, "updated_at_ms": 2}"#,
+        )
+        .unwrap();
+        assert_eq!(beat.load, None);
+        let beat = NodeHeartbeat {
+            load: Some(load),
+            ..beat
+        };
+        let back: NodeHeartbeat =
+            serde_json::from_str(&serde_json::to_string(&beat).unwrap()).unwrap();
+        assert_eq!(back, beat);
     }
 }

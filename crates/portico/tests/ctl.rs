@@ -722,10 +722,15 @@ fn config_history_export_apply_and_route_tests() {
         .ok();
     assert!(run.stdout.contains("instance_b"), "{run:?}");
     let run = a(&["nodes"]).ok();
-    // No gateway node in this test: the header, then the convergence line.
-    let (table, summary) = run.stdout.trim_end().rsplit_once('\n').unwrap();
+    // No gateway node in this test: the header, then the convergence and load lines.
+    let (rest, load) = run.stdout.trim_end().rsplit_once('\n').unwrap();
+    let (table, summary) = rest.rsplit_once('\n').unwrap();
     assert!(
         summary.starts_with("revision ") && summary.ends_with("reached 0 of 0 nodes"),
+        "{run:?}"
+    );
+    assert_eq!(
+        load, "load: 0.00 req/s, - 5xx, 0 connections (0 of 0 nodes reporting)",
         "{run:?}"
     );
     let header: Vec<&str> = table.split_whitespace().collect();
@@ -737,6 +742,11 @@ fn config_history_export_apply_and_route_tests() {
             "SERVING",
             "REVISION",
             "CONFIG_FROM",
+            "REQ/S",
+            "5XX",
+            "CONNS",
+            "IN_FLIGHT",
+            "SKIPPED",
             "UNHEALTHY_UPSTREAM_NODES",
             "UPDATED"
         ],

@@ -89,6 +89,8 @@ fn main() -> anyhow::Result<()> {
                     "redis_limits",
                     "--test",
                     "tester",
+                    "--test",
+                    "load",
                 ])
                 .env("PORTICO_TEST_PINGORA_ONLY", "1")
                 .args(rest);

@@ -11,7 +11,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use model::cluster::{Cluster, Instance, InstanceNamespace, NodeHeartbeat};
+use model::cluster::{
+    Cluster, Instance, InstanceNamespace, NodeHeartbeat, NodeLoad, SkippedObject,
+};
 
 use super::{parse_json, ApiPath, Items, NamespaceQuery, Scope};
 use crate::auth::Principal;
@@ -229,10 +231,36 @@ pub(super) async fn set_instance_namespace(
 /// and no longer does.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct NodesView {
-    /// Online: their last heartbeats, as the agent last reported them.
-    items: Vec<NodeHeartbeat>,
+    /// Online: their last heartbeats, as the agent last reported them, with the rates
+    /// of their load.
+    items: Vec<NodeView>,
     /// Gone (kept 7 days): when each was first and last seen, and when it went.
     gone: Vec<GoneNode>,
+}
+
+/// An online node: its last heartbeat, and the rates its `load` gives (absent when the
+/// node does not report its load).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct NodeView {
+    #[serde(flatten)]
+    heartbeat: NodeHeartbeat,
+    /// Requests per second over the node's last minute (`load.requests / 60`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requests_per_second: Option<f64>,
+    /// Share of the last minute's requests answered with a 5xx, 0 to 1 (absent when
+    /// the node served none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_rate: Option<f64>,
+}
+
+impl NodeView {
+    fn of(heartbeat: NodeHeartbeat) -> Self {
+        Self {
+            requests_per_second: heartbeat.load.map(|l| l.requests_per_second()),
+            error_rate: heartbeat.load.and_then(|l| l.error_rate()),
+            heartbeat,
+        }
+    }
 }
 
 /// The instance's gateway nodes as its agent last reported them, and those gone.
@@ -249,7 +277,11 @@ pub(super) async fn list_nodes(
 ) -> Result<Json<NodesView>, ApiError> {
     scope.instance(&state, &cluster, &instance).await?;
     Ok(Json(NodesView {
-        items: state.nodes(&cluster, &instance),
+        items: state
+            .nodes(&cluster, &instance)
+            .into_iter()
+            .map(NodeView::of)
+            .collect(),
         gone: state.db.gone_nodes(&cluster, &instance).await?,
     }))
 }
@@ -273,6 +305,55 @@ pub(crate) struct NodesConvergence {
     /// The nodes not serving it yet: what each serves, and why it serves nothing if
     /// it is unbound.
     behind: Vec<NodeBehind>,
+    /// The online nodes' load together.
+    load: InstanceLoad,
+    /// The nodes that skipped config objects, with each object and why.
+    skipped: Vec<NodeSkipped>,
+    /// Upstream nodes some gateway node marked down (by active or passive checks),
+    /// with which gateway nodes see them down and why.
+    upstream_nodes_down: Vec<UpstreamNodeDown>,
+}
+
+/// The load of an instance's online nodes together (of those that report one).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct InstanceLoad {
+    /// Online nodes that report their load (older nodes do not).
+    nodes_reporting: usize,
+    /// Their requests per second over the last minute, added up.
+    requests_per_second: f64,
+    /// Share of all their last minute's requests answered with a 5xx, 0 to 1 (each
+    /// node weighs by its requests); absent when they served none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_rate: Option<f64>,
+    /// Their counts added up: requests and 5xx over the last minute, connections and
+    /// requests in flight now.
+    #[serde(flatten)]
+    total: NodeLoad,
+}
+
+/// A node that does not serve some config objects as written.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct NodeSkipped {
+    node_id: String,
+    objects: Vec<SkippedObject>,
+}
+
+/// An upstream node marked down by at least one gateway node.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct UpstreamNodeDown {
+    upstream_id: String,
+    address: String,
+    /// The gateway nodes that see it down, each with its reason.
+    seen_by: Vec<DownSeenBy>,
+}
+
+/// One gateway node's view of a down upstream node.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct DownSeenBy {
+    node_id: String,
+    /// `active: …` or `passive: …`, when the node says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 /// A node that does not serve the latest revision yet.
@@ -284,8 +365,9 @@ pub(crate) struct NodeBehind {
     unbound: Option<String>,
 }
 
-/// `GET …/convergence`: has the latest revision reached every node of the instance
-/// ("N of M"), and how long did it take.
+/// `GET …/convergence`: the instance across its online nodes — has the latest revision
+/// reached every node ("N of M") and how long did it take; their load together;
+/// which nodes skipped config objects and why; which upstream nodes they see down.
 #[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/convergence", tag = "instances",
     params(
         super::InstancePath,
@@ -338,7 +420,56 @@ fn converged(
         converged,
         took_ms,
         behind,
+        load: instance_load(nodes),
+        skipped: nodes
+            .iter()
+            .filter(|n| !n.skipped.is_empty())
+            .map(|n| NodeSkipped {
+                node_id: n.node_id.clone(),
+                objects: n.skipped.clone(),
+            })
+            .collect(),
+        upstream_nodes_down: upstream_nodes_down(nodes),
     }
+}
+
+fn instance_load(nodes: &[NodeHeartbeat]) -> InstanceLoad {
+    let reporting: Vec<&NodeLoad> = nodes.iter().filter_map(|n| n.load.as_ref()).collect();
+    let total = NodeLoad::sum(reporting.iter().copied());
+    InstanceLoad {
+        nodes_reporting: reporting.len(),
+        requests_per_second: total.requests_per_second(),
+        error_rate: total.error_rate(),
+        total,
+    }
+}
+
+/// Every upstream node some gateway node reports down, by upstream and address.
+fn upstream_nodes_down(nodes: &[NodeHeartbeat]) -> Vec<UpstreamNodeDown> {
+    let mut down: Vec<UpstreamNodeDown> = Vec::new();
+    for node in nodes {
+        for upstream in &node.upstreams {
+            for health in upstream.nodes.iter().filter(|h| !h.healthy) {
+                let seen = DownSeenBy {
+                    node_id: node.node_id.clone(),
+                    reason: health.reason.clone(),
+                };
+                match down
+                    .iter_mut()
+                    .find(|d| d.upstream_id == upstream.upstream_id && d.address == health.address)
+                {
+                    Some(d) => d.seen_by.push(seen),
+                    None => down.push(UpstreamNodeDown {
+                        upstream_id: upstream.upstream_id.clone(),
+                        address: health.address.clone(),
+                        seen_by: vec![seen],
+                    }),
+                }
+            }
+        }
+    }
+    down.sort_by(|a, b| (&a.upstream_id, &a.address).cmp(&(&b.upstream_id, &b.address)));
+    down
 }
 
 /// The instance's change log, newest first (certificate keys are never in it).
@@ -439,6 +570,7 @@ mod tests {
             skipped: Vec::new(),
             redis_fallbacks: 0,
             unbound: None,
+            load: None,
         }
     }
 
@@ -477,5 +609,82 @@ mod tests {
         lost.unbound = Some("namespace gone".into());
         let c = converged(Revision(5), Some(1_000), &[node("a", 5, 1_040), lost]);
         assert_eq!(c.behind[0].unbound.as_deref(), Some("namespace gone"));
+    }
+
+    #[test]
+    fn the_instance_view_adds_up_its_nodes() {
+        let load = |requests, errors, connections| NodeLoad {
+            requests,
+            errors,
+            connections,
+            in_flight: 1,
+        };
+        let down = |address: &str, reason: &str| model::cluster::NodeHealth {
+            address: address.into(),
+            healthy: false,
+            reason: Some(reason.into()),
+        };
+        let mut a = node("a", 5, 1);
+        a.load = Some(load(60, 3, 2));
+        a.skipped = vec![SkippedObject {
+            key: "/portico/instances/i/routes/r9".into(),
+            reason: "unknown upstream \"u9\"".into(),
+        }];
+        a.upstreams = vec![model::cluster::UpstreamHealth {
+            upstream_id: "u".into(),
+            nodes: vec![
+                down("10.0.0.2:80", "passive: 2 failures"),
+                model::cluster::NodeHealth {
+                    address: "10.0.0.1:80".into(),
+                    healthy: true,
+                    reason: None,
+                },
+            ],
+        }];
+        let mut b = node("b", 5, 1);
+        b.load = Some(load(180, 1, 1));
+        b.upstreams = vec![model::cluster::UpstreamHealth {
+            upstream_id: "u".into(),
+            nodes: vec![down("10.0.0.2:80", "active: 3 failures")],
+        }];
+        // An old node without a load report counts as a node, not as zero load.
+        let old = node("c", 5, 1);
+        let c = converged(Revision(5), None, &[a, b, old]);
+
+        assert_eq!(c.load.nodes_reporting, 2);
+        assert_eq!(c.load.requests_per_second, 4.0);
+        assert_eq!(c.load.error_rate, Some(4.0 / 240.0));
+        assert_eq!((c.load.total.connections, c.load.total.in_flight), (3, 2));
+        assert_eq!(c.skipped.len(), 1);
+        assert_eq!(c.skipped[0].node_id, "a");
+        assert_eq!(c.skipped[0].objects[0].reason, "unknown upstream \"u9\"");
+        assert_eq!(c.upstream_nodes_down.len(), 1);
+        let d = &c.upstream_nodes_down[0];
+        assert_eq!(
+            (d.upstream_id.as_str(), d.address.as_str()),
+            ("u", "10.0.0.2:80")
+        );
+        let seen: Vec<(&str, Option<&str>)> = d
+            .seen_by
+            .iter()
+            .map(|s| (s.node_id.as_str(), s.reason.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("a", Some("passive: 2 failures")),
+                ("b", Some("active: 3 failures"))
+            ]
+        );
+        // The node answer: the load's rates beside the heartbeat, none without a load.
+        let view = serde_json::to_value(NodeView::of(node("c", 5, 1))).unwrap();
+        assert!(view.get("requests_per_second").is_none(), "{view}");
+        let mut d = node("d", 5, 1);
+        d.load = Some(load(40, 10, 3));
+        let view = serde_json::to_value(NodeView::of(d)).unwrap();
+        assert_eq!(view["node_id"], "d");
+        assert_eq!(view["requests_per_second"], 40.0 / 60.0);
+        assert_eq!(view["error_rate"], 0.25);
+        assert_eq!(view["load"]["connections"], 3);
     }
 }

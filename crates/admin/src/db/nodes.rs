@@ -123,11 +123,19 @@ impl Db {
         }
         let sql =
             self.sql("DELETE FROM gateway_nodes WHERE gone_at_ms IS NOT NULL AND gone_at_ms < ?");
-        sqlx::query(&sql)
+        let forgotten = sqlx::query(&sql)
             .bind(now_ms - GONE_KEPT_MS)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
         tx.commit().await?;
+        if forgotten > 0 {
+            // Never silently: the only rows that leave are gone nodes past their time.
+            tracing::info!(
+                forgotten,
+                "gateway nodes gone for more than 7 days no longer listed"
+            );
+        }
         Ok(())
     }
 

@@ -50,7 +50,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::chunked::ChunkedScanner;
+use super::end::request_ended;
 use super::head::{self, BodyFraming, Limits, H2_PREFACE};
+use super::load::Load;
 use super::rate::{too_slow, Meter, MinRate};
 use super::refusal::Refusal;
 use crate::settings::HttpSettings;
@@ -69,19 +71,24 @@ pub struct Guard<A> {
     rules: Arc<Rules>,
 }
 
-/// What the guard enforces, from the node's settings.
+/// What the guard enforces, from the node's settings, and where the requests it
+/// answers itself end.
 #[derive(Debug, Clone)]
 struct Rules {
     head_timeout: Duration,
     limits: Limits,
     body_rate: MinRate,
     send_rate: MinRate,
+    /// A head refused before Pingora saw it ends here (`core::end`); every other
+    /// request ends in Pingora's adapter.
+    load: Arc<Load>,
 }
 
 impl<A> Guard<A> {
-    /// Serves connections with `inner` under the node's limits and timeouts. A zero
-    /// `header_read_timeout` cuts every head that needs a second read.
-    pub fn new(inner: A, settings: &HttpSettings) -> Self {
+    /// Serves connections with `inner` under the node's limits and timeouts; the
+    /// heads it refuses are counted in `load`. A zero `header_read_timeout` cuts every
+    /// head that needs a second read.
+    pub fn new(inner: A, settings: &HttpSettings, load: Arc<Load>) -> Self {
         Self {
             inner: Arc::new(inner),
             rules: Arc::new(Rules {
@@ -89,6 +96,7 @@ impl<A> Guard<A> {
                 limits: Limits::of(settings),
                 body_rate: settings.body_rate,
                 send_rate: settings.send_rate,
+                load,
             }),
         }
     }
@@ -290,6 +298,9 @@ struct GuardStream {
     upgrade: bool,
     /// TLS chose h2 (no HTTP/1 can follow).
     alpn_h2: bool,
+    /// A head was admitted into `out` by the bytes being checked now (`out` is empty
+    /// when a check starts): the engine has not read it yet.
+    head_queued: bool,
     /// Where reads from the socket land before they are checked.
     scratch: Vec<u8>,
 }
@@ -316,6 +327,7 @@ impl GuardStream {
             unchecked: false,
             upgrade: false,
             alpn_h2,
+            head_queued: false,
             scratch: Vec::new(),
         };
         if alpn_h2 {
@@ -425,6 +437,7 @@ impl GuardStream {
         };
         self.deadline = None;
         self.out.extend_from_slice(&self.held);
+        self.head_queued = true;
         self.held.clear();
         self.upgrade = upgrade;
         self.body_meter = Some(self.rules.body_rate.meter());
@@ -486,6 +499,14 @@ impl GuardStream {
     }
 
     fn refuse(&mut self, refusal: Option<Refusal>) {
+        // A head refused, or one refused with its body before Pingora read it, never
+        // reached Pingora: its request ends here. A body refused once Pingora has its
+        // head belongs to a request Pingora is serving, which ends there.
+        let unseen =
+            matches!(self.state, State::Idle | State::Head | State::H2) || self.head_queued;
+        if let (true, Some(refusal)) = (unseen, &refusal) {
+            request_ended(&self.rules.load, refusal.status(), None);
+        }
         self.state = State::Refused;
         self.deadline = None;
         self.read_timer = None;
@@ -594,6 +615,7 @@ impl AsyncRead for GuardStream {
             }
             if !this.raw.is_empty() {
                 let raw = std::mem::take(&mut this.raw);
+                this.head_queued = false;
                 if let Err(refusal) = this.process(&raw) {
                     this.refuse(refusal);
                 }

@@ -16,12 +16,16 @@
 //!                          X-Forwarded-For, Host by pass_host
 //! errors      refusal.rs   one JSON body and one set of codes for every error
 //! plugins     phase.rs     the phases a plugin acts in, run by both engines
+//! the end     end.rs       every request's end: counted (load.rs), log phase
+//!             load.rs      requests and 5xx over the last minute, connections open
 //! ```
 
 pub mod chunked;
+pub mod end;
 pub mod guard;
 pub mod head;
 pub mod headers;
+pub mod load;
 pub mod phase;
 pub mod rate;
 pub mod refusal;

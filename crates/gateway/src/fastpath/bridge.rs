@@ -30,8 +30,9 @@ use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::sync::OnceCell;
 
-use super::h2::{send_all, send_refusal, Gone};
+use super::h2::{refuse_stream, send_all, send_refusal, Gone};
 use crate::core::guard::Guard;
+use crate::core::load::Load;
 use crate::core::rate::{too_slow, MinRate};
 use crate::core::refusal::Refusal;
 
@@ -47,6 +48,8 @@ const PINGORA_PACE: MinRate = MinRate {
 /// One client connection's way to Pingora, opened on first use.
 pub(super) struct Bridge<'a, A> {
     guard: &'a Arc<Guard<A>>,
+    /// Where a stream that never reached Pingora is counted (Pingora counts the rest).
+    load: &'a Load,
     shutdown: &'a ShutdownWatch,
     /// The client connection's socket and TLS session, as Pingora is to see them.
     socket: Option<Arc<SocketDigest>>,
@@ -63,6 +66,7 @@ where
 {
     pub(super) fn new(
         guard: &'a Arc<Guard<A>>,
+        load: &'a Load,
         shutdown: &'a ShutdownWatch,
         socket: Option<Arc<SocketDigest>>,
         ssl: Option<Arc<SslDigest>>,
@@ -71,6 +75,7 @@ where
     ) -> Self {
         Self {
             guard,
+            load,
             shutdown,
             socket,
             ssl,
@@ -114,17 +119,18 @@ where
             .clone()
     }
 
-    /// Relays one stream through Pingora.
+    /// Relays one stream through Pingora, which ends it in the core (`core::end`);
+    /// a stream refused before Pingora got it is ended here.
     pub(super) async fn forward(
         &self,
         request: http::Request<RecvStream>,
         mut respond: SendResponse<Bytes>,
     ) {
         let Some(send) = self.connection().await else {
-            return send_refusal(&mut respond, &Refusal::Internal);
+            return refuse_stream(self.load, &mut respond, &Refusal::Internal);
         };
         let Ok(mut send) = send.ready().await else {
-            return send_refusal(&mut respond, &Refusal::Internal);
+            return refuse_stream(self.load, &mut respond, &Refusal::Internal);
         };
         let (mut parts, recv) = request.into_parts();
         if parts.uri.scheme().is_none() || parts.uri.authority().is_none() {
@@ -147,14 +153,14 @@ where
             uri.authority = authority.parse().ok();
             match http::Uri::from_parts(uri) {
                 Ok(uri) => parts.uri = uri,
-                Err(_) => return send_refusal(&mut respond, &Refusal::BadRequest),
+                Err(_) => return refuse_stream(self.load, &mut respond, &Refusal::BadRequest),
             }
         }
         parts.headers.remove(http::header::HOST);
         let end = recv.is_end_stream();
         let Ok((response, body)) = send.send_request(http::Request::from_parts(parts, ()), end)
         else {
-            return send_refusal(&mut respond, &Refusal::Internal);
+            return refuse_stream(self.load, &mut respond, &Refusal::Internal);
         };
         let upstream = async {
             if !end {
@@ -163,6 +169,7 @@ where
         };
         let downstream = async {
             let Ok(response) = response.await else {
+                // Pingora had the request: its adapter ends it (core::end), not this.
                 return send_refusal(&mut respond, &Refusal::BadGateway);
             };
             let (parts, recv) = response.into_parts();

@@ -38,8 +38,10 @@ use super::upstream::{
 use super::{FastPath, LogPhase, Peer};
 use crate::balancer::{HashInput, UpstreamPool};
 use crate::core::chunked::ChunkedScanner;
+use crate::core::end::request_ended;
 use crate::core::head::{self, Limits, MAX_HEADERS};
 use crate::core::headers::{append_forwarded_for, forwarded};
+use crate::core::load::Load;
 use crate::core::phase::{PhaseCtx, RequestView, NO_SCOPE};
 use crate::core::rate::{too_slow, Meter};
 use crate::core::refusal::Refusal;
@@ -69,6 +71,7 @@ where
     ) -> Option<Stream> {
         let bridge = Bridge::new(
             &self.fallback,
+            &self.load,
             shutdown,
             stream.get_socket_digest(),
             stream.get_ssl_digest(),
@@ -154,7 +157,7 @@ where
         );
         let host = match checked {
             Ok(host) => host,
-            Err(refusal) => return send_refusal(&mut respond, &refusal),
+            Err(refusal) => return refuse_stream(&self.load, &mut respond, &refusal),
         };
         let config = self.config.load();
         let incoming = Incoming {
@@ -168,7 +171,7 @@ where
         };
         let routed = match find_route(&config, &self.settings, &incoming) {
             Ok(routed) => routed,
-            Err(refusal) => return send_refusal(&mut respond, &refusal),
+            Err(refusal) => return refuse_stream(&self.load, &mut respond, &refusal),
         };
         let pool = routed.upstream.clone();
         if pool.scheme != Scheme::Http || routed.plugins.pingora_only() {
@@ -180,7 +183,13 @@ where
         }
         let chain = &*routed.plugins;
         // The log phase runs when `log` drops, however the stream ends.
-        let mut log = LogPhase::new(&routed.route, chain, PhaseCtx::default(), routed.client_ip);
+        let mut log = LogPhase::new(
+            &self.load,
+            &routed.route,
+            chain,
+            PhaseCtx::default(),
+            routed.client_ip,
+        );
         if let Err(refusal) = run_access(&config, &routed, &incoming, &mut log.phase).await {
             log.status = refusal.status();
             return send_refusal(&mut respond, &refusal);
@@ -360,6 +369,14 @@ fn push_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Answers a stream no log phase will end (refused before it was routed, or before
+/// the bridge got it to Pingora) with the core's error response, and ends it in the
+/// core.
+pub(super) fn refuse_stream(load: &Load, respond: &mut SendResponse<Bytes>, refusal: &Refusal) {
+    send_refusal(respond, refusal);
+    request_ended(load, refusal.status(), None);
 }
 
 /// Answers a stream with the core's error response.

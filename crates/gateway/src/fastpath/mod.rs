@@ -47,10 +47,12 @@ use self::upstream::{
 };
 use crate::balancer::{HashInput, UpstreamPool};
 use crate::core::chunked::ChunkedScanner;
+use crate::core::end::{request_ended, Logged};
 use crate::core::guard::Guard;
 use crate::core::head::{self, BodyFraming, Head, Limits, TargetForm, H2_PREFACE};
 use crate::core::headers::{append_forwarded_for, forwarded, nominated};
-use crate::core::phase::{Chain, HeaderEdits, LogRecord, PhaseCtx, RequestView, NO_SCOPE};
+use crate::core::load::Load;
+use crate::core::phase::{Chain, HeaderEdits, PhaseCtx, RequestView, NO_SCOPE};
 use crate::core::rate::{too_slow, Meter};
 use crate::core::refusal::Refusal;
 use crate::core::retry::replay_is_safe;
@@ -69,6 +71,8 @@ pub struct FastPath<A> {
     fallback: Arc<Guard<A>>,
     config: Arc<ArcSwap<RuntimeConfig>>,
     in_flight: Arc<InFlight>,
+    /// Where every request this engine serves is counted when it ends (`core::end`).
+    load: Arc<Load>,
     settings: Arc<HttpSettings>,
     idle: IdleConnections,
 }
@@ -78,12 +82,14 @@ impl<A> FastPath<A> {
         fallback: Guard<A>,
         config: Arc<ArcSwap<RuntimeConfig>>,
         in_flight: Arc<InFlight>,
+        load: Arc<Load>,
         settings: Arc<HttpSettings>,
     ) -> Self {
         Self {
             fallback: Arc::new(fallback),
             config,
             in_flight,
+            load,
             settings,
             idle: IdleConnections::default(),
         }
@@ -236,7 +242,9 @@ where
                     Ok(None) => {}
                     Err(refusal) => {
                         let mut meter = self.settings.send_rate.meter();
-                        return reply_refusal(stream, &refusal, &mut meter).await;
+                        let step = reply_refusal(stream, &refusal, &mut meter).await;
+                        request_ended(&self.load, refusal.status(), None);
+                        return step;
                     }
                 }
             }
@@ -346,7 +354,13 @@ where
         let used = head_len + body_in_buf;
         let chain = &*routed.plugins;
         // The log phase runs when `log` drops, however the request ends.
-        let mut log = LogPhase::new(&routed.route, chain, PhaseCtx::default(), routed.client_ip);
+        let mut log = LogPhase::new(
+            &self.load,
+            &routed.route,
+            chain,
+            PhaseCtx::default(),
+            routed.client_ip,
+        );
         if let Err(refusal) = run_access(&config, &routed, &incoming, &mut log.phase).await {
             // Answered here (the access phase ran; it must not run again on Pingora's
             // path). The connection stays when the request was read whole.
@@ -497,8 +511,10 @@ enum RelayError {
     Upstream(Failure),
 }
 
-/// Runs the route's log phase once the request ends, however it ends.
+/// Ends the request in the core (`core::end`: counted, the route's log phase) once
+/// it ends, however it ends.
 pub(super) struct LogPhase<'a> {
+    load: &'a Load,
     route: &'a CompiledRoute,
     chain: &'a Chain,
     pub phase: PhaseCtx,
@@ -513,12 +529,14 @@ pub(super) struct LogPhase<'a> {
 
 impl<'a> LogPhase<'a> {
     pub(super) fn new(
+        load: &'a Load,
         route: &'a CompiledRoute,
         chain: &'a Chain,
         phase: PhaseCtx,
         client_ip: Option<IpAddr>,
     ) -> Self {
         Self {
+            load,
             route,
             chain,
             phase,
@@ -533,20 +551,15 @@ impl<'a> LogPhase<'a> {
 
 impl Drop for LogPhase<'_> {
     fn drop(&mut self) {
-        let Some(started) = self.started else {
-            return;
-        };
-        self.chain.log(
-            &LogRecord {
-                route_id: &self.route.route.id,
-                service_id: None,
-                upstream: self.upstream,
-                status: self.status,
-                duration: started.elapsed(),
-                client_ip: self.client_ip,
-            },
-            &self.phase,
-        );
+        let logged = self.started.map(|started| Logged {
+            chain: self.chain,
+            phase: &self.phase,
+            route_id: &self.route.route.id,
+            upstream: self.upstream,
+            duration: started.elapsed(),
+            client_ip: self.client_ip,
+        });
+        request_ended(self.load, self.status, logged);
     }
 }
 

@@ -18,6 +18,11 @@ pub const INSTANCE: &str = "instance_a";
 /// Set: nodes serve every request through Pingora's proxy (no fast path).
 pub const PINGORA_ONLY: &str = "PORTICO_TEST_PINGORA_ONLY";
 
+/// Requests a node has served when [`Node::start_on_with`] hands it over: its
+/// start-up probe (`GET /`, a 404 until a route serves `/`). The node counts it in
+/// its load like any request.
+pub const START_PROBES: u64 = 1;
+
 /// How a test node is set up beyond the defaults.
 #[derive(Default)]
 pub struct Options {
@@ -150,6 +155,7 @@ impl Node {
             if let Some(addr) = tls_listen {
                 testkit::wait_for_tcp(&addr.to_string(), Duration::from_secs(10)).await;
             }
+            // The start-up probe (START_PROBES), on a client dropped after it.
             let answered = reqwest::Client::new()
                 .get(format!("http://{reach}/"))
                 .timeout(Duration::from_secs(5))

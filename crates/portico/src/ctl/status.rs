@@ -1,7 +1,9 @@
 //! Where things stand: the admin process (who reconciles), the instances (online or
 //! missing, the revision the admin holds and the one the store serves) and an
 //! instance's gateway nodes (whether each serves its config or is unbound, the revision
-//! it serves, where its config came from); and the API's OpenAPI document.
+//! it serves, where its config came from, its load, the objects it skips, the
+//! upstream nodes it sees down; the nodes gone, with when); and the API's OpenAPI
+//! document.
 
 use serde_json::Value;
 
@@ -145,6 +147,26 @@ pub async fn nodes(session: &Session, target: &Target, output: OutputArgs) -> Re
             cell: |v| text(&v["config_source"]),
         },
         Column {
+            header: "REQ/S",
+            cell: |v| per_second(&v["requests_per_second"]),
+        },
+        Column {
+            header: "5XX",
+            cell: |v| share(&v["error_rate"]),
+        },
+        Column {
+            header: "CONNS",
+            cell: |v| text(&v["load"]["connections"]),
+        },
+        Column {
+            header: "IN_FLIGHT",
+            cell: |v| text(&v["load"]["in_flight"]),
+        },
+        Column {
+            header: "SKIPPED",
+            cell: |v| count(&v["skipped"]),
+        },
+        Column {
             header: "UNHEALTHY_UPSTREAM_NODES",
             cell: unhealthy,
         },
@@ -154,12 +176,98 @@ pub async fn nodes(session: &Session, target: &Target, output: OutputArgs) -> Re
         },
     ];
     print!("{}", output::table(&columns, output::items(&answer.body)));
+    let gone = answer.body["gone"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if !gone.is_empty() {
+        let columns = [
+            Column {
+                header: "GONE_NODE",
+                cell: |v| text(&v["node_id"]),
+            },
+            Column {
+                header: "ADDRESS",
+                cell: |v| text(&v["address"]),
+            },
+            Column {
+                header: "LAST_SEEN",
+                cell: |v| time_ms(&v["last_seen_ms"]),
+            },
+            Column {
+                header: "GONE_AT",
+                cell: |v| time_ms(&v["gone_at_ms"]),
+            },
+        ];
+        print!("\n{}", output::table(&columns, gone));
+    }
     let convergence = session
         .client
         .get(&format!("{}/convergence", target.path()), &target.query())
         .await?;
-    println!("{}", reached(&convergence.body));
+    print!("{}", summary(&convergence.body));
     Ok(())
+}
+
+/// After the tables: the latest revision's reach, the instance's load, and each
+/// object a node skips, with why.
+fn summary(convergence: &Value) -> String {
+    let mut out = format!("{}\n{}\n", reached(convergence), instance_load(convergence));
+    for node in convergence["skipped"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        for object in node["objects"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            out.push_str(&format!(
+                "{} skips {}: {}\n",
+                text(&node["node_id"]),
+                text(&object["key"]),
+                text(&object["reason"])
+            ));
+        }
+    }
+    out
+}
+
+/// One line on the instance's load: its online nodes' requests per second and 5xx
+/// share over the last minute, and their connections now.
+fn instance_load(convergence: &Value) -> String {
+    let load = &convergence["load"];
+    format!(
+        "load: {} req/s, {} 5xx, {} connections ({} of {} nodes reporting)",
+        per_second(&load["requests_per_second"]),
+        share(&load["error_rate"]),
+        text(&load["connections"]),
+        text(&load["nodes_reporting"]),
+        text(&convergence["nodes"]),
+    )
+}
+
+/// Requests per second with two decimals; `-` when unknown.
+fn per_second(value: &Value) -> String {
+    value
+        .as_f64()
+        .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"))
+}
+
+/// A share (0 to 1) as a percentage with one decimal; `-` when unknown (no request).
+fn share(value: &Value) -> String {
+    value
+        .as_f64()
+        .map_or_else(|| "-".to_owned(), |r| format!("{:.1}%", r * 100.0))
+}
+
+/// The length of a list; `-` for none.
+fn count(value: &Value) -> String {
+    match value.as_array().map(Vec::len) {
+        Some(n) if n > 0 => n.to_string(),
+        _ => "-".to_owned(),
+    }
 }
 
 /// One line on the instance's latest revision: on how many of its nodes, and how long
@@ -239,6 +347,33 @@ fn unhealthy(node: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_load_columns_and_the_instance_summary() {
+        let node = json!({"node_id": "n1", "requests_per_second": 0.6666666666666666,
+            "error_rate": 0.25, "load": {"requests": 40, "errors": 10, "connections": 3,
+            "in_flight": 0}, "skipped": [{"key": "k", "reason": "r"}]});
+        assert_eq!(per_second(&node["requests_per_second"]), "0.67");
+        assert_eq!(share(&node["error_rate"]), "25.0%");
+        assert_eq!(count(&node["skipped"]), "1");
+        // A node that reports no load, or served nothing: dashes, not zeros.
+        let old = json!({"node_id": "n2"});
+        assert_eq!(per_second(&old["requests_per_second"]), "-");
+        assert_eq!(share(&old["error_rate"]), "-");
+        assert_eq!(count(&old["skipped"]), "-");
+        let convergence = json!({"revision": 7, "reached": 2, "nodes": 2,
+            "load": {"nodes_reporting": 1, "requests_per_second": 0.6666666666666666,
+                     "error_rate": 0.25, "requests": 40, "errors": 10,
+                     "connections": 3, "in_flight": 0},
+            "skipped": [{"node_id": "n1", "objects": [
+                {"key": "/portico/instances/i/routes/r9", "reason": "unknown upstream"}]}]});
+        assert_eq!(
+            summary(&convergence),
+            "revision 7 reached 2 of 2 nodes\n\
+             load: 0.67 req/s, 25.0% 5xx, 3 connections (1 of 2 nodes reporting)\n\
+             n1 skips /portico/instances/i/routes/r9: unknown upstream\n"
+        );
+    }
 
     #[test]
     fn an_unbound_node_says_why_it_serves_nothing() {
