@@ -3,14 +3,14 @@
 //! by `lb://service` and by an upstream in registry mode selecting a version, stay
 //! in the pool while they heartbeat, leave it when they stop (after their TTL) or
 //! deregister, are served only in the namespaces they registered into, and stay
-//! served from the last known nodes while the store is down.
+//! served from the last known nodes while the store is down; on etcd and on Redis.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use testkit::spine::{Spine, AGENT_TOKEN};
+use testkit::spine::{Spine, StoreKind, AGENT_TOKEN};
 use testkit::upstream::NamedUpstream;
 
 /// Registers through the agent of cluster `c1` with the agent token (the registry
@@ -85,10 +85,20 @@ fn keep_alive(spine: &Spine, lease: &str) -> tokio::task::JoinHandle<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registered_services_serve_through_the_gateway_until_they_stop_heartbeating() {
+async fn registry_on_etcd() {
+    registered_services_serve_until_they_stop_heartbeating(StoreKind::Etcd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_on_redis() {
+    registered_services_serve_until_they_stop_heartbeating(StoreKind::Redis).await;
+}
+
+async fn registered_services_serve_until_they_stop_heartbeating(kind: StoreKind) {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/admin.db", dir.path().display());
-    let mut spine = Spine::start(env!("CARGO_BIN_EXE_portico").as_ref(), dir.path(), &db).await;
+    let bin = env!("CARGO_BIN_EXE_portico").as_ref();
+    let mut spine = Spine::start_on(kind, bin, dir.path(), &db).await;
     let v1 = NamedUpstream::start("orders-v1").await;
     let v2 = NamedUpstream::start("orders-v2").await;
     let gw = spine.gw_1a[0].clone();
@@ -273,23 +283,31 @@ async fn registered_services_serve_through_the_gateway_until_they_stop_heartbeat
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 
     // The store goes down: the gateway keeps the last known nodes.
-    spine.etcd.stop();
+    spine.store.stop();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         answering(&spine, &gw, "/orders/1", 8).await,
         ["orders-v2".to_owned()].into()
     );
-    spine.etcd.start();
+    spine.store.start();
     heartbeat_v2.abort();
 
-    // Deregistering removes a node at once (once the agent reaches the store again).
-    spine
+    // Deregistering removes a node at once (once the agent reaches the store again;
+    // a Redis without persistence comes back empty, the registration with it).
+    let gone = spine
         .until("v2 deregistered", || async {
             let (status, _) =
                 agent_call(&spine, "DELETE", &format!("/leases/{lease_v2}"), None).await;
-            (status == StatusCode::NO_CONTENT).then_some(())
+            (status == StatusCode::NO_CONTENT || status == StatusCode::NOT_FOUND).then_some(status)
         })
         .await;
+    if kind == StoreKind::Etcd {
+        assert_eq!(
+            gone,
+            StatusCode::NO_CONTENT,
+            "etcd keeps leases across a restart"
+        );
+    }
     spine.all_serve(&[&gw], "/orders/1", (502, "")).await;
     spine.all_serve(&[&gw], "/canary/1", (502, "")).await;
     let _ = agent_call(&spine, "DELETE", &format!("/leases/{lease_pay}"), None).await;
