@@ -3,7 +3,8 @@
 //! by `lb://service` and by an upstream in registry mode selecting a version, stay
 //! in the pool while they heartbeat, leave it when they stop (after their TTL) or
 //! deregister, are served only in the namespaces they registered into, and stay
-//! served from the last known nodes while the store is down; on etcd and on Redis.
+//! served from the last known nodes while the store is down; one service name in two
+//! namespaces is served by each namespace's own nodes; on etcd and on Redis.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -225,6 +226,8 @@ async fn registered_services_serve_until_they_stop_heartbeating(kind: StoreKind)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
+    same_service_in_two_namespaces(&spine).await;
+
     // v1 stops heartbeating: gone from the pool once its TTL (5 s) has passed.
     heartbeat_v1.abort();
     let stopped = Instant::now();
@@ -311,4 +314,62 @@ async fn registered_services_serve_until_they_stop_heartbeating(kind: StoreKind)
     spine.all_serve(&[&gw], "/orders/1", (502, "")).await;
     spine.all_serve(&[&gw], "/canary/1", (502, "")).await;
     let _ = agent_call(&spine, "DELETE", &format!("/leases/{lease_pay}"), None).await;
+}
+
+/// One service name registered into two namespaces: each instance's `lb://` route is
+/// served by its own namespace's nodes only (instance_b moved into a new namespace).
+async fn same_service_in_two_namespaces(spine: &Spine) {
+    let in_default = NamedUpstream::start("inventory-default").await;
+    let in_team = NamedUpstream::start("inventory-team").await;
+    let (status, created) = spine
+        .admin("POST", "/namespaces", Some(json!({"name": "team"})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let team = created["id"].as_str().unwrap().to_owned();
+    let (status, body) = spine
+        .admin(
+            "PUT",
+            "/clusters/c1/instances/instance_b/namespace",
+            Some(json!({"namespace": team})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let route =
+        json!({"id": "inventory", "paths": ["/inventory/*"], "upstream_id": "lb://inventory"});
+    spine.put("c1", "instance_a", "routes", route.clone()).await;
+    let (status, body) = spine
+        .admin(
+            "PUT",
+            &format!("/clusters/c1/instances/instance_b/routes/inventory?namespace={team}"),
+            Some(route),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    let lease_default = register(
+        spine,
+        "inventory",
+        json!({"host": "127.0.0.1", "port": in_default.port(), "ttl_secs": 30}),
+    )
+    .await;
+    let lease_team = register(
+        spine,
+        "inventory",
+        json!({"host": "127.0.0.1", "port": in_team.port(), "namespaces": team, "ttl_secs": 30}),
+    )
+    .await;
+    until_answering(
+        spine,
+        &spine.gw_1a[0],
+        "/inventory/1",
+        &["inventory-default"],
+    )
+    .await;
+    until_answering(spine, &spine.gw_1b, "/inventory/1", &["inventory-team"]).await;
+    for lease in [lease_default, lease_team] {
+        let (status, _) = agent_call(spine, "DELETE", &format!("/leases/{lease}"), None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    spine
+        .all_serve(&[&spine.gw_1a[0], &spine.gw_1b], "/inventory/1", (502, ""))
+        .await;
 }
