@@ -430,6 +430,14 @@ async fn clusters_show_their_agents_reachability() {
         down["error"].as_str().unwrap().contains("unreachable"),
         "{down}"
     );
+    // What the instance's nodes and convergence answer is as of that contact: they say
+    // so, rather than passing an old report off as current.
+    for path in ["nodes", "convergence"] {
+        let view = admin
+            .get(&format!("/clusters/c1/instances/instance_a/{path}"))
+            .await;
+        assert_eq!(view.body["agent"], down, "{path}: {}", view.body);
+    }
 
     agent.restart(&["instance_a"]).await;
     let answer = admin
@@ -442,6 +450,8 @@ async fn clusters_show_their_agents_reachability() {
     assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
     let back = agent_of(&admin.get("/clusters/c1").await.body);
     assert_eq!(back["state"], "ok", "{back}");
+    let nodes = admin.get("/clusters/c1/instances/instance_a/nodes").await;
+    assert_eq!(nodes.body["agent"]["state"], "ok", "{}", nodes.body);
     assert!(back["last_contact_ms"].as_i64().unwrap() >= contact);
     assert!(back.get("error").is_none());
     admin.stop().await;

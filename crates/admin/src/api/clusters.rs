@@ -236,6 +236,9 @@ pub(crate) struct NodesView {
     items: Vec<NodeView>,
     /// Gone (kept 7 days): when each was first and last seen, and when it went.
     gone: Vec<GoneNode>,
+    /// The cluster's agent: `items` is what it reported at `last_contact_ms`; while
+    /// it is not `ok` they may be stale.
+    agent: AgentContact,
 }
 
 /// An online node: its last heartbeat, and the rates its `load` gives (absent when the
@@ -283,6 +286,7 @@ pub(super) async fn list_nodes(
             .map(NodeView::of)
             .collect(),
         gone: state.db.gone_nodes(&cluster, &instance).await?,
+        agent: state.agent_contact(&cluster),
     }))
 }
 
@@ -312,6 +316,9 @@ pub(crate) struct NodesConvergence {
     /// Upstream nodes some gateway node marked down (by active or passive checks),
     /// with which gateway nodes see them down and why.
     upstream_nodes_down: Vec<UpstreamNodeDown>,
+    /// The cluster's agent: all of the above is as it reported at `last_contact_ms`;
+    /// while it is not `ok` it may be stale.
+    agent: AgentContact,
 }
 
 /// The load of an instance's online nodes together (of those that report one).
@@ -385,7 +392,9 @@ pub(super) async fn convergence(
         .db
         .committed_at_ms(&cluster, &instance, found.revision)
         .await?;
-    Ok(Json(converged(found.revision, committed_at_ms, &nodes)))
+    let mut answer = converged(found.revision, committed_at_ms, &nodes);
+    answer.agent = state.agent_contact(&cluster);
+    Ok(Json(answer))
 }
 
 fn converged(
@@ -430,6 +439,7 @@ fn converged(
             })
             .collect(),
         upstream_nodes_down: upstream_nodes_down(nodes),
+        agent: AgentContact::default(),
     }
 }
 

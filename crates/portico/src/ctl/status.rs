@@ -212,7 +212,23 @@ pub async fn nodes(session: &Session, target: &Target, output: OutputArgs) -> Re
 /// After the tables: the latest revision's reach, the instance's load, and each
 /// object a node skips, with why.
 fn summary(convergence: &Value) -> String {
-    let mut out = format!("{}\n{}\n", reached(convergence), instance_load(convergence));
+    let mut out = String::new();
+    let agent = &convergence["agent"];
+    // Everything below is the agent's last report: say when it is not current.
+    if agent["state"].is_string() && agent["state"] != "ok" {
+        out.push_str(&format!(
+            "agent {} since {} ({}): nodes as last reported at {}\n",
+            text(&agent["state"]),
+            time_ms(&agent["since_ms"]),
+            text(&agent["error"]),
+            time_ms(&agent["last_contact_ms"]),
+        ));
+    }
+    out.push_str(&format!(
+        "{}\n{}\n",
+        reached(convergence),
+        instance_load(convergence)
+    ));
     for node in convergence["skipped"]
         .as_array()
         .map(Vec::as_slice)
@@ -372,6 +388,27 @@ mod tests {
             "revision 7 reached 2 of 2 nodes\n\
              load: 0.67 req/s, 25.0% 5xx, 3 connections (1 of 2 nodes reporting)\n\
              n1 skips /portico/instances/i/routes/r9: unknown upstream\n"
+        );
+    }
+
+    #[test]
+    fn a_stale_report_is_said_to_be_one() {
+        let convergence = json!({"revision": 7, "reached": 2, "nodes": 2,
+            "agent": {"state": "unreachable", "since_ms": 1_000, "last_contact_ms": 900,
+                      "error": "agent unreachable: connection refused"}});
+        let out = summary(&convergence);
+        assert!(
+            out.starts_with("agent unreachable since ")
+                && out.contains(
+                    "(agent unreachable: connection refused): nodes as last reported at "
+                ),
+            "{out}"
+        );
+        let fresh = json!({"revision": 7, "reached": 2, "nodes": 2, "agent": {"state": "ok"}});
+        assert!(
+            summary(&fresh).starts_with("revision 7"),
+            "{}",
+            summary(&fresh)
         );
     }
 
