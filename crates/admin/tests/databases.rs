@@ -179,19 +179,6 @@ async fn convergence_flow(url: &str) {
                 .unwrap();
         }
     };
-    let history = "/clusters/c1/instances/instance_a/convergence/history";
-    let converged = |admin: &TestAdmin, last: usize| {
-        let path = format!("{history}?last={last}");
-        async move {
-            common::wait_until("every revision converged", || async {
-                let body = admin.get(&path).await.body;
-                let items = body["items"].as_array()?;
-                (items.len() == last && items.iter().all(|i| i["converged"] == true))
-                    .then_some(body)
-            })
-            .await
-        }
-    };
     let admin = TestAdmin::start(url, Duration::from_millis(100)).await;
     admin.register("c1", &agent, &["instance_a"]).await;
     beat(0).await;
@@ -216,7 +203,7 @@ async fn convergence_flow(url: &str) {
         assert_eq!(answer.status.as_u16(), 201, "{}", answer.body);
     }
     beat(3).await;
-    let body = converged(&admin, 3).await;
+    let body = all_converged(&admin, 3).await;
     for (item, revision) in body["items"].as_array().unwrap().iter().zip([3, 2, 1]) {
         assert_eq!(item["revision"], revision, "{body}");
         assert_eq!(
@@ -239,10 +226,21 @@ async fn convergence_flow(url: &str) {
         .await;
     assert_eq!(answer.status.as_u16(), 201, "{}", answer.body);
     beat(4).await;
-    let body = converged(&admin, 4).await;
+    let body = all_converged(&admin, 4).await;
     assert_eq!(body["items"][0]["revision"], 4, "{body}");
     assert_eq!(body["summary"]["count"], 4, "{body}");
     admin.stop().await;
+}
+
+/// The convergence history of the last `last` revisions once all of them converged.
+async fn all_converged(admin: &TestAdmin, last: usize) -> serde_json::Value {
+    let path = format!("/clusters/c1/instances/instance_a/convergence/history?last={last}");
+    common::wait_until("every revision converged", || async {
+        let body = admin.get(&path).await.body;
+        let items = body["items"].as_array()?;
+        (items.len() == last && items.iter().all(|i| i["converged"] == true)).then_some(body)
+    })
+    .await
 }
 
 async fn run_flow(url: &str) {
