@@ -308,17 +308,34 @@ async fn poll_cluster(state: &AppState, record: &AgentRecord) {
         let same = previous
             .as_deref()
             .is_some_and(|previous| node_ids(previous) == node_ids(nodes));
-        if same {
+        if !same {
+            if let Err(e) = state
+                .db
+                .record_nodes(
+                    &cluster.name,
+                    instance,
+                    nodes,
+                    previous.as_deref().unwrap_or_default(),
+                    now_ms,
+                )
+                .await
+            {
+                tracing::warn!(cluster = %cluster.name, instance, error = %e,
+                    "cannot record the instance's nodes");
+            }
+        }
+        // Likewise a node's revision is written only when it moved since the last poll.
+        let moved = moved_nodes(nodes, previous.as_deref());
+        if moved.is_empty() {
             continue;
         }
-        let previous = previous.as_deref().unwrap_or_default();
         if let Err(e) = state
             .db
-            .record_nodes(&cluster.name, instance, nodes, previous, now_ms)
+            .record_node_revisions(&cluster.name, instance, &moved, now_ms)
             .await
         {
             tracing::warn!(cluster = %cluster.name, instance, error = %e,
-                "cannot record the instance's nodes");
+                "cannot record the revisions the instance's nodes report");
         }
     }
     for instance in &reported {
@@ -378,6 +395,27 @@ fn node_ids(nodes: &[model::cluster::NodeHeartbeat]) -> Vec<&str> {
     let mut ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
     ids.sort_unstable();
     ids
+}
+
+/// The nodes whose applied revision is not the one they reported at the poll before
+/// (all of them when `previous` is unknown: this admin's first poll), so the first
+/// report of each revision is recorded once. Revision 0 (nothing applied yet) is no
+/// report; ids too long for the table are left out, as `record_nodes` does.
+fn moved_nodes<'a>(
+    nodes: &'a [model::cluster::NodeHeartbeat],
+    previous: Option<&[model::cluster::NodeHeartbeat]>,
+) -> Vec<&'a model::cluster::NodeHeartbeat> {
+    nodes
+        .iter()
+        .filter(|n| n.applied_revision.0 > 0 && n.node_id.len() <= 128)
+        .filter(|n| {
+            previous.is_none_or(|previous| {
+                !previous
+                    .iter()
+                    .any(|p| p.node_id == n.node_id && p.applied_revision == n.applied_revision)
+            })
+        })
+        .collect()
 }
 
 /// Pushes the instance's binding when its store holds another (`held`, as its agent
@@ -542,5 +580,43 @@ async fn record_applied(state: &AppState, cluster: &str, instance: &str, revisio
         .await
     {
         tracing::warn!(cluster, instance, error = %e, "cannot record the applied revision");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::cluster::{ConfigSource, NodeHeartbeat};
+
+    fn node(id: &str, revision: u64) -> NodeHeartbeat {
+        NodeHeartbeat {
+            node_id: id.into(),
+            address: "127.0.0.1:9080".into(),
+            applied_revision: Revision(revision),
+            applied_at_ms: 1,
+            updated_at_ms: 1,
+            config_source: ConfigSource::Store,
+            upstreams: Vec::new(),
+            skipped: Vec::new(),
+            redis_fallbacks: 0,
+            unbound: None,
+            load: None,
+        }
+    }
+
+    fn ids(moved: &[&NodeHeartbeat]) -> Vec<String> {
+        moved.iter().map(|n| n.node_id.clone()).collect()
+    }
+
+    #[test]
+    fn only_nodes_whose_revision_moved_are_written() {
+        let before = [node("a", 3), node("b", 3), node("c", 2)];
+        // a unchanged, b moved on, c went, d is new, e has applied nothing yet.
+        let now = [node("a", 3), node("b", 4), node("d", 4), node("e", 0)];
+        assert_eq!(ids(&moved_nodes(&now, Some(&before))), ["b", "d"]);
+        // Nothing moved: nothing to write.
+        assert!(moved_nodes(&before, Some(&before)).is_empty());
+        // The first poll of this admin checks every node that applied something.
+        assert_eq!(ids(&moved_nodes(&now, None)), ["a", "b", "d"]);
     }
 }

@@ -126,6 +126,123 @@ async fn failover_flow(url: &str) {
     other.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convergence_history_on_postgres() {
+    let db = TempDatabase::create(Server::Postgres).await;
+    convergence_flow(&db.url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convergence_history_on_mysql() {
+    let db = TempDatabase::create(Server::MySql).await;
+    convergence_flow(&db.url).await;
+}
+
+/// The nodes' first reports of revisions (`node_revisions`) written and read back on
+/// this database: a node's heartbeat, written into the agent's store by the test,
+/// jumps from nothing to revision 3, which reaches 1, 2 and 3; a restarted admin
+/// finds the reports and adds the next one.
+async fn convergence_flow(url: &str) {
+    use serde_json::json;
+    use store::{ConfigStore, Op, Txn};
+    let agent = TestAgent::start(&["instance_a"]).await;
+    let beat = |revision: u64| {
+        let (store, key) = (agent.store.clone(), agent.keyspace.node("instance_a", "n1"));
+        async move {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            let heartbeat = model::cluster::NodeHeartbeat {
+                node_id: "n1".into(),
+                address: "127.0.0.1:9080".into(),
+                applied_revision: model::snapshot::Revision(revision),
+                applied_at_ms: now,
+                updated_at_ms: now,
+                config_source: model::cluster::ConfigSource::Store,
+                upstreams: vec![],
+                skipped: vec![],
+                redis_fallbacks: 0,
+                unbound: None,
+                load: None,
+            };
+            store
+                .txn(Txn {
+                    compares: vec![],
+                    ops: vec![Op::Put {
+                        key,
+                        value: serde_json::to_vec(&heartbeat).unwrap(),
+                        lease: None,
+                    }],
+                })
+                .await
+                .unwrap();
+        }
+    };
+    let admin = TestAdmin::start(url, Duration::from_millis(100)).await;
+    admin.register("c1", &agent, &["instance_a"]).await;
+    beat(0).await;
+    common::wait_until("n1 online", || async {
+        let body = admin
+            .get("/clusters/c1/instances/instance_a/nodes")
+            .await
+            .body;
+        (body["items"][0]["node_id"] == "n1").then_some(())
+    })
+    .await;
+    let a = "/clusters/c1/instances/instance_a";
+    for (kind, body) in [
+        ("upstreams", common::upstream("u", 9)),
+        ("routes", common::route("r1", "u")),
+        (
+            "routes",
+            json!({"id": "r2", "paths": ["/r2/*"], "upstream_id": "u"}),
+        ),
+    ] {
+        let answer = admin.send("POST", &format!("{a}/{kind}"), body).await;
+        assert_eq!(answer.status.as_u16(), 201, "{}", answer.body);
+    }
+    beat(3).await;
+    let body = all_converged(&admin, 3).await;
+    for (item, revision) in body["items"].as_array().unwrap().iter().zip([3, 2, 1]) {
+        assert_eq!(item["revision"], revision, "{body}");
+        assert_eq!(
+            (&item["expected"], &item["reached"]),
+            (&json!(1), &json!(1)),
+            "{body}"
+        );
+        assert!(item["took_ms"].as_i64().unwrap() >= 0, "{body}");
+    }
+    assert_eq!(body["summary"]["count"], 3, "{body}");
+    admin.stop().await;
+
+    let admin = TestAdmin::start(url, Duration::from_millis(100)).await;
+    let answer = admin
+        .send(
+            "POST",
+            &format!("{a}/routes"),
+            json!({"id": "r3", "paths": ["/r3/*"], "upstream_id": "u"}),
+        )
+        .await;
+    assert_eq!(answer.status.as_u16(), 201, "{}", answer.body);
+    beat(4).await;
+    let body = all_converged(&admin, 4).await;
+    assert_eq!(body["items"][0]["revision"], 4, "{body}");
+    assert_eq!(body["summary"]["count"], 4, "{body}");
+    admin.stop().await;
+}
+
+/// The convergence history of the last `last` revisions once all of them converged.
+async fn all_converged(admin: &TestAdmin, last: usize) -> serde_json::Value {
+    let path = format!("/clusters/c1/instances/instance_a/convergence/history?last={last}");
+    common::wait_until("every revision converged", || async {
+        let body = admin.get(&path).await.body;
+        let items = body["items"].as_array()?;
+        (items.len() == last && items.iter().all(|i| i["converged"] == true)).then_some(body)
+    })
+    .await
+}
+
 async fn run_flow(url: &str) {
     let admin = TestAdmin::start(url, Duration::from_secs(3600)).await;
     let agent = TestAgent::start(&["instance_a"]).await;

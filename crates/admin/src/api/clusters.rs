@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,6 +17,7 @@ use model::cluster::{
 
 use super::{parse_json, ApiPath, Items, NamespaceQuery, Scope};
 use crate::auth::Principal;
+use crate::convergence::ConvergenceHistory;
 use crate::db;
 use crate::db::{ChangeEntry, GoneNode};
 use crate::error::ApiError;
@@ -397,6 +398,64 @@ pub(super) async fn convergence(
     Ok(Json(answer))
 }
 
+/// How many revisions the convergence history answers by default, and at most.
+const HISTORY_DEFAULT: u32 = 20;
+const HISTORY_MAX: u32 = 200;
+
+/// The query of `GET …/convergence/history`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct HistoryQuery {
+    /// How many of the latest revisions (default 20, 1 to 200).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
+    last: Option<String>,
+}
+
+/// `GET …/convergence/history?last=N`: each of the instance's last N revisions —
+/// the nodes it had to reach (online at its commit), those it reached, and the time
+/// from its commit to the last of them — and the nearest-rank p50, p99 and max of
+/// those times over the converged ones (the rule: `crate::convergence`).
+#[utoipa::path(get, path = "/clusters/{cluster}/instances/{instance}/convergence/history", tag = "instances",
+    params(
+        super::InstancePath,
+        HistoryQuery,
+        NamespaceQuery,
+    ),
+    responses((status = 200, description = "the last revisions' convergence, newest first", body = ConvergenceHistory)))]
+pub(super) async fn convergence_history(
+    State(state): State<Arc<AppState>>,
+    scope: Scope,
+    ApiPath((cluster, instance)): ApiPath<(String, String)>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<ConvergenceHistory>, ApiError> {
+    let last = history_length(super::revisions::query(q)?.last.as_deref())?;
+    let found = scope.instance(&state, &cluster, &instance).await?;
+    let inputs = state
+        .db
+        .convergence_inputs(&cluster, &instance, last)
+        .await?;
+    Ok(Json(crate::convergence::history(found.revision, &inputs)))
+}
+
+/// `last` as asked: not a whole number is 400, out of range 422, both naming it.
+fn history_length(last: Option<&str>) -> Result<u32, ApiError> {
+    let Some(last) = last else {
+        return Ok(HISTORY_DEFAULT);
+    };
+    let range = format!("must be a whole number from 1 to {HISTORY_MAX}");
+    let n: i64 = last.trim().parse().map_err(|_| ApiError::BadRequest {
+        message: "bad query string: last is not a whole number".into(),
+        details: vec![model::validate::FieldError {
+            field: "last".into(),
+            message: range.clone(),
+        }],
+    })?;
+    match u32::try_from(n) {
+        Ok(n) if (1..=HISTORY_MAX).contains(&n) => Ok(n),
+        _ => Err(ApiError::invalid_field("query", "last", range)),
+    }
+}
+
 fn converged(
     revision: model::snapshot::Revision,
     committed_at_ms: Option<i64>,
@@ -619,6 +678,24 @@ mod tests {
         lost.unbound = Some("namespace gone".into());
         let c = converged(Revision(5), Some(1_000), &[node("a", 5, 1_040), lost]);
         assert_eq!(c.behind[0].unbound.as_deref(), Some("namespace gone"));
+    }
+
+    #[test]
+    fn the_history_length_is_checked() {
+        assert_eq!(history_length(None).unwrap(), 20);
+        assert_eq!(history_length(Some("1")).unwrap(), 1);
+        assert_eq!(history_length(Some("200")).unwrap(), 200);
+        for (last, status) in [
+            ("0", StatusCode::UNPROCESSABLE_ENTITY),
+            ("201", StatusCode::UNPROCESSABLE_ENTITY),
+            ("-3", StatusCode::UNPROCESSABLE_ENTITY),
+            ("99999999999", StatusCode::UNPROCESSABLE_ENTITY),
+            ("ten", StatusCode::BAD_REQUEST),
+            ("", StatusCode::BAD_REQUEST),
+        ] {
+            let answer = history_length(Some(last)).unwrap_err().into_response();
+            assert_eq!(answer.status(), status, "last={last:?}");
+        }
     }
 
     #[test]

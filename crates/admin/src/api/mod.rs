@@ -116,6 +116,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             &format!("{instance}/convergence"),
             get(clusters::convergence),
         )
+        .route(
+            &format!("{instance}/convergence/history"),
+            get(clusters::convergence_history),
+        )
         .route(&format!("{instance}/changes"), get(clusters::list_changes))
         .route(&format!("{instance}/revisions"), get(revisions::list))
         .route(

@@ -57,6 +57,7 @@ use super::{DryRunAnswer, InstancePath, InstanceWriteQuery, NamespaceQuery};
         clusters::set_instance_namespace,
         clusters::list_nodes,
         clusters::convergence,
+        clusters::convergence_history,
         clusters::list_changes,
         namespaces::list,
         namespaces::create,

@@ -123,7 +123,7 @@ impl Convergence {
 }
 
 /// A query string that does not parse: 400 naming why.
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(q)| q).map_err(|e| ApiError::BadRequest {
         message: format!("bad query string: {}", e.body_text()),
         details: Vec::new(),

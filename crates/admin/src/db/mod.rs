@@ -9,6 +9,7 @@
 
 mod audit;
 mod clusters;
+mod convergence;
 mod leases;
 mod namespaces;
 mod nodes;
@@ -30,6 +31,7 @@ use crate::secrets::{Keyring, SecretError};
 
 pub(crate) use audit::{AuditEntry, AuditFilter};
 pub(crate) use clusters::{AgentRecord, InstanceReport};
+pub(crate) use convergence::{ConvergenceInputs, NodeReport, NodeSpan, RevisionCommit};
 pub(crate) use nodes::GoneNode;
 pub(crate) use resources::{Batch, Change, ChangeEntry, Committed, RevisionNote};
 pub(crate) use revisions::{RevisionEntry, MAX_LISTED};

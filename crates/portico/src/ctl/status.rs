@@ -206,7 +206,40 @@ pub async fn nodes(session: &Session, target: &Target, output: OutputArgs) -> Re
         .get(&format!("{}/convergence", target.path()), &target.query())
         .await?;
     print!("{}", summary(&convergence.body));
+    // The spread of the last revisions' times; an admin too old to answer it
+    // (404) leaves the line out rather than failing the command.
+    if let Ok(history) = session
+        .client
+        .get(
+            &format!("{}/convergence/history", target.path()),
+            &target.query(),
+        )
+        .await
+    {
+        println!("{}", convergence_times(&history.body));
+    }
     Ok(())
+}
+
+/// One line on how long the last revisions took to reach every node: nearest-rank
+/// p50, p99 and the longest, over those that converged.
+fn convergence_times(history: &Value) -> String {
+    let listed = history["items"].as_array().map_or(0, Vec::len);
+    let count = history["summary"]["count"].as_u64().unwrap_or_default();
+    if count == 0 {
+        return format!("last {listed} revisions: none reached every node with a known time");
+    }
+    let ms = |v: &Value| {
+        v.as_i64()
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms"))
+    };
+    let summary = &history["summary"];
+    format!(
+        "last {listed} revisions: {count} reached every node, p50 {}, p99 {}, max {}",
+        ms(&summary["p50_ms"]),
+        ms(&summary["p99_ms"]),
+        ms(&summary["max_ms"]),
+    )
 }
 
 /// After the tables: the latest revision's reach, the instance's load, and each
@@ -409,6 +442,21 @@ mod tests {
             summary(&fresh).starts_with("revision 7"),
             "{}",
             summary(&fresh)
+        );
+    }
+
+    #[test]
+    fn the_convergence_times_line() {
+        let history = json!({"revision": 9, "items": [{}, {}, {}],
+            "summary": {"count": 2, "p50_ms": 12, "p99_ms": 40, "max_ms": 40}});
+        assert_eq!(
+            convergence_times(&history),
+            "last 3 revisions: 2 reached every node, p50 12 ms, p99 40 ms, max 40 ms"
+        );
+        let none = json!({"revision": 1, "items": [{}], "summary": {"count": 0}});
+        assert_eq!(
+            convergence_times(&none),
+            "last 1 revisions: none reached every node with a known time"
         );
     }
 
