@@ -210,6 +210,8 @@ async fn propagation(scenario: &str, store: StoreKind, nodes: Vec<usize>, knobs:
     );
     println!("| changes | p50 (ms) | p99 (ms) | max (ms) | routes loaded in (s) |");
     println!("|---|---|---|---|---|");
+    let mut slowest: Vec<(usize, f64)> = samples.iter().copied().enumerate().collect();
+    slowest.sort_by(|a, b| b.1.total_cmp(&a.1));
     let summary = Summary::of(samples);
     println!(
         "| {} | {:.2} | {:.2} | {:.2} | {:.1} |",
@@ -218,6 +220,16 @@ async fn propagation(scenario: &str, store: StoreKind, nodes: Vec<usize>, knobs:
         summary.p99,
         summary.max,
         loaded.as_secs_f64()
+    );
+    // Which changes make the tail: the first after loading, or any.
+    let slowest: Vec<String> = slowest
+        .iter()
+        .take(3)
+        .map(|(i, ms)| format!("#{i} {ms:.1} ms"))
+        .collect();
+    println!(
+        "\nslowest changes (0 = first after loading): {}",
+        slowest.join(", ")
     );
     println!();
 }
