@@ -4,8 +4,11 @@
 #     upstream (an nginx `return 200`), same worker count, same run, measured by wrk;
 #     plus a bare Pingora proxy (crates/gateway/examples/bare_pingora.rs, one worker) to
 #     separate the engine's cost from Portico's;
-#  2. config propagation: admin API call returning -> both gateway nodes serving the
-#     change, p50/p99 over 100 changes (crates/portico/benches/propagation.rs);
+#  2. config propagation: admin API call returning -> every gateway node of the
+#     instance serving the change, p50/p99 over 200 changes with 10k routes, one
+#     cluster and ten, on etcd and on Redis; the service registry: registration ->
+#     traffic, TTL end -> removal (crates/portico/benches/propagation.rs;
+#     ONLY=propagation runs it alone, SCENARIO=… picks scenarios);
 #  3. the gateway with 1, 10k and 100k routes, and 10k routes replaced under load
 #     (crates/portico/benches/dataplane.rs);
 #  4. HTTP/2 (h2c) and TLS (keep-alive, new handshakes) against nginx
@@ -23,6 +26,11 @@ cd "$(dirname "$0")/.."
 [ "${ONLY:-}" = protocols ] && exec bash bench/protocols.sh
 [ "${ONLY:-}" = plugins ] && exec bash bench/plugins.sh
 [ "${ONLY:-}" = admin ] && exec cargo bench -q -p portico --bench admin_writes
+if [ "${ONLY:-}" = propagation ]; then
+  mkdir -p bench/results
+  cargo bench -q -p portico --bench propagation 2>/dev/null | tee bench/results/propagation.md
+  exit "${PIPESTATUS[0]}"
+fi
 
 WORKERS=${WORKERS:-1}          # worker threads of the gateway and worker processes of nginx
 DURATION=${DURATION:-10s}

@@ -1,7 +1,10 @@
-//! Test helpers shared by Portico's crates (dev-only): a real etcd and a real Redis on free ports, child
-//! processes of the `portico` binary, named upstream servers, a whole deployment,
-//! a test certificate authority and synthetic route tables for benchmarks.
+//! Test helpers shared by Portico's crates (dev-only): a real etcd and a real Redis on
+//! free ports, child processes of the `portico` binary, named upstream servers, whole
+//! deployments (the fixed one of the end-to-end tests, `spine`, and one of any shape
+//! for benchmarks, `deployment`), a test certificate authority and synthetic route
+//! tables for benchmarks.
 
+pub mod deployment;
 pub mod etcd;
 pub mod process;
 pub mod redis;

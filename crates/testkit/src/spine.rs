@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use crate::deployment;
 use crate::etcd::EtcdServer;
 use crate::process::Process;
 use crate::redis::RedisServer;
@@ -34,7 +35,8 @@ pub enum StoreServer {
 }
 
 impl StoreServer {
-    fn launch(kind: StoreKind) -> Self {
+    /// Starts a new, empty server of `kind`; waits until it answers.
+    pub fn launch(kind: StoreKind) -> Self {
         match kind {
             StoreKind::Etcd => Self::Etcd(EtcdServer::launch()),
             StoreKind::Redis => Self::Redis(RedisServer::launch()),
@@ -99,79 +101,25 @@ impl Spine {
             NamedUpstream::start("u2").await,
             NamedUpstream::start("u3").await,
         ];
-        let agent_env = |instances: &'static str| {
-            vec![
-                ("PORTICO_INSTANCES", instances),
-                ("PORTICO_AGENT_TOKEN", AGENT_TOKEN),
-            ]
-        };
         let mut agents = Vec::new();
         let mut agent_urls = Vec::new();
         for (i, (prefix, instances)) in [("/c1", "instance_a,instance_b"), ("/c2", "instance_a")]
             .into_iter()
             .enumerate()
         {
-            let listen = format!("127.0.0.1:{}", crate::free_port());
             let store = format!("{}{prefix}", store_server.store_url());
-            agents.push(Process::start(
-                &format!("agent-c{}", i + 1),
-                bin,
-                &["agent", "--listen", &listen, "--store", &store],
-                &agent_env(instances),
-                dir,
-            ));
-            agent_urls.push(format!("http://{listen}"));
+            let (agent, url) =
+                deployment::start_agent(&format!("agent-c{}", i + 1), bin, &store, instances, dir);
+            agents.push(agent);
+            agent_urls.push(url);
         }
-        let admin_listen = format!("127.0.0.1:{}", crate::free_port());
-        let admin = Process::start(
-            "admin",
-            bin,
-            &[
-                "admin",
-                "--listen",
-                &admin_listen,
-                "--database",
-                database,
-                "--poll-interval",
-                "300ms",
-            ],
-            &[
-                ("PORTICO_ADMIN_TOKEN", ADMIN_TOKEN),
-                ("PORTICO_AGENT_TOKEN", AGENT_TOKEN),
-            ],
-            dir,
-        );
+        let (admin, admin_listen) = deployment::start_admin(bin, database, dir);
         let mut gateways = Vec::new();
         let mut gateway = |name: &str, prefix: &str, instance: &str| {
-            let listen = format!("127.0.0.1:{}", crate::free_port());
             let store = format!("{}{prefix}", store_server.store_url());
-            // Each node keeps its own snapshot file, as separate machines would.
-            let snapshot = dir.join(format!("{name}.snapshot.json"));
-            let snapshot = snapshot.to_string_lossy();
-            gateways.push(Process::start(
-                name,
-                bin,
-                &[
-                    "gateway",
-                    "--listen",
-                    &listen,
-                    "--instance",
-                    instance,
-                    "--store",
-                    &store,
-                    "--node-id",
-                    name,
-                    "--heartbeat-interval",
-                    "500ms",
-                    "--threads",
-                    "1",
-                    "--snapshot-file",
-                    &snapshot,
-                ],
-                &[],
-                dir,
-            ));
-            format!("http://{listen}")
+            let (process, url) = deployment::start_gateway(name, bin, &store, instance, dir);
+            gateways.push(process);
+            url
         };
         let gw_1a = [
             gateway("gw-c1-a-1", "/c1", "instance_a"),
