@@ -722,9 +722,15 @@ fn config_history_export_apply_and_route_tests() {
         .ok();
     assert!(run.stdout.contains("instance_b"), "{run:?}");
     let run = a(&["nodes"]).ok();
-    // No gateway node in this test: the header, then the convergence and load lines.
-    let (rest, load) = run.stdout.trim_end().rsplit_once('\n').unwrap();
+    // No gateway node in this test: the header, then the convergence, load and
+    // convergence-times lines.
+    let (rest, times) = run.stdout.trim_end().rsplit_once('\n').unwrap();
+    let (rest, load) = rest.rsplit_once('\n').unwrap();
     let (table, summary) = rest.rsplit_once('\n').unwrap();
+    assert!(
+        times.starts_with("last ") && times.ends_with("none reached every node with a known time"),
+        "{run:?}"
+    );
     assert!(
         summary.starts_with("revision ") && summary.ends_with("reached 0 of 0 nodes"),
         "{run:?}"
