@@ -11,7 +11,7 @@ use std::time::Duration;
 use admin::AdminConfig;
 use axum::http::{header, StatusCode as AxumStatus};
 use axum::response::IntoResponse;
-use common::{certificate, route, upstream, wait_until, RawDb, TestAdmin, TestAgent};
+use common::{certificate, route, upstream, wait_until, RawDb, TestAdmin, TestAgent, TestGateway};
 use model::resource::ResourceKind;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -570,33 +570,9 @@ async fn a_gateways_load_reaches_the_nodes_answer() {
     }
 
     // A gateway node of the instance on the agent's store.
-    let listen: std::net::SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
-        .parse()
-        .unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let node = tokio::spawn(gateway::run(
-        gateway::GatewayConfig {
-            listen,
-            tls_listen: None,
-            client_ca: None,
-            instance: "instance_a".into(),
-            namespace: None,
-            node_id: "gw-1".into(),
-            advertise_address: listen.to_string(),
-            heartbeat_interval: Duration::from_millis(200),
-            http: gateway::HttpSettings::default(),
-            snapshot_file: None,
-            status_listen: None,
-            drain_timeout: Duration::from_secs(5),
-            threads: 1,
-        },
-        agent.store.clone(),
-        agent.keyspace.clone(),
-        stopped,
-    ));
-    // Listening (a connection, not a request), and serving the latest revision,
-    // bound: known from the admin, without a request.
-    testkit::wait_for_tcp(&listen.to_string(), Duration::from_secs(10)).await;
+    let node = TestGateway::start("gw-1", agent.store.clone(), agent.keyspace.clone()).await;
+    let listen = node.listen;
+    // Serving the latest revision, bound: known from the admin, without a request.
     wait_until("the node serves the instance's config", || async {
         let c = admin.get(&format!("{a}/convergence")).await.body;
         (c["converged"] == true && c["behind"] == json!([])).then_some(())
@@ -636,11 +612,6 @@ async fn a_gateways_load_reaches_the_nodes_answer() {
     assert_eq!(load["error_rate"], 0.25, "{convergence}");
     assert_eq!(convergence["skipped"], json!([]), "{convergence}");
 
-    stop.send_replace(true);
-    tokio::time::timeout(Duration::from_secs(15), node)
-        .await
-        .expect("the gateway stops")
-        .unwrap()
-        .unwrap();
+    node.stop().await;
     admin.stop().await;
 }

@@ -7,64 +7,16 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{route, upstream, wait_until, TestAdmin, TestAgent};
+use common::{route, upstream, wait_until, TestAdmin, TestAgent, TestGateway};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use store::keys::Keyspace;
 use store::{
     ConfigStore, KeyValue, LeaseId, Listing, RawWatch, StoreError, StoreRevision, Txn, TxnOutcome,
 };
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 const INSTANCE: &str = "/clusters/c1/instances/instance_a";
-
-/// An in-process gateway node of `instance_a`, stopped by [`Node::stop`].
-struct Node {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Node {
-    async fn start(node_id: &str, store: Arc<dyn ConfigStore>, keyspace: Keyspace) -> Self {
-        let listen: std::net::SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
-            .parse()
-            .unwrap();
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(gateway::run(
-            gateway::GatewayConfig {
-                listen,
-                tls_listen: None,
-                client_ca: None,
-                instance: "instance_a".into(),
-                namespace: None,
-                node_id: node_id.into(),
-                advertise_address: listen.to_string(),
-                heartbeat_interval: Duration::from_millis(200),
-                http: gateway::HttpSettings::default(),
-                snapshot_file: None,
-                status_listen: None,
-                drain_timeout: Duration::from_secs(5),
-                threads: 1,
-            },
-            store,
-            keyspace,
-            stopped,
-        ));
-        testkit::wait_for_tcp(&listen.to_string(), Duration::from_secs(10)).await;
-        Self { stop, task }
-    }
-
-    async fn stop(self) {
-        self.stop.send_replace(true);
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("the gateway stops")
-            .unwrap()
-            .unwrap();
-    }
-}
 
 /// Waits until the admin lists exactly `ids` as the instance's online nodes.
 async fn online(admin: &TestAdmin, ids: &[&str]) {
@@ -129,8 +81,8 @@ async fn each_revision_records_when_it_reached_the_nodes() {
     assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
 
     let store: Arc<dyn ConfigStore> = agent.store.clone();
-    let a = Node::start("gw-a", store.clone(), agent.keyspace.clone()).await;
-    let b = Node::start("gw-b", store.clone(), agent.keyspace.clone()).await;
+    let a = TestGateway::start("gw-a", store.clone(), agent.keyspace.clone()).await;
+    let b = TestGateway::start("gw-b", store.clone(), agent.keyspace.clone()).await;
     online(&admin, &["gw-a", "gw-b"]).await;
 
     // Three revisions, each committed while both nodes are online.
@@ -175,7 +127,7 @@ async fn each_revision_records_when_it_reached_the_nodes() {
     assert_eq!(summary["max_ms"], times[2], "{history}");
 
     // A third node appears: the revisions before it do not wait for it, the next does.
-    let c = Node::start("gw-c", store.clone(), agent.keyspace.clone()).await;
+    let c = TestGateway::start("gw-c", store.clone(), agent.keyspace.clone()).await;
     online(&admin, &["gw-a", "gw-b", "gw-c"]).await;
     let fourth = change(&admin, "r4").await;
     let history = history_converged(&admin, 4).await;
@@ -312,8 +264,8 @@ async fn a_lagging_node_shows_one_of_two_until_it_catches_up() {
         inner: store.clone(),
         cut: cut.clone(),
     });
-    let a = Node::start("gw-a", store.clone(), agent.keyspace.clone()).await;
-    let b = Node::start("gw-b", cut_off, agent.keyspace.clone()).await;
+    let a = TestGateway::start("gw-a", store.clone(), agent.keyspace.clone()).await;
+    let b = TestGateway::start("gw-b", cut_off, agent.keyspace.clone()).await;
     let convergence = || async { admin.get(&format!("{INSTANCE}/convergence")).await.body };
     wait_until("both nodes serve the instance's config", || async {
         let c = convergence().await;

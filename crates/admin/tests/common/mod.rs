@@ -1,6 +1,6 @@
 //! Test harness shared by the admin's integration tests: the real admin and the real
-//! agent (on an in-process store) served on loopback, plus the CRUD + revision flow that
-//! every database must pass.
+//! agent (on an in-process store) served on loopback, an in-process gateway node on the
+//! agent's store, plus the CRUD + revision flow that every database must pass.
 
 #![allow(dead_code)]
 
@@ -383,6 +383,56 @@ impl Drop for TestAgent {
         if let Some(stop) = self.stop.take() {
             stop.send_replace(true);
         }
+    }
+}
+
+/// An in-process gateway node of `instance_a` on a store (an agent's), heartbeating
+/// every 200 ms; stopped by [`TestGateway::stop`].
+pub struct TestGateway {
+    pub listen: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestGateway {
+    /// Starts node `node_id`; returns once it listens.
+    pub async fn start(node_id: &str, store: Arc<dyn ConfigStore>, keyspace: Keyspace) -> Self {
+        let listen: SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
+            .parse()
+            .unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(gateway::run(
+            gateway::GatewayConfig {
+                listen,
+                tls_listen: None,
+                client_ca: None,
+                instance: "instance_a".into(),
+                namespace: None,
+                node_id: node_id.into(),
+                advertise_address: listen.to_string(),
+                heartbeat_interval: Duration::from_millis(200),
+                http: gateway::HttpSettings::default(),
+                snapshot_file: None,
+                status_listen: None,
+                drain_timeout: Duration::from_secs(5),
+                threads: 1,
+            },
+            store,
+            keyspace,
+            stopped,
+        ));
+        testkit::wait_for_tcp(&listen.to_string(), Duration::from_secs(10)).await;
+        Self { listen, stop, task }
+    }
+
+    /// Stops it and waits until it has.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("the gateway stops")
+            .unwrap()
+            .unwrap();
     }
 }
 
