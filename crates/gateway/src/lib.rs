@@ -180,6 +180,7 @@ pub async fn run(
             instance: config.instance.clone(),
             next_save: None,
             loaded: false,
+            saving: None,
         }
         .run(stop_rx.clone()),
     );
@@ -298,6 +299,8 @@ struct ConfigLoop {
     next_save: Option<tokio::time::Instant>,
     /// Whether config (from the store or the snapshot file) has been applied yet.
     loaded: bool,
+    /// The snapshot file's write in progress (on a blocking thread), if any.
+    saving: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ConfigLoop {
@@ -336,8 +339,10 @@ impl ConfigLoop {
                 Event::Save => self.save().await,
                 Event::Stop => {
                     if self.next_save.is_some() {
+                        self.saved().await;
                         self.save().await;
                     }
+                    self.saved().await;
                     false
                 }
             };
@@ -500,36 +505,44 @@ impl ConfigLoop {
         true
     }
 
-    /// Writes the snapshot file; false when the loop cannot go on.
+    /// Starts writing the snapshot file on a blocking thread; false when the loop cannot
+    /// go on.
     async fn save(&mut self) -> bool {
         self.next_save = None;
-        let (Some(compiler), Some(file)) = (self.compiler.take(), self.snapshot.clone()) else {
+        let (Some(compiler), Some(file)) = (self.compiler.as_ref(), self.snapshot.clone()) else {
             return self.compiler.is_some();
         };
+        if self.saving.as_ref().is_some_and(|s| !s.is_finished()) {
+            // The last write is still on the disk: write again later, never two at once.
+            self.next_save = Some(tokio::time::Instant::now() + SNAPSHOT_INTERVAL);
+            return true;
+        }
+        // Copying the keys costs a fraction of serialising and syncing them; the write
+        // runs beside the loop, so no update waits for the disk.
+        let mut keys: Vec<(String, Vec<u8>)> = compiler
+            .objects
+            .entries()
+            .map(|(key, value)| (key.to_owned(), value.to_vec()))
+            .collect();
+        keys.extend(compiler.registry.entries());
         let revision = self.status.borrow().revision.0;
         let instance = self.instance.clone();
-        let saved = tokio::task::spawn_blocking(move || {
-            let registry = compiler.registry.entries();
-            let keys = compiler.objects.entries().chain(
-                registry
-                    .iter()
-                    .map(|(key, value)| (key.as_str(), value.as_slice())),
-            );
-            let result = file.save(&instance, revision, keys);
-            (compiler, result)
-        })
-        .await;
-        match saved {
-            Ok((compiler, result)) => {
-                self.compiler = Some(compiler);
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, "could not write the local snapshot");
-                }
-                true
+        self.saving = Some(tokio::task::spawn_blocking(move || {
+            let keys = keys
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_slice()));
+            if let Err(e) = file.save(&instance, revision, keys) {
+                tracing::warn!(error = %e, "could not write the local snapshot");
             }
-            Err(e) => {
+        }));
+        true
+    }
+
+    /// Waits for the snapshot write in progress, if any.
+    async fn saved(&mut self) {
+        if let Some(saving) = self.saving.take() {
+            if let Err(e) = saving.await {
                 tracing::error!(error = %e, "writing the local snapshot failed");
-                false
             }
         }
     }
