@@ -798,6 +798,35 @@ async fn etcd_watcher_relists_when_compacted_while_disconnected() {
     assert_mirrors(store.as_ref(), &mirror, "/d/").await;
 }
 
+/// A watcher started while the store's server is down waits for it: `start` brings
+/// it up, a write follows, and the watcher's first listing and changes hold it.
+async fn watch_until_the_server_is_up(
+    store: &Arc<dyn ConfigStore>,
+    start: impl FnOnce(),
+) -> (PrefixWatcher, Mirror, StoreRevision) {
+    let watching = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut watcher = PrefixWatcher::new(store, "/o/");
+            let first = watcher.next().await;
+            (watcher, first)
+        }
+    });
+    tokio::task::block_in_place(start);
+    let r = write_retrying(store.as_ref(), vec![put("/o/k", "v")]).await;
+    let (mut watcher, first) = tokio::time::timeout(WAIT, watching)
+        .await
+        .expect("the watcher listed once the server was up")
+        .unwrap();
+    let mut mirror = Mirror::default();
+    mirror.apply(first);
+    while !mirror.map.contains_key("/o/k") {
+        mirror.apply(tokio::time::timeout(WAIT, watcher.next()).await.unwrap());
+    }
+    assert!(mirror.position >= r);
+    (watcher, mirror, r)
+}
+
 /// Every kind of call fails with `Unavailable` within a few seconds while the server is
 /// down.
 async fn assert_all_unavailable(store: &dyn ConfigStore) {
@@ -847,26 +876,7 @@ async fn etcd_store_made_while_etcd_is_down_works_once_it_is_up() {
     assert_all_unavailable(store.as_ref()).await;
 
     // A watcher started now waits for etcd rather than failing.
-    let watching = tokio::spawn({
-        let store = store.clone();
-        async move {
-            let mut watcher = PrefixWatcher::new(store, "/o/");
-            let first = watcher.next().await;
-            (watcher, first)
-        }
-    });
-    tokio::task::block_in_place(|| etcd.start());
-    let r = write_retrying(store.as_ref(), vec![put("/o/k", "v")]).await;
-    let (mut watcher, first) = tokio::time::timeout(WAIT, watching)
-        .await
-        .expect("the watcher listed once etcd was up")
-        .unwrap();
-    let mut mirror = Mirror::default();
-    mirror.apply(first);
-    while !mirror.map.contains_key("/o/k") {
-        mirror.apply(tokio::time::timeout(WAIT, watcher.next()).await.unwrap());
-    }
-    assert!(mirror.position >= r);
+    let (mut watcher, mut mirror, _) = watch_until_the_server_is_up(&store, || etcd.start()).await;
 
     // The same store fails fast again during a second outage and recovers after it.
     tokio::task::block_in_place(|| etcd.stop());
@@ -1140,26 +1150,7 @@ async fn redis_store_made_while_redis_is_down_works_once_it_is_up() {
     assert_eq!(keyspace.root(), "/deployment");
     assert_all_unavailable(store.as_ref()).await;
 
-    let watching = tokio::spawn({
-        let store = store.clone();
-        async move {
-            let mut watcher = PrefixWatcher::new(store, "/o/");
-            let first = watcher.next().await;
-            (watcher, first)
-        }
-    });
-    tokio::task::block_in_place(|| redis.start());
-    let r = write_retrying(store.as_ref(), vec![put("/o/k", "v")]).await;
-    let (mut watcher, first) = tokio::time::timeout(WAIT, watching)
-        .await
-        .expect("the watcher listed once redis was up")
-        .unwrap();
-    let mut mirror = Mirror::default();
-    mirror.apply(first);
-    while !mirror.map.contains_key("/o/k") {
-        mirror.apply(tokio::time::timeout(WAIT, watcher.next()).await.unwrap());
-    }
-    assert!(mirror.position >= r);
+    let (mut watcher, mut mirror, r) = watch_until_the_server_is_up(&store, || redis.start()).await;
 
     // A second outage: calls fail fast, and Redis comes back empty (no persistence);
     // the same store works again, its revisions still going forward, and the watcher
