@@ -519,6 +519,26 @@ async fn reconcile(
     if report.revision == desired {
         return;
     }
+    // The report was taken before the lock: pushes applied since then moved the store
+    // on, and a full snapshot for them would be work for nothing (and a full rebuild on
+    // every node). Ask again, now that no push can run, and act on that answer.
+    let store_revision = match state.agents.instances(agent).await {
+        Ok(fresh) => match fresh.instances.iter().find(|i| i.name == report.name) {
+            Some(fresh) => fresh.revision.unwrap_or_default(),
+            None => return,
+        },
+        Err(e) => {
+            state.note_agent(&cluster.name, Err(&e));
+            return;
+        }
+    };
+    let report = &InstanceReport {
+        revision: store_revision,
+        ..report.clone()
+    };
+    if report.revision == desired {
+        return;
+    }
     if report.revision > desired {
         // The store is ahead of the DB (a restored database, another admin): the DB is
         // the desired state, so its config is re-asserted at a revision past the store's.

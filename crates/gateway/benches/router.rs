@@ -77,7 +77,7 @@ fn build(c: &mut Criterion) {
 fn one_change(c: &mut Criterion) {
     use gateway::runtime::{Compiler, ConfigObjects};
     use store::keys::Keyspace;
-    let mut group = c.benchmark_group("one_route_changed");
+    let mut group = c.benchmark_group("one_change");
     group.sample_size(10);
     for n in [10_000, 100_000] {
         let keyspace = Keyspace::default();
@@ -96,7 +96,7 @@ fn one_change(c: &mut Criterion) {
         let first = compiler.build();
         assert_eq!(first.config.router.len(), n);
         let mut flip = 0u64;
-        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+        group.bench_function(BenchmarkId::new("route", n), |b| {
             b.iter_with_large_drop(|| {
                 flip += 1;
                 let mut route = testkit::routes::route(n / 2, "u");
@@ -104,6 +104,20 @@ fn one_change(c: &mut Criterion) {
                 compiler.objects.put(
                     format!("{prefix}routes/r{}", n / 2),
                     route.to_string().into_bytes(),
+                );
+                compiler.build()
+            })
+        });
+        // The upstream every route uses moves to another node (what the propagation
+        // benchmark changes): no route compiles again, every route's target does.
+        group.bench_function(BenchmarkId::new("upstream", n), |b| {
+            b.iter_with_large_drop(|| {
+                flip += 1;
+                let upstream =
+                    json!({"id": "u", "nodes": [{"host": "127.0.0.1", "port": 1 + flip % 2}]});
+                compiler.objects.put(
+                    format!("{prefix}upstreams/u"),
+                    upstream.to_string().into_bytes(),
                 );
                 compiler.build()
             })

@@ -431,6 +431,7 @@ impl ConfigLoop {
         let Some(mut compiler) = self.compiler.take() else {
             return false;
         };
+        let started = std::time::Instant::now();
         // Building resolves host names, which blocks: keep it off the async workers.
         let built = tokio::task::spawn_blocking(move || {
             let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compiler.build()));
@@ -475,6 +476,7 @@ impl ConfigLoop {
             routes = config.router.len(),
             upstreams = config.upstreams,
             problems = problems.len(),
+            build_ms = started.elapsed().as_secs_f64() * 1e3,
             "config applied"
         );
         if let Some(table) = certificates {

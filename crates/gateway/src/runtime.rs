@@ -31,7 +31,7 @@ use crate::balancer::UpstreamPool;
 use crate::consumers::{ConsumerEntry, Consumers};
 use crate::core::phase::{Chain, Entry, Plugin, RouteScope};
 use crate::registry::RegistryView;
-use crate::router::{CompiledRoute, RouteTarget, Router};
+use crate::router::{CompiledRoute, RouteTarget, Router, RouterIndex};
 use crate::tls::CertTable;
 
 use crate::HashMap;
@@ -364,6 +364,8 @@ pub struct Compiler {
     /// `lb://service` → the pool of its registered nodes, for routes and services
     /// naming a service instead of an upstream.
     lb_pools: HashMap<String, Arc<UpstreamPool>>,
+    /// The last table's index: the next table reuses it when its routes are the same.
+    router_index: Option<RouterIndex>,
 }
 
 /// What building a pool reads besides the upstream: whether it may resolve names, and
@@ -496,6 +498,7 @@ impl Compiler {
             registry_namespace: None,
             discovery_users: HashMap::default(),
             lb_pools: HashMap::default(),
+            router_index: None,
         }
     }
 
@@ -669,6 +672,7 @@ impl Compiler {
         self.build_chains();
         self.build_lb_pools(&namespace, &mut new_pools);
         let mut built = self.assemble(new_pools);
+        self.router_index = Some(built.config.router.index());
         self.plugins.prune();
         if certificates_changed {
             let valid: Vec<(String, Certificate)> = self
@@ -708,6 +712,7 @@ impl Compiler {
         self.cert_problems.clear();
         self.discovery_users.clear();
         self.lb_pools.clear();
+        self.router_index = None;
         self.registry_namespace = None;
         self.generation += 1;
         self.objects.dirty = self.objects.resources.keys().cloned().collect();
@@ -1109,7 +1114,7 @@ impl Compiler {
         }
         problems.sort_by(|a, b| a.key.cmp(&b.key));
 
-        let router = Router::build(table);
+        let router = Router::build_over(self.router_index.as_ref(), table);
         reads_headers |= router.reads_headers();
         Built {
             config: RuntimeConfig {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use gateway::balancer::UpstreamPool;
-use gateway::router::{CompiledRoute, Match, RequestInfo, Router};
+use gateway::router::{CompiledRoute, Match, RequestInfo, RouteTarget, Router};
 use http::HeaderMap;
 use model::route::{MatchOp, PathPattern, Route, TemplatePart, METHODS};
 use model::upstream::Upstream;
@@ -637,4 +637,73 @@ mod property {
                 }
             }
         }
+}
+
+/// A table of the same compiled routes with new targets (an upstream moved) is built
+/// over the previous index and sends requests to the new targets; a table whose routes
+/// differ in any way is indexed anew.
+#[test]
+fn a_table_of_the_same_routes_reuses_the_index_with_new_targets() {
+    let pool_at = |port: u16| {
+        let up: Upstream = serde_json::from_value(
+            json!({"id": "u", "nodes": [{"host": "127.0.0.1", "port": port}]}),
+        )
+        .unwrap();
+        Arc::new(UpstreamPool::build(&up).unwrap().pool)
+    };
+    let routes: Vec<Arc<CompiledRoute>> = [
+        json!({"id": "a", "paths": ["/a/*"]}),
+        json!({"id": "b", "paths": ["/b"], "hosts": ["*.example.com"]}),
+    ]
+    .into_iter()
+    .map(|r| route(r).0)
+    .collect();
+    let table = |routes: &[Arc<CompiledRoute>], port: u16| -> Vec<RouteTarget> {
+        let pool = pool_at(port);
+        routes
+            .iter()
+            .map(|r| (r.clone(), pool.clone()).into())
+            .collect()
+    };
+    let first = Router::build_over(None, table(&routes, 1));
+    let second = Router::build_over(Some(&first.index()), table(&routes, 2));
+    assert!(second.shares_index_with(&first));
+    for router in [&first, &second] {
+        assert_eq!(outcome(router, "x.example.com", "/b", "GET"), "b");
+        assert_eq!(outcome(router, "h", "/a/x", "GET"), "a");
+        assert_eq!(outcome(router, "h", "/b", "GET"), "404");
+    }
+    let node = |router: &Router, host: &str, path: &str| match router
+        .lookup(&request(host, path, "GET"))
+    {
+        Match::Found(target) => Arc::as_ptr(&target.upstream),
+        other => panic!("{host}{path}: {}", describe(other)),
+    };
+    assert!(std::ptr::eq(
+        node(&second, "h", "/a/x"),
+        Arc::as_ptr(&second.routes()[0].upstream)
+    ));
+    assert!(!std::ptr::eq(
+        node(&first, "h", "/a/x"),
+        node(&second, "h", "/a/x")
+    ));
+
+    // One route compiled again (even to the same content), one removed, the order
+    // changed: each gets an index of its own, and lookups follow the new routes.
+    let recompiled = vec![
+        routes[0].clone(),
+        route(json!({"id": "b", "paths": ["/c"]})).0,
+    ];
+    let third = Router::build_over(Some(&second.index()), table(&recompiled, 3));
+    assert!(!third.shares_index_with(&second));
+    assert_eq!(outcome(&third, "h", "/c", "GET"), "b");
+    assert_eq!(outcome(&third, "x.example.com", "/b", "GET"), "404");
+    let fewer = Router::build_over(Some(&third.index()), table(&recompiled[..1], 3));
+    assert!(!fewer.shares_index_with(&third));
+    assert_eq!(outcome(&fewer, "h", "/c", "GET"), "404");
+    let reordered: Vec<_> = recompiled.iter().rev().cloned().collect();
+    let swapped = Router::build_over(Some(&third.index()), table(&reordered, 3));
+    assert!(!swapped.shares_index_with(&third));
+    assert_eq!(outcome(&swapped, "h", "/c", "GET"), "b");
+    assert_eq!(outcome(&swapped, "h", "/a/x", "GET"), "a");
 }

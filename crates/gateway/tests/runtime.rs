@@ -302,3 +302,59 @@ fn headers_are_read_only_when_a_route_or_upstream_asks_for_them() {
     let inline = r#"{"id":"i","paths":["/i"],"upstream":{"type":"chash","hash_on":"header","key":"x-user","nodes":[{"host":"127.0.0.1","port":1}]}}"#;
     assert!(reads(&[("routes/i", inline)]));
 }
+
+/// An upstream moving to other nodes gives every route a new target over the same route
+/// index; a route changing makes a new index; an unusable upstream takes its routes out.
+#[test]
+fn an_upstream_change_reuses_the_route_index() {
+    let up = |port: u16| {
+        format!(r#"{{"id": "up", "nodes": [{{"host": "127.0.0.1", "port": {port}}}]}}"#)
+    };
+    let mut items = vec![("upstreams/up".to_owned(), up(1))];
+    for i in 0..50 {
+        items.push((
+            format!("routes/r{i}"),
+            format!(r#"{{"id": "r{i}", "paths": ["/r{i}/*"], "upstream_id": "up"}}"#),
+        ));
+    }
+    let items: Vec<(&str, &str)> = items
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut compiler = Compiler::new(objects(&items));
+    let first = compiler.build().config;
+    assert_eq!(first.router.len(), 50);
+    let node_of = |config: &RuntimeConfig| {
+        let pool = &config.router.routes()[0].upstream;
+        format!("{:?}", pool.nodes())
+    };
+
+    compiler
+        .objects
+        .put(format!("{PREFIX}upstreams/up"), up(2).into_bytes());
+    let moved = compiler.build().config;
+    assert!(moved.router.shares_index_with(&first.router));
+    assert_eq!(routed(&moved, "/r7/x").as_deref(), Some("r7"));
+    assert_ne!(node_of(&first), node_of(&moved));
+    assert!(moved
+        .router
+        .routes()
+        .iter()
+        .all(|t| std::sync::Arc::ptr_eq(&t.upstream, &moved.router.routes()[0].upstream)));
+
+    compiler.objects.put(
+        format!("{PREFIX}routes/r7"),
+        br#"{"id": "r7", "paths": ["/seven/*"], "upstream_id": "up"}"#.to_vec(),
+    );
+    let changed = compiler.build().config;
+    assert!(!changed.router.shares_index_with(&moved.router));
+    assert_eq!(routed(&changed, "/seven/x").as_deref(), Some("r7"));
+    assert_eq!(routed(&changed, "/r7/x"), None);
+
+    compiler
+        .objects
+        .put(format!("{PREFIX}upstreams/up"), br#"{"id": "up"}"#.to_vec());
+    let broken = compiler.build();
+    assert!(broken.config.router.is_empty(), "{:?}", broken.problems);
+    assert_eq!(broken.problems.len(), 51, "{:?}", broken.problems);
+}

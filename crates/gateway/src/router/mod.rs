@@ -25,6 +25,11 @@
 //! of less specific ones, and when nothing accepts the method the answer is 405 with the
 //! methods that would have been accepted.
 //!
+//! The index (host tables and trees) holds route slots, not targets: a config whose
+//! routes did not change but whose upstreams or plugins did (an upstream moved to other
+//! nodes, a registered node came) gets new targets over the same index instead of a
+//! new index, a copy of one pointer per route instead of a rebuild.
+//!
 //! This file is the index (host tables, radix trees, lookup and precedence) and
 //! [`CompiledRoute::check`], one route's verdict on a request with the same tests in
 //! the same order, for the route tester to explain the routes a lookup never looks
@@ -119,17 +124,31 @@ use crate::HashMap;
 
 #[derive(Debug, Default)]
 pub struct Router {
+    index: Arc<Index>,
+    /// Slot → what a request matching that slot's route is sent to; every route of the
+    /// table, in the order given (the route tester explains each).
+    targets: Vec<Arc<RouteTarget>>,
+}
+
+/// Where each route's paths are found: what a new table of the same routes reuses.
+#[derive(Debug, Default)]
+struct Index {
     /// Routes listing the exact host.
     by_host: HashMap<Arc<str>, PathTable>,
     /// Routes listing `*.example.com`, keyed by the suffix with its dot: `.example.com`.
     by_wildcard: HashMap<Box<str>, PathTable>,
     /// Routes without hosts.
     any_host: PathTable,
-    /// Every route of the table, in the order given (the route tester explains each).
-    routes: Vec<Arc<RouteTarget>>,
+    /// Slot → the route indexed in it.
+    routes: Vec<Arc<CompiledRoute>>,
     /// Some route's predicates read request headers or cookies.
     reads_headers: bool,
 }
+
+/// A built table's index, kept to build the next table over it when its routes are
+/// the same ([`Router::build_over`]).
+#[derive(Debug, Clone)]
+pub struct RouterIndex(Arc<Index>);
 
 /// Routes of one host, indexed by path.
 #[derive(Debug, Default)]
@@ -160,7 +179,8 @@ struct Entry {
     methods: u16,
     /// Index into the route's compiled paths.
     path: u16,
-    target: Arc<RouteTarget>,
+    /// The route's place in [`Index::routes`] and [`Router::targets`].
+    slot: u32,
 }
 
 /// Path kinds at equal literal prefix, most specific first when sorted descending.
@@ -227,103 +247,84 @@ fn wildcard_suffixes(host: &str) -> impl Iterator<Item = &str> {
 impl Router {
     /// Builds the table from compiled, enabled routes and their upstream pools.
     pub fn build(routes: Vec<impl Into<RouteTarget>>) -> Self {
-        let mut router = Router::default();
-        for target in routes {
-            let target = Arc::new(target.into());
-            let compiled = target.route.clone();
-            let route = &compiled.route;
-            let any_host = [None];
-            let hosts: &[Option<Arc<str>>] = if compiled.hosts.is_empty() {
-                &any_host
-            } else {
-                &compiled.hosts
-            };
-            for host in hosts {
-                let table = match host {
-                    None => &mut router.any_host,
-                    Some(h) => match HostKey::of(h) {
-                        HostKey::Wildcard(suffix) => {
-                            router.by_wildcard.entry(suffix.into()).or_default()
-                        }
-                        HostKey::Exact(_) => router.by_host.entry(h.clone()).or_default(),
-                    },
-                };
-                for (i, path) in compiled.paths.iter().enumerate() {
-                    let (kind, key) = (path.kind(), path.literal());
-                    let entry = Entry {
-                        kind,
-                        priority: route.priority,
-                        methods: compiled.methods,
-                        // Validation caps a route's paths far below u16::MAX.
-                        path: u16::try_from(i).unwrap_or(u16::MAX),
-                        target: target.clone(),
-                    };
-                    match kind {
-                        Kind::Exact => table.exact.entry(key.clone()).or_default().push(entry),
-                        _ => table.pending.push((key.clone(), entry)),
-                    }
-                }
-            }
-            router.reads_headers |= compiled.reads_headers();
-            router.routes.push(target);
-        }
-        let tables = std::iter::once(&mut router.any_host)
-            .chain(router.by_host.values_mut())
-            .chain(router.by_wildcard.values_mut());
-        for table in tables {
-            for entries in table.exact.values_mut() {
-                sort_entries(entries);
-            }
-            let mut pending = std::mem::take(&mut table.pending);
-            pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            let (keys, entries): (Vec<Arc<str>>, Vec<Entry>) = pending.into_iter().unzip();
-            let mut entries: Vec<Option<Entry>> = entries.into_iter().map(Some).collect();
-            table.tree = Node::from_sorted(&keys, &mut entries, 0, Box::default());
-        }
-        router
+        Self::build_over(None, routes.into_iter().map(Into::into).collect())
+    }
+
+    /// Builds the table of `targets` over `previous`'s index when it was built from
+    /// the very same routes (the same compiled objects, in the same order): only the
+    /// targets are new. Otherwise indexes the routes anew.
+    pub fn build_over(previous: Option<&RouterIndex>, targets: Vec<RouteTarget>) -> Self {
+        let targets: Vec<Arc<RouteTarget>> = targets.into_iter().map(Arc::new).collect();
+        let same_routes = |index: &Index| {
+            index.routes.len() == targets.len()
+                && index
+                    .routes
+                    .iter()
+                    .zip(&targets)
+                    .all(|(indexed, target)| Arc::ptr_eq(indexed, &target.route))
+        };
+        let index = match previous {
+            Some(RouterIndex(index)) if same_routes(index) => index.clone(),
+            _ => Arc::new(Index::build(
+                targets.iter().map(|t| t.route.clone()).collect(),
+            )),
+        };
+        Router { index, targets }
+    }
+
+    /// This table's index, for the next build ([`Router::build_over`]).
+    pub fn index(&self) -> RouterIndex {
+        RouterIndex(self.index.clone())
+    }
+
+    /// Whether the two tables share one index (the later was built over the earlier's).
+    pub fn shares_index_with(&self, other: &Router) -> bool {
+        Arc::ptr_eq(&self.index, &other.index)
     }
 
     /// Whether a lookup may read the request's headers; when not, callers may pass none.
     pub fn reads_headers(&self) -> bool {
-        self.reads_headers
+        self.index.reads_headers
     }
 
     /// Number of routes in the table.
     pub fn len(&self) -> usize {
-        self.routes.len()
+        self.targets.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.targets.is_empty()
     }
 
     /// Every route of the table, in the order it was built from.
     pub fn routes(&self) -> &[Arc<RouteTarget>] {
-        &self.routes
+        &self.targets
     }
 
     pub fn lookup(&self, req: &RequestInfo<'_>) -> Match<'_> {
         let method = method_bit(req.method);
         let host = req.host;
+        let index = &*self.index;
         let mut search = Search {
             req,
+            routes: &index.routes,
             method,
             best: None,
             allowed: None,
         };
-        if let Some(table) = self.by_host.get(host) {
+        if let Some(table) = index.by_host.get(host) {
             search.table(table, EXACT_HOST);
         }
-        if !self.by_wildcard.is_empty() {
+        if !index.by_wildcard.is_empty() {
             for suffix in wildcard_suffixes(host) {
-                if let Some(table) = self.by_wildcard.get(suffix) {
+                if let Some(table) = index.by_wildcard.get(suffix) {
                     search.table(table, wildcard_rank(suffix));
                 }
             }
         }
-        search.table(&self.any_host, ANY_HOST);
+        search.table(&index.any_host, ANY_HOST);
         match (search.best, search.allowed) {
-            (Some((_, target)), _) => Match::Found(target),
+            (Some((_, slot)), _) => Match::Found(&self.targets[slot as usize]),
             (None, Some(methods)) => Match::MethodNotAllowed {
                 allow: METHODS
                     .iter()
@@ -337,28 +338,89 @@ impl Router {
     }
 }
 
-fn sort_entries(entries: &mut Vec<Entry>) {
+fn sort_entries(entries: &mut Vec<Entry>, routes: &[Arc<CompiledRoute>]) {
+    let id = |e: &Entry| routes[e.slot as usize].route.id.as_str();
     entries.sort_by(|a, b| {
         b.kind
             .cmp(&a.kind)
             .then_with(|| b.priority.cmp(&a.priority))
-            .then_with(|| a.target.route_id().cmp(b.target.route_id()))
+            .then_with(|| id(a).cmp(id(b)))
             .then_with(|| a.path.cmp(&b.path))
     });
     // A route listing two paths that index alike (`/a*` twice, or `/a` and `/a`)
     // appears once; templates and regexes with the same literal prefix differ.
     entries.dedup_by(|a, b| {
-        Arc::ptr_eq(&a.target, &b.target)
-            && a.kind == b.kind
-            && matches!(a.kind, Kind::Exact | Kind::Prefix)
+        a.slot == b.slot && a.kind == b.kind && matches!(a.kind, Kind::Exact | Kind::Prefix)
     });
+}
+
+impl Index {
+    /// Indexes `routes`; slot `i` is `routes[i]`.
+    fn build(routes: Vec<Arc<CompiledRoute>>) -> Self {
+        let mut index = Index::default();
+        for (slot, compiled) in routes.iter().enumerate() {
+            let route = &compiled.route;
+            let any_host = [None];
+            let hosts: &[Option<Arc<str>>] = if compiled.hosts.is_empty() {
+                &any_host
+            } else {
+                &compiled.hosts
+            };
+            for host in hosts {
+                let table = match host {
+                    None => &mut index.any_host,
+                    Some(h) => match HostKey::of(h) {
+                        HostKey::Wildcard(suffix) => {
+                            index.by_wildcard.entry(suffix.into()).or_default()
+                        }
+                        HostKey::Exact(_) => index.by_host.entry(h.clone()).or_default(),
+                    },
+                };
+                for (i, path) in compiled.paths.iter().enumerate() {
+                    let (kind, key) = (path.kind(), path.literal());
+                    let entry = Entry {
+                        kind,
+                        priority: route.priority,
+                        methods: compiled.methods,
+                        // Validation caps a route's paths far below u16::MAX.
+                        path: u16::try_from(i).unwrap_or(u16::MAX),
+                        // A table holds far fewer than u32::MAX routes.
+                        slot: u32::try_from(slot).unwrap_or(u32::MAX),
+                    };
+                    match kind {
+                        Kind::Exact => table.exact.entry(key.clone()).or_default().push(entry),
+                        _ => table.pending.push((key.clone(), entry)),
+                    }
+                }
+            }
+            index.reads_headers |= compiled.reads_headers();
+        }
+        let tables = std::iter::once(&mut index.any_host)
+            .chain(index.by_host.values_mut())
+            .chain(index.by_wildcard.values_mut());
+        for table in tables {
+            for entries in table.exact.values_mut() {
+                sort_entries(entries, &routes);
+            }
+            let mut pending = std::mem::take(&mut table.pending);
+            pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let (keys, entries): (Vec<Arc<str>>, Vec<Entry>) = pending.into_iter().unzip();
+            let mut entries: Vec<Option<Entry>> = entries.into_iter().map(Some).collect();
+            table.tree = Node::from_sorted(&keys, &mut entries, &routes, 0, Box::default());
+        }
+        index.routes = routes;
+        index
+    }
 }
 
 /// The state of one lookup across host tables.
 struct Search<'r, 'q> {
     req: &'q RequestInfo<'q>,
+    /// Slot → route.
+    routes: &'r [Arc<CompiledRoute>],
     method: u16,
-    best: Option<(Rank, &'r Arc<RouteTarget>)>,
+    /// The best candidate so far and its slot.
+    best: Option<(Rank, u32)>,
     /// Methods of candidates that matched all but the method, for the `Allow` of a 405.
     allowed: Option<u16>,
 }
@@ -390,7 +452,7 @@ impl<'r> Search<'r, '_> {
                 // Candidates come most specific first: nothing later here can win.
                 return true;
             }
-            let route = &entry.target.route;
+            let route = &self.routes[entry.slot as usize];
             let path_matches = match entry.kind {
                 Kind::Exact | Kind::Prefix => true,
                 Kind::Template | Kind::Regex => route
@@ -402,7 +464,7 @@ impl<'r> Search<'r, '_> {
                 continue;
             }
             if CompiledRoute::accepts_method(entry.methods, self.method) {
-                self.best = Some((rank, &entry.target));
+                self.best = Some((rank, entry.slot));
                 return true;
             }
             self.allowed = Some(self.allowed.unwrap_or(0) | entry.methods);
@@ -567,6 +629,7 @@ impl Node {
     fn from_sorted(
         keys: &[Arc<str>],
         entries: &mut [Option<Entry>],
+        routes: &[Arc<CompiledRoute>],
         depth: usize,
         label: Box<[u8]>,
     ) -> Node {
@@ -581,7 +644,7 @@ impl Node {
             .iter_mut()
             .filter_map(Option::take)
             .collect();
-        sort_entries(&mut node.entries);
+        sort_entries(&mut node.entries, routes);
         let mut i = here;
         while i < keys.len() {
             let first = keys[i].as_bytes()[depth];
@@ -595,6 +658,7 @@ impl Node {
             node.children.push(Node::from_sorted(
                 &keys[i..end],
                 &mut entries[i..end],
+                routes,
                 depth + common,
                 a[depth..depth + common].into(),
             ));
