@@ -5,9 +5,11 @@
 //! Built so far: [`queue`], the deduplicating work queue and bounded worker pool of
 //! the cluster controllers, and [`union`], the rules that decide which EndpointSlices each
 //! production cluster must hold, with the failure semantics (unknown peers left
-//! alone, lost peers kept for a grace period then marked not ready). The cluster
+//! alone, lost peers kept for a grace period then marked not ready), and [`slices`],
+//! between Kubernetes Services and EndpointSlices and the union's types. The cluster
 //! controllers that feed it from kube-rs watchers, the writers, leader election and
 //! metrics follow (issue 13).
 
 pub mod queue;
+pub mod slices;
 pub mod union;
