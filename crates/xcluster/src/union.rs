@@ -464,6 +464,28 @@ mod tests {
         }
     }
 
+    /// [`world`] with `n` peak endpoints after its first plan was written: the
+    /// steady state, and that first plan.
+    fn settled(n: usize, now: Instant) -> (BTreeMap<String, ClusterView>, Plan) {
+        let mut world = world(n);
+        let first = plan(&world, now, DEFAULT_GRACE);
+        settle(&mut world, &first);
+        (world, first)
+    }
+
+    /// `cluster`'s view of the orders Service.
+    fn orders_in<'w>(
+        world: &'w mut BTreeMap<String, ClusterView>,
+        cluster: &str,
+    ) -> &'w mut ServiceView {
+        world
+            .get_mut(cluster)
+            .unwrap()
+            .services
+            .get_mut(&orders())
+            .unwrap()
+    }
+
     fn applied(plan: &Plan, cluster: &str) -> Vec<Slice> {
         plan.writes
             .get(cluster)
@@ -522,9 +544,7 @@ mod tests {
     #[test]
     fn a_removed_peak_endpoint_leaves_and_a_gone_service_takes_its_slices() {
         let now = Instant::now();
-        let mut world = world(3);
-        let first = plan(&world, now, DEFAULT_GRACE);
-        settle(&mut world, &first);
+        let (mut world, first) = settled(3, now);
 
         let peak = world.get_mut("peak").unwrap();
         peak.services
@@ -561,9 +581,7 @@ mod tests {
         assert_eq!(deleted(&unlabelled, "prod"), 1);
 
         // A peak cluster removed from the registry takes its slices too.
-        let mut world = self::world(2);
-        let first = plan(&world, now, DEFAULT_GRACE);
-        settle(&mut world, &first);
+        let (mut world, _) = settled(2, now);
         world.remove("peak");
         let removed = plan(&world, now, DEFAULT_GRACE);
         assert_eq!(deleted(&removed, "prod"), 1);
@@ -572,9 +590,7 @@ mod tests {
     #[test]
     fn a_lost_peer_keeps_its_endpoints_for_the_grace_period_then_they_are_not_ready() {
         let start = Instant::now();
-        let mut world = world(3);
-        let first = plan(&world, start, DEFAULT_GRACE);
-        settle(&mut world, &first);
+        let (mut world, _) = settled(3, start);
 
         world.get_mut("peak").unwrap().link = Link::Lost { since: start };
         let within = plan(&world, start + Duration::from_secs(59), DEFAULT_GRACE);
@@ -601,9 +617,7 @@ mod tests {
     #[test]
     fn an_unknown_peer_and_an_unsynced_production_cluster_change_nothing() {
         let now = Instant::now();
-        let mut world = world(3);
-        let first = plan(&world, now, DEFAULT_GRACE);
-        settle(&mut world, &first);
+        let (mut world, _) = settled(3, now);
 
         // A restarted controller: the peer's caches are not loaded yet and its view
         // is empty. Its slices stay.
@@ -682,13 +696,7 @@ mod tests {
         assert_eq!(applied(&plan(&world, now, DEFAULT_GRACE), "prod").len(), 2);
 
         // The production side names its one peer.
-        world
-            .get_mut("prod")
-            .unwrap()
-            .services
-            .get_mut(&orders())
-            .unwrap()
-            .peer = Some("peak".into());
+        orders_in(&mut world, "prod").peer = Some("peak".into());
         let narrowed = plan(&world, now, DEFAULT_GRACE);
         let sources: Vec<String> = applied(&narrowed, "prod")
             .into_iter()
@@ -697,24 +705,12 @@ mod tests {
         assert_eq!(sources, ["peak"]);
 
         // The peak side gives to another production cluster only.
-        world
-            .get_mut("peak")
-            .unwrap()
-            .services
-            .get_mut(&orders())
-            .unwrap()
-            .peer = Some("elsewhere".into());
+        orders_in(&mut world, "peak").peer = Some("elsewhere".into());
         assert!(applied(&plan(&world, now, DEFAULT_GRACE), "prod").is_empty());
 
         // ex-remote=true in a production cluster: not a production Service.
         let mut world = self::world(3);
-        world
-            .get_mut("prod")
-            .unwrap()
-            .services
-            .get_mut(&orders())
-            .unwrap()
-            .remote = true;
+        orders_in(&mut world, "prod").remote = true;
         let wrong = plan(&world, now, DEFAULT_GRACE);
         assert_eq!(wrong.write_count(), 0);
         assert_eq!(wrong.problems.len(), 1, "{:?}", wrong.problems);
