@@ -295,6 +295,10 @@ struct RouteState {
     /// The route's own pool when its upstream is inline; `Err` when unusable.
     inline: Option<Result<Arc<UpstreamPool>, String>>,
     warnings: Vec<String>,
+    /// Its chain (or why it cannot be built), made from the plugin context of
+    /// generation `.0`; kept here, not in a map of its own, so a build looks each
+    /// route up once.
+    chain: Option<(u64, Result<Arc<Chain>, String>)>,
 }
 
 /// A stand-alone upstream's pool and what building it found.
@@ -337,9 +341,8 @@ pub struct Compiler {
     templates: BTreeMap<String, Result<PluginTemplate, String>>,
     consumers: BTreeMap<String, Result<Consumer, String>>,
     groups: BTreeMap<String, Result<ConsumerGroup, String>>,
-    /// Store key of a route → its chain (or why it cannot be built), made from the
-    /// plugin context of generation `.0`.
-    chains: HashMap<String, (u64, Result<Arc<Chain>, String>)>,
+    /// Whether nothing was built since the compiler was made or emptied.
+    fresh: bool,
     /// Bumped when a service, global rule or template changes: every chain is then
     /// made again.
     generation: u64,
@@ -484,7 +487,7 @@ impl Compiler {
             templates: BTreeMap::new(),
             consumers: BTreeMap::new(),
             groups: BTreeMap::new(),
-            chains: HashMap::default(),
+            fresh: true,
             generation: 0,
             plugins: PluginCache {
                 plugins: HashMap::default(),
@@ -533,7 +536,7 @@ impl Compiler {
         let binding_changed = std::mem::take(&mut self.objects.binding_dirty);
         let mut context_changed = binding_changed;
         let mut consumers_changed = binding_changed;
-        let first = self.consumer_table.0.is_empty() && self.chains.is_empty();
+        let first = std::mem::take(&mut self.fresh);
         let namespace = self.registry_changes();
         let inputs = PoolInputs {
             effects: self.effects,
@@ -543,7 +546,6 @@ impl Compiler {
         for key in std::mem::take(&mut self.objects.dirty) {
             self.discovery_users.remove(&key);
             self.routes.remove(&key);
-            self.chains.remove(&key);
             self.upstreams.remove(&key);
             certificates_changed |= self.certificates.remove(&key).is_some();
             context_changed |= self.services.remove(&key).is_some();
@@ -707,7 +709,7 @@ impl Compiler {
         self.templates.clear();
         self.consumers.clear();
         self.groups.clear();
-        self.chains.clear();
+        self.fresh = true;
         self.consumer_table = Default::default();
         self.cert_problems.clear();
         self.discovery_users.clear();
@@ -820,7 +822,6 @@ impl Compiler {
             services,
             global_rules,
             templates,
-            chains,
             generation,
             plugins,
             ..
@@ -837,11 +838,11 @@ impl Compiler {
             .filter_map(|s| s.as_ref().ok())
             .map(|s| (s.service.id.as_str(), &s.service))
             .collect();
-        for (key, state) in routes.iter() {
+        for state in routes.values_mut() {
             let Ok(state) = state else {
                 continue;
             };
-            if chains.get(key).is_some_and(|(g, _)| g == generation) {
+            if state.chain.as_ref().is_some_and(|(g, _)| g == generation) {
                 continue;
             }
             let route = &state.route.route;
@@ -854,7 +855,7 @@ impl Compiler {
                 &objects.instance,
                 counters,
             );
-            chains.insert(key.clone(), (*generation, chain));
+            state.chain = Some((*generation, chain));
         }
     }
 
@@ -1026,7 +1027,7 @@ impl Compiler {
                 // Disabled routes are valid config that is not served.
                 continue;
             }
-            let chain = match self.chains.get(key) {
+            let chain = match &state.chain {
                 Some((_, Ok(chain))) => chain.clone(),
                 Some((_, Err(reason))) => {
                     report(key, reason.clone());
@@ -1155,6 +1156,7 @@ fn compile_route(value: &[u8], id: &str, inputs: &PoolInputs) -> Result<RouteSta
         route: Arc::new(CompiledRoute::compile(route)?),
         inline,
         warnings,
+        chain: None,
     })
 }
 
