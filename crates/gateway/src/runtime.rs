@@ -341,8 +341,6 @@ pub struct Compiler {
     templates: BTreeMap<String, Result<PluginTemplate, String>>,
     consumers: BTreeMap<String, Result<Consumer, String>>,
     groups: BTreeMap<String, Result<ConsumerGroup, String>>,
-    /// Whether nothing was built since the compiler was made or emptied.
-    fresh: bool,
     /// Bumped when a service, global rule or template changes: every chain is then
     /// made again.
     generation: u64,
@@ -368,6 +366,7 @@ pub struct Compiler {
     /// naming a service instead of an upstream.
     lb_pools: HashMap<String, Arc<UpstreamPool>>,
     /// The last table's index: the next table reuses it when its routes are the same.
+    /// `None` before the first build and after an unbound one.
     router_index: Option<RouterIndex>,
 }
 
@@ -487,7 +486,6 @@ impl Compiler {
             templates: BTreeMap::new(),
             consumers: BTreeMap::new(),
             groups: BTreeMap::new(),
-            fresh: true,
             generation: 0,
             plugins: PluginCache {
                 plugins: HashMap::default(),
@@ -536,7 +534,8 @@ impl Compiler {
         let binding_changed = std::mem::take(&mut self.objects.binding_dirty);
         let mut context_changed = binding_changed;
         let mut consumers_changed = binding_changed;
-        let first = std::mem::take(&mut self.fresh);
+        // No table yet: nothing built since the compiler was made or emptied.
+        let first = self.router_index.is_none();
         let namespace = self.registry_changes();
         let inputs = PoolInputs {
             effects: self.effects,
@@ -709,7 +708,6 @@ impl Compiler {
         self.templates.clear();
         self.consumers.clear();
         self.groups.clear();
-        self.fresh = true;
         self.consumer_table = Default::default();
         self.cert_problems.clear();
         self.discovery_users.clear();

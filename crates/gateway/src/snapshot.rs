@@ -7,6 +7,7 @@
 //! so a crash leaves either the old or the new file, never half of one. The file holds
 //! certificate keys, so it is created readable by its owner only.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,25 +15,16 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use store::KeyValue;
 
-/// What the file holds.
+/// What the file holds; borrowing the node's keys when saved, owning them when loaded.
 #[derive(Debug, Serialize, Deserialize)]
-struct Stored {
-    instance: String,
+struct Stored<'a> {
+    instance: Cow<'a, str>,
     /// The admin revision of the content.
     revision: u64,
     /// Unix milliseconds of the save.
     saved_at_ms: i64,
     /// Store key → value (each value is the JSON text the store held).
-    keys: BTreeMap<String, String>,
-}
-
-/// What [`SnapshotFile::save`] writes: [`Stored`] borrowing the node's keys.
-#[derive(Serialize)]
-struct StoredRef<'a> {
-    instance: &'a str,
-    revision: u64,
-    saved_at_ms: i64,
-    keys: BTreeMap<&'a str, std::borrow::Cow<'a, str>>,
+    keys: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
 }
 
 /// A loaded snapshot.
@@ -81,8 +73,8 @@ impl SnapshotFile {
                 .keys
                 .into_iter()
                 .map(|(key, value)| KeyValue {
-                    key,
-                    value: value.into_bytes(),
+                    key: key.into_owned(),
+                    value: value.into_owned().into_bytes(),
                     mod_revision: 0,
                     lease: None,
                 })
@@ -100,11 +92,13 @@ impl SnapshotFile {
         // Serialised whole in memory and written with one call: the file is a few MiB
         // at 10k routes, and serde's small writes straight to the file were thousands
         // of system calls per save.
-        let stored = StoredRef {
-            instance,
+        let stored = Stored {
+            instance: Cow::Borrowed(instance),
             revision,
             saved_at_ms: crate::now_ms(),
-            keys: keys.map(|(k, v)| (k, String::from_utf8_lossy(v))).collect(),
+            keys: keys
+                .map(|(k, v)| (Cow::Borrowed(k), String::from_utf8_lossy(v)))
+                .collect(),
         };
         let bytes = serde_json::to_vec(&stored)?;
         let dir = match self.path.parent() {
