@@ -383,6 +383,26 @@ async fn dry_runs_check_everything_and_store_nothing() {
         "{}",
         updated.body
     );
+    // A regex path and predicates: the sample request is one the new version takes.
+    let mut changed = route("r1", "up");
+    changed["paths"] = json!(["~/v[0-9]+/users"]);
+    changed["headers"] = json!([{"name": "x-version", "op": "equals", "value": "2"}]);
+    changed["remote_addrs"] = json!(["10.8.0.0/16"]);
+    let updated = admin
+        .send("PUT", &format!("{BASE}/routes/r1?dry_run=true"), changed)
+        .await;
+    assert_eq!(updated.status, StatusCode::OK, "{}", updated.body);
+    let started = updated.body["rerouted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["after"] == "r1")
+        .cloned()
+        .unwrap_or_else(|| panic!("no request starts matching: {}", updated.body));
+    assert_eq!(started["path"], "/v1/users", "{started}");
+    assert_eq!(started["headers"], json!({"x-version": "2"}), "{started}");
+    assert_eq!(started["client_ip"], "10.8.0.0", "{started}");
+    assert_eq!(started["before"], Value::Null, "{started}");
     // What a real write would refuse, a dry run refuses the same way.
     let in_use = admin
         .call("DELETE", &format!("{BASE}/upstreams/up?dry_run=true"), None)

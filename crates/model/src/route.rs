@@ -292,7 +292,7 @@ impl Route {
             match PathPattern::parse(path) {
                 Err(why) => v.error(&field, why),
                 Ok(PathPattern::Regex(pattern)) => {
-                    if let Err(e) = compile_regex(&format!("^(?:{pattern})$")) {
+                    if let Err(e) = compile_path_regex(pattern) {
                         v.error(&field, format!("is not a valid regex: {e}"));
                     }
                 }
@@ -412,6 +412,12 @@ pub fn compile_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
         .size_limit(1 << 20)
         .dfa_size_limit(1 << 20)
         .build()
+}
+
+/// Compiles a regex path's pattern (the text after `~`) as the router runs it: it must
+/// match the whole normalised path.
+pub fn compile_path_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    compile_regex(&format!("^(?:{pattern})$"))
 }
 
 /// An IP address or a CIDR block; a bare address is a /32 or /128. An IPv4-mapped

@@ -223,10 +223,23 @@ pub fn looks_secret(name: &str) -> bool {
 /// secret (only its length is told).
 pub fn shown_value(name: &str, value: &str) -> String {
     if looks_secret(name) {
-        format!("<masked, {} bytes>", value.len())
+        masked(value)
     } else {
         format!("{value:?}")
     }
+}
+
+/// A request value as sent, or masked when its name looks secret.
+pub fn unquoted_value(name: &str, value: &str) -> String {
+    if looks_secret(name) {
+        masked(value)
+    } else {
+        value.to_owned()
+    }
+}
+
+fn masked(value: &str) -> String {
+    format!("<masked, {} bytes>", value.len())
 }
 
 /// The tester's answer.

@@ -18,6 +18,7 @@ mod revisions;
 mod sealing;
 mod settings;
 mod users;
+mod working;
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -120,10 +121,11 @@ impl Db {
     }
 
     /// Rewrites `?` placeholders for the connected database.
-    fn sql(&self, sql: &'static str) -> Cow<'static, str> {
+    fn sql(&self, sql: impl Into<Cow<'static, str>>) -> Cow<'static, str> {
+        let sql = sql.into();
         match self.dialect {
-            Dialect::Postgres => Cow::Owned(numbered_placeholders(sql)),
-            Dialect::Sqlite | Dialect::MySql => Cow::Borrowed(sql),
+            Dialect::Postgres => Cow::Owned(numbered_placeholders(&sql)),
+            Dialect::Sqlite | Dialect::MySql => sql,
         }
     }
 }

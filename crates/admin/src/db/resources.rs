@@ -1,9 +1,10 @@
 //! An instance's resources, its revision and its change log.
 //!
-//! [`Db::commit`] is the one write: a transaction that bumps the instance's revision,
-//! checks what involves other rows (duplicate ids, a route's upstream, routes using an
-//! upstream), writes the resource row and appends the change-log row. A refused change
-//! rolls back, revision bump included, so nothing of it is stored.
+//! [`Db::commit_many`] is the one write: a transaction that bumps the instance's
+//! revision, reads the rows its changes touch once (`working`), checks each change
+//! against them (duplicate ids, a route's upstream, routes using an upstream …),
+//! writes the rows in a few statements and appends the change-log row. A refused
+//! change rolls back, revision bump included, so nothing of it is stored.
 //!
 //! A certificate's private key is sealed with the data key before it reaches a row
 //! (`secrets`) and opened when read back; a key written in clear by an earlier version
@@ -25,7 +26,7 @@ use crate::secrets::Keyring;
 
 /// MySQL's TEXT holds 65,535 bytes; a stored resource (a sealed key is longer than the
 /// key) must fit on every database.
-const MAX_STORED_JSON: usize = 65_535;
+pub(super) const MAX_STORED_JSON: usize = 65_535;
 
 /// One change to one resource, as the API accepted it (parsed and validated).
 #[derive(Debug, Clone)]
@@ -145,19 +146,6 @@ fn named_by_object(e: ApiError, change: &Change) -> ApiError {
     }
 }
 
-/// One object a revision wrote, as the commit did it.
-struct Written {
-    op: &'static str,
-    created: bool,
-    stored: Change,
-    /// The object as the change log shows it (no secret, no hash); `None` for deletes.
-    logged: Option<String>,
-    /// The object as stored (secrets sealed); `None` for deletes.
-    body: Option<String>,
-    /// The object before, as the API shows it; `None` when it did not exist.
-    previous: Option<serde_json::Value>,
-}
-
 impl Db {
     /// Applies one change in one transaction and returns the revision it produced (a
     /// dry run: would produce, nothing kept). The instance must be in `namespace` (checked under the same lock as the
@@ -265,31 +253,29 @@ impl Db {
         let agent_verified =
             optional_text(&row, "verified_address")?.as_deref() == Some(agent_address.as_str());
 
+        let mut working = self
+            .working_set(&mut tx, cluster, instance, changes)
+            .await?;
         let mut written = Vec::with_capacity(changes.len());
         for change in changes {
             let one = self
-                .write_one(&mut tx, cluster, instance, change, new_revision, now)
-                .await
+                .check_change(&mut working, cluster, instance, change)
                 .map_err(|e| match batch {
                     Batch::Single => e,
                     _ => named_by_object(e, change),
                 })?;
-            let sql = self.sql(
-                "INSERT INTO revision_objects (cluster, instance, revision, kind, id, op, body) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            );
-            sqlx::query(&sql)
-                .bind(cluster)
-                .bind(instance)
-                .bind(new_revision)
-                .bind(change.kind().as_str())
-                .bind(change.id())
-                .bind(one.op)
-                .bind(one.body.as_deref())
-                .execute(&mut *tx)
-                .await?;
             written.push(one);
         }
+        self.write_working(
+            &mut tx,
+            cluster,
+            instance,
+            &working,
+            &written,
+            new_revision,
+            now,
+        )
+        .await?;
 
         // The change log: one row per revision, naming its object when it has one.
         let (kind, id, op, logged) = match (batch.op(), written.as_slice(), changes) {
@@ -335,121 +321,9 @@ impl Db {
         })
     }
 
-    /// One change of a revision: the checks that involve other rows (duplicate ids,
-    /// references, objects in use, consumers' secrets and identities), then the rows.
-    async fn write_one(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        cluster: &str,
-        instance: &str,
-        change: &Change,
-        new_revision: i64,
-        now: i64,
-    ) -> Result<Written, ApiError> {
-        let kind = change.kind();
-        let id = change.id();
-        let previous = self
-            .stored_resource(tx, cluster, instance, kind, id)
-            .await?
-            .map(|r| r.redacted().to_json());
-        let exists = previous.is_some();
-        let (op, created) = match change {
-            Change::Create(_) if exists => {
-                return Err(ApiError::AlreadyExists(format!(
-                    "{} {id:?} already exists in instance {instance:?}",
-                    kind.singular()
-                )));
-            }
-            Change::Create(_) => ("create", true),
-            Change::Upsert(_) => ("update", !exists),
-            Change::Delete { .. } if !exists => {
-                return Err(ApiError::NotFound(format!(
-                    "{} {id:?} does not exist in instance {instance:?}",
-                    kind.singular()
-                )));
-            }
-            Change::Delete { .. } => ("delete", false),
-        };
-        let (resource, stored) = match change {
-            Change::Create(resource) | Change::Upsert(resource) => {
-                self.check_references_exist(tx, cluster, instance, resource)
-                    .await?;
-                match resource {
-                    Resource::Consumer(consumer) => {
-                        let kept = self
-                            .consumer_secrets(tx, cluster, instance, consumer, exists)
-                            .await?;
-                        let stored = match change {
-                            Change::Create(_) => Change::Create(kept.clone()),
-                            _ => Change::Upsert(kept.clone()),
-                        };
-                        (kept, stored)
-                    }
-                    other => (other.clone(), change.clone()),
-                }
-            }
-            Change::Delete { .. } => {
-                self.check_unreferenced(tx, cluster, instance, kind, id)
-                    .await?;
-                for table in ["resource_refs", "resources"] {
-                    self.delete_rows(tx, table, cluster, instance, kind, id)
-                        .await?;
-                }
-                return Ok(Written {
-                    op,
-                    created,
-                    stored: change.clone(),
-                    logged: None,
-                    body: None,
-                    previous,
-                });
-            }
-        };
-        let body = self.stored_body(cluster, instance, &resource)?;
-        if body.len() > MAX_STORED_JSON {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "a {} may take at most {MAX_STORED_JSON} bytes of JSON as stored",
-                kind.singular()
-            )));
-        }
-        let sql = if exists {
-            self.sql(
-                "UPDATE resources SET body = ?, revision = ?, updated_at = ? \
-                 WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
-            )
-        } else {
-            self.sql(
-                "INSERT INTO resources (body, revision, updated_at, cluster, instance, kind, id) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-        };
-        sqlx::query(&sql)
-            .bind(&body)
-            .bind(new_revision)
-            .bind(now)
-            .bind(cluster)
-            .bind(instance)
-            .bind(kind.as_str())
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
-        self.write_references(tx, cluster, instance, &resource)
-            .await?;
-        Ok(Written {
-            op,
-            created,
-            stored,
-            // The change log keeps what an operator may see: never a private key,
-            // a credential's secret or its hash.
-            logged: Some(resource.redacted().to_json().to_string()),
-            body: Some(body),
-            previous,
-        })
-    }
-
     /// The resource's JSON as stored: a certificate's key and a consumer's JWT and HMAC
     /// secrets sealed, anything else as is.
-    fn stored_body(
+    pub(super) fn stored_body(
         &self,
         cluster: &str,
         instance: &str,
@@ -555,221 +429,8 @@ impl Db {
             .transpose()
     }
 
-    async fn exists(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        cluster: &str,
-        instance: &str,
-        kind: ResourceKind,
-        id: &str,
-    ) -> Result<bool, sqlx::Error> {
-        let sql = self.sql(
-            "SELECT id FROM resources WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?",
-        );
-        Ok(sqlx::query(&sql)
-            .bind(cluster)
-            .bind(instance)
-            .bind(kind.as_str())
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?
-            .is_some())
-    }
-
-    /// Everything `resource` names (a route's upstream and service …) must exist in
-    /// the same instance; every missing one is listed.
-    async fn check_references_exist(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        cluster: &str,
-        instance: &str,
-        resource: &Resource,
-    ) -> Result<(), ApiError> {
-        let mut errors = Vec::new();
-        for (field, kind, id) in resource.references() {
-            if !self.exists(tx, cluster, instance, kind, &id).await? {
-                errors.push(model::validate::FieldError {
-                    field,
-                    message: format!(
-                        "{} {id:?} does not exist in instance {instance:?}",
-                        kind.singular()
-                    ),
-                });
-            }
-        }
-        if errors.is_empty() {
-            return Ok(());
-        }
-        Err(ApiError::Invalid {
-            what: resource.kind().singular().to_owned(),
-            errors: model::validate::ValidationErrors(errors),
-        })
-    }
-
-    /// Records what `resource` names, replacing what it named before.
-    async fn write_references(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        cluster: &str,
-        instance: &str,
-        resource: &Resource,
-    ) -> Result<(), sqlx::Error> {
-        self.delete_rows(
-            tx,
-            "resource_refs",
-            cluster,
-            instance,
-            resource.kind(),
-            resource.id(),
-        )
-        .await?;
-        let kind = resource.kind().as_str();
-        let sql = self.sql(
-            "INSERT INTO resource_refs (cluster, instance, kind, id, field, ref_kind, ref_id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        );
-        for (field, ref_kind, ref_id) in resource.references() {
-            sqlx::query(&sql)
-                .bind(cluster)
-                .bind(instance)
-                .bind(kind)
-                .bind(resource.id())
-                .bind(field)
-                .bind(ref_kind.as_str())
-                .bind(ref_id)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Deletes a resource's rows of `table` (`resources` or `resource_refs`).
-    async fn delete_rows(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        table: &str,
-        cluster: &str,
-        instance: &str,
-        kind: ResourceKind,
-        id: &str,
-    ) -> Result<(), sqlx::Error> {
-        let sql = self.sql(if table == "resource_refs" {
-            "DELETE FROM resource_refs WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?"
-        } else {
-            "DELETE FROM resources WHERE cluster = ? AND instance = ? AND kind = ? AND id = ?"
-        });
-        sqlx::query(&sql)
-            .bind(cluster)
-            .bind(instance)
-            .bind(kind.as_str())
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-
-    /// A resource others name cannot be deleted; the answer names them.
-    async fn check_unreferenced(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        cluster: &str,
-        instance: &str,
-        kind: ResourceKind,
-        id: &str,
-    ) -> Result<(), ApiError> {
-        let sql = self.sql(
-            "SELECT kind, id, field FROM resource_refs \
-             WHERE cluster = ? AND instance = ? AND ref_kind = ? AND ref_id = ? ORDER BY kind, id",
-        );
-        let rows = sqlx::query(&sql)
-            .bind(cluster)
-            .bind(instance)
-            .bind(kind.as_str())
-            .bind(id)
-            .fetch_all(&mut **tx)
-            .await?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut users: Vec<(String, Vec<String>)> = Vec::new();
-        let mut details = Vec::new();
-        for row in &rows {
-            let (by_kind, by_id, field) =
-                (text(row, "kind")?, text(row, "id")?, text(row, "field")?);
-            details.push(model::validate::FieldError {
-                field: format!("{by_kind}[{by_id}].{field}"),
-                message: format!("names {} {id:?}", kind.singular()),
-            });
-            match users.last_mut() {
-                Some((k, ids)) if *k == by_kind => ids.push(by_id),
-                _ => users.push((by_kind, vec![by_id])),
-            }
-        }
-        let named: Vec<String> = users
-            .iter()
-            .map(|(k, ids)| format!("{k} {}", ids.join(", ")))
-            .collect();
-        Err(ApiError::InUse {
-            message: format!(
-                "{} {id:?} is used by {}; change or delete them first",
-                kind.singular(),
-                named.join("; ")
-            ),
-            details,
-        })
-    }
-
-    /// A consumer as it will be stored: credentials sent back without their secret
-    /// keep the stored one (same id and type), every credential has its secret, and
-    /// none identifies another consumer of the instance (a key, a Basic username).
-    async fn consumer_secrets(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        cluster: &str,
-        instance: &str,
-        consumer: &model::consumer::Consumer,
-        exists: bool,
-    ) -> Result<Resource, ApiError> {
-        let mut consumer = consumer.clone();
-        let others = self
-            .resources_in(tx, cluster, instance, ResourceKind::Consumers)
-            .await?;
-        if exists {
-            if let Some(Resource::Consumer(stored)) = others.iter().find(|r| r.id() == consumer.id)
-            {
-                consumer.keep_secrets_from(stored);
-            }
-        }
-        let mut errors = consumer.missing_secrets();
-        let mine = consumer.identities();
-        for other in &others {
-            let Resource::Consumer(other) = other else {
-                continue;
-            };
-            if other.id == consumer.id {
-                continue;
-            }
-            let theirs = other.identities();
-            for (field, identity) in &mine {
-                if theirs.iter().any(|(_, t)| t == identity) {
-                    errors.push(model::validate::FieldError {
-                        field: field.clone(),
-                        message: format!("is already a credential of consumer {:?}", other.id),
-                    });
-                }
-            }
-        }
-        if !errors.is_empty() {
-            return Err(ApiError::Invalid {
-                what: "consumer".to_owned(),
-                errors: model::validate::ValidationErrors(errors),
-            });
-        }
-        Ok(Resource::Consumer(consumer))
-    }
-
     /// The instance's resources of `kind`, read in the transaction.
-    async fn resources_in(
+    pub(super) async fn resources_in(
         &self,
         tx: &mut Transaction<'static, Any>,
         cluster: &str,

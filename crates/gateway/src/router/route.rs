@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use model::route::{
-    compile_regex, parse_cidr, MatchOp, Matcher, PathPattern, Route, TemplatePart, METHODS,
+    compile_path_regex, compile_regex, parse_cidr, MatchOp, Matcher, PathPattern, Route,
+    TemplatePart, METHODS,
 };
 use regex::Regex;
 
@@ -123,8 +124,7 @@ impl CompiledRoute {
                 },
                 PathPattern::Regex(pattern) => CompiledPath::Regex {
                     literal,
-                    regex: compile_regex(&format!("^(?:{pattern})$"))
-                        .map_err(|e| format!("paths[{i}]: {e}"))?,
+                    regex: compile_path_regex(pattern).map_err(|e| format!("paths[{i}]: {e}"))?,
                 },
             });
         }

@@ -81,9 +81,27 @@ pub fn rerouted(rerouted: &Value) -> String {
     for r in list {
         let host = r["host"].as_str().unwrap_or("*");
         let route = |v: &Value| v.as_str().unwrap_or("(none)").to_owned();
+        let query = r["query"]
+            .as_str()
+            .map_or_else(String::new, |q| format!("?{q}"));
+        // What else the request carries to pass the route's predicates.
+        let mut with: Vec<String> = r["headers"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(name, value)| format!("{name}: {}", value.as_str().unwrap_or_default()))
+            .collect();
+        if let Some(ip) = r["client_ip"].as_str() {
+            with.push(format!("from {ip}"));
+        }
+        let with = if with.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", with.join("; "))
+        };
         let _ = writeln!(
             out,
-            "    {} {host}{}: {} → {}",
+            "    {} {host}{}{query}{with}: {} → {}",
             r["method"].as_str().unwrap_or("GET"),
             r["path"].as_str().unwrap_or(""),
             route(&r["before"]),
@@ -167,13 +185,17 @@ mod tests {
     fn dry_runs_show_the_revision_and_reroutes() {
         let answer = json!({"dry_run": true, "revision": 7, "op": "update",
             "fields": [{"path": "upstream_id", "before": "u1", "after": "u2"}],
-            "rerouted": [{"method": "GET", "path": "/x", "before": "r1", "after": null}]});
+            "rerouted": [{"method": "GET", "path": "/x", "before": "r1", "after": null},
+                {"method": "POST", "host": "a.com", "path": "/v1/y", "query": "q=1",
+                 "headers": {"x-version": "2"}, "client_ip": "10.0.0.0",
+                 "before": null, "after": "r1"}]});
         assert_eq!(
             dry_run("route r1", &answer),
             "dry run: would update route r1 as revision 7\n\
              \x20   upstream_id: \"u1\" → \"u2\"\n\
              requests that would change route:\n\
-             \x20   GET */x: r1 → (none)\n"
+             \x20   GET */x: r1 → (none)\n\
+             \x20   POST a.com/v1/y?q=1 [x-version: 2; from 10.0.0.0]: (none) → r1\n"
         );
     }
 }
