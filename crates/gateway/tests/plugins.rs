@@ -329,19 +329,48 @@ async fn services_global_rules_and_templates_shape_the_chain() {
     )
     .await;
     node.until("/cart", 401, "").await;
-    let (status, body, headers) = node
-        .send(
-            node.http
-                .get(node.at("/cart"))
-                .header("apikey", "alice-key-000"),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        headers["x-trace"].len(),
-        36,
-        "the global rule's request-id runs"
-    );
+    // The global rule is a later write than the route: it may come in a later
+    // config than the one that made /cart answer, but it must come (a chain built
+    // before it is rebuilt with it).
+    let mut traced = None;
+    for _ in 0..100 {
+        let (status, body, headers) = node
+            .send(
+                node.http
+                    .get(node.at("/cart"))
+                    .header("apikey", "alice-key-000"),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        if let Some(id) = headers.get("x-trace") {
+            traced = Some(id.len());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(traced, Some(36), "the global rule's request-id runs");
+    // Only the global rule changes: the unchanged route's chain takes the new one.
+    node.put(
+        "global_rules/ids",
+        json!({"id": "ids", "plugins": {"request-id": {"header_name": "x-trace-2"}}}),
+    )
+    .await;
+    let mut renamed = false;
+    for _ in 0..100 {
+        let (_, _, headers) = node
+            .send(
+                node.http
+                    .get(node.at("/cart"))
+                    .header("apikey", "alice-key-000"),
+            )
+            .await;
+        if headers.contains_key("x-trace-2") && !headers.contains_key("x-trace") {
+            renamed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(renamed, "a changed global rule reaches the unchanged route");
 
     // The template turns key-auth off for the instance.
     node.put(
