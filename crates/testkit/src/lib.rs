@@ -1,11 +1,13 @@
 //! Test helpers shared by Portico's crates (dev-only): a real etcd and a real Redis on
 //! free ports, child processes of the `portico` binary, named upstream servers, whole
 //! deployments (the fixed one of the end-to-end tests, `spine`, and one of any shape
-//! for benchmarks, `deployment`), a test certificate authority and synthetic route
-//! tables for benchmarks.
+//! for benchmarks, `deployment`), a Kubernetes API server speaking the list/watch wire
+//! protocol with fault injection (`kube`), a test certificate authority and synthetic
+//! route tables for benchmarks.
 
 pub mod deployment;
 pub mod etcd;
+pub mod kube;
 pub mod process;
 pub mod redis;
 pub mod routes;
