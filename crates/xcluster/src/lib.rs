@@ -10,6 +10,10 @@
 //! controllers that feed it from kube-rs watchers, the writers, leader election and
 //! metrics follow (issue 13).
 
+pub mod aggregator;
+pub mod cluster;
+pub mod config;
+pub mod controller;
 pub mod queue;
 pub mod slices;
 pub mod union;

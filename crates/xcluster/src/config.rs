@@ -1,0 +1,267 @@
+//! What the controller is told: the clusters to watch (requirement X1: name, how to
+//! reach its Kubernetes API, cloud provider, role) and its timings, read from a YAML
+//! file that the controller re-reads on a timer, so clusters come and go and
+//! credentials change without a restart.
+//!
+//! ```yaml
+//! grace: 60s            # a lost peak cluster's endpoints stay ready this long
+//! resync: 600s          # full resync of every cluster's caches
+//! clusters:
+//!   - name: idc-a
+//!     role: production  # private cloud: receives the union
+//!     provider: idc
+//!     kubeconfig: /etc/portico/idc-a.kubeconfig
+//!   - name: peak-1
+//!     role: peak        # public cloud: gives its ready endpoints
+//!     provider: aliyun
+//!     kubeconfig: /etc/portico/peak-1.kubeconfig
+//!     context: peak-1   # optional: the kubeconfig's current context otherwise
+//! ```
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::union::{Role, DEFAULT_GRACE};
+
+/// One cluster to watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSpec {
+    pub name: String,
+    pub role: Role,
+    /// Free text (`aliyun`, `idc`, …), shown in metrics and the status.
+    pub provider: String,
+    /// The kubeconfig file; read again whenever the client is rebuilt.
+    pub kubeconfig: PathBuf,
+    pub context: Option<String>,
+}
+
+/// The controller's timings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timings {
+    /// How long a lost peak cluster's endpoints stay ready.
+    pub grace: Duration,
+    /// How often every cached Service is processed again (X1's full resync).
+    pub resync: Duration,
+    /// How often each cluster's API is probed.
+    pub probe_every: Duration,
+    /// How long a probe or a write may take before it counts as failed.
+    pub request_timeout: Duration,
+    /// The longest a watch stays open; a watch that delivered nothing for this long
+    /// (plus kube-rs's 5 s margin) is taken as dead and started again.
+    pub watch_timeout: Duration,
+    /// How often the cluster list is read again (X1: 30 s).
+    pub reload_every: Duration,
+    /// Workers per cluster processing the Services queued by watch events (X2).
+    pub workers: usize,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            grace: DEFAULT_GRACE,
+            resync: Duration::from_secs(600),
+            probe_every: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            watch_timeout: Duration::from_secs(60),
+            reload_every: Duration::from_secs(30),
+            workers: 4,
+        }
+    }
+}
+
+/// The file's contents, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub timings: Timings,
+    pub clusters: Vec<ClusterSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    grace: Option<String>,
+    #[serde(default)]
+    resync: Option<String>,
+    #[serde(default)]
+    probe_every: Option<String>,
+    #[serde(default)]
+    request_timeout: Option<String>,
+    #[serde(default)]
+    watch_timeout: Option<String>,
+    #[serde(default)]
+    reload_every: Option<String>,
+    #[serde(default)]
+    workers: Option<usize>,
+    clusters: Vec<FileCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    name: String,
+    role: String,
+    #[serde(default)]
+    provider: String,
+    kubeconfig: PathBuf,
+    #[serde(default)]
+    context: Option<String>,
+}
+
+impl Config {
+    /// Reads and checks `path`; relative kubeconfig paths are taken from the file's
+    /// folder. The error names the field and why.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let mut config = Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for cluster in &mut config.clusters {
+            if cluster.kubeconfig.is_relative() {
+                cluster.kubeconfig = base.join(&cluster.kubeconfig);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and checks a cluster list.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: File = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        let defaults = Timings::default();
+        let duration = |field: &str, value: Option<String>, default: Duration| match value {
+            None => Ok(default),
+            Some(text) => match humantime::parse_duration(&text) {
+                Ok(d) if !d.is_zero() => Ok(d),
+                Ok(_) => Err(format!("{field}: must be longer than 0")),
+                Err(e) => Err(format!("{field}: {text:?} is not a duration ({e})")),
+            },
+        };
+        let timings = Timings {
+            grace: duration("grace", file.grace, defaults.grace)?,
+            resync: duration("resync", file.resync, defaults.resync)?,
+            probe_every: duration("probe_every", file.probe_every, defaults.probe_every)?,
+            request_timeout: duration(
+                "request_timeout",
+                file.request_timeout,
+                defaults.request_timeout,
+            )?,
+            watch_timeout: duration("watch_timeout", file.watch_timeout, defaults.watch_timeout)?,
+            reload_every: duration("reload_every", file.reload_every, defaults.reload_every)?,
+            workers: match file.workers {
+                None => defaults.workers,
+                Some(0) => return Err("workers: must be at least 1".into()),
+                Some(n) => n,
+            },
+        };
+        if timings.watch_timeout < Duration::from_secs(1) {
+            return Err(
+                "watch_timeout: must be at least 1s (the API server counts seconds)".into(),
+            );
+        }
+        let mut names = BTreeSet::new();
+        let mut clusters = Vec::new();
+        for (i, cluster) in file.clusters.into_iter().enumerate() {
+            let at = format!("clusters[{i}]");
+            if !valid_name(&cluster.name) {
+                return Err(format!(
+                    "{at}.name: {:?} must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit",
+                    cluster.name
+                ));
+            }
+            if !names.insert(cluster.name.clone()) {
+                return Err(format!("{at}.name: {:?} is listed twice", cluster.name));
+            }
+            let role = match cluster.role.as_str() {
+                "production" => Role::Production,
+                "peak" => Role::Peak,
+                other => {
+                    return Err(format!(
+                        "{at}.role: {other:?} is neither \"production\" nor \"peak\""
+                    ));
+                }
+            };
+            if cluster.kubeconfig.as_os_str().is_empty() {
+                return Err(format!("{at}.kubeconfig: must name a file"));
+            }
+            clusters.push(ClusterSpec {
+                name: cluster.name,
+                role,
+                provider: cluster.provider,
+                kubeconfig: cluster.kubeconfig,
+                context: cluster.context.filter(|c| !c.is_empty()),
+            });
+        }
+        Ok(Self { timings, clusters })
+    }
+}
+
+/// A cluster name as Kubernetes names objects (it ends up in slice names and labels).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_list_is_read_with_defaults() {
+        let config = Config::parse(
+            "grace: 30s\nclusters:\n- name: idc-a\n  role: production\n  kubeconfig: a.yaml\n\
+             - name: peak-1\n  role: peak\n  provider: aliyun\n  kubeconfig: /k/p.yaml\n  context: p\n",
+        )
+        .unwrap();
+        assert_eq!(config.timings.grace, Duration::from_secs(30));
+        assert_eq!(config.timings.resync, Duration::from_secs(600));
+        assert_eq!(config.clusters.len(), 2);
+        assert_eq!(config.clusters[0].role, Role::Production);
+        assert_eq!(config.clusters[1].provider, "aliyun");
+        assert_eq!(config.clusters[1].context.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn bad_lists_are_refused_naming_the_field() {
+        let cases = [
+            ("clusters:\n- {name: A, role: peak, kubeconfig: k}\n", "clusters[0].name"),
+            ("clusters:\n- {name: a, role: edge, kubeconfig: k}\n", "clusters[0].role"),
+            (
+                "clusters:\n- {name: a, role: peak, kubeconfig: k}\n- {name: a, role: peak, kubeconfig: k}\n",
+                "clusters[1].name",
+            ),
+            ("grace: soon\nclusters: []\n", "grace"),
+            ("grace: 0s\nclusters: []\n", "grace"),
+            ("workers: 0\nclusters: []\n", "workers"),
+            ("clusters: []\nextra: 1\n", "extra"),
+            ("clusters:\n- {name: a, role: peak}\n", "kubeconfig"),
+        ];
+        for (text, field) in cases {
+            let error = Config::parse(text).unwrap_err();
+            assert!(error.contains(field), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn relative_kubeconfigs_are_taken_from_the_files_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clusters.yaml");
+        std::fs::write(
+            &path,
+            "clusters:\n- {name: a, role: peak, kubeconfig: a.kubeconfig}\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(
+            config.clusters[0].kubeconfig,
+            dir.path().join("a.kubeconfig")
+        );
+    }
+}
