@@ -30,6 +30,8 @@ pub struct Status {
     /// From the first report a plan acted on to its writes being done, last time.
     pub last_reconcile: Option<Duration>,
     pub problems: Vec<String>,
+    /// Whether this replica holds the Lease (only the leader writes).
+    pub leader: bool,
 }
 
 /// One cluster as the status shows it.
@@ -79,6 +81,14 @@ impl Aggregator {
 
     pub fn set_grace(&mut self, grace: Duration) {
         self.grace = grace;
+    }
+
+    /// Whether this replica writes; becoming the leader plans at once.
+    pub fn set_leader(&mut self, leader: bool) {
+        if leader && !self.status.leader {
+            self.touch();
+        }
+        self.status.leader = leader;
     }
 
     /// A cluster joins (or is replaced): nothing is known of it yet.
@@ -217,6 +227,11 @@ impl Aggregator {
         for (name, status) in &mut self.status.clusters {
             status.contributed = plan.contributed.get(name).copied().unwrap_or(0);
             status.services = self.views.get(name).map_or(0, |v| v.services.len());
+        }
+        if !self.status.leader {
+            // A standby plans (its status shows what it would do) and writes nothing.
+            self.dirty_since = None;
+            return;
         }
         let mut waiting = false;
         for (cluster, writes) in plan.writes {

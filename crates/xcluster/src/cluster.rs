@@ -628,7 +628,7 @@ fn slice_service(key: &SliceKey, slice: &EndpointSlice) -> Option<ServiceKey> {
 
 /// Reads the cluster's kubeconfig and makes a client; also answers when the file was
 /// last changed, so a new file is noticed.
-async fn build_client(
+pub(crate) async fn build_client(
     spec: &ClusterSpec,
     timings: &Timings,
 ) -> Result<(kube::Client, Option<SystemTime>), String> {

@@ -16,6 +16,11 @@
 //!     provider: aliyun
 //!     kubeconfig: /etc/portico/peak-1.kubeconfig
 //!     context: peak-1   # optional: the kubeconfig's current context otherwise
+//! lease:                # optional: where replicas elect the one that writes
+//!   cluster: idc-a      # default: the first production cluster by name
+//!   namespace: default
+//!   name: portico-xcluster
+//!   duration: 15s
 //! ```
 
 use std::collections::BTreeSet;
@@ -72,11 +77,48 @@ impl Default for Timings {
     }
 }
 
+/// Where the replicas' Lease lives (see [`crate::lease`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// The cluster holding it; `None`: the first production cluster by name.
+    pub cluster: Option<String>,
+    pub namespace: String,
+    pub name: String,
+    pub duration: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            cluster: None,
+            namespace: "default".into(),
+            name: "portico-xcluster".into(),
+            duration: Duration::from_secs(15),
+        }
+    }
+}
+
 /// The file's contents, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub timings: Timings,
     pub clusters: Vec<ClusterSpec>,
+    pub lease: LeaseConfig,
+}
+
+impl Config {
+    /// The cluster the Lease lives in: the one named, else the first production
+    /// cluster by name; `None` when there is no production cluster (nothing to write).
+    pub fn lease_cluster(&self) -> Option<&ClusterSpec> {
+        match &self.lease.cluster {
+            Some(name) => self.clusters.iter().find(|c| c.name == *name),
+            None => self
+                .clusters
+                .iter()
+                .filter(|c| c.role == Role::Production)
+                .min_by(|a, b| a.name.cmp(&b.name)),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -97,6 +139,21 @@ struct File {
     #[serde(default)]
     workers: Option<usize>,
     clusters: Vec<FileCluster>,
+    #[serde(default)]
+    lease: Option<FileLease>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLease {
+    #[serde(default)]
+    cluster: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    duration: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -194,7 +251,39 @@ impl Config {
                 context: cluster.context.filter(|c| !c.is_empty()),
             });
         }
-        Ok(Self { timings, clusters })
+        let mut lease = LeaseConfig::default();
+        if let Some(file) = file.lease {
+            if let Some(cluster) = file.cluster {
+                if !names.contains(&cluster) {
+                    return Err(format!(
+                        "lease.cluster: {cluster:?} is not in the cluster list"
+                    ));
+                }
+                lease.cluster = Some(cluster);
+            }
+            for (field, value, target) in [
+                ("lease.namespace", file.namespace, &mut lease.namespace),
+                ("lease.name", file.name, &mut lease.name),
+            ] {
+                if let Some(value) = value {
+                    if !valid_name(&value) {
+                        return Err(format!("{field}: {value:?} is not a valid Kubernetes name"));
+                    }
+                    *target = value;
+                }
+            }
+            lease.duration = duration("lease.duration", file.duration, lease.duration)?;
+            if lease.duration < Duration::from_secs(3) {
+                return Err(
+                    "lease.duration: must be at least 3s (renewed every third of it)".into(),
+                );
+            }
+        }
+        Ok(Self {
+            timings,
+            clusters,
+            lease,
+        })
     }
 }
 
@@ -226,6 +315,8 @@ mod tests {
         assert_eq!(config.clusters[0].role, Role::Production);
         assert_eq!(config.clusters[1].provider, "aliyun");
         assert_eq!(config.clusters[1].context.as_deref(), Some("p"));
+        assert_eq!(config.lease_cluster().unwrap().name, "idc-a");
+        assert_eq!(config.lease.duration, Duration::from_secs(15));
     }
 
     #[test]
@@ -242,6 +333,9 @@ mod tests {
             ("workers: 0\nclusters: []\n", "workers"),
             ("clusters: []\nextra: 1\n", "extra"),
             ("clusters:\n- {name: a, role: peak}\n", "kubeconfig"),
+            ("clusters: []\nlease: {cluster: nowhere}\n", "lease.cluster"),
+            ("clusters: []\nlease: {duration: 1s}\n", "lease.duration"),
+            ("clusters: []\nlease: {namespace: Kube_System}\n", "lease.namespace"),
         ];
         for (text, field) in cases {
             let error = Config::parse(text).unwrap_err();

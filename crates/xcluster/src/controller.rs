@@ -5,6 +5,9 @@
 //!
 //! A list that cannot be read or checked at a reload is reported and the clusters
 //! already running keep running as they were; the first read must succeed.
+//!
+//! Every replica watches and plans; only the one holding the Lease ([`crate::lease`])
+//! writes.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,7 +18,17 @@ use tokio::sync::{mpsc, watch};
 
 use crate::aggregator::{Aggregator, Status};
 use crate::cluster::{self, ClusterHandle};
-use crate::config::Config;
+use crate::config::{ClusterSpec, Config, LeaseConfig, Timings};
+use crate::lease::{self, LeaseSpecification};
+
+/// What `portico xcluster` is started with.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The cluster list (see [`crate::config`]).
+    pub clusters: PathBuf,
+    /// This replica's name in the Lease.
+    pub identity: String,
+}
 
 /// How often the aggregator looks at the clock when nothing is reported (a lost
 /// cluster's grace running out, failed writes to retry).
@@ -23,15 +36,18 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// Runs until `stop` turns true. `status` is refreshed after every plan.
 pub async fn run(
-    path: PathBuf,
+    options: Options,
     status: Arc<Mutex<Status>>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
+    let path = options.clusters;
     let mut config = Config::load(&path)?;
     let (report_tx, mut reports) = mpsc::unbounded_channel();
     let mut aggregator = Aggregator::new(config.timings.grace);
     let mut clusters: BTreeMap<String, ClusterHandle> = BTreeMap::new();
     start_and_stop(&config, &mut clusters, &mut aggregator, &report_tx, true);
+    let (leader_tx, mut leader) = watch::channel(false);
+    let mut election = Election::start(&config, &options.identity, &leader_tx);
     let mut reload = tokio::time::interval(config.timings.reload_every);
     reload.tick().await;
     let mut tick = tokio::time::interval(TICK);
@@ -51,11 +67,17 @@ pub async fn run(
                     aggregator.set_grace(new.timings.grace);
                     config = new;
                     start_and_stop(&config, &mut clusters, &mut aggregator, &report_tx, timings_changed);
+                    if election.key != Election::key_of(&config) {
+                        election.stop().await;
+                        election = Election::start(&config, &options.identity, &leader_tx);
+                    }
                 }
                 Err(error) => tracing::warn!(%error, "cluster list not reloaded; the clusters keep running as they were"),
             },
+            _ = leader.changed() => aggregator.set_leader(*leader.borrow_and_update()),
             _ = stop.changed() => {
                 if *stop.borrow() {
+                    election.stop().await;
                     return Ok(());
                 }
             }
@@ -100,5 +122,87 @@ fn start_and_stop(
         let handle = cluster::spawn(spec.clone(), config.timings.clone(), reports.clone());
         aggregator.add_cluster(name, spec.role, &spec.provider, handle.writes.clone());
         clusters.insert(name.to_owned(), handle);
+    }
+}
+
+/// The Lease election of this replica, restarted when where the Lease lives changes.
+struct Election {
+    key: Option<(ClusterSpec, LeaseConfig, Timings)>,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Election {
+    fn key_of(config: &Config) -> Option<(ClusterSpec, LeaseConfig, Timings)> {
+        let cluster = config.lease_cluster()?.clone();
+        Some((cluster, config.lease.clone(), config.timings.clone()))
+    }
+
+    /// Starts electing in the Lease's cluster; with no production cluster there is
+    /// nothing to write and this replica may lead alone.
+    fn start(config: &Config, identity: &str, leader: &watch::Sender<bool>) -> Self {
+        let key = Self::key_of(config);
+        let (stop, stopped) = watch::channel(false);
+        let task = key.clone().map(|(cluster, lease, timings)| {
+            let spec = LeaseSpecification {
+                namespace: lease.namespace,
+                name: lease.name,
+                duration: lease.duration,
+                identity: identity.to_owned(),
+            };
+            tokio::spawn(elect(cluster, spec, timings, leader.clone(), stopped))
+        });
+        leader.send_replace(task.is_none());
+        Self { key, stop, task }
+    }
+
+    /// Stops electing, giving the Lease up if this replica holds it.
+    async fn stop(mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+impl Drop for Election {
+    /// Dropped without [`Election::stop`] (the controller's task was aborted): the
+    /// election ends with it, without giving the Lease up, as a crash would.
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn elect(
+    cluster: ClusterSpec,
+    spec: LeaseSpecification,
+    timings: Timings,
+    leader: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        match cluster::build_client(&cluster, &timings).await {
+            Ok((client, _)) => {
+                let ended =
+                    lease::run(client, &spec, &leader, &mut stop, timings.request_timeout).await;
+                if ended == lease::Ended::Stopped {
+                    return;
+                }
+                tracing::info!(cluster = %cluster.name, "lease: credentials refused, reading the kubeconfig again");
+            }
+            Err(error) => {
+                leader.send_replace(false);
+                tracing::warn!(cluster = %cluster.name, %error, "lease: cannot make a client");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(timings.probe_every) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
     }
 }

@@ -14,6 +14,7 @@ pub mod aggregator;
 pub mod cluster;
 pub mod config;
 pub mod controller;
+pub mod lease;
 pub mod queue;
 pub mod slices;
 pub mod union;

@@ -77,6 +77,7 @@ impl World {
         std::fs::write(
             dir.path().join("clusters.yaml"),
             "grace: 3s\nprobe_every: 200ms\nrequest_timeout: 500ms\nwatch_timeout: 2s\nreload_every: 500ms\n\
+             lease: {duration: 3s}\n\
              clusters:\n\
              - {name: idc-a, role: production, provider: idc, kubeconfig: idc-a.kubeconfig}\n\
              - {name: peak-1, role: peak, provider: aliyun, kubeconfig: peak-1.kubeconfig}\n",
@@ -94,7 +95,25 @@ impl World {
     }
 
     fn start(&self) -> Controller {
-        Controller::start(self.path())
+        Controller::start(self.path(), "replica-a")
+    }
+
+    /// The resourceVersions of Portico's slices in the production cluster (the Lease
+    /// lives there too, so the cluster's own version moves with its renewals).
+    fn slice_versions(&self) -> Vec<String> {
+        self.production
+            .list(
+                "EndpointSlice",
+                "endpointslice.kubernetes.io/managed-by=portico-xcluster",
+            )
+            .iter()
+            .map(|s| {
+                s["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
     }
 
     /// The peak endpoints in the production cluster's Portico slices: address → ready.
@@ -146,10 +165,17 @@ struct Controller {
 }
 
 impl Controller {
-    fn start(path: PathBuf) -> Self {
+    fn start(path: PathBuf, identity: &str) -> Self {
         let (stop, stopped) = watch::channel(false);
         let status = Arc::new(Mutex::new(Status::default()));
-        let task = tokio::spawn(xcluster::controller::run(path, status.clone(), stopped));
+        let task = tokio::spawn(xcluster::controller::run(
+            xcluster::controller::Options {
+                clusters: path,
+                identity: identity.to_owned(),
+            },
+            status.clone(),
+            stopped,
+        ));
         Self { stop, task, status }
     }
 
@@ -164,6 +190,11 @@ impl Controller {
 
     fn status(&self) -> Status {
         self.status.lock().unwrap().clone()
+    }
+
+    /// Ends the controller without letting it give its Lease up (a crash).
+    fn crash(self) {
+        self.task.abort();
     }
 }
 
@@ -238,10 +269,10 @@ async fn peak_endpoints_reach_production_within_a_second_and_a_steady_state_writ
     // writes (the watch timeout is 2 s, so this spans restarted watches).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let writes = world.writes();
-    let rv = world.production.resource_version();
+    let versions = world.slice_versions();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(world.writes(), writes, "a steady state writes nothing");
-    assert_eq!(world.production.resource_version(), rv);
+    assert_eq!(world.slice_versions(), versions);
 
     let status = controller.status();
     assert_eq!(status.clusters["peak-1"].contributed, 3);
@@ -302,7 +333,7 @@ async fn a_restart_while_a_peak_is_unreachable_does_not_flap_the_slices() {
 
     world.peak.set_fault(Fault::Refuse);
     let writes = world.writes();
-    let rv = world.production.resource_version();
+    let versions = world.slice_versions();
     let second = world.start();
     // The production cluster is synced again but the peak is unknown: its slices stay.
     within(
@@ -324,7 +355,7 @@ async fn a_restart_while_a_peak_is_unreachable_does_not_flap_the_slices() {
         "the unknown peak's endpoints stay as they were"
     );
     assert_eq!(world.writes(), writes);
-    assert_eq!(world.production.resource_version(), rv);
+    assert_eq!(world.slice_versions(), versions);
 
     // The peak comes back unchanged: still nothing to write.
     world.peak.set_fault(Fault::None);
@@ -394,4 +425,72 @@ fn append(path: &Path, text: &str) {
     let partial = path.with_extension("partial");
     std::fs::write(&partial, all).unwrap();
     std::fs::rename(partial, path).unwrap();
+}
+
+#[tokio::test]
+async fn only_the_lease_holder_writes_and_a_standby_takes_over_when_it_dies() {
+    let world = World::new().await;
+    let a = Controller::start(world.path(), "replica-a");
+    within(Duration::from_secs(10), "the first union", || {
+        world.united().len() == 3
+    })
+    .await;
+    let b = Controller::start(world.path(), "replica-b");
+    within(Duration::from_secs(10), "the standby synced", || {
+        b.status()
+            .clusters
+            .values()
+            .all(|c| c.link == xcluster::union::Link::Synced)
+    })
+    .await;
+    assert!(a.status().leader && !b.status().leader);
+    let lease = world
+        .production
+        .get("Lease", "default", "portico-xcluster")
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-a");
+
+    world.set_peak_addresses(&["10.1.0.5"]);
+    within(Duration::from_secs(2), "the leader's write", || {
+        world.united() == ready(&["10.1.0.5"])
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(a.status().applied > 0);
+    assert_eq!(
+        (b.status().applied, b.status().deleted),
+        (0, 0),
+        "the standby never writes"
+    );
+
+    // The leader dies without giving the Lease up: the standby takes it once the last
+    // renewal it saw is 3 s old by its own clock (renewals come every 1 s, so at least
+    // 2 s after the death), and writes from then on.
+    a.crash();
+    let died = Instant::now();
+    world.set_peak_addresses(&["10.1.0.6"]);
+    within(Duration::from_secs(10), "the standby's write", || {
+        world.united() == ready(&["10.1.0.6"])
+    })
+    .await;
+    assert!(
+        died.elapsed() >= Duration::from_secs(2),
+        "not before the Lease ran out"
+    );
+    assert!(b.status().leader);
+    let lease = world
+        .production
+        .get("Lease", "default", "portico-xcluster")
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    b.stop().await;
+    let lease = world
+        .production
+        .get("Lease", "default", "portico-xcluster")
+        .unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"].is_null(),
+        "given up on a clean stop"
+    );
 }
