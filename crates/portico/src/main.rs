@@ -175,6 +175,24 @@ enum Command {
     /// The command-line client of the admin API: log in, manage config, history and
     /// rollbacks, export and apply, test routes (docs/cli.md).
     Ctl(ctl::CtlArgs),
+    /// The cross-cluster controller: unites labelled Services' endpoints across
+    /// Kubernetes clusters into the production clusters' EndpointSlices (docs/xcluster.md).
+    Xcluster {
+        /// The cluster list (YAML; read again every `reload_every`, 30 s by default).
+        #[arg(long, env = "PORTICO_XCLUSTER_CLUSTERS")]
+        clusters: std::path::PathBuf,
+        /// Where to serve /healthz, /status and /metrics.
+        #[arg(
+            long,
+            env = "PORTICO_XCLUSTER_STATUS_LISTEN",
+            default_value = "127.0.0.1:9290"
+        )]
+        status_listen: SocketAddr,
+        /// This replica's name in the Lease; default: host name, process id and a
+        /// random suffix.
+        #[arg(long, env = "PORTICO_XCLUSTER_IDENTITY")]
+        identity: Option<String>,
+    },
 }
 
 /// How the agent and the gateway reach an etcd with TLS or authentication (both take
@@ -593,6 +611,29 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Demo(args) => demo::run(args, shutdown).await,
         Command::Ctl(_) => unreachable!("ctl runs without the server runtime"),
+        Command::Xcluster {
+            clusters,
+            status_listen,
+            identity,
+        } => {
+            let status = std::sync::Arc::new(std::sync::Mutex::new(
+                xcluster::aggregator::Status::default(),
+            ));
+            let listener = bind(status_listen).await?;
+            tracing::info!(%status_listen, "xcluster status listening");
+            let server = tokio::spawn(xcluster::status::serve(
+                listener,
+                status.clone(),
+                shutdown.clone(),
+            ));
+            let options = xcluster::controller::Options {
+                clusters,
+                identity: identity.unwrap_or_else(|| default_node_id("xcluster")),
+            };
+            let result = xcluster::controller::run(options, status, shutdown).await;
+            server.abort();
+            result.map_err(anyhow::Error::msg)
+        }
     }
 }
 

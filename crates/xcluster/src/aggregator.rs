@@ -11,13 +11,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::mpsc;
 
 use crate::cluster::Report;
 use crate::union::{self, ClusterView, Link, Role, ServiceKey, Write};
 
 /// What the aggregator knows and did, for the status page and metrics.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Status {
     pub clusters: BTreeMap<String, ClusterStatus>,
     /// (production cluster, Service) → the union's ready addresses.
@@ -32,6 +33,27 @@ pub struct Status {
     pub problems: Vec<String>,
     /// Whether this replica holds the Lease (only the leader writes).
     pub leader: bool,
+    /// Every reconcile's duration, as [`Status::last_reconcile`] measures it (shared:
+    /// clones observe into the same histogram).
+    pub reconcile: Histogram,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Self {
+            clusters: BTreeMap::new(),
+            union_sizes: BTreeMap::new(),
+            plans: 0,
+            applied: 0,
+            deleted: 0,
+            failed: 0,
+            last_reconcile: None,
+            problems: Vec::new(),
+            leader: false,
+            // 1 ms to about 16 s.
+            reconcile: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+        }
+    }
 }
 
 /// One cluster as the status shows it.
@@ -199,7 +221,9 @@ impl Aggregator {
                     return;
                 }
                 if let Some(began) = began {
-                    self.status.last_reconcile = Some(began.elapsed());
+                    let took = began.elapsed();
+                    self.status.last_reconcile = Some(took);
+                    self.status.reconcile.observe(took.as_secs_f64());
                 }
             }
         }

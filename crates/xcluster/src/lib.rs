@@ -2,13 +2,16 @@
 //! Service's endpoints across Kubernetes clusters so a production cluster's own load
 //! balancing spreads its traffic over the peak (public cloud) clusters too.
 //!
-//! Built so far: [`queue`], the deduplicating work queue and bounded worker pool of
-//! the cluster controllers, and [`union`], the rules that decide which EndpointSlices each
-//! production cluster must hold, with the failure semantics (unknown peers left
-//! alone, lost peers kept for a grace period then marked not ready), and [`slices`],
-//! between Kubernetes Services and EndpointSlices and the union's types. The cluster
-//! controllers that feed it from kube-rs watchers, the writers, leader election and
-//! metrics follow (issue 13).
+//! - [`config`]: the cluster list (re-read on a timer) and the timings;
+//! - [`controller`]: runs one [`cluster`] controller per cluster and the
+//!   [`aggregator`], starting and stopping them as the list changes;
+//! - [`cluster`]: a cluster's kube-rs client, watches, [`queue`] and worker pool,
+//!   probe and slice writer;
+//! - [`aggregator`]: plans the [`union`] (with its failure semantics) and hands each
+//!   production cluster its writes; [`slices`] converts between Kubernetes objects and
+//!   the union's types;
+//! - [`lease`]: leader election, so only one replica writes;
+//! - [`status`]: `/healthz`, `/status` and `/metrics` on the status port.
 
 pub mod aggregator;
 pub mod cluster;
@@ -17,4 +20,5 @@ pub mod controller;
 pub mod lease;
 pub mod queue;
 pub mod slices;
+pub mod status;
 pub mod union;
