@@ -19,6 +19,8 @@
 #  6. the admin's writes: changes/s through the API into SQLite and PostgreSQL, and
 #     the time to apply a 10k-route YAML file (crates/portico/benches/admin_writes.rs;
 #     ONLY=admin runs it alone).
+#  7. the cross-cluster controller with 10 clusters × 1,000 endpoints
+#     (crates/portico/benches/xcluster.rs; ONLY=xcluster runs it alone).
 # The route table micro-benchmarks: cargo bench -p gateway --bench router.
 # Loopback only. Results are printed and written to bench/results/.
 set -euo pipefail
@@ -26,6 +28,11 @@ cd "$(dirname "$0")/.."
 [ "${ONLY:-}" = protocols ] && exec bash bench/protocols.sh
 [ "${ONLY:-}" = plugins ] && exec bash bench/plugins.sh
 [ "${ONLY:-}" = admin ] && exec cargo bench -q -p portico --bench admin_writes
+if [ "${ONLY:-}" = xcluster ]; then
+  mkdir -p bench/results
+  cargo bench -q -p portico --bench xcluster | tee bench/results/xcluster.md
+  exit "${PIPESTATUS[0]}"
+fi
 if [ "${ONLY:-}" = propagation ]; then
   mkdir -p bench/results
   cargo bench -q -p portico --bench propagation 2>/dev/null | tee bench/results/propagation.md
@@ -175,3 +182,6 @@ bash bench/plugins.sh
 
 echo
 cargo bench -q -p portico --bench admin_writes 2>/dev/null | tee "$out/admin_writes.md"
+
+echo
+cargo bench -q -p portico --bench xcluster 2>/dev/null | tee "$out/xcluster.md"

@@ -332,6 +332,9 @@ async fn serve(listener: TcpListener, addr: SocketAddr, shared: Arc<Shared>) {
             changed = faults.changed() => if changed.is_err() { return },
             accepted = open.accept() => {
                 let Ok((socket, _)) = accepted else { continue };
+                // As Go's net/http (the API server's) does: no Nagle delay on small
+                // writes such as one watch event.
+                let _ = socket.set_nodelay(true);
                 if fault == Fault::BlackHole {
                     parked.push(socket);
                     continue;
