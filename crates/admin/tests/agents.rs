@@ -615,3 +615,145 @@ async fn a_gateways_load_reaches_the_nodes_answer() {
     node.stop().await;
     admin.stop().await;
 }
+
+/// A cluster's Kubernetes face: its kubeconfig is checked, sealed at rest, never in a
+/// view or an answer, kept when a change leaves it out, read back only by a platform
+/// admin through its own call, and every such read is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clusters_kubeconfig_is_write_only_sealed_and_read_back_by_its_own_call() {
+    const SECRET: &str = "kube-token-0123456789abcdef";
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: https://10.0.0.1:6443\n\
+         users:\n- name: u\n  user:\n    token: {SECRET}\ncontexts:\n- name: ctx\n  context: {{cluster: k, user: u}}\n\
+         current-context: ctx\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/admin.db", dir.path().display());
+    let admin = TestAdmin::start_with(AdminConfig {
+        database_url: db.clone(),
+        poll_interval: Duration::from_secs(60),
+        admin_token: Some(common::ADMIN_TOKEN.to_owned()),
+        data_key: Some(common::data_key()),
+        ..AdminConfig::default()
+    })
+    .await;
+
+    // A face without a kubeconfig, or with a broken one, is refused naming the field.
+    let refused = admin
+        .send(
+            "POST",
+            "/clusters",
+            json!({"name": "peak", "agent_address": "http://127.0.0.1:1",
+                   "kubernetes": {"role": "peak"}}),
+        )
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.body
+    );
+    assert_eq!(refused.fields(), ["kubernetes.kubeconfig"]);
+    let refused = admin
+        .send(
+            "POST",
+            "/clusters",
+            json!({"name": "peak", "agent_address": "http://127.0.0.1:1",
+                   "kubernetes": {"role": "peak", "kubeconfig": kubeconfig.replace("current-context: ctx", "")}}),
+        )
+        .await;
+    assert_eq!(refused.fields(), ["kubernetes.kubeconfig"]);
+    assert!(!refused.body.to_string().contains(SECRET));
+    assert_eq!(admin.get("/clusters").await.body["items"], json!([]));
+
+    let created = admin
+        .send(
+            "POST",
+            "/clusters",
+            json!({"name": "peak", "agent_address": "http://127.0.0.1:1", "agent_token": "peak-agent-token-0123",
+                   "kubernetes": {"role": "peak", "provider": "aliyun", "kubeconfig": kubeconfig}}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(
+        created.body["kubernetes"],
+        json!({"role": "peak", "provider": "aliyun"})
+    );
+    for path in ["/clusters", "/clusters/peak"] {
+        let text = admin.get(path).await.body.to_string();
+        assert!(
+            text.contains("aliyun") && !text.contains(SECRET) && !text.contains("kubeconfig"),
+            "{path}: {text}"
+        );
+    }
+    let mut raw = RawDb::connect(&db).await;
+    let stored = raw
+        .text("SELECT kubeconfig FROM clusters WHERE name = ?", &["peak"])
+        .await
+        .unwrap();
+    assert!(
+        stored.starts_with("enc:v1:") && !stored.contains(SECRET),
+        "{stored}"
+    );
+
+    let read = admin.get("/clusters/peak/kubeconfig").await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.body["kubeconfig"], kubeconfig);
+
+    // A change without the kubeconfig keeps it; one without the face removes both.
+    let changed = admin
+        .send(
+            "PUT",
+            "/clusters/peak",
+            json!({"name": "peak", "agent_address": "http://127.0.0.1:2",
+                   "kubernetes": {"role": "peak", "provider": "aws", "context": "ctx"}}),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+    let read = admin.get("/clusters/peak/kubeconfig").await;
+    assert_eq!(
+        (
+            read.body["kubeconfig"].as_str(),
+            read.body["context"].as_str()
+        ),
+        (Some(kubeconfig.as_str()), Some("ctx"))
+    );
+    assert_eq!(
+        admin.get("/clusters/peak").await.body["kubernetes"]["provider"],
+        "aws"
+    );
+    let removed = admin
+        .send(
+            "PUT",
+            "/clusters/peak",
+            json!({"name": "peak", "agent_address": "http://127.0.0.1:2"}),
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
+    assert_eq!(
+        admin.get("/clusters/peak/kubeconfig").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(admin
+        .get("/clusters/peak")
+        .await
+        .body
+        .get("kubernetes")
+        .is_none());
+    assert_eq!(
+        raw.text("SELECT kubeconfig FROM clusters WHERE name = ?", &["peak"])
+            .await,
+        None
+    );
+
+    // The reads are in the audit log, without the secret.
+    let audit = admin.get("/audit").await;
+    let text = audit.body.to_string();
+    assert_eq!(
+        text.matches("GET /gateway/apiserver/v1/clusters/peak/kubeconfig")
+            .count(),
+        3,
+        "{text}"
+    );
+    assert!(!text.contains(SECRET));
+}

@@ -229,6 +229,13 @@ async fn every_endpoint_checks_the_callers_role() {
             [OK, 403, 403, 403, 403, 401],
         ),
         (
+            // c1 has no Kubernetes face: only a platform admin gets as far as learning so.
+            "GET",
+            "/clusters/c1/kubeconfig".into(),
+            none(),
+            [404, 403, 403, 403, 403, 401],
+        ),
+        (
             "POST",
             "/clusters".into(),
             Box::new(|i| {

@@ -6,7 +6,9 @@ use crate::snapshot::Revision;
 use crate::validate::{check_id, ValidationErrors, Validator};
 
 /// A cluster registered by an operator: its name, its agent's address and, when
-/// written, the token the admin presents to that agent only.
+/// written, the token the admin presents to that agent only; and, when the cluster
+/// runs Kubernetes, its Kubernetes face (the second face of the same cluster, which the
+/// cross-cluster controller watches).
 ///
 /// `agent_token` is write-only: an API answer carries it once, when the admin generated
 /// it at registration, and never otherwise. `Debug` leaves it out.
@@ -19,6 +21,135 @@ pub struct Cluster {
     /// The bearer token this cluster's agent accepts (its `PORTICO_AGENT_TOKEN`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_token: Option<String>,
+    /// How the cross-cluster controller reaches the cluster's Kubernetes API; absent
+    /// for a cluster it does not watch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesFace>,
+}
+
+/// A cluster's place in cross-cluster traffic (requirements X1–X4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KubernetesRole {
+    /// The private cloud: its production Services receive the union.
+    Production,
+    /// The public cloud: its Services give their ready endpoints.
+    Peak,
+}
+
+/// A cluster's Kubernetes face: its role, cloud provider and how to reach its API.
+///
+/// `kubeconfig` is write-only, as `agent_token` is: stored sealed with the admin's data
+/// key, never answered by the cluster's views (they say only whether one is set), read
+/// back only by a platform admin through `GET /clusters/{cluster}/kubeconfig` (the
+/// cross-cluster controller's call). Left out of a change, the stored one is kept.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesFace {
+    pub role: KubernetesRole,
+    /// Free text (`aliyun`, `idc`, …), shown in metrics and status.
+    #[serde(default)]
+    pub provider: String,
+    /// The kubeconfig context to use; its current context when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// The kubeconfig (YAML), credentials included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<String>,
+}
+
+impl std::fmt::Debug for KubernetesFace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesFace")
+            .field("role", &self.role)
+            .field("provider", &self.provider)
+            .field("context", &self.context)
+            .field(
+                "kubeconfig",
+                &self.kubeconfig.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// The longest kubeconfig accepted.
+pub const MAX_KUBECONFIG: usize = 64 * 1024;
+
+impl KubernetesFace {
+    fn validate(&self, v: &mut Validator) {
+        if self.provider.len() > 63
+            || !self
+                .provider
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            v.error(
+                "provider",
+                "must be at most 63 letters, digits, '-', '_' or '.'",
+            );
+        }
+        if let Some(context) = &self.context {
+            if context.is_empty() || context.len() > 253 || context.chars().any(char::is_control) {
+                v.error(
+                    "context",
+                    "must be 1 to 253 characters without control characters",
+                );
+            }
+        }
+        if let Some(kubeconfig) = &self.kubeconfig {
+            // Never quoted back: it holds credentials.
+            if kubeconfig.len() > MAX_KUBECONFIG {
+                v.error(
+                    "kubeconfig",
+                    format!("must be at most {MAX_KUBECONFIG} bytes"),
+                );
+            } else if let Err(why) = check_kubeconfig(kubeconfig, self.context.as_deref()) {
+                v.error("kubeconfig", why);
+            }
+        }
+    }
+}
+
+/// Checks that `text` is a kubeconfig naming a server for `context` (or its current
+/// context); the reason never quotes the text.
+fn check_kubeconfig(text: &str, context: Option<&str>) -> Result<(), String> {
+    let doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(text).map_err(|_| "is not valid YAML".to_owned())?;
+    let named = |list: &str, name: &str| {
+        doc.get(list)
+            .and_then(serde_yaml_ng::Value::as_sequence)
+            .and_then(|items| {
+                items
+                    .iter()
+                    .find(|item| {
+                        item.get("name").and_then(serde_yaml_ng::Value::as_str) == Some(name)
+                    })
+                    .cloned()
+            })
+    };
+    let context_name = match context {
+        Some(context) => context.to_owned(),
+        None => doc
+            .get("current-context")
+            .and_then(serde_yaml_ng::Value::as_str)
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| "has no current-context (or give context)".to_owned())?
+            .to_owned(),
+    };
+    let entry = named("contexts", &context_name)
+        .ok_or_else(|| "has no context of that name under contexts".to_owned())?;
+    let cluster = entry
+        .get("context")
+        .and_then(|c| c.get("cluster"))
+        .and_then(serde_yaml_ng::Value::as_str)
+        .ok_or_else(|| "its context names no cluster".to_owned())?;
+    let server = named("clusters", cluster)
+        .and_then(|c| c.get("cluster")?.get("server")?.as_str().map(str::to_owned))
+        .ok_or_else(|| "its context's cluster has no server under clusters".to_owned())?;
+    if !(server.starts_with("https://") || server.starts_with("http://")) {
+        return Err("its cluster's server must be an http:// or https:// URL".into());
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for Cluster {
@@ -30,6 +161,7 @@ impl std::fmt::Debug for Cluster {
                 "agent_token",
                 &self.agent_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("kubernetes", &self.kubernetes)
             .finish()
     }
 }
@@ -69,6 +201,9 @@ impl Cluster {
                     "must be printable ASCII without spaces (it is sent in an HTTP header)",
                 );
             }
+        }
+        if let Some(kubernetes) = &self.kubernetes {
+            v.at("kubernetes", |v| kubernetes.validate(v));
         }
         v.finish()
     }
@@ -400,6 +535,7 @@ mod tests {
             name: "c1".into(),
             agent_address: "http://127.0.0.1:9190".into(),
             agent_token: Some("a-token-of-twenty-chars".into()),
+            kubernetes: None,
         };
         assert!(ok.validate().is_ok());
         assert!(!format!("{ok:?}").contains("twenty"));
@@ -407,6 +543,7 @@ mod tests {
             name: "c 1".into(),
             agent_address: "127.0.0.1:9190".into(),
             agent_token: Some("short".into()),
+            kubernetes: None,
         };
         let errors = bad.validate().unwrap_err().0;
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
@@ -417,6 +554,92 @@ mod tests {
             ..ok
         };
         assert_eq!(spaced.validate().unwrap_err().0[0].field, "agent_token");
+    }
+
+    const KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: https://10.0.0.1:6443\nusers:\n- name: u\n  user:\n    token: secret-token-value\ncontexts:\n- name: ctx\n  context: {cluster: k, user: u}\ncurrent-context: ctx\n";
+
+    fn with_kubernetes(face: KubernetesFace) -> Cluster {
+        Cluster {
+            name: "c1".into(),
+            agent_address: "http://127.0.0.1:9190".into(),
+            agent_token: None,
+            kubernetes: Some(face),
+        }
+    }
+
+    #[test]
+    fn a_kubernetes_face_is_checked_and_its_kubeconfig_never_shown() {
+        let face = KubernetesFace {
+            role: KubernetesRole::Peak,
+            provider: "aliyun".into(),
+            context: None,
+            kubeconfig: Some(KUBECONFIG.into()),
+        };
+        let ok = with_kubernetes(face.clone());
+        assert!(ok.validate().is_ok(), "{:?}", ok.validate());
+        assert!(!format!("{ok:?}").contains("secret-token-value"));
+        let parsed: Cluster = serde_json::from_value(serde_json::json!({
+            "name": "c1", "agent_address": "http://a:1",
+            "kubernetes": {"role": "production"},
+        }))
+        .unwrap();
+        assert_eq!(parsed.kubernetes.unwrap().role, KubernetesRole::Production);
+
+        let cases = [
+            (
+                KubernetesFace {
+                    provider: "a b".into(),
+                    ..face.clone()
+                },
+                "kubernetes.provider",
+            ),
+            (
+                KubernetesFace {
+                    context: Some("other".into()),
+                    ..face.clone()
+                },
+                "kubernetes.kubeconfig",
+            ),
+            (
+                KubernetesFace {
+                    context: Some(String::new()),
+                    ..face.clone()
+                },
+                "kubernetes.context",
+            ),
+            (
+                KubernetesFace {
+                    kubeconfig: Some("{not yaml".into()),
+                    ..face.clone()
+                },
+                "kubernetes.kubeconfig",
+            ),
+            (
+                KubernetesFace {
+                    kubeconfig: Some(KUBECONFIG.replace("https://10.0.0.1:6443", "10.0.0.1")),
+                    ..face.clone()
+                },
+                "kubernetes.kubeconfig",
+            ),
+            (
+                KubernetesFace {
+                    kubeconfig: Some(KUBECONFIG.replace("current-context: ctx", "")),
+                    ..face.clone()
+                },
+                "kubernetes.kubeconfig",
+            ),
+        ];
+        for (face, field) in cases {
+            let errors = with_kubernetes(face.clone()).validate().unwrap_err().0;
+            assert_eq!(errors[0].field, field, "{face:?}");
+            assert!(!errors[0].message.contains("secret-token-value"));
+        }
+        let with_context = KubernetesFace {
+            context: Some("ctx".into()),
+            kubeconfig: Some(KUBECONFIG.replace("current-context: ctx", "")),
+            ..face
+        };
+        assert!(with_kubernetes(with_context).validate().is_ok());
     }
 
     #[test]

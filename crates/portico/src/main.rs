@@ -178,9 +178,19 @@ enum Command {
     /// The cross-cluster controller: unites labelled Services' endpoints across
     /// Kubernetes clusters into the production clusters' EndpointSlices (docs/xcluster.md).
     Xcluster {
-        /// The cluster list (YAML; read again every `reload_every`, 30 s by default).
-        #[arg(long, env = "PORTICO_XCLUSTER_CLUSTERS")]
-        clusters: std::path::PathBuf,
+        /// The cluster list (YAML; read again every `reload_every`, 30 s by default):
+        /// timings, the Lease, and clusters the admin does not list.
+        #[arg(
+            long,
+            env = "PORTICO_XCLUSTER_CLUSTERS",
+            required_unless_present = "admin"
+        )]
+        clusters: Option<std::path::PathBuf>,
+        /// The admin API (e.g. http://127.0.0.1:9180/gateway/apiserver/v1) whose
+        /// clusters with a Kubernetes face are watched; a platform admin's token in
+        /// PORTICO_ADMIN_TOKEN.
+        #[arg(long, env = "PORTICO_ADMIN_URL")]
+        admin: Option<String>,
         /// Where to serve /healthz, /status and /metrics.
         #[arg(
             long,
@@ -613,9 +623,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Ctl(_) => unreachable!("ctl runs without the server runtime"),
         Command::Xcluster {
             clusters,
+            admin,
             status_listen,
             identity,
         } => {
+            let admin = match admin {
+                Some(url) => Some(xcluster::registry::Admin {
+                    url,
+                    token: env_secret("PORTICO_ADMIN_TOKEN").context(
+                        "PORTICO_ADMIN_TOKEN must be set with --admin: a platform admin's token",
+                    )?,
+                }),
+                None => None,
+            };
             let status = std::sync::Arc::new(std::sync::Mutex::new(
                 xcluster::aggregator::Status::default(),
             ));
@@ -628,6 +648,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             ));
             let options = xcluster::controller::Options {
                 clusters,
+                admin,
                 identity: identity.unwrap_or_else(|| default_node_id("xcluster")),
             };
             let result = xcluster::controller::run(options, status, shutdown).await;

@@ -146,3 +146,135 @@ async fn the_controller_process_unites_reports_and_stops_cleanly() {
         "no credential in the log"
     );
 }
+
+/// The clusters come from the admin's registry: each cluster's Kubernetes face and
+/// kubeconfig are registered there, the controller reads them (and reads them again,
+/// so a rotated credential is a PUT to the admin and nothing else).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_registered_in_the_admin_are_watched_and_rotated_credentials_followed() {
+    const ADMIN_TOKEN: &str = "xcluster-test-admin-token-0123";
+    let dir = tempfile::tempdir().unwrap();
+    let production = KubeServer::start("idc").await;
+    let peak = KubeServer::start("peak").await;
+    production.apply("endpointslice-controller.k8s.io", service(false));
+    peak.apply("endpointslice-controller.k8s.io", service(true));
+    peak.apply("endpointslice-controller.k8s.io", slice(&["10.9.0.1"]));
+
+    let admin_listen = format!("127.0.0.1:{}", testkit::free_port());
+    let database = format!("sqlite://{}/admin.db", dir.path().display());
+    let admin = Process::start(
+        "admin",
+        env!("CARGO_BIN_EXE_portico"),
+        &[
+            "admin",
+            "--listen",
+            &admin_listen,
+            "--database",
+            &database,
+            "--poll-interval",
+            "60s",
+        ],
+        &[
+            ("PORTICO_ADMIN_TOKEN", ADMIN_TOKEN),
+            (
+                "PORTICO_DATA_KEY",
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            ),
+        ],
+        dir.path(),
+    );
+    testkit::wait_for_tcp(&admin_listen, Duration::from_secs(20)).await;
+    let admin_url = format!("http://{admin_listen}/gateway/apiserver/v1");
+    let http = reqwest::Client::new();
+    let cluster = |name: &str, role: &str, kubeconfig: String| {
+        json!({
+            "name": name,
+            "agent_address": "http://127.0.0.1:1",
+            "agent_token": "unused-agent-token-0123456789",
+            "kubernetes": {"role": role, "provider": "test", "kubeconfig": kubeconfig},
+        })
+    };
+    for (name, role, server) in [("idc", "production", &production), ("peak", "peak", &peak)] {
+        let answer = http
+            .post(format!("{admin_url}/clusters"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&cluster(name, role, server.kubeconfig()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 201, "{}", answer.text().await.unwrap());
+    }
+
+    let settings = dir.path().join("settings.yaml");
+    std::fs::write(
+        &settings,
+        "probe_every: 300ms\nrequest_timeout: 1s\nreload_every: 500ms\n",
+    )
+    .unwrap();
+    let status_addr = format!("127.0.0.1:{}", testkit::free_port());
+    let process = Process::start(
+        "xcluster",
+        env!("CARGO_BIN_EXE_portico"),
+        &[
+            "xcluster",
+            "--admin",
+            &admin_url,
+            "--clusters",
+            settings.to_str().unwrap(),
+            "--status-listen",
+            &status_addr,
+        ],
+        &[("PORTICO_ADMIN_TOKEN", ADMIN_TOKEN)],
+        dir.path(),
+    );
+    let united = |addresses: &[&str]| {
+        let held: Vec<String> = production
+            .list(
+                "EndpointSlice",
+                "endpointslice.kubernetes.io/managed-by=portico-xcluster",
+            )
+            .iter()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .map(|e| e["addresses"][0].as_str().unwrap().to_owned())
+            .collect();
+        held == addresses
+    };
+    let start = Instant::now();
+    while !united(&["10.9.0.1"]) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no union; log:\n{}",
+            process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The peak's token is rotated: the operator gives the admin the new kubeconfig.
+    peak.rotate_token();
+    let answer = http
+        .put(format!("{admin_url}/clusters/peak"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&cluster("peak", "peak", peak.kubeconfig()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
+    // Open watches outlive a rotation (as on a real API server): end them, so the new
+    // change comes only through requests made with the new token.
+    peak.close_watches();
+    peak.apply("endpointslice-controller.k8s.io", slice(&["10.9.0.7"]));
+    let start = Instant::now();
+    while !united(&["10.9.0.7"]) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the rotation was not followed; log:\n{}",
+            process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = process.log();
+    for secret in [peak.token(), production.token(), ADMIN_TOKEN.to_owned()] {
+        assert!(!log.contains(&secret), "a credential in the log");
+    }
+    drop(admin);
+}

@@ -107,6 +107,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// Checks that a Lease cluster named is in the list (the whole list: the file's
+    /// and the admin's clusters).
+    pub fn check_lease(&self) -> Result<(), String> {
+        match &self.lease.cluster {
+            Some(name) if !self.clusters.iter().any(|c| c.name == *name) => Err(format!(
+                "lease.cluster: {name:?} is not in the cluster list"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The cluster the Lease lives in: the one named, else the first production
     /// cluster by name; `None` when there is no production cluster (nothing to write).
     pub fn lease_cluster(&self) -> Option<&ClusterSpec> {
@@ -138,6 +149,8 @@ struct File {
     reload_every: Option<String>,
     #[serde(default)]
     workers: Option<usize>,
+    /// Absent when the clusters come from the admin only.
+    #[serde(default)]
     clusters: Vec<FileCluster>,
     #[serde(default)]
     lease: Option<FileLease>,
@@ -254,10 +267,8 @@ impl Config {
         let mut lease = LeaseConfig::default();
         if let Some(file) = file.lease {
             if let Some(cluster) = file.cluster {
-                if !names.contains(&cluster) {
-                    return Err(format!(
-                        "lease.cluster: {cluster:?} is not in the cluster list"
-                    ));
+                if !valid_name(&cluster) {
+                    return Err(format!("lease.cluster: {cluster:?} is not a cluster name"));
                 }
                 lease.cluster = Some(cluster);
             }
@@ -333,7 +344,7 @@ mod tests {
             ("workers: 0\nclusters: []\n", "workers"),
             ("clusters: []\nextra: 1\n", "extra"),
             ("clusters:\n- {name: a, role: peak}\n", "kubeconfig"),
-            ("clusters: []\nlease: {cluster: nowhere}\n", "lease.cluster"),
+            ("clusters: []\nlease: {cluster: No_where}\n", "lease.cluster"),
             ("clusters: []\nlease: {duration: 1s}\n", "lease.duration"),
             ("clusters: []\nlease: {namespace: Kube_System}\n", "lease.namespace"),
         ];
@@ -341,6 +352,16 @@ mod tests {
             let error = Config::parse(text).unwrap_err();
             assert!(error.contains(field), "{text:?}: {error}");
         }
+    }
+
+    #[test]
+    fn a_lease_cluster_must_be_listed() {
+        let config = Config::parse("lease: {cluster: elsewhere}\n").unwrap();
+        assert!(
+            config.clusters.is_empty(),
+            "clusters may come from the admin only"
+        );
+        assert!(config.check_lease().unwrap_err().contains("lease.cluster"));
     }
 
     #[test]

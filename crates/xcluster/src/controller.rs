@@ -20,15 +20,21 @@ use crate::aggregator::{Aggregator, Status};
 use crate::cluster::{self, ClusterHandle};
 use crate::config::{ClusterSpec, Config, LeaseConfig, Timings};
 use crate::lease::{self, LeaseSpecification};
+use crate::registry::{Admin, Source};
 
 /// What `portico xcluster` is started with.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The cluster list (see [`crate::config`]).
-    pub clusters: PathBuf,
+    /// The cluster list file (see [`crate::config`]): timings, Lease, clusters.
+    pub clusters: Option<PathBuf>,
+    /// The admin whose cluster registry lists clusters too ([`crate::registry`]).
+    pub admin: Option<Admin>,
     /// This replica's name in the Lease.
     pub identity: String,
 }
+
+/// How long to wait before reading the list again when the first read failed.
+const FIRST_READ_RETRY: Duration = Duration::from_secs(5);
 
 /// How often the aggregator looks at the clock when nothing is reported (a lost
 /// cluster's grace running out, failed writes to retry).
@@ -40,8 +46,22 @@ pub async fn run(
     status: Arc<Mutex<Status>>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let path = options.clusters;
-    let mut config = Config::load(&path)?;
+    let source = Source::new(options.clusters, options.admin)?;
+    // The admin may not answer yet: wait for a first list (a file that does not parse
+    // is an operator's error, answered at once).
+    let mut config = loop {
+        match source.load().await {
+            Ok(config) => break config,
+            Err(error) if error.starts_with("admin ") => {
+                tracing::warn!(%error, "no cluster list yet; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(FIRST_READ_RETRY) => {}
+                    _ = stop.changed() => if *stop.borrow() { return Ok(()) },
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    };
     let (report_tx, mut reports) = mpsc::unbounded_channel();
     let mut aggregator = Aggregator::new(config.timings.grace);
     let mut clusters: BTreeMap<String, ClusterHandle> = BTreeMap::new();
@@ -61,7 +81,7 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {}
-            _ = reload.tick() => match Config::load(&path) {
+            _ = reload.tick() => match source.load().await {
                 Ok(new) => {
                     let timings_changed = new.timings != config.timings;
                     aggregator.set_grace(new.timings.grace);

@@ -3,6 +3,8 @@
 //! balancing spreads its traffic over the peak (public cloud) clusters too.
 //!
 //! - [`config`]: the cluster list (re-read on a timer) and the timings;
+//! - [`registry`]: where the list comes from: a file and/or the admin's cluster
+//!   registry (a cluster's Kubernetes face);
 //! - [`controller`]: runs one [`cluster`] controller per cluster and the
 //!   [`aggregator`], starting and stopping them as the list changes;
 //! - [`cluster`]: a cluster's kube-rs client, watches, [`queue`] and worker pool,
@@ -19,6 +21,7 @@ pub mod config;
 pub mod controller;
 pub mod lease;
 pub mod queue;
+pub mod registry;
 pub mod slices;
 pub mod status;
 pub mod union;

@@ -170,7 +170,8 @@ impl Controller {
         let status = Arc::new(Mutex::new(Status::default()));
         let task = tokio::spawn(xcluster::controller::run(
             xcluster::controller::Options {
-                clusters: path,
+                clusters: Some(path),
+                admin: None,
                 identity: identity.to_owned(),
             },
             status.clone(),
@@ -390,6 +391,9 @@ async fn rotated_credentials_and_new_clusters_are_picked_up_without_a_restart() 
     world
         .peak
         .write_kubeconfig(&world.dir.path().join("peak-1.kubeconfig"));
+    // Open watches outlive a rotation (as on a real API server): end them, so the
+    // change comes only through requests made with the new token.
+    world.peak.close_watches();
     world.set_peak_addresses(&["10.1.0.7"]);
     within(
         Duration::from_secs(5),

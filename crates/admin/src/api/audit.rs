@@ -41,7 +41,8 @@ impl AuditDetail {
     }
 }
 
-/// Middleware: records every request that may change something, and sign-ins.
+/// Middleware: records every request that may change something, sign-ins, and reads
+/// of a cluster's kubeconfig.
 pub(crate) async fn record(
     State(state): State<Arc<AppState>>,
     req: Request,
@@ -49,7 +50,12 @@ pub(crate) async fn record(
 ) -> Response {
     let path = req.uri().path().to_owned();
     let login = path == LOGIN_PATH;
-    if !login && matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+    // Reading a cluster's credentials is recorded as changes are.
+    let secret_read = path.ends_with("/kubeconfig");
+    if !login
+        && !secret_read
+        && matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+    {
         return next.run(req).await;
     }
     let actor = req.extensions().get::<Principal>().map(|p| p.user.clone());

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use model::cluster::{
-    Cluster, Instance, InstanceNamespace, NodeHeartbeat, NodeLoad, SkippedObject,
+    Cluster, Instance, InstanceNamespace, KubernetesFace, NodeHeartbeat, NodeLoad, SkippedObject,
 };
 
 use super::{parse_json, ApiPath, Items, NamespaceQuery, Scope};
@@ -27,21 +27,81 @@ use crate::sync;
 /// `agent_address` is stored in a VARCHAR(255).
 const MAX_ADDRESS: usize = 255;
 
-/// A cluster as listed: its agent's address and how this admin last reached it.
+/// A cluster as listed: its agent's address and how this admin last reached it, and
+/// its Kubernetes face (without the kubeconfig) when it has one.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct ClusterView {
     name: String,
     agent_address: String,
     agent: AgentContact,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kubernetes: Option<KubernetesFace>,
 }
 
-/// The cluster as listed (its agent token never is).
+/// The cluster as listed (its agent token and kubeconfig never are).
 fn view(state: &AppState, cluster: Cluster) -> ClusterView {
     ClusterView {
         agent: state.agent_contact(&cluster.name),
         name: cluster.name,
         agent_address: cluster.agent_address,
+        kubernetes: cluster.kubernetes.map(without_kubeconfig),
     }
+}
+
+fn without_kubeconfig(face: KubernetesFace) -> KubernetesFace {
+    KubernetesFace {
+        kubeconfig: None,
+        ..face
+    }
+}
+
+/// A Kubernetes face needs a kubeconfig: given now, or stored before (`stored`).
+fn require_kubeconfig(cluster: &Cluster, stored: bool) -> Result<(), ApiError> {
+    match &cluster.kubernetes {
+        Some(face) if face.kubeconfig.is_none() && !stored => Err(ApiError::invalid_field(
+            "cluster",
+            "kubernetes.kubeconfig",
+            "required: the cluster has no kubeconfig stored yet",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A cluster's kubeconfig, for the cross-cluster controller.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct KubeconfigView {
+    kubeconfig: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<String>,
+}
+
+/// The cluster's kubeconfig (credentials included), for `portico xcluster`: platform
+/// admins only; every read is audited.
+#[utoipa::path(get, path = "/clusters/{cluster}/kubeconfig", tag = "clusters",
+    params(("cluster" = String, Path, description = "the cluster's name")),
+    responses((status = 200, description = "the kubeconfig", body = KubeconfigView)))]
+pub(super) async fn get_kubeconfig(
+    State(state): State<Arc<AppState>>,
+    caller: Principal,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<KubeconfigView>, ApiError> {
+    caller.require_platform_admin()?;
+    let cluster = state.db.require_cluster(&name).await?;
+    let Some(face) = cluster.kubernetes else {
+        return Err(ApiError::NotFound(format!(
+            "cluster {name:?} has no Kubernetes face"
+        )));
+    };
+    let Some(kubeconfig) = state.db.kubeconfig(&name).await? else {
+        return Err(ApiError::NotFound(format!(
+            "cluster {name:?} has no kubeconfig"
+        )));
+    };
+    tracing::info!(cluster = %name, user = %caller.user, "kubeconfig read");
+    Ok(Json(KubeconfigView {
+        kubeconfig,
+        context: face.context,
+    }))
 }
 
 /// Every cluster (agent tokens never shown), with its agent's reachability.
@@ -68,6 +128,7 @@ pub(super) async fn create_cluster(
 ) -> Result<Response, ApiError> {
     caller.require_platform_admin()?;
     let mut cluster = parse_cluster(&state, &body?)?;
+    require_kubeconfig(&cluster, false)?;
     // Without a token of its own, a cluster gets a generated one, answered this once;
     // unless the shared token of earlier versions is configured, which it then uses.
     let generated = cluster.agent_token.is_none() && !state.agents.has_shared_token();
@@ -88,6 +149,7 @@ pub(super) async fn create_cluster(
     if !generated {
         cluster.agent_token = None;
     }
+    cluster.kubernetes = cluster.kubernetes.map(without_kubeconfig);
     Ok((StatusCode::CREATED, Json(cluster)).into_response())
 }
 
@@ -124,6 +186,7 @@ pub(super) async fn update_cluster(
             format!("must equal the name in the path ({name:?})"),
         ));
     }
+    require_kubeconfig(&cluster, state.db.kubeconfig(&name).await?.is_some())?;
     if !state.db.update_cluster(&cluster).await? {
         return Err(ApiError::NotFound(format!(
             "cluster {name:?} does not exist"
@@ -134,6 +197,7 @@ pub(super) async fn update_cluster(
     tokio::spawn(sync::poll_cluster_now(state, name));
     Ok(Json(Cluster {
         agent_token: None,
+        kubernetes: cluster.kubernetes.map(without_kubeconfig),
         ..cluster
     }))
 }

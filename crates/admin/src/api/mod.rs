@@ -52,6 +52,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 .delete(clusters::delete_cluster),
         )
         .route(
+            "/clusters/{cluster}/kubeconfig",
+            get(clusters::get_kubeconfig),
+        )
+        .route(
             "/clusters/{cluster}/instances",
             get(clusters::list_instances),
         )

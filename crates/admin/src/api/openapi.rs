@@ -52,6 +52,7 @@ use super::{DryRunAnswer, InstancePath, InstanceWriteQuery, NamespaceQuery};
         clusters::get_cluster,
         clusters::update_cluster,
         clusters::delete_cluster,
+        clusters::get_kubeconfig,
         clusters::list_instances,
         clusters::get_instance,
         clusters::set_instance_namespace,

@@ -3,14 +3,16 @@
 //! A cluster's agent token is sealed with the data key before it reaches its row and is
 //! read back only for calls to that cluster's agent, never into an API answer.
 
-use model::cluster::{Cluster, Instance, InstanceStatus, StoreBackend, StoreInfo};
+use model::cluster::{Cluster, Instance, InstanceStatus, KubernetesFace, StoreBackend, StoreInfo};
 use model::namespace::DEFAULT_NAMESPACE;
 use model::snapshot::Revision;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::namespaces::namespace_source;
-use super::{is_unique_violation, optional_text, secret_error, text, token_context, Db};
+use super::{
+    is_unique_violation, kubeconfig_context, optional_text, secret_error, text, token_context, Db,
+};
 use crate::error::ApiError;
 
 /// One instance as an agent reported it.
@@ -67,14 +69,18 @@ impl Db {
         now: i64,
     ) -> Result<bool, ApiError> {
         let token = self.seal_token(cluster)?;
+        let (kubernetes, kubeconfig) = self.kubernetes_columns(cluster)?;
         // Not verified yet: the first poll proves the agent holds the token.
         let sql = self.sql(
-            "INSERT INTO clusters (name, agent_address, agent_token, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO clusters (name, agent_address, agent_token, kubernetes, kubeconfig, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
         );
         match sqlx::query(&sql)
             .bind(&cluster.name)
             .bind(&cluster.agent_address)
             .bind(token)
+            .bind(kubernetes)
+            .bind(kubeconfig)
             .bind(now)
             .execute(&self.pool)
             .await
@@ -97,10 +103,62 @@ impl Db {
             .transpose()
     }
 
+    /// The `kubernetes` column (the face without its kubeconfig, as JSON) and the
+    /// sealed kubeconfig, when given.
+    fn kubernetes_columns(
+        &self,
+        cluster: &Cluster,
+    ) -> Result<(Option<String>, Option<String>), ApiError> {
+        let Some(face) = &cluster.kubernetes else {
+            return Ok((None, None));
+        };
+        let public = KubernetesFace {
+            kubeconfig: None,
+            ..face.clone()
+        };
+        let json = serde_json::to_string(&public)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("kubernetes face: {e}")))?;
+        let sealed = face
+            .kubeconfig
+            .as_deref()
+            .map(|kubeconfig| {
+                self.keyring
+                    .seal(&kubeconfig_context(&cluster.name), kubeconfig)
+                    .map_err(|e| secret_error("kubernetes.kubeconfig", "sealing a kubeconfig", e))
+            })
+            .transpose()?;
+        Ok((Some(json), sealed))
+    }
+
+    /// The cluster's kubeconfig, opened; `None` when it has none.
+    pub(crate) async fn kubeconfig(&self, name: &str) -> Result<Option<String>, ApiError> {
+        let sql = self.sql("SELECT kubeconfig FROM clusters WHERE name = ?");
+        let Some(row) = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        optional_text(&row, "kubeconfig")?
+            .map(|stored| {
+                self.keyring
+                    .open(&kubeconfig_context(name), &stored)
+                    .map_err(|e| {
+                        secret_error(
+                            "kubeconfig",
+                            &format!("opening the kubeconfig of cluster {name:?}"),
+                            e,
+                        )
+                    })
+            })
+            .transpose()
+    }
+
     /// Every cluster as its agent calls need it, for polling.
     pub(crate) async fn agent_records(&self) -> Result<Vec<AgentRecord>, ApiError> {
         let sql = self.sql(
-            "SELECT name, agent_address, agent_token, verified_address FROM clusters ORDER BY name",
+            "SELECT name, agent_address, agent_token, verified_address, kubernetes FROM clusters ORDER BY name",
         );
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(|row| self.agent_record_from(row)).collect()
@@ -109,7 +167,7 @@ impl Db {
     /// One cluster as its agent calls need it.
     pub(crate) async fn agent_record(&self, name: &str) -> Result<Option<AgentRecord>, ApiError> {
         let sql = self.sql(
-            "SELECT name, agent_address, agent_token, verified_address FROM clusters WHERE name = ?",
+            "SELECT name, agent_address, agent_token, verified_address, kubernetes FROM clusters WHERE name = ?",
         );
         let row = sqlx::query(&sql)
             .bind(name)
@@ -147,13 +205,13 @@ impl Db {
     }
 
     pub(crate) async fn clusters(&self) -> Result<Vec<Cluster>, sqlx::Error> {
-        let sql = self.sql("SELECT name, agent_address FROM clusters ORDER BY name");
+        let sql = self.sql("SELECT name, agent_address, kubernetes FROM clusters ORDER BY name");
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(cluster_from_row).collect()
     }
 
     pub(crate) async fn cluster(&self, name: &str) -> Result<Option<Cluster>, sqlx::Error> {
-        let sql = self.sql("SELECT name, agent_address FROM clusters WHERE name = ?");
+        let sql = self.sql("SELECT name, agent_address, kubernetes FROM clusters WHERE name = ?");
         let row = sqlx::query(&sql)
             .bind(name)
             .fetch_optional(&self.pool)
@@ -204,6 +262,34 @@ impl Db {
         };
         if done.rows_affected() == 0 {
             return Ok(false);
+        }
+        // The Kubernetes face as given: none removes it (and its kubeconfig); one
+        // without a kubeconfig keeps the stored kubeconfig.
+        let (kubernetes, kubeconfig) = self.kubernetes_columns(cluster)?;
+        match kubeconfig {
+            Some(kubeconfig) => {
+                let sql =
+                    self.sql("UPDATE clusters SET kubernetes = ?, kubeconfig = ? WHERE name = ?");
+                sqlx::query(&sql)
+                    .bind(kubernetes)
+                    .bind(kubeconfig)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            None if kubernetes.is_none() => {
+                let sql = self
+                    .sql("UPDATE clusters SET kubernetes = NULL, kubeconfig = NULL WHERE name = ?");
+                sqlx::query(&sql).bind(name).execute(&mut *tx).await?;
+            }
+            None => {
+                let sql = self.sql("UPDATE clusters SET kubernetes = ? WHERE name = ?");
+                sqlx::query(&sql)
+                    .bind(kubernetes)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         let sql = self.sql("UPDATE instances SET agent_address = ? WHERE cluster = ?");
         sqlx::query(&sql)
@@ -498,12 +584,17 @@ impl Db {
     }
 }
 
-/// The cluster as the API shows it: never its token.
+/// The cluster as the API shows it: never its token nor its kubeconfig.
 fn cluster_from_row(row: &AnyRow) -> Result<Cluster, sqlx::Error> {
+    let kubernetes = optional_text(row, "kubernetes")?
+        .map(|json| serde_json::from_str::<KubernetesFace>(&json))
+        .transpose()
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     Ok(Cluster {
         name: text(row, "name")?,
         agent_address: text(row, "agent_address")?,
         agent_token: None,
+        kubernetes,
     })
 }
 

@@ -198,6 +198,11 @@ fn token_context(cluster: &str) -> String {
     format!("agent_token/{cluster}")
 }
 
+/// The sealing context of a cluster's kubeconfig.
+fn kubeconfig_context(cluster: &str) -> String {
+    format!("kubeconfig/{cluster}")
+}
+
 /// A secret that cannot be sealed for lack of a key: 503 naming the field and the flag;
 /// any other failure is a stored value that does not open: 500, logged.
 fn secret_error(field: &str, what: &str, e: SecretError) -> ApiError {

@@ -1,5 +1,5 @@
 //! The start-up pass over every stored secret (certificate keys, agent tokens,
-//! consumers' JWT secrets): each must open with the keys given
+//! clusters' kubeconfigs, consumers' JWT secrets): each must open with the keys given
 //! (else the admin refuses to start, naming the row and the key id it needs), and each
 //! not sealed with the primary key is sealed with it: values written in clear by
 //! earlier versions, and values sealed with an old key after a rotation.
@@ -12,7 +12,10 @@
 
 use sqlx::Row;
 
-use super::{certificate_context, consumer_secret_context, optional_text, text, token_context, Db};
+use super::{
+    certificate_context, consumer_secret_context, kubeconfig_context, optional_text, text,
+    token_context, Db,
+};
 use crate::secrets::{Keyring, SecretError};
 
 /// What the pass found and did.
@@ -45,8 +48,10 @@ enum Place {
         id: String,
         pointer: String,
     },
-    Token {
+    /// A secret column of a cluster's row (`agent_token`, `kubeconfig`).
+    Cluster {
         cluster: String,
+        column: &'static str,
     },
 }
 
@@ -142,18 +147,27 @@ impl Db {
             }
         }
         let sql = self.sql(
-            "SELECT name, agent_token FROM clusters WHERE agent_token IS NOT NULL ORDER BY name",
+            "SELECT name, agent_token, kubeconfig FROM clusters \
+             WHERE agent_token IS NOT NULL OR kubeconfig IS NOT NULL ORDER BY name",
         );
         for row in sqlx::query(&sql).fetch_all(&self.pool).await? {
             let cluster = text(&row, "name")?;
-            let Some(token) = optional_text(&row, "agent_token")? else {
-                continue;
-            };
-            found.push(Stored {
-                context: token_context(&cluster),
-                value: token,
-                place: Place::Token { cluster },
-            });
+            for (column, context) in [
+                ("agent_token", token_context(&cluster)),
+                ("kubeconfig", kubeconfig_context(&cluster)),
+            ] {
+                let Some(value) = optional_text(&row, column)? else {
+                    continue;
+                };
+                found.push(Stored {
+                    context,
+                    value,
+                    place: Place::Cluster {
+                        cluster: cluster.clone(),
+                        column,
+                    },
+                });
+            }
         }
         Ok(found)
     }
@@ -219,9 +233,11 @@ impl Db {
                     .execute(&self.pool)
                     .await?
             }
-            Place::Token { cluster } => {
-                let sql = self
-                    .sql("UPDATE clusters SET agent_token = ? WHERE name = ? AND agent_token = ?");
+            Place::Cluster { cluster, column } => {
+                // `column` is one of two constants, never input.
+                let sql = self.sql(format!(
+                    "UPDATE clusters SET {column} = ? WHERE name = ? AND {column} = ?"
+                ));
                 sqlx::query(&sql)
                     .bind(resealed)
                     .bind(cluster)

@@ -1,0 +1,191 @@
+//! Where the cluster list comes from (requirement X1): the admin's cluster registry,
+//! where a cluster's Kubernetes face (role, provider, context, kubeconfig) is the
+//! second face of the cluster whose agent the admin already drives; and/or a file (the
+//! timings, the Lease, and clusters the admin does not know).
+//!
+//! From the admin: `GET /clusters` lists the faces, and each cluster's kubeconfig comes
+//! from `GET /clusters/{cluster}/kubeconfig` (platform admins only, audited). The
+//! kubeconfigs are written to a private folder (0700, files 0600), each rewritten only
+//! when it changed, so a cluster controller sees a rotated credential as a changed
+//! file and reads it again; nothing else about them is kept or logged.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::config::{ClusterSpec, Config};
+use crate::union::Role;
+
+/// The admin API to read clusters from.
+#[derive(Clone)]
+pub struct Admin {
+    /// Its base URL, e.g. `http://127.0.0.1:9180/gateway/apiserver/v1`.
+    pub url: String,
+    /// A platform admin's token.
+    pub token: String,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The sources of one controller's cluster list.
+pub struct Source {
+    file: Option<PathBuf>,
+    admin: Option<Admin>,
+    kubeconfigs: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct Items<T> {
+    items: Vec<T>,
+}
+
+#[derive(Deserialize)]
+struct AdminCluster {
+    name: String,
+    #[serde(default)]
+    kubernetes: Option<AdminFace>,
+}
+
+#[derive(Deserialize)]
+struct AdminFace {
+    role: String,
+    #[serde(default)]
+    provider: String,
+    #[serde(default)]
+    context: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Kubeconfig {
+    kubeconfig: String,
+}
+
+impl Source {
+    /// A source reading `file` (timings, Lease, static clusters) and/or `admin`.
+    pub fn new(file: Option<PathBuf>, admin: Option<Admin>) -> Result<Self, String> {
+        if file.is_none() && admin.is_none() {
+            return Err(
+                "give a cluster list file, the admin to read clusters from, or both".into(),
+            );
+        }
+        let kubeconfigs = tempfile::Builder::new()
+            .prefix("portico-xcluster-")
+            .tempdir()
+            .map_err(|e| format!("cannot make a private folder for kubeconfigs: {e}"))?;
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            file,
+            admin,
+            kubeconfigs,
+            http,
+        })
+    }
+
+    /// Reads the list now: the file's, then the admin's clusters with a Kubernetes
+    /// face. An error says which source failed and why (never a credential).
+    pub async fn load(&self) -> Result<Config, String> {
+        let mut config = match &self.file {
+            Some(path) => Config::load(path)?,
+            None => Config::parse("{}")?,
+        };
+        let Some(admin) = &self.admin else {
+            config.check_lease()?;
+            return Ok(config);
+        };
+        let mut names: BTreeSet<String> = config.clusters.iter().map(|c| c.name.clone()).collect();
+        let clusters: Items<AdminCluster> = self.get(admin, "/clusters").await?;
+        for cluster in clusters.items {
+            let Some(face) = cluster.kubernetes else {
+                continue;
+            };
+            if !names.insert(cluster.name.clone()) {
+                return Err(format!(
+                    "cluster {:?} is both in the file and in the admin's registry",
+                    cluster.name
+                ));
+            }
+            let role = match face.role.as_str() {
+                "production" => Role::Production,
+                "peak" => Role::Peak,
+                other => {
+                    return Err(format!(
+                        "the admin's cluster {:?} has role {other:?}",
+                        cluster.name
+                    ))
+                }
+            };
+            let answer: Kubeconfig = self
+                .get(admin, &format!("/clusters/{}/kubeconfig", cluster.name))
+                .await?;
+            let path = self
+                .kubeconfigs
+                .path()
+                .join(format!("{}.kubeconfig", cluster.name));
+            write_if_changed(&path, &answer.kubeconfig)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            config.clusters.push(ClusterSpec {
+                name: cluster.name,
+                role,
+                provider: face.provider,
+                kubeconfig: path,
+                context: face.context,
+            });
+        }
+        config.check_lease()?;
+        Ok(config)
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        admin: &Admin,
+        path: &str,
+    ) -> Result<T, String> {
+        let url = format!("{}{path}", admin.url.trim_end_matches('/'));
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(&admin.token)
+            .send()
+            .await
+            .map_err(|e| format!("admin {url}: {}", e.without_url()))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("admin {url}: answered {status}"));
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| format!("admin {url}: unexpected answer: {}", e.without_url()))
+    }
+}
+
+/// Writes `text` to `path` (mode 0600) unless it already holds exactly that; atomic.
+fn write_if_changed(path: &Path, text: &str) -> std::io::Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    let partial = path.with_extension("partial");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(partial, path)
+}
