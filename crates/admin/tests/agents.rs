@@ -722,6 +722,31 @@ async fn a_clusters_kubeconfig_is_write_only_sealed_and_read_back_by_its_own_cal
         admin.get("/clusters/peak").await.body["kubernetes"]["provider"],
         "aws"
     );
+    // The cross-cluster controller's reports: checked, shown in the view, not audited.
+    let bad = admin
+        .send(
+            "PUT",
+            "/clusters/peak/kubernetes/status",
+            json!({"reporter": "xc-1", "link": "lost", "services": 1, "endpoints_contributed": 2}),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
+    assert_eq!(bad.fields(), ["lost_for_seconds"]);
+    let report = json!({"reporter": "xc-1", "link": "lost", "lost_for_seconds": 12,
+                        "last_synced_ms": 1_700_000_000_000_i64, "services": 1, "endpoints_contributed": 2});
+    let recorded = admin
+        .send("PUT", "/clusters/peak/kubernetes/status", report.clone())
+        .await;
+    assert_eq!(recorded.status, StatusCode::NO_CONTENT, "{}", recorded.body);
+    let shown = admin.get("/clusters/peak").await.body["kubernetes_status"].clone();
+    assert_eq!(shown["link"], "lost");
+    assert_eq!(shown["endpoints_contributed"], 2);
+    assert!(shown["reported_at_ms"].as_i64().unwrap() > 1_700_000_000_000);
+    assert_eq!(
+        admin.get("/clusters").await.body["items"][0]["kubernetes_status"]["reporter"],
+        "xc-1"
+    );
+
     let removed = admin
         .send(
             "PUT",
@@ -745,6 +770,16 @@ async fn a_clusters_kubeconfig_is_write_only_sealed_and_read_back_by_its_own_cal
             .await,
         None
     );
+    assert!(admin
+        .get("/clusters/peak")
+        .await
+        .body
+        .get("kubernetes_status")
+        .is_none());
+    let orphan = admin
+        .send("PUT", "/clusters/peak/kubernetes/status", report)
+        .await;
+    assert_eq!(orphan.status, StatusCode::NOT_FOUND, "{}", orphan.body);
 
     // The reads are in the audit log, without the secret.
     let audit = admin.get("/audit").await;
@@ -754,6 +789,10 @@ async fn a_clusters_kubeconfig_is_write_only_sealed_and_read_back_by_its_own_cal
             .count(),
         3,
         "{text}"
+    );
+    assert!(
+        !text.contains("kubernetes/status"),
+        "reports are not audited"
     );
     assert!(!text.contains(SECRET));
 }

@@ -230,6 +230,18 @@ async fn every_endpoint_checks_the_callers_role() {
         ),
         (
             // c1 has no Kubernetes face: only a platform admin gets as far as learning so.
+            "PUT",
+            "/clusters/c1/kubernetes/status".into(),
+            Box::new(|_| {
+                Some(
+                    json!({"reporter": "xc", "link": "synced", "services": 0, "endpoints_contributed": 0})
+                        .to_string(),
+                )
+            }),
+            [404, 403, 403, 403, 403, 401],
+        ),
+        (
+            // c1 has no Kubernetes face: only a platform admin gets as far as learning so.
             "GET",
             "/clusters/c1/kubeconfig".into(),
             none(),

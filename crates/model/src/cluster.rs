@@ -72,6 +72,73 @@ impl std::fmt::Debug for KubernetesFace {
     }
 }
 
+/// How the cross-cluster controller knows a cluster now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KubernetesLink {
+    /// Its watches and probe answer and its caches are complete.
+    Synced,
+    /// It was synced and no longer answers: its endpoints are kept for the grace
+    /// period, then marked not ready.
+    Lost,
+    /// Not yet listed completely since the controller started: left as it was.
+    Unknown,
+}
+
+/// What the cross-cluster controller last reported of a cluster's Kubernetes face
+/// (`PUT /clusters/{cluster}/kubernetes/status`), shown in the cluster's view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesStatus {
+    /// The controller replica reporting (its Lease identity).
+    pub reporter: String,
+    pub link: KubernetesLink,
+    /// Seconds since the last successful contact, while lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_for_seconds: Option<u64>,
+    /// When the controller last had the cluster synced (Unix milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_synced_ms: Option<i64>,
+    /// Services labelled `ex-remote` in the cluster.
+    pub services: u64,
+    /// Ready endpoints the cluster gives to production Services (peak clusters).
+    pub endpoints_contributed: u64,
+    /// When the admin received the report (Unix milliseconds); set by the admin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_at_ms: Option<i64>,
+}
+
+impl KubernetesStatus {
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut v = Validator::new();
+        if self.reporter.is_empty()
+            || self.reporter.len() > 253
+            || !self.reporter.bytes().all(|b| b.is_ascii_graphic())
+        {
+            v.error("reporter", "must be 1 to 253 printable ASCII characters");
+        }
+        if self.reported_at_ms.is_some() {
+            v.error("reported_at_ms", "is set by the admin");
+        }
+        if self.last_synced_ms.is_some_and(|ms| ms < 0) {
+            v.error("last_synced_ms", "must not be negative");
+        }
+        if self.lost_for_seconds.is_some() != (self.link == KubernetesLink::Lost) {
+            v.error("lost_for_seconds", "is given exactly when the link is lost");
+        }
+        for (field, value) in [
+            ("services", self.services),
+            ("endpoints_contributed", self.endpoints_contributed),
+            ("lost_for_seconds", self.lost_for_seconds.unwrap_or(0)),
+        ] {
+            if value > i64::MAX as u64 {
+                v.error(field, "is too large");
+            }
+        }
+        v.finish()
+    }
+}
+
 /// The longest kubeconfig accepted.
 pub const MAX_KUBECONFIG: usize = 64 * 1024;
 

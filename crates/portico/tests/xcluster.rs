@@ -249,6 +249,35 @@ async fn clusters_registered_in_the_admin_are_watched_and_rotated_credentials_fo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // The leader reports what it sees to the admin, which shows it in the cluster's view.
+    let start = Instant::now();
+    loop {
+        let view: Value = http
+            .get(format!("{admin_url}/clusters/peak"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let status = &view["kubernetes_status"];
+        if status["link"] == "synced" {
+            assert_eq!(status["endpoints_contributed"], 1, "{view}");
+            assert_eq!(status["services"], 1, "{view}");
+            assert!(
+                status["reported_at_ms"].as_i64().is_some() && status["reporter"].is_string(),
+                "{view}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no status reported: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // The peak's token is rotated: the operator gives the admin the new kubeconfig.
     peak.rotate_token();
     let answer = http

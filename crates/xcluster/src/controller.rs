@@ -33,6 +33,9 @@ pub struct Options {
     pub identity: String,
 }
 
+/// How often the leader reports the clusters' state to the admin.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
 /// How long to wait before reading the list again when the first read failed.
 const FIRST_READ_RETRY: Duration = Duration::from_secs(5);
 
@@ -46,7 +49,7 @@ pub async fn run(
     status: Arc<Mutex<Status>>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let source = Source::new(options.clusters, options.admin)?;
+    let source = Arc::new(Source::new(options.clusters, options.admin)?);
     // The admin may not answer yet: wait for a first list (a file that does not parse
     // is an operator's error, answered at once).
     let mut config = loop {
@@ -71,6 +74,8 @@ pub async fn run(
     let mut reload = tokio::time::interval(config.timings.reload_every);
     reload.tick().await;
     let mut tick = tokio::time::interval(TICK);
+    let mut report = tokio::time::interval(REPORT_EVERY);
+    let mut reporting: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             report = reports.recv() => {
@@ -81,6 +86,17 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {}
+            _ = report.tick() => {
+                // The leader tells the admin what it sees; one report at a time.
+                if aggregator.status().leader && reporting.as_ref().is_none_or(|r| r.is_finished()) {
+                    let source = source.clone();
+                    let status = aggregator.status().clone();
+                    let identity = options.identity.clone();
+                    reporting = Some(tokio::spawn(async move {
+                        source.report(&status, &identity).await;
+                    }));
+                }
+            }
             _ = reload.tick() => match source.load().await {
                 Ok(new) => {
                     let timings_changed = new.timings != config.timings;

@@ -8,16 +8,23 @@
 //! kubeconfigs are written to a private folder (0700, files 0600), each rewritten only
 //! when it changed, so a cluster controller sees a rotated credential as a changed
 //! file and reads it again; nothing else about them is kept or logged.
+//!
+//! Back to the admin: the leading replica reports each admin cluster's link, last
+//! sync and endpoints contributed (`PUT /clusters/{cluster}/kubernetes/status`), which
+//! the admin shows in the cluster's view.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::UNIX_EPOCH;
 
 use serde::Deserialize;
 
+use crate::aggregator::Status;
 use crate::config::{ClusterSpec, Config};
-use crate::union::Role;
+use crate::union::{Link, Role};
 
 /// The admin API to read clusters from.
 #[derive(Clone)]
@@ -43,6 +50,8 @@ pub struct Source {
     admin: Option<Admin>,
     kubeconfigs: tempfile::TempDir,
     http: reqwest::Client,
+    /// The clusters the last read took from the admin.
+    from_admin: Mutex<BTreeSet<String>>,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +101,7 @@ impl Source {
             admin,
             kubeconfigs,
             http,
+            from_admin: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -107,6 +117,7 @@ impl Source {
             return Ok(config);
         };
         let mut names: BTreeSet<String> = config.clusters.iter().map(|c| c.name.clone()).collect();
+        let mut from_admin = BTreeSet::new();
         let clusters: Items<AdminCluster> = self.get(admin, "/clusters").await?;
         for cluster in clusters.items {
             let Some(face) = cluster.kubernetes else {
@@ -137,6 +148,7 @@ impl Source {
                 .join(format!("{}.kubeconfig", cluster.name));
             write_if_changed(&path, &answer.kubeconfig)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
+            from_admin.insert(cluster.name.clone());
             config.clusters.push(ClusterSpec {
                 name: cluster.name,
                 role,
@@ -146,7 +158,65 @@ impl Source {
             });
         }
         config.check_lease()?;
+        *self
+            .from_admin
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = from_admin;
         Ok(config)
+    }
+
+    /// Reports to the admin what `status` says of each cluster taken from it, as
+    /// `reporter`; failures are logged and the next report tries again.
+    pub async fn report(&self, status: &Status, reporter: &str) {
+        let Some(admin) = &self.admin else {
+            return;
+        };
+        let names = self
+            .from_admin
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for name in names {
+            let Some(cluster) = status.clusters.get(&name) else {
+                continue;
+            };
+            let (link, lost_for) = match cluster.link {
+                Link::Synced => ("synced", None),
+                Link::Unknown => ("unknown", None),
+                Link::Lost { since } => ("lost", Some(since.elapsed().as_secs())),
+            };
+            let body = serde_json::json!({
+                "reporter": reporter,
+                "link": link,
+                "lost_for_seconds": lost_for,
+                "last_synced_ms": cluster
+                    .last_synced
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as i64),
+                "services": cluster.services,
+                "endpoints_contributed": cluster.contributed,
+            });
+            let url = format!(
+                "{}/clusters/{name}/kubernetes/status",
+                admin.url.trim_end_matches('/')
+            );
+            let answer = self
+                .http
+                .put(&url)
+                .bearer_auth(&admin.token)
+                .json(&without_nulls(body))
+                .send()
+                .await;
+            match answer {
+                Ok(response) if response.status().is_success() => {}
+                Ok(response) => {
+                    tracing::warn!(cluster = %name, status = %response.status(), "the admin refused the status report");
+                }
+                Err(error) => {
+                    tracing::debug!(cluster = %name, error = %error.without_url(), "status report not delivered");
+                }
+            }
+        }
     }
 
     async fn get<T: serde::de::DeserializeOwned>(
@@ -171,6 +241,14 @@ impl Source {
             .await
             .map_err(|e| format!("admin {url}: unexpected answer: {}", e.without_url()))
     }
+}
+
+/// The object without its `null` fields (the admin's type has them optional).
+fn without_nulls(mut value: serde_json::Value) -> serde_json::Value {
+    if let Some(map) = value.as_object_mut() {
+        map.retain(|_, v| !v.is_null());
+    }
+    value
 }
 
 /// Writes `text` to `path` (mode 0600) unless it already holds exactly that; atomic.

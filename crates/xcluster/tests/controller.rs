@@ -2,8 +2,10 @@
 //! `kube`, the wire protocol kube-rs speaks): peak endpoints reach the production
 //! cluster's slices within a second and leave them; a steady state writes nothing; a
 //! black-holed peak keeps its endpoints for the grace period, then drains them, and
-//! gets them back when it returns; a restart while a peak is unreachable does not
-//! flap the slices; rotated credentials are picked up from the kubeconfig.
+//! gets them back when it returns; a watch that went silent while its API server
+//! answers is found out within the watch timeout; a restart while a peak is
+//! unreachable does not flap the slices; rotated credentials are picked up from the
+//! kubeconfig; only the Lease holder writes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -497,4 +499,33 @@ async fn only_the_lease_holder_writes_and_a_standby_takes_over_when_it_dies() {
         lease["spec"]["holderIdentity"].is_null(),
         "given up on a clean stop"
     );
+}
+
+#[tokio::test]
+async fn a_silently_dead_watch_is_found_out_within_the_watch_timeout() {
+    let world = World::new().await;
+    let controller = world.start();
+    within(Duration::from_secs(10), "the first union", || {
+        world.united().len() == 3
+    })
+    .await;
+
+    // The peak's open watches fall silent (no events, no bookmarks, never closed); the
+    // API server itself answers, so the probe sees nothing wrong.
+    world.peak.silence_watches();
+    world.set_peak_addresses(&["10.1.0.8"]);
+    // The watch timeout is 2 s here (60 s by default): kube-rs gives a silent watch
+    // that plus 5 s, then watches again and gets the change.
+    let took = within(
+        Duration::from_secs(12),
+        "the change behind the silent watch",
+        || world.united() == ready(&["10.1.0.8"]),
+    )
+    .await;
+    eprintln!("a silent watch was replaced after {took:?}");
+    assert!(
+        controller.status().clusters["peak-1"].link == xcluster::union::Link::Synced,
+        "the peak never counted as lost: its API answered"
+    );
+    controller.stop().await;
 }

@@ -41,8 +41,8 @@ impl AuditDetail {
     }
 }
 
-/// Middleware: records every request that may change something, sign-ins, and reads
-/// of a cluster's kubeconfig.
+/// Middleware: records every request that may change something (but the cross-cluster
+/// controller's status reports), sign-ins, and reads of a cluster's kubeconfig.
 pub(crate) async fn record(
     State(state): State<Arc<AppState>>,
     req: Request,
@@ -52,9 +52,12 @@ pub(crate) async fn record(
     let login = path == LOGIN_PATH;
     // Reading a cluster's credentials is recorded as changes are.
     let secret_read = path.ends_with("/kubeconfig");
-    if !login
-        && !secret_read
-        && matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+    // The cross-cluster controller's status reports change no configuration.
+    let report = path.ends_with("/kubernetes/status");
+    if report
+        || (!login
+            && !secret_read
+            && matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS))
     {
         return next.run(req).await;
     }

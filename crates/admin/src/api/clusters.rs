@@ -12,7 +12,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use model::cluster::{
-    Cluster, Instance, InstanceNamespace, KubernetesFace, NodeHeartbeat, NodeLoad, SkippedObject,
+    Cluster, Instance, InstanceNamespace, KubernetesFace, KubernetesStatus, NodeHeartbeat,
+    NodeLoad, SkippedObject,
 };
 
 use super::{parse_json, ApiPath, Items, NamespaceQuery, Scope};
@@ -36,16 +37,54 @@ pub(crate) struct ClusterView {
     agent: AgentContact,
     #[serde(skip_serializing_if = "Option::is_none")]
     kubernetes: Option<KubernetesFace>,
+    /// What the cross-cluster controller last reported of the Kubernetes face.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kubernetes_status: Option<KubernetesStatus>,
 }
 
 /// The cluster as listed (its agent token and kubeconfig never are).
-fn view(state: &AppState, cluster: Cluster) -> ClusterView {
+fn view(state: &AppState, cluster: Cluster, status: Option<KubernetesStatus>) -> ClusterView {
     ClusterView {
         agent: state.agent_contact(&cluster.name),
         name: cluster.name,
         agent_address: cluster.agent_address,
+        kubernetes_status: status.filter(|_| cluster.kubernetes.is_some()),
         kubernetes: cluster.kubernetes.map(without_kubeconfig),
     }
+}
+
+/// Records what the cross-cluster controller sees of the cluster's Kubernetes face
+/// (`portico xcluster` reports every few seconds while it leads); platform admins
+/// only. Not in the audit log: a report changes no configuration.
+#[utoipa::path(put, path = "/clusters/{cluster}/kubernetes/status", tag = "clusters",
+    params(("cluster" = String, Path, description = "the cluster's name")),
+    request_body = KubernetesStatus,
+    responses((status = 204, description = "recorded")))]
+pub(super) async fn put_kubernetes_status(
+    State(state): State<Arc<AppState>>,
+    caller: Principal,
+    ApiPath(name): ApiPath<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_platform_admin()?;
+    let status: KubernetesStatus = parse_json("kubernetes status", &body?)?;
+    if let Err(errors) = status.validate() {
+        return Err(ApiError::Invalid {
+            what: "kubernetes status".into(),
+            errors,
+        });
+    }
+    state.db.require_cluster(&name).await?;
+    if !state
+        .db
+        .record_kubernetes_status(&name, &status, db::now_ms())
+        .await?
+    {
+        return Err(ApiError::NotFound(format!(
+            "cluster {name:?} has no Kubernetes face"
+        )));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn without_kubeconfig(face: KubernetesFace) -> KubernetesFace {
@@ -111,9 +150,16 @@ pub(super) async fn list_clusters(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Items<ClusterView>>, ApiError> {
     let clusters = state.db.clusters().await?;
-    Ok(Items::of(
-        clusters.into_iter().map(|c| view(&state, c)).collect(),
-    ))
+    Ok(Items::of({
+        let mut statuses = state.db.kubernetes_statuses().await?;
+        clusters
+            .into_iter()
+            .map(|c| {
+                let status = statuses.remove(&c.name);
+                view(&state, c, status)
+            })
+            .collect()
+    }))
 }
 
 /// Registers a cluster; its agent is polled at once. A generated agent token is
@@ -162,7 +208,8 @@ pub(super) async fn get_cluster(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ClusterView>, ApiError> {
     let cluster = state.db.require_cluster(&name).await?;
-    Ok(Json(view(&state, cluster)))
+    let status = state.db.kubernetes_statuses().await?.remove(&cluster.name);
+    Ok(Json(view(&state, cluster, status)))
 }
 
 /// Changes the agent address; the body is the whole cluster and its name must match.

@@ -56,6 +56,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             get(clusters::get_kubeconfig),
         )
         .route(
+            "/clusters/{cluster}/kubernetes/status",
+            axum::routing::put(clusters::put_kubernetes_status),
+        )
+        .route(
             "/clusters/{cluster}/instances",
             get(clusters::list_instances),
         )

@@ -53,6 +53,7 @@ use super::{DryRunAnswer, InstancePath, InstanceWriteQuery, NamespaceQuery};
         clusters::update_cluster,
         clusters::delete_cluster,
         clusters::get_kubeconfig,
+        clusters::put_kubernetes_status,
         clusters::list_instances,
         clusters::get_instance,
         clusters::set_instance_namespace,

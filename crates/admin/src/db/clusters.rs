@@ -3,7 +3,9 @@
 //! A cluster's agent token is sealed with the data key before it reaches its row and is
 //! read back only for calls to that cluster's agent, never into an API answer.
 
-use model::cluster::{Cluster, Instance, InstanceStatus, KubernetesFace, StoreBackend, StoreInfo};
+use model::cluster::{
+    Cluster, Instance, InstanceStatus, KubernetesFace, KubernetesStatus, StoreBackend, StoreInfo,
+};
 use model::namespace::DEFAULT_NAMESPACE;
 use model::snapshot::Revision;
 use sqlx::any::AnyRow;
@@ -155,6 +157,59 @@ impl Db {
             .transpose()
     }
 
+    /// Replaces what the cross-cluster controller reported of the cluster's
+    /// Kubernetes face; false when the cluster has no face (or does not exist).
+    pub(crate) async fn record_kubernetes_status(
+        &self,
+        cluster: &str,
+        status: &KubernetesStatus,
+        now_ms: i64,
+    ) -> Result<bool, ApiError> {
+        let body = serde_json::to_string(status)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("kubernetes status: {e}")))?;
+        let mut tx = self.pool.begin().await?;
+        // Lock the cluster's row: a concurrent removal of the face or the cluster
+        // either happens before (nothing is recorded) or after (it removes the row).
+        let sql = self.sql(
+            "UPDATE clusters SET kubernetes = kubernetes WHERE name = ? AND kubernetes IS NOT NULL",
+        );
+        let found = sqlx::query(&sql).bind(cluster).execute(&mut *tx).await?;
+        if found.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let sql = self.sql("DELETE FROM kubernetes_status WHERE cluster = ?");
+        sqlx::query(&sql).bind(cluster).execute(&mut *tx).await?;
+        let sql = self
+            .sql("INSERT INTO kubernetes_status (cluster, body, reported_at_ms) VALUES (?, ?, ?)");
+        sqlx::query(&sql)
+            .bind(cluster)
+            .bind(body)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The last report of every cluster's Kubernetes face, by cluster.
+    pub(crate) async fn kubernetes_statuses(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, KubernetesStatus>, ApiError> {
+        let sql = self.sql("SELECT cluster, body, reported_at_ms FROM kubernetes_status");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        let mut all = std::collections::BTreeMap::new();
+        for row in rows {
+            let cluster = text(&row, "cluster")?;
+            let mut status: KubernetesStatus =
+                serde_json::from_str(&text(&row, "body")?).map_err(|e| {
+                    ApiError::Internal(anyhow::anyhow!("kubernetes status of {cluster:?}: {e}"))
+                })?;
+            status.reported_at_ms = Some(row.try_get("reported_at_ms")?);
+            all.insert(cluster, status);
+        }
+        Ok(all)
+    }
+
     /// Every cluster as its agent calls need it, for polling.
     pub(crate) async fn agent_records(&self) -> Result<Vec<AgentRecord>, ApiError> {
         let sql = self.sql(
@@ -281,6 +336,8 @@ impl Db {
                 let sql = self
                     .sql("UPDATE clusters SET kubernetes = NULL, kubeconfig = NULL WHERE name = ?");
                 sqlx::query(&sql).bind(name).execute(&mut *tx).await?;
+                let sql = self.sql("DELETE FROM kubernetes_status WHERE cluster = ?");
+                sqlx::query(&sql).bind(name).execute(&mut *tx).await?;
             }
             None => {
                 let sql = self.sql("UPDATE clusters SET kubernetes = ? WHERE name = ?");
@@ -336,6 +393,8 @@ impl Db {
             });
         }
         let sql = self.sql("DELETE FROM gateway_nodes WHERE cluster = ?");
+        sqlx::query(&sql).bind(name).execute(&mut *tx).await?;
+        let sql = self.sql("DELETE FROM kubernetes_status WHERE cluster = ?");
         sqlx::query(&sql).bind(name).execute(&mut *tx).await?;
         let sql = self.sql("DELETE FROM clusters WHERE name = ?");
         let done = sqlx::query(&sql).bind(name).execute(&mut *tx).await?;

@@ -77,6 +77,9 @@ struct Shared {
     fault: watch::Sender<Fault>,
     /// Bumped to end every open watch (as an API server restart or a watch timeout does).
     watch_epoch: watch::Sender<u64>,
+    /// Bumped to make every open watch fall silent without closing (a connection a
+    /// NAT or a firewall forgot), while new requests are served.
+    silence_epoch: watch::Sender<u64>,
     bookmark_every: Mutex<Duration>,
     stats: Mutex<Stats>,
 }
@@ -114,6 +117,7 @@ impl KubeServer {
             token: Mutex::new(new_token(name)),
             fault: watch::Sender::new(Fault::None),
             watch_epoch: watch::Sender::new(0),
+            silence_epoch: watch::Sender::new(0),
             bookmark_every: Mutex::new(Duration::from_secs(1)),
             stats: Mutex::new(Stats::default()),
         });
@@ -186,6 +190,13 @@ impl KubeServer {
     /// Ends every open watch cleanly (clients watch again from their last version).
     pub fn close_watches(&self) {
         self.shared.watch_epoch.send_modify(|epoch| *epoch += 1);
+    }
+
+    /// Makes every open watch fall silent for good without closing (no events, no
+    /// bookmarks: a connection a NAT or a firewall dropped), while everything else,
+    /// new watches included, is served: only a client's own timeout finds it out.
+    pub fn silence_watches(&self) {
+        self.shared.silence_epoch.send_modify(|epoch| *epoch += 1);
     }
 
     /// The current resourceVersion.
@@ -891,6 +902,8 @@ async fn follow(
     let mut faults = shared.fault.subscribe();
     let mut epoch = shared.watch_epoch.subscribe();
     epoch.mark_unchanged();
+    let mut silence = shared.silence_epoch.subscribe();
+    silence.mark_unchanged();
     let deadline = watch.timeout.map(|t| tokio::time::Instant::now() + t);
     let every = *shared.bookmark_every.lock().expect("bookmark lock");
     let mut bookmark = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -910,6 +923,11 @@ async fn follow(
             // Ends and faults first: a change made after either must not slip out.
             biased;
             _ = epoch.changed() => return,
+            _ = silence.changed() => {
+                // Held open and silent until the client goes away.
+                tx.closed().await;
+                return;
+            }
             changed = faults.changed() => if changed.is_err() { return },
             _ = sleep_until(deadline) => return,
             _ = tx.closed() => return,
