@@ -338,13 +338,9 @@ impl Controller {
                         self.on_service(event, &mut service_buffer, &mut listed, queue);
                         true
                     }
-                    Some(Err(error)) => match watch_error(&error) {
-                        WatchTrouble::Credentials => return End::Credentials,
-                        WatchTrouble::Expired => true,
-                        WatchTrouble::Unreachable => {
-                            tracing::debug!(cluster = %self.spec.name, %error, "service watch");
-                            false
-                        }
+                    Some(Err(error)) => match self.watch_failed("service", &error) {
+                        Ok(healthy) => healthy,
+                        Err(end) => return end,
                     },
                     None => false,
                 },
@@ -353,13 +349,9 @@ impl Controller {
                         self.on_slice(event, &mut slice_buffer, &mut listed, queue);
                         true
                     }
-                    Some(Err(error)) => match watch_error(&error) {
-                        WatchTrouble::Credentials => return End::Credentials,
-                        WatchTrouble::Expired => true,
-                        WatchTrouble::Unreachable => {
-                            tracing::debug!(cluster = %self.spec.name, %error, "slice watch");
-                            false
-                        }
+                    Some(Err(error)) => match self.watch_failed("slice", &error) {
+                        Ok(healthy) => healthy,
+                        Err(end) => return end,
                     },
                     None => false,
                 },
@@ -389,6 +381,19 @@ impl Controller {
             }
             failing = !healthy;
             self.set_link(link, healthy, *last_contact);
+        }
+    }
+
+    /// What a watcher's error means: whether the cluster still counts as answering,
+    /// or the end of the session when the credentials were refused.
+    fn watch_failed(&self, watch: &str, error: &watcher::Error) -> Result<bool, End> {
+        match watch_error(error) {
+            WatchTrouble::Credentials => Err(End::Credentials),
+            WatchTrouble::Expired => Ok(true),
+            WatchTrouble::Unreachable => {
+                tracing::debug!(cluster = %self.spec.name, %error, watch, "watch failed");
+                Ok(false)
+            }
         }
     }
 

@@ -242,31 +242,18 @@ impl KubeServer {
 
     /// Deletes the object of `kind` at `namespace/name`; false when there was none.
     pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> bool {
-        let resource =
-            store::resource_of_kind(kind).unwrap_or_else(|| panic!("unknown kind {kind}"));
-        let key = Key {
-            plural: resource.plural,
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        };
+        let (resource, key) = key_of(kind, namespace, name);
         self.shared.store().delete(resource, &key).is_ok()
     }
 
     pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
-        let resource =
-            store::resource_of_kind(kind).unwrap_or_else(|| panic!("unknown kind {kind}"));
-        let key = Key {
-            plural: resource.plural,
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        };
+        let (_, key) = key_of(kind, namespace, name);
         self.shared.store().get(&key).map(|o| (*o).clone())
     }
 
     /// Every object of `kind` whose labels match `labels` (a label selector).
     pub fn list(&self, kind: &str, labels: &str) -> Vec<Value> {
-        let resource =
-            store::resource_of_kind(kind).unwrap_or_else(|| panic!("unknown kind {kind}"));
+        let (resource, _) = key_of(kind, "", "");
         let filter = Filter {
             labels: LabelSelector::parse(labels).expect("label selector"),
             ..Filter::default()
@@ -282,21 +269,28 @@ impl Drop for KubeServer {
     }
 }
 
-fn locate(object: &Value) -> (&'static Resource, Key) {
-    let kind = object["kind"].as_str().expect("the object names its kind");
+/// The served kind named `kind` and the key of `namespace/name` in it.
+fn key_of(kind: &str, namespace: &str, name: &str) -> (&'static Resource, Key) {
     let resource = store::resource_of_kind(kind).unwrap_or_else(|| panic!("unknown kind {kind}"));
     let key = Key {
         plural: resource.plural,
-        namespace: object["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("default")
-            .to_owned(),
-        name: object["metadata"]["name"]
-            .as_str()
-            .expect("the object has a name")
-            .to_owned(),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
     };
     (resource, key)
+}
+
+/// Where `object` goes, from its kind, namespace (`default` when absent) and name.
+fn locate(object: &Value) -> (&'static Resource, Key) {
+    key_of(
+        object["kind"].as_str().expect("the object names its kind"),
+        object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default"),
+        object["metadata"]["name"]
+            .as_str()
+            .expect("the object has a name"),
+    )
 }
 
 fn new_token(name: &str) -> String {
