@@ -6,6 +6,7 @@
 #     medians, wrk with the consumer's key on every request (the limits never refuse);
 #  2. limit-count accuracy under 64 connections: admitted = requests - non-2xx, for the
 #     local policy on one node and the Redis policy on two nodes (one limit per cluster).
+# PERF=1 profiles the gateway on the plain and the plugin route instead (see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKERS=${WORKERS:-1}
@@ -70,6 +71,26 @@ run_wrk() { # name round
   taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "apikey: $key" "$url" > "$out/plugins-$1-$2.txt"
   echo "cpu_ns $(( $(cpu_ns "$(pid_of "$1")") - before ))" >> "$out/plugins-$1-$2.txt"
 }
+# PERF=1: a CPU profile of the gateway (perf, software clock) under the plain and the
+# plugin route's load, into bench/results/perf-{plain,plugins}.txt, then stop.
+if [ -n "${PERF:-}" ]; then
+  for p in plain plugins; do
+    url="http://127.0.0.1:$gw_port$(path_of "$p")"
+    taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNECTIONS" -d2s -H "apikey: $key" "$url" >/dev/null
+    perf record -F 4999 -g -p "$gw_pid" -o "$work/perf-$p.data" -- sleep 6 >/dev/null 2>&1 &
+    perf_pid=$!
+    perf stat -x, -e syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_write,syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait \
+      -p "$gw_pid" -o "$out/perf-$p-syscalls.csv" -- sleep 6 >/dev/null 2>&1 &
+    stat_pid=$!
+    taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNECTIONS" -d6s -H "apikey: $key" "$url" > "$out/perf-$p-wrk.txt"
+    wait "$perf_pid" "$stat_pid"
+    cp "$work/perf-$p.data" "$out/perf-$p.data"
+    perf report -i "$work/perf-$p.data" --no-children --percent-limit 0.02 --stdio -g none \
+      > "$out/perf-$p.txt" 2>/dev/null
+    echo "profile of the $p route: $out/perf-$p.txt"
+  done
+  exit 0
+fi
 # ONLY_ACCURACY=1 skips the throughput rounds.
 if [ -z "${ONLY_ACCURACY:-}" ]; then
 for round in $(seq "$ROUNDS"); do
