@@ -682,7 +682,7 @@ async fn a_clusters_kubeconfig_is_write_only_sealed_and_read_back_by_its_own_cal
     for path in ["/clusters", "/clusters/peak"] {
         let text = admin.get(path).await.body.to_string();
         assert!(
-            text.contains("aliyun") && !text.contains(SECRET) && !text.contains("kubeconfig"),
+            text.contains("aliyun") && !text.contains(SECRET) && !text.contains("\"kubeconfig\""),
             "{path}: {text}"
         );
     }
@@ -700,7 +700,10 @@ async fn a_clusters_kubeconfig_is_write_only_sealed_and_read_back_by_its_own_cal
     assert_eq!(read.status, StatusCode::OK);
     assert_eq!(read.body["kubeconfig"], kubeconfig);
 
-    // A change without the kubeconfig keeps it; one without the face removes both.
+    // A change without the kubeconfig keeps it (and its version); a new kubeconfig
+    // gets a new version; a change without the face removes both.
+    let version = admin.get("/clusters/peak").await.body["kubeconfig_version"].clone();
+    assert!(version.as_str().is_some_and(|v| v.len() == 16), "{version}");
     let changed = admin
         .send(
             "PUT",
@@ -718,10 +721,23 @@ async fn a_clusters_kubeconfig_is_write_only_sealed_and_read_back_by_its_own_cal
         ),
         (Some(kubeconfig.as_str()), Some("ctx"))
     );
-    assert_eq!(
-        admin.get("/clusters/peak").await.body["kubernetes"]["provider"],
-        "aws"
+    let view = admin.get("/clusters/peak").await.body;
+    assert_eq!(view["kubernetes"]["provider"], "aws");
+    assert_eq!(view["kubeconfig_version"], version);
+    let rewritten = admin
+        .send(
+            "PUT",
+            "/clusters/peak",
+            json!({"name": "peak", "agent_address": "http://127.0.0.1:2",
+                   "kubernetes": {"role": "peak", "provider": "aws", "context": "ctx", "kubeconfig": kubeconfig}}),
+        )
+        .await;
+    assert_eq!(rewritten.status, StatusCode::OK, "{}", rewritten.body);
+    assert_ne!(
+        admin.get("/clusters/peak").await.body["kubeconfig_version"],
+        version
     );
+
     // The cross-cluster controller's reports: checked, shown in the view, not audited.
     let bad = admin
         .send(

@@ -305,5 +305,20 @@ async fn clusters_registered_in_the_admin_are_watched_and_rotated_credentials_fo
     for secret in [peak.token(), production.token(), ADMIN_TOKEN.to_owned()] {
         assert!(!log.contains(&secret), "a credential in the log");
     }
+    // Each kubeconfig was fetched once per version, not at every reload of the list.
+    let audit: Value = http
+        .get(format!("{admin_url}/audit"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = audit.to_string();
+    for (cluster, reads) in [("idc", 1), ("peak", 2)] {
+        let action = format!("GET /gateway/apiserver/v1/clusters/{cluster}/kubeconfig");
+        assert_eq!(text.matches(&action).count(), reads, "{cluster}: {text}");
+    }
     drop(admin);
 }

@@ -3,8 +3,9 @@
 //! second face of the cluster whose agent the admin already drives; and/or a file (the
 //! timings, the Lease, and clusters the admin does not know).
 //!
-//! From the admin: `GET /clusters` lists the faces, and each cluster's kubeconfig comes
-//! from `GET /clusters/{cluster}/kubeconfig` (platform admins only, audited). The
+//! From the admin: `GET /clusters` lists the faces with a version of each kubeconfig,
+//! and a kubeconfig is fetched from `GET /clusters/{cluster}/kubeconfig` (platform
+//! admins only, audited) only when its version is new. The
 //! kubeconfigs are written to a private folder (0700, files 0600), each rewritten only
 //! when it changed, so a cluster controller sees a rotated credential as a changed
 //! file and reads it again; nothing else about them is kept or logged.
@@ -13,7 +14,7 @@
 //! sync and endpoints contributed (`PUT /clusters/{cluster}/kubernetes/status`), which
 //! the admin shows in the cluster's view.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,8 @@ pub struct Source {
     http: reqwest::Client,
     /// The clusters the last read took from the admin.
     from_admin: Mutex<BTreeSet<String>>,
+    /// Cluster → the version of the kubeconfig written for it.
+    fetched: Mutex<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -64,6 +67,8 @@ struct AdminCluster {
     name: String,
     #[serde(default)]
     kubernetes: Option<AdminFace>,
+    #[serde(default)]
+    kubeconfig_version: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +107,7 @@ impl Source {
             kubeconfigs,
             http,
             from_admin: Mutex::new(BTreeSet::new()),
+            fetched: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -139,15 +145,22 @@ impl Source {
                     ))
                 }
             };
-            let answer: Kubeconfig = self
-                .get(admin, &format!("/clusters/{}/kubeconfig", cluster.name))
-                .await?;
             let path = self
                 .kubeconfigs
                 .path()
                 .join(format!("{}.kubeconfig", cluster.name));
-            write_if_changed(&path, &answer.kubeconfig)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let known = lock(&self.fetched).get(&cluster.name).cloned();
+            if known.is_none() || known != cluster.kubeconfig_version {
+                let answer: Kubeconfig = self
+                    .get(admin, &format!("/clusters/{}/kubeconfig", cluster.name))
+                    .await?;
+                write_if_changed(&path, &answer.kubeconfig)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                lock(&self.fetched).insert(
+                    cluster.name.clone(),
+                    cluster.kubeconfig_version.clone().unwrap_or_default(),
+                );
+            }
             from_admin.insert(cluster.name.clone());
             config.clusters.push(ClusterSpec {
                 name: cluster.name,
@@ -158,10 +171,8 @@ impl Source {
             });
         }
         config.check_lease()?;
-        *self
-            .from_admin
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = from_admin;
+        lock(&self.fetched).retain(|name, _| from_admin.contains(name));
+        *lock(&self.from_admin) = from_admin;
         Ok(config)
     }
 
@@ -171,11 +182,7 @@ impl Source {
         let Some(admin) = &self.admin else {
             return;
         };
-        let names = self
-            .from_admin
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let names = lock(&self.from_admin).clone();
         for name in names {
             let Some(cluster) = status.clusters.get(&name) else {
                 continue;
@@ -241,6 +248,12 @@ impl Source {
             .await
             .map_err(|e| format!("admin {url}: unexpected answer: {}", e.without_url()))
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The object without its `null` fields (the admin's type has them optional).

@@ -40,15 +40,23 @@ pub(crate) struct ClusterView {
     /// What the cross-cluster controller last reported of the Kubernetes face.
     #[serde(skip_serializing_if = "Option::is_none")]
     kubernetes_status: Option<KubernetesStatus>,
+    /// Changes whenever the kubeconfig is written (it tells nothing of its content):
+    /// the controller fetches a kubeconfig again only when this changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kubeconfig_version: Option<String>,
 }
 
 /// The cluster as listed (its agent token and kubeconfig never are).
-fn view(state: &AppState, cluster: Cluster, status: Option<KubernetesStatus>) -> ClusterView {
+fn view(state: &AppState, cluster: Cluster, extras: Option<db::KubernetesExtras>) -> ClusterView {
+    let extras = extras
+        .filter(|_| cluster.kubernetes.is_some())
+        .unwrap_or_default();
     ClusterView {
         agent: state.agent_contact(&cluster.name),
         name: cluster.name,
         agent_address: cluster.agent_address,
-        kubernetes_status: status.filter(|_| cluster.kubernetes.is_some()),
+        kubernetes_status: extras.status,
+        kubeconfig_version: extras.kubeconfig_version,
         kubernetes: cluster.kubernetes.map(without_kubeconfig),
     }
 }
@@ -151,12 +159,12 @@ pub(super) async fn list_clusters(
 ) -> Result<Json<Items<ClusterView>>, ApiError> {
     let clusters = state.db.clusters().await?;
     Ok(Items::of({
-        let mut statuses = state.db.kubernetes_statuses().await?;
+        let mut extras = state.db.kubernetes_extras(None).await?;
         clusters
             .into_iter()
             .map(|c| {
-                let status = statuses.remove(&c.name);
-                view(&state, c, status)
+                let extras = extras.remove(&c.name);
+                view(&state, c, extras)
             })
             .collect()
     }))
@@ -208,8 +216,12 @@ pub(super) async fn get_cluster(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ClusterView>, ApiError> {
     let cluster = state.db.require_cluster(&name).await?;
-    let status = state.db.kubernetes_statuses().await?.remove(&cluster.name);
-    Ok(Json(view(&state, cluster, status)))
+    let extras = state
+        .db
+        .kubernetes_extras(Some(&cluster.name))
+        .await?
+        .remove(&cluster.name);
+    Ok(Json(view(&state, cluster, extras)))
 }
 
 /// Changes the agent address; the body is the whole cluster and its name must match.
@@ -233,7 +245,7 @@ pub(super) async fn update_cluster(
             format!("must equal the name in the path ({name:?})"),
         ));
     }
-    require_kubeconfig(&cluster, state.db.kubeconfig(&name).await?.is_some())?;
+    require_kubeconfig(&cluster, state.db.has_kubeconfig(&name).await?)?;
     if !state.db.update_cluster(&cluster).await? {
         return Err(ApiError::NotFound(format!(
             "cluster {name:?} does not exist"

@@ -191,23 +191,61 @@ impl Db {
         Ok(true)
     }
 
-    /// The last report of every cluster's Kubernetes face, by cluster.
-    pub(crate) async fn kubernetes_statuses(
+    /// What the views add to a cluster's Kubernetes face, by cluster (of one cluster
+    /// when `only` names it): the controller's last report, and the version of the
+    /// stored kubeconfig.
+    pub(crate) async fn kubernetes_extras(
         &self,
-    ) -> Result<std::collections::BTreeMap<String, KubernetesStatus>, ApiError> {
-        let sql = self.sql("SELECT cluster, body, reported_at_ms FROM kubernetes_status");
-        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
-        let mut all = std::collections::BTreeMap::new();
-        for row in rows {
+        only: Option<&str>,
+    ) -> Result<std::collections::BTreeMap<String, KubernetesExtras>, ApiError> {
+        let mut all: std::collections::BTreeMap<String, KubernetesExtras> =
+            std::collections::BTreeMap::new();
+        let (statuses, versions) = match only {
+            Some(_) => (
+                "SELECT cluster, body, reported_at_ms FROM kubernetes_status WHERE cluster = ?",
+                "SELECT name, kubeconfig FROM clusters WHERE kubeconfig IS NOT NULL AND name = ?",
+            ),
+            None => (
+                "SELECT cluster, body, reported_at_ms FROM kubernetes_status",
+                "SELECT name, kubeconfig FROM clusters WHERE kubeconfig IS NOT NULL",
+            ),
+        };
+        let query = |sql: &'static str| {
+            let sql = self.sql(sql);
+            async move {
+                let mut query = sqlx::query(&sql);
+                if let Some(name) = only {
+                    query = query.bind(name);
+                }
+                query.fetch_all(&self.pool).await
+            }
+        };
+        for row in query(versions).await? {
+            let sealed = text(&row, "kubeconfig")?;
+            all.entry(text(&row, "name")?)
+                .or_default()
+                .kubeconfig_version = Some(kubeconfig_version(&sealed));
+        }
+        for row in query(statuses).await? {
             let cluster = text(&row, "cluster")?;
             let mut status: KubernetesStatus =
                 serde_json::from_str(&text(&row, "body")?).map_err(|e| {
                     ApiError::Internal(anyhow::anyhow!("kubernetes status of {cluster:?}: {e}"))
                 })?;
             status.reported_at_ms = Some(row.try_get("reported_at_ms")?);
-            all.insert(cluster, status);
+            all.entry(cluster).or_default().status = Some(status);
         }
         Ok(all)
+    }
+
+    /// Whether the cluster has a kubeconfig stored (without opening it).
+    pub(crate) async fn has_kubeconfig(&self, name: &str) -> Result<bool, ApiError> {
+        let sql = self.sql("SELECT name FROM clusters WHERE name = ? AND kubeconfig IS NOT NULL");
+        Ok(sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
     }
 
     /// Every cluster as its agent calls need it, for polling.
@@ -641,6 +679,20 @@ impl Db {
         tx.commit().await?;
         Ok(Some(Revision(target as u64)))
     }
+}
+
+/// What the views show beside a cluster's Kubernetes face.
+#[derive(Debug, Default)]
+pub(crate) struct KubernetesExtras {
+    pub status: Option<KubernetesStatus>,
+    pub kubeconfig_version: Option<String>,
+}
+
+/// A version of a stored kubeconfig that changes whenever it is written: a digest of
+/// its sealed form (random nonce each time), which tells nothing of the kubeconfig.
+fn kubeconfig_version(sealed: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, sealed.as_bytes());
+    hex::encode(&digest.as_ref()[..8])
 }
 
 /// The cluster as the API shows it: never its token nor its kubeconfig.

@@ -31,7 +31,7 @@ use crate::error::ApiError;
 use crate::secrets::{Keyring, SecretError};
 
 pub(crate) use audit::{AuditEntry, AuditFilter};
-pub(crate) use clusters::{AgentRecord, InstanceReport};
+pub(crate) use clusters::{AgentRecord, InstanceReport, KubernetesExtras};
 pub(crate) use convergence::{ConvergenceInputs, NodeReport, NodeSpan, RevisionCommit};
 pub(crate) use nodes::GoneNode;
 pub(crate) use resources::{Batch, Change, ChangeEntry, Committed, RevisionNote};
