@@ -24,6 +24,7 @@ pub mod core;
 mod fastpath;
 pub mod health;
 mod heartbeat;
+pub mod kubernetes;
 pub mod metrics;
 pub mod normalize;
 pub mod plugins;
@@ -105,6 +106,9 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// Worker threads of the data plane (listeners and connections); 0: one per core.
     pub threads: usize,
+    /// The Kubernetes clusters upstreams in `kubernetes` discovery mode may name (the
+    /// cross-cluster controller's file format); re-read on its `reload_every`.
+    pub kubernetes_clusters: Option<PathBuf>,
 }
 
 /// What the node serves, as the heartbeat and the status endpoint report it.
@@ -135,6 +139,10 @@ pub async fn run(
         std::net::TcpListener::bind(addr)
             .with_context(|| format!("cannot listen on {addr} for TLS"))?;
     }
+    let mut kubernetes = match &config.kubernetes_clusters {
+        Some(path) => Some(Kubernetes::start(path.clone())?),
+        None => None,
+    };
     let status_listener = match config.status_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -164,15 +172,23 @@ pub async fn run(
     // visible while it drains.
     let (stop_tx, stop_rx) = watch::channel(false);
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (kubernetes_tx, kubernetes_rx) = watch::channel(serde_json::Value::Null);
+    let mut compiler = Compiler::new(
+        ConfigObjects::new(keyspace.clone(), config.instance.clone())
+            .bound_to(config.namespace.clone()),
+    );
+    if let Some(kubernetes) = &mut kubernetes {
+        kubernetes.configure(&mut compiler);
+        kubernetes_tx.send_replace(compiler.kubernetes.status());
+    }
 
     let config_loop = tokio::spawn(
         ConfigLoop {
             watcher: PrefixWatcher::new(store.clone(), keyspace.instance_prefix(&config.instance)),
             registry: PrefixWatcher::new(store.clone(), keyspace.registry_prefix()),
-            compiler: Some(Compiler::new(
-                ConfigObjects::new(keyspace.clone(), config.instance.clone())
-                    .bound_to(config.namespace.clone()),
-            )),
+            kubernetes,
+            kubernetes_status: kubernetes_tx,
+            compiler: Some(compiler),
             current: current.clone(),
             cert_table,
             status: status_tx,
@@ -212,6 +228,7 @@ pub async fn run(
                 status: status_rx,
                 in_flight: in_flight.clone(),
                 draining: draining.clone(),
+                kubernetes: kubernetes_rx,
             },
             stop_rx,
         ))
@@ -287,6 +304,11 @@ struct ConfigLoop {
     /// Follows the registered service nodes (every namespace; the compiler picks the
     /// instance's).
     registry: PrefixWatcher,
+    /// Follows the Kubernetes clusters upstreams in `kubernetes` mode name; `None`
+    /// without a cluster list.
+    kubernetes: Option<Kubernetes>,
+    /// The clusters' links, for `/status`.
+    kubernetes_status: watch::Sender<serde_json::Value>,
     /// Moved to a blocking thread for each build and back; `None` only meanwhile.
     compiler: Option<Compiler>,
     current: Arc<ArcSwap<RuntimeConfig>>,
@@ -322,20 +344,41 @@ impl ConfigLoop {
         enum Event {
             Update(Update),
             Registry(Update),
+            Kubernetes(Option<xcluster::discovery::Update>),
+            Expiry,
+            ReloadClusters,
             Save,
             Stop,
         }
         loop {
             let next_save = self.next_save;
+            let next_expiry = self
+                .compiler
+                .as_ref()
+                .and_then(|c| c.kubernetes.next_expiry())
+                .map(tokio::time::Instant::from_std);
+            let next_reload = self.kubernetes.as_ref().map(|k| k.next_reload);
             let event = tokio::select! {
                 update = self.watcher.next() => Event::Update(update),
                 update = self.registry.next() => Event::Registry(update),
+                update = kubernetes_update(&mut self.kubernetes) => Event::Kubernetes(update),
+                _ = sleep_until(next_expiry), if next_expiry.is_some() => Event::Expiry,
+                _ = sleep_until(next_reload), if next_reload.is_some() => Event::ReloadClusters,
                 _ = sleep_until(next_save), if next_save.is_some() => Event::Save,
                 _ = stop.wait_for(|stop| *stop) => Event::Stop,
             };
             let go_on = match event {
                 Event::Update(update) => self.apply(update, ConfigSource::Store).await,
                 Event::Registry(update) => self.apply_registry(update).await,
+                Event::Kubernetes(update) => self.apply_kubernetes(update).await,
+                Event::Expiry => {
+                    let expired = self
+                        .compiler
+                        .as_mut()
+                        .is_some_and(|c| c.kubernetes.expire());
+                    self.kubernetes_changed(expired).await
+                }
+                Event::ReloadClusters => self.reload_clusters().await,
                 Event::Save => self.save().await,
                 Event::Stop => {
                     if self.next_save.is_some() {
@@ -425,6 +468,70 @@ impl ConfigLoop {
         self.rebuild(source).await
     }
 
+    /// Applies a Kubernetes source's update and those queued behind it; builds again
+    /// when an upstream's nodes may have changed.
+    async fn apply_kubernetes(&mut self, first: Option<xcluster::discovery::Update>) -> bool {
+        let (Some(compiler), Some(kubernetes)) = (self.compiler.as_mut(), self.kubernetes.as_mut())
+        else {
+            return self.compiler.is_some();
+        };
+        let mut changed = false;
+        let mut next = first;
+        while let Some(update) = next {
+            changed |= compiler.kubernetes.apply(update);
+            next = kubernetes.updates.try_recv().ok();
+        }
+        self.kubernetes_changed(changed).await
+    }
+
+    /// Publishes the clusters' links and, when nodes may have changed, builds again
+    /// (only the pools of the upstreams whose Service changed are made anew).
+    async fn kubernetes_changed(&mut self, changed: bool) -> bool {
+        let Some(compiler) = self.compiler.as_ref() else {
+            return false;
+        };
+        self.kubernetes_status
+            .send_replace(compiler.kubernetes.status());
+        // As for the registry: before the instance's config first arrives its build
+        // waits for it.
+        if !changed || !self.loaded {
+            return true;
+        }
+        let source = self.status.borrow().source;
+        self.rebuild(source).await
+    }
+
+    /// Reads the cluster list again; a list that cannot be read leaves the last one.
+    async fn reload_clusters(&mut self) -> bool {
+        let (Some(compiler), Some(kubernetes)) = (self.compiler.as_mut(), self.kubernetes.as_mut())
+        else {
+            return self.compiler.is_some();
+        };
+        let path = kubernetes.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || xcluster::config::Config::load(&path))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        kubernetes.next_reload =
+            tokio::time::Instant::now() + kubernetes.config.timings.reload_every;
+        match loaded {
+            Ok(config) if config == kubernetes.config => true,
+            Ok(config) => {
+                tracing::info!(
+                    clusters = config.clusters.len(),
+                    "kubernetes cluster list changed"
+                );
+                kubernetes.config = config;
+                kubernetes.configure(compiler);
+                kubernetes.sources.want(compiler.kubernetes_wanted());
+                self.kubernetes_changed(true).await
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the kubernetes cluster list; keeping the last one");
+                true
+            }
+        }
+    }
+
     /// Builds from what the compiler holds and swaps the result in. False when the
     /// loop cannot go on.
     async fn rebuild(&mut self, source: ConfigSource) -> bool {
@@ -460,6 +567,9 @@ impl ConfigLoop {
             new_pools,
             certificates,
         } = built;
+        if let (Some(kubernetes), Some(compiler)) = (self.kubernetes.as_mut(), &self.compiler) {
+            kubernetes.sources.want(compiler.kubernetes_wanted());
+        }
         // Each task ends by itself once its pool is no longer in any config.
         for pool in new_pools {
             health::spawn_active_checks(pool);
@@ -547,6 +657,57 @@ impl ConfigLoop {
                 tracing::error!(error = %e, "writing the local snapshot failed");
             }
         }
+    }
+}
+
+/// The node's Kubernetes clusters: their list (a file) and a source per cluster some
+/// upstream names.
+struct Kubernetes {
+    path: PathBuf,
+    config: xcluster::config::Config,
+    sources: xcluster::discovery::Sources,
+    updates: tokio::sync::mpsc::UnboundedReceiver<xcluster::discovery::Update>,
+    next_reload: tokio::time::Instant,
+}
+
+impl Kubernetes {
+    /// Reads the list; a list that cannot be read stops the node from starting.
+    fn start(path: PathBuf) -> anyhow::Result<Self> {
+        let config = xcluster::config::Config::load(&path)
+            .map_err(|e| anyhow::anyhow!("--kubernetes-clusters: {e}"))?;
+        let (mut sources, updates) = xcluster::discovery::Sources::new(config.timings.clone());
+        sources.set_clusters(config.clusters.clone(), config.timings.clone());
+        Ok(Self {
+            next_reload: tokio::time::Instant::now() + config.timings.reload_every,
+            path,
+            config,
+            sources,
+            updates,
+        })
+    }
+
+    /// Hands the list to the sources and its names and grace to the compiler.
+    fn configure(&mut self, compiler: &mut Compiler) {
+        self.sources
+            .set_clusters(self.config.clusters.clone(), self.config.timings.clone());
+        compiler.kubernetes.set_clusters(
+            self.config
+                .clusters
+                .iter()
+                .map(|c| c.name.clone())
+                .collect(),
+            self.config.timings.grace,
+        );
+    }
+}
+
+/// The next update of a Kubernetes source; never without a cluster list.
+async fn kubernetes_update(
+    kubernetes: &mut Option<Kubernetes>,
+) -> Option<xcluster::discovery::Update> {
+    match kubernetes {
+        Some(kubernetes) => kubernetes.updates.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -17,6 +17,7 @@ use model::certificate::Certificate;
 use model::cluster::{InstanceBinding, InstanceMeta};
 use model::consumer::{Consumer, ConsumerGroup};
 use model::plugin::{consumer_layers, effective, route_layers, PluginTemplate};
+use model::registry::{Discovery, DiscoveryKind};
 use model::resource::ResourceKind;
 use model::route::Route;
 use model::service::{GlobalRule, Service};
@@ -30,6 +31,7 @@ use store::WatchEvent;
 use crate::balancer::UpstreamPool;
 use crate::consumers::{ConsumerEntry, Consumers};
 use crate::core::phase::{Chain, Entry, Plugin, RouteScope};
+use crate::kubernetes::KubernetesView;
 use crate::registry::RegistryView;
 use crate::router::{CompiledRoute, RouteTarget, Router, RouterIndex};
 use crate::tls::CertTable;
@@ -359,9 +361,11 @@ pub struct Compiler {
     pub registry: RegistryView,
     /// The namespace whose registry the last build used; `None` before the first.
     registry_namespace: Option<String>,
-    /// Store key of an object whose pool came from the registry → the service: the
+    /// The Kubernetes endpoints upstreams in `kubernetes` mode take theirs from.
+    pub kubernetes: KubernetesView,
+    /// Store key of an object whose pool came from discovery → its discovery: the
     /// object compiles again when that service's nodes change.
-    discovery_users: HashMap<String, String>,
+    discovery_users: HashMap<String, Discovery>,
     /// `lb://service` → the pool of its registered nodes, for routes and services
     /// naming a service instead of an upstream.
     lb_pools: HashMap<String, Arc<UpstreamPool>>,
@@ -370,26 +374,39 @@ pub struct Compiler {
     router_index: Option<RouterIndex>,
 }
 
-/// What building a pool reads besides the upstream: whether it may resolve names, and
-/// the registry (in the instance's namespace) for upstreams in registry mode.
+/// What building a pool reads besides the upstream: whether it may resolve names, the
+/// registry (in the instance's namespace) for upstreams in registry mode, and the
+/// Kubernetes endpoints for those in kubernetes mode.
 #[derive(Clone, Copy)]
 struct PoolInputs<'a> {
     effects: Effects,
     registry: &'a RegistryView,
     namespace: &'a str,
+    kubernetes: &'a KubernetesView,
 }
 
 impl PoolInputs<'_> {
     fn build(&self, upstream: &Upstream) -> Result<crate::balancer::BuiltPool, String> {
-        let built = match &upstream.discovery {
-            None => UpstreamPool::build_with(upstream, self.effects),
-            Some(discovery) => {
-                let mut resolved = upstream.clone();
-                resolved.nodes = self.registry.upstream_nodes(self.namespace, discovery);
-                UpstreamPool::build_with(&resolved, self.effects)
+        let Some(discovery) = &upstream.discovery else {
+            return UpstreamPool::build_with(upstream, self.effects).map_err(|e| e.to_string());
+        };
+        let mut resolved = upstream.clone();
+        let mut warnings = Vec::new();
+        resolved.nodes = match discovery.kind {
+            DiscoveryKind::Registry => self.registry.upstream_nodes(self.namespace, discovery),
+            DiscoveryKind::Kubernetes => {
+                let (nodes, why) = self.kubernetes.upstream_nodes(discovery);
+                // A dry build (the admin's) follows no cluster: nothing to say.
+                if self.effects == Effects::Live {
+                    warnings = why;
+                }
+                nodes
             }
         };
-        built.map_err(|e| e.to_string())
+        let mut built =
+            UpstreamPool::build_with(&resolved, self.effects).map_err(|e| e.to_string())?;
+        built.warnings.extend(warnings);
+        Ok(built)
     }
 
     /// The pool of `lb://service`: the service's registered nodes with the defaults
@@ -497,6 +514,7 @@ impl Compiler {
             effects,
             registry: RegistryView::new(objects_keyspace),
             registry_namespace: None,
+            kubernetes: KubernetesView::default(),
             discovery_users: HashMap::default(),
             lb_pools: HashMap::default(),
             router_index: None,
@@ -536,11 +554,12 @@ impl Compiler {
         let mut consumers_changed = binding_changed;
         // No table yet: nothing built since the compiler was made or emptied.
         let first = self.router_index.is_none();
-        let namespace = self.registry_changes();
+        let namespace = self.discovery_changes();
         let inputs = PoolInputs {
             effects: self.effects,
             registry: &self.registry,
             namespace: &namespace,
+            kubernetes: &self.kubernetes,
         };
         for key in std::mem::take(&mut self.objects.dirty) {
             self.discovery_users.remove(&key);
@@ -734,16 +753,24 @@ impl Compiler {
     }
 
     /// The namespace whose registry this build uses; marks the objects and `lb://`
-    /// pools whose registered nodes changed since the last build (all of them when
-    /// the namespace changed) to be built again.
-    fn registry_changes(&mut self) -> String {
+    /// pools whose discovered nodes changed since the last build (all registry users
+    /// when the namespace changed) to be built again.
+    fn discovery_changes(&mut self) -> String {
         let namespace = self.objects.registry_namespace();
         let changed = self.registry.take_changed();
         let all = self.registry_namespace.as_deref() != Some(namespace.as_str());
         let touched =
             |service: &str| all || changed.contains(&(namespace.clone(), service.to_owned()));
-        for (key, service) in &self.discovery_users {
-            if touched(service) {
+        let (services, clusters) = self.kubernetes.take_changed();
+        for (key, discovery) in &self.discovery_users {
+            let dirty = match crate::kubernetes::want_of(discovery) {
+                None => touched(&discovery.service),
+                Some(want) => want.clusters.iter().any(|cluster| {
+                    clusters.contains(cluster)
+                        || services.contains(&(cluster.clone(), want.service.clone()))
+                }),
+            };
+            if dirty {
                 self.objects.dirty.insert(key.clone());
             }
         }
@@ -752,6 +779,12 @@ impl Compiler {
         });
         self.registry_namespace = Some(namespace.clone());
         namespace
+    }
+
+    /// The Services each Kubernetes cluster must be watched for: those the upstreams
+    /// in `kubernetes` mode name, as of the last build.
+    pub fn kubernetes_wanted(&self) -> BTreeMap<String, BTreeSet<xcluster::union::ServiceKey>> {
+        crate::kubernetes::wanted(self.discovery_users.values())
     }
 
     /// Keeps a pool for every `lb://service` a served route or service names, and
@@ -774,6 +807,7 @@ impl Compiler {
             effects: self.effects,
             registry: &self.registry,
             namespace,
+            kubernetes: &self.kubernetes,
         };
         for id in wanted {
             if self.lb_pools.contains_key(id.as_str()) {
@@ -1237,7 +1271,7 @@ fn compile_upstream(
     value: &[u8],
     id: &str,
     inputs: &PoolInputs,
-) -> Result<(PoolState, Option<String>), String> {
+) -> Result<(PoolState, Option<Discovery>), String> {
     let upstream = parse::<Upstream>(value, id, |u| &u.id, Upstream::validate, unreadable)?;
     let built = inputs.build(&upstream)?;
     let state = PoolState {
@@ -1247,9 +1281,9 @@ fn compile_upstream(
     Ok((state, discovery_of(Some(&upstream))))
 }
 
-/// The registered service an (inline) upstream takes its nodes from.
-fn discovery_of(upstream: Option<&Upstream>) -> Option<String> {
-    Some(upstream?.discovery.as_ref()?.service.clone())
+/// Where an (inline) upstream takes its nodes from.
+fn discovery_of(upstream: Option<&Upstream>) -> Option<Discovery> {
+    upstream?.discovery.clone()
 }
 
 /// The health report of the heartbeat: every pool with health checks, in full, and

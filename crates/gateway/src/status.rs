@@ -27,6 +27,8 @@ pub(crate) struct StatusState {
     pub status: watch::Receiver<NodeStatus>,
     pub in_flight: Arc<InFlight>,
     pub draining: Arc<AtomicBool>,
+    /// The Kubernetes clusters' links (`null` without a cluster list).
+    pub kubernetes: watch::Receiver<Value>,
 }
 
 pub(crate) async fn serve(
@@ -73,6 +75,7 @@ async fn status(State(state): State<StatusState>) -> Json<Value> {
         "certificates": config.certificates,
         "in_flight": state.in_flight.count(),
         "draining": state.draining.load(Ordering::Acquire),
+        "kubernetes": state.kubernetes.borrow().clone(),
     }))
 }
 

@@ -233,12 +233,22 @@ pub struct RegisteredService {
 pub struct Discovery {
     #[serde(rename = "type")]
     pub kind: DiscoveryKind,
-    /// The registered service whose nodes the upstream uses.
+    /// `registry`: the registered service whose nodes the upstream uses.
+    /// `kubernetes`: the Service as `namespace/name`.
     pub service: String,
-    /// Only nodes carrying every one of these metadata pairs (`version: v2` for a
-    /// canary upstream).
+    /// `registry` only: only nodes carrying every one of these metadata pairs
+    /// (`version: v2` for a canary upstream).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// `kubernetes` only: the Service's port the upstream sends to, by its name or by
+    /// its endpoints' port number (the container's, as EndpointSlices list it);
+    /// unset when the Service has one port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<PortRef>,
+    /// `kubernetes` only: the clusters whose ready endpoints of the Service are
+    /// united, by their names in the gateway's cluster list (`--kubernetes-clusters`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<String>,
 }
 
 /// The registries an upstream can take its nodes from.
@@ -247,12 +257,86 @@ pub struct Discovery {
 pub enum DiscoveryKind {
     /// Portico's own registry, in the instance's namespace (N4).
     Registry,
+    /// A Service's ready endpoints in one or more Kubernetes clusters (X5).
+    Kubernetes,
 }
+
+/// A Kubernetes Service port: its name (`http`) or a number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum PortRef {
+    Number(i64),
+    Name(String),
+}
+
+/// The most clusters one `kubernetes` discovery may unite.
+pub const MAX_CLUSTERS: usize = 32;
 
 impl Discovery {
     pub(crate) fn validate(&self, v: &mut Validator) {
-        check_id(v, "service", &self.service);
-        check_metadata(v, "metadata", &self.metadata);
+        match self.kind {
+            DiscoveryKind::Registry => {
+                check_id(v, "service", &self.service);
+                check_metadata(v, "metadata", &self.metadata);
+                if self.port.is_some() {
+                    v.error("port", "is only for type kubernetes");
+                }
+                if !self.clusters.is_empty() {
+                    v.error("clusters", "is only for type kubernetes");
+                }
+            }
+            DiscoveryKind::Kubernetes => self.validate_kubernetes(v),
+        }
+    }
+
+    fn validate_kubernetes(&self, v: &mut Validator) {
+        match self.service.split_once('/') {
+            Some((namespace, name)) if is_dns_label(namespace) && is_dns_label(name) => {}
+            _ => v.error(
+                "service",
+                "must be namespace/name, each 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit",
+            ),
+        }
+        if !self.metadata.is_empty() {
+            v.error("metadata", "is only for type registry");
+        }
+        match &self.port {
+            None => {}
+            Some(PortRef::Number(n)) if (1..=65535).contains(n) => {}
+            Some(PortRef::Number(_)) => v.error("port", "must be 1-65535"),
+            // A port's name is an IANA service name, as Kubernetes checks it.
+            Some(PortRef::Name(name))
+                if name.len() <= 15
+                    && is_dns_label(name)
+                    && name.chars().any(|c| c.is_ascii_lowercase())
+                    && !name.contains("--") => {}
+            Some(PortRef::Name(_)) => v.error(
+                "port",
+                "must be a port number or name (1-15 lowercase letters, digits or '-', with a letter, no '--')",
+            ),
+        }
+        if self.clusters.is_empty() {
+            v.error("clusters", "must name at least one cluster");
+        } else if self.clusters.len() > MAX_CLUSTERS {
+            v.error(
+                "clusters",
+                format!("may name at most {MAX_CLUSTERS} clusters"),
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, cluster) in self.clusters.iter().enumerate() {
+            if !is_dns_label(cluster) {
+                v.error(
+                    &format!("clusters[{i}]"),
+                    "must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit",
+                );
+            } else if !seen.insert(cluster) {
+                v.error(
+                    &format!("clusters[{i}]"),
+                    format!("{cluster:?} is listed twice"),
+                );
+            }
+        }
     }
 
     /// The discovery `lb://service` stands for.
@@ -261,8 +345,21 @@ impl Discovery {
             kind: DiscoveryKind::Registry,
             service: service.to_owned(),
             metadata: BTreeMap::new(),
+            port: None,
+            clusters: Vec::new(),
         }
     }
+}
+
+/// A DNS label as Kubernetes names namespaces, Services and (in Portico) clusters.
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 /// The store lease ids a registration's lease stands for (one per store its agent
@@ -368,6 +465,62 @@ mod tests {
         assert!(!check("lb://"));
         assert!(!check("lb://a/b"));
         assert!(!check("http://x"));
+    }
+
+    fn discovery_fields(json: &str) -> Vec<String> {
+        let d: Discovery = serde_json::from_str(json).unwrap();
+        let mut v = Validator::new();
+        d.validate(&mut v);
+        match v.finish() {
+            Ok(()) => vec![],
+            Err(e) => e.0.into_iter().map(|e| e.field).collect(),
+        }
+    }
+
+    #[test]
+    fn kubernetes_discovery_names_a_service_its_port_and_clusters() {
+        assert!(discovery_fields(
+            r#"{"type":"kubernetes","service":"shop/web","port":"http","clusters":["idc-a","peak-1"]}"#
+        )
+        .is_empty());
+        assert!(discovery_fields(
+            r#"{"type":"kubernetes","service":"shop/web","port":8080,"clusters":["idc-a"]}"#
+        )
+        .is_empty());
+        assert!(
+            discovery_fields(r#"{"type":"kubernetes","service":"shop/web","clusters":["a"]}"#)
+                .is_empty()
+        );
+        assert_eq!(
+            discovery_fields(
+                r#"{"type":"kubernetes","service":"web","port":0,"clusters":[],"metadata":{"v":"1"}}"#
+            ),
+            ["service", "metadata", "port", "clusters"]
+        );
+        assert_eq!(
+            discovery_fields(
+                r#"{"type":"kubernetes","service":"Shop/web","port":"http--x","clusters":["a","a","B"]}"#
+            ),
+            ["service", "port", "clusters[1]", "clusters[2]"]
+        );
+        assert_eq!(
+            discovery_fields(
+                r#"{"type":"registry","service":"orders","port":80,"clusters":["a"]}"#
+            ),
+            ["port", "clusters"]
+        );
+        let d: Discovery = serde_json::from_str(
+            r#"{"type":"kubernetes","service":"shop/web","port":"8080","clusters":["a"]}"#,
+        )
+        .unwrap();
+        assert_eq!(d.port, Some(PortRef::Name("8080".into())));
+        assert_eq!(
+            discovery_fields(
+                r#"{"type":"kubernetes","service":"shop/web","port":"8080","clusters":["a"]}"#
+            ),
+            ["port"],
+            "a number in a string is no port name"
+        );
     }
 
     #[test]

@@ -101,6 +101,7 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
             status_listen: None,
             drain_timeout: std::time::Duration::from_secs(10),
             threads: 1,
+            kubernetes_clusters: None,
         },
         store,
         keyspace,

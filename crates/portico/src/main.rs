@@ -168,6 +168,11 @@ enum Command {
         /// before the node stops anyway.
         #[arg(long, env = "PORTICO_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
         drain_timeout: Duration,
+        /// The Kubernetes clusters upstreams in `kubernetes` discovery mode may name:
+        /// the cross-cluster controller's file format (name, kubeconfig, context;
+        /// grace and timings), re-read on its reload_every.
+        #[arg(long, env = "PORTICO_KUBERNETES_CLUSTERS")]
+        kubernetes_clusters: Option<std::path::PathBuf>,
     },
     /// Admin + agent + gateway in one process, SQLite and the in-process store, with a
     /// sample route to a built-in echo upstream.
@@ -595,6 +600,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             no_snapshot,
             status_listen,
             drain_timeout,
+            kubernetes_clusters,
         } => {
             let (store, keyspace) = store::open_with(&store, &store_access.options()?).await?;
             let snapshot_file = match (no_snapshot, snapshot_file) {
@@ -616,6 +622,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 status_listen,
                 drain_timeout,
                 threads: threads.unwrap_or(0),
+                kubernetes_clusters,
             };
             gateway::run(config, store, keyspace, shutdown).await
         }

@@ -202,7 +202,7 @@ struct Controller {
 
 /// Why a session (one client and its watches) ended.
 #[derive(Debug)]
-enum End {
+pub(crate) enum End {
     /// The credentials were refused or the kubeconfig changed: read it again.
     Credentials,
     /// The API server is reachable again after failing: start new watches.
@@ -245,50 +245,30 @@ impl Controller {
             self.reports.clone(),
             self.timings.request_timeout,
         )));
-        let mut link = Link::Unknown;
-        let mut last_contact: Option<Instant> = None;
+        let mut link = LinkTracker::default();
         loop {
             let built = build_client(&self.spec, &self.timings).await;
             let (session_client, loaded_at) = match built {
                 Ok(built) => built,
                 Err(error) => {
                     tracing::warn!(cluster = %name, %error, "cannot make a client");
-                    self.set_link(&mut link, false, last_contact);
+                    self.set_link(&mut link, false);
                     tokio::time::sleep(self.timings.probe_every).await;
                     continue;
                 }
             };
             client.send_replace(Some(session_client.clone()));
             let end = self
-                .session(
-                    &session_client,
-                    loaded_at,
-                    &queue,
-                    &mut link,
-                    &mut last_contact,
-                )
+                .session(&session_client, loaded_at, &queue, &mut link)
                 .await;
             tracing::info!(cluster = %name, reason = ?end, "starting a new session");
         }
     }
 
-    /// Reports the link when it changed: synced when the caches are complete and the
-    /// cluster answers, lost since the last contact when it does not, unknown before
-    /// the first complete list.
-    fn set_link(&self, link: &mut Link, healthy: bool, last_contact: Option<Instant>) {
+    /// Reports the link when it changed (see [`LinkTracker::observe`]).
+    fn set_link(&self, link: &mut LinkTracker, healthy: bool) {
         let complete = self.caches().complete;
-        let now = match (complete, healthy) {
-            (false, _) => Link::Unknown,
-            (true, true) => Link::Synced,
-            (true, false) => match *link {
-                Link::Lost { since } => Link::Lost { since },
-                _ => Link::Lost {
-                    since: last_contact.unwrap_or_else(Instant::now),
-                },
-            },
-        };
-        if now != *link {
-            *link = now;
+        if let Some(now) = link.observe(complete, healthy) {
             tracing::info!(cluster = %self.spec.name, link = ?now, "link");
             self.report(Report::Link {
                 cluster: self.spec.name.clone(),
@@ -302,8 +282,7 @@ impl Controller {
         client: &kube::Client,
         loaded_at: Option<SystemTime>,
         queue: &WorkQueue<ServiceKey>,
-        link: &mut Link,
-        last_contact: &mut Option<Instant>,
+        link: &mut LinkTracker,
     ) -> End {
         let watch_timeout = u32::try_from(self.timings.watch_timeout.as_secs()).unwrap_or(290);
         let services = watcher(
@@ -323,7 +302,12 @@ impl Controller {
         let mut services = std::pin::pin!(services);
         let mut slices = std::pin::pin!(slices);
         let (probe_tx, mut probes) = mpsc::channel(4);
-        let probe = tokio::spawn(probe_loop(client.clone(), self.timings.clone(), probe_tx));
+        let probe = tokio::spawn(probe_loop(
+            Api::<Service>::all(client.clone()),
+            ListParams::default().labels(LABEL_REMOTE).limit(1),
+            self.timings.clone(),
+            probe_tx,
+        ));
         let _probe = AbortOnDrop(probe);
         let mut resync = tokio::time::interval(self.timings.resync);
         resync.tick().await;
@@ -338,7 +322,7 @@ impl Controller {
                         self.on_service(event, &mut service_buffer, &mut listed, queue);
                         true
                     }
-                    Some(Err(error)) => match self.watch_failed("service", &error) {
+                    Some(Err(error)) => match watch_failed(&self.spec.name, "service", &error) {
                         Ok(healthy) => healthy,
                         Err(end) => return end,
                     },
@@ -349,26 +333,18 @@ impl Controller {
                         self.on_slice(event, &mut slice_buffer, &mut listed, queue);
                         true
                     }
-                    Some(Err(error)) => match self.watch_failed("slice", &error) {
+                    Some(Err(error)) => match watch_failed(&self.spec.name, "slice", &error) {
                         Ok(healthy) => healthy,
                         Err(end) => return end,
                     },
                     None => false,
                 },
-                probe = probes.recv() => match probe {
-                    Some(Probe::Ok) => {
-                        if failing {
-                            *last_contact = Some(Instant::now());
-                            return End::Reconnected;
-                        }
-                        if kubeconfig_changed(&self.spec, loaded_at) {
-                            return End::Credentials;
-                        }
-                        true
+                probe = probes.recv() => {
+                    match probe_outcome(probe, failing, &self.spec, loaded_at, link) {
+                        Ok(healthy) => healthy,
+                        Err(end) => return end,
                     }
-                    Some(Probe::Refused) => return End::Credentials,
-                    Some(Probe::Failed) | None => false,
-                },
+                }
                 _ = resync.tick() => {
                     for key in self.caches().service_keys() {
                         queue.add(key);
@@ -377,23 +353,10 @@ impl Controller {
                 }
             };
             if healthy {
-                *last_contact = Some(Instant::now());
+                link.contact();
             }
             failing = !healthy;
-            self.set_link(link, healthy, *last_contact);
-        }
-    }
-
-    /// What a watcher's error means: whether the cluster still counts as answering,
-    /// or the end of the session when the credentials were refused.
-    fn watch_failed(&self, watch: &str, error: &watcher::Error) -> Result<bool, End> {
-        match watch_error(error) {
-            WatchTrouble::Credentials => Err(End::Credentials),
-            WatchTrouble::Expired => Ok(true),
-            WatchTrouble::Unreachable => {
-                tracing::debug!(cluster = %self.spec.name, %error, watch, "watch failed");
-                Ok(false)
-            }
+            self.set_link(link, healthy);
         }
     }
 
@@ -620,7 +583,7 @@ fn lock(caches: &Mutex<Caches>) -> MutexGuard<'_, Caches> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn object_key(
+pub(crate) fn object_key(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> Option<SliceKey> {
     Some((meta.namespace.clone()?, meta.name.clone()?))
@@ -629,6 +592,85 @@ fn object_key(
 /// The Service a slice belongs to (its namespace and `kubernetes.io/service-name`).
 fn slice_service(key: &SliceKey, slice: &EndpointSlice) -> Option<ServiceKey> {
     slices::service_of(slice).map(|service| ServiceKey::new(&key.0, service))
+}
+
+/// A cluster's link as its watches and probe show it: the one rule for the controller
+/// and for gateways' discovery ([`crate::discovery`]).
+#[derive(Debug, Default)]
+pub(crate) struct LinkTracker {
+    link: Link,
+    last_contact: Option<Instant>,
+}
+
+impl LinkTracker {
+    /// The cluster answered just now.
+    pub(crate) fn contact(&mut self) {
+        self.last_contact = Some(Instant::now());
+    }
+
+    /// The link after an observation, when it changed: unknown before the first
+    /// complete list; synced when the caches are complete and the cluster answers;
+    /// lost since the last contact when it does not.
+    pub(crate) fn observe(&mut self, complete: bool, healthy: bool) -> Option<Link> {
+        let now = match (complete, healthy) {
+            (false, _) => Link::Unknown,
+            (true, true) => Link::Synced,
+            (true, false) => match self.link {
+                Link::Lost { since } => Link::Lost { since },
+                _ => Link::Lost {
+                    since: self.last_contact.unwrap_or_else(Instant::now),
+                },
+            },
+        };
+        (now != self.link).then(|| {
+            self.link = now;
+            now
+        })
+    }
+}
+
+/// What a watcher's error means: whether the cluster still counts as answering, or
+/// the end of the session when the credentials were refused.
+pub(crate) fn watch_failed(
+    cluster: &str,
+    watch: &str,
+    error: &watcher::Error,
+) -> Result<bool, End> {
+    match watch_error(error) {
+        WatchTrouble::Credentials => Err(End::Credentials),
+        WatchTrouble::Expired => Ok(true),
+        WatchTrouble::Unreachable => {
+            tracing::debug!(%cluster, %error, watch, "watch failed");
+            Ok(false)
+        }
+    }
+}
+
+/// What a probe's result means: whether the cluster answers, or the end of the
+/// session: new watches when it answers again after failing (black-holed watches are
+/// not trusted), a new client when the credentials were refused or the kubeconfig
+/// changed.
+pub(crate) fn probe_outcome(
+    probe: Option<Probe>,
+    failing: bool,
+    spec: &ClusterSpec,
+    loaded_at: Option<SystemTime>,
+    link: &mut LinkTracker,
+) -> Result<bool, End> {
+    match probe {
+        Some(Probe::Ok) => {
+            if failing {
+                link.contact();
+                return Err(End::Reconnected);
+            }
+            if kubeconfig_changed(spec, loaded_at) {
+                return Err(End::Credentials);
+            }
+            Ok(true)
+        }
+        Some(Probe::Refused) => Err(End::Credentials),
+        Some(Probe::Failed) | None => Ok(false),
+    }
 }
 
 /// Reads the cluster's kubeconfig and makes a client; also answers when the file was
@@ -697,19 +739,24 @@ fn is_unauthorized(error: &kube::Error) -> bool {
 }
 
 #[derive(Debug)]
-enum Probe {
+pub(crate) enum Probe {
     Ok,
     Failed,
     /// 401/403: the credentials are no longer valid.
     Refused,
 }
 
-/// Asks the API server for one labelled Service every `probe_every`, with the request
-/// timeout: a black hole shows as a failed probe within that timeout, whatever the
-/// watches do.
-async fn probe_loop(client: kube::Client, timings: Timings, results: mpsc::Sender<Probe>) {
-    let api = Api::<Service>::all(client);
-    let params = ListParams::default().labels(LABEL_REMOTE).limit(1);
+/// Lists one object of what the watches follow (`params`) every `probe_every`, with
+/// the request timeout: a black hole shows as a failed probe within that timeout,
+/// whatever the watches do.
+pub(crate) async fn probe_loop<K>(
+    api: Api<K>,
+    params: ListParams,
+    timings: Timings,
+    results: mpsc::Sender<Probe>,
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let mut every = tokio::time::interval(timings.probe_every);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -727,7 +774,7 @@ async fn probe_loop(client: kube::Client, timings: Timings, results: mpsc::Sende
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

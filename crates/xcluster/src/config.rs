@@ -27,6 +27,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use model::registry::is_dns_label;
 use serde::Deserialize;
 
 use crate::union::{Role, DEFAULT_GRACE};
@@ -235,7 +236,7 @@ impl Config {
         let mut clusters = Vec::new();
         for (i, cluster) in file.clusters.into_iter().enumerate() {
             let at = format!("clusters[{i}]");
-            if !valid_name(&cluster.name) {
+            if !is_dns_label(&cluster.name) {
                 return Err(format!(
                     "{at}.name: {:?} must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit",
                     cluster.name
@@ -267,7 +268,7 @@ impl Config {
         let mut lease = LeaseConfig::default();
         if let Some(file) = file.lease {
             if let Some(cluster) = file.cluster {
-                if !valid_name(&cluster) {
+                if !is_dns_label(&cluster) {
                     return Err(format!("lease.cluster: {cluster:?} is not a cluster name"));
                 }
                 lease.cluster = Some(cluster);
@@ -277,7 +278,7 @@ impl Config {
                 ("lease.name", file.name, &mut lease.name),
             ] {
                 if let Some(value) = value {
-                    if !valid_name(&value) {
+                    if !is_dns_label(&value) {
                         return Err(format!("{field}: {value:?} is not a valid Kubernetes name"));
                     }
                     *target = value;
@@ -299,16 +300,6 @@ impl Config {
 }
 
 /// A cluster name as Kubernetes names objects (it ends up in slice names and labels).
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

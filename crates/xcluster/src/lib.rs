@@ -19,6 +19,7 @@ pub mod aggregator;
 pub mod cluster;
 pub mod config;
 pub mod controller;
+pub mod discovery;
 pub mod lease;
 pub mod queue;
 pub mod registry;

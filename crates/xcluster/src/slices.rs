@@ -72,12 +72,7 @@ pub fn service_view<'a>(
         let Some(ports) = ports_of(slice) else {
             continue;
         };
-        let addresses: Vec<IpAddr> = slice
-            .endpoints
-            .iter()
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
-            .filter_map(|e| e.addresses.first()?.parse().ok())
-            .collect();
+        let addresses = ready_addresses(slice);
         if !addresses.is_empty() {
             ready.entry(ports).or_default().extend(addresses);
         }
@@ -89,8 +84,24 @@ pub fn service_view<'a>(
     }))
 }
 
+/// The ready endpoints' addresses of a slice (each endpoint's first; an endpoint
+/// without a `ready` condition counts as ready).
+pub fn ready_addresses(slice: &EndpointSlice) -> Vec<IpAddr> {
+    slice
+        .endpoints
+        .iter()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .filter_map(|e| e.addresses.first()?.parse().ok())
+        .collect()
+}
+
+/// The cluster a slice's endpoints come from (Portico's slices name it).
+pub fn source_of(slice: &EndpointSlice) -> Option<&str> {
+    label(&slice.metadata, LABEL_SOURCE_CLUSTER)
+}
+
 /// A slice's ports, sorted; `None` when one has no number (unrestricted ports).
-fn ports_of(slice: &EndpointSlice) -> Option<Vec<Port>> {
+pub fn ports_of(slice: &EndpointSlice) -> Option<Vec<Port>> {
     let mut ports = slice
         .ports
         .iter()
@@ -134,7 +145,7 @@ pub fn managed_slice(slice: &EndpointSlice) -> Option<Slice> {
         namespace: slice.metadata.namespace.clone()?,
         name: slice.metadata.name.clone()?,
         service: service_of(slice)?.to_owned(),
-        source: label(&slice.metadata, LABEL_SOURCE_CLUSTER)?.to_owned(),
+        source: source_of(slice)?.to_owned(),
         address_type,
         ports: ports_of(slice)?,
         endpoints,

@@ -107,9 +107,10 @@ impl AddressType {
 }
 
 /// How the aggregator knows a cluster now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Link {
     /// No complete list since the controller started: what it holds is unknown.
+    #[default]
     Unknown,
     /// Its watches are live and its caches complete.
     Synced,

@@ -91,6 +91,8 @@ fn main() -> anyhow::Result<()> {
                     "tester",
                     "--test",
                     "load",
+                    "--test",
+                    "kubernetes",
                 ])
                 .env("PORTICO_TEST_PINGORA_ONLY", "1")
                 .args(rest);

@@ -416,6 +416,7 @@ impl TestGateway {
                 status_listen: None,
                 drain_timeout: Duration::from_secs(5),
                 threads: 1,
+                kubernetes_clusters: None,
             },
             store,
             keyspace,

@@ -39,6 +39,8 @@ pub struct Options {
     pub listen: Option<SocketAddr>,
     /// The namespace the node is bound to (`--namespace`).
     pub namespace: Option<String>,
+    /// Its Kubernetes cluster list (`--kubernetes-clusters`).
+    pub kubernetes_clusters: Option<std::path::PathBuf>,
 }
 
 pub struct Node {
@@ -141,6 +143,7 @@ impl Node {
                     status_listen: options.status_listen,
                     drain_timeout: options.drain_timeout.unwrap_or(Duration::from_secs(10)),
                     threads: 1,
+                    kubernetes_clusters: options.kubernetes_clusters.clone(),
                 },
                 gateway_store.clone(),
                 keyspace.clone(),
