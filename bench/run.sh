@@ -20,7 +20,9 @@
 #     the time to apply a 10k-route YAML file (crates/portico/benches/admin_writes.rs;
 #     ONLY=admin runs it alone).
 #  7. the cross-cluster controller with 10 clusters × 1,000 endpoints
-#     (crates/portico/benches/xcluster.rs; ONLY=xcluster runs it alone).
+#     (crates/portico/benches/xcluster.rs; ONLY=xcluster runs it alone);
+#  8. a gateway's kubernetes discovery over 10 clusters × 1,000 endpoints
+#     (crates/gateway/benches/kubernetes.rs; ONLY=kubernetes runs it alone).
 # The route table micro-benchmarks: cargo bench -p gateway --bench router.
 # Loopback only. Results are printed and written to bench/results/.
 set -euo pipefail
@@ -31,6 +33,11 @@ cd "$(dirname "$0")/.."
 if [ "${ONLY:-}" = xcluster ]; then
   mkdir -p bench/results
   cargo bench -q -p portico --bench xcluster | tee bench/results/xcluster.md
+  exit "${PIPESTATUS[0]}"
+fi
+if [ "${ONLY:-}" = kubernetes ]; then
+  mkdir -p bench/results
+  cargo bench -q -p gateway --bench kubernetes | tee bench/results/kubernetes.md
   exit "${PIPESTATUS[0]}"
 fi
 if [ "${ONLY:-}" = propagation ]; then
@@ -185,3 +192,6 @@ cargo bench -q -p portico --bench admin_writes 2>/dev/null | tee "$out/admin_wri
 
 echo
 cargo bench -q -p portico --bench xcluster 2>/dev/null | tee "$out/xcluster.md"
+
+echo
+cargo bench -q -p gateway --bench kubernetes 2>/dev/null | tee "$out/kubernetes.md"

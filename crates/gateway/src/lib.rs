@@ -344,7 +344,7 @@ impl ConfigLoop {
         enum Event {
             Update(Update),
             Registry(Update),
-            Kubernetes(Option<xcluster::discovery::Update>),
+            Kubernetes(Option<xcluster::discovery::Sent>),
             Expiry,
             ReloadClusters,
             Save,
@@ -470,15 +470,17 @@ impl ConfigLoop {
 
     /// Applies a Kubernetes source's update and those queued behind it; builds again
     /// when an upstream's nodes may have changed.
-    async fn apply_kubernetes(&mut self, first: Option<xcluster::discovery::Update>) -> bool {
+    async fn apply_kubernetes(&mut self, first: Option<xcluster::discovery::Sent>) -> bool {
         let (Some(compiler), Some(kubernetes)) = (self.compiler.as_mut(), self.kubernetes.as_mut())
         else {
             return self.compiler.is_some();
         };
         let mut changed = false;
         let mut next = first;
-        while let Some(update) = next {
-            changed |= compiler.kubernetes.apply(update);
+        while let Some(sent) = next {
+            if let Some(update) = kubernetes.sources.accept(sent) {
+                changed |= compiler.kubernetes.apply(update);
+            }
             next = kubernetes.updates.try_recv().ok();
         }
         self.kubernetes_changed(changed).await
@@ -666,7 +668,7 @@ struct Kubernetes {
     path: PathBuf,
     config: xcluster::config::Config,
     sources: xcluster::discovery::Sources,
-    updates: tokio::sync::mpsc::UnboundedReceiver<xcluster::discovery::Update>,
+    updates: tokio::sync::mpsc::UnboundedReceiver<xcluster::discovery::Sent>,
     next_reload: tokio::time::Instant,
 }
 
@@ -704,7 +706,7 @@ impl Kubernetes {
 /// The next update of a Kubernetes source; never without a cluster list.
 async fn kubernetes_update(
     kubernetes: &mut Option<Kubernetes>,
-) -> Option<xcluster::discovery::Update> {
+) -> Option<xcluster::discovery::Sent> {
     match kubernetes {
         Some(kubernetes) => kubernetes.updates.recv().await,
         None => std::future::pending().await,

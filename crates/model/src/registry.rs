@@ -262,12 +262,26 @@ pub enum DiscoveryKind {
 }
 
 /// A Kubernetes Service port: its name (`http`) or a number.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum PortRef {
     Number(i64),
     Name(String),
 }
+
+/// In the OpenAPI document: one schema of two types (not a `oneOf` of two schemas,
+/// which makes clients and fuzzers walk a level deeper for a scalar).
+impl utoipa::PartialSchema for PortRef {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Integer, Type::String]))
+            .description(Some("A port number (1-65535) or a port's name"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PortRef {}
 
 /// The most clusters one `kubernetes` discovery may unite.
 pub const MAX_CLUSTERS: usize = 32;

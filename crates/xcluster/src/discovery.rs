@@ -134,6 +134,27 @@ pub enum Update {
     Gone { cluster: String },
 }
 
+impl Update {
+    /// The cluster it is about.
+    pub fn cluster(&self) -> &str {
+        match self {
+            Update::Link { cluster, .. }
+            | Update::Listed { cluster, .. }
+            | Update::Service { cluster, .. }
+            | Update::Gone { cluster } => cluster,
+        }
+    }
+}
+
+/// An update as a source sent it, with the source's id: a stopped source's task may
+/// still send one after [`Update::Gone`] (aborting a task is not immediate), which
+/// [`Sources::accept`] then drops.
+#[derive(Debug)]
+pub struct Sent {
+    source: u64,
+    update: Update,
+}
+
 /// What the view holds of one cluster.
 #[derive(Debug, Clone, Default)]
 struct Held {
@@ -400,10 +421,13 @@ pub struct Sources {
     timings: Timings,
     specs: BTreeMap<String, ClusterSpec>,
     running: BTreeMap<String, Running>,
-    updates: mpsc::UnboundedSender<Update>,
+    updates: mpsc::UnboundedSender<Sent>,
+    /// The id the next source gets.
+    next_id: u64,
 }
 
 struct Running {
+    id: u64,
     spec: ClusterSpec,
     wanted: watch::Sender<BTreeSet<ServiceKey>>,
     _task: AbortOnDrop,
@@ -411,25 +435,28 @@ struct Running {
 
 impl Sources {
     /// No source yet; their updates arrive on the receiver.
-    pub fn new(timings: Timings) -> (Self, mpsc::UnboundedReceiver<Update>) {
+    pub fn new(timings: Timings) -> (Self, mpsc::UnboundedReceiver<Sent>) {
         let (updates, receiver) = mpsc::unbounded_channel();
         let sources = Self {
             timings,
             specs: BTreeMap::new(),
             running: BTreeMap::new(),
             updates,
+            next_id: 0,
         };
         (sources, receiver)
     }
 
-    /// Whether `cluster` is in the list.
-    pub fn knows(&self, cluster: &str) -> bool {
-        self.specs.contains_key(cluster)
-    }
-
-    /// The cluster names in the list.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.specs.keys().map(String::as_str)
+    /// The update `sent` carries, unless its source was stopped since.
+    pub fn accept(&self, sent: Sent) -> Option<Update> {
+        let current = match &sent.update {
+            Update::Gone { .. } => true,
+            update => self
+                .running
+                .get(update.cluster())
+                .is_some_and(|running| running.id == sent.source),
+        };
+        current.then_some(sent.update)
     }
 
     /// Takes a new list: a source whose cluster left it or changed stops (and is
@@ -474,7 +501,10 @@ impl Sources {
                 None => {
                     let spec = self.specs[&cluster].clone();
                     let (wanted, receiver) = watch::channel(services);
+                    let id = self.next_id;
+                    self.next_id += 1;
                     let task = tokio::spawn(run_source(
+                        id,
                         spec.clone(),
                         self.timings.clone(),
                         receiver,
@@ -484,6 +514,7 @@ impl Sources {
                     self.running.insert(
                         cluster,
                         Running {
+                            id,
                             spec,
                             wanted,
                             _task: AbortOnDrop(task),
@@ -495,10 +526,13 @@ impl Sources {
     }
 
     fn stop(&mut self, cluster: &str) {
-        if self.running.remove(cluster).is_some() {
+        if let Some(running) = self.running.remove(cluster) {
             tracing::info!(%cluster, "kubernetes discovery: stopped watching");
-            let _ = self.updates.send(Update::Gone {
-                cluster: cluster.to_owned(),
+            let _ = self.updates.send(Sent {
+                source: running.id,
+                update: Update::Gone {
+                    cluster: cluster.to_owned(),
+                },
             });
         }
     }
@@ -506,12 +540,14 @@ impl Sources {
 
 /// One cluster's source: sessions (a client and its watch) one after another.
 async fn run_source(
+    id: u64,
     spec: ClusterSpec,
     timings: Timings,
     mut wanted: watch::Receiver<BTreeSet<ServiceKey>>,
-    updates: mpsc::UnboundedSender<Update>,
+    updates: mpsc::UnboundedSender<Sent>,
 ) {
     let mut source = Source {
+        id,
         spec,
         timings,
         updates,
@@ -550,9 +586,10 @@ enum Session {
 }
 
 struct Source {
+    id: u64,
     spec: ClusterSpec,
     timings: Timings,
-    updates: mpsc::UnboundedSender<Update>,
+    updates: mpsc::UnboundedSender<Sent>,
     link: LinkTracker,
     /// A complete list arrived at least once.
     complete: bool,
@@ -573,7 +610,10 @@ fn slices_of(cache: &Cache, key: &ServiceKey) -> Vec<SliceEndpoints> {
 
 impl Source {
     fn send(&self, update: Update) {
-        let _ = self.updates.send(update);
+        let _ = self.updates.send(Sent {
+            source: self.id,
+            update,
+        });
     }
 
     fn set_link(&mut self, healthy: bool) {
