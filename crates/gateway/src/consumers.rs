@@ -2,7 +2,11 @@
 //! credential to its consumer, never a scan. Built with the rest of the config
 //! (`runtime`) and replaced with it; a request keeps the table it started with.
 //!
-//! Keys are found by their SHA-256 (what the store holds). A Basic password is
+//! Keys are found by their SHA-256 (what the store holds); a key found once is
+//! remembered by a keyed 128-bit SipHash (a secret of the table's own, made at random
+//! when it is built), so later requests with it cost that hash instead of a SHA-256:
+//! the memory never holds a key, only the fingerprint, and starts empty with each new
+//! table, so a removed key is never served from it. A Basic password is
 //! checked against its PBKDF2 hash once per node: a verified (username, password)
 //! pair is remembered by its SHA-256 so later requests cost one hash, not ten
 //! thousand (the cache is bounded and starts empty with each new table, so a changed
@@ -17,7 +21,8 @@ use crate::core::phase::Entry;
 
 use crate::HashMap;
 
-/// Verified Basic pairs remembered per table; beyond this the memory starts over.
+/// Verified Basic pairs (and found keys) remembered per table; beyond this the memory
+/// starts over.
 const VERIFIED_PAIRS: usize = 10_000;
 
 /// One consumer as requests see it.
@@ -49,7 +54,55 @@ pub struct Consumers {
     /// HMAC key id → its secret, and the consumer.
     hmac: HashMap<String, (HmacSecret, Arc<ConsumerEntry>)>,
     verified: Mutex<HashSet<[u8; 32]>>,
+    /// Keys found before, by fingerprint.
+    known_keys: KeyMemo,
     len: usize,
+}
+
+/// Keys found valid, by their fingerprint: SipHash-1-3 (128 bits) under a random
+/// secret, so no one who lacks the secret can make another input share a
+/// fingerprint. Bounded: beyond [`VERIFIED_PAIRS`] it starts over.
+struct KeyMemo {
+    secret: [u8; 16],
+    found: std::sync::RwLock<HashMap<u128, Arc<ConsumerEntry>>>,
+}
+
+impl Default for KeyMemo {
+    fn default() -> Self {
+        Self {
+            secret: rand::random(),
+            found: Default::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyMemo").finish_non_exhaustive()
+    }
+}
+
+impl KeyMemo {
+    fn fingerprint(&self, key: &[u8]) -> u128 {
+        use siphasher::sip128::Hasher128;
+        use std::hash::Hasher;
+        let mut hasher = siphasher::sip128::SipHasher13::new_with_key(&self.secret);
+        hasher.write(key);
+        hasher.finish128().as_u128()
+    }
+
+    fn get(&self, fingerprint: u128) -> Option<Arc<ConsumerEntry>> {
+        let found = self.found.read().unwrap_or_else(|e| e.into_inner());
+        found.get(&fingerprint).cloned()
+    }
+
+    fn put(&self, fingerprint: u128, consumer: &Arc<ConsumerEntry>) {
+        let mut found = self.found.write().unwrap_or_else(|e| e.into_inner());
+        if found.len() >= VERIFIED_PAIRS {
+            found.clear();
+        }
+        found.insert(fingerprint, consumer.clone());
+    }
 }
 
 impl Consumers {
@@ -77,11 +130,17 @@ impl Consumers {
     }
 
     /// The consumer whose key this is.
-    pub fn by_key(&self, key: &str) -> Option<&Arc<ConsumerEntry>> {
+    pub fn by_key(&self, key: &str) -> Option<Arc<ConsumerEntry>> {
+        let fingerprint = self.known_keys.fingerprint(key.as_bytes());
+        if let Some(consumer) = self.known_keys.get(fingerprint) {
+            return Some(consumer);
+        }
         let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
         let mut hash = [0u8; 32];
         hash.copy_from_slice(digest.as_ref());
-        self.keys.get(&hash)
+        let consumer = self.keys.get(&hash)?;
+        self.known_keys.put(fingerprint, consumer);
+        Some(consumer.clone())
     }
 
     /// The consumer of a Basic credential.

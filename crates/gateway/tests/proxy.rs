@@ -213,11 +213,6 @@ async fn requests_reach_the_upstream_as_sent_and_failures_are_json() {
     let mut node = Node::start().await;
     let inline = |port: u16, timeout: Value| json!({"nodes": [{"host": "127.0.0.1", "port": port}], "timeout": timeout});
     node.put(
-        "routes/echo",
-        json!({"id": "echo", "paths": ["/echo"], "hosts": ["*.example.com"], "upstream": inline(port, json!({}))}),
-    )
-    .await;
-    node.put(
         "routes/dead",
         json!({"id": "dead", "paths": ["/dead"], "upstream": inline(dead, json!({"connect": 1}))}),
     )
@@ -225,6 +220,12 @@ async fn requests_reach_the_upstream_as_sent_and_failures_are_json() {
     node.put(
         "routes/slow",
         json!({"id": "slow", "paths": ["/slow"], "upstream": inline(slow_port, json!({"read": 0.3}))}),
+    )
+    .await;
+    // Written last: once it serves, the routes written before it are served too.
+    node.put(
+        "routes/echo",
+        json!({"id": "echo", "paths": ["/echo"], "hosts": ["*.example.com"], "upstream": inline(port, json!({}))}),
     )
     .await;
     node.until("/echo", 200, "").await;

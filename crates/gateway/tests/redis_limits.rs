@@ -1,15 +1,20 @@
 //! `limit-count` with the `redis` policy against the machine's Redis
 //! (127.0.0.1:6379): exact per cluster under 64 concurrent clients on two nodes, and a
 //! Redis that goes away in the middle of a run (requests are counted locally within
-//! the bounded wait, the heartbeat says so, and Redis is used again once it is back).
+//! the bounded wait, the heartbeat says so, and Redis is used again once it is back);
+//! the requests of a busy key go to Redis in batches, each still told its own exact
+//! remaining count.
 //! Each test counts under keys of its own and deletes them.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use testkit::upstream::{Answer, ScriptedUpstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -117,6 +122,8 @@ async fn redis_counts_exactly_per_cluster_under_64_clients() {
 struct Relay {
     addr: SocketAddr,
     tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    /// `EVALSHA` commands the gateway sent through it.
+    scripts: Arc<AtomicUsize>,
 }
 
 impl Relay {
@@ -126,19 +133,45 @@ impl Relay {
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let inner = tasks.clone();
+        let scripts = Arc::new(AtomicUsize::new(0));
+        let (inner, counted) = (tasks.clone(), scripts.clone());
         let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
+                let counted = counted.clone();
                 let relay = tokio::spawn(async move {
-                    if let Ok(mut redis) = TcpStream::connect(REDIS).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut redis).await;
+                    let Ok(redis) = TcpStream::connect(REDIS).await else {
+                        return;
+                    };
+                    let (mut client_in, mut client_out) = client.into_split();
+                    let (mut redis_in, mut redis_out) = redis.into_split();
+                    let answers = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut redis_in, &mut client_out).await;
+                    });
+                    // Commands go through whole, counted as they pass (the tail of
+                    // each read is kept so a name split across reads still counts).
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut tail: Vec<u8> = Vec::new();
+                    while let Ok(n @ 1..) = client_in.read(&mut buf).await {
+                        if redis_out.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        tail.extend_from_slice(&buf[..n]);
+                        let found = tail.windows(7).filter(|w| w == b"EVALSHA").count();
+                        counted.fetch_add(found, Ordering::Relaxed);
+                        let keep = tail.len().min(6);
+                        tail.drain(..tail.len() - keep);
                     }
+                    answers.abort();
                 });
                 inner.lock().unwrap().push(relay);
             }
         });
         tasks.lock().unwrap().push(accept);
-        Relay { addr, tasks }
+        Relay {
+            addr,
+            tasks,
+            scripts,
+        }
     }
 
     fn cut(&self) {
@@ -205,5 +238,52 @@ async fn a_redis_that_goes_away_is_replaced_by_local_counting_then_used_again() 
     }
     clean(&tenant);
     assert!(back, "Redis is used again once it answers");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_key_goes_to_redis_in_batches_and_every_request_is_told_its_own_count() {
+    let app = ScriptedUpstream::start(|_| Answer::new(200, "ok")).await;
+    let relay = Relay::start(None).await;
+    let limit = 1_000_000u64;
+    let node = Arc::new(node_with(&format!("redis://{}", relay.addr), app.port(), limit).await);
+    let tenant = Arc::new(tenant("batch"));
+    let before = relay.scripts.load(Ordering::Relaxed);
+    let clients: Vec<JoinHandle<Vec<u64>>> = (0..64)
+        .map(|_| {
+            let (node, tenant) = (node.clone(), tenant.clone());
+            tokio::spawn(async move {
+                let mut remaining = Vec::new();
+                for _ in 0..10 {
+                    let (status, _, headers) = node
+                        .send(
+                            node.http
+                                .get(node.at("/limited"))
+                                .header("x-tenant", &*tenant),
+                        )
+                        .await;
+                    assert_eq!(status, 200);
+                    let left = headers["x-ratelimit-remaining"].to_str().unwrap();
+                    remaining.push(left.parse().unwrap());
+                }
+                remaining
+            })
+        })
+        .collect();
+    let mut told = Vec::new();
+    for client in clients {
+        told.extend(client.await.unwrap());
+    }
+    let scripts = relay.scripts.load(Ordering::Relaxed) - before;
+    clean(&tenant);
+    // 640 requests, 640 different counts: exactly the ones a request at a time gives.
+    let distinct: BTreeSet<u64> = told.iter().copied().collect();
+    let expected: BTreeSet<u64> = (limit - 640..limit).collect();
+    assert_eq!(distinct, expected);
+    assert!(scripts < 640, "{scripts} script calls for 640 requests");
+    assert_eq!(node.heartbeat().await.map(|b| b.redis_fallbacks), Some(0));
+    let Ok(node) = Arc::try_unwrap(node) else {
+        panic!("every client is done");
+    };
     node.stop().await;
 }

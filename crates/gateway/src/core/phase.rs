@@ -82,6 +82,18 @@ pub struct PhaseCtx {
     /// What access logs show of the request; kept only when a plugin of the chain
     /// [wants it](Plugin::wants_request_summary).
     pub request: Option<Box<RequestSummary>>,
+    /// The `X-RateLimit-*` values a limit (limit-count) reports in the response.
+    pub rate_limit: Option<RateLimitReport>,
+}
+
+/// What `X-RateLimit-Limit`, `-Remaining` and `-Reset` say.
+#[derive(Debug, Clone)]
+pub struct RateLimitReport {
+    /// The limit, as a header value made once with the plugin.
+    pub limit: HeaderValue,
+    pub remaining: u64,
+    /// Seconds until the window ends.
+    pub reset: u64,
 }
 
 /// The request as an access-log line shows it.
@@ -236,10 +248,8 @@ impl HeaderEdits {
 
     /// Whether a header the engine would forward as it is is removed or replaced.
     pub fn touches(&self, name: &[u8]) -> bool {
-        self.remove
-            .iter()
-            .chain(self.set.iter().map(|(n, _)| n))
-            .any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+        let same = |n: &HeaderName| n.as_str().as_bytes().eq_ignore_ascii_case(name);
+        self.remove.iter().any(same) || self.set.iter().any(|(n, _)| same(n))
     }
 
     pub fn removals(&self) -> &[HeaderName] {
@@ -308,10 +318,27 @@ impl HeaderEdits {
         if self.remove.is_empty() && self.set.is_empty() {
             return false;
         }
-        head.split(|&b| b == b'\n').skip(1).any(|line| {
-            let name = line.split(|&b| b == b':').next().unwrap_or(line);
-            !name.is_empty() && name != b"\r" && self.touches(name)
-        })
+        // One pass over the line ends; a line is touched when a touched name and a
+        // colon start it (a name has no colon, so that colon is the line's first).
+        let mut ends = memchr::memchr_iter(b'\n', head);
+        let Some(first) = ends.next() else {
+            return false;
+        };
+        let mut start = first + 1;
+        for end in ends {
+            let line = &head[start..end];
+            let starts_line = |name: &HeaderName| {
+                let name = name.as_str().as_bytes();
+                line.len() > name.len()
+                    && line[name.len()] == b':'
+                    && line[..name.len()].eq_ignore_ascii_case(name)
+            };
+            if self.remove.iter().any(starts_line) || self.set.iter().any(|(n, _)| starts_line(n)) {
+                return true;
+            }
+            start = end + 1;
+        }
+        false
     }
 
     /// Applies the edits to a header map (Pingora's adapter).
@@ -504,6 +531,11 @@ pub struct Chain {
     scope: RouteScope,
     authenticates: bool,
     summary: bool,
+    /// What the entries say of themselves, asked once here, not per request.
+    reads_headers: bool,
+    wants_response_body: bool,
+    selects_upstream: bool,
+    pingora_only: bool,
     /// Upstream ids the plugins may send requests to (traffic-split): the route is
     /// served only while they all exist.
     upstream_refs: Vec<String>,
@@ -520,7 +552,12 @@ impl Chain {
         });
         let authenticates = entries.iter().any(Entry::authenticates);
         let summary = entries.iter().any(|e| e.plugin.wants_request_summary());
+        let any = |f: fn(&dyn Plugin) -> bool| entries.iter().any(|e| f(&*e.plugin));
         Self {
+            reads_headers: any(|p| p.reads_headers()),
+            wants_response_body: any(|p| p.wants_response_body()),
+            selects_upstream: any(|p| p.selects_upstream()),
+            pingora_only: any(|p| p.needs_pingora()),
             entries,
             scope,
             authenticates,
@@ -554,7 +591,7 @@ impl Chain {
     }
 
     pub fn reads_headers(&self) -> bool {
-        self.entries.iter().any(|e| e.plugin.reads_headers())
+        self.reads_headers
     }
 
     /// Whether a plugin identifies the consumer: routing then hands the instance's
@@ -564,17 +601,17 @@ impl Chain {
     }
 
     pub fn wants_response_body(&self) -> bool {
-        self.entries.iter().any(|e| e.plugin.wants_response_body())
+        self.wants_response_body
     }
 
     pub fn selects_upstream(&self) -> bool {
-        self.entries.iter().any(|e| e.plugin.selects_upstream())
+        self.selects_upstream
     }
 
     /// Whether the route is served by Pingora's path only: a plugin reads response
     /// bodies, picks the upstream or copies requests ([`Plugin::needs_pingora`]).
     pub fn pingora_only(&self) -> bool {
-        self.entries.iter().any(|e| e.plugin.needs_pingora())
+        self.pingora_only
     }
 
     fn view<'a>(&'a self, req: &RequestView<'a>) -> RequestView<'a> {
@@ -647,8 +684,8 @@ impl Chain {
         req: &RequestView<'_>,
         ctx: &PhaseCtx,
     ) -> Result<Arc<ConsumerEntry>, Refusal> {
-        let empty = Consumers::default();
-        let consumers = ctx.consumers.as_deref().unwrap_or(&empty);
+        static EMPTY: std::sync::LazyLock<Consumers> = std::sync::LazyLock::new(Consumers::default);
+        let consumers = ctx.consumers.as_deref().unwrap_or(&EMPTY);
         let (mut missing, mut invalid) = (None, None);
         for entry in self.entries.iter().filter(|e| e.authenticates()) {
             match entry.plugin.authenticate(req, consumers) {

@@ -85,7 +85,7 @@ impl Plugin for KeyAuth {
             return AuthOutcome::Missing(unauthorized("Missing API key in request"));
         };
         match consumers.by_key(&key) {
-            Some(consumer) => AuthOutcome::Found(consumer.clone()),
+            Some(consumer) => AuthOutcome::Found(consumer),
             None => AuthOutcome::Invalid(unauthorized("Invalid API key in request")),
         }
     }

@@ -15,6 +15,10 @@
 //! The `redis` policy counts in Redis instead, shared by every node: one Lua script
 //! reads the window (and, sliding, the previous one), refuses or increments, so the
 //! check and the count are one atomic step and the cluster admits exactly `count`.
+//! Requests of one key that arrive while a call for that key is in flight wait for
+//! the next call and go in it together: the script admits as many of them as the
+//! window has room for, in arrival order (`INCRBY`), so a busy key costs one round
+//! trip per batch instead of one per request, and the count stays exact.
 //! Keys: `portico:limit-count:{instance}:{place}:{config digest}:{key}:{window}`,
 //! expiring after two windows. While Redis is down or slower than `timeout_ms` the
 //! node counts in its memory (`plugins::redis`).
@@ -25,11 +29,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 use http::{HeaderName, HeaderValue};
 use model::plugin::{Policy, Window};
+use tokio::sync::oneshot;
 
 use super::keys::{Key, KeySpec, SHARDS};
 use super::redis::RedisLink;
 use super::PluginPlace;
-use crate::core::phase::{HeaderEdits, PhaseCtx, Plugin, RequestView};
+use crate::core::phase::{HeaderEdits, PhaseCtx, Plugin, RateLimitReport, RequestView};
 use crate::core::refusal::Refusal;
 use crate::runtime::NodeCounters;
 
@@ -51,31 +56,33 @@ struct Shard {
     swept_at: usize,
 }
 
-/// Ctx keys of what the response head reports.
-const LIMIT: &str = "limit-count.limit";
-const REMAINING: &str = "limit-count.remaining";
-const RESET: &str = "limit-count.reset";
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
-/// Checks and counts one request in Redis; see the module doc. Returns
-/// `{admitted (0/1), remaining}`.
+/// Checks and counts `ARGV[5]` requests in Redis; see the module doc. Returns
+/// `{admitted (how many of them, the first ones), remaining after them}`.
 const SCRIPT: &str = r#"
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local into = tonumber(ARGV[3])
+local wanted = tonumber(ARGV[5])
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 local carried = 0
 if ARGV[4] == '1' then
   local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
   carried = math.ceil(previous * (window - into) / window)
 end
-if carried + current >= limit then
+local room = limit - carried - current
+if room <= 0 then
   return {0, 0}
 end
-current = redis.call('INCR', KEYS[1])
-if current == 1 then
+local admitted = math.min(wanted, room)
+current = redis.call('INCRBY', KEYS[1], admitted)
+if current == admitted then
   redis.call('PEXPIRE', KEYS[1], window * 2)
 end
-return {1, limit - carried - current}
+return {admitted, limit - carried - current}
 "#;
 
 /// The `redis` policy of one plugin.
@@ -88,6 +95,142 @@ struct Shared {
     script: redis::Script,
     /// The node's, where fallbacks are counted.
     counters: Arc<NodeCounters>,
+    count: u64,
+    window_ms: u64,
+    sliding: bool,
+    /// The keys with a call in flight, each with the requests waiting for the next.
+    queues: Mutex<HashMap<Key, Vec<oneshot::Sender<Option<Verdict>>>>>,
+}
+
+/// What one script call answered for a batch of requests.
+#[derive(Debug, Clone, Copy)]
+struct Batch {
+    admitted: u64,
+    /// Left in the window after the batch.
+    remaining: u64,
+    reset: u64,
+}
+
+impl Batch {
+    /// The verdict of the batch's `i`-th request (in arrival order).
+    fn verdict(&self, i: usize) -> Verdict {
+        let i = i as u64;
+        if i < self.admitted {
+            Verdict {
+                admitted: true,
+                remaining: self.remaining + (self.admitted - 1 - i),
+                reset: self.reset,
+            }
+        } else {
+            Verdict {
+                admitted: false,
+                remaining: 0,
+                reset: self.reset,
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Counts one request of `key` in Redis; `None` when Redis cannot say within the
+    /// timeout. With no call for `key` in flight the request makes one itself;
+    /// otherwise it waits for the next call, which counts everything queued by then.
+    async fn hit(self: &Arc<Self>, key: &Key) -> Option<Verdict> {
+        let queued = {
+            let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+            match queues.get_mut(key) {
+                Some(queue) => {
+                    let (tx, rx) = oneshot::channel();
+                    queue.push(tx);
+                    Some(rx)
+                }
+                None => {
+                    queues.insert(key.clone(), Vec::new());
+                    None
+                }
+            }
+        };
+        match queued {
+            Some(rx) => tokio::time::timeout(self.timeout, rx).await.ok()?.ok()?,
+            None => {
+                // Dropped however this ends (the client gone mid-call included).
+                let _turn = Turn { shared: self, key };
+                Some(self.call(key, 1).await?.verdict(0))
+            }
+        }
+    }
+
+    /// One script call counting `wanted` requests of `key`.
+    async fn call(&self, key: &Key, wanted: usize) -> Option<Batch> {
+        let (window, into, reset) = window_at(now_ms(), self.window_ms);
+        let key = key.text();
+        let current = format!("{}:{key}:{window}", self.prefix);
+        let previous = format!("{}:{key}:{}", self.prefix, window.saturating_sub(1));
+        let (admitted, remaining): (i64, i64) = self
+            .link
+            .run(
+                &self.script,
+                &[&current, &previous],
+                &[
+                    self.count as i64,
+                    self.window_ms as i64,
+                    into as i64,
+                    i64::from(self.sliding),
+                    wanted as i64,
+                ],
+                self.timeout,
+            )
+            .await?;
+        Some(Batch {
+            admitted: admitted.max(0) as u64,
+            remaining: remaining.max(0) as u64,
+            reset,
+        })
+    }
+
+    /// Calls for the requests queued on `key`, batch after batch, until none wait.
+    async fn drain(self: Arc<Self>, key: Key) {
+        loop {
+            let waiting = {
+                let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+                match queues.get_mut(&key) {
+                    Some(queue) if !queue.is_empty() => std::mem::take(queue),
+                    _ => {
+                        queues.remove(&key);
+                        return;
+                    }
+                }
+            };
+            let batch = self.call(&key, waiting.len()).await;
+            for (i, tx) in waiting.into_iter().enumerate() {
+                let _ = tx.send(batch.map(|b| b.verdict(i)));
+            }
+        }
+    }
+}
+
+/// A request's own call for a key: when it ends, the requests that queued meanwhile
+/// are handed to a task that calls for them, or the key is free again.
+struct Turn<'a> {
+    shared: &'a Arc<Shared>,
+    key: &'a Key,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut queues = self.shared.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let waiting = queues.get(self.key).is_some_and(|q| !q.is_empty());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if waiting => {
+                drop(queues);
+                runtime.spawn(self.shared.clone().drain(self.key.clone()));
+            }
+            // Nobody waits (or no runtime to call from: the waiters count locally).
+            _ => {
+                queues.remove(self.key);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -103,7 +246,7 @@ pub struct LimitCount {
     limit_value: HeaderValue,
     shards: Vec<Mutex<Shard>>,
     /// `None` for the local policy.
-    shared: Option<Shared>,
+    shared: Option<Arc<Shared>>,
 }
 
 /// The outcome of one request's count.
@@ -129,7 +272,7 @@ impl LimitCount {
                     // Checked the same way, but not registered for the process.
                     crate::runtime::Effects::Dry => Arc::new(RedisLink::new(&redis.url)?),
                 };
-                Some(Shared {
+                Some(Arc::new(Shared {
                     link,
                     timeout: Duration::from_millis(redis.timeout_ms),
                     prefix: format!(
@@ -140,7 +283,11 @@ impl LimitCount {
                     ),
                     script: redis::Script::new(SCRIPT),
                     counters: place.counters.clone(),
-                })
+                    count: config.count,
+                    window_ms: config.time_window * 1000,
+                    sliding: config.window == Window::Sliding,
+                    queues: Mutex::default(),
+                }))
             }
             (Policy::Redis, None) => return Err("redis: required with policy redis".to_owned()),
             (Policy::Local, _) => None,
@@ -165,9 +312,7 @@ impl LimitCount {
 
     /// Counts one request of `key` at `now_ms` (Unix milliseconds).
     fn hit(&self, key: Key, now_ms: u64) -> Verdict {
-        let window = now_ms / self.window_ms;
-        let into = now_ms % self.window_ms;
-        let reset = (self.window_ms - into).div_ceil(1000).max(1);
+        let (window, into, reset) = window_at(now_ms, self.window_ms);
         let shard = &self.shards[key.shard()];
         let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
         if shard.counters.len() > 1024 && shard.counters.len() >= shard.swept_at * 2 {
@@ -209,59 +354,24 @@ impl LimitCount {
         }
     }
 
-    /// Counts one request of `key` in Redis; `None` when Redis cannot say in time.
-    async fn hit_shared(&self, shared: &Shared, key: &Key, now_ms: u64) -> Option<Verdict> {
-        let window = now_ms / self.window_ms;
-        let into = now_ms % self.window_ms;
-        let key = key.text();
-        let current = format!("{}:{key}:{window}", shared.prefix);
-        let previous = format!("{}:{key}:{}", shared.prefix, window.saturating_sub(1));
-        let (admitted, remaining): (i64, i64) = shared
-            .link
-            .run(
-                &shared.script,
-                &[&current, &previous],
-                &[
-                    self.count as i64,
-                    self.window_ms as i64,
-                    into as i64,
-                    i64::from(self.sliding),
-                ],
-                shared.timeout,
-            )
-            .await?;
-        Some(Verdict {
-            admitted: admitted == 1,
-            remaining: remaining.max(0) as u64,
-            reset: (self.window_ms - into).div_ceil(1000).max(1),
-        })
-    }
-
     /// The request's fate: admitted (headers noted for the response) or refused.
     fn answer(&self, verdict: Verdict, ctx: &mut PhaseCtx) -> Result<(), Refusal> {
         if verdict.admitted {
             if self.show_headers {
-                ctx.set(LIMIT, self.limit_value.clone());
-                ctx.set(REMAINING, HeaderValue::from(verdict.remaining));
-                ctx.set(RESET, HeaderValue::from(verdict.reset));
+                ctx.rate_limit = Some(RateLimitReport {
+                    limit: self.limit_value.clone(),
+                    remaining: verdict.remaining,
+                    reset: verdict.reset,
+                });
             }
             return Ok(());
         }
         let mut headers = vec![(http::header::RETRY_AFTER, HeaderValue::from(verdict.reset))];
         if self.show_headers {
             headers.extend([
-                (
-                    HeaderName::from_static("x-ratelimit-limit"),
-                    self.limit_value.clone(),
-                ),
-                (
-                    HeaderName::from_static("x-ratelimit-remaining"),
-                    HeaderValue::from(0u64),
-                ),
-                (
-                    HeaderName::from_static("x-ratelimit-reset"),
-                    HeaderValue::from(verdict.reset),
-                ),
+                (X_RATELIMIT_LIMIT, self.limit_value.clone()),
+                (X_RATELIMIT_REMAINING, HeaderValue::from_static("0")),
+                (X_RATELIMIT_RESET, HeaderValue::from(verdict.reset)),
             ]);
         }
         Err(Refusal::denied_with(
@@ -271,6 +381,17 @@ impl LimitCount {
             headers,
         ))
     }
+}
+
+/// The window `now_ms` falls in (its index), how far into it (ms), and the seconds
+/// until it ends (at least 1).
+fn window_at(now_ms: u64, window_ms: u64) -> (u64, u64, u64) {
+    let into = now_ms % window_ms;
+    (
+        now_ms / window_ms,
+        into,
+        (window_ms - into).div_ceil(1000).max(1),
+    )
 }
 
 fn now_ms() -> u64 {
@@ -304,32 +425,27 @@ impl Plugin for LimitCount {
     ) -> BoxFuture<'a, Result<(), Refusal>> {
         Box::pin(async move {
             let key = self.key.of(req, ctx);
-            let now = now_ms();
             let verdict = match &self.shared {
-                Some(shared) => match self.hit_shared(shared, &key, now).await {
+                Some(shared) => match shared.hit(&key).await {
                     Some(verdict) => verdict,
                     None => {
                         shared
                             .counters
                             .redis_fallbacks
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        self.hit(key, now)
+                        self.hit(key, now_ms())
                     }
                 },
-                None => self.hit(key, now),
+                None => self.hit(key, now_ms()),
             };
             self.answer(verdict, ctx)
         })
     }
     fn response_head(&self, _status: u16, ctx: &mut PhaseCtx, edits: &mut HeaderEdits) {
-        for (key, name) in [
-            (LIMIT, "x-ratelimit-limit"),
-            (REMAINING, "x-ratelimit-remaining"),
-            (RESET, "x-ratelimit-reset"),
-        ] {
-            if let Some(value) = ctx.get(key) {
-                edits.set(HeaderName::from_static(name), value.clone());
-            }
+        if let Some(report) = &ctx.rate_limit {
+            edits.set(X_RATELIMIT_LIMIT, report.limit.clone());
+            edits.set(X_RATELIMIT_REMAINING, HeaderValue::from(report.remaining));
+            edits.set(X_RATELIMIT_RESET, HeaderValue::from(report.reset));
         }
     }
 }
@@ -340,6 +456,28 @@ mod tests {
 
     fn plugin(json: &str) -> LimitCount {
         LimitCount::compile(&serde_json::from_str(json).unwrap(), &PluginPlace::test()).unwrap()
+    }
+
+    #[test]
+    fn a_batch_tells_each_request_what_one_at_a_time_would() {
+        // Five requests, room for three: the first three admitted, counting down to
+        // the two left after the batch; the others refused.
+        let batch = Batch {
+            admitted: 3,
+            remaining: 2,
+            reset: 7,
+        };
+        let verdicts: Vec<(bool, u64)> = (0..5)
+            .map(|i| batch.verdict(i))
+            .map(|v| (v.admitted, v.remaining))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [(true, 4), (true, 3), (true, 2), (false, 0), (false, 0)]
+        );
+        assert!((0..5).all(|i| batch.verdict(i).reset == 7));
+        assert_eq!(window_at(61_500, 60_000), (1, 1_500, 59));
+        assert_eq!(window_at(119_999, 60_000), (1, 59_999, 1));
     }
 
     #[test]
