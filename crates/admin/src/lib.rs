@@ -15,6 +15,7 @@
 mod agent_client;
 mod api;
 mod auth;
+mod console;
 mod convergence;
 mod db;
 mod error;

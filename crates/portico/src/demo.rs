@@ -124,6 +124,10 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
 
     println!();
     println!("Portico demo is running (Ctrl-C to stop).");
+    println!(
+        "  Console:     http://{}/   (sign in with the admin token)",
+        args.admin_listen
+    );
     println!("  Admin API:   {api}");
     match &new_token {
         Some(t) => println!("  Admin token: {t}   (generated now, shown only once)"),

@@ -524,7 +524,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 print_new_admin_token(&token);
             }
             let listener = bind(listen).await?;
-            tracing::info!(%listen, "admin listening");
+            tracing::info!(%listen, console = %format!("http://{listen}/"), "admin listening (the web console at /)");
             admin.run(listener, shutdown).await
         }
         Command::Agent {

@@ -1,4 +1,6 @@
-//! Project automation: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench`.
+//! Project automation: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench`,
+//! `cargo xtask console` (the web console's type check and browser tests, which
+//! `test` runs too).
 //!
 //! Each command first makes sure the system packages it needs are installed (with
 //! apt-get when running as root on Debian), so both README commands work on a fresh
@@ -28,6 +30,18 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("redis-server", "redis-server"),
 ];
 const BENCH_PACKAGES: &[(&str, &str)] = &[("nginx", "nginx"), ("wrk", "wrk")];
+/// The web console's checks: Node.js and npm (TypeScript and playwright-core come from
+/// the npm registry into `crates/admin/console/node_modules`), Debian's Chromium, and a
+/// font so its screenshots show text.
+const CONSOLE_PACKAGES: &[(&str, &str)] = &[
+    ("node", "nodejs"),
+    ("npm", "npm"),
+    ("/usr/bin/chromium", "chromium"),
+    (
+        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+        "fonts-liberation",
+    ),
+];
 
 /// The schemathesis release the OpenAPI test runs (from PyPI, into a virtualenv under
 /// the target directory; `crates/admin/tests/openapi.rs`).
@@ -96,7 +110,12 @@ fn main() -> anyhow::Result<()> {
                 ])
                 .env("PORTICO_TEST_PINGORA_ONLY", "1")
                 .args(rest);
-            run(pingora)
+            run(pingora)?;
+            console(false)
+        }
+        "console" => {
+            ensure_packages(BUILD_PACKAGES)?;
+            console(rest.iter().any(|a| a == "--docs-shots"))
         }
         "bench" => {
             ensure_packages(BUILD_PACKAGES)?;
@@ -113,9 +132,52 @@ fn main() -> anyhow::Result<()> {
             );
             eprintln!("  test   install what is missing, then fmt check, clippy and every test");
             eprintln!("  bench  gateway vs nginx throughput, and config propagation time");
+            eprintln!(
+                "  console  type-check the web console and run its browser tests (--docs-shots: refresh docs/console/)"
+            );
             bail!("unknown task {task:?}")
         }
     }
+}
+
+/// The web console's checks: its JavaScript type-checked (`tsc --checkJs`), then its
+/// end-to-end tests in headless Chromium against a running `portico demo`
+/// (`crates/admin/console/tests/e2e.mjs`).
+fn console(docs_shots: bool) -> anyhow::Result<()> {
+    ensure_packages(CONSOLE_PACKAGES)?;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../admin/console");
+    // `npm ci` only when the lock file changed since the last install.
+    let lock = std::fs::read(dir.join("package-lock.json"))
+        .context("reading the console's package-lock.json")?;
+    let stamp = dir.join("node_modules").join(".portico-installed-lock");
+    if std::fs::read(&stamp).ok().as_deref() != Some(&lock[..]) {
+        let mut ci = Command::new("npm");
+        ci.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir);
+        run(ci)?;
+        std::fs::write(&stamp, &lock).context("writing the npm install stamp")?;
+    }
+    let mut tsc = Command::new("npx");
+    tsc.args(["--no-install", "tsc", "-p", "."])
+        .current_dir(&dir);
+    run(tsc)?;
+    let mut build = cargo();
+    build.args(["build", "-p", "portico"]);
+    run(build)?;
+    let mut e2e = Command::new("node");
+    e2e.arg("tests/e2e.mjs")
+        .current_dir(&dir)
+        .env("PORTICO_BIN", target_dir().join("debug").join("portico"));
+    if docs_shots {
+        e2e.env("PORTICO_DOCS_SHOTS", "1");
+    }
+    run(e2e)
+}
+
+/// The workspace's target directory.
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
 }
 
 fn cargo() -> Command {
@@ -195,10 +257,7 @@ fn apt_install(missing: &[&str]) -> anyhow::Result<()> {
 /// changes but, when missing, Debian's `python3` and `python3-venv`) and answers the
 /// path of its `st` command.
 fn ensure_schemathesis() -> anyhow::Result<std::path::PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let venv = target
+    let venv = target_dir()
         .join("tools")
         .join(format!("schemathesis-{SCHEMATHESIS}"));
     let st = venv.join("bin").join("st");

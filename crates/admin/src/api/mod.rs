@@ -37,7 +37,8 @@ use crate::state::AppState;
 pub(crate) const MAX_BODY: usize = 2 * 1024 * 1024;
 
 /// The admin's router, authentication and audit included: every route, known or not,
-/// needs a token (`POST /login` aside); every change and sign-in is audited.
+/// needs a token (`POST /login` and the web console's static files aside); every
+/// change and sign-in is audited.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let instance = "/clusters/{cluster}/instances/{instance}";
     let api = Router::new()
@@ -178,6 +179,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             crate::auth::authenticate,
         ))
         .layer(TraceLayer::new_for_http())
+        // Added after the layers: the console's files need no token.
+        .merge(crate::console::router())
         .with_state(state)
 }
 
