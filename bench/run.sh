@@ -15,7 +15,9 @@
 #     (bench/protocols.sh; ONLY=protocols runs it alone);
 #  5. plugin cost (key-auth + limit-count + prometheus, local and Redis) against the
 #     same route without plugins and nginx, and limit-count accuracy under 64
-#     connections (bench/plugins.sh; ONLY=plugins runs it alone);
+#     connections (bench/plugins.sh; ONLY=plugins runs it alone); the same routes'
+#     cost in instructions per request under callgrind, which a busy machine does not
+#     change (bench/plugin_instructions.sh; ONLY=plugin-instructions);
 #  6. the admin's writes: changes/s through the API into SQLite and PostgreSQL, and
 #     the time to apply a 10k-route YAML file (crates/portico/benches/admin_writes.rs;
 #     ONLY=admin runs it alone).
@@ -29,6 +31,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${ONLY:-}" = protocols ] && exec bash bench/protocols.sh
 [ "${ONLY:-}" = plugins ] && exec bash bench/plugins.sh
+[ "${ONLY:-}" = plugin-instructions ] && exec bash bench/plugin_instructions.sh
 [ "${ONLY:-}" = admin ] && exec cargo bench -q -p portico --bench admin_writes
 if [ "${ONLY:-}" = xcluster ]; then
   mkdir -p bench/results

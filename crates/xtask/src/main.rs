@@ -29,7 +29,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("redis-server", "redis-server"),
 ];
-const BENCH_PACKAGES: &[(&str, &str)] = &[("nginx", "nginx"), ("wrk", "wrk")];
+const BENCH_PACKAGES: &[(&str, &str)] =
+    &[("nginx", "nginx"), ("wrk", "wrk"), ("valgrind", "valgrind")];
 /// The web console's checks: Node.js and npm (TypeScript and playwright-core come from
 /// the npm registry into `crates/admin/console/node_modules`), Debian's Chromium, and a
 /// font so its screenshots show text.
