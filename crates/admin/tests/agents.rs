@@ -748,8 +748,24 @@ async fn a_clusters_kubeconfig_is_write_only_sealed_and_read_back_by_its_own_cal
         .await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
     assert_eq!(bad.fields(), ["lost_for_seconds"]);
+    let unnamed = admin
+        .send(
+            "PUT",
+            "/clusters/peak/kubernetes/status",
+            json!({"reporter": "xc-1", "link": "synced", "services": 1, "endpoints_contributed": 2,
+                   "contributions": [{"service": "no-namespace", "endpoints": 2}]}),
+        )
+        .await;
+    assert_eq!(
+        unnamed.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        unnamed.body
+    );
+    assert_eq!(unnamed.fields(), ["contributions[0].service"]);
     let report = json!({"reporter": "xc-1", "link": "lost", "lost_for_seconds": 12,
-                        "last_synced_ms": 1_700_000_000_000_i64, "services": 1, "endpoints_contributed": 2});
+                        "last_synced_ms": 1_700_000_000_000_i64, "services": 1, "endpoints_contributed": 2,
+                        "contributions": [{"service": "shop/cart", "endpoints": 2}]});
     let recorded = admin
         .send("PUT", "/clusters/peak/kubernetes/status", report.clone())
         .await;
@@ -757,6 +773,10 @@ async fn a_clusters_kubeconfig_is_write_only_sealed_and_read_back_by_its_own_cal
     let shown = admin.get("/clusters/peak").await.body["kubernetes_status"].clone();
     assert_eq!(shown["link"], "lost");
     assert_eq!(shown["endpoints_contributed"], 2);
+    assert_eq!(
+        shown["contributions"],
+        json!([{"service": "shop/cart", "endpoints": 2}])
+    );
     assert!(shown["reported_at_ms"].as_i64().unwrap() > 1_700_000_000_000);
     assert_eq!(
         admin.get("/clusters").await.body["items"][0]["kubernetes_status"]["reporter"],

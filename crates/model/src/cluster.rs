@@ -103,14 +103,52 @@ pub struct KubernetesStatus {
     pub services: u64,
     /// Ready endpoints the cluster gives to production Services (peak clusters).
     pub endpoints_contributed: u64,
+    /// The same per Service (peak clusters), largest first, at most
+    /// [`KubernetesStatus::MAX_CONTRIBUTIONS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contributions: Vec<ServiceContribution>,
     /// When the admin received the report (Unix milliseconds); set by the admin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_at_ms: Option<i64>,
 }
 
+/// The ready endpoints a peak cluster gives to one Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceContribution {
+    /// `namespace/name`.
+    pub service: String,
+    pub endpoints: u64,
+}
+
 impl KubernetesStatus {
+    /// Services listed in `contributions` at most.
+    pub const MAX_CONTRIBUTIONS: usize = 500;
+
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut v = Validator::new();
+        if self.contributions.len() > Self::MAX_CONTRIBUTIONS {
+            v.error(
+                "contributions",
+                format!("must list at most {} services", Self::MAX_CONTRIBUTIONS),
+            );
+        }
+        for (i, c) in self.contributions.iter().enumerate() {
+            // A namespace (63) and a Service name (63), as Kubernetes bounds them.
+            let bounded = !c.service.is_empty() && c.service.len() <= 127;
+            if !bounded
+                || !c.service.bytes().all(|b| b.is_ascii_graphic())
+                || !c.service.contains('/')
+            {
+                v.error(
+                    &format!("contributions[{i}].service"),
+                    "must be namespace/name, 3 to 127 printable ASCII characters",
+                );
+            }
+            if c.endpoints > i64::MAX as u64 {
+                v.error(&format!("contributions[{i}].endpoints"), "is too large");
+            }
+        }
         if self.reporter.is_empty()
             || self.reporter.len() > 253
             || !self.reporter.bytes().all(|b| b.is_ascii_graphic())

@@ -265,6 +265,13 @@ async fn clusters_registered_in_the_admin_are_watched_and_rotated_credentials_fo
         if status["link"] == "synced" {
             assert_eq!(status["endpoints_contributed"], 1, "{view}");
             assert_eq!(status["services"], 1, "{view}");
+            let contributions = status["contributions"].as_array().expect("per Service");
+            assert_eq!(contributions.len(), 1, "{view}");
+            assert_eq!(contributions[0]["endpoints"], 1, "{view}");
+            assert!(
+                contributions[0]["service"].as_str().unwrap().contains('/'),
+                "{view}"
+            );
             assert!(
                 status["reported_at_ms"].as_i64().is_some() && status["reporter"].is_string(),
                 "{view}"

@@ -66,6 +66,8 @@ pub struct ClusterStatus {
     pub last_synced: Option<SystemTime>,
     /// Ready endpoints this (peak) cluster gives to production Services.
     pub contributed: usize,
+    /// The same per production Service it gives endpoints to.
+    pub contributed_by_service: BTreeMap<ServiceKey, usize>,
     /// Labelled Services it holds.
     pub services: usize,
 }
@@ -132,6 +134,7 @@ impl Aggregator {
                 link: Link::Unknown,
                 last_synced: None,
                 contributed: 0,
+                contributed_by_service: BTreeMap::new(),
                 services: 0,
             },
         );
@@ -250,6 +253,11 @@ impl Aggregator {
         self.status.problems = plan.problems.clone();
         for (name, status) in &mut self.status.clusters {
             status.contributed = plan.contributed.get(name).copied().unwrap_or(0);
+            status.contributed_by_service = plan
+                .contributed_by_service
+                .get(name)
+                .cloned()
+                .unwrap_or_default();
             status.services = self.views.get(name).map_or(0, |v| v.services.len());
         }
         if !self.status.leader {

@@ -202,6 +202,7 @@ impl Source {
                     .map(|d| d.as_millis() as i64),
                 "services": cluster.services,
                 "endpoints_contributed": cluster.contributed,
+                "contributions": contributions(cluster),
             });
             let url = format!(
                 "{}/clusters/{name}/kubernetes/status",
@@ -279,4 +280,16 @@ fn write_if_changed(path: &Path, text: &str) -> std::io::Result<()> {
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(partial, path)
+}
+
+/// A cluster's endpoints per Service for the admin, largest first, bounded as the admin
+/// accepts them.
+fn contributions(cluster: &crate::aggregator::ClusterStatus) -> Vec<serde_json::Value> {
+    let mut by_size: Vec<_> = cluster.contributed_by_service.iter().collect();
+    by_size.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    by_size
+        .into_iter()
+        .take(model::cluster::KubernetesStatus::MAX_CONTRIBUTIONS)
+        .map(|(service, endpoints)| serde_json::json!({"service": service.to_string(), "endpoints": endpoints}))
+        .collect()
 }

@@ -198,6 +198,9 @@ pub struct Plan {
     /// (peak cluster) → the endpoints it gives, carried over as ready, over all
     /// production Services.
     pub contributed: BTreeMap<String, usize>,
+    /// (peak cluster) → Service → the endpoints it gives that Service, carried over as
+    /// ready, over all production clusters.
+    pub contributed_by_service: BTreeMap<String, BTreeMap<ServiceKey, usize>>,
     /// Services whose labels contradict their cluster's role, ignored.
     pub problems: Vec<String>,
 }
@@ -264,6 +267,12 @@ pub fn plan(clusters: &BTreeMap<String, ClusterView>, now: Instant, grace: Durat
                     if ready {
                         union.extend(slice.endpoints.iter().map(|e| e.address));
                         *plan.contributed.entry(peer.clone()).or_default() += slice.endpoints.len();
+                        *plan
+                            .contributed_by_service
+                            .entry(peer.clone())
+                            .or_default()
+                            .entry(key.clone())
+                            .or_default() += slice.endpoints.len();
                     }
                     desired.insert((slice.namespace.clone(), slice.name.clone()), slice);
                 }
@@ -532,6 +541,11 @@ mod tests {
         assert!(slice.endpoints.iter().all(|e| e.ready));
         assert_eq!(plan.union_sizes[&("prod".to_owned(), orders())], 6);
         assert_eq!(plan.contributed["peak"], 3);
+        assert_eq!(
+            plan.contributed_by_service["peak"].values().sum::<usize>(),
+            3,
+            "the per-Service counts add up to the cluster's"
+        );
         assert!(
             !plan.writes.contains_key("peak"),
             "peak clusters are never written"

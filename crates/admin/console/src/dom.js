@@ -189,6 +189,30 @@ export function field(label, control, hint) {
   );
 }
 
+/**
+ * One page of a list and the controls to move between pages: `draw(page)` is called
+ * with the new page's number.
+ * @template T
+ * @param {T[]} items @param {number} page @param {number} size @param {(page: number) => void} draw
+ * @returns {{ shown: T[], page: number, pager: HTMLElement }}
+ */
+export function paginate(items, page, size, draw) {
+  const pages = Math.max(1, Math.ceil(items.length / size));
+  const current = Math.min(page, pages - 1);
+  const shown = items.slice(current * size, current * size + size);
+  const pager =
+    pages > 1
+      ? h(
+          'nav',
+          { class: 'pager', 'aria-label': 'pages' },
+          h('button', { type: 'button', disabled: current === 0, onclick: () => draw(current - 1) }, 'Previous'),
+          h('span', null, ` page ${current + 1} of ${pages} (${items.length}) `),
+          h('button', { type: 'button', disabled: current >= pages - 1, onclick: () => draw(current + 1) }, 'Next'),
+        )
+      : h('p', { class: 'muted' }, `${items.length} shown`);
+  return { shown, page: current, pager };
+}
+
 /** Pretty JSON. @param {unknown} value */
 export function pretty(value) {
   return JSON.stringify(value, null, 2);

@@ -27,6 +27,15 @@ export function kubernetesBadge(status) {
   );
 }
 
+/**
+ * What a peak cluster gives, per Service.
+ * @param {any} status the controller's report
+ */
+export function contributionsList(status) {
+  if (!status?.contributions?.length) return '—';
+  return h('ul', { class: 'plain' }, status.contributions.map((/** @type {any} */ c) => h('li', null, h('code', null, c.service), `: ${c.endpoints}`)));
+}
+
 /** @param {import('../app.js').Ctx} ctx */
 export async function renderClusters(ctx) {
   const listed = await api.get('/clusters');
@@ -86,7 +95,7 @@ export async function renderClusters(ctx) {
     agentBadge(c.agent),
     c.kubernetes ? `${c.kubernetes.role}${c.kubernetes.provider ? ` (${c.kubernetes.provider})` : ''}` : '—',
     c.kubernetes ? kubernetesBadge(c.kubernetes_status) : '—',
-    c.kubernetes_status ? `${c.kubernetes_status.services} services, ${c.kubernetes_status.endpoints_contributed} endpoints` : '—',
+    c.kubernetes_status ? h('span', null, `${c.kubernetes_status.services} services, ${c.kubernetes_status.endpoints_contributed} endpoints`, contributionsList(c.kubernetes_status)) : '—',
     platform
       ? h(
           'span',

@@ -5,7 +5,7 @@
 
 import * as api from '../api.js';
 import { h, replace, table, badge, when } from '../dom.js';
-import { kubernetesBadge } from './clusters.js';
+import { kubernetesBadge, contributionsList } from './clusters.js';
 import { convergenceLine } from './overview.js';
 
 /** @param {import('../app.js').Ctx} ctx */
@@ -65,7 +65,7 @@ export async function renderHealth(ctx) {
     ),
     h('h2', null, 'Cross-cluster'),
     table(
-      ['Cluster', 'Role', 'Link', 'Services', 'Endpoints contributed', 'Reported'],
+      ['Cluster', 'Role', 'Link', 'Services', 'Endpoints contributed', 'Per Service', 'Reported'],
       clusters.items
         .filter((/** @type {any} */ c) => c.kubernetes)
         .map((/** @type {any} */ c) => [
@@ -74,6 +74,7 @@ export async function renderHealth(ctx) {
           kubernetesBadge(c.kubernetes_status),
           c.kubernetes_status ? String(c.kubernetes_status.services) : '—',
           c.kubernetes_status ? String(c.kubernetes_status.endpoints_contributed) : '—',
+          contributionsList(c.kubernetes_status),
           c.kubernetes_status ? when(c.kubernetes_status.reported_at_ms) : '—',
         ]),
       'No cluster has a Kubernetes face: cross-cluster traffic is not set up.',

@@ -2,7 +2,9 @@
 // with their live nodes; clusters whose agent could not be asked are named with why.
 
 import * as api from '../api.js';
-import { h, replace, table, badge, when } from '../dom.js';
+import { h, replace, table, badge, when, paginate } from '../dom.js';
+
+const PAGE = 20;
 
 /** @param {import('../app.js').Ctx} ctx */
 export async function renderRegistry(ctx) {
@@ -10,9 +12,16 @@ export async function renderRegistry(ctx) {
   const registry = await api.get(`/namespaces/${encodeURIComponent(ns)}/registry`);
   const search = h('input', { type: 'search', placeholder: 'Search services', 'aria-label': 'search services' });
   const results = h('div');
+  let page = 0;
   const draw = () => {
     const q = search.value.trim().toLowerCase();
-    const services = registry.items.filter((/** @type {any} */ s) => !q || `${s.cluster} ${s.service}`.toLowerCase().includes(q));
+    const matching = registry.items.filter((/** @type {any} */ s) => !q || `${s.cluster} ${s.service}`.toLowerCase().includes(q));
+    const paged = paginate(matching, page, PAGE, (p) => {
+      page = p;
+      draw();
+    });
+    page = paged.page;
+    const services = paged.shown;
     replace(
       results,
       services.length
@@ -30,9 +39,13 @@ export async function renderRegistry(ctx) {
             ),
           )
         : h('p', { class: 'empty' }, q ? 'Nothing matches.' : 'No service registered in this namespace.'),
+      services.length ? paged.pager : null,
     );
   };
-  search.addEventListener('input', draw);
+  search.addEventListener('input', () => {
+    page = 0;
+    draw();
+  });
   draw();
   replace(
     ctx.view,

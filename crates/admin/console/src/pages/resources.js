@@ -6,7 +6,7 @@
 // overwritten.
 
 import * as api from '../api.js';
-import { h, replace, table, errorBox, confirmDialog, field, toast, notice, pretty, badge } from '../dom.js';
+import { h, replace, table, errorBox, confirmDialog, field, toast, notice, pretty, badge, paginate } from '../dom.js';
 import { schemaForm, FieldError } from '../form.js';
 import { changesView, reroutedView } from './changes.js';
 
@@ -85,9 +85,12 @@ async function list(ctx, kind) {
   const draw = () => {
     const q = search.value.trim().toLowerCase();
     const matching = listed.items.filter((/** @type {any} */ o) => !q || JSON.stringify(o).toLowerCase().includes(q));
-    const pages = Math.max(1, Math.ceil(matching.length / PAGE));
-    page = Math.min(page, pages - 1);
-    const shown = matching.slice(page * PAGE, page * PAGE + PAGE);
+    const paged = paginate(matching, page, PAGE, (p) => {
+      page = p;
+      draw();
+    });
+    page = paged.page;
+    const shown = paged.shown;
     const rows = shown.map((/** @type {any} */ o) => [
       h('a', { href: `${instanceHash(ctx)}/res/${kind.kind}/edit/${encodeURIComponent(o.id)}` }, h('code', null, o.id)),
       ...kind.summary(o),
@@ -114,15 +117,7 @@ async function list(ctx, kind) {
     replace(
       results,
       table(['Id', ...(COLUMNS[kind.kind] ?? []), ''], rows, q ? 'Nothing matches.' : `No ${kind.title.toLowerCase()} yet.`, kind.title.toLowerCase()),
-      pages > 1
-        ? h(
-            'nav',
-            { class: 'pager', 'aria-label': 'pages' },
-            h('button', { type: 'button', disabled: page === 0, onclick: () => { page--; draw(); } }, 'Previous'),
-            h('span', null, ` page ${page + 1} of ${pages} (${matching.length}) `),
-            h('button', { type: 'button', disabled: page >= pages - 1, onclick: () => { page++; draw(); } }, 'Next'),
-          )
-        : h('p', { class: 'muted' }, `${matching.length} of ${listed.items.length}`),
+      paged.pager,
     );
   };
   search.addEventListener('input', () => {
