@@ -39,8 +39,8 @@ pub struct RequestView<'a> {
     pub query: Option<&'a str>,
     /// Canonical host.
     pub host: &'a str,
-    /// The request headers; filled only when some plugin of the chain (or routing)
-    /// `reads_headers`, empty otherwise.
+    /// The request headers: on the fast path only those the chain
+    /// [`reads`](Plugin::reads_headers) (all of them when routing reads headers).
     pub headers: &'a HeaderMap,
     /// The client after the trusted-proxy rules.
     pub client_ip: Option<IpAddr>,
@@ -400,14 +400,65 @@ pub enum AuthOutcome {
     Invalid(Refusal),
 }
 
+/// Which request headers a plugin's phases read. The HTTP/1 fast path copies only
+/// those into [`RequestView::headers`] (a copy costs an allocation per header per
+/// request), so a plugin reading a header it does not name here finds it absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ReadsHeaders {
+    #[default]
+    None,
+    /// These names only.
+    Named(Vec<HeaderName>),
+    All,
+}
+
+impl ReadsHeaders {
+    pub fn named(names: impl IntoIterator<Item = HeaderName>) -> Self {
+        Self::Named(names.into_iter().collect())
+    }
+
+    /// What two plugins read together.
+    pub fn union(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::All, _) | (_, Self::All) => Self::All,
+            (Self::None, x) | (x, Self::None) => x,
+            (Self::Named(mut a), Self::Named(b)) => {
+                for name in b {
+                    if !a.contains(&name) {
+                        a.push(name);
+                    }
+                }
+                Self::Named(a)
+            }
+        }
+    }
+
+    pub fn any(&self) -> bool {
+        *self != Self::None
+    }
+
+    /// The name to collect a request header under, `name` as it came (any case);
+    /// `None` when it is not read.
+    pub fn wanted(&self, name: &str) -> Option<HeaderName> {
+        match self {
+            Self::None => None,
+            Self::All => HeaderName::from_bytes(name.as_bytes()).ok(),
+            Self::Named(names) => names
+                .iter()
+                .find(|n| n.as_str().eq_ignore_ascii_case(name))
+                .cloned(),
+        }
+    }
+}
+
 /// A plugin: every phase is optional. Its priority is not its own: the catalog's,
 /// or the instance's plugin template's (`model::plugin::effective`).
 pub trait Plugin: Send + Sync + fmt::Debug {
     /// The plugin's name, as configured (`ip-restriction`).
     fn name(&self) -> &'static str;
-    /// Whether a phase reads the request headers (they are collected only then).
-    fn reads_headers(&self) -> bool {
-        false
+    /// Which request headers a phase reads (they are collected only then).
+    fn reads_headers(&self) -> ReadsHeaders {
+        ReadsHeaders::None
     }
     /// For the plugins the catalog marks `authenticates`: who the request's
     /// credential names. The chain runs every such plugin of a route as one "any of"
@@ -532,7 +583,7 @@ pub struct Chain {
     authenticates: bool,
     summary: bool,
     /// What the entries say of themselves, asked once here, not per request.
-    reads_headers: bool,
+    reads_headers: ReadsHeaders,
     wants_response_body: bool,
     selects_upstream: bool,
     pingora_only: bool,
@@ -554,7 +605,9 @@ impl Chain {
         let summary = entries.iter().any(|e| e.plugin.wants_request_summary());
         let any = |f: fn(&dyn Plugin) -> bool| entries.iter().any(|e| f(&*e.plugin));
         Self {
-            reads_headers: any(|p| p.reads_headers()),
+            reads_headers: entries
+                .iter()
+                .fold(ReadsHeaders::None, |r, e| r.union(e.plugin.reads_headers())),
             wants_response_body: any(|p| p.wants_response_body()),
             selects_upstream: any(|p| p.selects_upstream()),
             pingora_only: any(|p| p.needs_pingora()),
@@ -590,8 +643,8 @@ impl Chain {
         self.entries.iter().map(|e| &*e.spec)
     }
 
-    pub fn reads_headers(&self) -> bool {
-        self.reads_headers
+    pub fn reads_headers(&self) -> &ReadsHeaders {
+        &self.reads_headers
     }
 
     /// Whether a plugin identifies the consumer: routing then hands the instance's
@@ -751,6 +804,41 @@ impl Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_chain_reads_is_the_union_of_its_plugins_and_matches_any_case() {
+        let named = |names: &[&'static str]| {
+            ReadsHeaders::named(names.iter().map(|n| HeaderName::from_static(n)))
+        };
+        let cases = [
+            (ReadsHeaders::None, ReadsHeaders::None, ReadsHeaders::None),
+            (ReadsHeaders::None, named(&["apikey"]), named(&["apikey"])),
+            (
+                named(&["apikey", "origin"]),
+                named(&["origin", "cookie"]),
+                named(&["apikey", "origin", "cookie"]),
+            ),
+            (named(&["apikey"]), ReadsHeaders::All, ReadsHeaders::All),
+            (ReadsHeaders::All, ReadsHeaders::None, ReadsHeaders::All),
+        ];
+        for (a, b, union) in cases {
+            assert_eq!(a.clone().union(b.clone()), union, "{a:?} ∪ {b:?}");
+        }
+        let reads = named(&["apikey", "origin"]);
+        assert!(reads.any() && !ReadsHeaders::None.any());
+        assert_eq!(
+            reads.wanted("APIKey"),
+            Some(HeaderName::from_static("apikey"))
+        );
+        assert_eq!(reads.wanted("Origin").unwrap(), http::header::ORIGIN);
+        assert_eq!(reads.wanted("host"), None);
+        assert_eq!(ReadsHeaders::None.wanted("apikey"), None);
+        assert_eq!(
+            ReadsHeaders::All.wanted("X-Any"),
+            Some(HeaderName::from_static("x-any"))
+        );
+        assert_eq!(ReadsHeaders::All.wanted("bad name"), None);
+    }
 
     #[derive(Debug)]
     struct Named(&'static str);

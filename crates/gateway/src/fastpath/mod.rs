@@ -52,7 +52,7 @@ use crate::core::guard::Guard;
 use crate::core::head::{self, BodyFraming, Head, Limits, TargetForm, H2_PREFACE};
 use crate::core::headers::{append_forwarded_for, forwarded, nominated};
 use crate::core::load::Load;
-use crate::core::phase::{Chain, HeaderEdits, PhaseCtx, RequestView, NO_SCOPE};
+use crate::core::phase::{Chain, HeaderEdits, PhaseCtx, ReadsHeaders, RequestView, NO_SCOPE};
 use crate::core::rate::{too_slow, Meter};
 use crate::core::refusal::Refusal;
 use crate::core::retry::replay_is_safe;
@@ -263,12 +263,12 @@ where
 
     /// Whether a checked request is one for the fast path: HTTP/1.1 in origin form
     /// with a Content-Length body (or none), no upgrade, no Expect. The headers go
-    /// into a map (for routing and balancing) only when `collect`: the map copies
-    /// every name and value, and most configurations never read it.
+    /// into a map (for routing, balancing and plugins) only as far as `reads` says:
+    /// the map copies each name and value, and most configurations never read it.
     fn admit(
         head: &Head<'_>,
         headers: &[httparse::Header<'_>],
-        collect: bool,
+        reads: &ReadsHeaders,
     ) -> Option<HeaderMap> {
         if head.minor != 1
             || head.form != TargetForm::Origin
@@ -278,15 +278,25 @@ where
         {
             return None;
         }
-        if !collect {
-            return Some(HeaderMap::new());
-        }
-        let mut map = HeaderMap::with_capacity(headers.len());
-        for h in headers {
-            map.append(
-                HeaderName::from_bytes(h.name.as_bytes()).ok()?,
-                HeaderValue::from_bytes(h.value).ok()?,
-            );
+        let mut map = HeaderMap::new();
+        match reads {
+            ReadsHeaders::None => {}
+            ReadsHeaders::All => {
+                map.reserve(headers.len());
+                for h in headers {
+                    map.append(
+                        HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+                        HeaderValue::from_bytes(h.value).ok()?,
+                    );
+                }
+            }
+            ReadsHeaders::Named(_) => {
+                for h in headers {
+                    if let Some(name) = reads.wanted(h.name) {
+                        map.append(name, HeaderValue::from_bytes(h.value).ok()?);
+                    }
+                }
+            }
         }
         Some(map)
     }
@@ -310,7 +320,12 @@ where
         };
         let config = self.config.load();
         let collect = config.reads_headers || self.settings.reads_headers();
-        let Some(header_map) = Self::admit(&head, headers, collect) else {
+        let reads = if collect {
+            &ReadsHeaders::All
+        } else {
+            &ReadsHeaders::None
+        };
+        let Some(header_map) = Self::admit(&head, headers, reads) else {
             return (Step::Fallback, 0);
         };
         let head_len = head.len;
@@ -333,11 +348,12 @@ where
         if pool.scheme != Scheme::Http || routed.plugins.pingora_only() {
             return (Step::Fallback, 0);
         }
-        // Routing did not need the headers but this route's plugins do: collected now,
-        // for this route only (a plain route beside a key-auth one pays nothing).
+        // Routing did not need the headers but this route's plugins do: the ones they
+        // read are collected now, for this route only (a plain route beside a key-auth
+        // one pays nothing, and key-auth pays for its key header alone).
         let late;
-        let header_map = if !collect && routed.plugins.reads_headers() {
-            late = match Self::admit(&head, headers, true) {
+        let header_map = if !collect && routed.plugins.reads_headers().any() {
+            late = match Self::admit(&head, headers, routed.plugins.reads_headers()) {
                 Some(map) => map,
                 None => return (Step::Fallback, 0),
             };

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use http::HeaderValue;
 
 use crate::consumers::{BasicFailure, Consumers};
-use crate::core::phase::{AuthOutcome, HeaderEdits, PhaseCtx, Plugin, RequestView};
+use crate::core::phase::{AuthOutcome, HeaderEdits, PhaseCtx, Plugin, ReadsHeaders, RequestView};
 use crate::core::refusal::Refusal;
 
 #[derive(Debug)]
@@ -51,8 +51,8 @@ impl Plugin for BasicAuth {
         model::plugin::BASIC_AUTH.name
     }
 
-    fn reads_headers(&self) -> bool {
-        true
+    fn reads_headers(&self) -> ReadsHeaders {
+        ReadsHeaders::named([http::header::AUTHORIZATION])
     }
 
     fn authenticate(&self, req: &RequestView<'_>, consumers: &Consumers) -> AuthOutcome {

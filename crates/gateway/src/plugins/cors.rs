@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
-use crate::core::phase::{HeaderEdits, PhaseCtx, Plugin, RequestView};
+use crate::core::phase::{HeaderEdits, PhaseCtx, Plugin, ReadsHeaders, RequestView};
 use crate::core::refusal::{Answer, Refusal};
 
 const ORIGIN: &str = "cors.origin";
@@ -81,8 +81,12 @@ impl Plugin for Cors {
         model::plugin::CORS.name
     }
 
-    fn reads_headers(&self) -> bool {
-        true
+    fn reads_headers(&self) -> ReadsHeaders {
+        ReadsHeaders::named([
+            http::header::ORIGIN,
+            http::header::ACCESS_CONTROL_REQUEST_METHOD,
+            http::header::ACCESS_CONTROL_REQUEST_HEADERS,
+        ])
     }
 
     fn access(&self, req: &RequestView<'_>, ctx: &mut PhaseCtx) -> Result<(), Refusal> {

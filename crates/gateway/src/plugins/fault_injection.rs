@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use http::{HeaderName, HeaderValue};
 use rand::Rng as _;
 
-use crate::core::phase::{PhaseCtx, Plugin, RequestView};
+use crate::core::phase::{PhaseCtx, Plugin, ReadsHeaders, RequestView};
 use crate::core::refusal::{Answer, Refusal};
 
 #[derive(Debug)]
@@ -73,8 +73,8 @@ impl Plugin for FaultInjection {
         model::plugin::FAULT_INJECTION.name
     }
 
-    fn reads_headers(&self) -> bool {
-        !self.match_headers.is_empty()
+    fn reads_headers(&self) -> ReadsHeaders {
+        ReadsHeaders::named(self.match_headers.iter().map(|(name, _)| name.clone()))
     }
 
     fn is_async(&self) -> bool {

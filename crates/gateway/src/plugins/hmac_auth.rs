@@ -23,7 +23,7 @@ use base64::Engine as _;
 use http::HeaderValue;
 
 use crate::consumers::Consumers;
-use crate::core::phase::{AuthOutcome, HeaderEdits, PhaseCtx, Plugin, RequestView};
+use crate::core::phase::{AuthOutcome, HeaderEdits, PhaseCtx, Plugin, ReadsHeaders, RequestView};
 use crate::core::refusal::Refusal;
 
 use crate::HashMap;
@@ -194,8 +194,8 @@ impl Plugin for HmacAuth {
         model::plugin::HMAC_AUTH.name
     }
 
-    fn reads_headers(&self) -> bool {
-        true
+    fn reads_headers(&self) -> ReadsHeaders {
+        ReadsHeaders::All
     }
 
     fn authenticate(&self, req: &RequestView<'_>, consumers: &Consumers) -> AuthOutcome {

@@ -18,7 +18,7 @@ use http::HeaderName;
 use serde_json::Value;
 
 use crate::consumers::{ConsumerEntry, Consumers};
-use crate::core::phase::{AuthOutcome, HeaderEdits, PhaseCtx, Plugin, RequestView};
+use crate::core::phase::{AuthOutcome, HeaderEdits, PhaseCtx, Plugin, ReadsHeaders, RequestView};
 use crate::core::refusal::Refusal;
 use crate::plugins::key_auth::hide_argument;
 
@@ -216,8 +216,8 @@ impl Plugin for JwtAuth {
         model::plugin::JWT_AUTH.name
     }
 
-    fn reads_headers(&self) -> bool {
-        true
+    fn reads_headers(&self) -> ReadsHeaders {
+        ReadsHeaders::named([self.header.clone(), http::header::COOKIE])
     }
 
     fn authenticate(&self, req: &RequestView<'_>, consumers: &Consumers) -> AuthOutcome {

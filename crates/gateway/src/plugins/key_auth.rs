@@ -6,7 +6,7 @@
 use http::{HeaderName, HeaderValue};
 
 use crate::consumers::Consumers;
-use crate::core::phase::{AuthOutcome, HeaderEdits, PhaseCtx, Plugin, RequestView};
+use crate::core::phase::{AuthOutcome, HeaderEdits, PhaseCtx, Plugin, ReadsHeaders, RequestView};
 use crate::core::refusal::Refusal;
 
 #[derive(Debug)]
@@ -76,8 +76,8 @@ impl Plugin for KeyAuth {
         model::plugin::KEY_AUTH.name
     }
 
-    fn reads_headers(&self) -> bool {
-        true
+    fn reads_headers(&self) -> ReadsHeaders {
+        ReadsHeaders::named([self.header.clone()])
     }
 
     fn authenticate(&self, req: &RequestView<'_>, consumers: &Consumers) -> AuthOutcome {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::HeaderName;
 use model::plugin::LimitKey;
 
-use crate::core::phase::{PhaseCtx, RequestView};
+use crate::core::phase::{PhaseCtx, ReadsHeaders, RequestView};
 
 /// Lock shards of a limit's table.
 pub(crate) const SHARDS: usize = 16;
@@ -60,8 +60,11 @@ impl KeySpec {
         Ok(Self { kind, header })
     }
 
-    pub(crate) fn reads_headers(&self) -> bool {
-        self.kind == LimitKey::Header
+    pub(crate) fn reads_headers(&self) -> ReadsHeaders {
+        match (&self.kind, &self.header) {
+            (LimitKey::Header, Some(header)) => ReadsHeaders::named([header.clone()]),
+            _ => ReadsHeaders::None,
+        }
     }
 
     /// The request's key; anonymous requests (no consumer, no header) count by the

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::keys::{Key, KeySpec, SHARDS};
-use crate::core::phase::{PhaseCtx, Plugin, RequestView};
+use crate::core::phase::{PhaseCtx, Plugin, ReadsHeaders, RequestView};
 use crate::core::refusal::Refusal;
 
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
@@ -80,7 +80,7 @@ impl Plugin for LimitConn {
         model::plugin::LIMIT_CONN.name
     }
 
-    fn reads_headers(&self) -> bool {
+    fn reads_headers(&self) -> ReadsHeaders {
         self.key.reads_headers()
     }
 

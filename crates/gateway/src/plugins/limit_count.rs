@@ -34,7 +34,9 @@ use tokio::sync::oneshot;
 use super::keys::{Key, KeySpec, SHARDS};
 use super::redis::RedisLink;
 use super::PluginPlace;
-use crate::core::phase::{HeaderEdits, PhaseCtx, Plugin, RateLimitReport, RequestView};
+use crate::core::phase::{
+    HeaderEdits, PhaseCtx, Plugin, RateLimitReport, ReadsHeaders, RequestView,
+};
 use crate::core::refusal::Refusal;
 use crate::runtime::NodeCounters;
 
@@ -405,7 +407,7 @@ impl Plugin for LimitCount {
         model::plugin::LIMIT_COUNT.name
     }
 
-    fn reads_headers(&self) -> bool {
+    fn reads_headers(&self) -> ReadsHeaders {
         self.key.reads_headers()
     }
 

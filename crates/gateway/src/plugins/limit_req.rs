@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 
 use super::keys::{Key, KeySpec, SHARDS};
-use crate::core::phase::{PhaseCtx, Plugin, RequestView};
+use crate::core::phase::{PhaseCtx, Plugin, ReadsHeaders, RequestView};
 use crate::core::refusal::Refusal;
 
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
@@ -94,7 +94,7 @@ impl Plugin for LimitReq {
         model::plugin::LIMIT_REQ.name
     }
 
-    fn reads_headers(&self) -> bool {
+    fn reads_headers(&self) -> ReadsHeaders {
         self.key.reads_headers()
     }
 

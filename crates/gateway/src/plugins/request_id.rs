@@ -5,7 +5,7 @@
 use http::{HeaderName, HeaderValue};
 use rand::Rng;
 
-use crate::core::phase::{HeaderEdits, PhaseCtx, Plugin, RequestView};
+use crate::core::phase::{HeaderEdits, PhaseCtx, Plugin, ReadsHeaders, RequestView};
 
 #[derive(Debug)]
 pub struct RequestId {
@@ -47,8 +47,8 @@ impl Plugin for RequestId {
         model::plugin::REQUEST_ID.name
     }
 
-    fn reads_headers(&self) -> bool {
-        true
+    fn reads_headers(&self) -> ReadsHeaders {
+        ReadsHeaders::named([self.header.clone()])
     }
 
     fn upstream_request(&self, req: &RequestView<'_>, ctx: &mut PhaseCtx, edits: &mut HeaderEdits) {

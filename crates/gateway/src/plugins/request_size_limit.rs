@@ -3,7 +3,7 @@
 //! limit); a streamed (chunked) body is held to it by the engines
 //! ([`PhaseCtx::max_body`]).
 
-use crate::core::phase::{PhaseCtx, Plugin, RequestView};
+use crate::core::phase::{PhaseCtx, Plugin, ReadsHeaders, RequestView};
 use crate::core::refusal::Refusal;
 
 #[derive(Debug)]
@@ -24,8 +24,8 @@ impl Plugin for RequestSizeLimit {
         model::plugin::REQUEST_SIZE_LIMIT.name
     }
 
-    fn reads_headers(&self) -> bool {
-        true
+    fn reads_headers(&self) -> ReadsHeaders {
+        ReadsHeaders::named([http::header::CONTENT_LENGTH])
     }
 
     fn access(&self, req: &RequestView<'_>, ctx: &mut PhaseCtx) -> Result<(), Refusal> {

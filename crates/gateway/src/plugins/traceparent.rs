@@ -7,7 +7,7 @@
 use http::{HeaderName, HeaderValue};
 use rand::Rng as _;
 
-use crate::core::phase::{HeaderEdits, PhaseCtx, Plugin, RequestView};
+use crate::core::phase::{HeaderEdits, PhaseCtx, Plugin, ReadsHeaders, RequestView};
 
 /// The ctx key of the request's trace id.
 pub(crate) const TRACE_ID: &str = "trace-id";
@@ -63,8 +63,8 @@ impl Plugin for Traceparent {
         model::plugin::TRACEPARENT.name
     }
 
-    fn reads_headers(&self) -> bool {
-        true
+    fn reads_headers(&self) -> ReadsHeaders {
+        ReadsHeaders::named([HeaderName::from_static("traceparent")])
     }
 
     fn upstream_request(&self, req: &RequestView<'_>, ctx: &mut PhaseCtx, edits: &mut HeaderEdits) {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use model::plugin::{SplitOn, TrafficSplit as Config};
 use rand::Rng as _;
 
-use crate::core::phase::{PhaseCtx, Plugin, RequestView};
+use crate::core::phase::{PhaseCtx, Plugin, ReadsHeaders, RequestView};
 use crate::core::refusal::Refusal;
 
 #[derive(Debug)]
@@ -100,8 +100,8 @@ impl Plugin for TrafficSplit {
         model::plugin::TRAFFIC_SPLIT.name
     }
 
-    fn reads_headers(&self) -> bool {
-        true
+    fn reads_headers(&self) -> ReadsHeaders {
+        ReadsHeaders::All
     }
 
     fn selects_upstream(&self) -> bool {
