@@ -575,7 +575,7 @@ fn apply(edits: &HeaderEdits, head: &mut impl HeaderEdit) -> Result<()> {
         head.remove(name);
     }
     for (name, value) in edits.sets() {
-        head.insert(name.clone(), value.clone())?;
+        head.insert(name.clone(), value.to_header_value())?;
     }
     for (name, value) in edits.additions() {
         head.append(name.clone(), value.clone())?;

@@ -155,10 +155,35 @@ impl PhaseCtx {
 /// Header changes a phase asks for: names removed, then values set (replacing any),
 /// then values added; for the request sent upstream, also a new path and query string,
 /// and the `Host` (which the engines write per node: see [`HeaderEdits::host`]).
+/// A value a phase sets: a header value, or a number the engines write in decimal
+/// (the fast path without making a `HeaderValue` for it: `X-RateLimit-Remaining` on
+/// every request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EditValue {
+    Header(HeaderValue),
+    Number(u64),
+}
+
+impl EditValue {
+    pub fn to_header_value(&self) -> HeaderValue {
+        match self {
+            Self::Header(value) => value.clone(),
+            Self::Number(n) => HeaderValue::from(*n),
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Header(value) => out.extend_from_slice(value.as_bytes()),
+            Self::Number(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct HeaderEdits {
     remove: Vec<HeaderName>,
-    set: Vec<(HeaderName, HeaderValue)>,
+    set: Vec<(HeaderName, EditValue)>,
     add: Vec<(HeaderName, HeaderValue)>,
     /// `Some(None)`: the query is dropped; `Some(Some(q))`: replaced by `q`.
     query: Option<Option<String>>,
@@ -205,7 +230,10 @@ impl HeaderEdits {
         self.set
             .iter()
             .find(|(n, _)| n == http::header::HOST)
-            .and_then(|(_, v)| v.to_str().ok())
+            .and_then(|(_, v)| match v {
+                EditValue::Header(v) => v.to_str().ok(),
+                EditValue::Number(_) => None,
+            })
     }
 
     /// Replaces the request's query string (`None`: no query) upstream.
@@ -224,6 +252,15 @@ impl HeaderEdits {
     /// Sets `name` to `value`, replacing what the message had and what an earlier
     /// plugin set.
     pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        self.set_value(name, EditValue::Header(value));
+    }
+
+    /// Sets `name` to the decimal digits of `n`, as [`set`](Self::set) does.
+    pub fn set_number(&mut self, name: HeaderName, n: u64) {
+        self.set_value(name, EditValue::Number(n));
+    }
+
+    fn set_value(&mut self, name: HeaderName, value: EditValue) {
         match self.set.iter_mut().find(|(n, _)| *n == name) {
             Some(slot) => slot.1 = value,
             None => self.set.push((name, value)),
@@ -256,7 +293,7 @@ impl HeaderEdits {
         &self.remove
     }
 
-    pub fn sets(&self) -> &[(HeaderName, HeaderValue)] {
+    pub fn sets(&self) -> &[(HeaderName, EditValue)] {
         &self.set
     }
 
@@ -347,7 +384,7 @@ impl HeaderEdits {
             headers.remove(name);
         }
         for (name, value) in &self.set {
-            headers.insert(name.clone(), value.clone());
+            headers.insert(name.clone(), value.to_header_value());
         }
         for (name, value) in &self.add {
             headers.append(name.clone(), value.clone());
@@ -362,14 +399,23 @@ impl HeaderEdits {
     /// headers it kept, which skipped every name [`touches`](Self::touches) names);
     /// never `Host`, which the engine writes.
     pub fn write_set(&self, out: &mut Vec<u8>) {
-        for (name, value) in self.set.iter().chain(&self.add) {
-            if name == http::header::HOST {
-                continue;
-            }
+        let line = |out: &mut Vec<u8>, name: &HeaderName| {
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
+        };
+        for (name, value) in &self.set {
+            if name != http::header::HOST {
+                line(out, name);
+                value.write(out);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        for (name, value) in &self.add {
+            if name != http::header::HOST {
+                line(out, name);
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
         }
     }
 }
@@ -924,5 +970,22 @@ mod tests {
             head,
             b"HTTP/1.1 503 Service Unavailable\r\nA: 1\r\nb: 2\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_number_set_reads_the_same_in_bytes_and_in_a_map() {
+        let mut edits = HeaderEdits::default();
+        edits.set(HeaderName::from_static("n"), HeaderValue::from_static("x"));
+        edits.set_number(HeaderName::from_static("n"), 18_446_744_073_709_551_615);
+        edits.set_number(HeaderName::from_static("z"), 0);
+        let mut out = Vec::new();
+        edits.write_set(&mut out);
+        assert_eq!(out, b"n: 18446744073709551615\r\nz: 0\r\n");
+        let mut map = HeaderMap::new();
+        map.insert("n", HeaderValue::from_static("old"));
+        edits.apply(&mut map);
+        assert_eq!(map["n"], "18446744073709551615");
+        assert_eq!(map["z"], "0");
+        assert_eq!(edits.host(), None);
     }
 }

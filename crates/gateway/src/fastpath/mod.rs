@@ -184,6 +184,10 @@ struct Scratch {
     body: BytesMut,
     /// X-Forwarded-For as sent upstream.
     forwarded_for: Vec<u8>,
+    /// The request's headers when routing reads them (all of them).
+    headers: HeaderMap,
+    /// The headers the route's plugins read, when routing did not collect them.
+    plugin_headers: HeaderMap,
 }
 
 /// What the connection does after a request.
@@ -262,43 +266,51 @@ where
     }
 
     /// Whether a checked request is one for the fast path: HTTP/1.1 in origin form
-    /// with a Content-Length body (or none), no upgrade, no Expect. The headers go
-    /// into a map (for routing, balancing and plugins) only as far as `reads` says:
-    /// the map copies each name and value, and most configurations never read it.
-    fn admit(
-        head: &Head<'_>,
+    /// with a Content-Length body (or none), no upgrade, no Expect.
+    fn admits(head: &Head<'_>) -> bool {
+        head.minor == 1
+            && head.form == TargetForm::Origin
+            && !head.upgrade
+            && !head.expect
+            && !matches!(head.framing, BodyFraming::Chunked)
+    }
+
+    /// Fills `map` (emptied first; it keeps its allocations from request to request)
+    /// with the headers `reads` names: a copy of each name and value, which most
+    /// configurations never need. `false` when a header read does not fit a map (the
+    /// request then goes to Pingora's path, which refuses or serves it).
+    fn collect(
+        map: &mut HeaderMap,
         headers: &[httparse::Header<'_>],
         reads: &ReadsHeaders,
-    ) -> Option<HeaderMap> {
-        if head.minor != 1
-            || head.form != TargetForm::Origin
-            || head.upgrade
-            || head.expect
-            || matches!(head.framing, BodyFraming::Chunked)
-        {
-            return None;
-        }
-        let mut map = HeaderMap::new();
+    ) -> bool {
+        map.clear();
         match reads {
             ReadsHeaders::None => {}
             ReadsHeaders::All => {
                 map.reserve(headers.len());
                 for h in headers {
-                    map.append(
-                        HeaderName::from_bytes(h.name.as_bytes()).ok()?,
-                        HeaderValue::from_bytes(h.value).ok()?,
-                    );
+                    let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(h.name.as_bytes()),
+                        HeaderValue::from_bytes(h.value),
+                    ) else {
+                        return false;
+                    };
+                    map.append(name, value);
                 }
             }
             ReadsHeaders::Named(_) => {
                 for h in headers {
                     if let Some(name) = reads.wanted(h.name) {
-                        map.append(name, HeaderValue::from_bytes(h.value).ok()?);
+                        let Ok(value) = HeaderValue::from_bytes(h.value) else {
+                            return false;
+                        };
+                        map.append(name, value);
                     }
                 }
             }
         }
-        Some(map)
+        true
     }
 
     /// Serves one request whose head, `head`, starts `buf`. Returns what the
@@ -319,15 +331,19 @@ where
             return (Step::Fallback, 0);
         };
         let config = self.config.load();
+        if !Self::admits(&head) {
+            return (Step::Fallback, 0);
+        }
+        // Routing reads every header, or none.
         let collect = config.reads_headers || self.settings.reads_headers();
         let reads = if collect {
             &ReadsHeaders::All
         } else {
             &ReadsHeaders::None
         };
-        let Some(header_map) = Self::admit(&head, headers, reads) else {
+        if !Self::collect(&mut scratch.headers, headers, reads) {
             return (Step::Fallback, 0);
-        };
+        }
         let head_len = head.len;
         let close = head.close;
         let incoming = Incoming {
@@ -335,7 +351,7 @@ where
             method: head.method,
             path: head.path,
             query: head.query,
-            headers: &header_map,
+            headers: &scratch.headers,
             peer: peer.ip,
             tls: peer.tls,
         };
@@ -351,15 +367,17 @@ where
         // Routing did not need the headers but this route's plugins do: the ones they
         // read are collected now, for this route only (a plain route beside a key-auth
         // one pays nothing, and key-auth pays for its key header alone).
-        let late;
         let header_map = if !collect && routed.plugins.reads_headers().any() {
-            late = match Self::admit(&head, headers, routed.plugins.reads_headers()) {
-                Some(map) => map,
-                None => return (Step::Fallback, 0),
-            };
-            &late
+            if !Self::collect(
+                &mut scratch.plugin_headers,
+                headers,
+                routed.plugins.reads_headers(),
+            ) {
+                return (Step::Fallback, 0);
+            }
+            &scratch.plugin_headers
         } else {
-            &header_map
+            &scratch.headers
         };
         let incoming = Incoming {
             headers: header_map,

@@ -446,8 +446,8 @@ impl Plugin for LimitCount {
     fn response_head(&self, _status: u16, ctx: &mut PhaseCtx, edits: &mut HeaderEdits) {
         if let Some(report) = &ctx.rate_limit {
             edits.set(X_RATELIMIT_LIMIT, report.limit.clone());
-            edits.set(X_RATELIMIT_REMAINING, HeaderValue::from(report.remaining));
-            edits.set(X_RATELIMIT_RESET, HeaderValue::from(report.reset));
+            edits.set_number(X_RATELIMIT_REMAINING, report.remaining);
+            edits.set_number(X_RATELIMIT_RESET, report.reset);
         }
     }
 }
