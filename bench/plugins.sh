@@ -127,6 +127,15 @@ n, plain, plug, redis = map(float, sys.argv[1:])
 print(f"ratios (medians): plugins/no plugins {plug/plain:.2f}x, plugins/nginx {plug/n:.2f}x, "
       f"redis/no plugins {redis/plain:.2f}x, redis/nginx {redis/n:.2f}x, no plugins/nginx {plain/n:.2f}x")
 PY
+  # The same ratios round by round (the two sides of a pair are measured seconds
+  # apart, so a slow spell of the machine moves both), then their medians.
+  python3 - "$(col nginx 1)" "$(col plain 1)" "$(col plugins 1)" "$(col redis 1)" <<'PY'
+import statistics, sys
+n, plain, plug, redis = ([float(x) for x in a.split()] for a in sys.argv[1:])
+med = lambda a, b: statistics.median(x / y for x, y in zip(a, b))
+print(f"per-round ratios (medians): plugins/no plugins {med(plug, plain):.2f}x, "
+      f"plugins/nginx {med(plug, n):.2f}x, redis/no plugins {med(redis, plain):.2f}x")
+PY
 } | tee "$out/plugins.md"
 fi
 
