@@ -8,6 +8,10 @@
 //! disagree on. A fixed seed keeps it repeatable; `PORTICO_DIFF_SEED` and
 //! `PORTICO_DIFF_CASES` explore further.
 //!
+//! A third test sends requests to plugin routes and compares the answers field by
+//! field: what plugins add to a response (limit counts, CORS fields, a preflight the
+//! gateway answers, key-auth's refusals) must read the same on both engines.
+//!
 //! Differences allowed (docs/dataplane.md, "Two engines, one behaviour"): none in
 //! status classes; upstream requests are compared without `connection` (either engine
 //! may say keep-alive) and without the body framing headers (`content-length`,
@@ -447,4 +451,69 @@ async fn both_engines_relay_the_same_upstream_bytes_the_same_way() {
     for node in nodes {
         node.stop().await;
     }
+}
+
+/// The header lines of the one response in `bytes` (lowercase names, values as sent),
+/// sorted, without `date` and `x-ratelimit-reset` (the clock's), and its body.
+fn answer_fields(bytes: &[u8]) -> (Vec<String>, Vec<u8>) {
+    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return (
+            vec![String::from_utf8_lossy(bytes).into_owned()],
+            Vec::new(),
+        );
+    };
+    let head = String::from_utf8_lossy(&bytes[..end]);
+    let mut lines = head.split("\r\n");
+    let mut fields = vec![lines.next().unwrap_or_default().to_owned()];
+    for line in lines {
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        let name = name.to_ascii_lowercase();
+        if name != "date" && name != "x-ratelimit-reset" {
+            fields.push(format!("{name}: {}", value.trim()));
+        }
+    }
+    fields[1..].sort();
+    (fields, bytes[end + 4..].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_engines_answer_plugin_routes_with_the_same_fields() {
+    // What the plugins put into answers (limit counts written as numbers by the fast
+    // path and as header values by Pingora's adapter, CORS fields, a preflight answered
+    // by the gateway, key-auth's refusals) must read the same on both engines.
+    let fast = side(true).await;
+    let pingora = side(false).await;
+    let key = common::DIFF_KEY;
+    let requests = [
+        format!("GET /keyed/a HTTP/1.1\r\nHost: h\r\napikey: {key}\r\nConnection: close\r\n\r\n"),
+        format!("GET /keyed/b?x=1 HTTP/1.1\r\nHost: h\r\nAPIKEY: {key}\r\nX-Other: 1\r\nConnection: close\r\n\r\n"),
+        "GET /keyed/c HTTP/1.1\r\nHost: h\r\napikey: nope-nope\r\nConnection: close\r\n\r\n".to_owned(),
+        "GET /keyed/d HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".to_owned(),
+        "GET /rw/a HTTP/1.1\r\nHost: h\r\nOrigin: https://o.example\r\nConnection: close\r\n\r\n".to_owned(),
+        "GET /rw/a HTTP/1.1\r\nHost: h\r\nOrigin: https://elsewhere.example\r\nConnection: close\r\n\r\n".to_owned(),
+        "OPTIONS /rw/a HTTP/1.1\r\nHost: h\r\nOrigin: https://o.example\r\nAccess-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: x-a\r\nConnection: close\r\n\r\n".to_owned(),
+    ];
+    let mut served = 0;
+    for raw in &requests {
+        let on_fast = answer_fields(&send(&fast.node, raw.as_bytes()).await);
+        let on_pingora = answer_fields(&send(&pingora.node, raw.as_bytes()).await);
+        assert_eq!(on_fast, on_pingora, "{raw}");
+        served += usize::from(on_fast.0[0].starts_with("HTTP/1.1 200"));
+        if raw.contains("/keyed/a") {
+            assert!(
+                on_fast
+                    .0
+                    .iter()
+                    .any(|f| f == "x-ratelimit-remaining: 999999"),
+                "{:?}",
+                on_fast.0
+            );
+        }
+    }
+    assert_eq!(
+        served, 4,
+        "the keyed requests with the key and the two /rw/a GETs"
+    );
+    fast.node.stop().await;
+    pingora.node.stop().await;
 }
