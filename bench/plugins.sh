@@ -121,20 +121,18 @@ col() { awk -v c="$2" '{print $c}' "$out/plugins-rounds-$1.txt" | tr '\n' ' '; }
     case $p in nginx) name="nginx proxy_pass";; plain) name="portico, no plugins";; plugins) name="portico, key-auth + limit-count (local) + prometheus";; redis) name="portico, key-auth + limit-count (redis) + prometheus";; esac
     printf '| %s | %.0f | %.2f | %.2f | %s | %s |\n' "$name" "$(median $(col $p 1))" "$(median $(col $p 2))" "$(median $(col $p 3))" "$(col $p 4)" "$(col $p 1)"
   done
-  python3 - "$(median $(col nginx 1))" "$(median $(col plain 1))" "$(median $(col plugins 1))" "$(median $(col redis 1))" <<'PY'
-import sys
-n, plain, plug, redis = map(float, sys.argv[1:])
-print(f"ratios (medians): plugins/no plugins {plug/plain:.2f}x, plugins/nginx {plug/n:.2f}x, "
-      f"redis/no plugins {redis/plain:.2f}x, redis/nginx {redis/n:.2f}x, no plugins/nginx {plain/n:.2f}x")
-PY
-  # The same ratios round by round (the two sides of a pair are measured seconds
-  # apart, so a slow spell of the machine moves both), then their medians.
+  # The ratios of the medians, then the medians of the ratios round by round (the two
+  # sides of a pair are measured seconds apart, so a slow spell moves both).
   python3 - "$(col nginx 1)" "$(col plain 1)" "$(col plugins 1)" "$(col redis 1)" <<'PY'
 import statistics, sys
 n, plain, plug, redis = ([float(x) for x in a.split()] for a in sys.argv[1:])
-med = lambda a, b: statistics.median(x / y for x, y in zip(a, b))
-print(f"per-round ratios (medians): plugins/no plugins {med(plug, plain):.2f}x, "
-      f"plugins/nginx {med(plug, n):.2f}x, redis/no plugins {med(redis, plain):.2f}x")
+m = statistics.median
+def per_round(a, b):
+    return m(x / y for x, y in zip(a, b))
+print(f"ratios (medians): plugins/no plugins {m(plug)/m(plain):.2f}x, plugins/nginx {m(plug)/m(n):.2f}x, "
+      f"redis/no plugins {m(redis)/m(plain):.2f}x, redis/nginx {m(redis)/m(n):.2f}x, no plugins/nginx {m(plain)/m(n):.2f}x")
+print(f"per-round ratios (medians): plugins/no plugins {per_round(plug, plain):.2f}x, "
+      f"plugins/nginx {per_round(plug, n):.2f}x, redis/no plugins {per_round(redis, plain):.2f}x")
 PY
 } | tee "$out/plugins.md"
 fi

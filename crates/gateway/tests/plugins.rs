@@ -182,29 +182,17 @@ async fn key_and_basic_auth_identify_consumers_any_of_them() {
     assert!(body.starts_with("/key/q?x=1&y=2\n"), "{body}");
     // The header's name in any case, among others the plugin does not read (the fast
     // path collects only the headers a chain names): found, and still hidden.
-    {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut conn = tokio::net::TcpStream::connect(node.listen).await.unwrap();
-        conn.write_all(
-            b"GET /key/raw HTTP/1.1\r\nHost: h\r\nX-Other: 1\r\nAPIKey: alice-key-000\r\nUser-Agent: raw\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            conn.read_to_end(&mut answer),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        let answer = String::from_utf8_lossy(&answer);
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        assert!(
-            answer.contains("x-other: 1") && !answer.to_ascii_lowercase().contains("apikey"),
-            "{answer}"
-        );
-    }
+    let answer = common::raw_exchange(
+        &node.url,
+        b"GET /key/raw HTTP/1.1\r\nHost: h\r\nX-Other: 1\r\nAPIKey: alice-key-000\r\nUser-Agent: raw\r\nConnection: close\r\n\r\n",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("x-other: 1") && !answer.to_ascii_lowercase().contains("apikey"),
+        "{answer}"
+    );
 
     // basic-auth: challenge, wrong password, right one; Authorization stays here.
     let (status, _, headers) = node.get("GET", "/basic/a").await;

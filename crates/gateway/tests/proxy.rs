@@ -17,7 +17,7 @@ use store::{
 use testkit::upstream::{Answer, NamedUpstream, ScriptedUpstream};
 
 mod common;
-use common::{upstream, Node, Options, INSTANCE};
+use common::{raw_exchange, upstream, Node, Options, INSTANCE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -391,17 +391,6 @@ async fn shutdown_stops_waiting_at_the_drain_timeout() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(450), "stopped after {took:?}");
     request.abort();
-}
-
-/// Sends raw bytes on a new connection and reads until the gateway closes it or
-/// `timeout` passes; returns what came back.
-async fn raw_exchange(url: &str, request: &[u8], timeout: Duration) -> String {
-    let addr = url.trim_start_matches("http://");
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(timeout, conn.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn status_of(response: &str) -> u16 {

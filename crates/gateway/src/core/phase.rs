@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use http::header::InvalidHeaderName;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::refusal::Refusal;
@@ -152,13 +153,10 @@ impl PhaseCtx {
     }
 }
 
-/// Header changes a phase asks for: names removed, then values set (replacing any),
-/// then values added; for the request sent upstream, also a new path and query string,
-/// and the `Host` (which the engines write per node: see [`HeaderEdits::host`]).
 /// A value a phase sets: a header value, or a number the engines write in decimal
 /// (the fast path without making a `HeaderValue` for it: `X-RateLimit-Remaining` on
 /// every request).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum EditValue {
     Header(HeaderValue),
     Number(u64),
@@ -172,14 +170,18 @@ impl EditValue {
         }
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
+    /// The value's bytes; a number's digits are formatted into `digits`.
+    fn as_bytes<'a>(&'a self, digits: &'a mut itoa::Buffer) -> &'a [u8] {
         match self {
-            Self::Header(value) => out.extend_from_slice(value.as_bytes()),
-            Self::Number(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
+            Self::Header(value) => value.as_bytes(),
+            Self::Number(n) => digits.format(*n).as_bytes(),
         }
     }
 }
 
+/// Header changes a phase asks for: names removed, then values set (replacing any),
+/// then values added; for the request sent upstream, also a new path and query string,
+/// and the `Host` (which the engines write per node: see [`HeaderEdits::host`]).
 #[derive(Debug, Default, Clone)]
 pub struct HeaderEdits {
     remove: Vec<HeaderName>,
@@ -399,23 +401,19 @@ impl HeaderEdits {
     /// headers it kept, which skipped every name [`touches`](Self::touches) names);
     /// never `Host`, which the engine writes.
     pub fn write_set(&self, out: &mut Vec<u8>) {
-        let line = |out: &mut Vec<u8>, name: &HeaderName| {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
+        let mut line = |name: &HeaderName, value: &[u8]| {
+            if name != http::header::HOST {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+            }
         };
         for (name, value) in &self.set {
-            if name != http::header::HOST {
-                line(out, name);
-                value.write(out);
-                out.extend_from_slice(b"\r\n");
-            }
+            line(name, value.as_bytes(&mut itoa::Buffer::new()));
         }
         for (name, value) in &self.add {
-            if name != http::header::HOST {
-                line(out, name);
-                out.extend_from_slice(value.as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
+            line(name, value.as_bytes());
         }
     }
 }
@@ -484,16 +482,16 @@ impl ReadsHeaders {
     }
 
     /// The name to collect a request header under, `name` as it came (any case);
-    /// `None` when it is not read.
-    pub fn wanted(&self, name: &str) -> Option<HeaderName> {
-        match self {
+    /// `None` when it is not read, an error when all are and this one is not a name.
+    pub fn wanted(&self, name: &str) -> Result<Option<HeaderName>, InvalidHeaderName> {
+        Ok(match self {
             Self::None => None,
-            Self::All => HeaderName::from_bytes(name.as_bytes()).ok(),
+            Self::All => Some(HeaderName::from_bytes(name.as_bytes())?),
             Self::Named(names) => names
                 .iter()
                 .find(|n| n.as_str().eq_ignore_ascii_case(name))
                 .cloned(),
-        }
+        })
     }
 }
 
@@ -873,17 +871,18 @@ mod tests {
         let reads = named(&["apikey", "origin"]);
         assert!(reads.any() && !ReadsHeaders::None.any());
         assert_eq!(
-            reads.wanted("APIKey"),
+            reads.wanted("APIKey").unwrap(),
             Some(HeaderName::from_static("apikey"))
         );
-        assert_eq!(reads.wanted("Origin").unwrap(), http::header::ORIGIN);
-        assert_eq!(reads.wanted("host"), None);
-        assert_eq!(ReadsHeaders::None.wanted("apikey"), None);
+        assert_eq!(reads.wanted("Origin").unwrap(), Some(http::header::ORIGIN));
+        assert_eq!(reads.wanted("host").unwrap(), None);
+        assert_eq!(reads.wanted("bad name").unwrap(), None);
+        assert_eq!(ReadsHeaders::None.wanted("apikey").unwrap(), None);
         assert_eq!(
-            ReadsHeaders::All.wanted("X-Any"),
+            ReadsHeaders::All.wanted("X-Any").unwrap(),
             Some(HeaderName::from_static("x-any"))
         );
-        assert_eq!(ReadsHeaders::All.wanted("bad name"), None);
+        assert!(ReadsHeaders::All.wanted("bad name").is_err());
     }
 
     #[derive(Debug)]

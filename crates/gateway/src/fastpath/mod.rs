@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 use model::upstream::Scheme;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::{Stream, ALPN};
@@ -285,30 +285,19 @@ where
         reads: &ReadsHeaders,
     ) -> bool {
         map.clear();
-        match reads {
-            ReadsHeaders::None => {}
-            ReadsHeaders::All => {
-                map.reserve(headers.len());
-                for h in headers {
-                    let (Ok(name), Ok(value)) = (
-                        HeaderName::from_bytes(h.name.as_bytes()),
-                        HeaderValue::from_bytes(h.value),
-                    ) else {
-                        return false;
-                    };
-                    map.append(name, value);
-                }
-            }
-            ReadsHeaders::Named(_) => {
-                for h in headers {
-                    if let Some(name) = reads.wanted(h.name) {
-                        let Ok(value) = HeaderValue::from_bytes(h.value) else {
-                            return false;
-                        };
-                        map.append(name, value);
-                    }
-                }
-            }
+        if !reads.any() {
+            return true;
+        }
+        for h in headers {
+            let name = match reads.wanted(h.name) {
+                Ok(Some(name)) => name,
+                Ok(None) => continue,
+                Err(_) => return false,
+            };
+            let Ok(value) = HeaderValue::from_bytes(h.value) else {
+                return false;
+            };
+            map.append(name, value);
         }
         true
     }

@@ -413,3 +413,20 @@ pub async fn put_refusing_routes(node: &mut Node, port: u16) {
     )
     .await;
 }
+
+/// Sends raw bytes on a new connection and reads until the gateway closes it or
+/// `timeout` passes; returns what came back.
+pub async fn raw_exchange(url: &str, request: &[u8], timeout: Duration) -> String {
+    let addr = url.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut conn, request)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(
+        timeout,
+        tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut out),
+    )
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
